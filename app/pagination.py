@@ -1,0 +1,36 @@
+"""Opaque list cursors: base64url of a small JSON object. Clients pass them back unchanged."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any
+
+from app.errors import InvalidCursor
+
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 200
+
+
+def encode_cursor(position: dict[str, Any]) -> str:
+    raw = json.dumps(position, separators=(",", ":"), sort_keys=True).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def decode_cursor(cursor: str | None, *, keys: tuple[str, ...]) -> dict[str, Any] | None:
+    """The position a cursor stands for, or `InvalidCursor` when it is not one of ours."""
+    if cursor is None:
+        return None
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        value = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
+    except (ValueError, UnicodeError, binascii.Error) as exc:
+        raise InvalidCursor("The cursor does not decode.") from exc
+    if (
+        not isinstance(value, dict)
+        or set(value) != set(keys)
+        or not all(isinstance(value[k], str) for k in keys)
+    ):
+        raise InvalidCursor("The cursor does not decode.")
+    return value

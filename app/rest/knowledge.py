@@ -1,0 +1,214 @@
+"""REST: KnowledgeDocs, the 5 endpoints of API.md section 5."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from urllib.parse import quote
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from starlette.responses import Response
+
+from app.errors import (
+    BatchTooLarge,
+    ContentTooLarge,
+    DuplicateExternalId,
+    InvalidCursor,
+    InvalidExternalId,
+    KnowledgeNotFound,
+    KnowledgeQuotaExceeded,
+)
+from app.models import (
+    BatchUpsertResponse,
+    KnowledgeDocBatch,
+    KnowledgeDocBody,
+    KnowledgeDocPublic,
+    Page,
+    SingleUpsertResponse,
+)
+from app.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from app.rest.operations import Call, Operation, json_response
+from app.services import knowledge
+
+EXTERNAL_ID_PARAM = {"external_id": "The caller's id of the document: 1-128 of A-Z a-z 0-9 . _ : -"}
+
+
+class ListQuery(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    limit: int = Field(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT)
+    cursor: str | None = None
+    include_content: bool = False
+    updated_since: datetime | None = Field(
+        None, description="Only documents updated at or after this time (RFC 3339)."
+    )
+
+    @field_validator("updated_since")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+def doc_location(external_id: str) -> str:
+    return f"/api/knowledge/docs/by-external-id/{quote(external_id, safe='')}"
+
+
+async def list_docs(call: Call) -> Response:
+    q: ListQuery = call.query
+    page = await knowledge.list_docs(
+        core=call.core,
+        principal=call.principal,
+        limit=q.limit,
+        cursor=q.cursor,
+        include_content=q.include_content,
+        updated_since=q.updated_since,
+    )
+    body = page.model_dump(mode="json")
+    if not q.include_content:
+        for item in body["items"]:
+            item.pop("content", None)
+    return json_response(body)
+
+
+async def upsert_batch(call: Call) -> Response:
+    batch: KnowledgeDocBatch = call.body
+    result = await knowledge.upsert_many(
+        core=call.core, principal=call.principal, items=batch.items
+    )
+    return json_response(result)
+
+
+async def get_doc(call: Call) -> Response:
+    doc = await knowledge.get_doc(
+        core=call.core, principal=call.principal, external_id=call.path("external_id")
+    )
+    return json_response(doc)
+
+
+async def upsert_doc(call: Call) -> Response:
+    external_id = call.path("external_id")
+    status, doc = await knowledge.upsert_one(
+        core=call.core, principal=call.principal, external_id=external_id, body=call.body
+    )
+    body = SingleUpsertResponse(status=status, document=doc)
+    if status == "created":
+        return json_response(
+            body,
+            201,
+            headers={"Location": doc_location(external_id)},
+            exclude={"document": {"content"}},  # type: ignore[dict-item]
+        )
+    return json_response(body, exclude={"document": {"content"}})  # type: ignore[dict-item]
+
+
+async def delete_doc(call: Call) -> Response:
+    await knowledge.delete_doc(
+        core=call.core, principal=call.principal, external_id=call.path("external_id")
+    )
+    return Response(status_code=204)
+
+
+_BY_ID = "/api/knowledge/docs/by-external-id/{external_id:str}"
+
+OPERATIONS = [
+    Operation(
+        method="GET",
+        path="/api/knowledge/docs",
+        operation_id="listKnowledgeDocs",
+        summary="List knowledge documents",
+        description=(
+            "The user's documents ordered by external_id (byte order, case-sensitive), with "
+            "cursor pagination. `content` is left out unless `include_content=true`. "
+            "`updated_since` is inclusive, so passing back the newest `updated_at` seen never "
+            "misses a document."
+        ),
+        handler=list_docs,
+        tag="KnowledgeDocs",
+        policy="reads",
+        idempotent=True,
+        query=ListQuery,
+        responses={200: (Page[KnowledgeDocPublic], "A page of documents.")},
+        errors=(InvalidCursor,),
+    ),
+    Operation(
+        method="PUT",
+        path="/api/knowledge/docs",
+        operation_id="upsertKnowledgeDocs",
+        summary="Batch upsert knowledge documents",
+        description=(
+            "Creates or replaces up to the plan's `batch_items` documents, all or nothing. "
+            "Each result is `created`, `updated` or `no_op` (nothing written, nothing embedded), "
+            "in request order. Every write is durable and searchable when the response is sent."
+        ),
+        handler=upsert_batch,
+        tag="KnowledgeDocs",
+        policy="writes",
+        idempotent=True,
+        body=KnowledgeDocBatch,
+        responses={200: (BatchUpsertResponse, "Per-item outcomes and a summary.")},
+        errors=(
+            InvalidExternalId,
+            DuplicateExternalId,
+            BatchTooLarge,
+            ContentTooLarge,
+            KnowledgeQuotaExceeded,
+        ),
+    ),
+    Operation(
+        method="GET",
+        path=_BY_ID,
+        operation_id="getKnowledgeDoc",
+        summary="Get one knowledge document",
+        description="The document with its content.",
+        handler=get_doc,
+        tag="KnowledgeDocs",
+        policy="reads",
+        idempotent=True,
+        path_params=EXTERNAL_ID_PARAM,
+        responses={200: (KnowledgeDocPublic, "The document.")},
+        errors=(InvalidExternalId, KnowledgeNotFound),
+    ),
+    Operation(
+        method="PUT",
+        path=_BY_ID,
+        operation_id="upsertKnowledgeDoc",
+        summary="Create or replace one knowledge document",
+        description=(
+            "201 with a Location header when created, 200 when updated or a no_op. The whole "
+            "document is replaced: an omitted title becomes null, omitted metadata `{}`. An "
+            "`external_id` in the body must equal the path's."
+        ),
+        handler=upsert_doc,
+        tag="KnowledgeDocs",
+        policy="writes",
+        idempotent=True,
+        body=KnowledgeDocBody,
+        path_params=EXTERNAL_ID_PARAM,
+        responses={
+            200: (SingleUpsertResponse, "Updated, or no_op (nothing changed)."),
+            201: (SingleUpsertResponse, "Created."),
+        },
+        errors=(InvalidExternalId, ContentTooLarge, KnowledgeQuotaExceeded),
+    ),
+    Operation(
+        method="DELETE",
+        path=_BY_ID,
+        operation_id="deleteKnowledgeDoc",
+        summary="Delete one knowledge document",
+        description=(
+            "Idempotent: 204 also when the document does not exist. Detaches it from every "
+            "persona, frees its quota, and removes it from search at once."
+        ),
+        handler=delete_doc,
+        tag="KnowledgeDocs",
+        policy="writes",
+        idempotent=True,
+        path_params=EXTERNAL_ID_PARAM,
+        status=204,
+        responses={204: (None, "Deleted, or there was nothing to delete.")},
+        errors=(InvalidExternalId,),
+    ),
+]
+
+__all__ = ["OPERATIONS", "BatchUpsertResponse"]

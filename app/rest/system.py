@@ -1,0 +1,88 @@
+"""Unauthenticated routes: health, the OpenAPI document, its rendering, and problem types."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from app.errors import ERRORS_BY_CODE, AppError, RouteNotFound, Unavailable
+from app.rest.problems import problem_response
+
+_templates = Environment(
+    loader=FileSystemLoader(Path(__file__).parent / "templates"),
+    autoescape=select_autoescape(["html"]),
+)
+
+
+async def healthz(request: Request) -> Response:
+    core = request.app.state.core
+    parts: dict[str, str] = {"database": "ok", "embedder": "ok"}
+    try:
+        await asyncio.wait_for(core.db.ping(), timeout=5)
+    except Exception:
+        parts["database"] = "unavailable"
+    if core.embedder.load_error is not None:
+        parts["embedder"] = "failed"
+    elif not core.embedder.ready:
+        parts["embedder"] = "loading"
+    if all(v == "ok" for v in parts.values()):
+        return JSONResponse({"status": "ok", **parts})
+    failing = ", ".join(f"{k} {v}" for k, v in parts.items() if v != "ok")
+    exc = Unavailable(
+        f"Not ready: {failing}.",
+        extra=parts,
+        headers={"Retry-After": "5"},
+    )
+    return problem_response(exc, request)
+
+
+async def openapi_json(request: Request) -> Response:
+    return JSONResponse(request.app.state.openapi)
+
+
+async def docs(request: Request) -> Response:
+    spec: dict[str, Any] = request.app.state.openapi
+    page = _templates.get_template("docs.html").render(spec=spec)
+    return HTMLResponse(page)
+
+
+async def problem_type(request: Request) -> Response:
+    code = request.path_params["code"]
+    cls: type[AppError] | None = ERRORS_BY_CODE.get(code)
+    if cls is None:
+        return problem_response(RouteNotFound(f"No problem type {code!r}."), request)
+    return JSONResponse(
+        {
+            "type": f"/problems/{cls.code}",
+            "code": cls.code,
+            "title": cls.title,
+            "status": cls.status,
+            "description": cls.description,
+        }
+    )
+
+
+async def problem_index(request: Request) -> Response:
+    return JSONResponse(
+        {
+            "items": [
+                {"code": c.code, "status": c.status, "title": c.title, "description": c.description}
+                for c in ERRORS_BY_CODE.values()
+            ]
+        }
+    )
+
+
+ROUTES = [
+    Route("/healthz", healthz, methods=["GET"]),
+    Route("/openapi.json", openapi_json, methods=["GET"]),
+    Route("/docs", docs, methods=["GET"]),
+    Route("/problems", problem_index, methods=["GET"]),
+    Route("/problems/{code:str}", problem_type, methods=["GET"]),
+]

@@ -1,0 +1,162 @@
+"""Users and API keys: the operator's use cases (CLI, dashboard) and request authentication."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import col, select
+
+from app import security
+from app.errors import KeyNotFound, Unauthorized, UnknownPlan, UserExists, UserNotFound
+from app.models import ApiKey, ApiKeyCreated, ApiKeyPublic, User, UserPublic, utcnow
+from app.services.core import Core, Principal
+
+EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+#: `last_used_at` is written at most this often per key, so reads do not all become writes.
+LAST_USED_RESOLUTION = timedelta(seconds=60)
+
+
+def _user_public(user: User) -> UserPublic:
+    return UserPublic(email=user.email, plan=user.plan_id, created_at=user.created_at)
+
+
+def _key_public(key: ApiKey) -> ApiKeyPublic:
+    return ApiKeyPublic(
+        name=key.name,
+        prefix=key.prefix,
+        status="active" if key.status == "active" else "disabled",
+        created_at=key.created_at,
+        last_used_at=key.last_used_at,
+    )
+
+
+def _check_plan(core: Core, plan_id: str) -> None:
+    if plan_id not in core.settings.all_plans:
+        raise UnknownPlan(
+            f"No plan {plan_id!r}; configured: {', '.join(sorted(core.settings.all_plans))}."
+        )
+
+
+async def create_user(
+    *, core: Core, email: str, plan_id: str | None = None, password: str | None = None
+) -> UserPublic:
+    email = email.strip().lower()
+    if not EMAIL_RE.match(email):
+        raise UserNotFound(f"{email!r} is not an email address.")
+    plan_id = plan_id or core.settings.default_plan
+    _check_plan(core, plan_id)
+    user = User(
+        email=email,
+        plan_id=plan_id,
+        password_hash=security.hash_password(password) if password else None,
+        created_at=utcnow(),
+    )
+    try:
+        async with core.db.write() as session:
+            session.add(user)
+    except IntegrityError as exc:
+        raise UserExists(f"A user {email} exists already.") from exc
+    return _user_public(user)
+
+
+async def _get_user(core: Core, email: str) -> User:
+    async with core.db.read() as session:
+        user = (
+            await session.execute(select(User).where(User.email == email.strip().lower()))
+        ).scalar_one_or_none()
+    if user is None:
+        raise UserNotFound(f"No user {email}.")
+    return user
+
+
+async def list_users(*, core: Core) -> list[UserPublic]:
+    async with core.db.read() as session:
+        users = (await session.execute(select(User).order_by(col(User.id)))).scalars().all()
+    return [_user_public(u) for u in users]
+
+
+async def set_plan(*, core: Core, email: str, plan_id: str) -> UserPublic:
+    _check_plan(core, plan_id)
+    user = await _get_user(core, email)
+    async with core.db.write() as session:
+        db_user = await session.get(User, user.id)
+        if db_user is None:
+            raise UserNotFound(f"No user {email}.")
+        db_user.plan_id = plan_id
+        session.add(db_user)
+    return _user_public(db_user)
+
+
+async def create_key(*, core: Core, email: str, name: str = "default") -> ApiKeyCreated:
+    user = await _get_user(core, email)
+    assert user.id is not None
+    key = security.new_api_key()
+    row = ApiKey(
+        user_id=user.id,
+        name=name,
+        prefix=security.visible_prefix(key),
+        key_hash=security.hash_api_key(key),
+        status="active",
+        created_at=utcnow(),
+    )
+    async with core.db.write() as session:
+        session.add(row)
+    return ApiKeyCreated(key=key, **_key_public(row).model_dump())
+
+
+async def list_keys(*, core: Core, email: str) -> list[ApiKeyPublic]:
+    user = await _get_user(core, email)
+    async with core.db.read() as session:
+        keys = (
+            await session.execute(
+                select(ApiKey).where(ApiKey.user_id == user.id).order_by(col(ApiKey.id))
+            )
+        ).scalars()
+        return [_key_public(k) for k in keys]
+
+
+async def disable_key(*, core: Core, prefix: str) -> ApiKeyPublic:
+    async with core.db.write() as session:
+        keys = (await session.execute(select(ApiKey).where(ApiKey.prefix == prefix))).scalars()
+        found = list(keys)
+        if len(found) != 1:
+            raise KeyNotFound(
+                f"No API key starts with {prefix!r}."
+                if not found
+                else f"{len(found)} keys start with {prefix!r}; disable them from the dashboard."
+            )
+        key = found[0]
+        key.status = "disabled"
+        session.add(key)
+    return _key_public(key)
+
+
+async def authenticate(*, core: Core, api_key: str | None) -> Principal:
+    """The caller behind an `X-Api-Key`, or `Unauthorized`: one answer for every failure."""
+    if not api_key or not security.looks_like_api_key(api_key):
+        raise Unauthorized()
+    digest = security.hash_api_key(api_key)
+    async with core.db.read() as session:
+        row = (
+            await session.execute(
+                select(ApiKey, User)
+                .join(User, col(User.id) == ApiKey.user_id)
+                .where(ApiKey.key_hash == digest)
+            )
+        ).one_or_none()
+    if row is None:
+        raise Unauthorized()
+    key, user = row
+    if key.status != "active" or not security.constant_time_equals(key.key_hash, digest):
+        raise Unauthorized()
+    now = utcnow()
+    if key.last_used_at is None or now - key.last_used_at >= LAST_USED_RESOLUTION:
+        async with core.db.write() as session:
+            db_key = await session.get(ApiKey, key.id)
+            if db_key is not None:
+                db_key.last_used_at = now
+                session.add(db_key)
+    assert user.id is not None
+    return Principal(user_id=user.id, email=user.email, plan=core.plan(user.plan_id))

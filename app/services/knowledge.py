@@ -1,0 +1,465 @@
+"""KnowledgeDocs: batch and single upsert, get, list, delete (API.md section 5).
+
+An upsert is planned twice: once against a read snapshot, to embed whatever new text needs it
+*outside* the write lock (embedding takes seconds; writing takes milliseconds), and again inside
+the write transaction against the rows as they are then. When a concurrent writer changed a
+document in between, the second plan sees it, and only text that is still un-embedded (rare) is
+embedded under the lock. So two concurrent upserts of one external_id serialize cleanly: one
+creates, the other updates or is a no_op, and the document is never half of each.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import numpy as np
+from sqlalchemy import delete, func, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col, select
+
+from app.chunking import TextChunk, chunk_text, embedding_text, sha256_hex
+from app.embedding import Vectors
+from app.errors import (
+    BatchTooLarge,
+    ContentTooLarge,
+    DuplicateExternalId,
+    FieldError,
+    InvalidExternalId,
+    KnowledgeNotFound,
+    KnowledgeQuotaExceeded,
+    ValidationFailed,
+)
+from app.models import (
+    EXTERNAL_ID_RE,
+    BatchUpsertResponse,
+    Chunk,
+    KnowledgeDoc,
+    KnowledgeDocBody,
+    KnowledgeDocItem,
+    KnowledgeDocPublic,
+    Page,
+    UpsertResult,
+    UpsertStatus,
+    UpsertSummary,
+    UsageCounter,
+    utcnow,
+)
+from app.pagination import decode_cursor, encode_cursor
+from app.services.core import Core, Principal, period_key
+
+# --- validation ----------------------------------------------------------------------------
+
+
+def check_external_id(external_id: str) -> str:
+    if not EXTERNAL_ID_RE.match(external_id):
+        raise InvalidExternalId("external_id must be 1-128 characters of A-Z a-z 0-9 . _ : -")
+    return external_id
+
+
+def _check_batch(principal: Principal, items: Sequence[KnowledgeDocItem]) -> None:
+    limit = principal.plan.limits.batch_items
+    if len(items) > limit:
+        raise BatchTooLarge(
+            f"The batch has {len(items)} items; the {principal.plan.id} plan allows {limit}.",
+            errors=[FieldError("/items", BatchTooLarge.code, f"at most {limit} items")],
+        )
+    seen: dict[str, int] = {}
+    dupes: list[FieldError] = []
+    for i, item in enumerate(items):
+        if item.external_id in seen:
+            dupes.append(
+                FieldError(
+                    f"/items/{i}/external_id",
+                    DuplicateExternalId.code,
+                    f"{item.external_id!r} is also item {seen[item.external_id]}",
+                )
+            )
+        else:
+            seen[item.external_id] = i
+    if dupes:
+        raise DuplicateExternalId(
+            "The same external_id appears more than once in the batch.", errors=dupes
+        )
+    _check_sizes(principal, [(f"/items/{i}", item.content) for i, item in enumerate(items)])
+
+
+def _check_sizes(principal: Principal, contents: Sequence[tuple[str, str]]) -> None:
+    limit = principal.plan.limits.doc_chars
+    errors = [
+        FieldError(f"{where}/content", ContentTooLarge.code, f"{len(c)} characters; limit {limit}")
+        for where, c in contents
+        if len(c) > limit
+    ]
+    if errors:
+        raise ContentTooLarge(
+            f"Content is limited to {limit} characters per document on the "
+            f"{principal.plan.id} plan.",
+            errors=errors,
+        )
+
+
+# --- planning ------------------------------------------------------------------------------
+
+
+@dataclass
+class _Existing:
+    doc: KnowledgeDoc
+    chunks: list[Chunk]
+
+
+@dataclass
+class _Plan:
+    item: KnowledgeDocItem
+    status: UpsertStatus
+    existing: _Existing | None
+    content_sha: str
+    #: Set when content changed (or is new): the new chunks and the hash of what each embeds.
+    chunks: list[TextChunk] | None = None
+    embed_shas: list[str] = field(default_factory=list)
+    embed_texts: list[str] = field(default_factory=list)
+
+
+def _plan(
+    items: Sequence[KnowledgeDocItem],
+    existing: dict[str, _Existing],
+    chunk_cache: dict[str, list[TextChunk]],
+) -> list[_Plan]:
+    plans: list[_Plan] = []
+    for item in items:
+        sha = sha256_hex(item.content)
+        old = existing.get(item.external_id)
+        if old is not None and old.doc.content_sha256 == sha:
+            same = old.doc.title == item.title and old.doc.metadata_ == item.metadata
+            plans.append(_Plan(item, "no_op" if same else "updated", old, sha))
+            continue
+        chunks = chunk_cache.get(sha)
+        if chunks is None:
+            chunks = chunk_cache[sha] = chunk_text(item.content)
+        texts = [embedding_text(item.title, c.text) for c in chunks]
+        plans.append(
+            _Plan(
+                item,
+                "created" if old is None else "updated",
+                old,
+                sha,
+                chunks=chunks,
+                embed_texts=texts,
+                embed_shas=[sha256_hex(t) for t in texts],
+            )
+        )
+    return plans
+
+
+async def _load_existing(
+    session: AsyncSession, user_id: int, external_ids: Sequence[str]
+) -> dict[str, _Existing]:
+    out: dict[str, _Existing] = {}
+    for start in range(0, len(external_ids), 500):
+        part = list(external_ids[start : start + 500])
+        docs = (
+            await session.execute(
+                select(KnowledgeDoc).where(
+                    KnowledgeDoc.user_id == user_id, col(KnowledgeDoc.external_id).in_(part)
+                )
+            )
+        ).scalars()
+        by_id = {d.id: _Existing(d, []) for d in docs}
+        if by_id:
+            chunks = (
+                await session.execute(
+                    select(Chunk)
+                    .where(col(Chunk.doc_id).in_(list(by_id)))
+                    .order_by(col(Chunk.doc_id), col(Chunk.chunk_index))
+                )
+            ).scalars()
+            for c in chunks:
+                by_id[c.doc_id].chunks.append(c)
+        out.update({e.doc.external_id: e for e in by_id.values()})
+    return out
+
+
+def _needed(plans: Sequence[_Plan], have: set[str]) -> dict[str, str]:
+    """Hash -> text of everything the plans embed that no known vector covers."""
+    need: dict[str, str] = {}
+    for p in plans:
+        reusable = {c.embed_sha256 for c in p.existing.chunks} if p.existing else set()
+        for sha, t in zip(p.embed_shas, p.embed_texts, strict=True):
+            if sha not in have and sha not in reusable:
+                need[sha] = t
+    return need
+
+
+async def _embed(core: Core, need: dict[str, str]) -> dict[str, Vectors]:
+    if not need:
+        return {}
+    shas = list(need)
+    vectors = await core.embedder.embed([need[s] for s in shas])
+    return dict(zip(shas, vectors, strict=True))
+
+
+# --- writing -------------------------------------------------------------------------------
+
+
+async def _upsert(
+    core: Core, principal: Principal, items: Sequence[KnowledgeDocItem]
+) -> list[_Plan]:
+    ids = [i.external_id for i in items]
+    chunk_cache: dict[str, list[TextChunk]] = {}
+    async with core.db.read() as session:
+        snapshot = await _load_existing(session, principal.user_id, ids)
+    fresh = await _embed(core, _needed(_plan(items, snapshot, chunk_cache), set()))
+
+    async with core.db.write() as session:
+        current = await _load_existing(session, principal.user_id, ids)
+        plans = _plan(items, current, chunk_cache)
+        late = _needed(plans, set(fresh))
+        if late:  # another writer changed these documents since the snapshot
+            fresh.update(await _embed(core, late))
+        await _check_quota(session, principal, plans)
+        now = utcnow()
+        embedded = 0
+        for p in plans:
+            embedded += await _apply(core, session, principal, p, fresh, now)
+        if embedded:
+            await _count_embedded(session, principal.user_id, embedded)
+    return plans
+
+
+async def _check_quota(session: AsyncSession, principal: Principal, plans: Sequence[_Plan]) -> None:
+    """Refuse a write that would pass a limit; a write that does not grow a dimension passes
+    even at (or over) the limit, so updates keep working on a full account."""
+    add_docs = sum(1 for p in plans if p.existing is None)
+    add_chars = sum(
+        len(p.item.content) - (p.existing.doc.char_count if p.existing else 0)
+        for p in plans
+        if p.status != "no_op"
+    )
+    if add_docs <= 0 and add_chars <= 0:
+        return
+    docs, chars = (
+        await session.execute(
+            select(func.count(), func.coalesce(func.sum(KnowledgeDoc.char_count), 0)).where(
+                KnowledgeDoc.user_id == principal.user_id
+            )
+        )
+    ).one()
+    limits = principal.plan.limits
+    if add_docs > 0 and docs + add_docs > limits.knowledge_docs:
+        raise KnowledgeQuotaExceeded(
+            f"This write would make {docs + add_docs} documents; the {principal.plan.id} plan "
+            f"allows {limits.knowledge_docs}.",
+            extra={"limit": "knowledge_docs", "used": docs, "allowed": limits.knowledge_docs},
+        )
+    if add_chars > 0 and chars + add_chars > limits.knowledge_chars:
+        raise KnowledgeQuotaExceeded(
+            f"This write would make {chars + add_chars} characters of content; the "
+            f"{principal.plan.id} plan allows {limits.knowledge_chars}.",
+            extra={"limit": "knowledge_chars", "used": chars, "allowed": limits.knowledge_chars},
+        )
+
+
+async def _apply(
+    core: Core,
+    session: AsyncSession,
+    principal: Principal,
+    p: _Plan,
+    fresh: dict[str, Vectors],
+    now: datetime,
+) -> int:
+    """Write one planned document; returns how many chunk vectors were newly embedded."""
+    item = p.item
+    if p.status == "no_op":
+        return 0
+    if p.existing is None:
+        doc = KnowledgeDoc(
+            id=uuid.uuid4().hex,
+            user_id=principal.user_id,
+            external_id=item.external_id,
+            created_at=now,
+            content="",
+            content_sha256="",
+            char_count=0,
+            chunk_count=0,
+            updated_at=now,
+        )
+    else:
+        doc = p.existing.doc
+    title_changed = p.existing is not None and doc.title != item.title
+    doc.title = item.title
+    doc.metadata_ = item.metadata
+    doc.updated_at = now
+    if p.chunks is None:  # content unchanged: nothing to chunk or embed
+        session.add(doc)
+        if title_changed and p.existing is not None:
+            await core.keywords.retitle(
+                session, title=item.title, chunk_ids=[c.id for c in p.existing.chunks if c.id]
+            )
+        return 0
+
+    doc.content = item.content
+    doc.content_sha256 = p.content_sha
+    doc.char_count = len(item.content)
+    doc.chunk_count = len(p.chunks)
+    session.add(doc)
+    reused: dict[str, Vectors] = {}
+    if p.existing is not None:
+        old_ids = [c.id for c in p.existing.chunks if c.id is not None]
+        old_vectors = await core.vectors.get(session, old_ids)
+        for c in p.existing.chunks:
+            if c.id in old_vectors:
+                reused[c.embed_sha256] = old_vectors[c.id]
+        await core.vectors.delete(session, old_ids)
+        await core.keywords.delete(session, old_ids)
+        await session.execute(delete(Chunk).where(col(Chunk.doc_id) == doc.id))
+    await session.flush()
+    rows = [
+        Chunk(
+            doc_id=doc.id,
+            user_id=principal.user_id,
+            chunk_index=c.index,
+            text=c.text,
+            embed_sha256=sha,
+        )
+        for c, sha in zip(p.chunks, p.embed_shas, strict=True)
+    ]
+    session.add_all(rows)
+    await session.flush()
+    ids = [r.id for r in rows if r.id is not None]
+    vectors = np.stack([reused[s] if s in reused else fresh[s] for s in p.embed_shas])
+    await core.vectors.put(session, user_id=principal.user_id, chunk_ids=ids, vectors=vectors)
+    await core.keywords.put(
+        session, title=item.title, chunks=[(r.id, r.text) for r in rows if r.id is not None]
+    )
+    return sum(1 for s in p.embed_shas if s not in reused)
+
+
+async def _count_embedded(session: AsyncSession, user_id: int, n: int) -> None:
+    period = period_key()
+    result = await session.execute(
+        update(UsageCounter)
+        .where(col(UsageCounter.user_id) == user_id, col(UsageCounter.period) == period)
+        .values(embedded_chunks=UsageCounter.embedded_chunks + n)
+    )
+    if result.rowcount == 0:  # type: ignore[attr-defined]
+        session.add(UsageCounter(user_id=user_id, period=period, embedded_chunks=n))
+
+
+# --- the use cases -------------------------------------------------------------------------
+
+
+async def upsert_many(
+    *, core: Core, principal: Principal, items: Sequence[KnowledgeDocItem]
+) -> BatchUpsertResponse:
+    """Batch upsert, all or nothing; results in request order."""
+    _check_batch(principal, items)
+    plans = await _upsert(core, principal, items)
+    summary = UpsertSummary()
+    results = []
+    for p in plans:
+        setattr(summary, p.status, getattr(summary, p.status) + 1)
+        results.append(UpsertResult(external_id=p.item.external_id, status=p.status))
+    return BatchUpsertResponse(results=results, summary=summary)
+
+
+async def upsert_one(
+    *, core: Core, principal: Principal, external_id: str, body: KnowledgeDocBody
+) -> tuple[UpsertStatus, KnowledgeDocPublic]:
+    check_external_id(external_id)
+    if body.external_id is not None and body.external_id != external_id:
+        raise ValidationFailed(
+            "The body's external_id must equal the one in the path.",
+            errors=[
+                FieldError(
+                    "/external_id",
+                    ValidationFailed.code,
+                    f"must be {external_id!r} (from the path) or left out",
+                )
+            ],
+        )
+    _check_sizes(principal, [("", body.content)])
+    item = KnowledgeDocItem(
+        external_id=external_id, title=body.title, content=body.content, metadata=body.metadata
+    )
+    (plan,) = await _upsert(core, principal, [item])
+    doc = await get_doc(core=core, principal=principal, external_id=external_id)
+    return plan.status, doc
+
+
+async def _find(session: AsyncSession, principal: Principal, external_id: str) -> KnowledgeDoc:
+    doc = (
+        await session.execute(
+            select(KnowledgeDoc).where(
+                KnowledgeDoc.user_id == principal.user_id, KnowledgeDoc.external_id == external_id
+            )
+        )
+    ).scalar_one_or_none()
+    if doc is None:
+        raise KnowledgeNotFound(f"No document {external_id!r}.")
+    return doc
+
+
+async def get_doc(*, core: Core, principal: Principal, external_id: str) -> KnowledgeDocPublic:
+    check_external_id(external_id)
+    async with core.db.read() as session:
+        doc = await _find(session, principal, external_id)
+    return KnowledgeDocPublic.of(doc, include_content=True)
+
+
+async def list_docs(
+    *,
+    core: Core,
+    principal: Principal,
+    limit: int,
+    cursor: str | None = None,
+    include_content: bool = False,
+    updated_since: datetime | None = None,
+) -> Page[KnowledgeDocPublic]:
+    """Ordered by external_id (binary, case-sensitive); `updated_since` is inclusive."""
+    position = decode_cursor(cursor, keys=("after",))
+    where = [col(KnowledgeDoc.user_id) == principal.user_id]
+    if updated_since is not None:
+        where.append(col(KnowledgeDoc.updated_at) >= updated_since)
+    async with core.db.read() as session:
+        total = (
+            await session.execute(select(func.count()).select_from(KnowledgeDoc).where(*where))
+        ).scalar_one()
+        query = select(KnowledgeDoc).where(*where)
+        if position is not None:
+            query = query.where(col(KnowledgeDoc.external_id) > position["after"])
+        docs = list(
+            (
+                await session.execute(
+                    query.order_by(col(KnowledgeDoc.external_id)).limit(limit + 1)
+                )
+            ).scalars()
+        )
+    more = len(docs) > limit
+    docs = docs[:limit]
+    return Page[KnowledgeDocPublic](
+        items=[KnowledgeDocPublic.of(d, include_content=include_content) for d in docs],
+        next_cursor=encode_cursor({"after": docs[-1].external_id}) if more else None,
+        total=total,
+    )
+
+
+async def delete_doc(*, core: Core, principal: Principal, external_id: str) -> bool:
+    """Delete a document, its chunks, vectors, keyword rows and persona attachments.
+    Idempotent: returns whether there was something to delete."""
+    check_external_id(external_id)
+    async with core.db.write() as session:
+        try:
+            doc = await _find(session, principal, external_id)
+        except KnowledgeNotFound:
+            return False
+        chunk_ids = list(
+            (await session.execute(select(Chunk.id).where(Chunk.doc_id == doc.id))).scalars()
+        )
+        ids = [i for i in chunk_ids if i is not None]
+        await core.vectors.delete(session, ids)
+        await core.keywords.delete(session, ids)
+        # Chunks and persona attachments go by ON DELETE CASCADE.
+        await session.delete(doc)
+    return True

@@ -1,0 +1,166 @@
+"""Runtime configuration: one `Settings`, read from `PERSONAIZER_*` and validated at start.
+
+Plans live here too: the defaults of the contract (API.md section 7), which an operator can
+override or extend with `PERSONAIZER_PLANS` (JSON) or a JSON/TOML file named by
+`PERSONAIZER_PLANS_FILE`. Tests build their settings through `Settings.for_tests` only.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Self
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MiB = 1024 * 1024
+
+
+class PlanLimits(BaseModel):
+    """The limits of one plan; the field names are the contract's."""
+
+    knowledge_docs: int = Field(ge=0)
+    knowledge_chars: int = Field(ge=0)
+    doc_chars: int = Field(ge=1)
+    personas: int = Field(ge=0)
+    batch_items: int = Field(ge=1)
+    reads_per_minute: int = Field(ge=1)
+    writes_per_minute: int = Field(ge=1)
+    searches_per_minute: int = Field(ge=1)
+
+
+class Plan(BaseModel):
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
+    name: str
+    limits: PlanLimits
+
+
+DEFAULT_PLANS: dict[str, Plan] = {
+    "free": Plan(
+        id="free",
+        name="Free",
+        limits=PlanLimits(
+            knowledge_docs=100,
+            knowledge_chars=2_000_000,
+            doc_chars=100_000,
+            personas=3,
+            batch_items=100,
+            reads_per_minute=600,
+            writes_per_minute=120,
+            searches_per_minute=60,
+        ),
+    ),
+    "pro": Plan(
+        id="pro",
+        name="Pro",
+        limits=PlanLimits(
+            knowledge_docs=10_000,
+            knowledge_chars=200_000_000,
+            doc_chars=500_000,
+            personas=50,
+            batch_items=100,
+            reads_per_minute=3_000,
+            writes_per_minute=600,
+            searches_per_minute=600,
+        ),
+    ),
+    "unlimited": Plan(
+        id="unlimited",
+        name="Unlimited",
+        limits=PlanLimits(
+            knowledge_docs=1_000_000,
+            knowledge_chars=20_000_000_000,
+            doc_chars=1_000_000,
+            personas=10_000,
+            batch_items=500,
+            reads_per_minute=60_000,
+            writes_per_minute=12_000,
+            searches_per_minute=12_000,
+        ),
+    ),
+}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PERSONAIZER_", extra="ignore")
+
+    data_dir: Path = Path("./data")
+    #: SQLAlchemy URL; empty means the embedded SQLite file `<data_dir>/personaizer.db`.
+    database_url: str = ""
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    max_body_bytes: int = Field(default=10 * MiB, ge=1024)
+    default_plan: str = "free"
+    #: JSON object of plan id -> plan (merged over the defaults).
+    plans: dict[str, Plan] = Field(default_factory=dict)
+    plans_file: Path | None = None
+    redis_url: str = ""
+    #: Seconds to wait for a write lock held by another process before answering 503.
+    busy_timeout_s: float = Field(default=10.0, gt=0)
+    #: Load the sentence-transformers model; tests may share one loaded model instead.
+    embedder_batch_size: int = Field(default=32, ge=1, le=512)
+    log_level: str = "INFO"
+    #: Where the operator runs it: "local" allows development defaults such as a generated
+    #: session secret; anything else requires explicit secrets.
+    environment: str = "local"
+    session_secret: str = ""
+    graphiql: bool = False
+
+    @field_validator("default_plan")
+    @classmethod
+    def _plan_id(cls, v: str) -> str:
+        return v.strip()
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.default_plan not in self.all_plans:
+            raise ValueError(
+                f"default_plan {self.default_plan!r} is not a configured plan "
+                f"({', '.join(sorted(self.all_plans))})"
+            )
+        if self.environment != "local" and len(self.session_secret) < 32:
+            raise ValueError(
+                "PERSONAIZER_SESSION_SECRET must be set (32+ characters) outside local use"
+            )
+        return self
+
+    @cached_property
+    def all_plans(self) -> dict[str, Plan]:
+        plans = dict(DEFAULT_PLANS)
+        if self.plans_file is not None:
+            plans.update(_read_plans_file(self.plans_file))
+        for key, plan in self.plans.items():
+            if key != plan.id:
+                raise ValueError(f"plan key {key!r} differs from its id {plan.id!r}")
+            plans[key] = plan
+        return plans
+
+    @property
+    def sqlite_path(self) -> Path:
+        return self.data_dir / "personaizer.db"
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.sqlite_path}"
+
+    @classmethod
+    def for_tests(cls, data_dir: Path, **overrides: Any) -> Settings:
+        """The one way tests build settings: isolated from the caller's environment."""
+        return cls.model_validate({"data_dir": data_dir, **overrides})
+
+
+def _read_plans_file(path: Path) -> dict[str, Plan]:
+    text = path.read_text(encoding="utf-8")
+    raw: Any = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    if isinstance(raw, dict) and "plans" in raw:
+        raw = raw["plans"]
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected an object of plan id -> plan")
+    out: dict[str, Plan] = {}
+    for key, value in raw.items():
+        plan = Plan.model_validate({"id": key, **value} if isinstance(value, dict) else value)
+        out[plan.id] = plan
+    return out

@@ -1,0 +1,82 @@
+"""The chunk vector index (sqlite-vec `vec0`, cosine, partitioned by user) behind one interface.
+
+Every call takes the caller's session, so index changes commit or roll back with the rows they
+belong to. sqlite-vec 0.1.9 cannot `INSERT OR REPLACE` into vec0; `put` deletes then inserts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+from sqlalchemy import bindparam, text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.embedding import DIMS, Vectors
+
+#: sqlite-vec's ceiling for `k` in one KNN query.
+MAX_K = 4096
+
+
+def to_blob(vector: np.ndarray) -> bytes:
+    return np.ascontiguousarray(vector, dtype=np.float32).tobytes()
+
+
+def from_blob(blob: bytes) -> np.ndarray:
+    return np.frombuffer(blob, dtype=np.float32)
+
+
+class VectorIndex:
+    async def put(
+        self, session: AsyncSession, *, user_id: int, chunk_ids: Sequence[int], vectors: Vectors
+    ) -> None:
+        if not chunk_ids:
+            return
+        await self.delete(session, chunk_ids)
+        await session.execute(
+            text("INSERT INTO chunk_vectors(chunk_id, user_id, embedding) VALUES (:c, :u, :e)"),
+            [
+                {"c": cid, "u": user_id, "e": to_blob(vec)}
+                for cid, vec in zip(chunk_ids, vectors, strict=True)
+            ],
+        )
+
+    async def delete(self, session: AsyncSession, chunk_ids: Iterable[int]) -> None:
+        ids = list(chunk_ids)
+        for start in range(0, len(ids), 500):
+            await session.execute(
+                text("DELETE FROM chunk_vectors WHERE chunk_id IN :ids").bindparams(
+                    bindparam("ids", expanding=True)
+                ),
+                {"ids": ids[start : start + 500]},
+            )
+
+    async def get(self, session: AsyncSession, chunk_ids: Iterable[int]) -> dict[int, Vectors]:
+        ids = list(chunk_ids)
+        out: dict[int, Vectors] = {}
+        for start in range(0, len(ids), 500):
+            rows = await session.execute(
+                text(
+                    "SELECT chunk_id, embedding FROM chunk_vectors WHERE chunk_id IN :ids"
+                ).bindparams(bindparam("ids", expanding=True)),
+                {"ids": ids[start : start + 500]},
+            )
+            for cid, blob in rows:
+                out[int(cid)] = from_blob(blob)
+        return out
+
+    async def count(self, session: AsyncSession, *, user_id: int | None = None) -> int:
+        if user_id is None:
+            return int(
+                (await session.execute(text("SELECT count(*) FROM chunk_vectors"))).scalar_one()
+            )
+        return int(
+            (
+                await session.execute(
+                    text("SELECT count(*) FROM chunk_vectors WHERE user_id = :u"), {"u": user_id}
+                )
+            ).scalar_one()
+        )
+
+
+assert DIMS == 384
