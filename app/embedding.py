@@ -13,7 +13,7 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -84,6 +84,8 @@ class Embedder:
 
     model: Model | None = None
     max_batch: int = 64
+    #: Builds the model when none is given; runs on the embedder thread, off the event loop.
+    loader: Callable[[], Model] = LocalModel
     stats: EmbedderStats = field(default_factory=EmbedderStats)
 
     def __post_init__(self) -> None:
@@ -107,7 +109,7 @@ class Embedder:
     async def _load(self) -> None:
         loop = asyncio.get_running_loop()
         try:
-            self.model = await loop.run_in_executor(self._pool, LocalModel)
+            self.model = await loop.run_in_executor(self._pool, self.loader)
             log.info("embedding model loaded")
         except Exception as exc:  # reported by /healthz, and in the log
             self.load_error = exc

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
@@ -12,7 +12,7 @@ from starlette.middleware import Middleware
 
 from app import rest
 from app.db import Database
-from app.embedding import Embedder, Model
+from app.embedding import Embedder, LocalModel, Model
 from app.ratelimit import RateLimiter
 from app.rest.middleware import RequestContextMiddleware
 from app.rest.openapi import build_openapi
@@ -23,11 +23,13 @@ from app.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings, *, model: Model | None = None) -> Starlette:
+def create_app(
+    settings: Settings, *, model: Model | None = None, loader: Callable[[], Model] = LocalModel
+) -> Starlette:
     """The ASGI app. `model` lets a caller share an already loaded embedding model (tests do);
     without it the model loads in the background and /healthz answers 503 until it is ready."""
     db = Database(settings)
-    embedder = Embedder(model=model, max_batch=settings.embedder_batch_size)
+    embedder = Embedder(model=model, max_batch=settings.embedder_batch_size, loader=loader)
     core = Core(settings=settings, db=db, embedder=embedder)
     limiter = RateLimiter(settings)
 

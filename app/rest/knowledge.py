@@ -97,9 +97,9 @@ async def upsert_doc(call: Call) -> Response:
             body,
             201,
             headers={"Location": doc_location(external_id)},
-            exclude={"document": {"content"}},  # type: ignore[dict-item]
+            exclude={"document": {"content"}},
         )
-    return json_response(body, exclude={"document": {"content"}})  # type: ignore[dict-item]
+    return json_response(body, exclude={"document": {"content"}})
 
 
 async def delete_doc(call: Call) -> Response:

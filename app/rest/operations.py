@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
+from pydantic.main import IncEx
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -110,7 +111,7 @@ def json_response(
     status: int = 200,
     *,
     headers: Mapping[str, str] | None = None,
-    exclude: set[str] | None = None,
+    exclude: IncEx | None = None,
 ) -> Response:
     content = (
         model.model_dump(mode="json", exclude=exclude) if isinstance(model, BaseModel) else model

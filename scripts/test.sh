@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Install everything the tests need into ./.venv and run lint, types and the test suite.
+# The README's second set-up command, and what CI runs on a clean clone.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+# torch is pinned (==2.13.0, CPU build) in pyproject.toml; see README for other machines.
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+
+# The Redis-backed rate-limit test starts its own redis-server; install it where we can.
+if ! command -v redis-server >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  (apt-get update -qq && apt-get install -y -qq redis-server >/dev/null) || echo "warning: could not install redis-server" >&2
+fi
+
+.venv/bin/ruff check app tests scripts
+.venv/bin/mypy app
+HF_HUB_OFFLINE=1 .venv/bin/python -m pytest "$@"
