@@ -16,9 +16,9 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from pydantic import ValidationError
-from sqlalchemy.exc import SQLAlchemyError
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy.exc import SQLAlchemyError
 
 from app.db import Database, SchemaError
 from app.embedding import Embedder

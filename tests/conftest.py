@@ -11,8 +11,8 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from app.errors import UserExists
 from app.embedding import LocalModel, Model
+from app.errors import UserExists
 from app.main import create_app
 from app.services import accounts
 from app.services.core import Core

@@ -45,9 +45,15 @@ async def test_pragmas_and_extensions(tmp_path: Path) -> None:
             assert (await session.execute(text("PRAGMA journal_mode"))).scalar_one() == "wal"
             assert (await session.execute(text("PRAGMA foreign_keys"))).scalar_one() == 1
             assert (await session.execute(text("PRAGMA busy_timeout"))).scalar_one() == 10_000
-            assert (await session.execute(text("SELECT vec_version()"))).scalar_one().startswith("v0.1")
-            assert (await session.execute(text("PRAGMA user_version"))).scalar_one() == dbmod.SCHEMA_VERSION
-        assert dbmod.SCHEMA_VERSION == max(dbmod._MIGRATIONS)
+            assert (
+                (await session.execute(text("SELECT vec_version()")))
+                .scalar_one()
+                .startswith("v0.1")
+            )
+            assert (
+                await session.execute(text("PRAGMA user_version"))
+            ).scalar_one() == dbmod.SCHEMA_VERSION
+        assert max(dbmod._MIGRATIONS) == dbmod.SCHEMA_VERSION
     finally:
         await database.dispose()
 

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 
 BIN = Path(sys.executable).with_name("personaizer")
 
@@ -73,10 +72,16 @@ def test_users_and_keys_lifecycle(tmp_path: Path) -> None:
 
 
 def test_password_from_stdin(tmp_path: Path) -> None:
-    r = run("users", "create", "p@example.com", "--password-stdin", data_dir=tmp_path, stdin="short\n")
+    r = run(
+        "users", "create", "p@example.com", "--password-stdin", data_dir=tmp_path, stdin="short\n"
+    )
     assert r.returncode == 1 and "8 characters" in r.stderr
     r = run(
-        "users", "create", "p@example.com", "--password-stdin", data_dir=tmp_path,
+        "users",
+        "create",
+        "p@example.com",
+        "--password-stdin",
+        data_dir=tmp_path,
         stdin="correct horse battery\n",
     )
     assert r.returncode == 0
@@ -87,13 +92,19 @@ def test_bad_database_is_one_line_error(tmp_path: Path) -> None:
     junk.write_bytes(b"not a database at all" * 100)
     r = subprocess.run(
         [str(BIN), "users", "list", "--database-url", f"sqlite:///{junk}"],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert r.returncode == 1
     assert r.stderr.startswith("error:") and r.stderr.strip().count("\n") == 0
     r = subprocess.run(
         [str(BIN), "users", "list", "--database-url", "mysql://x/y"],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert r.returncode == 1 and "unsupported database URL" in r.stderr
 
@@ -107,12 +118,17 @@ def free_port() -> int:
 def test_serve_end_to_end(tmp_path: Path) -> None:
     """The README's first command, for real: a server process, the model loaded from disk."""
     assert run("users", "create", "e2e@example.com", data_dir=tmp_path).returncode == 0
-    key = run("keys", "create", "e2e@example.com", data_dir=tmp_path).stdout.strip().splitlines()[-1]
+    key = (
+        run("keys", "create", "e2e@example.com", data_dir=tmp_path).stdout.strip().splitlines()[-1]
+    )
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PERSONAIZER_")}
     proc = subprocess.Popen(
         [str(BIN), "serve", "--port", str(port), "--data-dir", str(tmp_path)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
     )
     try:
         base = f"http://127.0.0.1:{port}"
@@ -128,7 +144,9 @@ def test_serve_end_to_end(tmp_path: Path) -> None:
             time.sleep(0.3)
         assert status == 200
         h = {"X-Api-Key": key}
-        r = httpx.put(f"{base}/api/knowledge/docs/by-external-id/hello", json={"content": "hi"}, headers=h)
+        r = httpx.put(
+            f"{base}/api/knowledge/docs/by-external-id/hello", json={"content": "hi"}, headers=h
+        )
         assert r.status_code == 201, r.text
         assert httpx.get(f"{base}/api/knowledge/docs", headers=h).json()["total"] == 1
     finally:

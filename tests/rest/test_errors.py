@@ -115,7 +115,9 @@ async def test_body_rules(
 
 async def test_json_with_charset_is_accepted(api: httpx.AsyncClient) -> None:
     body = json.dumps({"items": [{"external_id": "a", "content": "x"}]}).encode()
-    r = await api.put(DOCS, content=body, headers={"content-type": "application/json; charset=utf-8"})
+    r = await api.put(
+        DOCS, content=body, headers={"content-type": "application/json; charset=utf-8"}
+    )
     assert r.status_code == 200
 
 
@@ -152,13 +154,27 @@ async def test_problem_types_are_described(anon: httpx.AsyncClient) -> None:
     assert r.json()["status"] == 422 and "A-Z" in r.json()["description"]
     codes = {p["code"] for p in (await anon.get("/problems")).json()["items"]}
     contract = {
-        "auth.unauthorized", "auth.forbidden", "request.malformed_json", "request.invalid_cursor",
-        "request.validation_failed", "request.unsupported_media_type", "request.too_large",
-        "request.not_found", "request.method_not_allowed", "knowledge.invalid_external_id",
-        "knowledge.duplicate_external_id", "knowledge.batch_too_large",
-        "knowledge.content_too_large", "knowledge.not_found", "knowledge.unknown_external_ids",
-        "knowledge.quota_exceeded", "persona.not_found", "persona.quota_exceeded",
-        "limits.rate_exceeded", "server.unavailable", "server.internal_error",
+        "auth.unauthorized",
+        "auth.forbidden",
+        "request.malformed_json",
+        "request.invalid_cursor",
+        "request.validation_failed",
+        "request.unsupported_media_type",
+        "request.too_large",
+        "request.not_found",
+        "request.method_not_allowed",
+        "knowledge.invalid_external_id",
+        "knowledge.duplicate_external_id",
+        "knowledge.batch_too_large",
+        "knowledge.content_too_large",
+        "knowledge.not_found",
+        "knowledge.unknown_external_ids",
+        "knowledge.quota_exceeded",
+        "persona.not_found",
+        "persona.quota_exceeded",
+        "limits.rate_exceeded",
+        "server.unavailable",
+        "server.internal_error",
     }
     assert contract <= codes
     assert_problem(await anon.get("/problems/no.such_code"), 404, "request.not_found")

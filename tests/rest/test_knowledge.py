@@ -42,11 +42,19 @@ async def test_batch_upsert_created_then_no_op_then_updated(
     app: Starlette, api: httpx.AsyncClient
 ) -> None:
     stats = app.state.core.embedder.stats
-    body = {"items": [item("b", "The lamp has a USB-C port."), item("a", "Orders ship in 2 days.", title="Shipping")]}
+    body = {
+        "items": [
+            item("b", "The lamp has a USB-C port."),
+            item("a", "Orders ship in 2 days.", title="Shipping"),
+        ]
+    }
     r = await api.put(DOCS, json=body)
     assert r.status_code == 200
     assert r.json() == {
-        "results": [{"external_id": "b", "status": "created"}, {"external_id": "a", "status": "created"}],
+        "results": [
+            {"external_id": "b", "status": "created"},
+            {"external_id": "a", "status": "created"},
+        ],
         "summary": {"created": 2, "updated": 0, "no_op": 0},
     }
     assert stats.texts == 2
@@ -59,7 +67,9 @@ async def test_batch_upsert_created_then_no_op_then_updated(
     assert (await api.get(by_id("a"))).json()["updated_at"] == before["updated_at"]
 
     # Title and metadata changes update the document without re-embedding.
-    body["items"][1] = item("a", "Orders ship in 2 days.", title="Delivery", metadata={"lang": "en"})
+    body["items"][1] = item(
+        "a", "Orders ship in 2 days.", title="Delivery", metadata={"lang": "en"}
+    )
     r = await api.put(DOCS, json=body)
     assert r.json()["results"] == [
         {"external_id": "b", "status": "no_op"},
@@ -77,7 +87,10 @@ async def test_batch_upsert_created_then_no_op_then_updated(
     assert r.json()["summary"] == {"created": 0, "updated": 1, "no_op": 1}
     assert stats.texts == 3
     assert await index_counts(app) == {
-        "knowledge_docs": 2, "chunks": 2, "chunk_vectors": 2, "chunk_fts": 2
+        "knowledge_docs": 2,
+        "chunks": 2,
+        "chunk_vectors": 2,
+        "chunk_fts": 2,
     }
 
 
@@ -106,8 +119,15 @@ async def test_document_object_fields(api: httpx.AsyncClient) -> None:
     assert doc["chunk_count"] == 1
     assert doc["created_at"].endswith("Z") and len(doc["created_at"]) == 24
     assert set(doc) == {
-        "external_id", "title", "content", "metadata", "content_sha256", "char_count",
-        "chunk_count", "created_at", "updated_at",
+        "external_id",
+        "title",
+        "content",
+        "metadata",
+        "content_sha256",
+        "char_count",
+        "chunk_count",
+        "created_at",
+        "updated_at",
     }
 
 
@@ -151,7 +171,10 @@ async def test_delete_is_idempotent_and_clears_indexes(
     assert (await api.delete(by_id("never-was"))).status_code == 204
     assert (await api.get(by_id("d1"))).status_code == 404
     assert await index_counts(app) == {
-        "knowledge_docs": 1, "chunks": 1, "chunk_vectors": 1, "chunk_fts": 1
+        "knowledge_docs": 1,
+        "chunks": 1,
+        "chunk_vectors": 1,
+        "chunk_fts": 1,
     }
 
 
@@ -187,7 +210,9 @@ async def test_list_updated_since(api: httpx.AsyncClient) -> None:
 
 async def test_list_bad_parameters(api: httpx.AsyncClient) -> None:
     assert_problem(await api.get(DOCS, params={"cursor": "!!!"}), 400, "request.invalid_cursor")
-    assert_problem(await api.get(DOCS, params={"cursor": "eyJ4IjoxfQ"}), 400, "request.invalid_cursor")
+    assert_problem(
+        await api.get(DOCS, params={"cursor": "eyJ4IjoxfQ"}), 400, "request.invalid_cursor"
+    )
     for bad in ({"limit": 0}, {"limit": 201}, {"limit": "ten"}, {"updated_since": "yesterday"}):
         body = assert_problem(await api.get(DOCS, params=bad), 422, "request.validation_failed")
         assert body["errors"][0]["parameter"] == next(iter(bad))
@@ -196,13 +221,37 @@ async def test_list_bad_parameters(api: httpx.AsyncClient) -> None:
 async def test_batch_is_all_or_nothing(app: Starlette, api: httpx.AsyncClient) -> None:
     good = [item(f"g{i}", f"good document {i}") for i in range(3)]
     cases = [
-        ({"items": [*good, item("bad id", "x")]}, "knowledge.invalid_external_id", "/items/3/external_id"),
+        (
+            {"items": [*good, item("bad id", "x")]},
+            "knowledge.invalid_external_id",
+            "/items/3/external_id",
+        ),
         ({"items": [*good, item("g9", "   ")]}, "request.validation_failed", "/items/3/content"),
-        ({"items": [*good, {"external_id": "g8"}]}, "request.validation_failed", "/items/3/content"),
-        ({"items": [*good, item("g0", "again")]}, "knowledge.duplicate_external_id", "/items/3/external_id"),
-        ({"items": [*good, item("g7", "x", title="t" * 513)]}, "request.validation_failed", "/items/3/title"),
-        ({"items": [*good, item("g6", "x", metadata={"k": "v" * 9000})]}, "request.validation_failed", "/items/3/metadata"),
-        ({"items": [*good, item("g5", "x", metadata=[1])]}, "request.validation_failed", "/items/3/metadata"),
+        (
+            {"items": [*good, {"external_id": "g8"}]},
+            "request.validation_failed",
+            "/items/3/content",
+        ),
+        (
+            {"items": [*good, item("g0", "again")]},
+            "knowledge.duplicate_external_id",
+            "/items/3/external_id",
+        ),
+        (
+            {"items": [*good, item("g7", "x", title="t" * 513)]},
+            "request.validation_failed",
+            "/items/3/title",
+        ),
+        (
+            {"items": [*good, item("g6", "x", metadata={"k": "v" * 9000})]},
+            "request.validation_failed",
+            "/items/3/metadata",
+        ),
+        (
+            {"items": [*good, item("g5", "x", metadata=[1])]},
+            "request.validation_failed",
+            "/items/3/metadata",
+        ),
         ({"items": []}, "request.validation_failed", "/items"),
         ({"docs": good}, "request.validation_failed", "/items"),
     ]
@@ -247,7 +296,10 @@ async def test_concurrent_upserts_of_one_external_id(
     doc = (await api.get(by_id("race"))).json()
     assert doc["content"] in {b["content"] for b in bodies}
     assert await index_counts(app) == {
-        "knowledge_docs": 1, "chunks": 1, "chunk_vectors": 1, "chunk_fts": 1
+        "knowledge_docs": 1,
+        "chunks": 1,
+        "chunk_vectors": 1,
+        "chunk_fts": 1,
     }
 
 
