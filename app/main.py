@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -39,11 +39,16 @@ def create_app(
         await embedder.start()
         log.info("data in %s", db.path)
         tasks = [asyncio.create_task(hook(core)) for hook in app.state.startup_hooks]
+        flusher = asyncio.create_task(core.requests.run(db))
         try:
             yield
         finally:
             for task in tasks:
                 task.cancel()
+            flusher.cancel()
+            with suppress(asyncio.CancelledError):
+                await flusher
+            await core.requests.flush_or_log(db)  # the last requests of this process
             await embedder.stop()
             await db.dispose()
 

@@ -12,7 +12,13 @@ import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, PlainSerializer, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    PlainSerializer,
+    WithJsonSchema,
+)
 from pydantic_core import PydanticCustomError
 from sqlalchemy import JSON, Column, Index, String, TypeDecorator, UniqueConstraint
 from sqlalchemy.engine import Dialect
@@ -306,6 +312,111 @@ class PersonaKnowledge(SQLModel, table=True):
     )
 
 
+PERSONA_NAME_MAX = 120
+PERSONA_DESCRIPTION_MAX = 2000
+PERSONA_INSTRUCTIONS_MAX = 20000
+PERSONA_GREETING_MAX = 2000
+
+
+class PersonaCreate(RequestModel):
+    name: str = Field(min_length=1, max_length=PERSONA_NAME_MAX)
+    description: str = Field(default="", max_length=PERSONA_DESCRIPTION_MAX)
+    instructions: str = Field(default="", max_length=PERSONA_INSTRUCTIONS_MAX)
+    greeting: str | None = Field(default=None, max_length=PERSONA_GREETING_MAX)
+    metadata: Metadata = Field(default_factory=dict)
+
+
+class PersonaUpdate(RequestModel):
+    """A partial update: only the fields sent (`model_fields_set`) change, so a field left out
+    is never read. `greeting` may be set to null; the others may be left out but not null
+    (their types say so, and defaults are not validated)."""
+
+    name: str = Field(default=None, min_length=1, max_length=PERSONA_NAME_MAX)
+    description: str = Field(default=None, max_length=PERSONA_DESCRIPTION_MAX)
+    instructions: str = Field(default=None, max_length=PERSONA_INSTRUCTIONS_MAX)
+    greeting: str | None = Field(default=None, max_length=PERSONA_GREETING_MAX)
+    metadata: Metadata = Field(default=None)
+
+
+class PersonaKnowledgeBody(RequestModel):
+    external_ids: list[ExternalId]
+
+
+class PersonaListItem(PublicModel):
+    """A persona as list items show it: without `knowledge_external_ids`."""
+
+    id: str
+    name: str
+    description: str
+    instructions: str
+    greeting: str | None
+    metadata: JsonObject
+    knowledge_count: int
+    created_at: Timestamp
+    updated_at: Timestamp
+
+
+class PersonaPublic(PersonaListItem):
+    knowledge_external_ids: list[str] = Field(description="Sorted.")
+
+
+class PersonaKnowledgeResult(PublicModel):
+    persona_id: str
+    external_ids: list[str] = Field(description="The attached set after the call, sorted.")
+    added: int = Field(description="How many documents were newly attached.")
+    removed: int = Field(description="How many documents were detached.")
+
+
+# --- subscription ------------------------------------------------------------------------
+
+
+class PlanRef(PublicModel):
+    id: str
+    name: str
+
+
+class PlanLimitsPublic(PublicModel):
+    knowledge_docs: int
+    knowledge_chars: int
+    doc_chars: int
+    personas: int
+    batch_items: int
+    reads_per_minute: int
+    writes_per_minute: int
+    searches_per_minute: int
+
+
+class SubscriptionPublic(PublicModel):
+    plan: PlanRef
+    status: Literal["active"]
+    current_period_start: Timestamp
+    current_period_end: Timestamp = Field(description="Exclusive: the next period's start.")
+    limits: PlanLimitsPublic
+
+
+class UsedOfLimit(PublicModel):
+    used: int
+    limit: int
+
+
+class Used(PublicModel):
+    used: int
+
+
+class UsageBreakdown(PublicModel):
+    knowledge_docs: UsedOfLimit
+    knowledge_chars: UsedOfLimit
+    personas: UsedOfLimit
+    embedded_chunks: Used = Field(description="Chunks embedded this period (reused vectors not).")
+    requests: Used = Field(description="Authenticated API requests this period, this one included.")
+
+
+class UsagePublic(PublicModel):
+    period_start: Timestamp
+    period_end: Timestamp = Field(description="Exclusive: the next period's start.")
+    usage: UsageBreakdown
+
+
 # --- lists -------------------------------------------------------------------------------
 
 
@@ -330,3 +441,82 @@ class UsageCounter(SQLModel, table=True):
     period: str = Field(primary_key=True)
     embedded_chunks: int = 0
     requests: int = 0
+
+
+# --- search ------------------------------------------------------------------------------
+
+SEARCH_QUERY_MAX = 1000
+SEARCH_K_MAX = 50
+SEARCH_EXTERNAL_IDS_MAX = 1000
+SEARCH_METADATA_KEYS_MAX = 32
+_INT64 = 2**63
+
+SearchMode = Literal["hybrid", "semantic", "keyword"]
+
+
+def _query_not_blank(value: str) -> str:
+    if not value.strip():
+        raise PydanticCustomError("blank", "query must not be blank")
+    return value
+
+
+def _check_metadata_filter(value: JsonObject) -> JsonObject:
+    if len(value) > SEARCH_METADATA_KEYS_MAX:
+        raise PydanticCustomError(
+            "too_many_filters",
+            "metadata may name at most {limit} keys",
+            {"limit": SEARCH_METADATA_KEYS_MAX},
+        )
+    for key, item in value.items():
+        # SQLite holds 64-bit integers; a larger one could never equal a stored value anyway.
+        if isinstance(item, int) and not isinstance(item, bool) and not -_INT64 <= item < _INT64:
+            raise PydanticCustomError(
+                "integer_too_large", "metadata filter {key} is outside the 64-bit range", {"key": key}
+            )
+    return _check_metadata(value)
+
+
+class SearchRequest(RequestModel):
+    """Body of `POST /api/knowledge/search`. Scopes combine: a hit must match all given."""
+
+    query: Annotated[
+        str, Field(min_length=1, max_length=SEARCH_QUERY_MAX), AfterValidator(_query_not_blank)
+    ] = Field(description="What to look for: free text; any characters are safe.")
+    k: int = Field(5, ge=1, le=SEARCH_K_MAX, description="How many documents to return.")
+    mode: SearchMode = Field(
+        "hybrid",
+        description="`hybrid` (keyword and vector rankings fused), `semantic` or `keyword`.",
+    )
+    persona_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=128,
+        description="Only documents attached to this persona (404 if it is not yours).",
+    )
+    external_ids: list[ExternalId] | None = Field(
+        None,
+        max_length=SEARCH_EXTERNAL_IDS_MAX,
+        description="Only these documents; unknown ones are ignored, `[]` matches nothing.",
+    )
+    metadata: Annotated[JsonObject, AfterValidator(_check_metadata_filter)] | None = Field(
+        None,
+        description=(
+            "Equality filters on top-level metadata keys: a document matches when each key is "
+            "present with an equal JSON value (numbers compare by value, `true` is not `1`)."
+        ),
+    )
+
+
+class SearchHit(PublicModel):
+    external_id: str
+    title: str | None
+    score: float = Field(description="Higher is better; its scale depends on the mode.")
+    chunk_index: int = Field(description="Which chunk of the document matched best (from 0).")
+    text: str = Field(description="The text of that chunk.")
+    metadata: JsonObject
+
+
+class SearchResponse(PublicModel):
+    results: list[SearchHit] = Field(description="Best first, at most one hit per document.")
+    mode: SearchMode
+    took_ms: float = Field(description="Time the server spent on the search, in milliseconds.")

@@ -4,6 +4,11 @@ Storage is in memory by default; with `PERSONAIZER_REDIS_URL` it is Redis, so se
 processes share one count. Every charge returns the IETF RateLimit fields
 (draft-ietf-httpapi-ratelimit-headers-07+) for the policy charged; a refused charge raises
 `RateLimited` carrying them and `Retry-After`, before any work is done.
+
+The storage key of a window names the limit's amount (`limits` builds it as
+namespace/policy/user/amount/1/minute), so a user whose plan changes starts a fresh window under
+the new limit rather than carrying the old plan's count over. At worst that allows one extra
+window's worth of requests at the moment of the change, which is acceptable for a plan change.
 """
 
 from __future__ import annotations
@@ -11,10 +16,12 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Literal
 
 from limits import RateLimitItem, RateLimitItemPerMinute
+from limits.aio.storage import Storage as AsyncStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.storage import storage_from_string
 
@@ -41,8 +48,10 @@ def storage_uri(settings: Settings) -> str:
 
 class RateLimiter:
     def __init__(self, settings: Settings) -> None:
-        self._storage = storage_from_string(storage_uri(settings))
-        self._limiter = MovingWindowRateLimiter(self._storage)  # type: ignore[arg-type]
+        storage = storage_from_string(storage_uri(settings))
+        assert isinstance(storage, AsyncStorage)  # storage_uri names async+ schemes only
+        self._storage = storage
+        self._limiter = MovingWindowRateLimiter(storage)
         self._auth_failures = RateLimitItemPerMinute(AUTH_FAILURES_PER_MINUTE, namespace="AUTH")
 
     @staticmethod
@@ -59,14 +68,9 @@ class RateLimiter:
         quota = self.limit_for(principal, policy)
         item = RateLimitItemPerMinute(quota, namespace="RL")
         ident = (policy, str(principal.user_id))
-        try:
+        with _storage_errors():
             allowed = await self._limiter.hit(item, *ident)
             stats = await self._limiter.get_window_stats(item, *ident)
-        except Exception as exc:  # storage down: refuse rather than run unlimited
-            log.exception("rate limit storage failed")
-            raise Unavailable(
-                "Rate limiting is unavailable.", headers={"Retry-After": "5"}
-            ) from exc
         reset = _seconds_until(stats.reset_time)
         headers = {
             "RateLimit-Policy": f'"{policy}";q={quota};w={WINDOW_S}',
@@ -86,21 +90,34 @@ class RateLimiter:
         """Run `attempt`; failures count per client address and, past the limit, are refused
         with 429 before the key is even looked at."""
         item: RateLimitItem = self._auth_failures
-        if not await self._limiter.test(item, address):
-            stats = await self._limiter.get_window_stats(item, address)
-            reset = _seconds_until(stats.reset_time)
+        with _storage_errors():
+            refused = not await self._limiter.test(item, address)
+            if refused:
+                stats = await self._limiter.get_window_stats(item, address)
+        if refused:
             raise RateLimited(
                 "Too many failed authentications from this address.",
-                headers={"Retry-After": str(reset)},
+                headers={"Retry-After": str(_seconds_until(stats.reset_time))},
             )
         try:
             return await attempt()
         except Unauthorized:
-            await self._limiter.hit(item, address)
+            with _storage_errors():
+                await self._limiter.hit(item, address)
             raise
 
     async def reset(self) -> None:
         await self._storage.reset()
+
+
+@contextmanager
+def _storage_errors() -> Iterator[None]:
+    """The storage is down (Redis unreachable): refuse with 503 rather than run unlimited."""
+    try:
+        yield
+    except Exception as exc:
+        log.exception("rate limit storage failed")
+        raise Unavailable("Rate limiting is unavailable.", headers={"Retry-After": "5"}) from exc
 
 
 def _seconds_until(when: float) -> int:

@@ -6,6 +6,7 @@ belong to. sqlite-vec 0.1.9 cannot `INSERT OR REPLACE` into vec0; `put` deletes 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -63,6 +64,40 @@ class VectorIndex:
             )
             for cid, blob in rows:
                 out[int(cid)] = from_blob(blob)
+        return out
+
+    async def nearest(
+        self, session: AsyncSession, *, user_id: int, vector: np.ndarray, k: int
+    ) -> list[tuple[int, float]]:
+        """The user's `k` (at most `MAX_K`) nearest chunks: (chunk id, cosine distance), nearest
+        first. A KNN pass reads the user's whole partition; its cost also grows with `k`."""
+        rows = await session.execute(
+            text(
+                "SELECT chunk_id, distance FROM chunk_vectors"
+                " WHERE embedding MATCH :q AND k = :k AND user_id = :u ORDER BY distance"
+            ),
+            {"q": to_blob(vector), "k": min(k, MAX_K), "u": user_id},
+        )
+        return [(int(cid), float(dist)) for cid, dist in rows]
+
+    async def distances(
+        self, session: AsyncSession, *, vector: np.ndarray, chunk_ids: Sequence[int]
+    ) -> list[tuple[int, float]]:
+        """Exact cosine distance from `vector` to each of `chunk_ids` (unordered).
+
+        One point lookup per id (about 15-20 us each): the driving table must be the id list,
+        hence CROSS JOIN. `chunk_id IN (...)` instead makes vec0 scan every user's vectors."""
+        out: list[tuple[int, float]] = []
+        for start in range(0, len(chunk_ids), 5000):
+            rows = await session.execute(
+                text(
+                    "SELECT v.chunk_id, vec_distance_cosine(v.embedding, :q)"
+                    " FROM json_each(:ids) AS j CROSS JOIN chunk_vectors AS v"
+                    " ON v.chunk_id = j.value"
+                ),
+                {"q": to_blob(vector), "ids": json.dumps(list(chunk_ids[start : start + 5000]))},
+            )
+            out.extend((int(cid), float(dist)) for cid, dist in rows)
         return out
 
     async def count(self, session: AsyncSession, *, user_id: int | None = None) -> int:

@@ -8,11 +8,16 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Match
 
 from app.errors import AppError, MethodNotAllowed, RouteNotFound
-from app.rest import knowledge, system
+from app.rest import knowledge, personas, search, subscription, system
 from app.rest.operations import Operation
 from app.rest.problems import problem_response
 
-OPERATIONS: list[Operation] = [*knowledge.OPERATIONS]
+OPERATIONS: list[Operation] = [
+    *knowledge.OPERATIONS,
+    *search.OPERATIONS,
+    *personas.OPERATIONS,
+    *subscription.OPERATIONS,
+]
 
 
 def routes() -> list[BaseRoute]:

@@ -27,7 +27,7 @@ from app.errors import (
 from app.ratelimit import Policy, RateLimiter
 from app.rest.problems import from_validation_error
 from app.services import accounts
-from app.services.core import Core, Principal
+from app.services.core import Core, Principal, period_key
 
 
 class Guard:
@@ -45,7 +45,10 @@ class Guard:
         )
 
     async def charge(self, principal: Principal, policy: Policy) -> dict[str, str]:
-        return await self.limiter.charge(principal, policy)
+        headers = await self.limiter.charge(principal, policy)
+        # Counted in memory only; the usage endpoint adds what is not flushed yet.
+        self.core.requests.add(principal.user_id, period_key())
+        return headers
 
 
 @dataclass

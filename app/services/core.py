@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from app.db import Database
 from app.embedding import Embedder
 from app.fts import KeywordIndex
+from app.services.usage import RequestCounter
 from app.settings import Plan, Settings
 from app.vectors import VectorIndex
 
@@ -19,6 +20,8 @@ class Core:
     embedder: Embedder
     vectors: VectorIndex = field(default_factory=VectorIndex)
     keywords: KeywordIndex = field(default_factory=KeywordIndex)
+    #: Authenticated requests counted in memory, flushed to the usage table in the background.
+    requests: RequestCounter = field(default_factory=RequestCounter)
 
     def plan(self, plan_id: str) -> Plan:
         plans = self.settings.all_plans

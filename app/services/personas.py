@@ -1,0 +1,289 @@
+"""Personas: list, create, get, update, delete, and the attached knowledge set (API.md section 6).
+
+A persona id is `per_` + a ULID, so ids sort by creation and the list needs no other key. Another
+user's persona is answered exactly like a missing one (`PersonaNotFound`), as is an id that is
+not of the right shape.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import delete, func
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col, select
+
+from app.errors import FieldError, PersonaNotFound, PersonaQuotaExceeded, UnknownExternalIds
+from app.models import (
+    KnowledgeDoc,
+    Page,
+    Persona,
+    PersonaCreate,
+    PersonaKnowledge,
+    PersonaKnowledgeResult,
+    PersonaListItem,
+    PersonaPublic,
+    PersonaUpdate,
+    utcnow,
+)
+from app.pagination import decode_cursor, encode_cursor
+from app.services.core import Core, Principal
+
+PERSONA_PREFIX = "per_"
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+#: 26 Crockford base32 characters; the first is at most 7 (130 bits carry 128).
+PERSONA_ID_RE = re.compile(r"^per_[0-7][0-9A-HJKMNP-TV-Z]{25}$")
+#: Bound on SQL parameters per statement when resolving many external_ids.
+_IN_CHUNK = 500
+
+
+# --- ids -----------------------------------------------------------------------------------
+
+
+class _UlidClock:
+    """Monotonic ULIDs: 48-bit milliseconds + 80 random bits. Within one millisecond (or if the
+    clock steps back) the previous value is incremented, so ids made by this process sort in
+    the order they were made."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last = 0
+
+    def next(self) -> str:
+        with self._lock:
+            ms = time.time_ns() // 1_000_000
+            value = (ms << 80) | int.from_bytes(os.urandom(10), "big")
+            if value <= self._last:
+                value = self._last + 1
+            self._last = value
+        return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
+
+
+_ulids = _UlidClock()
+
+
+def new_persona_id() -> str:
+    return PERSONA_PREFIX + _ulids.next()
+
+
+# --- reading -------------------------------------------------------------------------------
+
+
+async def _find(session: AsyncSession, principal: Principal, persona_id: str) -> Persona:
+    persona = None
+    if PERSONA_ID_RE.match(persona_id):
+        persona = (
+            await session.execute(
+                select(Persona).where(
+                    Persona.id == persona_id, Persona.user_id == principal.user_id
+                )
+            )
+        ).scalar_one_or_none()
+    if persona is None:
+        raise PersonaNotFound(f"No persona {persona_id!r}.")
+    return persona
+
+
+async def _attached(session: AsyncSession, persona_id: str) -> dict[str, str]:
+    """external_id -> document id of what is attached to the persona, sorted by external_id."""
+    rows = await session.execute(
+        select(KnowledgeDoc.external_id, KnowledgeDoc.id)
+        .join(PersonaKnowledge, col(PersonaKnowledge.doc_id) == KnowledgeDoc.id)
+        .where(PersonaKnowledge.persona_id == persona_id)
+        .order_by(col(KnowledgeDoc.external_id))
+    )
+    return {external_id: doc_id for external_id, doc_id in rows.all()}
+
+
+def _fields(persona: Persona) -> dict[str, Any]:
+    return {
+        "id": persona.id,
+        "name": persona.name,
+        "description": persona.description,
+        "instructions": persona.instructions,
+        "greeting": persona.greeting,
+        "metadata": persona.metadata_,
+        "created_at": persona.created_at,
+        "updated_at": persona.updated_at,
+    }
+
+
+def _public(persona: Persona, external_ids: Sequence[str]) -> PersonaPublic:
+    return PersonaPublic(
+        **_fields(persona),
+        knowledge_external_ids=sorted(external_ids),
+        knowledge_count=len(external_ids),
+    )
+
+
+async def _load_public(session: AsyncSession, persona: Persona) -> PersonaPublic:
+    return _public(persona, list(await _attached(session, persona.id)))
+
+
+# --- the use cases -------------------------------------------------------------------------
+
+
+async def list_personas(
+    *, core: Core, principal: Principal, limit: int, cursor: str | None = None
+) -> Page[PersonaListItem]:
+    """Ordered by creation (the ULID in the id)."""
+    position = decode_cursor(cursor, keys=("after",))
+    mine = col(Persona.user_id) == principal.user_id
+    async with core.db.read() as session:
+        total = (
+            await session.execute(select(func.count()).select_from(Persona).where(mine))
+        ).scalar_one()
+        query = select(Persona).where(mine)
+        if position is not None:
+            query = query.where(col(Persona.id) > position["after"])
+        personas = list(
+            (await session.execute(query.order_by(col(Persona.id)).limit(limit + 1))).scalars()
+        )
+        more = len(personas) > limit
+        personas = personas[:limit]
+        counts: dict[str, int] = {}
+        if personas:
+            rows = await session.execute(
+                select(PersonaKnowledge.persona_id, func.count())
+                .where(col(PersonaKnowledge.persona_id).in_([p.id for p in personas]))
+                .group_by(col(PersonaKnowledge.persona_id))
+            )
+            counts = {persona_id: n for persona_id, n in rows.all()}
+    return Page[PersonaListItem](
+        items=[
+            PersonaListItem(**_fields(p), knowledge_count=counts.get(p.id, 0)) for p in personas
+        ],
+        next_cursor=encode_cursor({"after": personas[-1].id}) if more else None,
+        total=total,
+    )
+
+
+async def create_persona(*, core: Core, principal: Principal, body: PersonaCreate) -> PersonaPublic:
+    async with core.db.write() as session:
+        # Counted inside the write transaction: concurrent creations cannot pass the limit.
+        count = (
+            await session.execute(
+                select(func.count())
+                .select_from(Persona)
+                .where(col(Persona.user_id) == principal.user_id)
+            )
+        ).scalar_one()
+        limit = principal.plan.limits.personas
+        if count + 1 > limit:
+            raise PersonaQuotaExceeded(
+                f"The {principal.plan.id} plan allows {limit} personas; there are {count}.",
+                extra={"limit": "personas", "used": count, "allowed": limit},
+            )
+        now = utcnow()
+        persona = Persona(
+            id=new_persona_id(),
+            user_id=principal.user_id,
+            name=body.name,
+            description=body.description,
+            instructions=body.instructions,
+            greeting=body.greeting,
+            metadata_=body.metadata,
+            created_at=now,
+            updated_at=now,
+        )
+        session.add(persona)
+    return _public(persona, [])
+
+
+async def get_persona(*, core: Core, principal: Principal, persona_id: str) -> PersonaPublic:
+    async with core.db.read() as session:
+        persona = await _find(session, principal, persona_id)
+        return await _load_public(session, persona)
+
+
+async def update_persona(
+    *, core: Core, principal: Principal, persona_id: str, body: PersonaUpdate
+) -> PersonaPublic:
+    """Change only the fields sent; `updated_at` moves only when a value actually changes."""
+    async with core.db.write() as session:
+        persona = await _find(session, principal, persona_id)
+        changed = False
+        for name in body.model_fields_set:
+            attribute = "metadata_" if name == "metadata" else name
+            value = getattr(body, name)
+            if getattr(persona, attribute) != value:
+                setattr(persona, attribute, value)
+                changed = True
+        if changed:
+            persona.updated_at = utcnow()
+            session.add(persona)
+        return await _load_public(session, persona)
+
+
+async def delete_persona(*, core: Core, principal: Principal, persona_id: str) -> bool:
+    """Idempotent: returns whether there was something to delete. Attached documents stay;
+    only the attachments go (ON DELETE CASCADE)."""
+    if not PERSONA_ID_RE.match(persona_id):
+        return False
+    async with core.db.write() as session:
+        result = await session.execute(
+            delete(Persona).where(
+                col(Persona.id) == persona_id, col(Persona.user_id) == principal.user_id
+            )
+        )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def set_knowledge(
+    *, core: Core, principal: Principal, persona_id: str, external_ids: Sequence[str]
+) -> PersonaKnowledgeResult:
+    """Replace the persona's attached documents with `external_ids` (a set). Unknown ones are
+    refused all together, listed in `missing`, and nothing changes."""
+    wanted = sorted(set(external_ids))
+    async with core.db.write() as session:
+        persona = await _find(session, principal, persona_id)
+        found: dict[str, str] = {}
+        for start in range(0, len(wanted), _IN_CHUNK):
+            rows = await session.execute(
+                select(KnowledgeDoc.external_id, KnowledgeDoc.id).where(
+                    KnowledgeDoc.user_id == principal.user_id,
+                    col(KnowledgeDoc.external_id).in_(wanted[start : start + _IN_CHUNK]),
+                )
+            )
+            found.update({e: i for e, i in rows.all()})
+        missing = [e for e in wanted if e not in found]
+        if missing:
+            raise _unknown(external_ids, missing)
+        current = await _attached(session, persona.id)
+        added = [e for e in wanted if e not in current]
+        removed = [e for e in current if e not in found]
+        if removed:
+            gone = [current[e] for e in removed]
+            for start in range(0, len(gone), _IN_CHUNK):
+                await session.execute(
+                    delete(PersonaKnowledge).where(
+                        col(PersonaKnowledge.persona_id) == persona.id,
+                        col(PersonaKnowledge.doc_id).in_(gone[start : start + _IN_CHUNK]),
+                    )
+                )
+        session.add_all(PersonaKnowledge(persona_id=persona.id, doc_id=found[e]) for e in added)
+        if added or removed:
+            persona.updated_at = utcnow()
+            session.add(persona)
+    return PersonaKnowledgeResult(
+        persona_id=persona.id, external_ids=wanted, added=len(added), removed=len(removed)
+    )
+
+
+def _unknown(external_ids: Sequence[str], missing: list[str]) -> UnknownExternalIds:
+    unknown = set(missing)
+    shown = ", ".join(repr(e) for e in missing[:5]) + (" ..." if len(missing) > 5 else "")
+    return UnknownExternalIds(
+        f"{len(missing)} external_id(s) name no document: {shown}.",
+        errors=[
+            FieldError(f"/external_ids/{i}", UnknownExternalIds.code, f"no document {e!r}")
+            for i, e in enumerate(external_ids)
+            if e in unknown
+        ],
+        extra={"missing": missing},
+    )

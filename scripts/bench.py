@@ -1,0 +1,291 @@
+"""Benchmark the search service at 10,000 and 100,000 chunks of one user.
+
+The corpus is synthetic and written straight through the indexes (documents and chunks as rows,
+random unit vectors into `VectorIndex`, Zipf-distributed pseudo-words into `KeywordIndex`), so
+building 100,000 chunks takes seconds instead of the hours the model would need. Searches run
+through `app.services.search.search`, the function both doors call, with a stand-in model that
+returns a random unit vector (the index work is what is measured); the real model's time to embed
+one query is measured on its own and is to be added to the semantic and hybrid figures.
+
+Scenarios per size (k = 10): semantic, keyword and hybrid over every document; hybrid within a
+persona of 3 documents; semantic within 100 listed documents (exact scoring); semantic within a
+metadata scope holding a quarter of the chunks (KNN over the user, then filtered).
+
+    .venv/bin/python scripts/bench.py [--sizes 10000,100000] [--repeat 20] [--no-model]
+
+Prints p50/p95 per scenario and size, and the ratio of the largest size to the smallest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from app.db import Database
+from app.embedding import DIMS, Embedder, LocalModel, Vectors
+from app.models import (
+    Chunk,
+    KnowledgeDoc,
+    Persona,
+    PersonaKnowledge,
+    SearchRequest,
+    User,
+    utcnow,
+)
+from app.services import search as search_service
+from app.services.core import Core, Principal
+from app.settings import Settings
+
+CHUNKS_PER_DOC = 4
+WORDS_PER_CHUNK = 100
+VOCABULARY = 30_000
+INSERT_BATCH = 5_000
+
+
+class RandomModel:
+    """A stand-in model: a random unit vector per text (the searches measure index work)."""
+
+    dims = DIMS
+
+    def __init__(self, seed: int = 7) -> None:
+        self._rng = np.random.default_rng(seed)
+
+    def encode(self, texts: Sequence[str]) -> Vectors:
+        return _unit(self._rng.standard_normal((len(texts), DIMS)))
+
+
+def _unit(matrix: np.ndarray) -> Vectors:
+    out = matrix / np.linalg.norm(matrix, axis=1, keepdims=True)
+    return np.asarray(out, dtype=np.float32)
+
+
+class Corpus:
+    """Synthetic documents of `CHUNKS_PER_DOC` chunks; word frequencies follow Zipf's law."""
+
+    def __init__(self, seed: int = 1) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.words = [f"w{i}x" for i in range(VOCABULARY)]
+        weights = 1.0 / np.arange(1, VOCABULARY + 1)
+        self.p = weights / weights.sum()
+        self.docs = 0
+
+    def text(self, n: int) -> list[str]:
+        idx = self.rng.choice(VOCABULARY, size=(n, WORDS_PER_CHUNK), p=self.p)
+        return [" ".join(self.words[j] for j in row) for row in idx]
+
+    def query(self) -> str:
+        # Two common words, two mid-frequency words and two rare ones.
+        picks = [*self.rng.integers(0, 50, 2), *self.rng.integers(50, 2000, 2)]
+        picks += [*self.rng.integers(2000, VOCABULARY, 2)]
+        return " ".join(self.words[int(i)] for i in picks)
+
+
+async def add_chunks(core: Core, user_id: int, corpus: Corpus, n_chunks: int) -> None:
+    """Append `n_chunks` chunks (whole documents) to the user's account."""
+    n_docs = n_chunks // CHUNKS_PER_DOC
+    for start in range(0, n_docs, INSERT_BATCH // CHUNKS_PER_DOC):
+        count = min(INSERT_BATCH // CHUNKS_PER_DOC, n_docs - start)
+        texts = corpus.text(count * CHUNKS_PER_DOC)
+        vectors = _unit(corpus.rng.standard_normal((len(texts), DIMS)))
+        now = utcnow()
+        async with core.db.write() as session:
+            docs = []
+            for i in range(count):
+                number = corpus.docs + i
+                docs.append(
+                    KnowledgeDoc(
+                        id=uuid.uuid4().hex,
+                        user_id=user_id,
+                        external_id=f"doc-{number}",
+                        title=f"Document {number}",
+                        content="(synthetic)",
+                        metadata_={"group": "a" if number % 4 == 0 else "b"},
+                        content_sha256="-",
+                        char_count=0,
+                        chunk_count=CHUNKS_PER_DOC,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
+            session.add_all(docs)
+            await session.flush()
+            chunks = [
+                Chunk(
+                    doc_id=doc.id,
+                    user_id=user_id,
+                    chunk_index=c,
+                    text=texts[i * CHUNKS_PER_DOC + c],
+                    embed_sha256="-",
+                )
+                for i, doc in enumerate(docs)
+                for c in range(CHUNKS_PER_DOC)
+            ]
+            session.add_all(chunks)
+            await session.flush()
+            ids = [c.id for c in chunks if c.id is not None]
+            await core.vectors.put(session, user_id=user_id, chunk_ids=ids, vectors=vectors)
+            for doc in docs:
+                own = [(c.id, c.text) for c in chunks if c.doc_id == doc.id and c.id is not None]
+                await core.keywords.put(session, title=doc.title, chunks=own)
+        corpus.docs += count
+
+
+async def setup(core: Core) -> Principal:
+    async with core.db.write() as session:
+        user = User(email="bench@example.com", plan_id="unlimited", created_at=utcnow())
+        session.add(user)
+        await session.flush()
+        assert user.id is not None
+        persona = Persona(
+            id="per_bench", user_id=user.id, name="Bench", created_at=utcnow(), updated_at=utcnow()
+        )
+        session.add(persona)
+    return Principal(user_id=user.id, email=user.email, plan=core.plan("unlimited"))
+
+
+async def attach_persona(core: Core, external_ids: Sequence[str]) -> None:
+    from sqlmodel import col, select
+
+    async with core.db.write() as session:
+        rows = await session.execute(
+            select(KnowledgeDoc.id).where(col(KnowledgeDoc.external_id).in_(list(external_ids)))
+        )
+        session.add_all(PersonaKnowledge(persona_id="per_bench", doc_id=d) for d in rows.scalars())
+
+
+async def timed(run: Callable[[], Awaitable[Any]], repeat: int) -> list[float]:
+    await run()  # warm the caches
+    out = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        await run()
+        out.append((time.perf_counter() - started) * 1000)
+    return out
+
+
+def pct(values: Sequence[float], p: float) -> float:
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * p / 100
+    lower = int(position)
+    upper = min(lower + 1, len(ordered) - 1)
+    return ordered[lower] + (ordered[upper] - ordered[lower]) * (position - lower)
+
+
+SCENARIOS: list[tuple[str, dict[str, Any]]] = [
+    ("semantic, all documents", {"mode": "semantic"}),
+    ("keyword, all documents", {"mode": "keyword"}),
+    ("hybrid, all documents", {"mode": "hybrid"}),
+    ("hybrid, persona of 3 docs", {"mode": "hybrid", "persona_id": "per_bench"}),
+    (
+        "semantic, 100 listed docs",
+        {"mode": "semantic", "external_ids": [f"doc-{i * 7}" for i in range(100)]},
+    ),
+    ("semantic, metadata 1/4 of docs", {"mode": "semantic", "metadata": {"group": "a"}}),
+]
+
+
+async def bench(sizes: Sequence[int], repeat: int, real_model: bool) -> None:
+    with tempfile.TemporaryDirectory(prefix="personaizer-bench-") as tmp:
+        settings = Settings.for_tests(Path(tmp))
+        db = Database(settings)
+        await db.migrate()
+        embedder = Embedder(model=RandomModel())
+        await embedder.start()
+        core = Core(settings=settings, db=db, embedder=embedder)
+        try:
+            principal = await setup(core)
+            corpus = Corpus()
+            results: dict[tuple[str, int], list[float]] = {}
+            have = 0
+            for size in sorted(sizes):
+                started = time.perf_counter()
+                await add_chunks(core, principal.user_id, corpus, size - have)
+                if not have:
+                    await attach_persona(core, ["doc-1", "doc-2", "doc-3"])
+                have = size
+                print(
+                    f"{size:>7} chunks ({corpus.docs} documents) written in "
+                    f"{time.perf_counter() - started:.1f} s",
+                    file=sys.stderr,
+                )
+                for name, body in SCENARIOS:
+                    queries = iter([corpus.query() for _ in range(repeat + 1)])
+
+                    async def run(body: dict[str, Any] = body, queries: Any = queries) -> Any:
+                        request = SearchRequest.model_validate(
+                            {"query": next(queries), "k": 10, **body}
+                        )
+                        return await search_service.search(
+                            core=core, principal=principal, request=request
+                        )
+
+                    results[(name, size)] = await timed(run, repeat)
+        finally:
+            await embedder.stop()
+            await db.dispose()
+
+    embed_ms: list[float] = []
+    if real_model:
+        model = LocalModel()
+        query = "how do swept wings behave at transonic speeds"
+        model.encode([query])
+        for _ in range(repeat):
+            started = time.perf_counter()
+            model.encode([query])
+            embed_ms.append((time.perf_counter() - started) * 1000)
+
+    ordered = sorted(sizes)
+    header = f"{'scenario (k = 10)':<32}" + "".join(
+        f"{f'{s:,} p50':>13}{f'{s:,} p95':>13}" for s in ordered
+    )
+    if len(ordered) > 1:
+        header += f"{'p50 ratio':>11}"
+    print(f"\nsearch latency in ms, {repeat} queries each, stand-in query vectors")
+    print(header)
+    for name, _ in SCENARIOS:
+        line = f"{name:<32}"
+        for s in ordered:
+            values = results[(name, s)]
+            line += f"{pct(values, 50):>13.1f}{pct(values, 95):>13.1f}"
+        if len(ordered) > 1:
+            first, last = results[(name, ordered[0])], results[(name, ordered[-1])]
+            line += f"{statistics.median(last) / statistics.median(first):>10.1f}x"
+        print(line)
+    if embed_ms:
+        print(
+            f"\nreal model, one query embedding: p50 {pct(embed_ms, 50):.1f} ms, "
+            f"p95 {pct(embed_ms, 95):.1f} ms (add to semantic and hybrid)"
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--sizes",
+        default="10000,100000",
+        help="comma-separated chunk counts (default: 10000,100000)",
+    )
+    parser.add_argument("--repeat", type=int, default=20, help="queries per scenario")
+    parser.add_argument(
+        "--no-model", action="store_true", help="skip timing the real embedding model"
+    )
+    args = parser.parse_args(argv)
+    sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    if not sizes or min(sizes) < CHUNKS_PER_DOC * 10 or args.repeat < 1:
+        parser.error("sizes must be at least 40 chunks and --repeat at least 1")
+    asyncio.run(bench(sizes, args.repeat, real_model=not args.no_model))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,285 @@
+"""Rate limits through HTTP (API.md section 8): per user and policy, a moving minute, headers on
+every authenticated response; failed authentication limited per address; Redis shared."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+
+from app.services import accounts
+from tests.conftest import AppFactory, assert_problem, client_for, new_key
+
+pytestmark = pytest.mark.anyio
+
+DOCS = "/api/knowledge/docs"
+PERSONAS = "/api/personas"
+RATELIMIT_RE = re.compile(r'^"(reads|writes|search)";r=(\d+);t=(\d+)$')
+POLICY_RE = re.compile(r'^"(reads|writes|search)";q=(\d+);w=60$')
+
+
+def small_plan(plan_id: str, writes: int, reads: int = 100) -> dict[str, Any]:
+    return {
+        "id": plan_id,
+        "name": plan_id.title(),
+        "limits": {
+            "knowledge_docs": 100,
+            "knowledge_chars": 100_000,
+            "doc_chars": 1000,
+            "personas": 3,
+            "batch_items": 10,
+            "reads_per_minute": reads,
+            "writes_per_minute": writes,
+            "searches_per_minute": 10,
+        },
+    }
+
+
+def ratelimit(response: httpx.Response) -> tuple[str, int, int]:
+    match = RATELIMIT_RE.match(response.headers["ratelimit"])
+    assert match, response.headers["ratelimit"]
+    return match[1], int(match[2]), int(match[3])
+
+
+def policy(response: httpx.Response) -> tuple[str, int]:
+    match = POLICY_RE.match(response.headers["ratelimit-policy"])
+    assert match, response.headers["ratelimit-policy"]
+    return match[1], int(match[2])
+
+
+def assert_refused(response: httpx.Response) -> None:
+    assert_problem(response, 429, "limits.rate_exceeded")
+    retry_after = response.headers["retry-after"]
+    assert retry_after.isdigit() and int(retry_after) >= 1
+    _, remaining, t = ratelimit(response)
+    assert remaining == 0 and int(retry_after) >= t >= 1
+
+
+def doc(external_id: str) -> str:
+    return f"{DOCS}/by-external-id/{external_id}"
+
+
+async def test_the_121st_write_is_the_first_refused(make_app: AppFactory) -> None:
+    app = await make_app()
+    key = await new_key(app, plan="free")
+    async with client_for(app, **{"X-Api-Key": key}) as api:
+        for i in range(120):
+            r = await api.delete(doc(f"absent{i}"))  # cheap writes
+            assert r.status_code == 204, (i, r.text)
+            assert policy(r) == ("writes", 120)
+            assert ratelimit(r)[:2] == ("writes", 119 - i)
+        r = await api.put(doc("late"), json={"content": "too late"})
+        assert_refused(r)
+        assert policy(r) == ("writes", 120)
+        # Refused before any work: the document does not exist. Reads have their own count.
+        r = await api.get(doc("late"))
+        assert_problem(r, 404, "knowledge.not_found")
+        assert policy(r) == ("reads", 600) and ratelimit(r)[:2] == ("reads", 599)
+        assert_refused(await api.post(PERSONAS, json={"name": "x"}))
+        assert (await api.get(PERSONAS)).json()["total"] == 0
+        # Refused requests are not counted as used requests; all others are.
+        usage = (await api.get("/api/subscription/usage")).json()["usage"]
+        assert usage["requests"]["used"] == 120 + 3
+
+
+async def test_all_keys_of_a_user_share_the_count(make_app: AppFactory) -> None:
+    app = await make_app(plans={"small": small_plan("small", writes=4)})
+    keys = [await new_key(app, "shared@example.com", plan="small") for _ in range(2)]
+    other = await new_key(app, "other@example.com", plan="small")
+    async with (
+        client_for(app, **{"X-Api-Key": keys[0]}) as one,
+        client_for(app, **{"X-Api-Key": keys[1]}) as two,
+        client_for(app, **{"X-Api-Key": other}) as stranger,
+    ):
+        for i in range(4):
+            r = await (one if i % 2 else two).delete(doc("x"))
+            assert r.status_code == 204 and ratelimit(r)[1] == 3 - i
+        assert_refused(await one.delete(doc("x")))
+        assert_refused(await two.delete(doc("x")))
+        # Another user has a window of their own.
+        r = await stranger.delete(doc("x"))
+        assert r.status_code == 204 and ratelimit(r)[1] == 3
+
+
+async def test_headers_on_every_authenticated_response(make_app: AppFactory) -> None:
+    app = await make_app(plans={"small": small_plan("small", writes=50, reads=50)})
+    key = await new_key(app, plan="small")
+    async with client_for(app, **{"X-Api-Key": key}) as api, client_for(app) as anon:
+        responses = {
+            "list": await api.get(PERSONAS),
+            "missing": await api.get(f"{PERSONAS}/per_missing"),
+            "bad cursor": await api.get(PERSONAS, params={"cursor": "!"}),
+            "invalid": await api.post(PERSONAS, json={}),
+            "malformed": await api.post(
+                PERSONAS, content=b"{", headers={"content-type": "application/json"}
+            ),
+            "created": await api.post(PERSONAS, json={"name": "A"}),
+            "usage": await api.get("/api/subscription/usage"),
+        }
+        expected = {
+            "list": (200, "reads", 49),
+            "missing": (404, "reads", 48),
+            "bad cursor": (400, "reads", 47),
+            "invalid": (422, "writes", 49),
+            "malformed": (400, "writes", 48),
+            "created": (201, "writes", 47),
+            "usage": (200, "reads", 46),
+        }
+        for name, r in responses.items():
+            status, charged, remaining = expected[name]
+            assert r.status_code == status, (name, r.text)
+            assert policy(r) == (charged, 50), name
+            kind, r_left, t = ratelimit(r)
+            assert (kind, r_left) == (charged, remaining), name
+            assert 1 <= t <= 60
+        # No key, no user to charge: no RateLimit fields.
+        r = await anon.get(PERSONAS)
+        assert_problem(r, 401, "auth.unauthorized")
+        assert "ratelimit" not in r.headers and "ratelimit-policy" not in r.headers
+
+
+async def test_failed_authentication_is_limited_per_address(app: Starlette) -> None:
+    key = await new_key(app)
+    bad = {"X-Api-Key": "pa_live_" + "0" * 40}
+
+    def client(address: str, **headers: str) -> httpx.AsyncClient:
+        transport = httpx.ASGITransport(app=app, client=(address, 50000))
+        return httpx.AsyncClient(transport=transport, base_url="http://testserver", headers=headers)
+
+    async with client("10.0.0.1") as attacker, client("10.0.0.2", **{"X-Api-Key": key}) as other:
+        for i in range(29):
+            headers = bad if i % 2 else {}  # missing keys count as failures too
+            assert_problem(await attacker.get(PERSONAS, headers=headers), 401, "auth.unauthorized")
+        # Success does not count (nor reset the count).
+        assert (await attacker.get(PERSONAS, headers={"X-Api-Key": key})).status_code == 200
+        assert_problem(await attacker.get(PERSONAS, headers=bad), 401, "auth.unauthorized")
+        # 30 failures: from now on this address is refused before the key is looked at.
+        for headers in (bad, {"X-Api-Key": key}):
+            r = await attacker.get(PERSONAS, headers=headers)
+            assert_problem(r, 429, "limits.rate_exceeded")
+            assert r.headers["retry-after"].isdigit() and int(r.headers["retry-after"]) >= 1
+        # Other addresses are not affected.
+        assert (await other.get(PERSONAS)).status_code == 200
+    usage = await accounts.list_users(core=app.state.core)
+    assert [u.email for u in usage] == ["owner@example.com"]
+
+
+async def test_plan_change_starts_a_fresh_window(make_app: AppFactory) -> None:
+    """The window is keyed by the limit, so a plan change counts from zero under the new limit
+    (documented in app/ratelimit.py)."""
+    app = await make_app(
+        plans={"small": small_plan("small", writes=2), "bigger": small_plan("bigger", writes=3)}
+    )
+    key = await new_key(app, "upgrader@example.com", plan="small")
+    async with client_for(app, **{"X-Api-Key": key}) as api:
+        for _ in range(2):
+            assert (await api.delete(doc("x"))).status_code == 204
+        assert_refused(await api.delete(doc("x")))
+        await accounts.set_plan(core=app.state.core, email="upgrader@example.com", plan_id="bigger")
+        for i in range(3):
+            r = await api.delete(doc("x"))
+            assert r.status_code == 204 and ratelimit(r)[1] == 2 - i
+        assert_refused(await api.delete(doc("x")))
+
+
+# --- Redis: several processes share one count ------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+@pytest.fixture
+def redis_url(tmp_path: Path) -> Iterator[str]:
+    """A private redis-server on a free port in a temporary directory, stopped afterwards."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed (Debian: apt-get install redis-server)")
+    port = _free_port()
+    workdir = tmp_path / "redis"
+    workdir.mkdir()
+    process = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(workdir),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2) as conn:
+                    conn.sendall(b"PING\r\n")
+                    if conn.recv(16).startswith(b"+PONG"):
+                        break
+            except OSError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start on port {port}")
+            time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.mark.redis
+async def test_redis_shares_the_count_between_processes(
+    make_app: AppFactory, redis_url: str, tmp_path: Path
+) -> None:
+    plans = {"small": small_plan("small", writes=5)}
+    data_dir = tmp_path / "shared-data"  # one database, two server "processes"
+    first = await make_app(data_dir=data_dir, redis_url=redis_url, plans=plans)
+    second = await make_app(data_dir=data_dir, redis_url=redis_url, plans=plans)
+    key = await new_key(first, plan="small")
+    async with (
+        client_for(first, **{"X-Api-Key": key}) as a,
+        client_for(second, **{"X-Api-Key": key}) as b,
+    ):
+        for i in range(5):
+            r = await (a if i % 2 else b).delete(doc("x"))
+            assert r.status_code == 204 and ratelimit(r)[1] == 4 - i
+        assert_refused(await a.delete(doc("x")))
+        assert_refused(await b.delete(doc("x")))
+        assert (await a.get(PERSONAS)).status_code == 200  # reads are counted apart
+
+
+@pytest.mark.redis
+async def test_redis_down_answers_503(make_app: AppFactory) -> None:
+    """A configured but unreachable Redis refuses requests rather than letting them through
+    unlimited."""
+    app = await make_app(redis_url=f"redis://127.0.0.1:{_free_port()}/0")
+    key = await new_key(app)
+    async with client_for(app, **{"X-Api-Key": key}) as api:
+        r = await api.get(PERSONAS)
+        assert_problem(r, 503, "server.unavailable")
+        assert r.headers["retry-after"] == "5"
