@@ -134,9 +134,11 @@ async def add_chunks(core: Core, user_id: int, corpus: Corpus, n_chunks: int) ->
             await session.flush()
             ids = [c.id for c in chunks if c.id is not None]
             await core.vectors.put(session, user_id=user_id, chunk_ids=ids, vectors=vectors)
-            for doc in docs:
-                own = [(c.id, c.text) for c in chunks if c.doc_id == doc.id and c.id is not None]
-                await core.keywords.put(session, title=doc.title, chunks=own)
+            for i, doc in enumerate(docs):
+                own = chunks[i * CHUNKS_PER_DOC : (i + 1) * CHUNKS_PER_DOC]
+                await core.keywords.put(
+                    session, title=doc.title, chunks=[(c.id, c.text) for c in own if c.id]
+                )
         corpus.docs += count
 
 

@@ -17,7 +17,7 @@ DOCS = "/api/knowledge/docs"
 SEARCH = "/api/knowledge/search"
 MODES = ("hybrid", "semantic", "keyword")
 
-CORPUS = [
+CORPUS: list[dict[str, Any]] = [
     {
         "external_id": "lamp",
         "title": "Desk lamp",

@@ -101,6 +101,7 @@ async def _setup(app: Starlette) -> tuple[Core, Principal]:
     items = [
         KnowledgeDocItem(
             external_id=f"doc-{i}",
+            title=None,
             content=_long(topic, 40 if i % 2 else 1),
             metadata={"even": i % 2 == 0},
         )
