@@ -13,10 +13,10 @@ from starlette.middleware import Middleware
 from app import rest
 from app.db import Database
 from app.embedding import Embedder, LocalModel, Model
+from app.guard import Guard
 from app.ratelimit import RateLimiter
 from app.rest.middleware import RequestContextMiddleware
 from app.rest.openapi import build_openapi
-from app.rest.operations import Guard
 from app.services.core import Core
 from app.settings import Settings
 

@@ -24,31 +24,10 @@ from app.errors import (
     TooLarge,
     UnsupportedMediaType,
 )
-from app.ratelimit import Policy, RateLimiter
+from app.guard import Guard
+from app.ratelimit import Policy
 from app.rest.problems import from_validation_error
-from app.services import accounts
-from app.services.core import Core, Principal, period_key
-
-
-class Guard:
-    """Authentication and rate limiting, shared by the REST and GraphQL doors."""
-
-    def __init__(self, core: Core, limiter: RateLimiter) -> None:
-        self.core = core
-        self.limiter = limiter
-
-    async def authenticate(self, request: Request) -> Principal:
-        key = request.headers.get("x-api-key")
-        address = request.client.host if request.client else "unknown"
-        return await self.limiter.authenticate(
-            address, lambda: accounts.authenticate(core=self.core, api_key=key)
-        )
-
-    async def charge(self, principal: Principal, policy: Policy) -> dict[str, str]:
-        headers = await self.limiter.charge(principal, policy)
-        # Counted in memory only; the usage endpoint adds what is not flushed yet.
-        self.core.requests.add(principal.user_id, period_key())
-        return headers
+from app.services.core import Core, Principal
 
 
 @dataclass
