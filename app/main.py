@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager, suppress
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
-from app import rest
+from app import rest, web
 from app.db import Database
 from app.embedding import Embedder, LocalModel, Model
 from app.guard import Guard
@@ -53,7 +53,7 @@ def create_app(
             await db.dispose()
 
     app = Starlette(
-        routes=rest.routes(),
+        routes=[*rest.routes(), *web.routes(settings)],
         middleware=[Middleware(RequestContextMiddleware)],
         exception_handlers=rest.EXCEPTION_HANDLERS,
         lifespan=lifespan,

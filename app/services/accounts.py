@@ -6,6 +6,7 @@ import re
 from datetime import timedelta
 
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
 from app import security
@@ -117,20 +118,47 @@ async def list_keys(*, core: Core, email: str) -> list[ApiKeyPublic]:
         return [_key_public(k) for k in keys]
 
 
-async def disable_key(*, core: Core, prefix: str) -> ApiKeyPublic:
+async def _one_key(session: AsyncSession, prefix: str, email: str | None) -> ApiKey:
+    query = select(ApiKey).where(ApiKey.prefix == prefix)
+    if email is not None:  # a user acting on their own keys (dashboard), not the operator
+        query = query.join(User, col(User.id) == ApiKey.user_id).where(
+            User.email == email.strip().lower()
+        )
+    found = list((await session.execute(query)).scalars())
+    if len(found) != 1:
+        raise KeyNotFound(
+            f"No API key starts with {prefix!r}."
+            if not found
+            else f"{len(found)} keys start with {prefix!r}; act on them from the dashboard."
+        )
+    return found[0]
+
+
+async def disable_key(*, core: Core, prefix: str, email: str | None = None) -> ApiKeyPublic:
+    """Disable a key by its visible prefix; with `email`, only among that user's keys."""
     async with core.db.write() as session:
-        keys = (await session.execute(select(ApiKey).where(ApiKey.prefix == prefix))).scalars()
-        found = list(keys)
-        if len(found) != 1:
-            raise KeyNotFound(
-                f"No API key starts with {prefix!r}."
-                if not found
-                else f"{len(found)} keys start with {prefix!r}; disable them from the dashboard."
-            )
-        key = found[0]
+        key = await _one_key(session, prefix, email)
         key.status = "disabled"
         session.add(key)
     return _key_public(key)
+
+
+async def delete_key(*, core: Core, prefix: str, email: str) -> None:
+    """Delete one of the user's keys for good (the last step of a rotation)."""
+    async with core.db.write() as session:
+        await session.delete(await _one_key(session, prefix, email))
+
+
+async def login(*, core: Core, email: str, password: str) -> UserPublic:
+    """A dashboard sign-in: the user, or `Unauthorized` (the same for every failure)."""
+    async with core.db.read() as session:
+        user = (
+            await session.execute(select(User).where(User.email == email.strip().lower()))
+        ).scalar_one_or_none()
+    # verify_password spends the same time when there is no user or no password.
+    if not security.verify_password(password, user.password_hash if user else None) or user is None:
+        raise Unauthorized()
+    return _user_public(user)
 
 
 async def authenticate(*, core: Core, api_key: str | None) -> Principal:
