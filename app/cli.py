@@ -276,6 +276,55 @@ def keys_disable(
         out.print(f"disabled {key.prefix}… ({key.name})")
 
 
+# --- sync -----------------------------------------------------------------------------------
+
+
+@cli.command()
+def sync(
+    directory: Annotated[Path, typer.Argument(metavar="DIR", help="Folder of .txt/.md files.")],
+    api_key: Annotated[
+        str, typer.Option("--api-key", envvar="PERSONAIZER_API_KEY", help="The key to upload with.")
+    ],
+    url: Annotated[str, typer.Option(help="The server's base URL.")] = "http://127.0.0.1:8000",
+    prune: Annotated[
+        bool, typer.Option("--prune", help="Delete synced documents whose file is gone.")
+    ] = False,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Upload a folder of text and Markdown files through the public API (external_id from
+    the relative path). Unchanged files are no-ops; --data-dir/--database-url are accepted for
+    uniformity and unused: sync only speaks HTTP."""
+    import httpx
+    from rich.progress import Progress
+
+    from app.sync import SyncError, sync_folder
+
+    async def main() -> None:
+        headers = {"X-Api-Key": api_key, "User-Agent": "personaizer-sync"}
+        with Progress(console=err, transient=True, disable=not err.is_terminal) as progress:
+            task = progress.add_task("uploading", total=None)
+
+            def on_progress(done: int, total: int) -> None:
+                progress.update(task, completed=done, total=total)
+
+            async with httpx.AsyncClient(base_url=url, headers=headers, timeout=300) as client:
+                report = await sync_folder(client, directory, prune=prune, on_progress=on_progress)
+        for line in report.skipped:
+            err.print(f"skipped {line}")
+        out.print(
+            f"created {report.created}, updated {report.updated}, unchanged {report.no_op}"
+            + (f", deleted {report.deleted}" if prune else "")
+        )
+
+    try:
+        asyncio.run(main())
+    except SyncError as exc:
+        raise Fail(str(exc)) from exc
+    except httpx.TransportError as exc:
+        raise Fail(f"cannot reach {url}: {exc}") from exc
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         cli(args=argv)
