@@ -11,8 +11,8 @@ from starlette.applications import Starlette
 
 from app.db import Database
 from app.errors import UserExists
-from app.models import KnowledgeDocItem
-from app.services import accounts, knowledge
+from app.models import KnowledgeDocItem, PersonaCreate
+from app.services import accounts, knowledge, personas
 from app.services.core import Core
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,27 @@ SAMPLE_DOCS = [
 ]
 
 
+SAMPLE_PERSONAS = [
+    (
+        PersonaCreate(
+            name="Ava",
+            description="Support agent for the web shop.",
+            instructions="You are Ava, a friendly support agent. Answer from the knowledge given.",
+            greeting="Hi, I'm Ava. How can I help with your order?",
+        ),
+        ["faq-shipping", "guide-reset-password"],
+    ),
+    (
+        PersonaCreate(
+            name="Leo",
+            description="Product expert.",
+            instructions="You are Leo. Explain products precisely and briefly.",
+        ),
+        ["product-SKU-9821"],
+    ),
+]
+
+
 def install_demo(app: Starlette, console: Console) -> None:
     """Make the demo account now (so its key can be printed) and load samples once ready."""
     core: Core = app.state.core
@@ -78,6 +99,15 @@ def install_demo(app: Starlette, console: Console) -> None:
         await core.embedder.wait_ready()
         principal = await accounts.authenticate(core=core, api_key=key)
         result = await knowledge.upsert_many(core=core, principal=principal, items=SAMPLE_DOCS)
+        existing = await personas.list_personas(core=core, principal=principal, limit=200)
+        names = {p.name for p in existing.items}
+        for sample, external_ids in SAMPLE_PERSONAS:
+            if sample.name in names:  # a restart with --demo keeps the earlier demo personas
+                continue
+            persona = await personas.create_persona(core=core, principal=principal, body=sample)
+            await personas.set_knowledge(
+                core=core, principal=principal, persona_id=persona.id, external_ids=external_ids
+            )
         log.info("demo data loaded: %s", result.summary.model_dump())
 
     app.state.startup_hooks.append(load_samples)

@@ -124,12 +124,13 @@ def test_serve_end_to_end(tmp_path: Path) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PERSONAIZER_")}
     proc = subprocess.Popen(
-        [str(BIN), "serve", "--port", str(port), "--data-dir", str(tmp_path)],
+        [str(BIN), "serve", "--port", str(port), "--data-dir", str(tmp_path), "--demo"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         env=env,
     )
+    early: list[str] = []
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 120
@@ -149,9 +150,32 @@ def test_serve_end_to_end(tmp_path: Path) -> None:
         )
         assert r.status_code == 201, r.text
         assert httpx.get(f"{base}/api/knowledge/docs", headers=h).json()["total"] == 1
+
+        # --demo printed a key of its own and loads sample personas and documents.
+        assert proc.stdout is not None
+        demo_key = ""
+        while not demo_key:
+            line = proc.stdout.readline()
+            early.append(line)
+            assert line, "no demo key printed"
+            if line.startswith("Demo API key: "):
+                demo_key = line.split(": ", 1)[1].strip()
+        d = {"X-Api-Key": demo_key}
+        while time.monotonic() < deadline:
+            personas = httpx.get(f"{base}/api/personas", headers=d).json()
+            if personas["total"] == 2:
+                break
+            time.sleep(0.3)
+        assert [p["name"] for p in personas["items"]] == ["Ava", "Leo"]
+        ava = httpx.get(f"{base}/api/personas/{personas['items'][0]['id']}", headers=d).json()
+        assert ava["knowledge_external_ids"] == ["faq-shipping", "guide-reset-password"]
     finally:
         proc.terminate()
-        out, _ = proc.communicate(timeout=30)
+        proc.wait(timeout=30)
+        # read() and not communicate(): lines already buffered by readline() must not be lost.
+        assert proc.stdout is not None
+        out = "".join(early) + proc.stdout.read()
+        proc.stdout.close()
     assert f"http://127.0.0.1:{port}" in out
     assert str(tmp_path.resolve()) in out
     assert "PUT /api/knowledge/docs/by-external-id/hello 201" in out
