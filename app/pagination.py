@@ -7,10 +7,21 @@ import binascii
 import json
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from app.errors import InvalidCursor
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
+
+
+class PageQuery(BaseModel):
+    """The query parameters every list takes (API.md section 1)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    limit: int = Field(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT, description="Items per page, 1-200.")
+    cursor: str | None = Field(None, description="The next_cursor of the previous page.")
 
 
 def encode_cursor(position: dict[str, Any]) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from urllib.parse import quote
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 from starlette.responses import Response
 
 from app.errors import (
@@ -25,18 +25,14 @@ from app.models import (
     Page,
     SingleUpsertResponse,
 )
-from app.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from app.pagination import PageQuery
 from app.rest.operations import Call, Operation, json_response
 from app.services import knowledge
 
 EXTERNAL_ID_PARAM = {"external_id": "The caller's id of the document: 1-128 of A-Z a-z 0-9 . _ : -"}
 
 
-class ListQuery(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    limit: int = Field(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT)
-    cursor: str | None = None
+class DocListQuery(PageQuery):
     include_content: bool = False
     updated_since: datetime | None = Field(
         None, description="Only documents updated at or after this time (RFC 3339)."
@@ -55,7 +51,7 @@ def doc_location(external_id: str) -> str:
 
 
 async def list_docs(call: Call) -> Response:
-    q: ListQuery = call.query
+    q: DocListQuery = call.query
     page = await knowledge.list_docs(
         core=call.core,
         principal=call.principal,
@@ -127,7 +123,7 @@ OPERATIONS = [
         tag="KnowledgeDocs",
         policy="reads",
         idempotent=True,
-        query=ListQuery,
+        query=DocListQuery,
         responses={200: (Page[KnowledgeDocPublic], "A page of documents.")},
         errors=(InvalidCursor,),
     ),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from app.errors import (
@@ -21,22 +20,15 @@ from app.models import (
     PersonaPublic,
     PersonaUpdate,
 )
-from app.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from app.pagination import PageQuery
 from app.rest.operations import Call, Operation, json_response
 from app.services import personas
 
 PERSONA_ID_PARAM = {"id": "The persona's id, `per_` + a ULID."}
 
 
-class ListQuery(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    limit: int = Field(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT)
-    cursor: str | None = None
-
-
 async def list_personas(call: Call) -> Response:
-    q: ListQuery = call.query
+    q: PageQuery = call.query
     page = await personas.list_personas(
         core=call.core, principal=call.principal, limit=q.limit, cursor=q.cursor
     )
@@ -98,7 +90,7 @@ OPERATIONS = [
         tag="Personas",
         policy="reads",
         idempotent=True,
-        query=ListQuery,
+        query=PageQuery,
         responses={200: (Page[PersonaListItem], "A page of personas.")},
         errors=(InvalidCursor,),
     ),
