@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager, suppress
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 
 from app import rest, web
 from app.db import Database
@@ -21,6 +22,29 @@ from app.services.core import Core
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+def _cors(settings: Settings) -> list[Middleware]:
+    if not settings.cors_origins:
+        return []
+    # API keys travel in a header, not cookies, so credentials stay off; the dashboard is
+    # same-origin only (its session cookie is SameSite=Strict).
+    return [
+        Middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=["X-Api-Key", "Content-Type", "X-Request-Id"],
+            expose_headers=[
+                "X-Request-Id",
+                "RateLimit",
+                "RateLimit-Policy",
+                "Retry-After",
+                "Location",
+            ],
+            max_age=600,
+        )
+    ]
 
 
 def create_app(
@@ -54,7 +78,7 @@ def create_app(
 
     app = Starlette(
         routes=[*rest.routes(), *web.routes(settings)],
-        middleware=[Middleware(RequestContextMiddleware)],
+        middleware=[Middleware(RequestContextMiddleware), *_cors(settings)],
         exception_handlers=rest.EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )

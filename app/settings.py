@@ -108,6 +108,9 @@ class Settings(BaseSettings):
     environment: str = "local"
     session_secret: str = ""
     graphiql: bool = False
+    #: Browser origins allowed to call the API directly (CORS), e.g. a persona frontend at
+    #: `https://app.example.com`; JSON list in the environment. Empty: no CORS headers at all.
+    cors_origins: list[str] = Field(default_factory=list)
 
     @field_validator("default_plan")
     @classmethod

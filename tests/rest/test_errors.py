@@ -257,3 +257,30 @@ async def test_healthz_reports_a_failed_model(tmp_path: Path) -> None:
         await app.state.core.embedder.wait_ready()
         body = assert_problem(await client.get("/healthz"), 503, "server.unavailable")
         assert body["embedder"] == "failed"
+
+
+async def test_cors_is_off_by_default(anon: httpx.AsyncClient) -> None:
+    r = await anon.get("/healthz", headers={"Origin": "https://app.example.com"})
+    assert "access-control-allow-origin" not in r.headers
+
+
+async def test_cors_for_configured_origins(make_app: Any) -> None:
+    app = await make_app(cors_origins=["https://app.example.com"])
+    key = await new_key(app)
+    async with client_for(app) as client:
+        pre = await client.options(
+            DOCS,
+            headers={
+                "Origin": "https://app.example.com",
+                "Access-Control-Request-Method": "PUT",
+                "Access-Control-Request-Headers": "x-api-key, content-type",
+            },
+        )
+        assert pre.status_code == 200
+        assert pre.headers["access-control-allow-origin"] == "https://app.example.com"
+        assert "x-api-key" in pre.headers["access-control-allow-headers"].lower()
+        r = await client.get(DOCS, headers={"Origin": "https://app.example.com", "X-Api-Key": key})
+        assert r.headers["access-control-allow-origin"] == "https://app.example.com"
+        assert "ratelimit" in r.headers["access-control-expose-headers"].lower()
+        other = await client.get(DOCS, headers={"Origin": "https://evil.example", "X-Api-Key": key})
+        assert "access-control-allow-origin" not in other.headers
