@@ -325,6 +325,31 @@ def sync(
         raise Fail(f"cannot reach {url}: {exc}") from exc
 
 
+# --- export-schema --------------------------------------------------------------------------
+
+
+@cli.command("export-schema")
+def export_schema(
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write the SDL to this file.")
+    ] = None,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Print the GraphQL schema (SDL) the server serves, exactly as `schema.graphql` holds it
+    (and as `strawberry export-schema app.graphql.schema:schema` prints it). --data-dir and
+    --database-url are accepted for uniformity and unused: the schema needs no data."""
+    from strawberry.printer import print_schema
+
+    from app.graphql.schema import schema
+
+    sdl = print_schema(schema) + "\n"
+    if output is None:
+        sys.stdout.write(sdl)  # not `out`: rich would read `[String!]` as markup
+    else:
+        output.write_text(sdl, encoding="utf-8")
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         cli(args=argv)

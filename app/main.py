@@ -14,6 +14,7 @@ from starlette.middleware.cors import CORSMiddleware
 from app import rest, web
 from app.db import Database
 from app.embedding import Embedder, LocalModel, Model
+from app.graphql.view import graphql_route
 from app.guard import Guard
 from app.ratelimit import RateLimiter
 from app.rest.middleware import RequestContextMiddleware
@@ -77,7 +78,7 @@ def create_app(
             await db.dispose()
 
     app = Starlette(
-        routes=[*rest.routes(), *web.routes(settings)],
+        routes=[*rest.routes(), graphql_route(settings), *web.routes(settings)],
         middleware=[Middleware(RequestContextMiddleware), *_cors(settings)],
         exception_handlers=rest.EXCEPTION_HANDLERS,
         lifespan=lifespan,

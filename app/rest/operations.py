@@ -26,8 +26,8 @@ from app.errors import (
 )
 from app.guard import Guard
 from app.ratelimit import Policy
-from app.rest.problems import from_validation_error
 from app.services.core import Core, Principal
+from app.validation import from_validation_error
 
 
 @dataclass

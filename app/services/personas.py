@@ -16,11 +16,13 @@ from typing import Any
 
 from sqlalchemy import delete, func
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import defer
 from sqlmodel import col, select
 
 from app.errors import FieldError, PersonaNotFound, PersonaQuotaExceeded, UnknownExternalIds
 from app.models import (
     KnowledgeDoc,
+    KnowledgeDocPublic,
     Page,
     Persona,
     PersonaCreate,
@@ -161,6 +163,103 @@ async def list_personas(
         next_cursor=encode_cursor({"after": personas[-1].id}) if more else None,
         total=total,
     )
+
+
+async def attached_external_ids(
+    *, core: Core, principal: Principal, persona_ids: Sequence[str]
+) -> dict[str, list[str]]:
+    """The sorted external_ids attached to each of many personas, in one statement per
+    `_IN_CHUNK` personas however many there are. An id that is not one of the caller's personas
+    maps to `[]`."""
+    ids = list(dict.fromkeys(persona_ids))
+    out: dict[str, list[str]] = {persona_id: [] for persona_id in ids}
+    async with core.db.read() as session:
+        for start in range(0, len(ids), _IN_CHUNK):
+            rows = await session.execute(
+                select(PersonaKnowledge.persona_id, KnowledgeDoc.external_id)
+                .join(KnowledgeDoc, col(KnowledgeDoc.id) == PersonaKnowledge.doc_id)
+                .where(
+                    col(PersonaKnowledge.persona_id).in_(ids[start : start + _IN_CHUNK]),
+                    col(KnowledgeDoc.user_id) == principal.user_id,
+                )
+                .order_by(col(KnowledgeDoc.external_id))
+            )
+            for persona_id, external_id in rows.all():
+                out[persona_id].append(external_id)
+    return out
+
+
+async def knowledge_for_personas(
+    *,
+    core: Core,
+    principal: Principal,
+    persona_ids: Sequence[str],
+    limit: int,
+    cursor: str | None = None,
+    include_content: bool = False,
+) -> dict[str, Page[KnowledgeDocPublic]]:
+    """One page of the documents attached to each of many personas, ordered by external_id like
+    the knowledge list (its cursors work the same way): two statements per `_IN_CHUNK`
+    personas, however many there are. `total` counts each persona's whole attached set. An id
+    that is not one of the caller's personas gets an empty page."""
+    position = decode_cursor(cursor, keys=("after",))
+    ids = list(dict.fromkeys(persona_ids))
+    totals: dict[str, int] = {}
+    docs: dict[str, list[KnowledgeDoc]] = {persona_id: [] for persona_id in ids}
+    async with core.db.read() as session:
+        for start in range(0, len(ids), _IN_CHUNK):
+            mine = [
+                col(PersonaKnowledge.persona_id).in_(ids[start : start + _IN_CHUNK]),
+                col(KnowledgeDoc.user_id) == principal.user_id,
+            ]
+            joined = col(KnowledgeDoc.id) == PersonaKnowledge.doc_id
+            counts = await session.execute(
+                select(PersonaKnowledge.persona_id, func.count())
+                .join(KnowledgeDoc, joined)
+                .where(*mine)
+                .group_by(col(PersonaKnowledge.persona_id))
+            )
+            totals.update({persona_id: n for persona_id, n in counts.all()})
+            if position is not None:
+                mine.append(col(KnowledgeDoc.external_id) > position["after"])
+            # Each persona's first `limit + 1` documents (one more tells whether a next page
+            # exists), ranked within the persona, so the statement count does not grow with
+            # the number of personas.
+            ranked = (
+                select(
+                    col(PersonaKnowledge.persona_id).label("persona_id"),
+                    col(KnowledgeDoc.id).label("doc_id"),
+                    func.row_number()
+                    .over(
+                        partition_by=col(PersonaKnowledge.persona_id),
+                        order_by=col(KnowledgeDoc.external_id),
+                    )
+                    .label("rank"),
+                )
+                .join(KnowledgeDoc, joined)
+                .where(*mine)
+                .subquery()
+            )
+            query = (
+                select(ranked.c.persona_id, KnowledgeDoc)
+                .join(ranked, ranked.c.doc_id == col(KnowledgeDoc.id))
+                .where(ranked.c.rank <= limit + 1)
+                .order_by(ranked.c.persona_id, ranked.c.rank)
+            )
+            if not include_content:
+                query = query.options(defer(KnowledgeDoc.content))  # type: ignore[arg-type]
+            for persona_id, doc in (await session.execute(query)).all():
+                docs[persona_id].append(doc)
+    pages: dict[str, Page[KnowledgeDocPublic]] = {}
+    for persona_id, found in docs.items():
+        more = len(found) > limit
+        found = found[:limit]
+        pages[persona_id] = Page[KnowledgeDocPublic](
+            items=[KnowledgeDocPublic.of(d, include_content=include_content) for d in found],
+            next_cursor=encode_cursor({"after": found[-1].external_id}) if more else None,
+            total=totals.get(persona_id, 0),
+        )
+    return pages
 
 
 async def create_persona(*, core: Core, principal: Principal, body: PersonaCreate) -> PersonaPublic:

@@ -1,0 +1,223 @@
+"""GraphQL: KnowledgeDocs (API.md section 5) over `app.services.knowledge`."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import Enum
+from typing import Annotated, Any
+
+import strawberry
+from strawberry.scalars import JSON
+from strawberry.types.unset import UNSET
+
+from app.graphql.context import Info
+from app.graphql.errors import located, validated
+from app.graphql.pages import (
+    AFTER_DESCRIPTION,
+    DEFAULT_LIMIT,
+    FIRST_DESCRIPTION,
+    Page,
+    page_query,
+    selects,
+)
+from app.models import (
+    BatchUpsertResponse,
+    KnowledgeDocBatch,
+    KnowledgeDocBody,
+    KnowledgeDocPublic,
+)
+from app.models import Page as PublicPage
+from app.services import knowledge
+
+
+@strawberry.enum(description="What an upsert did to one document.")
+class UpsertStatus(Enum):
+    CREATED = "created"
+    UPDATED = "updated"
+    NO_OP = "no_op"
+
+
+def _content(root: KnowledgeDocType) -> str:
+    # Loaded exactly when selected (see `wants_content`), so it is here when asked for.
+    assert root.loaded_content is not None, "content selected but not loaded"
+    return root.loaded_content
+
+
+@strawberry.type(name="KnowledgeDoc", description="A knowledge document.")
+class KnowledgeDocType:
+    external_id: str = strawberry.field(description="The caller's id of the document.")
+    title: str | None
+    metadata: JSON
+    content_sha256: str = strawberry.field(description="Hex SHA-256 of the content.")
+    char_count: int
+    chunk_count: int
+    created_at: datetime
+    updated_at: datetime
+    loaded_content: strawberry.Private[str | None]
+    content: str = strawberry.field(resolver=_content, description="The document's text.")
+
+    @classmethod
+    def of(cls, doc: KnowledgeDocPublic) -> KnowledgeDocType:
+        return cls(
+            external_id=doc.external_id,
+            title=doc.title,
+            metadata=JSON(doc.metadata),
+            content_sha256=doc.content_sha256,
+            char_count=doc.char_count,
+            chunk_count=doc.chunk_count,
+            created_at=doc.created_at,
+            updated_at=doc.updated_at,
+            loaded_content=doc.content,
+        )
+
+
+KnowledgeDocPage = Page[KnowledgeDocType]
+
+
+def doc_page(page: PublicPage[KnowledgeDocPublic]) -> KnowledgeDocPage:
+    return KnowledgeDocPage(
+        items=[KnowledgeDocType.of(d) for d in page.items],
+        next_cursor=page.next_cursor,
+        total=page.total,
+    )
+
+
+def wants_content(info: Info) -> bool:
+    """Whether the documents' `content` is selected: only then is it worth loading."""
+    return selects(info.selected_fields, "content")
+
+
+@strawberry.type
+class UpsertResult:
+    external_id: str
+    status: UpsertStatus
+
+
+@strawberry.type
+class UpsertSummary:
+    created: int
+    updated: int
+    no_op: int
+
+
+@strawberry.type(description="Per-item outcomes, in request order, and a summary.")
+class UpsertKnowledgeDocsPayload:
+    results: list[UpsertResult]
+    summary: UpsertSummary
+
+    @classmethod
+    def of(cls, response: BatchUpsertResponse) -> UpsertKnowledgeDocsPayload:
+        return cls(
+            results=[
+                UpsertResult(external_id=r.external_id, status=UpsertStatus(r.status))
+                for r in response.results
+            ],
+            summary=UpsertSummary(**response.summary.model_dump()),
+        )
+
+
+@strawberry.type
+class UpsertKnowledgeDocPayload:
+    status: UpsertStatus
+    document: KnowledgeDocType
+
+
+@strawberry.type
+class DeleteKnowledgeDocPayload:
+    external_id: str
+    deleted: bool = strawberry.field(
+        description="False when there was no such document (deleting is idempotent)."
+    )
+
+
+@strawberry.input(description="One document of a batch upsert.")
+class KnowledgeDocItemInput:
+    external_id: str = strawberry.field(description="1-128 characters of A-Z a-z 0-9 . _ : -")
+    title: str | None = strawberry.field(default=None, description="At most 512 characters.")
+    content: str = strawberry.field(description="Not blank; at most the plan's doc_chars.")
+    metadata: JSON | None = strawberry.field(
+        default=UNSET, description="A JSON object of at most 8 KiB; `{}` when left out."
+    )
+
+
+@strawberry.input(
+    description="A whole document; what is left out is reset (title null, metadata {})."
+)
+class KnowledgeDocInput:
+    title: str | None = strawberry.field(default=None, description="At most 512 characters.")
+    content: str = strawberry.field(description="Not blank; at most the plan's doc_chars.")
+    metadata: JSON | None = strawberry.field(
+        default=UNSET, description="A JSON object of at most 8 KiB; `{}` when left out."
+    )
+
+
+def _body(value: KnowledgeDocItemInput | KnowledgeDocInput) -> dict[str, Any]:
+    """An input as the REST body it stands for: fields left out stay out (so a null is a null)."""
+    return {k: v for k, v in vars(value).items() if v is not UNSET}
+
+
+# --- resolvers -----------------------------------------------------------------------------
+
+
+async def knowledge_docs(
+    info: Info,
+    first: Annotated[int, strawberry.argument(description=FIRST_DESCRIPTION)] = DEFAULT_LIMIT,
+    after: Annotated[str | None, strawberry.argument(description=AFTER_DESCRIPTION)] = None,
+    updated_since: Annotated[
+        datetime | None,
+        strawberry.argument(description="Only documents updated at or after this time."),
+    ] = None,
+) -> KnowledgeDocPage:
+    """The caller's documents ordered by external_id (byte order)."""
+    page = page_query(first, after)
+    result = await knowledge.list_docs(
+        core=info.context.core,
+        principal=info.context.principal,
+        limit=page.limit,
+        cursor=page.cursor,
+        include_content=wants_content(info),
+        updated_since=updated_since,
+    )
+    return doc_page(result)
+
+
+async def knowledge_doc(info: Info, external_id: str) -> KnowledgeDocType:
+    """One document; `knowledge.not_found` when there is none."""
+    doc = await knowledge.get_doc(
+        core=info.context.core, principal=info.context.principal, external_id=external_id
+    )
+    return KnowledgeDocType.of(doc)
+
+
+async def upsert_knowledge_docs(
+    info: Info, items: list[KnowledgeDocItemInput]
+) -> UpsertKnowledgeDocsPayload:
+    """Create or replace up to the plan's batch_items documents, all or nothing."""
+    batch = validated(KnowledgeDocBatch, {"items": [_body(i) for i in items]})
+    result = await knowledge.upsert_many(
+        core=info.context.core, principal=info.context.principal, items=batch.items
+    )
+    return UpsertKnowledgeDocsPayload.of(result)
+
+
+async def upsert_knowledge_doc(
+    info: Info, external_id: str, input: KnowledgeDocInput
+) -> UpsertKnowledgeDocPayload:
+    """Create or replace one document."""
+    body = validated(KnowledgeDocBody, _body(input), at=("input",))
+    with located("input"):
+        status, doc = await knowledge.upsert_one(
+            core=info.context.core,
+            principal=info.context.principal,
+            external_id=external_id,
+            body=body,
+        )
+    return UpsertKnowledgeDocPayload(status=UpsertStatus(status), document=KnowledgeDocType.of(doc))
+
+
+async def delete_knowledge_doc(info: Info, external_id: str) -> DeleteKnowledgeDocPayload:
+    """Delete one document (idempotent); it is detached from every persona."""
+    deleted = await knowledge.delete_doc(
+        core=info.context.core, principal=info.context.principal, external_id=external_id
+    )
+    return DeleteKnowledgeDocPayload(external_id=external_id, deleted=deleted)

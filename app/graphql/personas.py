@@ -1,0 +1,230 @@
+"""GraphQL: Personas (API.md section 6) over `app.services.personas`. A persona's attached
+documents (`knowledgeExternalIds`, `knowledge`) come through the request's DataLoaders, so a
+page of personas costs a fixed number of statements, not a few per persona."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+import strawberry
+from strawberry.scalars import JSON
+from strawberry.types.unset import UNSET
+
+from app.graphql.context import Info, KnowledgePageKey
+from app.graphql.errors import validated
+from app.graphql.knowledge import KnowledgeDocPage, doc_page, wants_content
+from app.graphql.pages import (
+    AFTER_DESCRIPTION,
+    DEFAULT_LIMIT,
+    FIRST_DESCRIPTION,
+    Page,
+    page_query,
+)
+from app.models import (
+    PersonaCreate,
+    PersonaKnowledgeBody,
+    PersonaListItem,
+    PersonaPublic,
+    PersonaUpdate,
+)
+from app.services import personas
+
+
+async def _knowledge_external_ids(root: PersonaType, info: Info) -> list[str]:
+    if root.known_external_ids is not None:
+        return root.known_external_ids
+    return await info.context.loaders.knowledge_ids.load(root.id)
+
+
+async def _knowledge(
+    root: PersonaType,
+    info: Info,
+    first: Annotated[int, strawberry.argument(description=FIRST_DESCRIPTION)] = DEFAULT_LIMIT,
+    after: Annotated[str | None, strawberry.argument(description=AFTER_DESCRIPTION)] = None,
+) -> KnowledgeDocPage:
+    page = page_query(first, after)
+    key = KnowledgePageKey(root.id, page.limit, page.cursor, wants_content(info))
+    return doc_page(await info.context.loaders.knowledge_pages.load(key))
+
+
+@strawberry.type(name="Persona", description="A persona.")
+class PersonaType:
+    id: strawberry.ID = strawberry.field(description="`per_` + a ULID: sorts by creation.")
+    name: str
+    description: str
+    instructions: str
+    greeting: str | None
+    metadata: JSON
+    knowledge_count: int = strawberry.field(description="How many documents are attached.")
+    created_at: datetime
+    updated_at: datetime
+    #: Known when the persona came from a single lookup; else loaded in a batch when asked for.
+    known_external_ids: strawberry.Private[list[str] | None] = None
+
+    knowledge_external_ids: list[str] = strawberry.field(
+        resolver=_knowledge_external_ids,
+        description="The external_ids of the attached documents, sorted.",
+    )
+    knowledge: KnowledgeDocPage = strawberry.field(
+        resolver=_knowledge, description="The attached documents, ordered by external_id."
+    )
+
+    @classmethod
+    def of(cls, persona: PersonaListItem) -> PersonaType:
+        return cls(
+            id=strawberry.ID(persona.id),
+            name=persona.name,
+            description=persona.description,
+            instructions=persona.instructions,
+            greeting=persona.greeting,
+            metadata=JSON(persona.metadata),
+            knowledge_count=persona.knowledge_count,
+            created_at=persona.created_at,
+            updated_at=persona.updated_at,
+            known_external_ids=(
+                persona.knowledge_external_ids if isinstance(persona, PersonaPublic) else None
+            ),
+        )
+
+
+PersonaPage = Page[PersonaType]
+
+
+@strawberry.type
+class PersonaKnowledgeResult:
+    persona_id: strawberry.ID
+    external_ids: list[str] = strawberry.field(
+        description="The attached set after the call, sorted."
+    )
+    added: int = strawberry.field(description="How many documents were newly attached.")
+    removed: int = strawberry.field(description="How many documents were detached.")
+
+
+@strawberry.type
+class DeletePersonaPayload:
+    id: strawberry.ID
+    deleted: bool = strawberry.field(
+        description="False when there was no such persona (deleting is idempotent)."
+    )
+
+
+@strawberry.input
+class PersonaCreateInput:
+    name: str = strawberry.field(description="1-120 characters.")
+    description: str | None = strawberry.field(
+        default=UNSET, description='At most 2000 characters; `""` when left out.'
+    )
+    instructions: str | None = strawberry.field(
+        default=UNSET, description='At most 20000 characters; `""` when left out.'
+    )
+    greeting: str | None = strawberry.field(
+        default=UNSET, description="At most 2000 characters, or null."
+    )
+    metadata: JSON | None = strawberry.field(
+        default=UNSET, description="A JSON object of at most 8 KiB; `{}` when left out."
+    )
+
+
+@strawberry.input(
+    description=(
+        "A partial update: only the fields given change. `greeting` may be null; the others "
+        "may be left out but not null."
+    )
+)
+class PersonaUpdateInput:
+    name: str | None = strawberry.field(default=UNSET, description="1-120 characters.")
+    description: str | None = strawberry.field(
+        default=UNSET, description="At most 2000 characters."
+    )
+    instructions: str | None = strawberry.field(
+        default=UNSET, description="At most 20000 characters."
+    )
+    greeting: str | None = strawberry.field(
+        default=UNSET, description="At most 2000 characters, or null."
+    )
+    metadata: JSON | None = strawberry.field(
+        default=UNSET, description="A JSON object of at most 8 KiB (replaced as a whole)."
+    )
+
+
+def _given(value: PersonaCreateInput | PersonaUpdateInput) -> dict[str, Any]:
+    """The fields the caller gave, as the REST body would carry them: left out stays out."""
+    return {k: v for k, v in vars(value).items() if v is not UNSET}
+
+
+# --- resolvers -----------------------------------------------------------------------------
+
+
+async def list_personas(
+    info: Info,
+    first: Annotated[int, strawberry.argument(description=FIRST_DESCRIPTION)] = DEFAULT_LIMIT,
+    after: Annotated[str | None, strawberry.argument(description=AFTER_DESCRIPTION)] = None,
+) -> PersonaPage:
+    """The caller's personas, ordered by creation."""
+    page = page_query(first, after)
+    result = await personas.list_personas(
+        core=info.context.core,
+        principal=info.context.principal,
+        limit=page.limit,
+        cursor=page.cursor,
+    )
+    return PersonaPage(
+        items=[PersonaType.of(p) for p in result.items],
+        next_cursor=result.next_cursor,
+        total=result.total,
+    )
+
+
+async def persona(info: Info, id: strawberry.ID) -> PersonaType:
+    """One persona; `persona.not_found` when there is none."""
+    found = await personas.get_persona(
+        core=info.context.core, principal=info.context.principal, persona_id=id
+    )
+    return PersonaType.of(found)
+
+
+async def create_persona(info: Info, input: PersonaCreateInput) -> PersonaType:
+    """Create a persona; `persona.quota_exceeded` past the plan's personas."""
+    body = validated(PersonaCreate, _given(input), at=("input",))
+    created = await personas.create_persona(
+        core=info.context.core, principal=info.context.principal, body=body
+    )
+    return PersonaType.of(created)
+
+
+async def update_persona(info: Info, id: strawberry.ID, input: PersonaUpdateInput) -> PersonaType:
+    """Change the fields given; `updatedAt` moves only when a value changes."""
+    body = validated(PersonaUpdate, _given(input), at=("input",))
+    updated = await personas.update_persona(
+        core=info.context.core, principal=info.context.principal, persona_id=id, body=body
+    )
+    return PersonaType.of(updated)
+
+
+async def delete_persona(info: Info, id: strawberry.ID) -> DeletePersonaPayload:
+    """Delete a persona (idempotent); its documents stay."""
+    deleted = await personas.delete_persona(
+        core=info.context.core, principal=info.context.principal, persona_id=id
+    )
+    return DeletePersonaPayload(id=id, deleted=deleted)
+
+
+async def set_persona_knowledge(
+    info: Info, id: strawberry.ID, external_ids: list[str]
+) -> PersonaKnowledgeResult:
+    """Replace the attached documents with `externalIds` (a set); unknown ones are refused
+    with `knowledge.unknown_external_ids` and nothing changes."""
+    body = validated(PersonaKnowledgeBody, {"external_ids": external_ids})
+    result = await personas.set_knowledge(
+        core=info.context.core,
+        principal=info.context.principal,
+        persona_id=id,
+        external_ids=body.external_ids,
+    )
+    return PersonaKnowledgeResult(
+        persona_id=strawberry.ID(result.persona_id),
+        external_ids=result.external_ids,
+        added=result.added,
+        removed=result.removed,
+    )

@@ -1,0 +1,106 @@
+"""The schema: one Query and one Mutation over the area modules, with the abuse guards.
+
+`schema.graphql` at the repository root is this schema printed (`personaizer export-schema`);
+a test fails when the two differ.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import strawberry
+from graphql import GraphQLError
+from strawberry.extensions import MaxAliasesLimiter, MaxTokensLimiter, QueryDepthLimiter
+from strawberry.schema.config import StrawberryConfig
+from strawberry.types import ExecutionContext
+
+from app.graphql import knowledge as knowledge_types
+from app.graphql import personas as persona_types
+from app.graphql import search as search_types
+from app.graphql import subscription as subscription_types
+from app.graphql.errors import is_unexpected
+from app.graphql.scalars import SCALARS
+
+log = logging.getLogger(__name__)
+
+#: Deepest selection allowed (introspection fields aside); the deepest useful one is 4 levels
+#: (`personas { items { knowledge { items { ... } } } }`).
+MAX_DEPTH = 10
+#: Aliased fields per document: enough for a dashboard's few lookups, not for a fan-out.
+MAX_ALIASES = 30
+#: Tokens per document. Send large inputs (batch upserts) as variables: a variable's value is
+#: not a token; the body limit bounds it.
+MAX_TOKENS = 5000
+
+
+def _query(resolver: Callable[..., Any]) -> Any:
+    # The resolver's docstring is the field's description in the SDL.
+    return strawberry.field(resolver=resolver, description=inspect.getdoc(resolver))
+
+
+def _mutation(resolver: Callable[..., Any]) -> Any:
+    return strawberry.mutation(resolver=resolver, description=inspect.getdoc(resolver))
+
+
+@strawberry.type
+class Query:
+    viewer: subscription_types.Viewer = _query(subscription_types.viewer)
+    knowledge_docs: knowledge_types.KnowledgeDocPage = _query(knowledge_types.knowledge_docs)
+    knowledge_doc: knowledge_types.KnowledgeDocType = _query(knowledge_types.knowledge_doc)
+    personas: persona_types.PersonaPage = _query(persona_types.list_personas)
+    persona: persona_types.PersonaType = _query(persona_types.persona)
+    plan: subscription_types.SubscriptionInfo = _query(subscription_types.plan)
+    usage: subscription_types.Usage = _query(subscription_types.usage)
+    search: search_types.SearchResult = _query(search_types.search)
+
+
+@strawberry.type
+class Mutation:
+    upsert_knowledge_docs: knowledge_types.UpsertKnowledgeDocsPayload = _mutation(
+        knowledge_types.upsert_knowledge_docs
+    )
+    upsert_knowledge_doc: knowledge_types.UpsertKnowledgeDocPayload = _mutation(
+        knowledge_types.upsert_knowledge_doc
+    )
+    delete_knowledge_doc: knowledge_types.DeleteKnowledgeDocPayload = _mutation(
+        knowledge_types.delete_knowledge_doc
+    )
+    create_persona: persona_types.PersonaType = _mutation(persona_types.create_persona)
+    update_persona: persona_types.PersonaType = _mutation(persona_types.update_persona)
+    delete_persona: persona_types.DeletePersonaPayload = _mutation(persona_types.delete_persona)
+    set_persona_knowledge: persona_types.PersonaKnowledgeResult = _mutation(
+        persona_types.set_persona_knowledge
+    )
+
+
+class Schema(strawberry.Schema):
+    def process_errors(
+        self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
+    ) -> None:
+        # Domain errors and invalid documents are answers, not incidents: log only the bugs.
+        for error in errors:
+            if is_unexpected(error):
+                log.error(
+                    "GraphQL resolver failed: %s", error.message, exc_info=error.original_error
+                )
+
+
+def _extensions() -> list[Any]:
+    # Factories, not instances: Strawberry makes fresh ones per operation, so no state is
+    # shared between requests.
+    return [
+        lambda: QueryDepthLimiter(max_depth=MAX_DEPTH),
+        lambda: MaxAliasesLimiter(max_alias_count=MAX_ALIASES),
+        lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),
+    ]
+
+
+schema = Schema(
+    query=Query,
+    mutation=Mutation,
+    extensions=_extensions(),
+    config=StrawberryConfig(scalar_map=SCALARS),
+)

@@ -1,0 +1,211 @@
+"""The `/graphql` endpoint over HTTP: authentication, request-level refusals, GET, GraphiQL,
+error extensions. A refusal before execution has its own HTTP status; what GraphQL decides is
+200 with `errors` (docs/decisions.md, "GraphQL")."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+
+from app.services import accounts, subscription
+from tests.conftest import AppFactory, client_for, new_key
+from tests.graphql.conftest import GRAPHQL, gql, gql_data, single_error
+
+pytestmark = pytest.mark.anyio
+
+VIEWER = "{ viewer { email plan { id name } } }"
+
+
+def refused(response: httpx.Response, status: int, code: str) -> dict[str, object]:
+    """A request refused before execution: its status, `errors` only, no `data`."""
+    error = single_error(response, status)
+    assert "data" not in response.json()
+    assert response.headers["content-type"].startswith("application/json")
+    assert error["extensions"]["code"] == code
+    assert error["extensions"]["status"] == status
+    return error
+
+
+async def test_viewer(api: httpx.AsyncClient) -> None:
+    data = await gql_data(api, VIEWER)
+    assert data == {
+        "viewer": {"email": "owner@example.com", "plan": {"id": "unlimited", "name": "Unlimited"}}
+    }
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"X-Api-Key": "pa_live_" + "x" * 40},  # well-formed, unknown
+        {"X-Api-Key": "nope"},
+        {"X-Api-Key": ""},
+    ],
+)
+async def test_without_a_valid_key_nothing_runs(app: Starlette, headers: dict[str, str]) -> None:
+    async with client_for(app, **headers) as client:
+        r = await gql(client, VIEWER)
+        error = refused(r, 401, "auth.unauthorized")
+        assert error["message"] == "A valid X-Api-Key header is required."
+        assert "ratelimit" not in r.headers
+        # Mutations too, and nothing is written.
+        r = await gql(client, 'mutation { createPersona(input: {name: "X"}) { id } }')
+        refused(r, 401, "auth.unauthorized")
+
+
+async def test_a_disabled_key_is_refused(app: Starlette) -> None:
+    key = await new_key(app)
+    await accounts.disable_key(core=app.state.core, prefix=key[:12])
+    async with client_for(app, **{"X-Api-Key": key}) as client:
+        refused(await gql(client, VIEWER), 401, "auth.unauthorized")
+
+
+async def test_failed_authentication_is_limited_per_address(anon: httpx.AsyncClient) -> None:
+    for _ in range(30):
+        refused(await gql(anon, VIEWER), 401, "auth.unauthorized")
+    r = await gql(anon, VIEWER)
+    refused(r, 429, "limits.rate_exceeded")
+    assert int(r.headers["retry-after"]) >= 1
+
+
+async def test_request_id_is_echoed_in_extensions(api: httpx.AsyncClient) -> None:
+    r = await api.post(
+        GRAPHQL,
+        json={"query": '{ knowledgeDoc(externalId: "none") { title } }'},
+        headers={"X-Request-Id": "trace-42"},
+    )
+    error = single_error(r)
+    assert error["extensions"] == {
+        "code": "knowledge.not_found",
+        "status": 404,
+        "request_id": "trace-42",
+    }
+    assert error["path"] == ["knowledgeDoc"]
+    assert r.json()["data"] is None
+
+
+async def test_queries_over_get(api: httpx.AsyncClient) -> None:
+    r = await api.get(GRAPHQL, params={"query": VIEWER})
+    assert r.status_code == 200
+    assert r.json()["data"]["viewer"]["email"] == "owner@example.com"
+    assert r.headers["ratelimit-policy"].startswith('"reads"')
+
+
+async def test_mutations_over_get_are_refused_and_not_run(api: httpx.AsyncClient) -> None:
+    r = await api.get(
+        GRAPHQL, params={"query": 'mutation { createPersona(input: {name: "X"}) { id } }'}
+    )
+    refused(r, 405, "request.method_not_allowed")
+    assert r.headers["allow"] == "POST"
+    assert (await gql_data(api, "{ personas { total } }"))["personas"]["total"] == 0
+
+
+@pytest.mark.parametrize(
+    ("content", "content_type", "status", "code"),
+    [
+        (b'{"query": ', "application/json", 400, "request.malformed_json"),
+        (b"query { viewer { email } }", "text/plain", 415, "request.unsupported_media_type"),
+        (b'{"variables": {}}', "application/json", 422, "request.validation_failed"),
+        (
+            b'{"query": "{ viewer { email } }", "variables": [1]}',
+            "application/json",
+            422,
+            "request.validation_failed",
+        ),
+        (
+            b'[{"query": "{ viewer { email } }"}]',
+            "application/json",
+            422,
+            "request.validation_failed",
+        ),
+    ],
+)
+async def test_bodies_that_are_not_a_graphql_request(
+    api: httpx.AsyncClient, content: bytes, content_type: str, status: int, code: str
+) -> None:
+    r = await api.post(GRAPHQL, content=content, headers={"Content-Type": content_type})
+    refused(r, status, code)
+
+
+async def test_other_methods(api: httpx.AsyncClient) -> None:
+    r = await api.put(GRAPHQL, json={"query": VIEWER})
+    refused(r, 405, "request.method_not_allowed")
+    assert r.headers["allow"] == "GET, POST"
+
+
+async def test_body_over_the_limit(make_app: AppFactory) -> None:
+    app = await make_app(max_body_bytes=2048)
+    key = await new_key(app)
+    async with client_for(app, **{"X-Api-Key": key}) as client:
+        big = {"query": VIEWER, "variables": {"pad": "x" * 4000}}
+        refused(await client.post(GRAPHQL, json=big), 413, "request.too_large")
+
+        # A body without a declared length is counted as it streams in.
+        async def stream() -> AsyncIterator[bytes]:
+            for _ in range(4):
+                yield b" " * 1000
+
+        r = await client.post(
+            GRAPHQL, content=stream(), headers={"Content-Type": "application/json"}
+        )
+        refused(r, 413, "request.too_large")
+
+
+async def test_graphiql_is_off_by_default(anon: httpx.AsyncClient) -> None:
+    r = await anon.get(GRAPHQL, headers={"Accept": "text/html"})
+    refused(r, 404, "request.not_found")
+
+
+async def test_graphiql_when_enabled(make_app: AppFactory) -> None:
+    app = await make_app(graphiql=True)
+    async with client_for(app) as client:
+        r = await client.get(GRAPHQL, headers={"Accept": "text/html"})
+        assert r.status_code == 200
+        assert "graphiql" in r.text.lower()
+        # The page holds no data; the API behind it still wants a key.
+        refused(await gql(client, VIEWER), 401, "auth.unauthorized")
+
+
+async def test_a_bug_is_an_internal_error_without_details(
+    api: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def broken(**_: object) -> object:
+        raise RuntimeError("secret SQL detail")
+
+    monkeypatch.setattr(subscription, "get_subscription", broken)
+    r = await gql(api, "{ plan { status } viewer { email } }")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["data"] is None  # `plan` is non-null, so the whole data goes
+    (error,) = body["errors"]
+    assert error["extensions"]["code"] == "server.internal_error"
+    assert error["extensions"]["status"] == 500
+    assert "secret" not in r.text
+    assert "secret SQL detail" in caplog.text  # logged, with the traceback
+
+
+async def test_invalid_documents_are_validation_errors(api: httpx.AsyncClient) -> None:
+    for query in [
+        "{ viewer { email ",
+        "{ nope }",
+        "{ viewer }",
+        "query($x: Int!) { viewer { email } }",
+    ]:
+        r = await gql(api, query)
+        error = single_error(r)
+        assert error["extensions"]["code"] == "request.validation_failed", query
+        assert error["extensions"]["status"] == 422
+        assert r.json()["data"] is None
+
+
+async def test_domain_error_keeps_other_fields(api: httpx.AsyncClient) -> None:
+    # Each root field is resolved on its own: a missing document does not hide the viewer...
+    r = await gql(api, '{ viewer { email } a: knowledgeDoc(externalId: "a") { title } }')
+    body = r.json()
+    # ...but `knowledgeDoc` is non-null, so GraphQL nulls the whole `data`.
+    assert body["data"] is None
+    assert [e["extensions"]["code"] for e in body["errors"]] == ["knowledge.not_found"]
+    assert body["errors"][0]["path"] == ["a"]

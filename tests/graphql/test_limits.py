@@ -1,0 +1,115 @@
+"""Rate limits through GraphQL (API.md sections 8 and 10): one charge per request, to `writes`
+for a mutation, `search` for a query selecting `search`, else `reads`; the same window and
+headers as REST; over the limit, nothing runs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+
+from app.graphql.view import classify
+from tests.conftest import AppFactory, client_for, new_key
+from tests.graphql.conftest import gql, gql_data, single_error
+from tests.rest.test_ratelimit import policy, ratelimit, small_plan
+
+pytestmark = pytest.mark.anyio
+
+CREATE = 'mutation { createPersona(input: {name: "Ava"}) { id } }'
+
+
+@pytest.mark.parametrize(
+    ("query", "operation_name", "expected"),
+    [
+        ("{ viewer { email } }", None, "reads"),
+        ('{ search(query: "x") { mode } }', None, "search"),
+        ('{ viewer { email } s: search(query: "x") { mode } }', None, "search"),
+        ('query { ...F } fragment F on Query { search(query: "x") { mode } }', None, "search"),
+        ('query { ... on Query { search(query: "x") { mode } } }', None, "search"),
+        ('mutation { deletePersona(id: "x") { deleted } }', None, "writes"),
+        (
+            'query A { viewer { email } } mutation B { deletePersona(id: "x") { deleted } }',
+            "B",
+            "writes",
+        ),
+        (
+            'query A { viewer { email } } mutation B { deletePersona(id: "x") { deleted } }',
+            "A",
+            "reads",
+        ),
+        # Nothing to execute, or not GraphQL at all: charged as a read.
+        ("query A { viewer { email } } mutation B { x }", None, "reads"),
+        ("{ viewer { email", None, "reads"),
+        ("", None, "reads"),
+        ("{ ...F } fragment F on Query { ...F }", None, "reads"),
+    ],
+)
+def test_the_policy_of_an_operation(query: str, operation_name: str | None, expected: str) -> None:
+    assert classify(query, operation_name).policy == expected
+
+
+async def test_each_request_carries_the_headers_of_its_policy(make_app: AppFactory) -> None:
+    app = await make_app(plans={"small": small_plan("small", writes=10, reads=20)})
+    key = await new_key(app, plan="small")
+    async with client_for(app, **{"X-Api-Key": key}) as api:
+        r = await gql(api, "{ viewer { email } plan { status } usage { periodStart } }")
+        assert policy(r) == ("reads", 20)
+        assert ratelimit(r)[:2] == ("reads", 19)  # three fields, one charge
+        r = await gql(api, '{ viewer { email } search(query: "anything") { mode } }')
+        assert policy(r) == ("search", 10)
+        assert ratelimit(r)[:2] == ("search", 9)
+        r = await gql(api, CREATE)
+        assert policy(r) == ("writes", 10)
+        assert ratelimit(r)[:2] == ("writes", 9)
+        # An invalid document is charged too, like a REST request that fails validation.
+        r = await gql(api, "{ nope }")
+        assert ratelimit(r)[:2] == ("reads", 18)
+        # And an error while executing still answers with the headers.
+        r = await gql(api, '{ knowledgeDoc(externalId: "zz") { title } }')
+        single_error(r)
+        assert ratelimit(r)[:2] == ("reads", 17)
+
+
+async def test_over_the_limit_nothing_runs(make_app: AppFactory) -> None:
+    app = await make_app(plans={"small": small_plan("small", writes=2)})
+    key = await new_key(app, plan="small")
+    async with client_for(app, **{"X-Api-Key": key}) as api:
+        for _ in range(2):
+            await gql_data(api, CREATE)
+        r = await gql(api, CREATE)
+        error = single_error(r, 429)
+        assert error["extensions"]["code"] == "limits.rate_exceeded"
+        assert error["extensions"]["status"] == 429
+        assert "data" not in r.json()
+        retry_after = int(r.headers["retry-after"])
+        _, remaining, t = ratelimit(r)
+        assert remaining == 0 and retry_after >= t >= 1
+        assert policy(r) == ("writes", 2)
+        # Reads have their own window: the third persona was never made.
+        data = await gql_data(api, "{ personas { total } }")
+        assert data["personas"]["total"] == 2
+
+
+async def test_rest_and_graphql_share_one_window(make_app: AppFactory) -> None:
+    app = await make_app(plans={"small": small_plan("small", writes=3)})
+    key = await new_key(app, plan="small")
+    async with client_for(app, **{"X-Api-Key": key}) as api:
+        r = await api.post("/api/personas", json={"name": "Rest"})
+        assert ratelimit(r)[:2] == ("writes", 2)
+        r = await gql(api, CREATE)
+        assert ratelimit(r)[:2] == ("writes", 1)
+        r = await api.delete("/api/personas/per_01ARZ3NDEKTSV4RRFFQ69G5FAV")
+        assert ratelimit(r)[:2] == ("writes", 0)
+        single_error(await gql(api, CREATE), 429)
+        assert (await api.post("/api/personas", json={"name": "Late"})).status_code == 429
+
+
+async def test_graphql_requests_count_in_usage(app: Starlette, api: httpx.AsyncClient) -> None:
+    query = "{ usage { usage { requests { used } } } }"
+    first: Any = await gql_data(api, query)
+    await gql_data(api, "{ viewer { email } }")
+    second: Any = await gql_data(api, query)
+    used = [d["usage"]["usage"]["requests"]["used"] for d in (first, second)]
+    assert used[1] == used[0] + 2
