@@ -26,9 +26,11 @@ class Guard:
             address, lambda: accounts.authenticate(core=self.core, api_key=key)
         )
 
-    async def charge(self, principal: Principal, policy: Policy) -> dict[str, str]:
-        """Charge one request to `policy`; returns the RateLimit header fields."""
-        headers = await self.limiter.charge(principal, policy)
+    async def charge(
+        self, principal: Principal, policy: Policy, *, cost: int = 1
+    ) -> dict[str, str]:
+        """Charge `cost` units to `policy`; returns the RateLimit header fields."""
+        headers = await self.limiter.charge(principal, policy, cost=cost)
         # Counted in memory only; the usage endpoint adds what is not flushed yet.
         self.core.requests.add(principal.user_id, period_key())
         return headers

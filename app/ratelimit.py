@@ -63,13 +63,16 @@ class RateLimiter:
             "search": limits.searches_per_minute,
         }[policy]
 
-    async def charge(self, principal: Principal, policy: Policy) -> dict[str, str]:
-        """Count one request against the user's policy; refuse it when the window is full."""
+    async def charge(
+        self, principal: Principal, policy: Policy, *, cost: int = 1
+    ) -> dict[str, str]:
+        """Count `cost` units (one per request, one per mutation in a GraphQL operation)
+        against the user's policy; refuse them all when the window cannot hold them."""
         quota = self.limit_for(principal, policy)
         item = RateLimitItemPerMinute(quota, namespace="RL")
         ident = (policy, str(principal.user_id))
         with _storage_errors():
-            allowed = await self._limiter.hit(item, *ident)
+            allowed = await self._limiter.hit(item, *ident, cost=cost)
             stats = await self._limiter.get_window_stats(item, *ident)
         reset = _seconds_until(stats.reset_time)
         headers = {

@@ -49,6 +49,9 @@ class OperationKind:
 
     operation: OperationType | None
     policy: Policy
+    #: Units charged: one per root field of a mutation (each is a REST write of its own, so
+    #: aliasing thirty upserts into one operation costs thirty), one for a query.
+    cost: int = 1
 
 
 def classify(query: str | None, operation_name: str | None) -> OperationKind:
@@ -69,10 +72,31 @@ def classify(query: str | None, operation_name: str | None) -> OperationKind:
         return OperationKind(None, "reads")
     operation = operations[0]
     if operation.operation is OperationType.MUTATION:
-        return OperationKind(operation.operation, "writes")
+        cost = _count_root_fields(document, operation.selection_set, set())
+        return OperationKind(operation.operation, "writes", max(1, cost))
     if _selects_root_field(document, operation.selection_set, SEARCH_FIELD, set()):
         return OperationKind(operation.operation, "search")
     return OperationKind(operation.operation, "reads")
+
+
+def _count_root_fields(
+    document: DocumentNode, selection_set: SelectionSetNode, seen: set[str]
+) -> int:
+    count = 0
+    for selection in selection_set.selections:
+        if isinstance(selection, FieldNode):
+            count += selection.name.value != "__typename"
+        elif isinstance(selection, InlineFragmentNode):
+            count += _count_root_fields(document, selection.selection_set, seen)
+        elif isinstance(selection, FragmentSpreadNode) and selection.name.value not in seen:
+            seen.add(selection.name.value)
+            for definition in document.definitions:
+                if (
+                    isinstance(definition, FragmentDefinitionNode)
+                    and definition.name.value == selection.name.value
+                ):
+                    count += _count_root_fields(document, definition.selection_set, seen)
+    return count
 
 
 def _selects_root_field(
@@ -168,7 +192,7 @@ class GraphQLView(GraphQL[Context, None]):
         if kind.operation is OperationType.MUTATION and request_adapter.method == "GET":
             # Refused before charging, as REST refuses a method a route does not take.
             raise MethodNotAllowed("Send mutations with POST.", headers={"Allow": "POST"})
-        headers = await context.guard.charge(context.principal, kind.policy)
+        headers = await context.guard.charge(context.principal, kind.policy, cost=kind.cost)
         context.response_headers.update(headers)
         result = await super().execute_single(
             request=request,

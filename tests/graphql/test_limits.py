@@ -50,6 +50,38 @@ def test_the_policy_of_an_operation(query: str, operation_name: str | None, expe
     assert classify(query, operation_name).policy == expected
 
 
+@pytest.mark.parametrize(
+    ("query", "cost"),
+    [
+        ("{ viewer { email } plan { status } }", 1),
+        ('mutation { deletePersona(id: "x") { deleted } }', 1),
+        (
+            'mutation { a: deletePersona(id: "x") { deleted } b: deletePersona(id: "y") { deleted } }',
+            2,
+        ),
+        (
+            'mutation { ...M __typename } fragment M on Mutation { a: deletePersona(id: "x") '
+            '{ deleted } b: deleteKnowledgeDoc(externalId: "y") { deleted } }',
+            2,
+        ),
+    ],
+)
+def test_each_mutation_field_is_one_write(query: str, cost: int) -> None:
+    assert classify(query, None).cost == cost
+
+
+async def test_aliased_mutations_are_charged_each(make_app: AppFactory) -> None:
+    app = await make_app(plans={"small": small_plan("small", writes=3)})
+    key = await new_key(app, plan="small")
+    async with client_for(app, **{"X-Api-Key": key}) as api:
+        two = 'mutation { a: deletePersona(id: "x") { deleted } b: deletePersona(id: "y") { deleted } }'
+        r = await gql(api, two)
+        assert ratelimit(r)[:2] == ("writes", 1)
+        r = await gql(api, two)  # two more do not fit in the one left: refused whole
+        assert r.status_code == 429
+        assert r.json()["errors"][0]["extensions"]["code"] == "limits.rate_exceeded"
+
+
 async def test_each_request_carries_the_headers_of_its_policy(make_app: AppFactory) -> None:
     app = await make_app(plans={"small": small_plan("small", writes=10, reads=20)})
     key = await new_key(app, plan="small")
