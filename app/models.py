@@ -208,6 +208,8 @@ class Chunk(SQLModel, table=True):
     text: str
     #: sha256 of the text that was embedded (title folded in): equal hash, reusable vector.
     embed_sha256: str
+    #: The embedding: float32 little-endian, `DIMS` of them (app/vectors.py `to_blob`).
+    embedding: bytes
 
 
 class KnowledgeDocItem(RequestModel):

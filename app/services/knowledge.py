@@ -49,6 +49,7 @@ from app.models import (
 )
 from app.pagination import decode_cursor, encode_cursor
 from app.services.core import Core, Principal, period_key
+from app.vectors import from_blob, to_blob
 
 # --- validation ----------------------------------------------------------------------------
 
@@ -307,14 +308,13 @@ async def _apply(
     reused: dict[str, Vectors] = {}
     if p.existing is not None:
         old_ids = [c.id for c in p.existing.chunks if c.id is not None]
-        old_vectors = await core.vectors.get(session, old_ids)
-        for c in p.existing.chunks:
-            if c.id in old_vectors:
-                reused[c.embed_sha256] = old_vectors[c.id]
+        for c in p.existing.chunks:  # the old rows carry their vectors
+            reused[c.embed_sha256] = from_blob(c.embedding)
         await core.vectors.delete(session, old_ids)
         await core.keywords.delete(session, old_ids)
         await session.execute(delete(Chunk).where(col(Chunk.doc_id) == doc.id))
     await session.flush()
+    vectors = np.stack([reused[s] if s in reused else fresh[s] for s in p.embed_shas])
     rows = [
         Chunk(
             doc_id=doc.id,
@@ -322,16 +322,19 @@ async def _apply(
             chunk_index=c.index,
             text=c.text,
             embed_sha256=sha,
+            embedding=to_blob(vector),
         )
-        for c, sha in zip(p.chunks, p.embed_shas, strict=True)
+        for c, sha, vector in zip(p.chunks, p.embed_shas, vectors, strict=True)
     ]
     session.add_all(rows)
     await session.flush()
     ids = [r.id for r in rows if r.id is not None]
-    vectors = np.stack([reused[s] if s in reused else fresh[s] for s in p.embed_shas])
     await core.vectors.put(session, user_id=principal.user_id, chunk_ids=ids, vectors=vectors)
     await core.keywords.put(
-        session, title=item.title, chunks=[(r.id, r.text) for r in rows if r.id is not None]
+        session,
+        user_id=principal.user_id,
+        title=item.title,
+        chunks=[(r.id, r.text) for r in rows if r.id is not None],
     )
     return sum(1 for s in p.embed_shas if s not in reused)
 

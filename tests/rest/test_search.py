@@ -243,6 +243,9 @@ async def test_other_users_documents_are_never_returned(
             found = await ids(other, "Zephyrine desk lamp", mode=mode, k=50)
             assert found == ["mine"]
     assert "mine" not in await ids(api, "Zephyrine garden", k=50)
+    # The keyword index's per-user `owner` tokens are not searchable text.
+    for token in ("u1", "u2", "u3", "owner"):
+        assert await ids(api, token, mode="keyword") == []
 
 
 # --- scopes --------------------------------------------------------------------------------

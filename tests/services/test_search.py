@@ -1,5 +1,6 @@
 """The search service: the safe FTS expression, rank fusion, and the strategies a scope or a
-large account takes (exact scoring, KNN then filter, growing KNN passes), checked to agree.
+large account takes (exact scoring, a coarse bit-vector pass then exact rescoring, deeper passes),
+checked to agree; and the bit scan checked against sqlite-vec's own quantizer and KNN.
 
 The strategies switch on sizes (thousands of chunks) that are slow to build with the real model,
 so these tests shrink the thresholds with monkeypatch and compare the paths on a small corpus."""
@@ -8,14 +9,20 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pytest
+from sqlalchemy import text
+from sqlmodel import select
 from starlette.applications import Starlette
 
+from app import fts
+from app.embedding import DIMS
 from app.fts import MAX_QUERY_TERMS, match_expression
-from app.models import KnowledgeDocItem, SearchRequest, SearchResponse
+from app.models import Chunk, KnowledgeDocItem, SearchRequest, SearchResponse
 from app.services import accounts, knowledge
 from app.services import search as search_service
 from app.services.core import Core, Principal
+from app.vectors import quantize, to_blob
 from tests.conftest import new_key
 
 pytestmark = pytest.mark.anyio
@@ -26,15 +33,23 @@ pytestmark = pytest.mark.anyio
 
 def test_match_expression_quotes_and_ors_every_word() -> None:
     assert match_expression("Hello, world!") == '"hello" OR "world"'
-    assert match_expression('NEAR(a b) AND "c" OR d* col:e ^f') == (
-        '"near" OR "a" OR "b" OR "and" OR "c" OR "or" OR "d" OR "col" OR "e" OR "f"'
+    assert match_expression('NEAR(x y) AND "c" OR d* col:e ^f') == (
+        '"near" OR "x" OR "y" OR "c" OR "d" OR "col" OR "e" OR "f"'
     )
     assert match_expression("snake_case x") == '"snake" OR "case" OR "x"'
     assert match_expression("Straße ÜBER 42") == '"straße" OR "über" OR "42"'
 
 
+def test_match_expression_leaves_out_stopwords_unless_they_are_all() -> None:
+    assert match_expression("What is the flow of a gas in the nozzle?") == (
+        '"flow" OR "gas" OR "nozzle"'
+    )
+    assert match_expression("The Who") == '"the" OR "who"'
+    assert match_expression("OR OR AND") == '"or" OR "and"'
+
+
 def test_match_expression_drops_repeats_and_caps_terms() -> None:
-    assert match_expression("a A a b") == '"a" OR "b"'
+    assert match_expression("x X x b") == '"x" OR "b"'
     many = match_expression(" ".join(f"w{i}" for i in range(200)))
     assert many is not None and many.count(" OR ") == MAX_QUERY_TERMS - 1
 
@@ -129,56 +144,134 @@ async def test_multi_chunk_documents_exist(app: Starlette) -> None:
     assert doc.chunk_count >= 4
 
 
-async def test_large_scope_knn_then_filter_agrees_with_exact(
+async def test_quantize_matches_sqlite_vec(app: Starlette) -> None:
+    core: Core = app.state.core
+    vectors = np.random.default_rng(3).standard_normal((5, DIMS)).astype(np.float32)
+    vectors[0, :10] = 0.0  # zero is not positive
+    async with core.db.read() as session:
+        for vector, bits in zip(vectors, quantize(vectors), strict=True):
+            theirs = (
+                await session.execute(
+                    text("SELECT vec_quantize_binary(:v)"), {"v": to_blob(vector)}
+                )
+            ).scalar_one()
+            assert bits.tobytes() == theirs
+
+
+async def test_the_bit_scan_agrees_with_vec0_knn(app: Starlette) -> None:
+    """`VectorIndex.candidates` reads vec0's blocks itself: same distances as vec0's own KNN
+    (this fails first should an upgrade of sqlite-vec change its storage layout)."""
+    core, principal = await _setup(app)
+    other = await accounts.authenticate(
+        core=core, api_key=await new_key(app, email="o@example.com", plan="unlimited")
+    )
+    await knowledge.upsert_many(
+        core=core,
+        principal=other,
+        items=[KnowledgeDocItem(external_id="x", title=None, content=_long(TOPICS[0], 20))],
+    )
+    await knowledge.delete_doc(core=core, principal=principal, external_id="doc-3")
+    vector = (await core.embedder.embed(["rocket propulsion"]))[0]
+    async with core.db.read() as session:
+        total = await core.vectors.count(session, user_id=principal.user_id)
+        ids, eligible = await core.vectors.candidates(
+            session, user_id=principal.user_id, vector=vector, n=total
+        )
+        rows = await session.execute(
+            text(
+                "SELECT chunk_id, distance FROM chunk_vectors"
+                " WHERE embedding MATCH vec_bit(:q) AND k = :k AND user_id = :u"
+            ),
+            {"q": quantize(vector)[0].tobytes(), "k": total, "u": principal.user_id},
+        )
+        theirs = sorted((int(d), int(c)) for c, d in rows)
+        user_chunks = set(
+            (
+                await session.execute(select(Chunk.id).where(Chunk.user_id == principal.user_id))
+            ).scalars()
+        )
+        # Restricted to a set of chunks, then cut to the best 5.
+        within = np.array(sorted(user_chunks)[::2], dtype=np.int64)
+        some, some_eligible = await core.vectors.candidates(
+            session, user_id=principal.user_id, vector=vector, n=5, within=within
+        )
+    assert eligible == total == len(user_chunks) and set(ids) == user_chunks
+    assert ids == [c for _, c in theirs]
+    assert some_eligible == len(within)
+    assert some == [c for _, c in theirs if c in set(within.tolist())][:5]
+
+
+async def test_two_stage_ranking_agrees_with_exact(
     app: Starlette, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     core, principal = await _setup(app)
     scopes: list[dict[str, Any]] = [
+        {},
         {"metadata": {"even": False}},
         {"external_ids": ["doc-0", "doc-1", "doc-5"]},
     ]
     for scope in scopes:
         for query in QUERIES:
             body = {"query": query, "k": 3, "mode": "semantic", **scope}
-            exact = await _search(core, principal, **body)
+            exact = await _search(core, principal, **body)  # scopes below 400 chunks: exact
+            if not scope:
+                everything = [f"doc-{i}" for i in range(len(TOPICS))]
+                exact = await _search(core, principal, **body, external_ids=everything)
             with monkeypatch.context() as m:
-                m.setattr(search_service, "EXACT_MAX", 0)
-                m.setattr(search_service, "KNN_SCOPE_SHARE", 0.0)
-                knn = await _search(core, principal, **body)
-                # KNN too shallow for the scope: falls back to exact scoring.
-                m.setattr(search_service, "MAX_K", 2)
-                fallback = await _search(core, principal, **body)
-            assert _pairs(knn) == _pairs(exact) == _pairs(fallback)
+                m.setattr(search_service, "CANDIDATES_MIN", 0)
+                m.setattr(search_service, "CANDIDATES_PER_DOC", 8)
+                two_stage = await _search(core, principal, **body)
+            assert _pairs(two_stage) == _pairs(exact)
             assert len(exact.results) == 3
 
 
-async def test_unscoped_knn_grows_until_it_has_enough_documents(
+async def test_the_coarse_pass_grows_until_it_has_enough_documents(
     app: Starlette, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     core, principal = await _setup(app)
     grew = 0
     passes: list[int] = []
-    nearest = core.vectors.nearest
+    candidates = core.vectors.candidates
 
-    async def spy(session: Any, **kwargs: Any) -> list[tuple[int, float]]:
-        passes.append(kwargs["k"])
-        return await nearest(session, **kwargs)
+    async def spy(session: Any, **kwargs: Any) -> tuple[list[int], int]:
+        passes.append(kwargs["n"])
+        return await candidates(session, **kwargs)
 
+    everything = [f"doc-{i}" for i in range(len(TOPICS))]
     for query in QUERIES:
         body = {"query": query, "k": 6, "mode": "semantic"}
-        exact = await _search(core, principal, external_ids=[f"doc-{i}" for i in range(8)], **body)
+        exact = await _search(core, principal, external_ids=everything, **body)
         with monkeypatch.context() as m:
-            # The first pass fetches 6 chunks: the long documents fill it with repeats.
-            m.setattr(search_service, "KNN_MIN", 1)
-            m.setattr(search_service, "KNN_CHUNKS_PER_DOC", 1)
+            # The first pass keeps 6 chunks: the long documents fill it with repeats.
+            m.setattr(search_service, "CANDIDATES_MIN", 0)
+            m.setattr(search_service, "CANDIDATES_PER_DOC", 1)
             passes.clear()
-            m.setattr(core.vectors, "nearest", spy)
+            m.setattr(core.vectors, "candidates", spy)
             grown = await _search(core, principal, **body)
         assert passes[0] == 6
-        assert _pairs(grown) == _pairs(exact)
+        # The same documents; a shallow pass may show a document's second-best chunk.
+        assert [h.external_id for h in grown.results] == [h.external_id for h in exact.results]
         assert len(grown.results) == 6
         grew += len(passes) > 1
     assert grew  # at least one query needed a second, deeper pass
+
+
+async def test_keyword_deepens_until_it_has_enough_documents(
+    app: Starlette, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unscoped keyword search reads the best chunks only, deeper while they hold too few
+    documents; scoped, it filters every match. Both give the same ranking."""
+    core, principal = await _setup(app)
+    everything = [f"doc-{i}" for i in range(len(TOPICS))]
+    queries = ["bread chess money", "magnetic field printing press", "puppy magma budget"]
+    for query in queries:
+        body = {"query": query, "k": 2, "mode": "keyword"}
+        scoped = await _search(core, principal, external_ids=everything, **body)
+        with monkeypatch.context() as m:
+            m.setattr(fts, "CHUNKS_PER_DOC", 1)
+            shallow = await _search(core, principal, **body)
+        assert _pairs(shallow) == _pairs(scoped)
+        assert len(scoped.results) == 2
 
 
 async def test_hybrid_fuses_the_two_modes(app: Starlette) -> None:
