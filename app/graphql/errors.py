@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from cross_web import HTTPException
 from graphql import GraphQLError
 from pydantic import BaseModel, ValidationError
+from strawberry import UNSET
 
 from app.errors import (
     AppError,
@@ -103,6 +104,12 @@ def is_unexpected(error: GraphQLError) -> bool:
 
 
 # --- inputs --------------------------------------------------------------------------------
+
+
+def given(value: object) -> dict[str, Any]:
+    """An input object as the REST body it stands for: fields left out stay out, so a null
+    the caller sent stays a null and a field never sent keeps its REST default."""
+    return {k: v for k, v in vars(value).items() if v is not UNSET}
 
 
 def validated(

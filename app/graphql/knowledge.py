@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import Enum
-from typing import Annotated, Any
+from typing import Annotated
 
 import strawberry
 from strawberry.scalars import JSON
 from strawberry.types.unset import UNSET
 
 from app.graphql.context import Info
-from app.graphql.errors import located, validated
+from app.graphql.errors import given, located, validated
 from app.graphql.pages import (
     AFTER_DESCRIPTION,
     DEFAULT_LIMIT,
@@ -151,11 +151,6 @@ class KnowledgeDocInput:
     )
 
 
-def _body(value: KnowledgeDocItemInput | KnowledgeDocInput) -> dict[str, Any]:
-    """An input as the REST body it stands for: fields left out stay out (so a null is a null)."""
-    return {k: v for k, v in vars(value).items() if v is not UNSET}
-
-
 # --- resolvers -----------------------------------------------------------------------------
 
 
@@ -193,7 +188,7 @@ async def upsert_knowledge_docs(
     info: Info, items: list[KnowledgeDocItemInput]
 ) -> UpsertKnowledgeDocsPayload:
     """Create or replace up to the plan's batch_items documents, all or nothing."""
-    batch = validated(KnowledgeDocBatch, {"items": [_body(i) for i in items]})
+    batch = validated(KnowledgeDocBatch, {"items": [given(i) for i in items]})
     result = await knowledge.upsert_many(
         core=info.context.core, principal=info.context.principal, items=batch.items
     )
@@ -204,7 +199,7 @@ async def upsert_knowledge_doc(
     info: Info, external_id: str, input: KnowledgeDocInput
 ) -> UpsertKnowledgeDocPayload:
     """Create or replace one document."""
-    body = validated(KnowledgeDocBody, _body(input), at=("input",))
+    body = validated(KnowledgeDocBody, given(input), at=("input",))
     with located("input"):
         status, doc = await knowledge.upsert_one(
             core=info.context.core,

@@ -5,14 +5,14 @@ page of personas costs a fixed number of statements, not a few per persona."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 import strawberry
 from strawberry.scalars import JSON
 from strawberry.types.unset import UNSET
 
 from app.graphql.context import Info, KnowledgePageKey
-from app.graphql.errors import validated
+from app.graphql.errors import given, validated
 from app.graphql.knowledge import KnowledgeDocPage, doc_page, wants_content
 from app.graphql.pages import (
     AFTER_DESCRIPTION,
@@ -148,11 +148,6 @@ class PersonaUpdateInput:
     )
 
 
-def _given(value: PersonaCreateInput | PersonaUpdateInput) -> dict[str, Any]:
-    """The fields the caller gave, as the REST body would carry them: left out stays out."""
-    return {k: v for k, v in vars(value).items() if v is not UNSET}
-
-
 # --- resolvers -----------------------------------------------------------------------------
 
 
@@ -186,7 +181,7 @@ async def persona(info: Info, id: strawberry.ID) -> PersonaType:
 
 async def create_persona(info: Info, input: PersonaCreateInput) -> PersonaType:
     """Create a persona; `persona.quota_exceeded` past the plan's personas."""
-    body = validated(PersonaCreate, _given(input), at=("input",))
+    body = validated(PersonaCreate, given(input), at=("input",))
     created = await personas.create_persona(
         core=info.context.core, principal=info.context.principal, body=body
     )
@@ -195,7 +190,7 @@ async def create_persona(info: Info, input: PersonaCreateInput) -> PersonaType:
 
 async def update_persona(info: Info, id: strawberry.ID, input: PersonaUpdateInput) -> PersonaType:
     """Change the fields given; `updatedAt` moves only when a value changes."""
-    body = validated(PersonaUpdate, _given(input), at=("input",))
+    body = validated(PersonaUpdate, given(input), at=("input",))
     updated = await personas.update_persona(
         core=info.context.core, principal=info.context.principal, persona_id=id, body=body
     )
