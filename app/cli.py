@@ -121,6 +121,9 @@ def serve(
 
     settings = load_settings(data_dir, database_url, host=host, port=port)
     logs.configure(settings.log_level)
+    # Open (create, upgrade or refuse) the database before serving, so a file this build cannot
+    # use is one line on stderr rather than a failed lifespan inside uvicorn.
+    run_with_core(settings, lambda core: asyncio.sleep(0))
     try:
         app = create_app(settings)
     except SchemaError as exc:

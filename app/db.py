@@ -237,6 +237,20 @@ def _vacuum_into(path: Path, backup: Path) -> None:
         conn.close()
 
 
+def _check_layout(conn: Connection, path: Path, version: int) -> None:
+    """Refuse a file whose tables lack columns this build expects at the same version (a
+    pre-release build's file, or one edited by hand), rather than fail on its first query."""
+    for table in SQLModel.metadata.sorted_tables:
+        have = {row[1] for row in conn.exec_driver_sql(f"PRAGMA table_info({table.name})")}
+        missing = sorted(c.name for c in table.columns if c.name not in have)
+        if missing:
+            raise SchemaError(
+                f"{path} says schema version {version} but its table {table.name} lacks "
+                f"{', '.join(missing)}: it was made by a different build; the file was not "
+                "changed (export your data with the API of that build and start a new file)"
+            )
+
+
 def _migrate_sync(conn: Connection, path: Path) -> None:
     # Runs inside one BEGIN IMMEDIATE transaction: the steps and the version bump commit
     # together, so a failed upgrade leaves the old file as it was.
@@ -248,6 +262,7 @@ def _migrate_sync(conn: Connection, path: Path) -> None:
             "upgrade personaizer (the file was not changed)"
         )
     if version == target:
+        _check_layout(conn, path, version)
         return
     if version == 0:
         tables = conn.exec_driver_sql("SELECT count(*) FROM sqlite_master").scalar_one()

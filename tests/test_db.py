@@ -106,3 +106,16 @@ async def test_older_schema_is_upgraded_in_place(
     assert tuple(row) == ("keep@x.example", None)
     assert (tmp_path / f"personaizer.db.v{nxt - 1}.bak").exists()
     await database.dispose()
+
+
+async def test_a_file_with_a_different_layout_is_refused(tmp_path: Path) -> None:
+    database = await new_db(tmp_path)
+    await database.dispose()
+    conn = sqlean.connect(str(tmp_path / "personaizer.db"))
+    conn.execute("ALTER TABLE chunks DROP COLUMN embed_sha256")
+    conn.commit()
+    conn.close()
+    database = Database(Settings.for_tests(tmp_path))
+    with pytest.raises(SchemaError, match="chunks lacks embed_sha256"):
+        await database.migrate()
+    await database.dispose()

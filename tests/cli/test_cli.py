@@ -109,6 +109,19 @@ def test_bad_database_is_one_line_error(tmp_path: Path) -> None:
     assert r.returncode == 1 and "unsupported database URL" in r.stderr
 
 
+def test_serve_refuses_a_newer_database_in_one_line(tmp_path: Path) -> None:
+    import sqlean
+
+    assert run("users", "list", data_dir=tmp_path).returncode == 0  # creates the file
+    conn = sqlean.connect(str(tmp_path / "personaizer.db"))
+    conn.execute("PRAGMA user_version = 99")
+    conn.close()
+    r = run("serve", "--port", "0", data_dir=tmp_path)
+    assert r.returncode == 1
+    assert r.stderr.startswith("error:") and "newer than this server" in r.stderr
+    assert r.stderr.strip().count("\n") == 0
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
