@@ -254,7 +254,9 @@ def _fuse(*rankings: list[_Ranked]) -> list[_Ranked]:
             scores[hit.doc_id] = scores.get(hit.doc_id, 0.0) + 1.0 / (RRF_K + rank)
             if hit.doc_id not in best or rank < best[hit.doc_id][0]:
                 best[hit.doc_id] = (rank, hit.chunk_id)
-    order = sorted(scores, key=lambda d: (-scores[d], best[d][0], d))
+    # Last tie-break: the chunk id, which follows upload order, so the same data uploaded the
+    # same way ranks the same (document ids are random).
+    order = sorted(scores, key=lambda d: (-scores[d], best[d][0], best[d][1]))
     return [_Ranked(d, best[d][1], scores[d]) for d in order]
 
 
