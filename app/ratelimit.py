@@ -109,9 +109,6 @@ class RateLimiter:
                 await self._limiter.hit(item, address)
             raise
 
-    async def reset(self) -> None:
-        await self._storage.reset()
-
 
 @contextmanager
 def _storage_errors() -> Iterator[None]:
