@@ -1,0 +1,91 @@
+"""Search requests and answers."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import (
+    AfterValidator,
+)
+from pydantic_core import PydanticCustomError
+from sqlmodel import Field
+
+from app.models.base import ExternalId, JsonObject, PublicModel, RequestModel, check_metadata
+
+SEARCH_QUERY_MAX = 1000
+SEARCH_K_MAX = 50
+SEARCH_EXTERNAL_IDS_MAX = 1000
+SEARCH_METADATA_KEYS_MAX = 32
+_INT64 = 2**63
+
+SearchMode = Literal["hybrid", "semantic", "keyword"]
+
+
+def _query_not_blank(value: str) -> str:
+    if not value.strip():
+        raise PydanticCustomError("blank", "query must not be blank")
+    return value
+
+
+def _check_metadata_filter(value: JsonObject) -> JsonObject:
+    if len(value) > SEARCH_METADATA_KEYS_MAX:
+        raise PydanticCustomError(
+            "too_many_filters",
+            "metadata may name at most {limit} keys",
+            {"limit": SEARCH_METADATA_KEYS_MAX},
+        )
+    for key, item in value.items():
+        # SQLite holds 64-bit integers; a larger one could never equal a stored value anyway.
+        if isinstance(item, int) and not isinstance(item, bool) and not -_INT64 <= item < _INT64:
+            raise PydanticCustomError(
+                "integer_too_large",
+                "metadata filter {key} is outside the 64-bit range",
+                {"key": key},
+            )
+    return check_metadata(value)
+
+
+class SearchRequest(RequestModel):
+    """Body of `POST /api/knowledge/search`. Scopes combine: a hit must match all given."""
+
+    query: Annotated[
+        str, Field(min_length=1, max_length=SEARCH_QUERY_MAX), AfterValidator(_query_not_blank)
+    ] = Field(description="What to look for: free text; any characters are safe.")
+    k: int = Field(5, ge=1, le=SEARCH_K_MAX, description="How many documents to return.")
+    mode: SearchMode = Field(
+        "hybrid",
+        description="`hybrid` (keyword and vector rankings fused), `semantic` or `keyword`.",
+    )
+    persona_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=128,
+        description="Only documents attached to this persona (404 if it is not yours).",
+    )
+    external_ids: list[ExternalId] | None = Field(
+        None,
+        max_length=SEARCH_EXTERNAL_IDS_MAX,
+        description="Only these documents; unknown ones are ignored, `[]` matches nothing.",
+    )
+    metadata: Annotated[JsonObject, AfterValidator(_check_metadata_filter)] | None = Field(
+        None,
+        description=(
+            "Equality filters on top-level metadata keys: a document matches when each key is "
+            "present with an equal JSON value (numbers compare by value, `true` is not `1`)."
+        ),
+    )
+
+
+class SearchHit(PublicModel):
+    external_id: str
+    title: str | None
+    score: float = Field(description="Higher is better; its scale depends on the mode.")
+    chunk_index: int = Field(description="Which chunk of the document matched best (from 0).")
+    text: str = Field(description="The text of that chunk.")
+    metadata: JsonObject
+
+
+class SearchResponse(PublicModel):
+    results: list[SearchHit] = Field(description="Best first, at most one hit per document.")
+    mode: SearchMode
+    took_ms: float = Field(description="Time the server spent on the search, in milliseconds.")
