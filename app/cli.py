@@ -93,7 +93,9 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
     except SchemaError as exc:
         raise Fail(str(exc)) from exc
     except SQLAlchemyError as exc:
-        raise Fail(f"database error: {exc.__class__.__name__}: {getattr(exc, 'orig', exc)}") from exc
+        raise Fail(
+            f"database error: {exc.__class__.__name__}: {getattr(exc, 'orig', exc)}"
+        ) from exc
 
 
 def _dump(value: Any) -> str:
@@ -133,7 +135,7 @@ def serve(
 
         install_demo(app, out)
     out.print(f"PersonAIzer listening on http://{host}:{port}  (docs: http://{host}:{port}/docs)")
-    out.print(f"Data: {app.state.core.db.path.resolve()}")
+    out.print(f"Data: {app.state.core.db.where}")
     config = uvicorn.Config(
         app, host=host, port=port, log_config=None, access_log=False, lifespan="on"
     )

@@ -23,11 +23,12 @@ import numpy.typing as npt
 
 from app.chunking import model_path
 from app.errors import Unavailable
+from app.models.knowledge import EMBEDDING_DIMS
 
 log = logging.getLogger(__name__)
 
 Vectors = npt.NDArray[np.float32]
-DIMS = 384
+DIMS = EMBEDDING_DIMS
 
 
 class Model(Protocol):

@@ -62,7 +62,7 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await db.migrate()
         await embedder.start()
-        log.info("data in %s", db.path)
+        log.info("data in %s", db.where)
         tasks = [asyncio.create_task(hook(core)) for hook in app.state.startup_hooks]
         flusher = asyncio.create_task(core.requests.run(db))
         try:

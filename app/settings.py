@@ -88,8 +88,11 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PERSONAIZER_", extra="ignore")
 
     data_dir: Path = Path("./data")
-    #: SQLAlchemy URL; empty means the embedded SQLite file `<data_dir>/personaizer.db`.
+    #: Empty: the embedded SQLite file `<data_dir>/personaizer.db`. Or `sqlite:///path.db`, or
+    #: `postgresql://user:password@host:5432/db` (PostgreSQL with the pgvector extension).
     database_url: str = ""
+    #: PostgreSQL: connections per server process (and as many more under load).
+    database_pool_size: int = Field(default=10, ge=1, le=1000)
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     max_body_bytes: int = Field(default=10 * MiB, ge=1024)

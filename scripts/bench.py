@@ -43,6 +43,7 @@ import numpy as np
 
 from app.db import Database
 from app.embedding import DIMS, Embedder, LocalModel, Vectors
+from app.index import IndexedChunk
 from app.models import (
     Chunk,
     KnowledgeDoc,
@@ -55,7 +56,6 @@ from app.models import (
 from app.services import search as search_service
 from app.services.core import Core, Principal
 from app.settings import Settings
-from app.vectors import to_blob
 
 CHUNKS_PER_DOC = 4
 WORDS_PER_CHUNK = 100
@@ -154,22 +154,20 @@ async def add_chunks(core: Core, user_id: int, corpus: Corpus, n_chunks: int) ->
                     chunk_index=c,
                     text=texts[i * CHUNKS_PER_DOC + c],
                     embed_sha256="-",
-                    embedding=to_blob(vectors[i * CHUNKS_PER_DOC + c]),
+                    embedding=vectors[i * CHUNKS_PER_DOC + c],
                 )
                 for i, doc in enumerate(docs)
                 for c in range(CHUNKS_PER_DOC)
             ]
             session.add_all(chunks)
             await session.flush()
-            ids = [c.id for c in chunks if c.id is not None]
-            await core.vectors.put(session, user_id=user_id, chunk_ids=ids, vectors=vectors)
             for i, doc in enumerate(docs):
                 own = chunks[i * CHUNKS_PER_DOC : (i + 1) * CHUNKS_PER_DOC]
-                await core.keywords.put(
+                await core.index.put(
                     session,
                     user_id=user_id,
                     title=doc.title,
-                    chunks=[(c.id, c.text) for c in own if c.id],
+                    chunks=[IndexedChunk(c.id, c.text, c.embedding) for c in own if c.id],
                 )
         corpus.docs += count
 

@@ -1,8 +1,13 @@
-"""Shared fixtures: the real model (loaded once per run), a fresh app per test on its own SQLite
-file, and an HTTP client speaking to it through ASGI (the full middleware and routing stack)."""
+"""Shared fixtures: the real model (loaded once per run), a fresh app per test on its own
+database, and an HTTP client speaking to it through ASGI (the full middleware and routing stack).
+
+Every test that starts an app runs on both engines: `engine` is parametrized over SQLite (a file
+under the test's tmp_path) and PostgreSQL (a fresh database on one embedded server per run).
+`--engines sqlite` (or PERSONAIZER_TEST_ENGINES=sqlite) runs one only."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +22,7 @@ from app.main import create_app
 from app.services import accounts
 from app.services.core import Core
 from app.settings import Settings
+from tests import pg
 
 
 @pytest.fixture(scope="session")
@@ -30,15 +36,60 @@ def model() -> Model:
     return LocalModel()
 
 
+ENGINES = ("sqlite", "postgresql")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--engines",
+        default=os.environ.get("PERSONAIZER_TEST_ENGINES", ",".join(ENGINES)),
+        help="comma-separated database engines to run the app tests on",
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "engine" in metafunc.fixturenames:
+        chosen = [e for e in metafunc.config.getoption("engines").split(",") if e]
+        unknown = set(chosen) - set(ENGINES)
+        if unknown:
+            raise pytest.UsageError(f"unknown engines {sorted(unknown)}; known: {ENGINES}")
+        # `@pytest.mark.engines("sqlite")`: a test about one engine's internals.
+        marker = metafunc.definition.get_closest_marker("engines")
+        if marker is not None:
+            chosen = [e for e in chosen if e in marker.args]
+        metafunc.parametrize("engine", chosen)
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> pg.PostgresServer:
+    """The run's embedded PostgreSQL server (started on first use)."""
+    return pg.start_server(tmp_path_factory.mktemp("pg") / "data")
+
+
+@pytest.fixture
+async def database_url(request: pytest.FixtureRequest, engine: str) -> AsyncIterator[str]:
+    """The URL of a fresh, empty-but-migrated database on `engine` ("" means the default SQLite
+    file under the data dir). Dropped after the test."""
+    if engine == "sqlite":
+        yield ""
+        return
+    server: pg.PostgresServer = request.getfixturevalue("postgres")
+    name = await server.new_database()
+    try:
+        yield server.url(name)
+    finally:
+        await server.drop_database(name)
+
+
 AppFactory = Callable[..., Awaitable[Starlette]]
 
 
 @pytest.fixture
 async def make_app(
-    tmp_path: Path, model: Model
+    tmp_path: Path, model: Model, database_url: str
 ) -> AsyncIterator[Callable[..., Awaitable[Starlette]]]:
-    """Start an app (lifespan included) on `tmp_path/data`; settings overrides as kwargs.
-    Every app started is shut down at the end of the test."""
+    """Start an app (lifespan included) on `tmp_path/data` and the test's database; settings
+    overrides as kwargs. Every app started is shut down at the end of the test."""
     from contextlib import AsyncExitStack
 
     async with AsyncExitStack() as stack:
@@ -46,6 +97,7 @@ async def make_app(
         async def start(
             *, data_dir: Path | None = None, app_model: Model | None = model, **overrides: Any
         ) -> Starlette:
+            overrides.setdefault("database_url", database_url)
             settings = Settings.for_tests(data_dir or tmp_path / "data", **overrides)
             app = create_app(settings, model=app_model)
             await stack.enter_async_context(app.router.lifespan_context(app))

@@ -1,66 +1,306 @@
-"""Storage: the sqlean-backed dialect, pragmas, and schema versions."""
+"""Storage on both engines: drivers, schema upgrades with Alembic, refusals, the SQLite specifics."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import sqlean
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
+from sqlmodel import SQLModel, select
 
-from app import db as dbmod
-from app.db import Database, SchemaError
-from app.models import User, utcnow
+from app import migrations
+from app.db import Database, SchemaError, async_url
+from app.models import Chunk, User, utcnow
 from app.settings import Settings
+from tests import pg
 
 pytestmark = pytest.mark.anyio
 
+FIXTURES = Path(__file__).parent / "fixtures"
 
-async def new_db(path: Path) -> Database:
-    database = Database(Settings.for_tests(path))
+
+@pytest.fixture
+async def settings(
+    engine: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[Settings]:
+    """Settings for an empty database (not even the schema) on `engine`."""
+    if engine == "sqlite":
+        yield Settings.for_tests(tmp_path)
+        return
+    server: pg.PostgresServer = request.getfixturevalue("postgres")
+    name = await server.new_database(template=None)
+    try:
+        yield Settings.for_tests(tmp_path, database_url=server.url(name))
+    finally:
+        await server.drop_database(name)
+
+
+async def opened(settings: Settings) -> Database:
+    database = Database(settings)
     await database.migrate()
     return database
 
 
-async def test_integrity_conflict_surfaces_as_sqlalchemy_error(tmp_path: Path) -> None:
-    database = await new_db(tmp_path)
+async def execute(settings: Settings, *statements: str) -> None:
+    """Run raw SQL beside the server (as an operator, or a different build, would)."""
+    database = Database(settings)
+    try:
+        async with database.writer.connect() as conn:
+            for statement in statements:
+                await conn.execute(text(statement))
+            await conn.commit()
+    finally:
+        await database.dispose()
+
+
+async def revision(settings: Settings) -> str | None:
+    database = Database(settings)
+    try:
+        async with database.writer.connect() as conn:
+            return await conn.run_sync(
+                lambda c: MigrationContext.configure(c).get_current_revision()
+            )
+    finally:
+        await database.dispose()
+
+
+async def test_a_new_database_is_at_head_and_matches_the_models(settings: Settings) -> None:
+    database = await opened(settings)
+    try:
+        async with database.writer.connect() as conn:
+
+            def differences(c: Connection) -> list[object]:
+                context = MigrationContext.configure(c)
+                # Objects the migrations add for one engine's index only are not in the models.
+                return [
+                    d
+                    for d in compare_metadata(context, SQLModel.metadata)
+                    if not (d[0] == "remove_index" or d[0] == "remove_table")
+                ]
+
+            assert await conn.run_sync(differences) == []
+    finally:
+        await database.dispose()
+    assert await revision(settings) == migrations.head()
+    # Opening it again changes nothing.
+    again = await opened(settings)
+    assert (await again.migrate()).current
+    await again.dispose()
+
+
+async def test_integrity_conflict_surfaces_as_sqlalchemy_error(settings: Settings) -> None:
+    database = await opened(settings)
     try:
         async with database.write() as session:
             session.add(User(email="a@x.example", plan_id="free", created_at=utcnow()))
         with pytest.raises(IntegrityError) as info:
             async with database.write() as session:
                 session.add(User(email="a@x.example", plan_id="free", created_at=utcnow()))
-        # The driver error is sqlean's, wrapped: the stock sqlite3 mapping would miss it.
-        assert isinstance(info.value.orig, sqlean.IntegrityError)
+        if database.dialect == "sqlite":
+            # The driver error is sqlean's, wrapped: the stock sqlite3 mapping would miss it.
+            assert isinstance(info.value.orig, sqlean.IntegrityError)
     finally:
         await database.dispose()
 
 
-async def test_pragmas_and_extensions(tmp_path: Path) -> None:
-    database = await new_db(tmp_path)
+async def test_vectors_round_trip(settings: Settings) -> None:
+    database = await opened(settings)
+    vector = np.linspace(-1, 1, 384, dtype=np.float32)
+    try:
+        async with database.write() as session:
+            session.add(User(id=1, email="v@x.example", plan_id="free", created_at=utcnow()))
+            await session.execute(
+                text(
+                    "INSERT INTO knowledge_docs (id, user_id, external_id, content, metadata,"
+                    " content_sha256, char_count, chunk_count, created_at, updated_at) VALUES"
+                    " ('d', 1, 'e', 'c', '{}', 's', 1, 1, 't', 't')"
+                )
+            )
+            session.add(
+                Chunk(
+                    doc_id="d",
+                    user_id=1,
+                    chunk_index=0,
+                    text="c",
+                    embed_sha256="s",
+                    embedding=vector,
+                )
+            )
+        async with database.read() as session:
+            stored = (await session.execute(select(Chunk))).scalar_one()
+        assert stored.embedding.dtype == np.float32
+        assert np.array_equal(stored.embedding, vector)
+    finally:
+        await database.dispose()
+
+
+async def test_newer_revision_is_refused_untouched(settings: Settings) -> None:
+    await (await opened(settings)).dispose()
+    await execute(settings, "UPDATE alembic_version SET version_num = 'f00d'")
+    database = Database(settings)
+    with pytest.raises(SchemaError, match="newer version") as info:
+        await database.migrate()
+    assert "\n" not in str(info.value)
+    await database.dispose()
+    assert await revision(settings) == "f00d"
+
+
+async def test_a_database_with_foreign_tables_is_refused(settings: Settings) -> None:
+    await execute(settings, "CREATE TABLE precious (x INTEGER)")
+    database = Database(settings)
+    with pytest.raises(SchemaError, match="not a personaizer database"):
+        await database.migrate()
+    await database.dispose()
+
+
+async def test_a_database_with_a_different_layout_is_refused(settings: Settings) -> None:
+    await (await opened(settings)).dispose()
+    await execute(settings, "ALTER TABLE chunks DROP COLUMN embed_sha256")
+    database = Database(settings)
+    with pytest.raises(SchemaError, match="chunks lacks embed_sha256"):
+        await database.migrate()
+    await database.dispose()
+
+
+async def test_a_later_revision_upgrades_in_place(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a release with a new revision does to a database of this one: upgrades it in
+    place (SQLite: after a backup copy), data kept."""
+    database = await opened(settings)
+    async with database.write() as session:
+        session.add(User(email="keep@x.example", plan_id="free", created_at=utcnow()))
+    await database.dispose()
+
+    future = tmp_path / "future"
+    future.mkdir()
+    (future / "9999_nickname.py").write_text(
+        f'revision = "9999"\ndown_revision = "{migrations.head()}"\n'
+        "branch_labels = None\ndepends_on = None\n"
+        "from alembic import op\nimport sqlalchemy as sa\n"
+        "def upgrade():\n    op.add_column('users', sa.Column('nickname', sa.String()))\n"
+    )
+    config = migrations._config
+
+    def with_future(connection: Connection | None = None) -> object:
+        made = config(connection)
+        here = Path(migrations.__file__).parent / "versions"
+        made.set_main_option("version_locations", os.pathsep.join(map(str, (here, future))))
+        return made
+
+    monkeypatch.setattr(migrations, "_config", with_future)
+    database = Database(settings)
+    found = await database.migrate()
+    assert found.revision is not None and found.revision != "9999"
+    async with database.read() as session:
+        row = (await session.execute(text("SELECT email, nickname FROM users"))).one()
+    assert tuple(row) == ("keep@x.example", None)
+    await database.dispose()
+    assert await revision(settings) == "9999"
+    if database.dialect == "sqlite":
+        assert (tmp_path / f"personaizer.db.{found.revision}.bak").exists()
+
+
+def test_database_urls() -> None:
+    assert async_url("sqlite:///x/y.db").drivername == "sqlite+aiosqlean"
+    assert async_url("postgresql://u:p@h:5432/d").drivername == "postgresql+asyncpg"
+    assert async_url("postgresql+asyncpg://u@h/d").drivername == "postgresql+asyncpg"
+    for bad, why in (
+        ("mysql://u@h/d", "unsupported database URL"),
+        ("sqlite://", "must be a file"),
+        ("postgresql+pg8000://u@h/d", "unsupported PostgreSQL driver"),
+        ("::nonsense", "does not parse"),
+    ):
+        with pytest.raises(SchemaError, match=why):
+            async_url(bad)
+
+
+# --- SQLite specifics ------------------------------------------------------------------------
+
+
+async def test_sqlite_pragmas_and_extensions(tmp_path: Path) -> None:
+    database = await opened(Settings.for_tests(tmp_path))
     try:
         async with database.read() as session:
             assert (await session.execute(text("PRAGMA journal_mode"))).scalar_one() == "wal"
             assert (await session.execute(text("PRAGMA foreign_keys"))).scalar_one() == 1
             assert (await session.execute(text("PRAGMA busy_timeout"))).scalar_one() == 10_000
-            assert (
-                (await session.execute(text("SELECT vec_version()")))
-                .scalar_one()
-                .startswith("v0.1")
-            )
+            version = (await session.execute(text("SELECT vec_version()"))).scalar_one()
+            assert version.startswith("v0.1")
             assert (
                 await session.execute(text("PRAGMA user_version"))
-            ).scalar_one() == dbmod.SCHEMA_VERSION
-        assert max(dbmod._MIGRATIONS) == dbmod.SCHEMA_VERSION
+            ).scalar_one() == migrations.SQLITE_USER_VERSION
     finally:
         await database.dispose()
 
 
-async def test_newer_schema_is_refused_untouched(tmp_path: Path) -> None:
-    database = await new_db(tmp_path)
+def _schema(path: Path) -> list[str]:
+    conn = sqlean.connect(str(path))
+    try:
+        rows = conn.execute(
+            "SELECT sql FROM sqlite_master WHERE sql IS NOT NULL AND name NOT LIKE 'chunk_vectors_%'"
+            " AND name NOT LIKE 'chunk_fts_%' AND name NOT IN ('sqlite_sequence', 'alembic_version')"
+            " ORDER BY name"
+        )
+        return sorted(" ".join(r[0].split()) for r in rows)
+    finally:
+        conn.close()
+
+
+def _legacy_file(path: Path) -> None:
+    """A file as release 0.1 left it: its schema, user_version 1, no revision stamp."""
+    conn = sqlean.connect(str(path))
+    conn.enable_load_extension(True)
+    import sqlite_vec
+
+    sqlite_vec.load(conn)
+    script = (FIXTURES / "schema_v1.sql").read_text()
+    conn.executescript(script)
+    conn.execute(
+        "INSERT INTO users (email, plan_id, created_at) VALUES"
+        " ('old@x.example', 'free', '2026-11-01T00:00:00.000Z')"
+    )
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+
+
+async def test_revision_0001_makes_exactly_the_schema_of_release_0_1(tmp_path: Path) -> None:
+    (tmp_path / "new").mkdir()
+    database = await opened(Settings.for_tests(tmp_path / "new"))
     await database.dispose()
+    _legacy_file(tmp_path / "legacy.db")
+    assert _schema(tmp_path / "new" / "personaizer.db") == _schema(tmp_path / "legacy.db")
+
+
+async def test_a_release_0_1_file_is_stamped_and_upgraded_with_a_backup(tmp_path: Path) -> None:
+    _legacy_file(tmp_path / "personaizer.db")
+    database = Database(Settings.for_tests(tmp_path))
+    found = await database.migrate()
+    assert found.legacy
+    async with database.read() as session:
+        assert (await session.execute(text("SELECT email FROM users"))).scalar_one() == (
+            "old@x.example"
+        )
+        assert (
+            await session.execute(text("PRAGMA user_version"))
+        ).scalar_one() == migrations.SQLITE_USER_VERSION
+    await database.dispose()
+    assert await revision(Settings.for_tests(tmp_path)) == migrations.head()
+    if migrations.head() != migrations.LEGACY_REVISION:
+        assert (tmp_path / "personaizer.db.v1.bak").exists()
+
+
+async def test_a_newer_sqlite_user_version_is_refused_untouched(tmp_path: Path) -> None:
+    await (await opened(Settings.for_tests(tmp_path))).dispose()
     conn = sqlean.connect(str(tmp_path / "personaizer.db"))
     conn.execute("PRAGMA user_version = 99")
     conn.close()
@@ -73,49 +313,30 @@ async def test_newer_schema_is_refused_untouched(tmp_path: Path) -> None:
     conn.close()
 
 
-async def test_foreign_sqlite_file_is_refused(tmp_path: Path) -> None:
-    conn = sqlean.connect(str(tmp_path / "personaizer.db"))
-    conn.execute("CREATE TABLE precious (x)")
-    conn.commit()
-    conn.close()
-    database = Database(Settings.for_tests(tmp_path))
-    with pytest.raises(SchemaError, match="not a personaizer database"):
-        await database.migrate()
-    await database.dispose()
+# --- PostgreSQL specifics ------------------------------------------------------------------
 
 
-async def test_older_schema_is_upgraded_in_place(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+async def test_postgres_without_rights_to_enable_pgvector_is_refused_in_one_line(
+    postgres: pg.PostgresServer, tmp_path: Path
 ) -> None:
-    database = await new_db(tmp_path)
-    async with database.write() as session:
-        session.add(User(email="keep@x.example", plan_id="free", created_at=utcnow()))
-    await database.dispose()
-
-    def add_column(conn: Connection) -> None:
-        conn.exec_driver_sql("ALTER TABLE users ADD COLUMN nickname TEXT")
-
-    nxt = dbmod.SCHEMA_VERSION + 1
-    monkeypatch.setitem(dbmod._MIGRATIONS, nxt, add_column)
-    monkeypatch.setattr(dbmod, "SCHEMA_VERSION", nxt)
-    database = Database(Settings.for_tests(tmp_path))
-    await database.migrate()
-    async with database.read() as session:
-        assert (await session.execute(text("PRAGMA user_version"))).scalar_one() == nxt
-        row = (await session.execute(text("SELECT email, nickname FROM users"))).one()
-    assert tuple(row) == ("keep@x.example", None)
-    assert (tmp_path / f"personaizer.db.v{nxt - 1}.bak").exists()
-    await database.dispose()
+    name = await postgres.new_database(template=None)
+    await postgres.execute("DROP ROLE IF EXISTS plain; CREATE ROLE plain LOGIN")
+    await postgres.execute(f"REVOKE CREATE ON DATABASE {name} FROM PUBLIC")
+    url = postgres.url(name).replace("postgres@", "plain@")
+    database = Database(Settings.for_tests(tmp_path, database_url=url))
+    try:
+        with pytest.raises(SchemaError, match="CREATE EXTENSION vector") as info:
+            await database.migrate()
+        assert "\n" not in str(info.value)
+    finally:
+        await database.dispose()
+        await postgres.drop_database(name)
 
 
-async def test_a_file_with_a_different_layout_is_refused(tmp_path: Path) -> None:
-    database = await new_db(tmp_path)
-    await database.dispose()
-    conn = sqlean.connect(str(tmp_path / "personaizer.db"))
-    conn.execute("ALTER TABLE chunks DROP COLUMN embed_sha256")
-    conn.commit()
-    conn.close()
-    database = Database(Settings.for_tests(tmp_path))
-    with pytest.raises(SchemaError, match="chunks lacks embed_sha256"):
+async def test_postgres_unreachable_is_one_line(tmp_path: Path) -> None:
+    url = f"postgresql://u@/d?host={tmp_path}"  # no server listens there
+    database = Database(Settings.for_tests(tmp_path, database_url=url, busy_timeout_s=2))
+    with pytest.raises(SchemaError, match="cannot open the database") as info:
         await database.migrate()
+    assert "\n" not in str(info.value)
     await database.dispose()

@@ -77,10 +77,16 @@ from app.models.base import (
     utcnow as utcnow,
 )
 from app.models.knowledge import (
+    EMBEDDING_DIMS as EMBEDDING_DIMS,
+)
+from app.models.knowledge import (
     BatchUpsertResponse as BatchUpsertResponse,
 )
 from app.models.knowledge import (
     Chunk as Chunk,
+)
+from app.models.knowledge import (
+    Embedding as Embedding,
 )
 from app.models.knowledge import (
     KnowledgeDoc as KnowledgeDoc,

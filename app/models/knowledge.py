@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
-from sqlalchemy import JSON, Column, Index, UniqueConstraint
+import numpy as np
+from sqlalchemy import JSON, BigInteger, Column, Index, Integer, LargeBinary, UniqueConstraint
+from sqlalchemy.dialects.postgresql.base import ischema_names
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator, TypeEngine, UserDefinedType
 from sqlmodel import Field, SQLModel
 
 from app.models.base import (
@@ -41,20 +45,70 @@ class KnowledgeDoc(SQLModel, table=True):
     updated_at: datetime = time_field()
 
 
+#: Dimensions of the embedding model's vectors (all-MiniLM-L6-v2).
+EMBEDDING_DIMS = 384
+
+
+class _PgVector(UserDefinedType[Any]):
+    """pgvector's `vector(n)`; values cross as numpy arrays (app/postgres.py's codec)."""
+
+    cache_ok = True
+    # Batched ORM inserts put parameters in a VALUES list, where PostgreSQL would take an
+    # uncast one for text: the cast makes asyncpg encode it with the vector codec.
+    render_bind_cast = True
+
+    def __init__(self, dims: int = EMBEDDING_DIMS) -> None:
+        self.dims = dims
+
+    def get_col_spec(self, **kw: Any) -> str:
+        return f"vector({self.dims})"
+
+
+# So that reflecting a PostgreSQL table (the schema check at start) knows the type.
+ischema_names["vector"] = _PgVector
+
+class Embedding(TypeDecorator[np.ndarray]):
+    """A chunk's float32 vector, a numpy array in Python: a little-endian blob on SQLite,
+    pgvector's `vector(384)` on PostgreSQL (where the HNSW index reads it)."""
+
+    impl = LargeBinary
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(_PgVector())
+        return dialect.type_descriptor(LargeBinary())
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        vector = np.ascontiguousarray(value, dtype=np.float32)
+        return vector if dialect.name == "postgresql" else vector.tobytes()
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> np.ndarray | None:
+        if value is None or isinstance(value, np.ndarray):
+            return value
+        return np.frombuffer(value, dtype=np.float32)
+
+
 class Chunk(SQLModel, table=True):
     """One embedded window of a document. Its id is the rowid in the vector and FTS indexes."""
 
     __tablename__ = "chunks"
 
-    id: int | None = Field(default=None, primary_key=True)
+    #: SQLite: INTEGER PRIMARY KEY, the rowid its vec0 and FTS5 rows share.
+    id: int | None = Field(
+        default=None,
+        sa_column=Column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True),
+    )
     doc_id: str = Field(foreign_key="knowledge_docs.id", ondelete="CASCADE", index=True)
     user_id: int
     chunk_index: int
     text: str
     #: sha256 of the text that was embedded (title folded in): equal hash, reusable vector.
     embed_sha256: str
-    #: The embedding: float32 little-endian, `DIMS` of them (app/vectors.py `to_blob`).
-    embedding: bytes
+    #: The embedding, unit length, `EMBEDDING_DIMS` float32.
+    embedding: Any = Field(sa_column=Column(Embedding(), nullable=False))
 
 
 class KnowledgeDocItem(RequestModel):

@@ -7,10 +7,9 @@ from datetime import UTC, datetime
 
 from app.db import Database
 from app.embedding import Embedder
-from app.fts import KeywordIndex
+from app.index import SearchIndex, for_dialect
 from app.services.usage import RequestCounter
 from app.settings import Plan, Settings
-from app.vectors import VectorIndex
 
 
 @dataclass
@@ -18,10 +17,13 @@ class Core:
     settings: Settings
     db: Database
     embedder: Embedder
-    vectors: VectorIndex = field(default_factory=VectorIndex)
-    keywords: KeywordIndex = field(default_factory=KeywordIndex)
+    #: The engine's search index (vectors and keywords), kept in step with the chunk rows.
+    index: SearchIndex = field(init=False)
     #: Authenticated requests counted in memory, flushed to the usage table in the background.
     requests: RequestCounter = field(default_factory=RequestCounter)
+
+    def __post_init__(self) -> None:
+        self.index = for_dialect(self.db.dialect)
 
     def plan(self, plan_id: str) -> Plan:
         plans = self.settings.all_plans

@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import numpy as np
-from sqlalchemy import delete, func, update
+from sqlalchemy import delete, func
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
 from app.chunking import TextChunk, chunk_text, embedding_text, sha256_hex
+from app.db import add_counts
 from app.embedding import Vectors
 from app.errors import (
     BatchTooLarge,
@@ -32,6 +33,7 @@ from app.errors import (
     KnowledgeQuotaExceeded,
     ValidationFailed,
 )
+from app.index import IndexedChunk
 from app.models import (
     EXTERNAL_ID_RE,
     BatchUpsertResponse,
@@ -49,7 +51,6 @@ from app.models import (
 )
 from app.pagination import decode_cursor, encode_cursor
 from app.services.core import Core, Principal, period_key
-from app.vectors import from_blob, to_blob
 
 # --- validation ----------------------------------------------------------------------------
 
@@ -213,7 +214,7 @@ async def _upsert(
         snapshot = await _load_existing(session, principal.user_id, ids)
     fresh = await _embed(core, _needed(_plan(items, snapshot, chunk_cache), set()))
 
-    async with core.db.write() as session:
+    async with core.db.write(user_id=principal.user_id) as session:
         current = await _load_existing(session, principal.user_id, ids)
         plans = _plan(items, current, chunk_cache)
         late = _needed(plans, set(fresh))
@@ -225,7 +226,7 @@ async def _upsert(
         for p in plans:
             embedded += await _apply(core, session, principal, p, fresh, now)
         if embedded:
-            await _count_embedded(session, principal.user_id, embedded)
+            await _count_embedded(core, session, principal.user_id, embedded)
     return plans
 
 
@@ -295,7 +296,7 @@ async def _apply(
     if p.chunks is None:  # content unchanged: nothing to chunk or embed
         session.add(doc)
         if title_changed and p.existing is not None:
-            await core.keywords.retitle(
+            await core.index.retitle(
                 session, title=item.title, chunk_ids=[c.id for c in p.existing.chunks if c.id]
             )
         return 0
@@ -309,9 +310,8 @@ async def _apply(
     if p.existing is not None:
         old_ids = [c.id for c in p.existing.chunks if c.id is not None]
         for c in p.existing.chunks:  # the old rows carry their vectors
-            reused[c.embed_sha256] = from_blob(c.embedding)
-        await core.vectors.delete(session, old_ids)
-        await core.keywords.delete(session, old_ids)
+            reused[c.embed_sha256] = c.embedding
+        await core.index.delete(session, old_ids)
         await session.execute(delete(Chunk).where(col(Chunk.doc_id) == doc.id))
     await session.flush()
     vectors = np.stack([reused[s] if s in reused else fresh[s] for s in p.embed_shas])
@@ -322,32 +322,30 @@ async def _apply(
             chunk_index=c.index,
             text=c.text,
             embed_sha256=sha,
-            embedding=to_blob(vector),
+            embedding=vector,
         )
         for c, sha, vector in zip(p.chunks, p.embed_shas, vectors, strict=True)
     ]
     session.add_all(rows)
     await session.flush()
-    ids = [r.id for r in rows if r.id is not None]
-    await core.vectors.put(session, user_id=principal.user_id, chunk_ids=ids, vectors=vectors)
-    await core.keywords.put(
+    await core.index.put(
         session,
         user_id=principal.user_id,
         title=item.title,
-        chunks=[(r.id, r.text) for r in rows if r.id is not None],
+        chunks=[IndexedChunk(r.id, r.text, v) for r, v in zip(rows, vectors, strict=True) if r.id],
     )
     return sum(1 for s in p.embed_shas if s not in reused)
 
 
-async def _count_embedded(session: AsyncSession, user_id: int, n: int) -> None:
-    period = period_key()
-    result = await session.execute(
-        update(UsageCounter)
-        .where(col(UsageCounter.user_id) == user_id, col(UsageCounter.period) == period)
-        .values(embedded_chunks=UsageCounter.embedded_chunks + n)
+async def _count_embedded(core: Core, session: AsyncSession, user_id: int, n: int) -> None:
+    await session.execute(
+        add_counts(
+            core.db.dialect,
+            UsageCounter,
+            {"user_id": user_id, "period": period_key()},
+            embedded_chunks=n,
+        )
     )
-    if result.rowcount == 0:  # type: ignore[attr-defined]
-        session.add(UsageCounter(user_id=user_id, period=period, embedded_chunks=n))
 
 
 # --- the use cases -------------------------------------------------------------------------
@@ -452,7 +450,7 @@ async def delete_doc(*, core: Core, principal: Principal, external_id: str) -> b
     """Delete a document, its chunks, vectors, keyword rows and persona attachments.
     Idempotent: returns whether there was something to delete."""
     check_external_id(external_id)
-    async with core.db.write() as session:
+    async with core.db.write(user_id=principal.user_id) as session:
         try:
             doc = await _find(session, principal, external_id)
         except KnowledgeNotFound:
@@ -460,9 +458,7 @@ async def delete_doc(*, core: Core, principal: Principal, external_id: str) -> b
         chunk_ids = list(
             (await session.execute(select(Chunk.id).where(Chunk.doc_id == doc.id))).scalars()
         )
-        ids = [i for i in chunk_ids if i is not None]
-        await core.vectors.delete(session, ids)
-        await core.keywords.delete(session, ids)
+        await core.index.delete(session, [i for i in chunk_ids if i is not None])
         # Chunks and persona attachments go by ON DELETE CASCADE.
         await session.delete(doc)
     return True

@@ -263,7 +263,7 @@ async def knowledge_for_personas(
 
 
 async def create_persona(*, core: Core, principal: Principal, body: PersonaCreate) -> PersonaPublic:
-    async with core.db.write() as session:
+    async with core.db.write(user_id=principal.user_id) as session:
         # Counted inside the write transaction: concurrent creations cannot pass the limit.
         count = (
             await session.execute(
@@ -304,7 +304,7 @@ async def update_persona(
     *, core: Core, principal: Principal, persona_id: str, body: PersonaUpdate
 ) -> PersonaPublic:
     """Change only the fields sent; `updated_at` moves only when a value actually changes."""
-    async with core.db.write() as session:
+    async with core.db.write(user_id=principal.user_id) as session:
         persona = await _find(session, principal, persona_id)
         changed = False
         for name in body.model_fields_set:
@@ -324,7 +324,7 @@ async def delete_persona(*, core: Core, principal: Principal, persona_id: str) -
     only the attachments go (ON DELETE CASCADE)."""
     if not PERSONA_ID_RE.match(persona_id):
         return False
-    async with core.db.write() as session:
+    async with core.db.write(user_id=principal.user_id) as session:
         result = await session.execute(
             delete(Persona).where(
                 col(Persona.id) == persona_id, col(Persona.user_id) == principal.user_id
@@ -339,7 +339,7 @@ async def set_knowledge(
     """Replace the persona's attached documents with `external_ids` (a set). Unknown ones are
     refused all together, listed in `missing`, and nothing changes."""
     wanted = sorted(set(external_ids))
-    async with core.db.write() as session:
+    async with core.db.write(user_id=principal.user_id) as session:
         persona = await _find(session, principal, persona_id)
         found: dict[str, str] = {}
         for start in range(0, len(wanted), _IN_CHUNK):

@@ -12,11 +12,10 @@ import asyncio
 import logging
 from collections import Counter
 
-from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlmodel import col, select
+from sqlmodel import select
 
-from app.db import Database
+from app.db import Database, add_counts
 from app.models import UsageCounter, User
 
 log = logging.getLogger(__name__)
@@ -62,7 +61,7 @@ class RequestCounter:
             try:
                 async with db.write() as session:
                     for (user_id, period), n in taken.items():
-                        await _add_requests(session, user_id, period, n)
+                        await _add_requests(db, session, user_id, period, n)
             except BaseException:
                 self._pending.update(taken)
                 raise
@@ -82,13 +81,11 @@ class RequestCounter:
             await self.flush_or_log(db)
 
 
-async def _add_requests(session: AsyncSession, user_id: int, period: str, n: int) -> None:
-    result = await session.execute(
-        update(UsageCounter)
-        .where(col(UsageCounter.user_id) == user_id, col(UsageCounter.period) == period)
-        .values(requests=UsageCounter.requests + n)
+async def _add_requests(
+    db: Database, session: AsyncSession, user_id: int, period: str, n: int
+) -> None:
+    if await session.get(User, user_id) is None:  # deleted since: nothing to count against
+        return
+    await session.execute(
+        add_counts(db.dialect, UsageCounter, {"user_id": user_id, "period": period}, requests=n)
     )
-    if result.rowcount == 0:  # type: ignore[attr-defined]
-        if await session.get(User, user_id) is None:  # deleted since: nothing to count against
-            return
-        session.add(UsageCounter(user_id=user_id, period=period, requests=n))

@@ -8,13 +8,13 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import text
 from starlette.applications import Starlette
 
 from app.embedding import Model
 from app.main import create_app
 from app.settings import Settings
 from tests.conftest import AppFactory, assert_problem, client_for, new_key
+from tests.storage import index_counts
 
 pytestmark = pytest.mark.anyio
 
@@ -29,13 +29,6 @@ def item(external_id: str, content: str, **extra: Any) -> dict[str, Any]:
     return {"external_id": external_id, "content": content, **extra}
 
 
-async def index_counts(app: Starlette) -> dict[str, int]:
-    """Rows in the documents table and in each index that must stay in step with it."""
-    async with app.state.core.db.read() as session:
-        out = {}
-        for table in ("knowledge_docs", "chunks", "chunk_vectors", "chunk_fts"):
-            out[table] = (await session.execute(text(f"SELECT count(*) FROM {table}"))).scalar_one()
-    return out
 
 
 async def test_batch_upsert_created_then_no_op_then_updated(
@@ -89,8 +82,8 @@ async def test_batch_upsert_created_then_no_op_then_updated(
     assert await index_counts(app) == {
         "knowledge_docs": 2,
         "chunks": 2,
-        "chunk_vectors": 2,
-        "chunk_fts": 2,
+        "vectors": 2,
+        "keywords": 2,
     }
 
 
@@ -137,7 +130,7 @@ async def test_long_content_is_chunked_and_indexed(app: Starlette, api: httpx.As
     doc = (await api.get(by_id("long"))).json()
     assert r.status_code == 201 and doc["chunk_count"] > 3
     counts = await index_counts(app)
-    assert counts["chunks"] == counts["chunk_vectors"] == counts["chunk_fts"] == doc["chunk_count"]
+    assert counts["chunks"] == counts["vectors"] == counts["keywords"] == doc["chunk_count"]
 
 
 async def test_single_upsert_statuses(api: httpx.AsyncClient) -> None:
@@ -173,8 +166,8 @@ async def test_delete_is_idempotent_and_clears_indexes(
     assert await index_counts(app) == {
         "knowledge_docs": 1,
         "chunks": 1,
-        "chunk_vectors": 1,
-        "chunk_fts": 1,
+        "vectors": 1,
+        "keywords": 1,
     }
 
 
@@ -259,7 +252,7 @@ async def test_batch_is_all_or_nothing(app: Starlette, api: httpx.AsyncClient) -
         problem = assert_problem(await api.put(DOCS, json=body), 422, code)
         assert pointer in [e["pointer"] for e in problem["errors"]], problem
     assert (await api.get(DOCS)).json()["total"] == 0
-    assert (await index_counts(app))["chunk_vectors"] == 0
+    assert (await index_counts(app))["vectors"] == 0
 
 
 async def test_batch_and_content_limits_follow_the_plan(make_app: AppFactory) -> None:
@@ -298,8 +291,8 @@ async def test_concurrent_upserts_of_one_external_id(
     assert await index_counts(app) == {
         "knowledge_docs": 1,
         "chunks": 1,
-        "chunk_vectors": 1,
-        "chunk_fts": 1,
+        "vectors": 1,
+        "keywords": 1,
     }
 
 
@@ -315,4 +308,4 @@ async def test_data_survives_restart(model: Model, tmp_path: Path) -> None:
         async with client_for(app2, **{"X-Api-Key": key}) as api:
             doc = (await api.get(by_id("durable"))).json()
         assert doc["content"] == "still here" and doc["title"] == "T"
-        assert (await index_counts(app2))["chunk_vectors"] == 1
+        assert (await index_counts(app2))["vectors"] == 1

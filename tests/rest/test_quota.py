@@ -11,10 +11,10 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import text
 from starlette.applications import Starlette
 
 from tests.conftest import AppFactory, assert_problem, client_for, new_key
+from tests.storage import index_counts
 
 pytestmark = pytest.mark.anyio
 
@@ -31,12 +31,6 @@ async def usage(api: httpx.AsyncClient) -> dict[str, Any]:
     return body
 
 
-async def table_counts(app: Starlette) -> dict[str, int]:
-    async with app.state.core.db.read() as session:
-        out = {}
-        for table in ("knowledge_docs", "chunks", "chunk_vectors", "chunk_fts"):
-            out[table] = (await session.execute(text(f"SELECT count(*) FROM {table}"))).scalar_one()
-    return out
 
 
 @pytest.fixture
@@ -65,11 +59,11 @@ async def test_parallel_batches_at_the_edge_never_overshoot(free: tuple[Starlett
             f"base{i}" for i in range(90)
         }
         assert (await usage(api))["knowledge_docs"] == {"used": 100, "limit": 100}
-        assert await table_counts(app) == {
+        assert await index_counts(app) == {
             "knowledge_docs": 100,
             "chunks": 100,
-            "chunk_vectors": 100,
-            "chunk_fts": 100,
+            "vectors": 100,
+            "keywords": 100,
         }
 
 

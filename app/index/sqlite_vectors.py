@@ -1,5 +1,5 @@
-"""The chunk vector index behind one interface: binary-quantized vectors for a coarse pass, the
-float vectors for exact scores.
+"""SQLite's chunk vector index: binary-quantized vectors for a coarse pass, the float vectors
+for exact scores.
 
 Two stores, written in the caller's transaction (so they commit or roll back with the rows they
 belong to):
@@ -18,7 +18,7 @@ reading the partition's bit blocks and ranking them in numpy takes ~5 ms whateve
 candidates. So vec0 stores and maintains the bit vectors (chunking, validity, deletes) and the
 search reads its blocks directly: `_vector_chunks00` (one blob of `chunk_size` vectors per block)
 beside `_chunks` (the block's partition, validity bitmap and rowids). That layout is sqlite-vec
-0.1.9's (pinned in pyproject.toml); tests/services/test_search.py checks that the scan agrees
+0.1.9's (pinned in pyproject.toml); tests/index/test_sqlite.py checks that the scan agrees
 with vec0's own KNN, so an upgrade that changes it fails there, not in production.
 
 sqlite-vec 0.1.9 cannot `INSERT OR REPLACE` into vec0; `put` deletes then inserts.

@@ -1,4 +1,4 @@
-"""The chunk keyword index (SQLite FTS5, porter stemming, BM25), kept in step with the chunks.
+"""SQLite's chunk keyword index (FTS5, porter stemming, BM25), kept in step with the chunks.
 
 Its rowid is the chunk id; the title is a column of its own so a title change is a cheap update
 here even though it re-embeds nothing. The `owner` column holds one token, `u<user id>`: every
@@ -18,28 +18,17 @@ half the rows), so it hardly moves the ranking. `match_expression` leaves out En
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable, Sequence
 
 from sqlalchemy import bindparam, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-#: A word as the `unicode61` tokenizer sees one: a run of letters and digits.
-_WORD = re.compile(r"[^\W_]+")
-#: Words of a query beyond this many are dropped (each OR-ed term costs a posting-list scan).
-MAX_QUERY_TERMS = 64
+from app.index.words import MAX_QUERY_TERMS, query_words
+
 #: bm25 column weights (title, text): measured on Cranfield, see scripts/eval_cranfield.py.
 TITLE_WEIGHT = 1.0
 TEXT_WEIGHT = 1.0
-_STOPWORDS = """a about above after again all also am an and any are as at be because been before being
-    but by can could did do does doing done during each for from had has have having he her
-    here hers him his how i if in into is it its itself may me might more most must my no nor
-    not of off on once only or other our ours out over own same shall she should so some such
-    than that the their theirs them then there these they this those through to too under until
-    up upon very was we were what when where which while who whom why will with would you your
-"""
-#: English function words left out of keyword queries (they match most rows and weigh ~0).
-STOPWORDS = frozenset(_STOPWORDS.split())
+
 #: The first pass of an unscoped search reads this many best chunks per wanted document.
 CHUNKS_PER_DOC = 4
 
@@ -48,9 +37,7 @@ def match_expression(query: str) -> str | None:
     """A MATCH expression that is safe for any text: every word quoted (so `AND`, `NEAR`, `*`,
     `:`, `^`, quotes and parentheses are only text) and the words OR-ed, as BM25 ranking wants,
     stopwords left out unless they are all there is. None when the text has no word at all."""
-    words = list(dict.fromkeys(w.lower() for w in _WORD.findall(query)))
-    content = [w for w in words if w not in STOPWORDS] or words
-    return " OR ".join(f'"{w}"' for w in content[:MAX_QUERY_TERMS]) or None
+    return " OR ".join(f'"{w}"' for w in query_words(query)[:MAX_QUERY_TERMS]) or None
 
 
 def owner_token(user_id: int) -> str:

@@ -1,0 +1,129 @@
+"""The search index behind one interface, one implementation per engine.
+
+Both keep, in the caller's transaction (so they commit or roll back with the chunk rows), what a
+search needs beyond the `chunks` table, and both rank documents by their best chunk:
+
+- SQLite (`sqlite.py`): sign-bit vectors in a sqlite-vec `vec0` table for a coarse pass, exact
+  cosine rescoring from the float vectors in `chunks.embedding`; FTS5 with BM25 for keywords.
+- PostgreSQL (`postgres.py`): pgvector's HNSW index over `chunks.embedding` (exact scans for
+  small users and scopes); a tsvector per chunk (GIN) with BM25 computed in SQL for keywords.
+
+Scopes (a persona, listed external_ids, metadata equality) and the user are conditions inside
+the index's own queries, never a filter applied to a global top-k afterwards; `restrict` turns a
+`Scope` into whatever form the engine uses (SQLite: the scope's chunk ids; PostgreSQL: SQL).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.index.scope import Scope
+
+if TYPE_CHECKING:
+    from app.db import Dialect
+
+__all__ = ["IndexedChunk", "Ranked", "Restriction", "Scope", "SearchIndex", "for_dialect"]
+
+
+@dataclass(frozen=True, slots=True)
+class Ranked:
+    """A document as a ranking places it: its best chunk and that chunk's score (higher is
+    better; cosine similarity for vectors, BM25 for keywords)."""
+
+    doc_id: str
+    chunk_id: int
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class IndexedChunk:
+    """What the index keeps of a chunk row that was just written."""
+
+    id: int
+    text: str
+    vector: np.ndarray
+
+
+class Restriction(Protocol):
+    """A scope in the engine's own form."""
+
+    @property
+    def empty(self) -> bool: ...
+
+
+class SearchIndex(Protocol):
+    async def put(
+        self,
+        session: AsyncSession,
+        *,
+        user_id: int,
+        title: str | None,
+        chunks: Sequence[IndexedChunk],
+    ) -> None:
+        """Index chunk rows written in this transaction (their vectors are in the rows)."""
+
+    async def retitle(
+        self, session: AsyncSession, *, title: str | None, chunk_ids: Sequence[int]
+    ) -> None:
+        """The document's title changed (the keyword index weighs it); nothing re-embeds."""
+
+    async def delete(self, session: AsyncSession, chunk_ids: Sequence[int]) -> None:
+        """Forget chunks about to be deleted."""
+
+    async def restrict(self, session: AsyncSession, scope: Scope) -> Restriction | None:
+        """The scope in the engine's form; None when it covers all of the user's documents."""
+
+    async def semantic(
+        self,
+        session: AsyncSession,
+        *,
+        user_id: int,
+        vector: np.ndarray,
+        depth: int,
+        within: Restriction | None,
+    ) -> list[Ranked]:
+        """The user's `depth` documents nearest to `vector`, nearest first."""
+
+    async def keyword(
+        self,
+        session: AsyncSession,
+        *,
+        user_id: int,
+        query: str,
+        depth: int,
+        within: Restriction | None,
+    ) -> list[Ranked]:
+        """The user's `depth` documents best matching the words of `query`, best first."""
+
+    async def count(self, session: AsyncSession, *, user_id: int) -> int:
+        """How many chunks of the user the index holds."""
+
+
+def for_dialect(dialect: Dialect) -> SearchIndex:
+    if dialect == "sqlite":
+        from app.index.sqlite import SqliteIndex
+
+        return SqliteIndex()
+    from app.index.postgres import PostgresIndex
+
+    return PostgresIndex()
+
+
+def collapse(scored: Sequence[tuple[int, str, float]], depth: int) -> list[Ranked]:
+    """(chunk, doc, cosine distance) triples -> documents by their nearest chunk, nearest
+    first, ties by chunk id (which follows upload order), at most `depth`."""
+    out: list[Ranked] = []
+    seen: set[str] = set()
+    for chunk_id, doc, distance in sorted(scored, key=lambda p: (p[2], p[0])):
+        if doc in seen:
+            continue
+        seen.add(doc)
+        out.append(Ranked(doc, chunk_id, 1.0 - distance))
+        if len(out) == depth:
+            break
+    return out

@@ -1,0 +1,145 @@
+"""SQLite's index internals: the safe FTS5 expression, and the bit scan checked against
+sqlite-vec's own quantizer and KNN (this fails first should an upgrade of sqlite-vec change its
+storage layout)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from sqlalchemy import text
+from sqlmodel import select
+from starlette.applications import Starlette
+
+from app.embedding import DIMS
+from app.index import sqlite as sqlite_index
+from app.index.sqlite_keywords import match_expression
+from app.index.sqlite_vectors import quantize, to_blob
+from app.index.words import MAX_QUERY_TERMS
+from app.models import Chunk, KnowledgeDocItem
+from app.services import accounts, knowledge
+from app.services.core import Core
+from tests.conftest import new_key
+from tests.services.test_search import QUERIES, TOPICS, long_text, run_search, setup_corpus
+
+pytestmark = [pytest.mark.anyio, pytest.mark.engines("sqlite")]
+
+
+# --- the FTS expression --------------------------------------------------------------------
+
+
+def test_match_expression_quotes_and_ors_every_word() -> None:
+    assert match_expression("Hello, world!") == '"hello" OR "world"'
+    assert match_expression('NEAR(x y) AND "c" OR d* col:e ^f') == (
+        '"near" OR "x" OR "y" OR "c" OR "d" OR "col" OR "e" OR "f"'
+    )
+    assert match_expression("snake_case x") == '"snake" OR "case" OR "x"'
+    assert match_expression("Straße ÜBER 42") == '"straße" OR "über" OR "42"'
+
+
+def test_match_expression_leaves_out_stopwords_unless_they_are_all() -> None:
+    assert match_expression("What is the flow of a gas in the nozzle?") == (
+        '"flow" OR "gas" OR "nozzle"'
+    )
+    assert match_expression("The Who") == '"the" OR "who"'
+    assert match_expression("OR OR AND") == '"or" OR "and"'
+
+
+def test_match_expression_drops_repeats_and_caps_terms() -> None:
+    assert match_expression("x X x b") == '"x" OR "b"'
+    many = match_expression(" ".join(f"w{i}" for i in range(200)))
+    assert many is not None and many.count(" OR ") == MAX_QUERY_TERMS - 1
+
+
+@pytest.mark.parametrize("query", ["", "   ", "?!", '"" ()', "___", "*:^"])
+def test_match_expression_without_words_is_none(query: str) -> None:
+    assert match_expression(query) is None
+
+
+async def test_quantize_matches_sqlite_vec(app: Starlette) -> None:
+    core: Core = app.state.core
+    vectors = np.random.default_rng(3).standard_normal((5, DIMS)).astype(np.float32)
+    vectors[0, :10] = 0.0  # zero is not positive
+    async with core.db.read() as session:
+        for vector, bits in zip(vectors, quantize(vectors), strict=True):
+            theirs = (
+                await session.execute(
+                    text("SELECT vec_quantize_binary(:v)"), {"v": to_blob(vector)}
+                )
+            ).scalar_one()
+            assert bits.tobytes() == theirs
+
+
+async def test_the_bit_scan_agrees_with_vec0_knn(app: Starlette) -> None:
+    """`VectorIndex.candidates` reads vec0's blocks itself: same distances as vec0's own KNN
+    (this fails first should an upgrade of sqlite-vec change its storage layout)."""
+    core, principal = await setup_corpus(app)
+    other = await accounts.authenticate(
+        core=core, api_key=await new_key(app, email="o@example.com", plan="unlimited")
+    )
+    await knowledge.upsert_many(
+        core=core,
+        principal=other,
+        items=[KnowledgeDocItem(external_id="x", title=None, content=long_text(TOPICS[0], 20))],
+    )
+    await knowledge.delete_doc(core=core, principal=principal, external_id="doc-3")
+    vector = (await core.embedder.embed(["rocket propulsion"]))[0]
+    async with core.db.read() as session:
+        total = await core.index.vectors.count(session, user_id=principal.user_id)
+        ids, eligible = await core.index.vectors.candidates(
+            session, user_id=principal.user_id, vector=vector, n=total
+        )
+        rows = await session.execute(
+            text(
+                "SELECT chunk_id, distance FROM chunk_vectors"
+                " WHERE embedding MATCH vec_bit(:q) AND k = :k AND user_id = :u"
+            ),
+            {"q": quantize(vector)[0].tobytes(), "k": total, "u": principal.user_id},
+        )
+        theirs = sorted((int(d), int(c)) for c, d in rows)
+        user_chunks = set(
+            (
+                await session.execute(select(Chunk.id).where(Chunk.user_id == principal.user_id))
+            ).scalars()
+        )
+        # Restricted to a set of chunks, then cut to the best 5.
+        within = np.array(sorted(user_chunks)[::2], dtype=np.int64)
+        some, some_eligible = await core.index.vectors.candidates(
+            session, user_id=principal.user_id, vector=vector, n=5, within=within
+        )
+    assert eligible == total == len(user_chunks) and set(ids) == user_chunks
+    assert ids == [c for _, c in theirs]
+    assert some_eligible == len(within)
+    assert some == [c for _, c in theirs if c in set(within.tolist())][:5]
+
+
+async def test_the_coarse_pass_grows_until_it_has_enough_documents(
+    app: Starlette, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    core, principal = await setup_corpus(app)
+    grew = 0
+    passes: list[int] = []
+    candidates = core.index.vectors.candidates
+
+    async def spy(session: Any, **kwargs: Any) -> tuple[list[int], int]:
+        passes.append(kwargs["n"])
+        return await candidates(session, **kwargs)
+
+    everything = [f"doc-{i}" for i in range(len(TOPICS))]
+    for query in QUERIES:
+        body = {"query": query, "k": 6, "mode": "semantic"}
+        exact = await run_search(core, principal, external_ids=everything, **body)
+        with monkeypatch.context() as m:
+            # The first pass keeps 6 chunks: the long documents fill it with repeats.
+            m.setattr(sqlite_index, "CANDIDATES_MIN", 0)
+            m.setattr(sqlite_index, "CANDIDATES_PER_DOC", 1)
+            passes.clear()
+            m.setattr(core.index.vectors, "candidates", spy)
+            grown = await run_search(core, principal, **body)
+        assert passes[0] == 6
+        # The same documents; a shallow pass may show a document's second-best chunk.
+        assert [h.external_id for h in grown.results] == [h.external_id for h in exact.results]
+        assert len(grown.results) == 6
+        grew += len(passes) > 1
+    assert grew  # at least one query needed a second, deeper pass
