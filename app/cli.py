@@ -114,8 +114,16 @@ def serve(
     demo: Annotated[
         bool, typer.Option("--demo", help="Also make a demo user, key and sample data.")
     ] = False,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Server processes sharing the port (more than one needs PERSONAIZER_REDIS_URL).",
+        ),
+    ] = 1,
 ) -> None:
-    """Start the server on the embedded default (a SQLite file under the data dir)."""
+    """Start the server on the embedded default (a SQLite file under the data dir), or on the
+    database named by --database-url."""
     import uvicorn
 
     from app import logs
@@ -123,9 +131,19 @@ def serve(
 
     settings = load_settings(data_dir, database_url, host=host, port=port)
     logs.configure(settings.log_level)
+    if workers > 1 and not settings.redis_url:
+        raise Fail(
+            "--workers above 1 needs PERSONAIZER_REDIS_URL: rate limits counted in each "
+            "process's memory would multiply every user's budget by the number of workers"
+        )
+    if workers > 1 and demo:
+        raise Fail("--demo runs with one worker; start once with --demo, then with --workers")
     # Open (create, upgrade or refuse) the database before serving, so a file this build cannot
     # use is one line on stderr rather than a failed lifespan inside uvicorn.
     run_with_core(settings, lambda core: asyncio.sleep(0))
+    if workers > 1:
+        _serve_workers(settings, workers)
+        return
     try:
         app = create_app(settings)
     except SchemaError as exc:
@@ -146,6 +164,33 @@ def serve(
         raise Fail(str(exc)) from exc
     if not server.started:
         raise Fail(f"the server did not start on {host}:{port} (see the log above)")
+
+
+def _serve_workers(settings: Settings, workers: int) -> None:
+    """N processes on one port (uvicorn's supervisor): each builds its own app from the same
+    PERSONAIZER_* environment, so the options given here are passed on through it."""
+    import os
+
+    import uvicorn
+
+    os.environ["PERSONAIZER_DATA_DIR"] = str(settings.data_dir)
+    os.environ["PERSONAIZER_DATABASE_URL"] = settings.effective_database_url
+    host, port = settings.host, settings.port
+    out.print(
+        f"PersonAIzer listening on http://{host}:{port} with {workers} workers"
+        f"  (docs: http://{host}:{port}/docs)"
+    )
+    out.print(f"Data: {Database(settings).where}")
+    uvicorn.run(
+        "app.main:app_from_environment",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+    )
 
 
 # --- users ----------------------------------------------------------------------------------
@@ -353,6 +398,74 @@ def export_schema(
         sys.stdout.write(sdl)  # not `out`: rich would read `[String!]` as markup
     else:
         output.write_text(sdl, encoding="utf-8")
+
+
+# --- db, migrate -------------------------------------------------------------------------
+
+db_cli = typer.Typer(help="The database: schema upgrades.", no_args_is_help=True)
+cli.add_typer(db_cli, name="db")
+
+
+@db_cli.command("upgrade")
+def db_upgrade(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
+    """Bring the database's schema to this version's (the server does the same at start)."""
+    from app import migrations
+
+    settings = load_settings(data_dir, database_url)
+
+    async def upgrade() -> migrations.State:
+        db = Database(settings)
+        try:
+            return await db.migrate()
+        finally:
+            await db.dispose()
+
+    found = _run(upgrade())
+    where = Database(settings).where
+    if found.current:
+        out.print(f"{where}: schema already at revision {migrations.head()}")
+    elif found.revision is None:
+        out.print(f"{where}: schema created at revision {migrations.head()}")
+    else:
+        out.print(f"{where}: schema upgraded from {found.revision} to {migrations.head()}")
+
+
+@cli.command()
+def migrate(
+    to: Annotated[
+        str, typer.Option("--to", help="URL of the empty target, e.g. postgresql://u:p@host/db")
+    ],
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Copy this deployment (users, keys, personas, documents, chunks with their vectors,
+    usage) into an empty database, without re-embedding anything; then check the copy.
+    Stop the server first: writes made during the copy would not be in it."""
+    from app.transfer import TransferError, copy_database
+
+    source_settings = load_settings(data_dir, database_url)
+    target_settings = load_settings(data_dir, to)
+
+    async def copy() -> None:
+        source, target = Database(source_settings), Database(target_settings)
+        if source.where == target.where:
+            raise Fail("the target is the source; name another database with --to")
+        try:
+            await source.migrate()
+            await target.migrate()
+            report = await copy_database(source, target, progress=lambda line: out.print(line))
+        except TransferError as exc:
+            raise Fail(str(exc)) from exc
+        finally:
+            await source.dispose()
+            await target.dispose()
+        total = sum(report.rows.values())
+        out.print(
+            f"copied {total} rows from {source.where} to {target.where}; counts match, "
+            f"searches agree for {report.users_checked} users"
+        )
+
+    _run(copy())
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -89,3 +89,13 @@ def create_app(
     #: Background jobs started once the server is up (the CLI's --demo seeding is one).
     app.state.startup_hooks = []
     return app
+
+
+def app_from_environment() -> Starlette:
+    """The app as a worker of `personaizer serve --workers N` builds it: settings from the
+    PERSONAIZER_* environment, which every worker process inherits."""
+    from app import logs
+
+    settings = Settings()
+    logs.configure(settings.log_level)
+    return create_app(settings)
