@@ -1,0 +1,103 @@
+"""PostgreSQL going away under traffic: requests answer 503 `server.unavailable` with
+Retry-After (never 500), the server recovers by itself once the database is back, and a write cut
+off by the lost connection is wholly applied or not at all.
+
+Each test runs its own embedded server (not the run's shared one) since it stops it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+
+from tests import pg
+from tests.conftest import AppFactory, assert_problem, client_for, new_key
+
+pytestmark = [pytest.mark.anyio, pytest.mark.engines("postgresql")]
+
+
+@pytest.fixture
+def own_server(tmp_path: Path, engine: str) -> Iterator[pg.PostgresServer]:
+    server = pg.start_server(tmp_path / "pg" / "data")
+    yield server
+    server.pg_ctl("-m", "immediate", "stop")
+
+
+async def _database(server: pg.PostgresServer) -> str:
+    return server.url(await server.new_database())
+
+
+async def test_database_restart_under_traffic(
+    make_app: AppFactory, own_server: pg.PostgresServer
+) -> None:
+    app = await make_app(database_url=await _database(own_server))
+    key = await new_key(app, plan="unlimited")
+    async with client_for(app, **{"X-Api-Key": key}) as api, client_for(app) as anon:
+        doc = "/api/knowledge/docs/by-external-id/kept"
+        assert (await api.put(doc, json={"content": "Kept across restarts."})).status_code == 201
+
+        await asyncio.to_thread(own_server.stop, "fast")
+        for request in (
+            api.get(doc),
+            api.get("/api/knowledge/docs"),
+            api.put(doc, json={"content": "Changed while down."}),
+            api.post("/api/knowledge/search", json={"query": "restarts", "mode": "keyword"}),
+            api.get("/api/subscription/usage"),
+        ):
+            r = await request
+            body = assert_problem(r, 503, "server.unavailable")
+            assert int(r.headers["Retry-After"]) >= 1, body
+        health = await anon.get("/healthz")
+        assert health.status_code == 503 and health.json()["database"] != "ok"
+
+        await asyncio.to_thread(own_server.restart)
+        # Recovers by itself: the pool drops the dead connections and reconnects.
+        for _ in range(50):
+            r = await api.get(doc)
+            if r.status_code == 200:
+                break
+            await asyncio.sleep(0.2)
+        assert r.status_code == 200 and r.json()["content"] == "Kept across restarts."
+        assert (await anon.get("/healthz")).status_code == 200
+        r = await api.put(doc, json={"content": "Changed after the restart."})
+        assert r.status_code == 200 and r.json()["status"] == "updated"
+
+
+async def test_a_write_cut_off_mid_transaction_is_not_applied(
+    make_app: AppFactory, own_server: pg.PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app: Starlette = await make_app(database_url=await _database(own_server))
+    key = await new_key(app, plan="unlimited")
+    index = app.state.core.index
+    put = index.put
+    calls = 0
+
+    async def put_then_lose_the_server(session: Any, **kwargs: Any) -> None:
+        nonlocal calls
+        calls += 1
+        await put(session, **kwargs)
+        if calls == 3:  # three documents of the batch written, in the open transaction
+            await asyncio.to_thread(own_server.stop, "immediate")
+
+    monkeypatch.setattr(index, "put", put_then_lose_the_server)
+    items = [{"external_id": f"d{i}", "content": f"Batch document number {i}."} for i in range(8)]
+    async with client_for(app, **{"X-Api-Key": key}) as api:
+        r = await api.put("/api/knowledge/docs", json={"items": items})
+        assert_problem(r, 503, "server.unavailable")
+        monkeypatch.setattr(index, "put", put)
+        await asyncio.to_thread(own_server.restart)
+        listed: httpx.Response | None = None
+        for _ in range(50):
+            listed = await api.get("/api/knowledge/docs")
+            if listed.status_code == 200:
+                break
+            await asyncio.sleep(0.2)
+        assert listed is not None and listed.status_code == 200
+        assert listed.json()["total"] == 0  # nothing of the batch, not three of eight
+        r = await api.put("/api/knowledge/docs", json={"items": items})
+        assert r.status_code == 200 and r.json()["summary"]["created"] == 8
