@@ -39,6 +39,7 @@ from sqlmodel import SQLModel
 
 from app import models  # noqa: F401  (registers the tables on SQLModel.metadata)
 from app.errors import Unavailable
+from app.files import prepare_sqlite_file
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -123,7 +124,7 @@ class Database:
         path = make_url(url).database
         assert path is not None
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        prepare_sqlite_file(self.path)  # 0700 directory, 0600 file, when created
         busy_ms = int(settings.busy_timeout_s * 1000)
         self.reader = create_async_engine(url, pool_size=4, max_overflow=4)
         # The writer holds no idle connection between writes so that other processes can
