@@ -118,6 +118,7 @@ def serve(
 
     from app import logs
     from app.main import create_app
+    from app.serving import ServeConfig
 
     settings = load_settings(data_dir, database_url, host=host, port=port)
     logs.configure(settings.log_level)
@@ -134,10 +135,8 @@ def serve(
         install_demo(app, out)
     out.print(f"PersonAIzer listening on http://{host}:{port}  (docs: http://{host}:{port}/docs)")
     out.print(f"Data: {app.state.core.db.path.resolve()}")
-    config = uvicorn.Config(
-        app, host=host, port=port, log_config=None, access_log=False, lifespan="on"
-    )
-    server = uvicorn.Server(config)
+    # Timeouts and connection limits against slow and greedy clients: app/serving.py.
+    server = uvicorn.Server(ServeConfig(app, settings))
     try:
         server.run()
     except SchemaError as exc:

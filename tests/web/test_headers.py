@@ -107,7 +107,9 @@ async def test_dashboard_forms_are_bounded(app: Starlette) -> None:
         form = {"email": EMAIL, "password": PASSWORD, "csrf_token": token}
         big = {**form, "padding": "x" * 100_000}
         assert_problem(await browser.post("/login", data=big), 413, "request.too_large")
-        assert_problem(await browser.post("/login", json=form), 415, "request.unsupported_media_type")
+        assert_problem(
+            await browser.post("/login", json=form), 415, "request.unsupported_media_type"
+        )
         many = "&".join(f"f{i}=1" for i in range(50)) + f"&csrf_token={token}"
         r = await browser.post(
             "/login",
