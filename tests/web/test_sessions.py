@@ -11,9 +11,12 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import delete
+from sqlmodel import col, select
 from starlette.applications import Starlette
 
 from app import security
+from app.models import DashboardSession, User
 from app.services import accounts
 from tests.conftest import AppFactory, client_for
 
@@ -167,3 +170,15 @@ async def test_argon2_runs_off_the_event_loop(app: Starlette) -> None:
         sys.setprofile(None)
     assert seen_directly
     assert on_loop == []
+
+
+async def test_deleting_a_user_ends_their_sessions(app: Starlette) -> None:
+    await users(app, EMAIL)
+    async with browser_at(app) as browser:
+        await sign_in(browser)
+        async with app.state.core.db.write() as session:
+            await session.execute(delete(User).where(col(User.email) == EMAIL))
+        r = await browser.get("/api-keys")
+        assert r.status_code == 303 and r.headers["location"] == "/login"
+    async with app.state.core.db.read() as session:
+        assert (await session.execute(select(DashboardSession))).first() is None
