@@ -3,18 +3,14 @@ password hashes, so what the server creates is readable by its own user only.
 
 The data directory is made 0700 and the SQLite file 0600 before SQLite first opens it; SQLite
 then gives its `-wal` and `-shm` files the database file's mode. A directory or file that exists
-already is the operator's choice and is left as it is; a database file that others can read is
-logged as a warning.
+already is the operator's choice and is left as it is (a warning here would be printed by every
+CLI command, whose stderr is one line on failure and nothing else).
 """
 
 from __future__ import annotations
 
-import logging
 import os
-import stat
 from pathlib import Path
-
-log = logging.getLogger(__name__)
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
@@ -34,7 +30,6 @@ def private_file(path: Path) -> None:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
     except FileExistsError:
-        _warn_if_open(path)
         return
     try:
         os.fchmod(fd, FILE_MODE)
@@ -46,17 +41,3 @@ def prepare_sqlite_file(path: Path) -> None:
     """The directory of a SQLite database file and the (empty) file itself, both private."""
     private_dir(path.parent)
     private_file(path)
-
-
-def _warn_if_open(path: Path) -> None:
-    try:
-        mode = path.stat().st_mode
-    except OSError:
-        return
-    if stat.S_ISREG(mode) and mode & (stat.S_IRWXG | stat.S_IRWXO):
-        log.warning(
-            "%s is readable by other users (mode %o); chmod %o it unless that is intended",
-            path,
-            stat.S_IMODE(mode),
-            FILE_MODE,
-        )

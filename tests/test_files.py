@@ -46,7 +46,7 @@ async def test_a_new_data_dir_and_database_are_private(
 
 
 async def test_an_existing_data_dir_keeps_its_mode(
-    make_app: AppFactory, tmp_path: Path, usual_umask: None, caplog: pytest.LogCaptureFixture
+    make_app: AppFactory, tmp_path: Path, usual_umask: None
 ) -> None:
     data = tmp_path / "mine"
     data.mkdir(mode=0o750)
@@ -54,8 +54,7 @@ async def test_an_existing_data_dir_keeps_its_mode(
     await make_app(data_dir=data)
     assert mode(data) == 0o750
     assert mode(data / "personaizer.db") == 0o600
-    # A database file that others can read is kept as it is, with a warning.
-    os.chmod(data / "personaizer.db", 0o644)
+    # An existing database file is the operator's too.
+    os.chmod(data / "personaizer.db", 0o640)
     await make_app(data_dir=data)
-    assert mode(data / "personaizer.db") == 0o644
-    assert "readable by other users" in caplog.text
+    assert mode(data / "personaizer.db") == 0o640
