@@ -32,6 +32,7 @@ SLACK_S = 8.0
 @dataclass
 class Server:
     port: int
+    log: Path
 
     def connect(self) -> socket.socket:
         return socket.create_connection(("127.0.0.1", self.port), timeout=10)
@@ -72,7 +73,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             assert proc.poll() is None, (data / "server.log").read_text()
             assert time.monotonic() < deadline, "the server did not start"
             time.sleep(0.2)
-        yield Server(port)
+        yield Server(port, data / "server.log")
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -149,6 +150,12 @@ def test_a_trickled_body_is_cut_off(server: Server) -> None:
         received, took = wait_closed(sock, trickle=b"a", within=READ_TIMEOUT_S + SLACK_S)
     assert took >= READ_TIMEOUT_S - 0.5
     assert b"HTTP/1.1 2" not in received and b"HTTP/1.1 3" not in received
+    # The app, left waiting for the body, sees the client go: logged as such, not as a crash.
+    deadline = time.monotonic() + SLACK_S
+    while "POST /login 499" not in server.log.read_text():
+        assert time.monotonic() < deadline, server.log.read_text()
+        time.sleep(0.1)
+    assert "unhandled error" not in server.log.read_text()
 
 
 def test_a_silent_connection_is_closed_after_the_keep_alive(server: Server) -> None:
