@@ -128,6 +128,7 @@ def serve(
 
     from app import logs
     from app.main import create_app
+    from app.serving import ServeConfig
 
     settings = load_settings(data_dir, database_url, host=host, port=port)
     logs.configure(settings.log_level)
@@ -154,10 +155,8 @@ def serve(
         install_demo(app, out)
     out.print(f"PersonAIzer listening on http://{host}:{port}  (docs: http://{host}:{port}/docs)")
     out.print(f"Data: {app.state.core.db.where}")
-    config = uvicorn.Config(
-        app, host=host, port=port, log_config=None, access_log=False, lifespan="on"
-    )
-    server = uvicorn.Server(config)
+    # Timeouts and connection limits against slow and greedy clients: app/serving.py.
+    server = uvicorn.Server(ServeConfig(app, settings))
     try:
         server.run()
     except SchemaError as exc:
@@ -171,8 +170,6 @@ def _serve_workers(settings: Settings, workers: int) -> None:
     PERSONAIZER_* environment, so the options given here are passed on through it."""
     import os
 
-    import uvicorn
-
     os.environ["PERSONAIZER_DATA_DIR"] = str(settings.data_dir)
     os.environ["PERSONAIZER_DATABASE_URL"] = settings.effective_database_url
     host, port = settings.host, settings.port
@@ -181,16 +178,13 @@ def _serve_workers(settings: Settings, workers: int) -> None:
         f"  (docs: http://{host}:{port}/docs)"
     )
     out.print(f"Data: {Database(settings).where}")
-    uvicorn.run(
-        "app.main:app_from_environment",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_config=None,
-        access_log=False,
-        lifespan="on",
-    )
+    from uvicorn.supervisors import Multiprocess
+
+    from app.serving import ServeConfig
+
+    # What uvicorn.run does for workers, with the same limits as one process (app/serving.py).
+    config = ServeConfig("app.main:app_from_environment", settings, factory=True, workers=workers)
+    Multiprocess(config, sockets=[config.bind_socket()]).run()
 
 
 # --- users ----------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from sqlmodel import SQLModel
 
 from app import migrations, postgres, sqlite
 from app.errors import Unavailable
+from app.files import prepare_sqlite_file
 from app.migrations import SchemaError
 from app.settings import Settings
 
@@ -88,7 +89,7 @@ class Database:
             assert self.url.database is not None
             self.path = Path(self.url.database)
             self.where = str(self.path)
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            prepare_sqlite_file(self.path)  # 0700 directory, 0600 file, when created
             busy_ms = int(settings.busy_timeout_s * 1000)
             self.reader = create_async_engine(self.url, pool_size=4, max_overflow=4)
             # The writer holds no idle connection between writes so that other processes can

@@ -13,6 +13,7 @@
     │   └── UnknownExternalIds    knowledge.unknown_external_ids 422
     ├── UnsupportedMediaType      request.unsupported_media_type 415
     ├── TooLarge                  request.too_large              413
+    ├── RequestTimeout            request.timeout                408
     ├── RouteNotFound             request.not_found              404
     ├── MethodNotAllowed          request.method_not_allowed     405
     ├── KnowledgeNotFound         knowledge.not_found            404
@@ -155,6 +156,17 @@ class TooLarge(AppError):
     status = 413
     title = "Request too large"
     description = "The request body is over the server's limit (default 10 MiB)."
+
+
+class RequestTimeout(AppError):
+    code = "request.timeout"
+    status = 408
+    title = "Request timeout"
+    description = (
+        "The request (its line, headers and body) did not arrive within the server's read "
+        "timeout (PERSONAIZER_REQUEST_READ_TIMEOUT_S, default 30 s). The connection is closed, "
+        "with this answer when the headers were not complete yet. Nothing was done."
+    )
 
 
 class RouteNotFound(AppError):

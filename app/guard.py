@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from starlette.requests import HTTPConnection
 
+from app.errors import Unauthorized
+from app.proxies import client_address
 from app.ratelimit import Policy, RateLimiter
 from app.services import accounts
 from app.services.core import Core, Principal, period_key
@@ -18,13 +20,24 @@ class Guard:
         self.core = core
         self.limiter = limiter
 
-    async def authenticate(self, request: HTTPConnection) -> Principal:
-        """The caller behind `X-Api-Key`; failures are limited per client address."""
-        key = request.headers.get("x-api-key")
-        address = request.client.host if request.client else "unknown"
-        return await self.limiter.authenticate(
-            address, lambda: accounts.authenticate(core=self.core, api_key=key)
+    def client_address(self, request: HTTPConnection) -> str:
+        """The client's address, seen through the configured trusted proxies."""
+        return client_address(
+            request.client.host if request.client else None,
+            request.headers.getlist("x-forwarded-for"),
+            self.core.settings.trusted_networks,
         )
+
+    async def authenticate(self, request: HTTPConnection) -> Principal:
+        """The caller behind `X-Api-Key`. A valid key is always accepted; a failure is counted
+        against the client address and, past the limit, answered 429 instead of 401."""
+        try:
+            return await accounts.authenticate(
+                core=self.core, api_key=request.headers.get("x-api-key")
+            )
+        except Unauthorized:
+            await self.limiter.failed_authentication(self.client_address(request))
+            raise
 
     async def charge(
         self, principal: Principal, policy: Policy, *, cost: int = 1

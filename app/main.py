@@ -21,6 +21,7 @@ from app.rest.middleware import RequestContextMiddleware
 from app.rest.openapi import build_openapi
 from app.services.core import Core
 from app.settings import Settings
+from app.web.headers import SecurityHeadersMiddleware
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,11 @@ def create_app(
 
     app = Starlette(
         routes=[*rest.routes(), graphql_route(settings), *web.routes(settings)],
-        middleware=[Middleware(RequestContextMiddleware), *_cors(settings)],
+        middleware=[
+            Middleware(SecurityHeadersMiddleware),
+            Middleware(RequestContextMiddleware),
+            *_cors(settings),
+        ],
         exception_handlers=rest.EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )

@@ -9,23 +9,29 @@ The storage key of a window names the limit's amount (`limits` builds it as
 namespace/policy/user/amount/1/minute), so a user whose plan changes starts a fresh window under
 the new limit rather than carrying the old plan's count over. At worst that allows one extra
 window's worth of requests at the moment of the change, which is acceptable for a plan change.
+
+Two more counts are per client address (as `app.proxies` finds it behind trusted proxies): failed
+API-key authentications, and dashboard sign-ins (which are also counted per account). Their
+limits are settings.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Literal
 
-from limits import RateLimitItem, RateLimitItemPerMinute
+from limits import RateLimitItemPerMinute
 from limits.aio.storage import Storage as AsyncStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.storage import storage_from_string
 
-from app.errors import RateLimited, Unauthorized, Unavailable
+from app.errors import RateLimited, Unavailable
+from app.proxies import parse_address
 from app.services.core import Principal
 from app.settings import Settings
 
@@ -33,8 +39,6 @@ log = logging.getLogger(__name__)
 
 Policy = Literal["reads", "writes", "search"]
 WINDOW_S = 60
-#: Failed authentications one client address may make per minute before it is refused.
-AUTH_FAILURES_PER_MINUTE = 30
 
 
 def storage_uri(settings: Settings) -> str:
@@ -52,7 +56,15 @@ class RateLimiter:
         assert isinstance(storage, AsyncStorage)  # storage_uri names async+ schemes only
         self._storage = storage
         self._limiter = MovingWindowRateLimiter(storage)
-        self._auth_failures = RateLimitItemPerMinute(AUTH_FAILURES_PER_MINUTE, namespace="AUTH")
+        self._auth_failures = RateLimitItemPerMinute(
+            settings.auth_failures_per_minute, namespace="AUTH"
+        )
+        self._signin_per_address = RateLimitItemPerMinute(
+            settings.signin_attempts_per_address, namespace="SIGNIN"
+        )
+        self._signin_per_account = RateLimitItemPerMinute(
+            settings.signin_attempts_per_account, namespace="SIGNIN"
+        )
 
     @staticmethod
     def limit_for(principal: Principal, policy: Policy) -> int:
@@ -87,27 +99,51 @@ class RateLimiter:
             )
         return headers
 
-    async def authenticate(
-        self, address: str, attempt: Callable[[], Awaitable[Principal]]
-    ) -> Principal:
-        """Run `attempt`; failures count per client address and, past the limit, are refused
-        with 429 before the key is even looked at."""
-        item: RateLimitItem = self._auth_failures
+    async def failed_authentication(self, address: str) -> None:
+        """Count one failed authentication from the client `address`; past the limit, raise
+        `RateLimited` (429 in place of 401). Only failures are counted or refused: a valid key
+        is accepted without coming here, so a broken client behind the same proxy or NAT
+        cannot lock other users out. The count is one atomic check-and-add, so a burst of
+        parallel failures cannot pass the limit either."""
+        item = self._auth_failures
+        ident = address_key(address)
         with _storage_errors():
-            refused = not await self._limiter.test(item, address)
-            if refused:
-                stats = await self._limiter.get_window_stats(item, address)
-        if refused:
+            allowed = await self._limiter.hit(item, ident)
+            if not allowed:
+                stats = await self._limiter.get_window_stats(item, ident)
+        if not allowed:
             raise RateLimited(
                 "Too many failed authentications from this address.",
                 headers={"Retry-After": str(_seconds_until(stats.reset_time))},
             )
-        try:
-            return await attempt()
-        except Unauthorized:
+
+    async def sign_in_attempt(self, *, address: str, account: str) -> None:
+        """Count one dashboard sign-in attempt against the client address and the account
+        (the normalised email, whether or not such a user exists); raise `RateLimited` before
+        the password is checked when either is used up. Successes count too: each attempt
+        costs an argon2 check, and a refused attempt must not reveal whether it was right."""
+        for item, ident in (
+            (self._signin_per_address, ("address", address_key(address))),
+            (self._signin_per_account, ("account", account)),
+        ):
             with _storage_errors():
-                await self._limiter.hit(item, address)
-            raise
+                allowed = await self._limiter.hit(item, *ident)
+                if not allowed:
+                    stats = await self._limiter.get_window_stats(item, *ident)
+            if not allowed:
+                raise RateLimited(
+                    "Too many sign-in attempts.",
+                    headers={"Retry-After": str(_seconds_until(stats.reset_time))},
+                )
+
+
+def address_key(address: str) -> str:
+    """What a client address is counted as: itself, or its /64 for IPv6, since one IPv6
+    client usually holds a whole /64 and could otherwise take a fresh address per attempt."""
+    parsed = parse_address(address)
+    if isinstance(parsed, ipaddress.IPv6Address):
+        return str(ipaddress.ip_network(f"{parsed}/64", strict=False))
+    return address
 
 
 @contextmanager

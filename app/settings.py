@@ -16,6 +16,8 @@ from typing import Any, Self
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.proxies import Network, parse_networks
+
 MiB = 1024 * 1024
 
 
@@ -114,11 +116,35 @@ class Settings(BaseSettings):
     #: Browser origins allowed to call the API directly (CORS), e.g. a persona frontend at
     #: `https://app.example.com`; JSON list in the environment. Empty: no CORS headers at all.
     cors_origins: list[str] = Field(default_factory=list)
+    #: Reverse proxies whose `X-Forwarded-For` is believed: addresses or CIDRs, JSON list in
+    #: the environment (e.g. `["10.0.0.0/8"]`). Empty: the client is the connection's peer.
+    trusted_proxies: list[str] = Field(default_factory=list)
+    #: Failed API-key authentications one client address may make per minute; past it further
+    #: failures answer 429 instead of 401 (a valid key is always accepted).
+    auth_failures_per_minute: int = Field(default=30, ge=1)
+    #: Dashboard sign-in attempts per minute (successful or not: each costs an argon2 check),
+    #: per account and per client address. Past either, 429 before the password is checked.
+    signin_attempts_per_account: int = Field(default=10, ge=1)
+    signin_attempts_per_address: int = Field(default=30, ge=1)
+    #: `personaizer serve`: seconds an idle connection is kept open waiting for a request.
+    keep_alive_timeout_s: int = Field(default=5, ge=1)
+    #: `personaizer serve`: seconds a request has, from its first byte, to arrive whole (request
+    #: line, headers and body); a client trickling it slower is cut off.
+    request_read_timeout_s: float = Field(default=30.0, gt=0)
+    #: `personaizer serve`: open connections (and requests in flight) at most; beyond it a
+    #: request is answered 503 `server.unavailable` at once.
+    max_connections: int = Field(default=1000, ge=1)
 
     @field_validator("default_plan")
     @classmethod
     def _plan_id(cls, v: str) -> str:
         return v.strip()
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        # Normalised here so that a typo stops the server at start, not at the first request.
+        return [str(network) for network in parse_networks(v)]
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -143,6 +169,10 @@ class Settings(BaseSettings):
                 raise ValueError(f"plan key {key!r} differs from its id {plan.id!r}")
             plans[key] = plan
         return plans
+
+    @cached_property
+    def trusted_networks(self) -> tuple[Network, ...]:
+        return parse_networks(self.trusted_proxies)
 
     @property
     def sqlite_path(self) -> Path:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import sqlean
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import text
@@ -275,7 +276,10 @@ def _legacy_file(path: Path) -> None:
 
 async def test_revision_0001_makes_exactly_the_schema_of_release_0_1(tmp_path: Path) -> None:
     (tmp_path / "new").mkdir()
-    database = await opened(Settings.for_tests(tmp_path / "new"))
+    database = Database(Settings.for_tests(tmp_path / "new"))
+    async with database.writer.connect() as conn:
+        await conn.run_sync(lambda c: command.upgrade(migrations._config(c), "0001"))
+        await conn.commit()
     await database.dispose()
     _legacy_file(tmp_path / "legacy.db")
     assert _schema(tmp_path / "new" / "personaizer.db") == _schema(tmp_path / "legacy.db")

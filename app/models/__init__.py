@@ -178,6 +178,9 @@ from app.models.search import (
 from app.models.search import (
     SearchResponse as SearchResponse,
 )
+from app.models.sessions import (
+    DashboardSession as DashboardSession,
+)
 from app.models.subscription import (
     PlanLimitsPublic as PlanLimitsPublic,
 )

@@ -13,6 +13,7 @@ import time
 import uuid
 
 from starlette.datastructures import MutableHeaders
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import InternalError
@@ -56,6 +57,10 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except ClientDisconnect:
+            # The client left mid-request, or `serve`'s read deadline cut it off: there is no
+            # one to answer and nothing broke. 499 (nginx's "client closed request") in the log.
+            status = status or 499
         except Exception:
             log.exception("unhandled error on %s %s", scope["method"], scope["path"])
             if status:  # the response had started; nothing sane can be sent now

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from datetime import timedelta
 
@@ -51,7 +52,7 @@ async def create_user(
     user = User(
         email=email,
         plan_id=plan_id,
-        password_hash=security.hash_password(password) if password else None,
+        password_hash=await _hash_password(password) if password else None,
         created_at=utcnow(),
     )
     try:
@@ -156,9 +157,21 @@ async def login(*, core: Core, email: str, password: str) -> UserPublic:
             await session.execute(select(User).where(User.email == email.strip().lower()))
         ).scalar_one_or_none()
     # verify_password spends the same time when there is no user or no password.
-    if not security.verify_password(password, user.password_hash if user else None) or user is None:
+    if not await _verify_password(password, user.password_hash if user else None) or user is None:
         raise Unauthorized()
     return _user_public(user)
+
+
+# argon2 is built to be slow (tens of milliseconds of CPU, 64 MiB): on the event loop a few
+# sign-ins at once would stall every other request. It releases the GIL, so a thread suffices.
+
+
+async def _hash_password(password: str) -> str:
+    return await asyncio.to_thread(security.hash_password, password)
+
+
+async def _verify_password(password: str, password_hash: str | None) -> bool:
+    return await asyncio.to_thread(security.verify_password, password, password_hash)
 
 
 async def authenticate(*, core: Core, api_key: str | None) -> Principal:

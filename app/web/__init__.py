@@ -1,8 +1,13 @@
 """The dashboard door: `/login` and `/api-keys`, for people in a browser (API.md section 2).
 
-Key management accepts only a browser session (a signed cookie), never an API key: a request
-carrying `X-Api-Key` here is 403 `auth.forbidden`, so a leaked key cannot mint more keys. Every
-form carries a per-session CSRF token; a missing or wrong one is 403 `auth.forbidden` too.
+Key management accepts only a browser session, never an API key: a request carrying `X-Api-Key`
+here is 403 `auth.forbidden`, so a leaked key cannot mint more keys. The session lives in the
+database (app/services/sessions.py); the signed cookie holds its random token and the CSRF token.
+Every form carries that CSRF token; a missing or wrong one is 403 `auth.forbidden` too.
+
+Sign-in is limited per account and per client address before the password is checked. Every page
+is sent with a strict Content-Security-Policy (no scripts at all, the one inline style by nonce,
+no framing) and `Cache-Control: no-store`, since each shows account data and one shows a new key.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import secrets
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.middleware import Middleware
@@ -18,9 +24,17 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from app.errors import Forbidden, Unauthorized
+from app.errors import (
+    Forbidden,
+    RateLimited,
+    TooLarge,
+    Unauthorized,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
+from app.guard import Guard
 from app.security import constant_time_equals
-from app.services import accounts
+from app.services import accounts, sessions
 from app.services.core import Core
 from app.settings import Settings
 
@@ -28,12 +42,33 @@ _templates = Environment(
     loader=FileSystemLoader(Path(__file__).parent / "templates"),
     autoescape=select_autoescape(["html"]),
 )
-SESSION_HOURS = 8
 KEY_NAME_MAX = 100
+#: The dashboard's forms are a few short fields; nothing bigger is read, let alone parsed.
+FORM_MAX_BYTES = 16 * 1024
+FORM_MAX_FIELDS = 20
+#: An email is at most 320 characters; longer input is not an account, and is not kept as one
+#: in the sign-in limiter's counts either.
+EMAIL_MAX = 320
+_CSP = (
+    "default-src 'none'; style-src 'nonce-{nonce}'; img-src 'self'; form-action 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'"
+)
 
 
-def _render(name: str, status: int = 200, **context: Any) -> HTMLResponse:
-    return HTMLResponse(_templates.get_template(name).render(**context), status_code=status)
+def _render(
+    name: str, status: int = 200, headers: dict[str, str] | None = None, **context: Any
+) -> HTMLResponse:
+    nonce = secrets.token_urlsafe(16)
+    page = _templates.get_template(name).render(csp_nonce=nonce, **context)
+    return HTMLResponse(
+        page,
+        status_code=status,
+        headers={
+            **(headers or {}),
+            "Content-Security-Policy": _CSP.format(nonce=nonce),
+            "Cache-Control": "no-store",
+        },
+    )
 
 
 def _core(request: Request) -> Core:
@@ -55,21 +90,47 @@ def _no_api_keys(request: Request) -> None:
 
 
 async def _form(request: Request) -> dict[str, str]:
-    """The posted form, after the CSRF check."""
+    """The posted form, bounded and after the CSRF check."""
     _no_api_keys(request)
-    form = await request.form()
+    form = await _read_form(request)
     sent = form.get("csrf_token")
     expected = request.session.get("csrf")
     if not isinstance(sent, str) or not isinstance(expected, str):
         raise Forbidden("The form's CSRF token is missing; reload the page and try again.")
     if not constant_time_equals(sent, expected):
         raise Forbidden("The form's CSRF token is wrong; reload the page and try again.")
-    return {k: v for k, v in form.items() if isinstance(v, str)}
+    return form
 
 
-def _signed_in(request: Request) -> str | None:
-    email = request.session.get("email")
-    return email if isinstance(email, str) else None
+async def _read_form(request: Request) -> dict[str, str]:
+    # Read by hand rather than with `request.form()`, which takes a urlencoded body of any size.
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type != "application/x-www-form-urlencoded":
+        raise UnsupportedMediaType("The dashboard's forms are application/x-www-form-urlencoded.")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > FORM_MAX_BYTES:
+            raise TooLarge(f"A dashboard form is at most {FORM_MAX_BYTES} bytes.")
+    try:
+        pairs = parse_qsl(
+            body.decode("utf-8"),
+            keep_blank_values=True,
+            strict_parsing=False,
+            max_num_fields=FORM_MAX_FIELDS,
+        )
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ValidationFailed("The form is not UTF-8 or has too many fields.") from exc
+    return dict(pairs)
+
+
+async def _signed_in(request: Request) -> str | None:
+    """The signed-in user's email, if the cookie names a live session."""
+    token = request.session.get("sid")
+    email = await sessions.signed_in_email(core=_core(request), token=token)
+    if email is None and token is not None:
+        request.session.clear()  # ended or expired: drop the cookie too
+    return email
 
 
 def _to(path: str) -> RedirectResponse:
@@ -78,22 +139,32 @@ def _to(path: str) -> RedirectResponse:
 
 async def login_page(request: Request) -> Response:
     _no_api_keys(request)
-    if _signed_in(request):
+    if await _signed_in(request):
         return _to("/api-keys")
     return _render("login.html", csrf=_csrf(request))
 
 
 async def login(request: Request) -> Response:
     form = await _form(request)
-    email = form.get("email", "")
-    address = request.client.host if request.client else "unknown"
+    email = form.get("email", "")[:EMAIL_MAX]
+    guard: Guard = request.app.state.guard
     try:
-        # Failed sign-ins count against the same per-address budget as failed API keys.
-        user = await request.app.state.guard.limiter.authenticate(
-            address,
-            lambda: accounts.login(
-                core=_core(request), email=email, password=form.get("password", "")
-            ),
+        await guard.limiter.sign_in_attempt(
+            address=guard.client_address(request), account=email.strip().lower()
+        )
+        user = await accounts.login(
+            core=_core(request), email=email, password=form.get("password", "")
+        )
+        token = await sessions.start(core=_core(request), email=user.email)
+    except RateLimited as exc:
+        retry = exc.headers.get("Retry-After", "60")
+        return _render(
+            "login.html",
+            status=429,
+            headers={"Retry-After": retry},
+            csrf=_csrf(request),
+            email=email,
+            error=f"Too many sign-in attempts; try again in {retry} seconds.",
         )
     except Unauthorized:
         return _render(
@@ -104,19 +175,20 @@ async def login(request: Request) -> Response:
             error="Wrong email or password.",
         )
     request.session.clear()  # a fresh session (and CSRF token) at every sign-in
-    request.session["email"] = user.email
+    request.session["sid"] = token
     return _to("/api-keys")
 
 
 async def logout(request: Request) -> Response:
     await _form(request)
+    await sessions.end(core=_core(request), token=request.session.get("sid"))
     request.session.clear()
     return _to("/login")
 
 
 async def keys_page(request: Request, new_key: str | None = None, status: int = 200) -> Response:
     _no_api_keys(request)
-    email = _signed_in(request)
+    email = await _signed_in(request)
     if email is None:
         return _to("/login")
     keys = await accounts.list_keys(core=_core(request), email=email)
@@ -132,7 +204,7 @@ async def keys_page(request: Request, new_key: str | None = None, status: int = 
 
 async def create_key(request: Request) -> Response:
     form = await _form(request)
-    email = _signed_in(request)
+    email = await _signed_in(request)
     if email is None:
         return _to("/login")
     name = form.get("name", "").strip()[:KEY_NAME_MAX] or "default"
@@ -143,7 +215,7 @@ async def create_key(request: Request) -> Response:
 
 async def disable_key(request: Request) -> Response:
     await _form(request)
-    email = _signed_in(request)
+    email = await _signed_in(request)
     if email is None:
         return _to("/login")
     prefix = request.path_params["prefix"]
@@ -153,7 +225,7 @@ async def disable_key(request: Request) -> Response:
 
 async def delete_key(request: Request) -> Response:
     await _form(request)
-    email = _signed_in(request)
+    email = await _signed_in(request)
     if email is None:
         return _to("/login")
     await accounts.delete_key(
@@ -169,14 +241,17 @@ def session_secret(settings: Settings) -> str:
 
 
 def routes(settings: Settings) -> list[BaseRoute]:
+    secure = settings.environment != "local"
     session = [
         Middleware(
             SessionMiddleware,
             secret_key=session_secret(settings),
-            session_cookie="personaizer_session",
-            max_age=SESSION_HOURS * 3600,
+            # `__Host-` makes browsers refuse the cookie unless it is Secure, host-only and for
+            # path /: a sibling subdomain cannot plant one. Plain HTTP (local use) cannot have it.
+            session_cookie="__Host-personaizer_session" if secure else "personaizer_session",
+            max_age=int(sessions.SESSION_TTL.total_seconds()),
             same_site="strict",
-            https_only=settings.environment != "local",
+            https_only=secure,
         )
     ]
     return [

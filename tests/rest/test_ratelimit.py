@@ -3,6 +3,7 @@ every authenticated response; failed authentication limited per address; Redis s
 
 from __future__ import annotations
 
+import asyncio
 import re
 import shutil
 import socket
@@ -147,30 +148,81 @@ async def test_headers_on_every_authenticated_response(make_app: AppFactory) -> 
         assert "ratelimit" not in r.headers and "ratelimit-policy" not in r.headers
 
 
-async def test_failed_authentication_is_limited_per_address(app: Starlette) -> None:
-    key = await new_key(app)
-    bad = {"X-Api-Key": "pa_live_" + "0" * 40}
+def client_at(app: Starlette, address: str, **headers: str) -> httpx.AsyncClient:
+    """A client whose connection comes from `address` (the peer the server sees)."""
+    transport = httpx.ASGITransport(app=app, client=(address, 50000))
+    return httpx.AsyncClient(transport=transport, base_url="http://testserver", headers=headers)
 
-    def client(address: str, **headers: str) -> httpx.AsyncClient:
-        transport = httpx.ASGITransport(app=app, client=(address, 50000))
-        return httpx.AsyncClient(transport=transport, base_url="http://testserver", headers=headers)
 
-    async with client("10.0.0.1") as attacker, client("10.0.0.2", **{"X-Api-Key": key}) as other:
-        for i in range(29):
-            headers = bad if i % 2 else {}  # missing keys count as failures too
-            assert_problem(await attacker.get(PERSONAS, headers=headers), 401, "auth.unauthorized")
-        # Success does not count (nor reset the count).
-        assert (await attacker.get(PERSONAS, headers={"X-Api-Key": key})).status_code == 200
-        assert_problem(await attacker.get(PERSONAS, headers=bad), 401, "auth.unauthorized")
-        # 30 failures: from now on this address is refused before the key is looked at.
-        for headers in (bad, {"X-Api-Key": key}):
-            r = await attacker.get(PERSONAS, headers=headers)
+BAD_KEY = {"X-Api-Key": "pa_live_" + "0" * 40}
+
+
+async def test_failed_authentication_never_refuses_a_valid_key(make_app: AppFactory) -> None:
+    app = await make_app(auth_failures_per_minute=5)
+    key = {"X-Api-Key": await new_key(app)}
+    async with client_at(app, "10.0.0.1") as shared, client_at(app, "10.0.0.2") as elsewhere:
+        for i in range(5):
+            headers = BAD_KEY if i % 2 else {}  # missing keys count as failures too
+            assert_problem(await shared.get(PERSONAS, headers=headers), 401, "auth.unauthorized")
+        # Past the limit, failures from this address answer 429 without saying anything about
+        # the key; a successful request neither counts nor resets the count.
+        for _ in range(3):
+            r = await shared.get(PERSONAS, headers=BAD_KEY)
             assert_problem(r, 429, "limits.rate_exceeded")
             assert r.headers["retry-after"].isdigit() and int(r.headers["retry-after"]) >= 1
-        # Other addresses are not affected.
-        assert (await other.get(PERSONAS)).status_code == 200
-    usage = await accounts.list_users(core=app.state.core)
-    assert [u.email for u in usage] == ["owner@example.com"]
+            # One broken client behind a shared proxy or NAT does not lock the others out.
+            assert (await shared.get(PERSONAS, headers=key)).status_code == 200
+        assert_problem(await shared.get(PERSONAS, headers={}), 429, "limits.rate_exceeded")
+        # Other addresses have a count of their own.
+        assert_problem(await elsewhere.get(PERSONAS, headers=BAD_KEY), 401, "auth.unauthorized")
+    assert [u.email for u in await accounts.list_users(core=app.state.core)] == [
+        "owner@example.com"
+    ]
+
+
+async def test_a_burst_of_failures_cannot_pass_the_limit(make_app: AppFactory) -> None:
+    app = await make_app(auth_failures_per_minute=10)
+    async with client_at(app, "10.0.0.1", **BAD_KEY) as attacker:
+        responses = await asyncio.gather(*(attacker.get(PERSONAS) for _ in range(40)))
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [401] * 10 + [429] * 30
+
+
+async def test_failures_are_counted_per_client_behind_trusted_proxies(
+    make_app: AppFactory,
+) -> None:
+    app = await make_app(auth_failures_per_minute=3, trusted_proxies=["10.9.0.0/16"])
+    key = await new_key(app)
+    proxy = "10.9.0.5"  # every request below comes through the same reverse proxy
+
+    def via_proxy(client: str, spoofed: str | None = None) -> dict[str, str]:
+        # The proxy appends the address it saw; whatever the client wrote is on the left.
+        chain = f"{spoofed}, {client}" if spoofed else client
+        return {**BAD_KEY, "X-Forwarded-For": chain}
+
+    async with client_at(app, proxy) as through:
+        for i in range(3):
+            # Naming someone else on the left changes nothing: the proxy's entry counts.
+            headers = via_proxy("203.0.113.7", spoofed=f"198.51.100.{i}")
+            assert_problem(await through.get(PERSONAS, headers=headers), 401, "auth.unauthorized")
+        r = await through.get(PERSONAS, headers=via_proxy("203.0.113.7"))
+        assert_problem(r, 429, "limits.rate_exceeded")
+        # Another client behind the same proxy is counted apart, and a second trusted hop is
+        # looked through.
+        for chain in ("203.0.113.8", "203.0.113.8, 10.9.3.3"):
+            headers = {**BAD_KEY, "X-Forwarded-For": chain}
+            assert_problem(await through.get(PERSONAS, headers=headers), 401, "auth.unauthorized")
+        ok = await through.get(
+            PERSONAS, headers={"X-Api-Key": key, "X-Forwarded-For": "203.0.113.7"}
+        )
+        assert ok.status_code == 200
+    # A peer that is not a trusted proxy is counted as itself, whatever it claims.
+    async with client_at(app, "192.0.2.1") as direct:
+        for i in range(3):
+            headers = {**BAD_KEY, "X-Forwarded-For": f"192.0.2.{100 + i}"}
+            assert_problem(await direct.get(PERSONAS, headers=headers), 401, "auth.unauthorized")
+        r = await direct.get(PERSONAS, headers={**BAD_KEY, "X-Forwarded-For": "192.0.2.200"})
+        assert_problem(r, 429, "limits.rate_exceeded")
 
 
 async def test_plan_change_starts_a_fresh_window(make_app: AppFactory) -> None:

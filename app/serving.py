@@ -1,0 +1,175 @@
+"""How `personaizer serve` runs uvicorn: bounds on what a slow or greedy client can hold.
+
+- Idle connections are closed after `keep_alive_timeout_s`, before their first request too
+  (uvicorn arms its keep-alive timer only after a response, so a connection that never sent a
+  byte stayed open for ever).
+- A request must arrive whole (request line, headers and body) within `request_read_timeout_s`
+  of its first byte. uvicorn has no such deadline: a client trickling a byte every few seconds
+  kept a connection (and, once its headers were in, a task) for as long as it liked. Past the
+  deadline the connection is closed, after a 408 `request.timeout` when the headers were not
+  complete (while the app reads a body, the response is the app's, so only the close remains).
+- Beyond `max_connections` open connections or requests in flight, a request is answered 503
+  `server.unavailable` as problem+json with `Retry-After` (uvicorn's own limit answers plain
+  text) and its connection is closed.
+- uvicorn's proxy-header rewriting is off: who the client is behind proxies is decided in one
+  place, the app (app/proxies.py with `PERSONAIZER_TRUSTED_PROXIES`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from typing import Any
+
+import h11
+from starlette.types import ASGIApp, Receive, Scope, Send
+from uvicorn.config import Config
+from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.server import ServerState
+
+from app.errors import AppError, RequestTimeout, Unavailable
+from app.rest.middleware import request_id_from
+from app.rest.problems import PROBLEM_JSON, instance_of, problem_body
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: Seconds a client is asked to wait when the server is at its connection limit.
+OVERLOADED_RETRY_AFTER_S = 1
+
+
+class ServeConfig(Config):
+    """uvicorn's configuration from the settings, with what `DeadlineH11Protocol` reads."""
+
+    def __init__(self, app: ASGIApp | str, settings: Settings, **overrides: Any) -> None:
+        self.request_read_timeout = settings.request_read_timeout_s
+        self.max_connections = settings.max_connections
+        options: dict[str, Any] = {
+            "host": settings.host,
+            "port": settings.port,
+            "http": DeadlineH11Protocol,
+            "timeout_keep_alive": settings.keep_alive_timeout_s,
+            "proxy_headers": False,
+            "server_header": False,
+            "log_config": None,
+            "access_log": False,
+            "lifespan": "on",
+            **overrides,
+        }
+        super().__init__(app, **options)
+
+
+class DeadlineH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with a read deadline per request and a problem+json overload."""
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self.read_timeout: float = getattr(config, "request_read_timeout", 30.0)
+        self.max_connections: int | None = getattr(config, "max_connections", None)
+        self.read_deadline: asyncio.TimerHandle | None = None
+        self._app = self.app
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.timeout_keep_alive_task = self.loop.call_later(
+            self.timeout_keep_alive, self.timeout_keep_alive_handler
+        )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_read_deadline()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        self._track_reading()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._track_reading()  # a pipelined request may be half in already
+
+    def handle_events(self) -> None:
+        over = self.max_connections is not None and (
+            len(self.connections) > self.max_connections or len(self.tasks) >= self.max_connections
+        )
+        if over:
+            log.warning("at the connection limit (%s): answering 503", self.max_connections)
+        self.app = overloaded if over else self._app
+        super().handle_events()
+
+    def _reading(self) -> bool:
+        """A request has begun to arrive and is not complete yet."""
+        state = self.conn.their_state
+        return state is h11.SEND_BODY or (state is h11.IDLE and bool(self.conn.trailing_data[0]))
+
+    def _track_reading(self) -> None:
+        if self.transport.is_closing() or not self._reading():
+            self._cancel_read_deadline()
+        elif self.read_deadline is None:
+            self.read_deadline = self.loop.call_later(self.read_timeout, self._read_timed_out)
+
+    def _cancel_read_deadline(self) -> None:
+        if self.read_deadline is not None:
+            self.read_deadline.cancel()
+            self.read_deadline = None
+
+    def _read_timed_out(self) -> None:
+        self.read_deadline = None
+        if self.transport.is_closing() or not self._reading():
+            return
+        client = f"{self.client[0]}:{self.client[1]}" if self.client else "a client"
+        log.info(
+            "closing the connection of %s: its request took over %ss", client, self.read_timeout
+        )
+        if self.conn.their_state is h11.IDLE and self.conn.our_state is h11.IDLE:
+            self.transport.write(_raw_problem(RequestTimeout()))
+        self.transport.close()
+
+
+def _raw_problem(exc: AppError) -> bytes:
+    """A complete HTTP/1.1 problem+json response, for when h11 has no request to answer."""
+    rid = uuid.uuid4().hex
+    body = problem_body(exc, instance="")
+    del body["instance"]  # there is no request target to name
+    body["request_id"] = rid
+    payload = json.dumps(body).encode()
+    head = (
+        f"HTTP/1.1 {exc.status} {exc.title}\r\n"
+        f"Content-Type: {PROBLEM_JSON}\r\n"
+        f"Content-Length: {len(payload)}\r\n"
+        f"X-Request-Id: {rid}\r\n"
+        "X-Content-Type-Options: nosniff\r\n"
+        "Connection: close\r\n\r\n"
+    )
+    return head.encode("latin-1") + payload
+
+
+async def overloaded(scope: Scope, receive: Receive, send: Send) -> None:
+    """The answer past the connection limit, without entering the app."""
+    rid = request_id_from(scope)
+    exc = Unavailable("The server is at its connection limit; retry shortly.")
+    body = problem_body(exc, instance=instance_of(scope["path"], scope.get("raw_path")))
+    body["request_id"] = rid
+    payload = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": exc.status,
+            "headers": [
+                (b"content-type", PROBLEM_JSON.encode()),
+                (b"content-length", str(len(payload)).encode()),
+                (b"retry-after", str(OVERLOADED_RETRY_AFTER_S).encode()),
+                (b"x-request-id", rid.encode()),
+                (b"x-content-type-options", b"nosniff"),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})

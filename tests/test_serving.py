@@ -1,0 +1,204 @@
+"""`personaizer serve` against slow and greedy clients: a real server process, raw sockets.
+
+The server runs with short limits (a 2 s read deadline, 3 s keep-alive, 4 connections) so that
+each cut-off is seen within seconds. Timing bounds here are the behaviour under test, and
+loose: cut off no earlier than the setting and well before a client trickling for ever would be.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+BIN = Path(sys.executable).with_name("personaizer")
+READ_TIMEOUT_S = 2.0
+KEEP_ALIVE_S = 3
+MAX_CONNECTIONS = 4
+#: However loaded the machine, a cut-off comes within this long after it is due.
+SLACK_S = 8.0
+
+
+@dataclass
+class Server:
+    port: int
+    log: Path
+
+    def connect(self) -> socket.socket:
+        return socket.create_connection(("127.0.0.1", self.port), timeout=10)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PERSONAIZER_")}
+    env |= {
+        "PERSONAIZER_REQUEST_READ_TIMEOUT_S": str(READ_TIMEOUT_S),
+        "PERSONAIZER_KEEP_ALIVE_TIMEOUT_S": str(KEEP_ALIVE_S),
+        "PERSONAIZER_MAX_CONNECTIONS": str(MAX_CONNECTIONS),
+    }
+    data = tmp_path_factory.mktemp("serve")
+    log = (data / "server.log").open("w")
+    proc = subprocess.Popen(
+        [str(BIN), "serve", "--port", str(port), "--data-dir", str(data)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                # /openapi.json answers before the model is loaded (/healthz does not).
+                if httpx.get(f"http://127.0.0.1:{port}/openapi.json", timeout=2).is_success:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None, (data / "server.log").read_text()
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.2)
+        yield Server(port, data / "server.log")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+class Answer:
+    def __init__(self, response: http.client.HTTPResponse) -> None:
+        self.status = response.status
+        self.headers = response.headers
+        self.body = response.read()
+
+
+def request(sock: socket.socket, raw: bytes) -> Answer:
+    sock.sendall(raw)
+    response = http.client.HTTPResponse(sock)
+    response.begin()
+    return Answer(response)
+
+
+def get(path: str) -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode()
+
+
+def wait_closed(
+    sock: socket.socket, *, trickle: bytes | None, within: float
+) -> tuple[bytes, float]:
+    """Send `trickle` every quarter second (or nothing) until the server closes the
+    connection; returns what it sent back and how long that took."""
+    started = time.monotonic()
+    received = b""
+    sock.settimeout(0.25)
+    while time.monotonic() - started < within:
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            if trickle is not None:
+                try:
+                    sock.sendall(trickle)
+                except (BrokenPipeError, ConnectionResetError):
+                    break
+            continue
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        received += chunk
+    else:
+        pytest.fail(f"still open after {within} s; received {received!r}")
+    return received, time.monotonic() - started
+
+
+def test_trickled_headers_are_cut_off_with_408(server: Server) -> None:
+    with server.connect() as sock:
+        sock.sendall(b"GET /openapi.json HTTP/1.1\r\nHost: t\r\n")
+        received, took = wait_closed(
+            sock, trickle=b"X-Slow: 1\r\n", within=READ_TIMEOUT_S + SLACK_S
+        )
+    assert took >= READ_TIMEOUT_S - 0.5
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 "), received
+    assert b"application/problem+json" in head and b"Connection: close" in head
+    problem = json.loads(body)
+    assert problem["code"] == "request.timeout" and problem["status"] == 408
+    assert problem["request_id"]
+
+
+def test_a_trickled_body_is_cut_off(server: Server) -> None:
+    with server.connect() as sock:
+        sock.sendall(
+            b"POST /login HTTP/1.1\r\nHost: t\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 10000\r\n\r\n"
+        )
+        received, took = wait_closed(sock, trickle=b"a", within=READ_TIMEOUT_S + SLACK_S)
+    assert took >= READ_TIMEOUT_S - 0.5
+    assert b"HTTP/1.1 2" not in received and b"HTTP/1.1 3" not in received
+    # The app, left waiting for the body, sees the client go: logged as such, not as a crash.
+    deadline = time.monotonic() + SLACK_S
+    while "POST /login 499" not in server.log.read_text():
+        assert time.monotonic() < deadline, server.log.read_text()
+        time.sleep(0.1)
+    assert "unhandled error" not in server.log.read_text()
+
+
+def test_a_silent_connection_is_closed_after_the_keep_alive(server: Server) -> None:
+    with server.connect() as sock:
+        received, took = wait_closed(sock, trickle=None, within=KEEP_ALIVE_S + SLACK_S)
+    assert received == b"" and took >= KEEP_ALIVE_S - 1
+
+
+def test_requests_within_the_deadline_are_served(server: Server) -> None:
+    with server.connect() as sock:
+        # Headers in pieces, well within the deadline.
+        for piece in (b"GET /openapi.json HTTP/1.1\r\n", b"Host: t\r\n", b"\r\n"):
+            sock.sendall(piece)
+            time.sleep(READ_TIMEOUT_S / 5)
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        assert response.status == 200 and json.loads(response.read())["openapi"]
+        # The next request on the connection gets a deadline of its own; once it is read,
+        # the idle connection ends at the keep-alive, quietly (no 408).
+        assert request(sock, get("/problems/request.timeout")).status == 200
+        received, took = wait_closed(sock, trickle=None, within=KEEP_ALIVE_S + SLACK_S)
+    assert received == b"" and took >= KEEP_ALIVE_S - 1
+
+
+def test_past_the_connection_limit_requests_get_503(server: Server) -> None:
+    held = [server.connect() for _ in range(MAX_CONNECTIONS)]
+    try:
+        for sock in held:  # each one answered, so the server has them all
+            assert request(sock, get("/problems")).status == 200
+        with server.connect() as extra:
+            answer = request(extra, get("/problems"))
+            assert answer.status == 503
+            assert answer.headers["content-type"] == "application/problem+json"
+            assert answer.headers["retry-after"] == "1"
+            assert answer.headers["connection"] == "close"
+            assert json.loads(answer.body)["code"] == "server.unavailable"
+    finally:
+        for sock in held:
+            sock.close()
+    deadline = time.monotonic() + SLACK_S
+    while True:  # the server notices the closed connections
+        with server.connect() as sock:
+            if request(sock, get("/problems")).status == 200:
+                break
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
