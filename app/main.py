@@ -16,6 +16,7 @@ from app.db import Database
 from app.embedding import Embedder, LocalModel, Model
 from app.graphql.view import graphql_route
 from app.guard import Guard
+from app.mcp import build_server, mcp_route
 from app.ratelimit import RateLimiter
 from app.rest.middleware import RequestContextMiddleware
 from app.rest.openapi import build_openapi
@@ -57,6 +58,8 @@ def create_app(
     embedder = Embedder(model=model, max_batch=settings.embedder_batch_size, loader=loader)
     core = Core(settings=settings, db=db, embedder=embedder)
     limiter = RateLimiter(settings)
+    mcp_server = build_server()
+    mcp = mcp_route(mcp_server, settings)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -66,7 +69,9 @@ def create_app(
         tasks = [asyncio.create_task(hook(core)) for hook in app.state.startup_hooks]
         flusher = asyncio.create_task(core.requests.run(db))
         try:
-            yield
+            # The MCP door's requests run in the session manager's task group.
+            async with mcp_server.session_manager.run():
+                yield
         finally:
             for task in tasks:
                 task.cancel()
@@ -78,7 +83,7 @@ def create_app(
             await db.dispose()
 
     app = Starlette(
-        routes=[*rest.routes(), graphql_route(settings), *web.routes(settings)],
+        routes=[*rest.routes(), graphql_route(settings), mcp, *web.routes(settings)],
         middleware=[Middleware(RequestContextMiddleware), *_cors(settings)],
         exception_handlers=rest.EXCEPTION_HANDLERS,
         lifespan=lifespan,

@@ -225,5 +225,5 @@ def _refusal(exc: AppError) -> Response:
 def graphql_route(settings: Settings) -> Route:
     """`/graphql` for every method: the view answers GET and POST, and refuses the others in
     GraphQL's error shape."""
-    view = GraphQLView(graphiql=settings.graphiql, max_body_bytes=settings.max_body_bytes)
+    view = GraphQLView(graphiql=settings.graphiql_enabled, max_body_bytes=settings.max_body_bytes)
     return Route(PATH, view, name="graphql")
