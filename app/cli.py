@@ -93,7 +93,9 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
     except SchemaError as exc:
         raise Fail(str(exc)) from exc
     except SQLAlchemyError as exc:
-        raise Fail(f"database error: {exc.__class__.__name__}: {getattr(exc, 'orig', exc)}") from exc
+        raise Fail(
+            f"database error: {exc.__class__.__name__}: {getattr(exc, 'orig', exc)}"
+        ) from exc
 
 
 def _dump(value: Any) -> str:
@@ -120,7 +122,7 @@ def serve(
     from app.main import create_app
 
     settings = load_settings(data_dir, database_url, host=host, port=port)
-    logs.configure(settings.log_level)
+    logs.configure(settings.log_level, json_lines=settings.log_format == "json")
     # Open (create, upgrade or refuse) the database before serving, so a file this build cannot
     # use is one line on stderr rather than a failed lifespan inside uvicorn.
     run_with_core(settings, lambda core: asyncio.sleep(0))
