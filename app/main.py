@@ -14,9 +14,10 @@ from starlette.middleware.cors import CORSMiddleware
 from app import rest, web
 from app.db import Database
 from app.embedding import Embedder, LocalModel, Model
-from app.graphql.view import graphql_route
+from app.graphql.view import explorer_routes, graphql_route
 from app.guard import Guard
 from app.mcp import build_server, mcp_route
+from app.metrics import Metrics
 from app.ratelimit import RateLimiter
 from app.rest.middleware import RequestContextMiddleware
 from app.rest.openapi import build_openapi
@@ -58,6 +59,7 @@ def create_app(
     embedder = Embedder(model=model, max_batch=settings.embedder_batch_size, loader=loader)
     core = Core(settings=settings, db=db, embedder=embedder)
     limiter = RateLimiter(settings)
+    metrics = Metrics(embedder)
     mcp_server = build_server()
     mcp = mcp_route(mcp_server, settings)
 
@@ -83,14 +85,21 @@ def create_app(
             await db.dispose()
 
     app = Starlette(
-        routes=[*rest.routes(), graphql_route(settings), mcp, *web.routes(settings)],
-        middleware=[Middleware(RequestContextMiddleware), *_cors(settings)],
+        routes=[
+            *rest.routes(),
+            graphql_route(settings),
+            *explorer_routes(settings),
+            mcp,
+            *web.routes(settings),
+        ],
+        middleware=[Middleware(RequestContextMiddleware, metrics=metrics), *_cors(settings)],
         exception_handlers=rest.EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
     app.state.core = core
     app.state.guard = Guard(core, limiter)
     app.state.openapi = build_openapi(rest.OPERATIONS)
+    app.state.metrics = metrics
     #: Background jobs started once the server is up (the CLI's --demo seeding is one).
     app.state.startup_hooks = []
     return app

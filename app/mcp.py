@@ -156,11 +156,13 @@ class McpEdge:
                 raise Forbidden(f"Pages from {origin!r} may not call this server's MCP door.")
             guard: Guard = request.app.state.guard
             principal = await guard.authenticate(request)
-            scope[_CALLER] = _Caller(request.app.state.core, guard, principal)
         except AppError as exc:
             await problem_response(exc, request)(scope, receive, send)
             return
-        await self.app(scope, receive, send)
+        # A copy: the SDK's Starlette app rewrites `app` and `route` in the scope it is given,
+        # and the outer middleware reads the route (for metrics) after the response.
+        inner = {**scope, _CALLER: _Caller(request.app.state.core, guard, principal)}
+        await self.app(inner, receive, send)
 
     def _origin_allowed(self, origin: str) -> bool:
         scheme, _, authority = origin.partition("://")
