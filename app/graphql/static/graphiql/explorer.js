@@ -4,8 +4,8 @@
   var url = window.location.pathname;
   var fetcher = GraphiQL.createFetcher({ url: url });
   var defaultQuery =
-    "# Put your API key in the Headers tab below: {\"X-Api-Key\": \"pa_live_...\"}\n" +
-    "# then run this query (Ctrl-Enter).\n" +
+    "# Put your API key in the Headers tab below,\n" +
+    "# {\"X-Api-Key\": \"pa_live_...\"}, then run this (Ctrl-Enter).\n" +
     "{\n  viewer { email plan { id name } }\n" +
     "  personas(first: 5) { items { id name } total }\n}\n";
   var root = ReactDOM.createRoot(document.getElementById("graphiql"));
