@@ -56,3 +56,6 @@ def configure(level: str = "INFO", *, json_lines: bool = False) -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+    # The MCP SDK logs "Terminating session: None" at INFO for every stateless request; the
+    # access log already has one line per request.
+    logging.getLogger("mcp.server.streamable_http").setLevel(max(root.level, logging.WARNING))
