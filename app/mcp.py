@@ -57,7 +57,7 @@ from app.models import (
     SearchRequest,
     SearchResponse,
 )
-from app.models.base import JsonObject
+from app.models.base import JsonObject, PublicModel
 from app.pagination import MAX_LIMIT
 from app.ratelimit import Policy
 from app.rest.problems import problem_body, problem_response
@@ -316,15 +316,37 @@ async def list_personas(
     return await _answer(ctx, work)
 
 
+class AttachedDocument(PublicModel):
+    external_id: str
+    title: str | None
+    char_count: int
+
+
+class PersonaForAgent(PersonaPublic):
+    """A persona as `get_persona` answers it: with the titles of its attached documents."""
+
+    documents: list[AttachedDocument] = Field(
+        description=f"The attached documents by external_id, the first {MAX_LIMIT}."
+    )
+
+
 async def get_persona(
     ctx: Context,
     persona_id: Annotated[str, Field(description="The persona's id (per_...).")],
-) -> Annotated[CallToolResult, PersonaPublic]:
-    """One persona: its instructions, greeting and the external_ids of its attached documents
-    (search within them with search_knowledge's persona_id)."""
+) -> Annotated[CallToolResult, PersonaForAgent]:
+    """One persona: its instructions and greeting, and its attached documents (search within
+    them with search_knowledge's persona_id)."""
 
     async def work(core: Core, principal: Principal) -> BaseModel:
-        return await personas.get_persona(core=core, principal=principal, persona_id=persona_id)
+        persona = await personas.get_persona(core=core, principal=principal, persona_id=persona_id)
+        pages = await personas.knowledge_for_personas(
+            core=core, principal=principal, persona_ids=[persona.id], limit=MAX_LIMIT
+        )
+        documents = [
+            AttachedDocument(external_id=d.external_id, title=d.title, char_count=d.char_count)
+            for d in pages[persona.id].items
+        ]
+        return PersonaForAgent(**persona.model_dump(), documents=documents)
 
     return await _answer(ctx, work)
 

@@ -218,6 +218,10 @@ async def test_tools_over_http(server: Server, mode: str) -> None:
         assert persona["instructions"] == "Be kind."
         assert persona["greeting"] == "Hi, I am Ava."
         assert persona["knowledge_external_ids"] == ["lamp", "returns"]
+        assert [(d["external_id"], d["title"]) for d in persona["documents"]] == [
+            ("lamp", "Aurora lamp"),
+            ("returns", "Returns"),
+        ]
 
 
 async def test_min_score_drops_weaker_hits(server: Server) -> None:
