@@ -205,7 +205,9 @@ async def _gate(ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> Han
     if isinstance(wire, dict) and wire.get("isError") and wire.get("structuredContent") is None:
         # Every tool answers its own failures with a code, so an error without one is the SDK
         # refusing the call before the tool ran: an unknown tool, or arguments off its schema.
-        text = " ".join(c.get("text", "") for c in wire.get("content", []))
+        text = "\n".join(c.get("text", "") for c in wire.get("content", []))
+        # Pydantic's text ends each error with a link to its website; the detail stays ours.
+        text = "\n".join(line for line in text.splitlines() if "errors.pydantic.dev" not in line)
         if name not in POLICIES:
             return error_result(RouteNotFound(f"No tool {name!r}."))
         return error_result(ValidationFailed(text or "The arguments do not fit the tool."))

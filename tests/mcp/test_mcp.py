@@ -257,6 +257,7 @@ async def test_errors_carry_the_contract_codes(server: Server) -> None:
             "request.validation_failed",
         )
         assert body["status"] == 422
+        assert "less than or equal to 50" in body["detail"] and "://" not in body["detail"]
         problem(
             await client.call_tool("search_knowledge", {"query": "   "}),
             "request.validation_failed",
