@@ -131,7 +131,7 @@ def serve(
     from app.serving import ServeConfig
 
     settings = load_settings(data_dir, database_url, host=host, port=port)
-    logs.configure(settings.log_level)
+    logs.configure(settings.log_level, json_lines=settings.log_format == "json")
     if workers > 1 and not settings.redis_url:
         raise Fail(
             "--workers above 1 needs PERSONAIZER_REDIS_URL: rate limits counted in each "

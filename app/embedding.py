@@ -88,6 +88,8 @@ class Embedder:
     #: Builds the model when none is given; runs on the embedder thread, off the event loop.
     loader: Callable[[], Model] = LocalModel
     stats: EmbedderStats = field(default_factory=EmbedderStats)
+    #: Called with the number of texts of each batch encoded (the metrics' histogram).
+    on_batch: Callable[[int], None] | None = None
 
     def __post_init__(self) -> None:
         self._queue: asyncio.Queue[_Job] | None = None
@@ -99,6 +101,11 @@ class Embedder:
     @property
     def ready(self) -> bool:
         return self.model is not None
+
+    @property
+    def queue_depth(self) -> int:
+        """Jobs waiting for the model (the batch being encoded is not counted)."""
+        return self._queue.qsize() if self._queue is not None else 0
 
     async def start(self) -> None:
         """Start the worker; begin loading the model in the background if none was given."""
@@ -169,6 +176,8 @@ class Embedder:
                         j.future.set_exception(exc)
                 continue
             self.stats.batches += 1
+            if self.on_batch is not None:
+                self.on_batch(len(texts))
             offset = 0
             for j in jobs:
                 n = len(j.texts)

@@ -16,6 +16,7 @@
     ├── RequestTimeout            request.timeout                408
     ├── RouteNotFound             request.not_found              404
     ├── MethodNotAllowed          request.method_not_allowed     405
+    ├── MisdirectedRequest        request.misdirected            421
     ├── KnowledgeNotFound         knowledge.not_found            404
     ├── PersonaNotFound           persona.not_found              404
     ├── KnowledgeQuotaExceeded    knowledge.quota_exceeded       403
@@ -181,6 +182,16 @@ class MethodNotAllowed(AppError):
     status = 405
     title = "Method not allowed"
     description = "The route exists but does not take this method; see the Allow header."
+
+
+class MisdirectedRequest(AppError):
+    code = "request.misdirected"
+    status = 421
+    title = "Misdirected request"
+    description = (
+        "The Host header names a host this server does not answer for at /mcp (a guard against "
+        "DNS rebinding). The operator lists extra host names in PERSONAIZER_ALLOWED_HOSTS."
+    )
 
 
 class KnowledgeNotFound(AppError):

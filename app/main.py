@@ -14,8 +14,10 @@ from starlette.middleware.cors import CORSMiddleware
 from app import rest, web
 from app.db import Database
 from app.embedding import Embedder, LocalModel, Model
-from app.graphql.view import graphql_route
+from app.graphql.view import explorer_routes, graphql_route
 from app.guard import Guard
+from app.mcp import build_server, mcp_route
+from app.metrics import Metrics
 from app.ratelimit import RateLimiter
 from app.rest.middleware import RequestContextMiddleware
 from app.rest.openapi import build_openapi
@@ -58,6 +60,9 @@ def create_app(
     embedder = Embedder(model=model, max_batch=settings.embedder_batch_size, loader=loader)
     core = Core(settings=settings, db=db, embedder=embedder)
     limiter = RateLimiter(settings)
+    metrics = Metrics(embedder)
+    mcp_server = build_server()
+    mcp = mcp_route(mcp_server, settings)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -67,7 +72,9 @@ def create_app(
         tasks = [asyncio.create_task(hook(core)) for hook in app.state.startup_hooks]
         flusher = asyncio.create_task(core.requests.run(db))
         try:
-            yield
+            # The MCP door's requests run in the session manager's task group.
+            async with mcp_server.session_manager.run():
+                yield
         finally:
             for task in tasks:
                 task.cancel()
@@ -79,10 +86,16 @@ def create_app(
             await db.dispose()
 
     app = Starlette(
-        routes=[*rest.routes(), graphql_route(settings), *web.routes(settings)],
+        routes=[
+            *rest.routes(),
+            graphql_route(settings),
+            *explorer_routes(settings),
+            mcp,
+            *web.routes(settings),
+        ],
         middleware=[
             Middleware(SecurityHeadersMiddleware),
-            Middleware(RequestContextMiddleware),
+            Middleware(RequestContextMiddleware, metrics=metrics),
             *_cors(settings),
         ],
         exception_handlers=rest.EXCEPTION_HANDLERS,
@@ -91,6 +104,7 @@ def create_app(
     app.state.core = core
     app.state.guard = Guard(core, limiter)
     app.state.openapi = build_openapi(rest.OPERATIONS)
+    app.state.metrics = metrics
     #: Background jobs started once the server is up (the CLI's --demo seeding is one).
     app.state.startup_hooks = []
     return app
@@ -102,5 +116,5 @@ def app_from_environment() -> Starlette:
     from app import logs
 
     settings = Settings()
-    logs.configure(settings.log_level)
+    logs.configure(settings.log_level, json_lines=settings.log_format == "json")
     return create_app(settings)

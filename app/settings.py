@@ -11,7 +11,7 @@ import json
 import tomllib
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -112,7 +112,16 @@ class Settings(BaseSettings):
     #: session secret; anything else requires explicit secrets.
     environment: str = "local"
     session_secret: str = ""
-    graphiql: bool = False
+    #: The GraphQL explorer at GET /graphql (served from the package, no CDN); unset means on
+    #: everywhere but production.
+    graphiql: bool | None = None
+    #: `GET /metrics` (Prometheus text, unauthenticated, for operators).
+    metrics: bool = True
+    #: `text` log lines, or `json`: one object per line with the request id.
+    log_format: Literal["text", "json"] = "text"
+    #: Host names the MCP door at /mcp answers besides loopback and `host` (DNS-rebinding guard),
+    #: e.g. the public name of a server behind a proxy; JSON list in the environment.
+    allowed_hosts: list[str] = Field(default_factory=list)
     #: Browser origins allowed to call the API directly (CORS), e.g. a persona frontend at
     #: `https://app.example.com`; JSON list in the environment. Empty: no CORS headers at all.
     cors_origins: list[str] = Field(default_factory=list)
@@ -173,6 +182,10 @@ class Settings(BaseSettings):
     @cached_property
     def trusted_networks(self) -> tuple[Network, ...]:
         return parse_networks(self.trusted_proxies)
+
+    @property
+    def graphiql_enabled(self) -> bool:
+        return self.graphiql if self.graphiql is not None else self.environment != "production"
 
     @property
     def sqlite_path(self) -> Path:

@@ -12,6 +12,8 @@ HTTP 200 with `errors` (docs/decisions.md, "GraphQL").
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
 
 from cross_web import AsyncHTTPRequestAdapter, HTTPException
 from graphql import GraphQLError, OperationType, parse
@@ -26,7 +28,8 @@ from graphql.language import (
 )
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
 from starlette.types import Message, Receive, Scope, Send
 from strawberry.asgi import GraphQL
 from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData
@@ -41,6 +44,9 @@ from app.ratelimit import Policy
 from app.settings import Settings
 
 PATH = "/graphql"
+#: The explorer's page and assets (GraphiQL, vendored from npm with its licences; no CDN).
+EXPLORER_DIR = Path(__file__).parent / "static" / "graphiql"
+EXPLORER_PATH = "/static/graphiql"
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,12 +150,17 @@ class GraphQLView(GraphQL[Context, None]):
     def __init__(self, *, graphiql: bool, max_body_bytes: int) -> None:
         super().__init__(
             schema,
-            # GraphiQL loads from a CDN: off unless the operator turns it on.
+            # Strawberry's own GraphiQL page loads from a CDN; `graphql_ide_html` serves ours.
             graphql_ide="graphiql" if graphiql else None,
             allow_queries_via_get=True,
             subscription_protocols=(),
         )
         self.max_body_bytes = max_body_bytes
+
+    @cached_property
+    def graphql_ide_html(self) -> str:
+        """The explorer page: GraphiQL from the package's own files."""
+        return (EXPLORER_DIR / "explorer.html").read_text(encoding="utf-8")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive=_limited(receive, self.max_body_bytes))
@@ -222,8 +233,15 @@ def _refusal(exc: AppError) -> Response:
     return JSONResponse(request_error(exc), status_code=exc.status, headers=exc.headers)
 
 
+def explorer_routes(settings: Settings) -> list[BaseRoute]:
+    """The explorer's assets, where it is on (`Settings.graphiql_enabled`)."""
+    if not settings.graphiql_enabled:
+        return []
+    return [Mount(EXPLORER_PATH, StaticFiles(directory=EXPLORER_DIR), name="graphiql")]
+
+
 def graphql_route(settings: Settings) -> Route:
     """`/graphql` for every method: the view answers GET and POST, and refuses the others in
     GraphQL's error shape."""
-    view = GraphQLView(graphiql=settings.graphiql, max_body_bytes=settings.max_body_bytes)
+    view = GraphQLView(graphiql=settings.graphiql_enabled, max_body_bytes=settings.max_body_bytes)
     return Route(PATH, view, name="graphql")

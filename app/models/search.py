@@ -74,6 +74,12 @@ class SearchRequest(RequestModel):
             "present with an equal JSON value (numbers compare by value, `true` is not `1`)."
         ),
     )
+    min_score: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Leave out hits whose `score` is below this (0..1); none by default.",
+    )
 
 
 class SearchHit(PublicModel):

@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import InternalError
 from app.logs import request_id_var
+from app.metrics import Metrics
 from app.rest.problems import PROBLEM_JSON, instance_of, problem_body
 
 log = logging.getLogger("personaizer.access")
@@ -35,9 +36,17 @@ def request_id_from(scope: Scope) -> str:
     return uuid.uuid4().hex
 
 
+def operation_of(scope: Scope) -> str:
+    """The metrics' name for what answered: the matched route's name, `unmatched` for none."""
+    route = scope.get("route")
+    name = getattr(route, "name", None)
+    return str(name) if name else "unmatched"
+
+
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics | None = None) -> None:
         self.app = app
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -68,13 +77,22 @@ class RequestContextMiddleware:
             status = 500
             await _send_internal_error(scope, send_with_id)
         finally:
+            seconds = time.perf_counter() - started
             log.info(
                 "%s %s %d %.1fms",
                 scope["method"],
                 scope["path"],
                 status,
-                (time.perf_counter() - started) * 1000,
+                seconds * 1000,
+                extra={
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "status": status,
+                    "duration_ms": round(seconds * 1000, 1),
+                },
             )
+            if self.metrics is not None:
+                self.metrics.observe_request(operation_of(scope), scope["method"], status, seconds)
             request_id_var.reset(token)
 
 

@@ -1,4 +1,5 @@
-"""Unauthenticated routes: health, the OpenAPI document, its rendering, and problem types."""
+"""Unauthenticated routes: the landing page, health, the OpenAPI document and its rendering,
+problem types, and the operators' metrics."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from markdown_it import MarkdownIt
+from markupsafe import Markup
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
@@ -18,6 +22,26 @@ _templates = Environment(
     loader=FileSystemLoader(Path(__file__).parent / "templates"),
     autoescape=select_autoescape(["html"]),
 )
+#: CommonMark plus tables, with raw HTML off: a description's `<b>` shows as text, escaped.
+_markdown = MarkdownIt("commonmark", {"html": False}).enable("table")
+
+
+def markdown(text: str | None) -> Markup:
+    """The OpenAPI descriptions' Markdown as HTML, rendered on the server (no script)."""
+    return Markup(_markdown.render(text or ""))
+
+
+_templates.filters["markdown"] = markdown
+
+
+async def index(request: Request) -> Response:
+    settings = request.app.state.core.settings
+    page = _templates.get_template("index.html").render(
+        base=str(request.base_url).rstrip("/"),
+        graphiql=settings.graphiql_enabled,
+        metrics=settings.metrics,
+    )
+    return HTMLResponse(page)
 
 
 async def healthz(request: Request) -> Response:
@@ -52,6 +76,15 @@ async def docs(request: Request) -> Response:
     return HTMLResponse(page)
 
 
+async def metrics(request: Request) -> Response:
+    """Prometheus text exposition (app/metrics.py); off with PERSONAIZER_METRICS=false."""
+    state = request.app.state
+    if not state.core.settings.metrics:
+        return problem_response(RouteNotFound("Metrics are turned off on this server."), request)
+    await state.metrics.refresh(state.core)
+    return Response(state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+
 async def problem_type(request: Request) -> Response:
     code = request.path_params["code"]
     cls: type[AppError] | None = ERRORS_BY_CODE.get(code)
@@ -80,7 +113,9 @@ async def problem_index(request: Request) -> Response:
 
 
 ROUTES = [
+    Route("/", index, methods=["GET"]),
     Route("/healthz", healthz, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
     Route("/openapi.json", openapi_json, methods=["GET"]),
     Route("/docs", docs, methods=["GET"]),
     Route("/problems", problem_index, methods=["GET"]),

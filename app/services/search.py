@@ -77,6 +77,8 @@ async def search(*, core: Core, principal: Principal, request: SearchRequest) ->
         # One of the two lists is empty unless the mode is hybrid.
         ranked = _fuse(semantic, keyword) if request.mode == "hybrid" else semantic + keyword
         hits = await _hits(session, ranked[: request.k])
+    if request.min_score is not None:
+        hits = [hit for hit in hits if hit.score >= request.min_score]
     took_ms = round((time.perf_counter() - started) * 1000, 2)
     return SearchResponse(results=hits, mode=request.mode, took_ms=took_ms)
 

@@ -154,19 +154,19 @@ async def test_body_over_the_limit(make_app: AppFactory) -> None:
         refused(r, 413, "request.too_large")
 
 
-async def test_graphiql_is_off_by_default(anon: httpx.AsyncClient) -> None:
-    r = await anon.get(GRAPHQL, headers={"Accept": "text/html"})
-    refused(r, 404, "request.not_found")
-
-
-async def test_graphiql_when_enabled(make_app: AppFactory) -> None:
-    app = await make_app(graphiql=True)
+async def test_graphiql_is_off_in_production(make_app: AppFactory) -> None:
+    app = await make_app(environment="production", session_secret="s" * 32)
     async with client_for(app) as client:
         r = await client.get(GRAPHQL, headers={"Accept": "text/html"})
-        assert r.status_code == 200
-        assert "graphiql" in r.text.lower()
-        # The page holds no data; the API behind it still wants a key.
-        refused(await gql(client, VIEWER), 401, "auth.unauthorized")
+        refused(r, 404, "request.not_found")
+
+
+async def test_graphiql_is_on_by_default_outside_production(anon: httpx.AsyncClient) -> None:
+    r = await anon.get(GRAPHQL, headers={"Accept": "text/html"})
+    assert r.status_code == 200
+    assert "graphiql" in r.text.lower()
+    # The page holds no data; the API behind it still wants a key.
+    refused(await gql(anon, VIEWER), 401, "auth.unauthorized")
 
 
 async def test_a_bug_is_an_internal_error_without_details(

@@ -1,0 +1,330 @@
+"""The MCP door through the SDK's own client (streamable HTTP) against a live server process:
+the model loaded from disk, a key made with the CLI, documents written through REST."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import httpx2
+import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+from mcp_types import CallToolResult
+
+pytestmark = pytest.mark.anyio
+
+BIN = Path(sys.executable).with_name("personaizer")
+#: A plan whose search limit a test can use up in a few calls.
+TINY = {
+    "tiny": {
+        "id": "tiny",
+        "name": "Tiny",
+        "limits": {
+            "knowledge_docs": 100,
+            "knowledge_chars": 100_000,
+            "doc_chars": 10_000,
+            "personas": 3,
+            "batch_items": 10,
+            "reads_per_minute": 100,
+            "writes_per_minute": 100,
+            "searches_per_minute": 3,
+        },
+    }
+}
+
+DOCS = [
+    {
+        "external_id": "faq-shipping",
+        "title": "Shipping",
+        "content": "Orders ship within two days by courier.",
+    },
+    {
+        "external_id": "lamp",
+        "title": "Aurora lamp",
+        "content": "The Aurora lamp has a USB-C port and three brightness levels.",
+        "metadata": {"lang": "en"},
+    },
+    {
+        "external_id": "returns",
+        "title": "Returns",
+        "content": "Return any item within 30 days for a full refund.",
+    },
+]
+
+
+@dataclass
+class Server:
+    base: str
+    key: str
+    tiny_key: str
+    persona_id: str
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _cli(*args: str, env: dict[str, str]) -> str:
+    done = subprocess.run(
+        [str(BIN), *args], capture_output=True, text=True, env=env, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    data = tmp_path_factory.mktemp("mcp")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PERSONAIZER_")}
+    env.update(PERSONAIZER_DATA_DIR=str(data), PERSONAIZER_PLANS=json.dumps(TINY))
+    _cli("users", "create", "agent@example.com", "--plan", "unlimited", env=env)
+    _cli("users", "create", "tiny@example.com", "--plan", "tiny", env=env)
+    key = _cli("keys", "create", "agent@example.com", env=env)
+    tiny_key = _cli("keys", "create", "tiny@example.com", env=env)
+    port = _free_port()
+    proc = subprocess.Popen(
+        [str(BIN), "serve", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None, "the server exited"
+            time.sleep(0.3)
+        h = {"X-Api-Key": key}
+        r = httpx.put(f"{base}/api/knowledge/docs", json={"items": DOCS}, headers=h, timeout=60)
+        assert r.status_code == 200, r.text
+        r = httpx.post(
+            f"{base}/api/personas",
+            json={"name": "Ava", "instructions": "Be kind.", "greeting": "Hi, I am Ava."},
+            headers=h,
+        )
+        persona_id = r.json()["id"]
+        r = httpx.put(
+            f"{base}/api/personas/{persona_id}/knowledge",
+            json={"external_ids": ["lamp", "returns"]},
+            headers=h,
+        )
+        assert r.status_code == 200, r.text
+        yield Server(base=base, key=key, tiny_key=tiny_key, persona_id=persona_id)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        assert proc.stdout is not None
+        proc.stdout.close()
+
+
+@asynccontextmanager
+async def connect(url: str, key: str | None, *, mode: str = "auto") -> AsyncIterator[Client]:
+    headers = {"X-Api-Key": key} if key is not None else {}
+    async with (
+        httpx2.AsyncClient(headers=headers, timeout=60) as http,
+        Client(streamable_http_client(url, http_client=http), mode=mode, cache=None) as client,  # type: ignore[arg-type]
+    ):
+        yield client
+
+
+def data(result: CallToolResult) -> dict[str, Any]:
+    assert not result.is_error, result.content
+    assert result.structured_content is not None
+    return result.structured_content
+
+
+def problem(result: CallToolResult, code: str) -> dict[str, Any]:
+    assert result.is_error
+    body = result.structured_content
+    assert body is not None and body["code"] == code, body
+    assert body["type"] == f"/problems/{code}"
+    return body
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_tools_over_http(server: Server, mode: str) -> None:
+    async with connect(f"{server.base}/mcp", server.key, mode=mode) as client:
+        tools = {t.name: t for t in (await client.list_tools()).tools}
+        assert set(tools) == {"search_knowledge", "get_document", "list_personas", "get_persona"}
+        search = tools["search_knowledge"]
+        assert set(search.input_schema["properties"]) == {
+            "query",
+            "k",
+            "mode",
+            "persona_id",
+            "external_ids",
+            "metadata",
+            "min_score",
+        }
+        assert search.input_schema["required"] == ["query"]
+        assert search.output_schema is not None
+
+        hits = data(
+            await client.call_tool("search_knowledge", {"query": "usb port on the lamp", "k": 2})
+        )
+        assert hits["mode"] == "hybrid"
+        assert hits["results"][0]["external_id"] == "lamp"
+        assert "USB-C" in hits["results"][0]["text"]
+
+        # The persona's scope: shipping is not attached, so it is never a hit.
+        scoped = data(
+            await client.call_tool(
+                "search_knowledge",
+                {"query": "how long does shipping take", "persona_id": server.persona_id, "k": 5},
+            )
+        )
+        assert {h["external_id"] for h in scoped["results"]} <= {"lamp", "returns"}
+        meta = data(
+            await client.call_tool(
+                "search_knowledge", {"query": "lamp", "metadata": {"lang": "en"}, "mode": "keyword"}
+            )
+        )
+        assert [h["external_id"] for h in meta["results"]] == ["lamp"]
+        only = data(
+            await client.call_tool(
+                "search_knowledge",
+                {"query": "refund", "external_ids": ["returns"], "mode": "semantic"},
+            )
+        )
+        assert [h["external_id"] for h in only["results"]] == ["returns"]
+
+        doc = data(await client.call_tool("get_document", {"external_id": "returns"}))
+        assert doc["content"] == DOCS[2]["content"]
+        assert doc["title"] == "Returns"
+
+        page = data(await client.call_tool("list_personas", {}))
+        assert [p["name"] for p in page["items"]] == ["Ava"] and page["total"] == 1
+        persona = data(await client.call_tool("get_persona", {"persona_id": server.persona_id}))
+        assert persona["instructions"] == "Be kind."
+        assert persona["greeting"] == "Hi, I am Ava."
+        assert persona["knowledge_external_ids"] == ["lamp", "returns"]
+        assert [(d["external_id"], d["title"]) for d in persona["documents"]] == [
+            ("lamp", "Aurora lamp"),
+            ("returns", "Returns"),
+        ]
+
+
+async def test_min_score_drops_weaker_hits(server: Server) -> None:
+    async with connect(f"{server.base}/mcp", server.key) as client:
+        args = {"query": "usb port on the lamp", "k": 3, "mode": "semantic"}
+        every = data(await client.call_tool("search_knowledge", args))["results"]
+        assert len(every) == 3
+        cut = (every[0]["score"] + every[1]["score"]) / 2
+        kept = data(await client.call_tool("search_knowledge", {**args, "min_score": cut}))
+        assert [h["external_id"] for h in kept["results"]] == [every[0]["external_id"]]
+
+
+async def test_errors_carry_the_contract_codes(server: Server) -> None:
+    async with connect(f"{server.base}/mcp", server.key) as client:
+        body = problem(
+            await client.call_tool("get_document", {"external_id": "nope"}), "knowledge.not_found"
+        )
+        assert body["status"] == 404
+        problem(
+            await client.call_tool("get_document", {"external_id": "bad id"}),
+            "knowledge.invalid_external_id",
+        )
+        problem(
+            await client.call_tool("get_persona", {"persona_id": "per_01NOPE"}), "persona.not_found"
+        )
+        problem(
+            await client.call_tool("search_knowledge", {"query": "x", "persona_id": "per_01NOPE"}),
+            "persona.not_found",
+        )
+        # Off the tool's schema (the SDK refuses), and off the request model (the tool refuses).
+        body = problem(
+            await client.call_tool("search_knowledge", {"query": "x", "k": 500}),
+            "request.validation_failed",
+        )
+        assert body["status"] == 422
+        assert "less than or equal to 50" in body["detail"] and "://" not in body["detail"]
+        problem(
+            await client.call_tool("search_knowledge", {"query": "   "}),
+            "request.validation_failed",
+        )
+        problem(
+            await client.call_tool("list_personas", {"cursor": "%%%"}), "request.invalid_cursor"
+        )
+        problem(await client.call_tool("no_such_tool", {}), "request.not_found")
+
+
+async def test_search_is_rate_limited_like_rest(server: Server) -> None:
+    async with connect(f"{server.base}/mcp", server.tiny_key) as client:
+        for _ in range(3):
+            data(await client.call_tool("search_knowledge", {"query": "lamp"}))
+        body = problem(
+            await client.call_tool("search_knowledge", {"query": "lamp"}), "limits.rate_exceeded"
+        )
+        assert body["status"] == 429 and body["retry_after"] >= 1
+        # Reads are another policy, still open.
+        data(await client.call_tool("list_personas", {}))
+    # The same count as REST: the search policy is used up there too.
+    async with httpx.AsyncClient() as http:
+        r = await http.post(
+            f"{server.base}/api/knowledge/search",
+            json={"query": "lamp"},
+            headers={"X-Api-Key": server.tiny_key},
+        )
+    assert r.status_code == 429
+
+
+def test_key_is_required(server: Server) -> None:
+    for key in (None, "pa_live_" + "x" * 40):
+        headers = {"X-Api-Key": key} if key else {}
+        r = httpx.post(
+            f"{server.base}/mcp",
+            json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+            headers={**headers, "Accept": "application/json, text/event-stream"},
+        )
+        assert r.status_code == 401
+        assert r.headers["content-type"].startswith("application/problem+json")
+        assert r.json()["code"] == "auth.unauthorized"
+
+
+async def test_sdk_client_without_key_fails(server: Server) -> None:
+    # The SDK's client gets no further than its first request.
+    with pytest.raises(ExceptionGroup) as raised:
+        async with connect(f"{server.base}/mcp", None) as client:
+            await client.list_tools()
+    assert raised.group_contains(MCPError)
+
+
+def test_foreign_host_is_misdirected(server: Server) -> None:
+    r = httpx.post(
+        f"{server.base}/mcp",
+        json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+        headers={"X-Api-Key": server.key, "Host": "evil.example", "Accept": "application/json"},
+    )
+    assert r.status_code == 421
+    assert r.json()["code"] == "request.misdirected"
+    r = httpx.post(
+        f"{server.base}/mcp",
+        json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+        headers={
+            "X-Api-Key": server.key,
+            "Origin": "http://evil.example",
+            "Accept": "application/json",
+        },
+    )
+    assert r.status_code == 403
+    assert r.json()["code"] == "auth.forbidden"
