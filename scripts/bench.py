@@ -16,9 +16,10 @@ persona of 3 documents; semantic within 100 listed documents (exact scoring); se
 metadata scope holding a quarter of the chunks (the coarse pass restricted to the scope).
 
     .venv/bin/python scripts/bench.py [--sizes 10000,100000] [--repeat 20] [--no-model]
-                                      [--plain-words]
+                                      [--plain-words] [--database-url postgresql://...]
 
-Prints p50/p95 per scenario and size, and the ratio of the largest size's p50 to the smallest's.
+Prints p50 per scenario, size and engine (SQLite always; PostgreSQL too with --database-url, an
+empty database), and the ratio of the largest size's p50 to the smallest's.
 
 Before the two-stage vector search and the per-user keyword index (float vec0 KNN; FTS5 over
 every user's rows, stopwords included; same machine, `--plain-words` corpus), p50 at 10,000 ->
@@ -30,16 +31,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import statistics
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sqlalchemy import text
 
 from app.db import Database
 from app.embedding import DIMS, Embedder, LocalModel, Vectors
@@ -227,47 +230,83 @@ SCENARIOS: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
-async def bench(sizes: Sequence[int], repeat: int, real_model: bool, plain: bool) -> None:
-    with tempfile.TemporaryDirectory(prefix="personaizer-bench-") as tmp:
-        settings = Settings.for_tests(Path(tmp))
-        db = Database(settings)
-        await db.migrate()
-        embedder = Embedder(model=RandomModel())
-        await embedder.start()
-        core = Core(settings=settings, db=db, embedder=embedder)
-        try:
-            principal = await setup(core)
-            corpus = Corpus(plain=plain)
-            results: dict[tuple[str, int], list[float]] = {}
-            have = 0
-            for size in sorted(sizes):
-                started = time.perf_counter()
+async def bench_engine(
+    settings: Settings, sizes: Sequence[int], repeat: int, plain: bool
+) -> dict[tuple[str, int], list[float]]:
+    """Build the corpus size by size on one database and time every scenario at each size."""
+    db = Database(settings)
+    await db.migrate()
+    embedder = Embedder(model=RandomModel())
+    await embedder.start()
+    core = Core(settings=settings, db=db, embedder=embedder)
+    results: dict[tuple[str, int], list[float]] = {}
+    try:
+        principal = await setup(core)
+        corpus = Corpus(plain=plain)
+        have = 0
+        for size in sorted(sizes):
+            started = time.perf_counter()
+            async with bulk_load(db):
                 await add_chunks(core, principal.user_id, corpus, size - have)
-                if not have:
-                    await attach_persona(core, ["doc-1", "doc-2", "doc-3"])
-                have = size
-                print(
-                    f"{size:>7} chunks ({corpus.docs} documents) written in "
-                    f"{time.perf_counter() - started:.1f} s",
-                    file=sys.stderr,
-                )
-                for name, scenario in SCENARIOS:
-                    body = {k: v for k, v in scenario.items() if k != "query_kind"}
-                    kind = scenario.get("query_kind", "mixed")
-                    queries = iter([corpus.query(kind) for _ in range(repeat + 1)])
+            if not have:
+                await attach_persona(core, ["doc-1", "doc-2", "doc-3"])
+            have = size
+            print(
+                f"{db.dialect}: {size:>7} chunks ({corpus.docs} documents) written in "
+                f"{time.perf_counter() - started:.1f} s",
+                file=sys.stderr,
+            )
+            for name, scenario in SCENARIOS:
+                body = {k: v for k, v in scenario.items() if k != "query_kind"}
+                kind = scenario.get("query_kind", "mixed")
+                queries = iter([corpus.query(kind) for _ in range(repeat + 1)])
 
-                    async def run(body: dict[str, Any] = body, queries: Any = queries) -> Any:
-                        request = SearchRequest.model_validate(
-                            {"query": next(queries), "k": 10, **body}
-                        )
-                        return await search_service.search(
-                            core=core, principal=principal, request=request
-                        )
+                async def run(body: dict[str, Any] = body, queries: Any = queries) -> Any:
+                    request = SearchRequest.model_validate(
+                        {"query": next(queries), "k": 10, **body}
+                    )
+                    return await search_service.search(
+                        core=core, principal=principal, request=request
+                    )
 
-                    results[(name, size)] = await timed(run, repeat)
-        finally:
-            await embedder.stop()
-            await db.dispose()
+                results[(name, size)] = await timed(run, repeat)
+    finally:
+        await embedder.stop()
+        await db.dispose()
+    return results
+
+
+@contextlib.asynccontextmanager
+async def bulk_load(db: Database) -> AsyncIterator[None]:
+    """PostgreSQL: build the HNSW index once after a bulk load rather than row by row (what an
+    operator importing a large corpus would do too); SQLite's indexes need nothing."""
+    if db.dialect != "postgresql":
+        yield
+        return
+    async with db.write() as session:
+        await session.execute(text("DROP INDEX IF EXISTS ix_chunks_embedding_hnsw"))
+    yield
+    async with db.write() as session:
+        await session.execute(text("SET LOCAL maintenance_work_mem = '512MB'"))
+        await session.execute(
+            text(
+                "CREATE INDEX ix_chunks_embedding_hnsw ON chunks"
+                " USING hnsw (embedding vector_cosine_ops)"
+            )
+        )
+        await session.execute(text("ANALYZE"))
+
+
+async def bench(
+    sizes: Sequence[int], repeat: int, real_model: bool, plain: bool, database_url: str | None
+) -> None:
+    engines: dict[str, dict[tuple[str, int], list[float]]] = {}
+    with tempfile.TemporaryDirectory(prefix="personaizer-bench-") as tmp:
+        engines["sqlite"] = await bench_engine(Settings.for_tests(Path(tmp)), sizes, repeat, plain)
+        if database_url:
+            engines["postgresql"] = await bench_engine(
+                Settings.for_tests(Path(tmp), database_url=database_url), sizes, repeat, plain
+            )
 
     embed_ms: list[float] = []
     if real_model:
@@ -280,21 +319,21 @@ async def bench(sizes: Sequence[int], repeat: int, real_model: bool, plain: bool
             embed_ms.append((time.perf_counter() - started) * 1000)
 
     ordered = sorted(sizes)
-    header = f"{'scenario (k = 10)':<32}" + "".join(
-        f"{f'{s:,} p50':>13}{f'{s:,} p95':>13}" for s in ordered
-    )
-    if len(ordered) > 1:
-        header += f"{'p50 ratio':>11}"
-    print(f"\nsearch latency in ms, {repeat} queries each, stand-in query vectors")
+    header = f"{'scenario (k = 10)':<32}"
+    for engine in engines:
+        header += "".join(f"{f'{engine} {s:,} p50':>22}" for s in ordered)
+        if len(ordered) > 1:
+            header += f"{'ratio':>7}"
+    print(f"\nsearch latency in ms (p50), {repeat} queries each, stand-in query vectors")
     print(header)
     for name, _ in SCENARIOS:
         line = f"{name:<32}"
-        for s in ordered:
-            values = results[(name, s)]
-            line += f"{pct(values, 50):>13.1f}{pct(values, 95):>13.1f}"
-        if len(ordered) > 1:
-            first, last = results[(name, ordered[0])], results[(name, ordered[-1])]
-            line += f"{statistics.median(last) / statistics.median(first):>10.1f}x"
+        for results in engines.values():
+            for s in ordered:
+                line += f"{pct(results[(name, s)], 50):>22.1f}"
+            if len(ordered) > 1:
+                first, last = results[(name, ordered[0])], results[(name, ordered[-1])]
+                line += f"{statistics.median(last) / statistics.median(first):>6.1f}x"
         print(line)
     if embed_ms:
         print(
@@ -315,6 +354,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--no-model", action="store_true", help="skip timing the real embedding model"
     )
     parser.add_argument(
+        "--database-url",
+        help="also run on this empty database (postgresql://...), beside SQLite in the table",
+    )
+    parser.add_argument(
         "--plain-words",
         action="store_true",
         help="no function words in the corpus (its most common words are then content words)",
@@ -323,7 +366,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     if not sizes or min(sizes) < CHUNKS_PER_DOC * 10 or args.repeat < 1:
         parser.error("sizes must be at least 40 chunks and --repeat at least 1")
-    asyncio.run(bench(sizes, args.repeat, real_model=not args.no_model, plain=args.plain_words))
+    asyncio.run(
+        bench(
+            sizes,
+            args.repeat,
+            real_model=not args.no_model,
+            plain=args.plain_words,
+            database_url=args.database_url,
+        )
+    )
     return 0
 
 

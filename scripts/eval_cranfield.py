@@ -518,11 +518,14 @@ def _tail(path: Path, lines: int = 30) -> str:
 
 
 @contextlib.contextmanager
-def own_server() -> Iterator[tuple[str, str]]:
-    """Start ``personaizer serve`` on a temporary data dir; yield ``(base_url, api_key)``."""
+def own_server(database_url: str | None = None) -> Iterator[tuple[str, str]]:
+    """Start ``personaizer serve`` on a temporary data dir (or on the empty database at
+    `database_url`, e.g. a PostgreSQL one); yield ``(base_url, api_key)``."""
     exe = find_personaizer()
     # The own server must not touch a database configured for something else.
     env = {k: v for k, v in os.environ.items() if k != "PERSONAIZER_DATABASE_URL"}
+    if database_url:
+        env["PERSONAIZER_DATABASE_URL"] = database_url
     with tempfile.TemporaryDirectory(prefix="cranfield-eval-", ignore_cleanup_errors=True) as tmp:
         data_dir = Path(tmp) / "data"
         data_dir.mkdir()
@@ -754,6 +757,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--check", action="store_true", help="exit 1 when a target (semantic, hybrid) is missed"
     )
+    parser.add_argument(
+        "--database-url",
+        help="run the own server on this empty database (e.g. postgresql://...) instead of a "
+        "temporary SQLite file",
+    )
     return parser
 
 
@@ -796,7 +804,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 base_url, args.api_key, collection, modes, args.limit_queries
             )
         else:
-            with own_server() as (base_url, api_key):
+            with own_server(args.database_url) as (base_url, api_key):
                 results, n_queries, n_docs = evaluate(
                     base_url, api_key, collection, modes, args.limit_queries
                 )
