@@ -3,7 +3,7 @@
 The services see one interface whatever the engine: `read()` (one consistent snapshot),
 `write(user_id=...)` (one transaction, committed when the block ends), `ping()`, `migrate()`.
 What differs lives here, in app/sqlite.py and app/postgres.py, and in the index modules
-(app/vectors, app/fts):
+(app/index):
 
 - SQLite: one writer at a time for the whole file (an asyncio lock and `BEGIN IMMEDIATE`).
 - PostgreSQL (asyncpg): writers run side by side; a write for a user takes that user's

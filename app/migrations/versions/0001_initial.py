@@ -9,7 +9,7 @@ files carry `PRAGMA user_version = 1` and no alembic_version table; `app.migrati
 at this revision). The indexes differ by engine:
 
 - SQLite: a sqlite-vec `vec0` table of sign-bit vectors partitioned by user, and an FTS5 table
-  whose `owner` column confines a MATCH to one user's rows (app/vectors, app/fts).
+  whose `owner` column confines a MATCH to one user's rows (app/index/sqlite_*.py).
 - PostgreSQL: the float vectors in a pgvector `vector(384)` column with an HNSW index (cosine),
   and a `chunk_terms` table holding each chunk's tsvector (GIN index) and token count for BM25.
 """
