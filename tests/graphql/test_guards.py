@@ -6,7 +6,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from app.graphql.schema import MAX_ALIASES, MAX_DEPTH, MAX_TOKENS, schema
+from app.graphql.guards import MAX_ALIASES, MAX_DEPTH
+from app.graphql.schema import MAX_TOKENS, schema
 from tests.conftest import AppFactory, client_for, new_key
 from tests.graphql.conftest import gql, gql_data, single_error
 from tests.rest.test_ratelimit import ratelimit
@@ -26,7 +27,8 @@ async def test_a_deep_query_is_refused(api: httpx.AsyncClient) -> None:
     inner = "externalId"
     for name in ("a", "b", "c", "d", "e", "f", "g", "h"):
         inner = f"{name} {{ {inner} }}"
-    query = f"{{ personas {{ items {{ knowledge {{ items {{ {inner} }} }} }} }} }}"
+    # One-item pages, so that only the depth is over its limit and not the cost.
+    query = f'{{ persona(id: "x") {{ knowledge(first: 1) {{ items {{ {inner} }} }} }} }}'
     r = await gql(api, query)
     body = r.json()
     assert body["data"] is None

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from app.graphql.view import classify
+from app.graphql.charging import classify
 from tests.conftest import AppFactory, client_for, new_key
 from tests.graphql.conftest import gql, gql_data, single_error
 from tests.rest.test_ratelimit import policy, ratelimit, small_plan
