@@ -37,7 +37,6 @@ from graphql import (
     SelectionSetNode,
     TypeMetaFieldDef,
     TypeNameMetaFieldDef,
-    ValidationRule,
     VariableNode,
     get_named_type,
 )
@@ -239,62 +238,60 @@ def _field_definition(name: str, parent: GraphQLNamedType | None) -> GraphQLFiel
     return None  # an unknown type or field: validation reports it
 
 
-def guard_rule(
-    *, max_depth: int, max_aliases: int, max_cost: int, variables: Mapping[str, Any]
-) -> type[ValidationRule]:
-    """A validation rule that refuses a document deeper than `max_depth`, with more than
-    `max_aliases` aliased fields, or with an operation costing more than `max_cost`."""
-
-    class DocumentGuardRule(ValidationRule):
-        def enter_document(self, node: DocumentNode, *_args: object) -> None:
-            # Measured here rather than in __init__: graphql-core turns a RecursionError raised
-            # while visiting into "Validation aborted", and one raised in __init__ into a 500.
-            measure = DocumentMeasure(self.context.schema, node, variables)
-            aliases = 0
-            for operation in measure.operations:
-                found = measure.operation(operation)
-                aliases += found.aliases
-                name = operation.name.value if operation.name else "anonymous"
-                if found.depth > max_depth:
-                    self.report_error(
-                        GraphQLError(
-                            f"'{name}' exceeds maximum operation depth of {max_depth}", operation
-                        )
-                    )
-                if found.cost > max_cost:
-                    exc = QueryTooCostly(
-                        f"The operation '{name}' costs {found.cost}"
-                        f"{' or more' if found.cost >= SATURATED else ''}; the limit is "
-                        f"{max_cost}. Each field counts 1, and the fields under one with `first` "
-                        "or `k` count once per item it may return: ask for smaller pages or "
-                        "fewer fields.",
-                        extra={"cost": found.cost, "limit": max_cost},
-                    )
-                    self.report_error(GraphQLError(exc.detail, operation, original_error=exc))
-            if aliases > max_aliases:
-                self.report_error(GraphQLError(f"{aliases} aliases found. Allowed: {max_aliases}"))
-
-    return DocumentGuardRule
+def guard_errors(
+    schema: GraphQLSchema,
+    document: DocumentNode,
+    *,
+    variables: Mapping[str, Any],
+    max_depth: int = MAX_DEPTH,
+    max_aliases: int = MAX_ALIASES,
+    max_cost: int,
+) -> list[GraphQLError]:
+    """Why `document` is refused: an operation deeper than `max_depth` or costing more than
+    `max_cost`, or more than `max_aliases` aliased fields in all; empty when it is not."""
+    measure = DocumentMeasure(schema, document, variables)
+    errors: list[GraphQLError] = []
+    aliases = 0
+    for operation in measure.operations:
+        found = measure.operation(operation)
+        aliases += found.aliases
+        name = operation.name.value if operation.name else "anonymous"
+        if found.depth > max_depth:
+            message = f"'{name}' exceeds maximum operation depth of {max_depth}"
+            errors.append(GraphQLError(message, operation))
+        if found.cost > max_cost:
+            exc = QueryTooCostly(
+                f"The operation '{name}' costs {found.cost}"
+                f"{' or more' if found.cost >= SATURATED else ''}; the limit is {max_cost}. "
+                "Each field counts 1, and the fields under one with `first` or `k` count once "
+                "per item it may return: ask for smaller pages or fewer fields.",
+                extra={"cost": found.cost, "limit": max_cost},
+            )
+            errors.append(GraphQLError(exc.detail, operation, original_error=exc))
+    if aliases > max_aliases:
+        errors.append(GraphQLError(f"{aliases} aliases found. Allowed: {max_aliases}"))
+    return errors
 
 
 class DocumentGuards(SchemaExtension):
-    """Adds `guard_rule` to each operation's validation, with the request's variables and the
-    server's `graphql_max_cost`. Made per operation (the schema holds a factory)."""
+    """Refuses a document that `guard_errors` finds fault with, before the specification's
+    validation rules run: those walk the whole document too, and a refused one need not pay
+    for them. Made per operation (the schema holds a factory)."""
 
-    def __init__(self, *, max_depth: int = MAX_DEPTH, max_aliases: int = MAX_ALIASES) -> None:
-        self.max_depth = max_depth
-        self.max_aliases = max_aliases
-
-    def on_operation(self) -> Iterator[None]:
+    def on_validate(self) -> Iterator[None]:
         context = self.execution_context
-        rule = guard_rule(
-            max_depth=self.max_depth,
-            max_aliases=self.max_aliases,
-            max_cost=max_cost(context.context),
-            # A `variables` that is not an object is refused before this runs; be sure anyway.
-            variables=context.variables if isinstance(context.variables, Mapping) else {},
-        )
-        context.validation_rules = (*context.validation_rules, rule)
+        document = context.graphql_document
+        if document is not None and context.pre_execution_errors is None:
+            errors = guard_errors(
+                context.schema._schema,
+                document,
+                # A `variables` that is not an object is refused before this; be sure anyway.
+                variables=context.variables if isinstance(context.variables, Mapping) else {},
+                max_cost=max_cost(context.context),
+            )
+            if errors:
+                # Strawberry skips its validation when errors are there already.
+                context.pre_execution_errors = errors
         yield
 
 
