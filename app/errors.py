@@ -148,11 +148,11 @@ class QueryTooCostly(ValidationFailed):
     code = "request.query_too_costly"
     title = "Query too costly"
     description = (
-        "GraphQL only: the operation's cost is over the server's limit "
-        "(PERSONAIZER_GRAPHQL_MAX_COST), refused before any of it runs. Each selected field counts 1, and the "
-        "fields under one with `first` or `k` count once per item it may return (the argument, "
-        "else its default); `cost` and `limit` say by how much. Ask for smaller pages or fewer "
-        "fields."
+        "GraphQL only: the operation costs more than the server's limit "
+        "(PERSONAIZER_GRAPHQL_MAX_COST) and none of it ran. Each selected field "
+        "counts 1, and the fields under one with `first` or `k` count once per item it may "
+        "return (the argument, else its default); `cost` and `limit` in the error's extensions "
+        "say by how much. Ask for smaller pages or fewer fields."
     )
 
 
