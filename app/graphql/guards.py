@@ -1,5 +1,8 @@
 """The guards on a document's shape: depth, aliases and cost, checked before any of it runs.
 
+`DocumentGuards` runs them on each operation before the specification's validation rules, which
+walk the whole document too: a refused document does not pay for those.
+
 A naive walk expands every fragment spread where it stands, so a document of under 1 KB whose
 fragments each spread the next one twice takes 2^n steps to measure (20 levels held the event
 loop for 6 s with Strawberry's depth and alias limiters). Here each fragment is measured once,
@@ -84,8 +87,8 @@ class DocumentMeasure:
     """Measures the operations of one document; each fragment is measured once, on creation.
 
     `variables` are the request's variable values: a page size given as a variable counts with
-    its value, else with the variable's default (the largest one in the document, when several
-    operations define it), else with the argument's default."""
+    its value, else with the variable's default (the largest page, when several operations
+    define it), else with the argument's default."""
 
     def __init__(
         self, schema: GraphQLSchema, document: DocumentNode, variables: Mapping[str, Any]
@@ -97,13 +100,15 @@ class DocumentMeasure:
         self.operations = [
             d for d in document.definitions if isinstance(d, OperationDefinitionNode)
         ]
-        self.variables = dict(variables)
+        # Each variable's possible values: the one sent, else every default the document gives
+        # it (operations may differ; the largest page among them counts).
+        self.variables: dict[str, list[object]] = {k: [v] for k, v in variables.items()}
         for operation in self.operations:
             for definition in operation.variable_definitions or ():
                 name = definition.variable.name.value
-                default = _int_literal(definition.default_value)
-                if name not in variables and default is not None:
-                    self.variables[name] = max(default, self.variables.get(name, default))
+                if name not in variables and definition.default_value is not None:
+                    default = _int_literal(definition.default_value)
+                    self.variables.setdefault(name, []).append(default)
         self.measures: dict[str, Measure] = {}
         for name in self._dependency_order():
             fragment = self.fragments[name]
@@ -185,20 +190,23 @@ class DocumentMeasure:
             if argument is None:
                 continue
             given = next((a.value for a in node.arguments or () if a.name.value == name), None)
-            value: object = argument.default_value
+            values: list[object] = [argument.default_value]
             if isinstance(given, VariableNode):
-                value = self.variables.get(given.name.value, value)
+                values = self.variables.get(given.name.value) or values
             elif given is not None:
-                value = _int_literal(given)
-            if isinstance(value, float) and value.is_integer():
-                value = int(value)  # GraphQL's Int takes 50.0 for 50
-            if not isinstance(value, int) or isinstance(value, bool):
-                # Not an integer: refused before execution, when the variables are coerced.
-                return 1
-            # Out of range, the resolver refuses the page (`request.validation_failed`, as
-            # REST does) before loading any item: its selection runs never.
-            return value if 1 <= value <= most else 1
+                values = [_int_literal(given)]
+            return max(_page_size(value, most) for value in values)
         return 1
+
+
+def _page_size(value: object, most: int) -> int:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # GraphQL's Int takes 50.0 for 50
+    if not isinstance(value, int) or isinstance(value, bool):
+        return 1  # not an integer: refused when the variables are coerced, before execution
+    # Out of range, the resolver refuses the page (`request.validation_failed`, as REST does)
+    # before loading any item: its selection never runs.
+    return value if 1 <= value <= most else 1
 
 
 def _int_literal(node: object) -> int | None:

@@ -9,8 +9,9 @@ from typing import Any
 
 import httpx
 import pytest
+from graphql import parse
 
-from app.graphql.guards import MAX_ALIASES, MAX_DEPTH, SATURATED
+from app.graphql.guards import MAX_ALIASES, MAX_DEPTH, SATURATED, DocumentMeasure
 from app.graphql.schema import MAX_TOKENS, schema
 from app.settings import Settings
 from tests.conftest import AppFactory, client_for, new_key
@@ -264,3 +265,17 @@ async def test_a_costly_mutation_runs_none_of_its_fields(api: httpx.AsyncClient)
     r = await gql(api, f"mutation {{ {fields} }}")
     refused_for_cost(r, 8 * (1 + 1 + 200 * 7), 10_000)
     assert (await api.get("/api/personas")).json()["total"] == 0
+
+
+@pytest.mark.parametrize(("variables", "cost"), [({}, 1 + 60 * 2), ({"n": 7}, 1 + 7 * 2)])
+def test_a_variable_counts_with_the_largest_page_it_may_be(
+    variables: dict[str, Any], cost: int
+) -> None:
+    # Two operations give `$n` different defaults; one of them (500) is out of range, so the
+    # page it asks for is refused, and the other (60) is what may run.
+    document = parse(
+        "query A($n: Int! = 60) { knowledgeDocs(first: $n) { items { externalId } } } "
+        "query B($n: Int! = 500) { knowledgeDocs(first: $n) { items { externalId } } }"
+    )
+    measure = DocumentMeasure(schema._schema, document, variables)
+    assert [measure.operation(o).cost for o in measure.operations] == [cost, cost]
