@@ -10,7 +10,8 @@
     │   ├── DuplicateExternalId   knowledge.duplicate_external_id 422
     │   ├── BatchTooLarge         knowledge.batch_too_large      422
     │   ├── ContentTooLarge       knowledge.content_too_large    422
-    │   └── UnknownExternalIds    knowledge.unknown_external_ids 422
+    │   ├── UnknownExternalIds    knowledge.unknown_external_ids 422
+    │   └── QueryTooCostly        request.query_too_costly       422
     ├── UnsupportedMediaType      request.unsupported_media_type 415
     ├── TooLarge                  request.too_large              413
     ├── RequestTimeout            request.timeout                408
@@ -143,6 +144,18 @@ class UnknownExternalIds(ValidationFailed):
     code = "knowledge.unknown_external_ids"
     title = "Unknown external_ids"
     description = "The request names documents that do not exist; `missing` lists them."
+
+
+class QueryTooCostly(ValidationFailed):
+    code = "request.query_too_costly"
+    title = "Query too costly"
+    description = (
+        "GraphQL only: the operation costs more than the server's limit "
+        "(PERSONAIZER_GRAPHQL_MAX_COST) and none of it ran. Each selected field "
+        "counts 1, and the fields under one with `first` or `k` count once per item it may "
+        "return (the argument, else its default); `cost` and `limit` in the error's extensions "
+        "say by how much. Ask for smaller pages or fewer fields."
+    )
 
 
 class UnsupportedMediaType(AppError):

@@ -122,6 +122,13 @@ class Settings(BaseSettings):
     #: Host names the MCP door at /mcp answers besides loopback and `host` (DNS-rebinding guard),
     #: e.g. the public name of a server behind a proxy; JSON list in the environment.
     allowed_hosts: list[str] = Field(default_factory=list)
+    #: The most a GraphQL operation may cost (app/graphql/guards.py): each field counts 1 and
+    #: the fields under a page (`first`) or a search (`k`) count once per item it may return.
+    #: Resolving costs about 10 us of event loop per unit (measured: 50 personas x 50
+    #: documents x 7 fields, cost 20,151, held the loop 0.2 s), so the default 10,000 keeps one
+    #: request to about 0.1 s while the default nested page (`personas { items { knowledge {
+    #: items { externalId } } } }`, 50 x 50, cost 5,101) still runs.
+    graphql_max_cost: int = Field(default=10_000, ge=1)
     #: Browser origins allowed to call the API directly (CORS), e.g. a persona frontend at
     #: `https://app.example.com`; JSON list in the environment. Empty: no CORS headers at all.
     cors_origins: list[str] = Field(default_factory=list)

@@ -13,7 +13,7 @@ from typing import Any
 
 import strawberry
 from graphql import GraphQLError
-from strawberry.extensions import MaxAliasesLimiter, MaxTokensLimiter, QueryDepthLimiter
+from strawberry.extensions import MaxTokensLimiter
 from strawberry.schema.config import StrawberryConfig
 from strawberry.types import ExecutionContext
 
@@ -22,15 +22,11 @@ from app.graphql import personas as persona_types
 from app.graphql import search as search_types
 from app.graphql import subscription as subscription_types
 from app.graphql.errors import is_unexpected
+from app.graphql.guards import DocumentGuards
 from app.graphql.scalars import SCALARS
 
 log = logging.getLogger(__name__)
 
-#: Deepest selection allowed (introspection fields aside); the deepest useful one is 4 levels
-#: (`personas { items { knowledge { items { ... } } } }`).
-MAX_DEPTH = 10
-#: Aliased fields per document: enough for a dashboard's few lookups, not for a fan-out.
-MAX_ALIASES = 30
 #: Tokens per document. Send large inputs (batch upserts) as variables: a variable's value is
 #: not a token; the body limit bounds it.
 MAX_TOKENS = 5000
@@ -90,11 +86,11 @@ class Schema(strawberry.Schema):
 
 def _extensions() -> list[Any]:
     # Factories, not instances: Strawberry makes fresh ones per operation, so no state is
-    # shared between requests.
+    # shared between requests. The token limit bounds the parse; the depth, alias and cost
+    # guards then measure the parsed document in one pass (app/graphql/guards.py).
     return [
-        lambda: QueryDepthLimiter(max_depth=MAX_DEPTH),
-        lambda: MaxAliasesLimiter(max_alias_count=MAX_ALIASES),
         lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),
+        DocumentGuards,
     ]
 
 

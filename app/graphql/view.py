@@ -2,7 +2,7 @@
 
 Per request, in the contract's order (API.md section 3): authenticate (`X-Api-Key`, the same
 `Guard` as REST), read the body (size limit, JSON), charge the rate limit once for the whole
-operation (a mutation `writes`; a query `search` when it selects `search`, else `reads`), then
+operation (`app.graphql.charging`: writes per mutation field, searches per search field), then
 validate and execute. A refusal before execution (authentication, rate limit, a body that is
 not a GraphQL request) answers with its own HTTP status and a body of `errors` only; everything
 GraphQL decides itself (invalid documents, guard limits, domain errors while executing) is
@@ -11,21 +11,11 @@ HTTP 200 with `errors` (docs/decisions.md, "GraphQL").
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 from cross_web import AsyncHTTPRequestAdapter, HTTPException
-from graphql import GraphQLError, OperationType, parse
-from graphql.language import (
-    DocumentNode,
-    FieldNode,
-    FragmentDefinitionNode,
-    FragmentSpreadNode,
-    InlineFragmentNode,
-    OperationDefinitionNode,
-    SelectionSetNode,
-)
+from graphql import OperationType
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -36,98 +26,16 @@ from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData
 from strawberry.types import ExecutionResult
 
 from app.errors import AppError, MethodNotAllowed, RouteNotFound, TooLarge
+from app.graphql.charging import classify
 from app.graphql.context import Context, get_context
 from app.graphql.errors import format_error, from_http_exception, request_error
-from app.graphql.schema import MAX_TOKENS, schema
-from app.graphql.search import SEARCH_FIELD
-from app.ratelimit import Policy
+from app.graphql.schema import schema
 from app.settings import Settings
 
 PATH = "/graphql"
 #: The explorer's page and assets (GraphiQL, vendored from npm with its licences; no CDN).
 EXPLORER_DIR = Path(__file__).parent / "static" / "graphiql"
 EXPLORER_PATH = "/static/graphiql"
-
-
-@dataclass(frozen=True, slots=True)
-class OperationKind:
-    """What the rate limiter needs to know of a request's operation."""
-
-    operation: OperationType | None
-    policy: Policy
-    #: Units charged: one per root field of a mutation (each is a REST write of its own, so
-    #: aliasing thirty upserts into one operation costs thirty), one for a query.
-    cost: int = 1
-
-
-def classify(query: str | None, operation_name: str | None) -> OperationKind:
-    """The operation a request will execute and the policy it is charged to. A document that
-    does not parse or does not name one operation is charged as `reads`; execution then
-    reports what is wrong with it."""
-    if not query:
-        return OperationKind(None, "reads")
-    try:
-        # The same token limit as execution, so this parse costs no more than that one.
-        document = parse(query, no_location=True, max_tokens=MAX_TOKENS)
-    except GraphQLError:
-        return OperationKind(None, "reads")
-    operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
-    if operation_name is not None:
-        operations = [o for o in operations if o.name and o.name.value == operation_name]
-    if len(operations) != 1:
-        return OperationKind(None, "reads")
-    operation = operations[0]
-    if operation.operation is OperationType.MUTATION:
-        cost = _count_root_fields(document, operation.selection_set, set())
-        return OperationKind(operation.operation, "writes", max(1, cost))
-    if _selects_root_field(document, operation.selection_set, SEARCH_FIELD, set()):
-        return OperationKind(operation.operation, "search")
-    return OperationKind(operation.operation, "reads")
-
-
-def _count_root_fields(
-    document: DocumentNode, selection_set: SelectionSetNode, seen: set[str]
-) -> int:
-    count = 0
-    for selection in selection_set.selections:
-        if isinstance(selection, FieldNode):
-            count += selection.name.value != "__typename"
-        elif isinstance(selection, InlineFragmentNode):
-            count += _count_root_fields(document, selection.selection_set, seen)
-        elif isinstance(selection, FragmentSpreadNode) and selection.name.value not in seen:
-            seen.add(selection.name.value)
-            for definition in document.definitions:
-                if (
-                    isinstance(definition, FragmentDefinitionNode)
-                    and definition.name.value == selection.name.value
-                ):
-                    count += _count_root_fields(document, definition.selection_set, seen)
-    return count
-
-
-def _selects_root_field(
-    document: DocumentNode, selection_set: SelectionSetNode, name: str, seen: set[str]
-) -> bool:
-    for selection in selection_set.selections:
-        if isinstance(selection, FieldNode):
-            if selection.name.value == name:
-                return True
-        elif isinstance(selection, InlineFragmentNode):
-            if _selects_root_field(document, selection.selection_set, name, seen):
-                return True
-        elif isinstance(selection, FragmentSpreadNode):
-            fragment = selection.name.value
-            if fragment in seen:  # a cycle: invalid, and validation will say so
-                continue
-            seen.add(fragment)
-            for definition in document.definitions:
-                if (
-                    isinstance(definition, FragmentDefinitionNode)
-                    and definition.name.value == fragment
-                    and _selects_root_field(document, definition.selection_set, name, seen)
-                ):
-                    return True
-    return False
 
 
 def _limited(receive: Receive, limit: int) -> Receive:

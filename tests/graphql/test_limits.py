@@ -1,6 +1,6 @@
 """Rate limits through GraphQL (API.md sections 8 and 10): one charge per request, to `writes`
-for a mutation, `search` for a query selecting `search`, else `reads`; the same window and
-headers as REST; over the limit, nothing runs."""
+for a mutation (a unit per root field), `search` for a query selecting `search` (a unit per
+search field), else `reads`; the same window and headers as REST; over the limit, nothing runs."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from app.graphql.view import classify
+from app.graphql.charging import classify
 from tests.conftest import AppFactory, client_for, new_key
 from tests.graphql.conftest import gql, gql_data, single_error
 from tests.rest.test_ratelimit import policy, ratelimit, small_plan
@@ -68,6 +68,50 @@ def test_the_policy_of_an_operation(query: str, operation_name: str | None, expe
 )
 def test_each_mutation_field_is_one_write(query: str, cost: int) -> None:
     assert classify(query, None).cost == cost
+
+
+SEARCH = 'search(query: "x") { mode }'
+
+
+@pytest.mark.parametrize(
+    ("query", "cost"),
+    [
+        (f"{{ {SEARCH} }}", 1),
+        (f"{{ viewer {{ email }} a: {SEARCH} b: {SEARCH} }}", 2),
+        (f"{{ {' '.join(f's{i}: {SEARCH}' for i in range(30))} }}", 30),
+        # Execution merges fields of one response key: the same search twice runs once.
+        (f"{{ {SEARCH} {SEARCH} }}", 1),
+        (f"{{ ...S ...S a: {SEARCH} }} fragment S on Query {{ {SEARCH} b: {SEARCH} }}", 3),
+        (
+            f"{{ ... on Query {{ a: {SEARCH} }} ...S }} fragment S on Query {{ ...S b: {SEARCH} }}",
+            2,
+        ),
+    ],
+)
+def test_each_search_field_is_one_search(query: str, cost: int) -> None:
+    kind = classify(query, None)
+    assert (kind.policy, kind.cost) == ("search", cost)
+
+
+async def test_aliased_searches_are_charged_each(make_app: AppFactory) -> None:
+    app = await make_app(plans={"small": small_plan("small", writes=10)})  # 10 searches
+    key = await new_key(app, plan="small")
+    async with client_for(app, **{"X-Api-Key": key}) as api:
+        # Thirty aliased searches once cost one unit; now they are refused whole, before any
+        # of them runs, when the window cannot hold them all.
+        thirty = "{ " + " ".join(f"s{i}: {SEARCH}" for i in range(30)) + " }"
+        r = await gql(api, thirty)
+        error = single_error(r, 429)
+        assert error["extensions"]["code"] == "limits.rate_exceeded"
+        assert "data" not in r.json()
+        assert ratelimit(r)[:2] == ("search", 10)  # nothing was taken from the window
+        five = "{ " + " ".join(f"s{i}: {SEARCH}" for i in range(5)) + " }"
+        r = await gql(api, five)
+        assert len(r.json()["data"]) == 5
+        assert ratelimit(r)[:2] == ("search", 5)
+        r = await gql(api, five)
+        assert ratelimit(r)[:2] == ("search", 0)
+        single_error(await gql(api, f"{{ {SEARCH} }}"), 429)
 
 
 async def test_aliased_mutations_are_charged_each(make_app: AppFactory) -> None:

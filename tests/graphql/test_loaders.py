@@ -28,7 +28,7 @@ query($first: Int!) {
       knowledgeCount
       knowledgeExternalIds
       knowledge(first: 2) { items { externalId title } nextCursor total }
-      all: knowledge(first: 200) { items { externalId content } total }
+      all: knowledge(first: 10) { items { externalId content } total }
     }
     total
   }
