@@ -4,8 +4,11 @@
   may be sent again, after the server's `Retry-After` (never sooner). A wait longer than
   `max_wait` is not worth blocking on: the `ApiError` is raised at once, carrying `retry_after`.
 - No connection at all (refused, DNS): nothing was sent, so any request may be sent again.
-- A connection lost or timed out after sending: only idempotent calls are replayed. For an upsert
-  that is safe by contract: if the first attempt was committed, the replay is a `no_op`.
+- A connection lost after sending (the server restarted, a proxy dropped it): only idempotent
+  calls are replayed. For an upsert that is safe by contract: if the first attempt was committed,
+  the replay is a `no_op`.
+- A timeout is not retried: the server is most likely still working on the request, and a
+  replay would queue behind it. `RequestTimeout` says so; calling again later is safe.
 
 Every retry is bounded by `max_retries`; between transport retries the wait doubles."""
 
@@ -71,8 +74,11 @@ class RetryPolicy:
     def for_transport(
         self, error: httpx.TransportError, attempt: int, *, idempotent: bool
     ) -> float | None:
-        if attempt >= self.max_retries:
+        unsent = isinstance(error, httpx.ConnectError | httpx.ConnectTimeout)
+        if attempt >= self.max_retries or (
+            isinstance(error, httpx.TimeoutException) and not unsent
+        ):
             return None
-        if not idempotent and not isinstance(error, httpx.ConnectError):
+        if not idempotent and not unsent:
             return None  # the request may have been acted on: never replay a create
         return min(self.backoff * 2.0**attempt, self.max_wait)
