@@ -10,6 +10,7 @@ are imported when first needed: a sync of Markdown never loads pypdf.
 from __future__ import annotations
 
 import codecs
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,15 +101,16 @@ def extract(path: Path) -> Extracted:
 
 def decode(data: bytes) -> str:
     """Bytes of a text file as text: UTF-8 if it is, else what charset-normalizer finds."""
+    # NUL bytes are valid UTF-8 but no text file has them (UTF-16 aside, which has a BOM).
+    utf16 = data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))
+    if b"\x00" in data[:8192] and not utf16:
+        raise Unreadable("binary, not text")
     if data.startswith(codecs.BOM_UTF8):
         data = data[len(codecs.BOM_UTF8) :]
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         pass
-    utf16 = data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))
-    if b"\x00" in data[:8192] and not utf16:
-        raise Unreadable("binary, not text")
     from charset_normalizer import from_bytes
 
     matches = from_bytes(data)
@@ -174,6 +176,8 @@ def _pdf(path: Path) -> Extracted:
     from pypdf import PdfReader
     from pypdf.errors import PyPdfError
 
+    # pypdf logs every oddity of a damaged file as a warning; the skip reason says enough.
+    logging.getLogger("pypdf").setLevel(logging.ERROR)
     try:
         reader = PdfReader(path)
         if reader.is_encrypted and not reader.decrypt(""):

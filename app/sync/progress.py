@@ -23,7 +23,7 @@ def _outcome(batch: BatchDone) -> str:
 
 def _retry(event: RetryEvent) -> str:
     why = f"answered {event.status}" if event.status is not None else event.error
-    return f"{event.method} {event.path} {why}; retrying in {event.delay:.0f} s"
+    return f"{event.method} {event.path} {why}; retrying in {event.delay:g} s"
 
 
 class LineProgress:
