@@ -69,7 +69,11 @@ class LiveServer:
         return r.stdout.strip().splitlines()[-1]
 
 
-def start_server(data_dir: Path, *extra: str, port: int | None = None) -> LiveServer:
+def start_server(
+    data_dir: Path, *extra: str, port: int | None = None, model: bool = True
+) -> LiveServer:
+    """Start a server; return once it answers (`model=False`: before the model has loaded,
+    for tests that never embed)."""
     port = port or free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     log = data_dir.parent / f"serve-{port}.log"
@@ -87,7 +91,8 @@ def start_server(data_dir: Path, *extra: str, port: int | None = None) -> LiveSe
         if proc.poll() is not None:
             raise AssertionError(f"server exited with {proc.returncode}: {server.output()}")
         try:
-            if httpx.get(f"{server.url}/healthz", timeout=2).status_code == 200:
+            status = httpx.get(f"{server.url}/healthz", timeout=2).status_code
+            if status == 200 or not model:
                 return server
         except httpx.TransportError:
             pass
