@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import json
+import os
 import socket
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
@@ -519,6 +520,11 @@ def main(argv: list[str] | None = None) -> None:
         _fail("aborted", 1)
     except OSError as exc:
         _fail(f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}", 1)
+    except Exception as exc:
+        # A bug: still one line for the operator; PERSONAIZER_TRACEBACK=1 shows where.
+        if os.environ.get("PERSONAIZER_TRACEBACK") == "1":
+            raise
+        _fail(f"unexpected {type(exc).__name__}: {exc} (PERSONAIZER_TRACEBACK=1 shows where)", 1)
     sys.exit(code if isinstance(code, int) else 0)
 
 
