@@ -289,3 +289,26 @@ def test_cli_timeout_is_honest_and_a_rerun_finishes(
     r = sync_cli(live_server, key, root)
     assert r.returncode == 0, r.stderr
     assert "created 1" in r.stdout or "unchanged 1" in r.stdout
+
+
+@pytest.mark.anyio
+async def test_a_terminal_gets_a_bar_over_files(app: Starlette, tmp_path: Path) -> None:
+    import io
+
+    from rich.console import Console
+
+    from app.sync.progress import BarProgress
+
+    key = await new_key(app, plan="pro")
+    root = tmp_path / "kb"
+    root.mkdir()
+    for i in range(3):
+        (root / f"n{i}.md").write_text(f"note {i} " * 20, "utf-8")
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=120)
+    async with _client(app, key) as api:
+        with BarProgress(console) as bar:
+            report = await sync_folder(api, root, max_chars=200, progress=bar)
+    assert report.created == 3 and report.batches == 3
+    final = screen.getvalue().rsplit("\r", 1)[-1]
+    assert "reading" in final and "uploading" in final and final.count("3/3") == 2
