@@ -8,24 +8,32 @@ exits non-zero with one clear line on stderr.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
+import os
+import socket
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
+from app.client.batching import DEFAULT_BATCH_CHARS
 from app.db import Database, SchemaError
 from app.embedding import Embedder
 from app.errors import AppError
 from app.services import accounts
 from app.services.core import Core
 from app.settings import Settings
+
+if TYPE_CHECKING:
+    from app.sync import SyncReport
 
 T = TypeVar("T")
 
@@ -73,11 +81,16 @@ def load_settings(data_dir: Path | None, database_url: str | None, **extra: Any)
         raise Fail(f"invalid configuration: {where}: {first['msg']}") from exc
 
 
-def run_with_core(settings: Settings, use: Callable[[Core], Awaitable[T]]) -> T:
+def run_with_core(
+    settings: Settings, use: Callable[[Core], Awaitable[T]], *, create: bool = False
+) -> T:
+    """Run `use` against the database; only `create=True` (serve, init) may make a new one."""
+    check_database(settings, create=create)
+
     async def main() -> T:
         db = Database(settings)
         try:
-            await db.migrate()
+            await db.migrate(create=create)
             return await use(Core(settings=settings, db=db, embedder=Embedder()))
         finally:
             await db.dispose()
@@ -96,6 +109,39 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
         raise Fail(
             f"database error: {exc.__class__.__name__}: {getattr(exc, 'orig', exc)}"
         ) from exc
+
+
+def sqlite_file(settings: Settings) -> Path | None:
+    """The SQLite file the settings point at, or None for a server database (PostgreSQL):
+    there the server says whether the database exists, and no file can be made by mistake."""
+    try:
+        url = make_url(settings.effective_database_url)
+    except ArgumentError as exc:
+        raise Fail(f"invalid database URL: {exc}") from exc
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return None
+    return Path(url.database)
+
+
+def check_database(settings: Settings, *, create: bool) -> None:
+    """Data-dir safety: a command run with the wrong --data-dir (or from another folder) must
+    not make a new empty database and report success there. Only `serve` and `init` create."""
+    path = sqlite_file(settings)
+    if path is None:
+        return
+    for folder in (path.parent, *path.parent.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise Fail(f"{folder} is a file, not a data folder (check --data-dir)")
+            break
+    if path.is_dir():
+        raise Fail(f"{path} is a folder, not a database file")
+    if not path.exists() and not create:
+        where = f"--data-dir {path.parent}" if not settings.database_url else "--database-url"
+        raise Fail(
+            f"no database at {path.resolve()}: run `personaizer init {where}` to make one, "
+            "or point --data-dir at an existing one"
+        )
 
 
 def _dump(value: Any) -> str:
@@ -139,11 +185,14 @@ def serve(
         )
     if workers > 1 and demo:
         raise Fail("--demo runs with one worker; start once with --demo, then with --workers")
+    sock = listen_socket(host, port)
+    port = sock.getsockname()[1]
+    settings = settings.model_copy(update={"port": port})
     # Open (create, upgrade or refuse) the database before serving, so a file this build cannot
     # use is one line on stderr rather than a failed lifespan inside uvicorn.
-    run_with_core(settings, lambda core: asyncio.sleep(0))
+    run_with_core(settings, lambda core: asyncio.sleep(0), create=True)
     if workers > 1:
-        _serve_workers(settings, workers)
+        _serve_workers(settings, workers, sock)
         return
     try:
         app = create_app(settings)
@@ -158,14 +207,14 @@ def serve(
     # Timeouts and connection limits against slow and greedy clients: app/serving.py.
     server = uvicorn.Server(ServeConfig(app, settings))
     try:
-        server.run()
+        server.run(sockets=[sock])
     except SchemaError as exc:
         raise Fail(str(exc)) from exc
     if not server.started:
         raise Fail(f"the server did not start on {host}:{port} (see the log above)")
 
 
-def _serve_workers(settings: Settings, workers: int) -> None:
+def _serve_workers(settings: Settings, workers: int, sock: socket.socket) -> None:
     """N processes on one port (uvicorn's supervisor): each builds its own app from the same
     PERSONAIZER_* environment, so the options given here are passed on through it."""
     import os
@@ -184,7 +233,39 @@ def _serve_workers(settings: Settings, workers: int) -> None:
 
     # What uvicorn.run does for workers, with the same limits as one process (app/serving.py).
     config = ServeConfig("app.main:app_from_environment", settings, factory=True, workers=workers)
-    Multiprocess(config, sockets=[config.bind_socket()]).run()
+    Multiprocess(config, sockets=[sock]).run()
+
+
+def listen_socket(host: str, port: int) -> socket.socket:
+    """Bind the listening socket before anything claims the server listens: a busy port is one
+    line on stderr, and uvicorn serves on this very socket (so `--port 0` prints the real one)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    # As uvicorn does: a port left in TIME_WAIT by a previous run is free to use at once.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise Fail(
+                f"port {port} on {host} is already in use (is another server running?)"
+            ) from exc
+        raise Fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+@cli.command()
+def init(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
+    """Create a new, empty database (besides `serve`, the only command that creates one)."""
+    settings = load_settings(data_dir, database_url)
+    path = sqlite_file(settings)
+    existed = path is not None and path.exists()
+    run_with_core(settings, lambda core: asyncio.sleep(0), create=True)
+    where = path.resolve() if path is not None else "the configured database"
+    out.print(f"database ready at {where}" + (" (it existed already)" if existed else ""))
 
 
 # --- users ----------------------------------------------------------------------------------
@@ -203,11 +284,7 @@ def users_create(
 ) -> None:
     """Create a user."""
     settings = load_settings(data_dir, database_url)
-    password = None
-    if password_stdin:
-        password = sys.stdin.readline().rstrip("\r\n")
-        if len(password) < 8:
-            raise Fail("the password must have at least 8 characters")
+    password = _read_password() if password_stdin else None
     user = run_with_core(
         settings,
         lambda core: accounts.create_user(core=core, email=email, plan_id=plan, password=password),
@@ -253,6 +330,51 @@ def users_set_plan(
         out.print(_dump(user.model_dump(mode="json")))
     else:
         out.print(f"{user.email} is now on plan {user.plan}")
+
+
+def _read_password() -> str:
+    """One line of stdin (never an argument: arguments show in `ps` and shell history)."""
+    password = sys.stdin.readline().rstrip("\r\n")
+    if len(password) < 8:
+        raise Fail("the password must have at least 8 characters")
+    return password
+
+
+@users_cli.command("set-password")
+def users_set_password(
+    email: str, data_dir: DataDir = None, database_url: DatabaseUrl = None
+) -> None:
+    """Set a user's dashboard password, read from one line of stdin."""
+    settings = load_settings(data_dir, database_url)
+    password = _read_password()
+    user = run_with_core(
+        settings, lambda core: accounts.set_password(core=core, email=email, password=password)
+    )
+    out.print(f"password set for {user.email}")
+
+
+@users_cli.command("delete")
+def users_delete(
+    email: str,
+    yes: Annotated[
+        bool, typer.Option("--yes", help="Confirm: delete the user and all their data.")
+    ] = False,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Delete a user with everything they own: keys, documents, personas, usage."""
+    settings = load_settings(data_dir, database_url)
+    if not yes:
+        held = run_with_core(settings, lambda core: accounts.user_data(core=core, email=email))
+        raise Fail(
+            f"{held.email} has {held.keys} keys, {held.documents} documents and {held.personas} "
+            "personas; add --yes to delete the user with all of it"
+        )
+    gone = run_with_core(settings, lambda core: accounts.delete_user(core=core, email=email))
+    out.print(
+        f"deleted {gone.email} with {gone.keys} keys, {gone.documents} documents and "
+        f"{gone.personas} personas"
+    )
 
 
 # --- keys -----------------------------------------------------------------------------------
@@ -325,48 +447,74 @@ def keys_disable(
 
 @cli.command()
 def sync(
-    directory: Annotated[Path, typer.Argument(metavar="DIR", help="Folder of .txt/.md files.")],
+    directory: Annotated[Path, typer.Argument(metavar="DIR", help="The folder to upload.")],
     api_key: Annotated[
         str, typer.Option("--api-key", envvar="PERSONAIZER_API_KEY", help="The key to upload with.")
     ],
     url: Annotated[str, typer.Option(help="The server's base URL.")] = "http://127.0.0.1:8000",
+    source: Annotated[
+        str | None,
+        typer.Option(help="Name of what this folder syncs into [the folder's name]."),
+    ] = None,
     prune: Annotated[
-        bool, typer.Option("--prune", help="Delete synced documents whose file is gone.")
+        bool, typer.Option("--prune", help="Delete this source's documents whose file is gone.")
     ] = False,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Fail, uploading nothing, if any file is skipped.")
+    ] = False,
+    batch_chars: Annotated[
+        int, typer.Option(min=1, help="Characters per upload request, at most.")
+    ] = DEFAULT_BATCH_CHARS,
+    timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds to wait for one request.")
+    ] = 300.0,
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
 ) -> None:
-    """Upload a folder of text and Markdown files through the public API (external_id from
-    the relative path). Unchanged files are no-ops; --data-dir/--database-url are accepted for
+    """Upload a folder through the public API: Markdown, text, reStructuredText, HTML, PDF and
+    DOCX files (and text files without an extension). Unchanged files are no-ops. Every skipped
+    file is listed on stderr with its reason. --data-dir/--database-url are accepted for
     uniformity and unused: sync only speaks HTTP."""
-    import httpx
-    from rich.progress import Progress
-
+    from app.client import AsyncClient, ClientError, RequestTimeout
     from app.sync import SyncError, sync_folder
+    from app.sync.progress import BarProgress, LineProgress
 
-    async def main() -> None:
-        headers = {"X-Api-Key": api_key, "User-Agent": "personaizer-sync"}
-        with Progress(console=err, transient=True, disable=not err.is_terminal) as progress:
-            task = progress.add_task("uploading", total=None)
+    progress: BarProgress | LineProgress = (
+        BarProgress(err) if err.is_terminal else LineProgress(err)
+    )
 
-            def on_progress(done: int, total: int) -> None:
-                progress.update(task, completed=done, total=total)
-
-            async with httpx.AsyncClient(base_url=url, headers=headers, timeout=300) as client:
-                report = await sync_folder(client, directory, prune=prune, on_progress=on_progress)
-        for line in report.skipped:
-            err.print(f"skipped {line}")
-        out.print(
-            f"created {report.created}, updated {report.updated}, unchanged {report.no_op}"
-            + (f", deleted {report.deleted}" if prune else "")
-        )
+    async def main() -> SyncReport:
+        async with AsyncClient(url, api_key, timeout=timeout, on_retry=progress.retrying) as api:
+            return await sync_folder(
+                api,
+                directory,
+                source=source,
+                prune=prune,
+                strict=strict,
+                max_chars=batch_chars,
+                progress=progress,
+            )
 
     try:
-        asyncio.run(main())
+        if isinstance(progress, BarProgress):
+            with progress:
+                report = asyncio.run(main())
+        else:
+            report = asyncio.run(main())
     except SyncError as exc:
         raise Fail(str(exc)) from exc
-    except httpx.TransportError as exc:
-        raise Fail(f"cannot reach {url}: {exc}") from exc
+    except RequestTimeout as exc:
+        raise Fail(f"{exc}; re-run sync: finished documents are no-ops") from exc
+    except ClientError as exc:
+        raise Fail(str(exc)) from exc
+    for skipped in report.skipped:
+        err.print(f"skipped {skipped}", markup=False)
+    out.print(
+        f"{report.source}: created {report.created}, updated {report.updated}, "
+        f"unchanged {report.no_op}, deleted {report.deleted}, skipped {len(report.skipped)} "
+        f"({report.batches} requests, {report.seconds:.1f} s)",
+        markup=False,
+    )
 
 
 # --- export-schema --------------------------------------------------------------------------
@@ -406,6 +554,7 @@ def db_upgrade(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> No
     from app import migrations
 
     settings = load_settings(data_dir, database_url)
+    check_database(settings, create=False)  # a SQLite file must exist; a server's schema may not
 
     async def upgrade() -> migrations.State:
         db = Database(settings)
@@ -439,13 +588,14 @@ def migrate(
 
     source_settings = load_settings(data_dir, database_url)
     target_settings = load_settings(data_dir, to)
+    check_database(source_settings, create=False)
 
     async def copy() -> None:
         source, target = Database(source_settings), Database(target_settings)
         if source.where == target.where:
             raise Fail("the target is the source; name another database with --to")
         try:
-            await source.migrate()
+            await source.migrate(create=False)
             await target.migrate()
             report = await copy_database(source, target, progress=lambda line: out.print(line))
         except TransferError as exc:
@@ -463,8 +613,31 @@ def migrate(
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The `personaizer` entry point: every failure is one line on stderr and a non-zero exit,
+    usage mistakes included (exit 2, as click has it)."""
     try:
-        cli(args=argv)
+        code = cli(args=argv, standalone_mode=False)
     except Fail as exc:
-        err.print(f"error: {exc}")
-        sys.exit(1)
+        _fail(str(exc), 1)
+    except typer.TyperException as exc:
+        # `personaizer` or `personaizer users` alone: the help, as asked (typer does not export
+        # the class of this one).
+        if type(exc).__name__ == "NoArgsIsHelpError" and getattr(exc, "ctx", None) is not None:
+            out.print(exc.ctx.get_help(), markup=False)  # type: ignore[attr-defined]
+            sys.exit(0)
+        _fail(exc.format_message(), exc.exit_code)
+    except typer.Abort:
+        _fail("aborted", 1)
+    except OSError as exc:
+        _fail(f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}", 1)
+    except Exception as exc:
+        # A bug: still one line for the operator; PERSONAIZER_TRACEBACK=1 shows where.
+        if os.environ.get("PERSONAIZER_TRACEBACK") == "1":
+            raise
+        _fail(f"unexpected {type(exc).__name__}: {exc} (PERSONAIZER_TRACEBACK=1 shows where)", 1)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(message: str, status: int) -> NoReturn:
+    err.print(f"error: {' '.join(message.split())}", markup=False)
+    sys.exit(status)

@@ -172,10 +172,19 @@ class Database:
         for engine in self._engines:
             await engine.dispose()
 
-    async def migrate(self) -> migrations.State:
+    async def migrate(self, *, create: bool = True) -> migrations.State:
         """Create, upgrade in place, or refuse the database; never recreate it. A SQLite file
-        is copied to `<file>.<revision>.bak` before it is upgraded."""
+        is copied to `<file>.<revision>.bak` before it is upgraded. `create=False`: refuse a
+        database that has no schema yet (an operator's command pointed at the wrong place)."""
         try:
+            if not create:
+                async with self.reader.connect() as conn:
+                    found = await conn.run_sync(migrations.state, self.where)
+                if found.revision is None:
+                    raise SchemaError(
+                        f"{self.where} holds no personaizer database yet: run `personaizer init` "
+                        "(or `serve`) with the same --data-dir / --database-url to make one"
+                    )
             if self.dialect == "sqlite":
                 return await self._migrate_sqlite()
             return await self._migrate_postgres()

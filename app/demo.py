@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import secrets
+from dataclasses import dataclass
+from pathlib import Path
 
 from rich.console import Console
 from starlette.applications import Starlette
 
 from app.db import Database
-from app.errors import UserExists
+from app.errors import Unauthorized, UserExists
 from app.models import KnowledgeDocItem, PersonaCreate
 from app.services import accounts, knowledge, personas
 from app.services.core import Core
@@ -71,28 +75,98 @@ SAMPLE_PERSONAS = [
 ]
 
 
-def install_demo(app: Starlette, console: Console) -> None:
-    """Make the demo account now (so its key can be printed) and load samples once ready."""
-    core: Core = app.state.core
-    password = secrets.token_urlsafe(12)
+#: Beside the database: the demo's password and key, so a restart can print them again (they
+#: are stored hashed in the database and cannot be read back from it).
+CREDENTIALS_FILE = "demo-credentials.json"
 
-    async def make_account() -> str:
+
+@dataclass(frozen=True, slots=True)
+class DemoAccount:
+    password: str
+    key: str
+    #: "created", "reused" (the saved credentials still work) or "reset".
+    how: str
+
+
+def _load_saved(path: Path) -> tuple[str, str] | None:
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        return str(saved["password"]), str(saved["key"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _save(path: Path, password: str, key: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Owner-only, like the database beside it; written whole, then moved into place.
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump({"email": DEMO_EMAIL, "password": password, "key": key}, f)
+    tmp.replace(path)
+
+
+async def _still_work(core: Core, password: str, key: str) -> bool:
+    try:
+        await accounts.login(core=core, email=DEMO_EMAIL, password=password)
+        await accounts.authenticate(core=core, api_key=key)
+    except Unauthorized:
+        return False
+    return True
+
+
+async def ensure_demo_account(core: Core, saved_at: Path) -> DemoAccount:
+    """The demo user on the pro plan with a password and a key that work.
+
+    On a restart the saved credentials are reused when they still work; otherwise (the file
+    was removed, the key disabled) the password is reset and the demo keys are replaced by one
+    new key, so keys do not pile up one per start."""
+    password = secrets.token_urlsafe(12)
+    try:
+        await accounts.create_user(core=core, email=DEMO_EMAIL, plan_id="pro", password=password)
+    except UserExists:
+        await accounts.set_plan(core=core, email=DEMO_EMAIL, plan_id="pro")
+    else:
+        key = (await accounts.create_key(core=core, email=DEMO_EMAIL, name="demo")).key
+        _save(saved_at, password, key)
+        return DemoAccount(password, key, "created")
+    saved = _load_saved(saved_at)
+    if saved is not None and await _still_work(core, *saved):
+        return DemoAccount(*saved, "reused")
+    await accounts.set_password(core=core, email=DEMO_EMAIL, password=password)
+    for old in await accounts.list_keys(core=core, email=DEMO_EMAIL):
+        if old.name == "demo":
+            await accounts.delete_key(core=core, prefix=old.prefix, email=DEMO_EMAIL)
+    key = (await accounts.create_key(core=core, email=DEMO_EMAIL, name="demo")).key
+    _save(saved_at, password, key)
+    return DemoAccount(password, key, "reset")
+
+
+def install_demo(app: Starlette, console: Console) -> None:
+    """Make (or reuse) the demo account now, so its key can be printed, and load the samples
+    once the model is ready."""
+    core: Core = app.state.core
+    saved_at = core.settings.data_dir / CREDENTIALS_FILE
+
+    async def make_account() -> DemoAccount:
         db = Database(core.settings)
         try:
             await db.migrate()
             boot = Core(settings=core.settings, db=db, embedder=core.embedder)
-            try:
-                await accounts.create_user(
-                    core=boot, email=DEMO_EMAIL, plan_id="pro", password=password
-                )
-            except UserExists:
-                await accounts.set_plan(core=boot, email=DEMO_EMAIL, plan_id="pro")
-            return (await accounts.create_key(core=boot, email=DEMO_EMAIL, name="demo")).key
+            return await ensure_demo_account(boot, saved_at)
         finally:
             await db.dispose()
 
-    key = asyncio.run(make_account())
-    console.print(f"Demo user: {DEMO_EMAIL}  password: {password}")
+    account = asyncio.run(make_account())
+    key = account.key
+    if account.how == "reused":
+        console.print(f"Demo user exists; its password and key are the ones saved in {saved_at}")
+    elif account.how == "reset":
+        console.print(
+            "Demo user exists but its saved credentials were missing or no longer work: "
+            "its password was reset and its demo key replaced"
+        )
+    console.print(f"Demo user: {DEMO_EMAIL}  password: {account.password}")
     console.print(f"Demo API key: {key}")
 
     async def load_samples(core: Core) -> None:

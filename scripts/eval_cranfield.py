@@ -531,6 +531,8 @@ def own_server(database_url: str | None = None) -> Iterator[tuple[str, str]]:
         data_dir.mkdir()
         email = "eval@example.com"
         _log(f"starting own server ({exe}, data dir {data_dir})")
+        # Only `serve` and `init` create a database; every other command refuses a missing one.
+        _run_cli(exe, ["init", "--data-dir", str(data_dir)], env)
         _run_cli(
             exe, ["users", "create", email, "--plan", "unlimited", "--data-dir", str(data_dir)], env
         )

@@ -23,6 +23,7 @@ from app.services import accounts
 from app.services.core import Core
 from app.settings import Settings
 from tests import pg
+from tests.live import live_server  # noqa: F401  (the session's real server process)
 
 
 @pytest.fixture(scope="session")

@@ -1,115 +1,314 @@
-"""`personaizer sync`: a folder of files through the public API, against the real app."""
+"""`personaizer sync`: ids, extraction, and whole syncs, through the library over ASGI and
+through the real CLI against a real server process."""
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 from starlette.applications import Starlette
 
+from app.client import AsyncClient, Client
+from app.models.base import EXTERNAL_ID_RE
 from app.sync import SyncError, collect, external_id_for, sync_folder
-from tests.conftest import client_for, new_key
+from app.sync.extract import Unreadable, decode, extract
+from tests.conftest import new_key
+from tests.documents import HTML_PAGE, LATIN1_TEXT, make_docx, make_pdf, mixed_folder
+from tests.live import LiveServer, free_port, personaizer
 
-pytestmark = pytest.mark.anyio
-
-
-def tree(root: Path, files: dict[str, str | bytes]) -> Path:
-    for rel, content in files.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(content, bytes):
-            path.write_bytes(content)
-        else:
-            path.write_text(content, encoding="utf-8")
-    return root
+# --- ids ----------------------------------------------------------------------------------
 
 
-def test_external_ids_from_paths() -> None:
-    assert external_id_for("guides/Reset password.md") == "guides:Reset-password.md"
-    assert external_id_for("a/b/c.txt") == "a:b:c.txt"
+def test_clean_paths_keep_their_names() -> None:
+    assert external_id_for("kb", "guides/reset.md") == "kb:guides:reset.md"
+    assert external_id_for("kb", "README") == "kb:README"
 
 
-def test_collect(tmp_path: Path) -> None:
-    root = tree(
-        tmp_path,
-        {
-            "a.md": "# Shipping times\n\nOrders ship in two days.",
-            "notes/b.txt": "plain text",
-            "empty.txt": "  \n",
-            "latin1.txt": b"caf\xe9",
-            "image.png": b"\x89PNG",
-            ".hidden/x.md": "secret",
-        },
-    )
-    docs, skipped = collect(root)
-    assert [(d.external_id, d.title) for d in docs] == [
-        ("a.md", "Shipping times"),
-        ("notes:b.txt", "b"),
+def test_non_ascii_names_stay_distinct_readable_and_stable() -> None:
+    names = [
+        "日本語.txt",
+        "中文.txt",
+        "日本.txt",
+        "a b.md",
+        "a-b.md",
+        "a:b.md",
+        "a/b.md",
+        "café.md",
     ]
-    assert sorted(skipped) == ["empty.txt: empty", "latin1.txt: not UTF-8"]
+    ids = [external_id_for("kb", n) for n in names]
+    assert len(set(ids)) == len(ids)
+    assert all(EXTERNAL_ID_RE.match(i) for i in ids)
+    assert ids[0].endswith(".txt") and ids[3].startswith("kb:a-b--")
+    assert ids[7].startswith("kb:cafe--")  # readable: the accent dropped, not the letter
+    assert ids[5] != ids[6]  # a ':' in a name is not a folder separator
+    # The same name typed on macOS (decomposed) and Linux (composed) is the same document.
+    assert external_id_for("kb", unicodedata.normalize("NFD", "café.md")) == ids[7]
+    assert external_id_for("kb", "日本語.txt") == ids[0]  # stable across runs
 
 
-def test_colliding_ids_are_refused(tmp_path: Path) -> None:
-    tree(tmp_path, {"a b.md": "x", "a-b.md": "y"})
-    with pytest.raises(SyncError, match="both map to"):
-        collect(tmp_path)
+def test_a_name_that_looks_hashed_cannot_collide() -> None:
+    hashed = external_id_for("kb", "日本語.txt")
+    lookalike = hashed.removeprefix("kb:")
+    assert external_id_for("kb", lookalike) != hashed
 
 
-async def test_sync_then_resync_then_prune(app: Starlette, tmp_path: Path) -> None:
-    key = await new_key(app, plan="free")
-    root = tree(tmp_path / "kb", {"a.md": "# A\nalpha", "b.txt": "beta", "c/d.md": "delta"})
-    async with client_for(app, **{"X-Api-Key": key}) as api:
-        await api.put("/api/knowledge/docs/by-external-id/manual", json={"content": "not mine"})
-        seen: list[tuple[int, int]] = []
-        report = await sync_folder(api, root, on_progress=lambda d, t: seen.append((d, t)))
-        assert (report.created, report.updated, report.no_op) == (3, 0, 0)
-        assert seen[-1] == (3, 3)
-        doc = (await api.get("/api/knowledge/docs/by-external-id/c:d.md")).json()
-        assert doc["metadata"] == {"source": "personaizer-sync", "path": "c/d.md"}
+def test_long_paths_fit_and_stay_distinct() -> None:
+    deep = "/".join(["folder-with-a-long-name"] * 8)
+    a, b = external_id_for("kb", f"{deep}/a.md"), external_id_for("kb", f"{deep}/b.md")
+    assert a != b and len(a) <= 128 and len(b) <= 128
+    assert EXTERNAL_ID_RE.match(a) and a.startswith("kb:folder-with-a-long-name:")
+
+
+# --- extraction ---------------------------------------------------------------------------
+
+
+def test_extracts_every_supported_kind(tmp_path: Path) -> None:
+    pdf = extract(make_pdf(tmp_path / "a.pdf", ["First line of text", "Second line"], "Leaflet"))
+    assert pdf.text == "First line of text\nSecond line" and pdf.title == "Leaflet"
+
+    docx = extract(make_docx(tmp_path / "b.docx", "Spec", ["USB-C port."]))
+    assert "USB-C port." in docx.text and "Warranty | five years" in docx.text
+    assert docx.title == "Spec"
+
+    (tmp_path / "c.html").write_text(HTML_PAGE, "utf-8")
+    html = extract(tmp_path / "c.html")
+    assert html.title == "Returns policy"
+    assert "Return any item within 30 days for a full refund." in html.text
+    assert "trackingSecret" not in html.text and "inline-script-text" not in html.text
+    assert "color: red" not in html.text
+
+    (tmp_path / "d.rst").write_text("Manual\n======\n\nBody.\n", "utf-8")
+    assert extract(tmp_path / "d.rst").title == "Manual"
+    (tmp_path / "LICENSE").write_text("Permission is granted.\n", "utf-8")
+    assert extract(tmp_path / "LICENSE").text == "Permission is granted.\n"
+
+
+def test_other_encodings_are_detected_not_refused() -> None:
+    assert decode(LATIN1_TEXT.encode("latin-1")) == LATIN1_TEXT
+    assert decode("Grüße aus München".encode("cp1252")) == "Grüße aus München"
+    assert decode("\ufeffwith a BOM".encode()) == "with a BOM"
+    assert decode("UTF-16 text".encode("utf-16")) == "UTF-16 text"
+
+
+def test_unreadable_files_say_why(tmp_path: Path) -> None:
+    cases = {
+        "empty.txt": (b"  \n", "empty"),
+        "blob": (b"\x00\x01\x02binary" * 50, "binary"),
+        "x.png": (b"\x89PNG", "unsupported type .png"),
+        "broken.pdf": (b"%PDF-1.4 not really", "not a readable PDF"),
+        "broken.docx": (b"PK not a zip", "not a readable DOCX"),
+    }
+    for name, (data, reason) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(Unreadable, match=re.escape(reason)):
+            extract(tmp_path / name)
+
+
+def test_collect_lists_every_skipped_file(tmp_path: Path) -> None:
+    root = mixed_folder(tmp_path / "kb")
+    (root / ".git").mkdir()
+    (root / ".git" / "config").write_text("x", "utf-8")
+    folder = collect(root, source="kb", doc_chars=100_000)
+    paths = sorted(d.metadata["path"] for d in folder.docs)
+    assert paths == sorted(
+        [
+            "README", "café menu.md", "guide.md", "latin1.txt", "leaflet.pdf", "manual.rst",
+            "notes.txt", "returns.html", "spec.docx", "sub/deep.md", "中文.txt", "日本.txt",
+            "日本語.txt",
+        ]
+    )  # fmt: skip
+    reasons = {s.path: s.reason for s in folder.skipped}
+    assert reasons.keys() == {".git/", "big.txt", "empty.txt", "image.png"}
+    assert "over the plan's doc_chars of 100,000" in reasons["big.txt"]
+    assert reasons["empty.txt"] == "empty" and "unsupported type .png" in reasons["image.png"]
+    latin = next(d for d in folder.docs if d.metadata["path"] == "latin1.txt")
+    assert latin.content == LATIN1_TEXT
+    assert all(d.metadata["source"] == "kb" for d in folder.docs)
+
+
+# --- whole syncs through the library (the app over ASGI) ----------------------------------
+
+
+def _client(app: Starlette, key: str) -> AsyncClient:
+    return AsyncClient("http://testserver", key, transport=httpx.ASGITransport(app=app))
+
+
+async def _ids(api: AsyncClient) -> list[str]:
+    return [d.external_id async for d in api.iter_docs()]
+
+
+@pytest.mark.anyio
+async def test_resync_is_free_and_prune_stays_in_its_source(app: Starlette, tmp_path: Path) -> None:
+    key = await new_key(app, plan="pro")
+    one = tmp_path / "one"
+    two = tmp_path / "two"
+    for root in (one, two):
+        root.mkdir()
+        (root / "a.md").write_text(f"# A\nalpha of {root.name}", "utf-8")
+        (root / "b.txt").write_text(f"beta of {root.name}", "utf-8")
+    async with _client(app, key) as api:
+        await api.upsert_doc("one:manual", content="written by hand, not by sync")
+        report = await sync_folder(api, one)
+        assert (report.source, report.created) == ("one", 2)
+        report = await sync_folder(api, two)
+        assert report.created == 2  # same relative paths, other source: other documents
 
         embedded = app.state.core.embedder.stats.texts
-        report = await sync_folder(api, root)
-        assert (report.created, report.updated, report.no_op) == (0, 0, 3)
+        report = await sync_folder(api, one)
+        assert (report.created, report.updated, report.no_op) == (0, 0, 2)
         assert app.state.core.embedder.stats.texts == embedded
 
-        (root / "b.txt").unlink()
-        (root / "a.md").write_text("# A\nalpha, revised", encoding="utf-8")
-        report = await sync_folder(api, root, prune=True)
-        assert (report.created, report.updated, report.no_op, report.deleted) == (0, 1, 1, 1)
-        ids = [d["external_id"] for d in (await api.get("/api/knowledge/docs")).json()["items"]]
-        assert ids == ["a.md", "c:d.md", "manual"]
+        # A file removed from `two`, a file grown too large in `two` (still there: kept).
+        (two / "a.md").unlink()
+        (two / "b.txt").write_text("y" * 500_001, "utf-8")
+        (two / "c.md").write_text("gamma", "utf-8")
+        report = await sync_folder(api, two, prune=True)
+        assert (report.created, report.deleted) == (1, 1)
+        assert [s.path for s in report.skipped] == ["b.txt"]
+        assert await _ids(api) == [
+            "one:a.md", "one:b.txt", "one:manual", "two:b.txt", "two:c.md",
+        ]  # fmt: skip
+
+        # An explicit --source; prune of an empty folder is refused, not a wipe-out.
+        report = await sync_folder(api, one, source="shared", prune=True)
+        assert report.created == 2 and report.deleted == 0
+        for path in list(one.iterdir()):
+            path.unlink()
+        with pytest.raises(SyncError, match="refusing to --prune"):
+            await sync_folder(api, one, prune=True)
+        with pytest.raises(SyncError, match="--source"):
+            await sync_folder(api, one, source="bad source")
 
 
-async def test_sync_reports_refusals(app: Starlette, tmp_path: Path) -> None:
-    root = tree(tmp_path / "kb", {"big.txt": "x" * 100_001})
+@pytest.mark.anyio
+async def test_strict_fails_before_uploading(app: Starlette, tmp_path: Path) -> None:
     key = await new_key(app, plan="free")
-    async with client_for(app, **{"X-Api-Key": key}) as api:
-        with pytest.raises(SyncError, match=r"big.txt is over the plan's 100000 characters"):
-            await sync_folder(api, root)
-    async with client_for(app, **{"X-Api-Key": "pa_live_" + "x" * 40}) as api:
-        with pytest.raises(SyncError, match=r"401 auth\.unauthorized"):
-            await sync_folder(api, root)
+    root = tmp_path / "kb"
+    root.mkdir()
+    (root / "ok.md").write_text("fine", "utf-8")
+    (root / "big.txt").write_text("x" * 100_001, "utf-8")
+    async with _client(app, key) as api:
+        with pytest.raises(SyncError, match=r"--strict: big.txt: 100,001 characters.*nothing"):
+            await sync_folder(api, root, strict=True)
+        assert await _ids(api) == []
+        report = await sync_folder(api, root)
+        assert report.created == 1 and [s.path for s in report.skipped] == ["big.txt"]
 
 
-def test_cli_sync_fails_in_one_line_when_server_is_down(tmp_path: Path) -> None:
-    import subprocess
-    import sys
+# --- the real CLI against a real server ---------------------------------------------------
 
-    tree(tmp_path, {"a.md": "x"})
-    r = subprocess.run(
-        [
-            str(Path(sys.executable).with_name("personaizer")),
-            "sync",
-            str(tmp_path),
-            "--api-key",
-            "pa_live_" + "x" * 40,
-            "--url",
-            "http://127.0.0.1:9",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+
+def sync_cli(server: LiveServer, key: str, root: Path, *args: str) -> Any:
+    return personaizer("sync", str(root), "--api-key", key, "--url", server.url, *args, timeout=300)
+
+
+def test_cli_syncs_a_real_folder(live_server: LiveServer, tmp_path: Path) -> None:
+    key = live_server.new_key("sync-cli@example.com", plan="pro")
+    root = mixed_folder(tmp_path / "handbook")
+    r = sync_cli(live_server, key, root, "--batch-chars", "400")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().startswith("handbook: created 13, updated 0, unchanged 0, deleted 0")
+    assert "skipped 3" in r.stdout
+    # Without a terminal: a line per batch (batches cut at 400 characters), then the skipped.
+    batches = [line for line in r.stderr.splitlines() if line.startswith("batch ")]
+    assert len(batches) >= 3 and batches[-1].endswith("(13/13)")
+    assert "skipped big.txt: 5,205,200 characters, over the plan's doc_chars of 500,000" in r.stderr
+    assert "skipped empty.txt: empty" in r.stderr and "skipped image.png: unsupported" in r.stderr
+
+    with Client(live_server.url, key) as api:
+        docs = {d.metadata["path"]: d for d in api.iter_docs(include_content=True)}
+        assert len(docs) == 13 and len({d.external_id for d in docs.values()}) == 13
+        assert docs["returns.html"].title == "Returns policy"
+        assert "trackingSecret" not in (docs["returns.html"].content or "")
+        assert docs["leaflet.pdf"].content == "Aurora lamp leaflet\nThree colour temperatures."
+        assert "USB-C port" in (docs["spec.docx"].content or "")
+        assert docs["latin1.txt"].content == LATIN1_TEXT
+        assert docs["日本語.txt"].content == "日本語のテキストです。\n"
+        hit = api.search("crêpes au beurre", mode="keyword").results[0]
+        assert hit.external_id == docs["latin1.txt"].external_id
+
+    r = sync_cli(live_server, key, root)
+    assert r.returncode == 0 and "created 0, updated 0, unchanged 13" in r.stdout
+
+    (root / "notes.txt").unlink()
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("notes of another folder", "utf-8")
+    r = sync_cli(live_server, key, other, "--prune")
+    assert r.returncode == 0 and "other: created 1, updated 0, unchanged 0, deleted 0" in r.stdout
+    r = sync_cli(live_server, key, root, "--prune")
+    assert "deleted 1" in r.stdout
+    with Client(live_server.url, key) as api:
+        ids = {d.external_id for d in api.iter_docs()}
+    assert "other:notes.txt" in ids and "handbook:notes.txt" not in ids and len(ids) == 13
+
+
+def test_cli_strict_and_errors_are_one_line(live_server: LiveServer, tmp_path: Path) -> None:
+    key = live_server.new_key("sync-errors@example.com", plan="free")
+    root = mixed_folder(tmp_path / "kb")
+    r = sync_cli(live_server, key, root, "--strict")
+    assert r.returncode == 1 and r.stderr.splitlines()[-1].startswith("error: --strict: ")
+    with Client(live_server.url, key) as api:
+        assert api.list_docs().total == 0
+
+    r = sync_cli(live_server, "pa_live_" + "x" * 40, root)
     assert r.returncode == 1
-    assert r.stderr.startswith("error: cannot reach") and r.stderr.strip().count("\n") == 0
+    assert r.stderr.splitlines()[-1].startswith(
+        "error: GET /api/subscription -> 401 auth.unauthorized"
+    )
+
+    down = f"http://127.0.0.1:{free_port()}"
+    r = personaizer("sync", str(root), "--api-key", key, "--url", down)
+    # The retries are told as they happen; the failure itself is the one last line.
+    assert r.returncode == 1 and r.stderr.count("error:") == 1
+    assert re.match(rf"error: cannot reach {re.escape(down)}: \S", r.stderr.splitlines()[-1])
+    assert "retrying in 0.5 s" in r.stderr
+
+    r = personaizer("sync", str(tmp_path / "missing"), "--api-key", key, "--url", live_server.url)
+    assert r.returncode == 1 and "is not a folder" in r.stderr
+
+
+def test_cli_timeout_is_honest_and_a_rerun_finishes(
+    live_server: LiveServer, tmp_path: Path
+) -> None:
+    key = live_server.new_key("sync-timeout@example.com", plan="pro")
+    root = tmp_path / "slow"
+    root.mkdir()
+    # Some tens of chunks: seconds of embedding, far beyond the 0.1 s the first run waits.
+    words = " ".join(f"word{i}" for i in range(2_500))
+    (root / "long.txt").write_text(words, "utf-8")
+    r = sync_cli(live_server, key, root, "--timeout", "0.1")
+    assert r.returncode == 1
+    last = r.stderr.splitlines()[-1]
+    assert "the server may still be processing it" in last
+    assert last.endswith("re-run sync: finished documents are no-ops")
+    r = sync_cli(live_server, key, root)
+    assert r.returncode == 0, r.stderr
+    assert "created 1" in r.stdout or "unchanged 1" in r.stdout
+
+
+@pytest.mark.anyio
+async def test_a_terminal_gets_a_bar_over_files(app: Starlette, tmp_path: Path) -> None:
+    import io
+
+    from rich.console import Console
+
+    from app.sync.progress import BarProgress
+
+    key = await new_key(app, plan="pro")
+    root = tmp_path / "kb"
+    root.mkdir()
+    for i in range(3):
+        (root / f"n{i}.md").write_text(f"note {i} " * 20, "utf-8")
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=120)
+    async with _client(app, key) as api:
+        with BarProgress(console) as bar:
+            report = await sync_folder(api, root, max_chars=200, progress=bar)
+    assert report.created == 3 and report.batches == 3
+    final = screen.getvalue().rsplit("\r", 1)[-1]
+    assert "reading" in final and "uploading" in final and final.count("3/3") == 2

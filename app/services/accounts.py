@@ -4,15 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import re
+from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlmodel import col, select
+from sqlmodel import col, func, select
 
 from app import security
 from app.errors import KeyNotFound, Unauthorized, UnknownPlan, UserExists, UserNotFound
-from app.models import ApiKey, ApiKeyCreated, ApiKeyPublic, User, UserPublic, utcnow
+from app.models import (
+    ApiKey,
+    ApiKeyCreated,
+    ApiKeyPublic,
+    Chunk,
+    KnowledgeDoc,
+    Persona,
+    User,
+    UserPublic,
+    utcnow,
+)
 from app.services.core import Core, Principal
 
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -201,3 +212,74 @@ async def authenticate(*, core: Core, api_key: str | None) -> Principal:
                 session.add(db_key)
     assert user.id is not None
     return Principal(user_id=user.id, email=user.email, plan=core.plan(user.plan_id))
+
+
+async def set_password(*, core: Core, email: str, password: str) -> UserPublic:
+    """Set (or replace) a user's dashboard password; a user made without one can then sign in."""
+    async with core.db.write() as session:
+        user = await _user_in(session, email)
+        user.password_hash = security.hash_password(password)
+        session.add(user)
+    return _user_public(user)
+
+
+@dataclass(frozen=True, slots=True)
+class UserData:
+    """What a user holds (or held, once deleted)."""
+
+    email: str
+    keys: int
+    documents: int
+    personas: int
+
+
+async def _user_in(session: AsyncSession, email: str) -> User:
+    user = (
+        await session.execute(select(User).where(User.email == email.strip().lower()))
+    ).scalar_one_or_none()
+    if user is None:
+        raise UserNotFound(f"No user {email}.")
+    return user
+
+
+async def _count(
+    session: AsyncSession, model: type[ApiKey | KnowledgeDoc | Persona], user_id: int
+) -> int:
+    query = select(func.count()).select_from(model).where(model.user_id == user_id)
+    return int((await session.execute(query)).scalar_one())
+
+
+async def _held(session: AsyncSession, user: User) -> UserData:
+    assert user.id is not None
+    return UserData(
+        email=user.email,
+        keys=await _count(session, ApiKey, user.id),
+        documents=await _count(session, KnowledgeDoc, user.id),
+        personas=await _count(session, Persona, user.id),
+    )
+
+
+async def user_data(*, core: Core, email: str) -> UserData:
+    async with core.db.read() as session:
+        return await _held(session, await _user_in(session, email))
+
+
+async def delete_user(*, core: Core, email: str) -> UserData:
+    """Delete a user and everything they own, in one transaction: keys, documents and their
+    chunks, vectors and keyword rows, personas, usage. Returns what was deleted."""
+    async with core.db.write() as session:
+        user = await _user_in(session, email)
+        held = await _held(session, user)
+        chunk_ids = [
+            i
+            for i in (
+                await session.execute(select(Chunk.id).where(Chunk.user_id == user.id))
+            ).scalars()
+            if i is not None
+        ]
+        # SQLite's vector and keyword indexes are virtual tables: no foreign key cascades there.
+        await core.index.delete(session, chunk_ids)
+        # Keys, documents (with chunks and persona attachments), personas and usage counters
+        # go by ON DELETE CASCADE.
+        await session.delete(user)
+    return held

@@ -29,9 +29,11 @@ def run(*args: str, data_dir: Path, stdin: str | None = None) -> subprocess.Comp
 
 
 def test_users_and_keys_lifecycle(tmp_path: Path) -> None:
-    r = run("users", "create", "ops@example.com", "--plan", "pro", data_dir=tmp_path)
+    r = run("init", data_dir=tmp_path)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "personaizer.db").exists()
+    r = run("users", "create", "ops@example.com", "--plan", "pro", data_dir=tmp_path)
+    assert r.returncode == 0, r.stderr
 
     r = run("users", "create", "ops@example.com", data_dir=tmp_path)
     assert r.returncode == 1
@@ -72,6 +74,7 @@ def test_users_and_keys_lifecycle(tmp_path: Path) -> None:
 
 
 def test_password_from_stdin(tmp_path: Path) -> None:
+    assert run("init", data_dir=tmp_path).returncode == 0
     r = run(
         "users", "create", "p@example.com", "--password-stdin", data_dir=tmp_path, stdin="short\n"
     )
@@ -112,7 +115,7 @@ def test_bad_database_is_one_line_error(tmp_path: Path) -> None:
 def test_serve_refuses_a_newer_database_in_one_line(tmp_path: Path) -> None:
     import sqlean
 
-    assert run("users", "list", data_dir=tmp_path).returncode == 0  # creates the file
+    assert run("init", data_dir=tmp_path).returncode == 0
     conn = sqlean.connect(str(tmp_path / "personaizer.db"))
     conn.execute("PRAGMA user_version = 99")
     conn.close()
@@ -130,6 +133,7 @@ def free_port() -> int:
 
 def test_serve_end_to_end(tmp_path: Path) -> None:
     """The README's first command, for real: a server process, the model loaded from disk."""
+    assert run("init", data_dir=tmp_path).returncode == 0
     assert run("users", "create", "e2e@example.com", data_dir=tmp_path).returncode == 0
     key = (
         run("keys", "create", "e2e@example.com", data_dir=tmp_path).stdout.strip().splitlines()[-1]

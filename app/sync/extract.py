@@ -1,0 +1,214 @@
+"""Text out of files: Markdown, plain text, reStructuredText, HTML, PDF, DOCX, and extensionless
+text files (`README`, `LICENSE`). A file that yields no text raises `Unreadable` with the reason
+the operator is shown.
+
+Plain text in UTF-8 (with or without a BOM) is read as such; anything else is given to
+charset-normalizer, so a Latin-1 or Windows-1252 file is read rather than refused. The parsers
+are imported when first needed: a sync of Markdown never loads pypdf.
+"""
+
+from __future__ import annotations
+
+import codecs
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+TEXT_SUFFIXES = frozenset({".md", ".markdown", ".txt", ".text", ".rst"})
+HTML_SUFFIXES = frozenset({".html", ".htm"})
+SUPPORTED = "md, markdown, txt, text, rst, html, htm, pdf, docx, or no extension"
+#: Files larger than this are not read at all: no plan takes a document that large.
+MAX_READ_BYTES = 64 * 1024 * 1024
+#: HTML elements whose text is not content.
+_DROP = ("script", "style", "noscript", "template", "svg", "iframe", "object")
+_BLOCKS = [
+    "p",
+    "div",
+    "br",
+    "li",
+    "ul",
+    "ol",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "tr",
+    "table",
+    "section",
+    "article",
+    "header",
+    "footer",
+    "nav",
+    "aside",
+    "main",
+    "pre",
+    "blockquote",
+    "dd",
+    "dt",
+    "dl",
+    "figure",
+    "figcaption",
+    "hr",
+    "form",
+    "fieldset",
+    "details",
+    "summary",
+]
+_SPACES = re.compile(r"[ \t\f\v\r\u00a0]+")
+_BLANKS = re.compile(r"\n{3,}")
+_WESTERN = ("cp1252", "latin_1", "iso8859_15")
+_RST_RULE = re.compile(r"^([=\-~^\"'`#*+:.])\1{2,}\s*$")
+
+
+class Unreadable(Exception):
+    """The file has no text to upload; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Extracted:
+    text: str
+    title: str | None
+
+
+def extract(path: Path) -> Extracted:
+    size = path.stat().st_size
+    if size > MAX_READ_BYTES:
+        raise Unreadable(f"{size / 2**20:.0f} MB, over the {MAX_READ_BYTES // 2**20} MB read limit")
+    suffix = path.suffix.lower()
+    if suffix in TEXT_SUFFIXES or not suffix:
+        text = decode(path.read_bytes())
+        title = _markdown_title(text) if suffix in (".md", ".markdown") else None
+        if suffix == ".rst":
+            title = _rst_title(text)
+        found = Extracted(text, title)
+    elif suffix in HTML_SUFFIXES:
+        found = _html(path.read_bytes())
+    elif suffix == ".pdf":
+        found = _pdf(path)
+    elif suffix == ".docx":
+        found = _docx(path)
+    else:
+        raise Unreadable(f"unsupported type {suffix} (sync reads {SUPPORTED})")
+    text = found.text.replace("\x00", "")
+    if not text.strip():
+        raise Unreadable("no text in it (a scanned PDF?)" if suffix == ".pdf" else "empty")
+    title = (found.title or "").strip()[:512] or None
+    return Extracted(text, title)
+
+
+def decode(data: bytes) -> str:
+    """Bytes of a text file as text: UTF-8 if it is, else what charset-normalizer finds."""
+    # NUL bytes are valid UTF-8 but no text file has them (UTF-16 aside, which has a BOM).
+    utf16 = data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))
+    if b"\x00" in data[:8192] and not utf16:
+        raise Unreadable("binary, not text")
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8) :]
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    from charset_normalizer import from_bytes
+
+    matches = from_bytes(data)
+    best = matches.best()
+    if best is None:
+        raise Unreadable("binary, or text in an encoding that could not be recognised")
+    # Short text fits several single-byte encodings about equally ("Café crème" reads as
+    # Polish cp1257 too). Among near-equal fits take the Western one, by far the commonest
+    # legacy encoding of the files people sync.
+    western = next(
+        (m for m in matches if m.encoding in _WESTERN and m.chaos <= best.chaos + 0.1), None
+    )
+    return str(western or best)
+
+
+def _markdown_title(text: str) -> str | None:
+    for line in text.splitlines():
+        if line.startswith("# "):
+            return line[2:].strip()
+    return None
+
+
+def _rst_title(text: str) -> str | None:
+    """The first section title: a line underlined (and maybe overlined) with punctuation."""
+    lines = [line.rstrip() for line in text.splitlines()]
+    for i in range(len(lines) - 1):
+        line, under = lines[i], lines[i + 1]
+        title = line.strip()
+        if (
+            title
+            and not _RST_RULE.match(line)
+            and _RST_RULE.match(under)
+            and len(under) >= len(title)
+        ):
+            return title
+    return None
+
+
+def _tidy(text: str) -> str:
+    lines = (_SPACES.sub(" ", line).strip() for line in text.split("\n"))
+    return _BLANKS.sub("\n\n", "\n".join(lines)).strip()
+
+
+def _html(data: bytes) -> Extracted:
+    from bs4 import BeautifulSoup
+
+    # The stdlib parser: no compiled dependency, and tolerant of the HTML found in the wild.
+    soup = BeautifulSoup(data, "html.parser")
+    for tag in soup(_DROP):
+        tag.decompose()
+    title_tag = soup.find("title") or soup.find("h1")
+    title = title_tag.get_text(" ", strip=True) if title_tag is not None else None
+    if soup.head is not None:
+        soup.head.decompose()
+    # Line breaks around block elements only, so `Hello <b>world</b>` stays one line.
+    for tag in soup.find_all(_BLOCKS):
+        tag.insert_before("\n")
+        tag.insert_after("\n")
+    return Extracted(_tidy(soup.get_text()), title)
+
+
+def _pdf(path: Path) -> Extracted:
+    from pypdf import PdfReader
+    from pypdf.errors import PyPdfError
+
+    # pypdf logs every oddity of a damaged file as a warning; the skip reason says enough.
+    logging.getLogger("pypdf").setLevel(logging.ERROR)
+    try:
+        reader = PdfReader(path)
+        if reader.is_encrypted and not reader.decrypt(""):
+            raise Unreadable("encrypted PDF")
+        pages = [page.extract_text() or "" for page in reader.pages]
+        title = reader.metadata.title if reader.metadata is not None else None
+    except (PyPdfError, ValueError, KeyError, OSError) as exc:
+        raise Unreadable(f"not a readable PDF ({exc.__class__.__name__}: {exc})") from exc
+    return Extracted(_tidy("\n\n".join(pages)), title)
+
+
+def _docx(path: Path) -> Extracted:
+    import zipfile
+
+    import docx
+    from docx.opc.exceptions import PackageNotFoundError
+
+    try:
+        document = docx.Document(str(path))
+    except (PackageNotFoundError, zipfile.BadZipFile, KeyError, ValueError) as exc:
+        raise Unreadable(f"not a readable DOCX ({exc.__class__.__name__}: {exc})") from exc
+    parts = [p.text for p in document.paragraphs]
+    for table in document.tables:
+        for row in table.rows:
+            parts.append(" | ".join(cell.text.strip() for cell in row.cells))
+    title = document.core_properties.title or next(
+        (
+            p.text
+            for p in document.paragraphs
+            if p.style is not None and p.style.name in ("Title", "Heading 1")
+        ),
+        None,
+    )
+    return Extracted(_tidy("\n".join(parts)), title)

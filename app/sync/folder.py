@@ -1,0 +1,120 @@
+"""A folder as documents: which files, their text, their ids, and every file left out with why."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from app.client import DocInput
+from app.sync.extract import Unreadable, extract
+from app.sync.ids import external_id_for
+
+#: `metadata.synced_by` of every document sync uploads; `--prune` touches no other document.
+SYNCED_BY = "personaizer-sync"
+
+
+class SyncError(Exception):
+    """A clean failure; the message is one line for the operator."""
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    path: str
+    reason: str
+    #: The file is still there (too large, unreadable): `--prune` must keep its document.
+    external_id: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+@dataclass
+class Folder:
+    root: Path
+    source: str
+    docs: list[DocInput] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+
+    @property
+    def present_ids(self) -> set[str]:
+        """Ids of every file that exists, uploaded or not: what `--prune` keeps."""
+        return {d.external_id for d in self.docs} | {
+            s.external_id for s in self.skipped if s.external_id is not None
+        }
+
+
+def _files(root: Path, skipped: list[Skipped]) -> list[Path]:
+    """Regular files under `root`, sorted; hidden ones (`.git/`, `.env`) are listed as skipped
+    once per hidden entry, not once per file inside it."""
+    found: list[Path] = []
+    for here, dirs, files in os.walk(root, onerror=None):
+        base = Path(here)
+        for name in sorted(dirs):
+            if name.startswith("."):
+                skipped.append(Skipped(_rel(base / name, root) + "/", "hidden folder, not read"))
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in files:
+            path = base / name
+            if name.startswith("."):
+                skipped.append(Skipped(_rel(path, root), "hidden file, not read"))
+            elif path.is_symlink() and not path.is_file():
+                skipped.append(Skipped(_rel(path, root), "broken link"))
+            elif path.is_file():
+                found.append(path)
+    return sorted(found)
+
+
+def _rel(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix()
+
+
+def collect(
+    root: Path,
+    *,
+    source: str,
+    doc_chars: int | None = None,
+    on_file: Callable[[int, int, str], None] | None = None,
+) -> Folder:
+    """Read every file under `root` into a document of `source`. A file over `doc_chars`
+    characters (the plan's limit) is skipped with its reason."""
+    if not root.is_dir():
+        raise SyncError(f"{root} is not a folder")
+    folder = Folder(root=root, source=source)
+    files = _files(root, folder.skipped)
+    seen: dict[str, str] = {}
+    for n, path in enumerate(files, 1):
+        rel = _rel(path, root)
+        if on_file is not None:
+            on_file(n, len(files), rel)
+        ext_id = external_id_for(source, rel)
+        if ext_id in seen:  # takes a 48-bit digest collision; see app/sync/ids.py
+            raise SyncError(f"{seen[ext_id]} and {rel} both map to external_id {ext_id!r}")
+        seen[ext_id] = rel
+        try:
+            found = extract(path)
+        except Unreadable as exc:
+            folder.skipped.append(Skipped(rel, str(exc), ext_id))
+            continue
+        except OSError as exc:
+            folder.skipped.append(Skipped(rel, f"cannot read: {exc.strerror or exc}", ext_id))
+            continue
+        if doc_chars is not None and len(found.text) > doc_chars:
+            folder.skipped.append(
+                Skipped(
+                    rel,
+                    f"{len(found.text):,} characters, over the plan's doc_chars of {doc_chars:,}",
+                    ext_id,
+                )
+            )
+            continue
+        folder.docs.append(
+            DocInput(
+                external_id=ext_id,
+                title=found.title or path.stem or path.name,
+                content=found.text,
+                metadata={"source": source, "path": rel, "synced_by": SYNCED_BY},
+            )
+        )
+    return folder
