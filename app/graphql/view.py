@@ -1,8 +1,9 @@
 """The `/graphql` endpoint: Strawberry's ASGI view with the contract's gate in front.
 
 Per request, in the contract's order (API.md section 3): authenticate (`X-Api-Key`, the same
-`Guard` as REST), read the body (size limit, JSON), charge the rate limit once for the whole
-operation (a mutation `writes`; a query `search` when it selects `search`, else `reads`), then
+`Guard` as REST), read the body (through REST's own intake, `app.intake`), charge the rate limit
+once for the whole operation (a mutation `writes`; a query `search` when it selects `search`,
+else `reads`), refuse lists that are too long from their length (`app.graphql.bounds`), then
 validate and execute. A refusal before execution (authentication, rate limit, a body that is
 not a GraphQL request) answers with its own HTTP status and a body of `errors` only; everything
 GraphQL decides itself (invalid documents, guard limits, domain errors while executing) is
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cross_web import AsyncHTTPRequestAdapter, HTTPException
+from cross_web import AsyncHTTPRequestAdapter, HTTPException, StarletteRequestAdapter
 from graphql import GraphQLError, OperationType, parse
 from graphql.language import (
     DocumentNode,
@@ -27,12 +28,14 @@ from graphql.language import (
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 from strawberry.asgi import GraphQL
 from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData
 from strawberry.types import ExecutionResult
 
-from app.errors import AppError, MethodNotAllowed, RouteNotFound, TooLarge
+from app import intake
+from app.errors import AppError, MethodNotAllowed, RouteNotFound, ValidationFailed
+from app.graphql.bounds import refuse_long_lists
 from app.graphql.context import Context, get_context
 from app.graphql.errors import format_error, from_http_exception, request_error
 from app.graphql.schema import MAX_TOKENS, schema
@@ -124,23 +127,17 @@ def _selects_root_field(
     return False
 
 
-def _limited(receive: Receive, limit: int) -> Receive:
-    """`receive`, refusing a body over `limit` bytes while it streams in."""
-    size = 0
+class RequestAdapter(StarletteRequestAdapter):
+    """Strawberry's view of a request, keeping the Starlette request for the shared intake."""
 
-    async def receive_limited() -> Message:
-        nonlocal size
-        message = await receive()
-        if message["type"] == "http.request":
-            size += len(message.get("body", b""))
-            if size > limit:
-                raise TooLarge(f"The body is over the limit of {limit} bytes.")
-        return message
-
-    return receive_limited
+    def __init__(self, request: Request) -> None:
+        super().__init__(request)
+        self.request = request
 
 
 class GraphQLView(GraphQL[Context, None]):
+    request_adapter_class = RequestAdapter
+
     def __init__(self, *, graphiql: bool, max_body_bytes: int) -> None:
         super().__init__(
             schema,
@@ -152,13 +149,10 @@ class GraphQLView(GraphQL[Context, None]):
         self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request = Request(scope, receive=_limited(receive, self.max_body_bytes))
+        request = Request(scope, receive=receive)
         context: Context | None = None
         response: Response
         try:
-            declared = request.headers.get("content-length")
-            if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-                raise TooLarge(f"The body is {declared} bytes; the limit is {self.max_body_bytes}.")
             if self.should_render_graphql_ide(self.request_adapter_class(request)):
                 # The GraphiQL page holds no data; its requests authenticate like any other.
                 if self.graphql_ide is None:
@@ -174,6 +168,22 @@ class GraphQLView(GraphQL[Context, None]):
         if context is not None:
             response.headers.update(context.response_headers)
         await response(scope, receive, send)
+
+    async def parse_http_body(
+        self, request_adapter: AsyncHTTPRequestAdapter
+    ) -> GraphQLRequestData | list[GraphQLRequestData]:
+        """A POST body through the same intake as every REST body (media type, size, UTF-8,
+        bounded JSON), so the same bytes get the same answer at both doors."""
+        if request_adapter.method != "POST":
+            return await super().parse_http_body(request_adapter)
+        assert isinstance(request_adapter, RequestAdapter)
+        return await intake.read_json(
+            request_adapter.request, limit=self.max_body_bytes, then=request_data
+        )
+
+    def decode_json(self, data: str | bytes) -> object:
+        # The JSON in a GET's query string (`variables`, `extensions`), as bounded as a body.
+        return intake.loads(data)
 
     async def get_context(self, request: Request | object, response: object) -> Context:
         assert isinstance(request, Request)
@@ -194,6 +204,10 @@ class GraphQLView(GraphQL[Context, None]):
             raise MethodNotAllowed("Send mutations with POST.", headers={"Allow": "POST"})
         headers = await context.guard.charge(context.principal, kind.policy, cost=kind.cost)
         context.response_headers.update(headers)
+        # Before graphql-core coerces the variables (item by item, on the event loop).
+        refused = refuse_long_lists(request_data, context.principal)
+        if refused is not None:
+            return refused
         result = await super().execute_single(
             request=request,
             request_adapter=request_adapter,
@@ -216,6 +230,26 @@ class GraphQLView(GraphQL[Context, None]):
         if result.extensions:
             response["extensions"] = result.extensions
         return response
+
+
+def request_data(data: object) -> GraphQLRequestData:
+    """A parsed body as one GraphQL request; anything else is `request.validation_failed`."""
+    if not isinstance(data, dict):
+        raise ValidationFailed(
+            "The body must be one GraphQL request, a JSON object with `query` "
+            "(batches of requests are not supported)."
+        )
+    for name, kind in (("query", "string"), ("operationName", "string"), ("variables", "object")):
+        value = data.get(name)
+        if value is not None and not isinstance(value, str if kind == "string" else dict):
+            raise ValidationFailed(f"`{name}` must be a {kind} or null.")
+    extensions = data.get("extensions")
+    return GraphQLRequestData(
+        query=data.get("query"),
+        variables=data.get("variables"),
+        operation_name=data.get("operationName"),
+        extensions=extensions if isinstance(extensions, dict) else None,
+    )
 
 
 def _refusal(exc: AppError) -> Response:
