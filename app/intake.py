@@ -20,9 +20,11 @@ Parsing a large body holds the interpreter for a while, so a body over `INLINE_B
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import re
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -53,6 +55,9 @@ MAX_ARRAYS = 100_000
 INLINE_BYTES = 64 * 1024
 
 _QUOTE, _BACKSLASH = 0x22, 0x5C
+# numpy holds the interpreter while it runs (running sums, lookups): a megabyte at a time keeps
+# each hold to a few milliseconds, so the event loop gets its turn between them.
+_CHUNK = 1 << 20
 _IS_MARK = np.zeros(256, dtype=np.bool_)
 _IS_MARK[list(b"[]{},")] = True
 _STEPS = np.zeros(256, dtype=np.int8)
@@ -62,6 +67,10 @@ _STEPS[list(b"]}")] = -1
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 _heavy: CapacityLimiter | None = None
+# Intakes running with the collector paused, and whether it ran before the first of them.
+_gc_lock = threading.Lock()
+_gc_pauses = 0
+_gc_was_enabled = True
 
 
 def is_json_media_type(content_type: str) -> bool:
@@ -102,14 +111,36 @@ async def read_json(request: Request, *, limit: int, then: Callable[[Any], T]) -
 
 
 async def off_loop(size: int, work: Callable[[], T]) -> T:
-    """`work()`, inline when its input is `size` <= INLINE_BYTES, else in a worker thread. At most
-    two heavy intakes run at once (this is CPU work; more threads would only queue for it)."""
+    """`work()`, inline when its input is `size` <= INLINE_BYTES, else in a worker thread with the
+    cyclic garbage collector paused. At most two heavy intakes run at once (this is CPU work; more
+    threads would only queue for it)."""
     global _heavy
     if size <= INLINE_BYTES:
         return work()
     if _heavy is None:
         _heavy = CapacityLimiter(2)
-    return await anyio.to_thread.run_sync(work, limiter=_heavy)
+    return await anyio.to_thread.run_sync(_without_gc, work, limiter=_heavy)
+
+
+def _without_gc(work: Callable[[], T]) -> T:
+    """`work()` with the cyclic collector paused. Parsing 10 MB makes up to a million objects,
+    which triggers full collections, and a full collection walks the whole heap (half a million
+    objects once the model is loaded: 0.3-0.8 s measured) holding the interpreter, event loop
+    included. What parsing makes holds no cycles (JSON cannot express one) and is freed by
+    reference counting when the work is done, so there is nothing for the collector to find."""
+    global _gc_pauses, _gc_was_enabled
+    with _gc_lock:
+        if _gc_pauses == 0:
+            _gc_was_enabled = gc.isenabled()
+            gc.disable()
+        _gc_pauses += 1
+    try:
+        return work()
+    finally:
+        with _gc_lock:
+            _gc_pauses -= 1
+            if _gc_pauses == 0 and _gc_was_enabled:
+                gc.enable()
 
 
 def loads(raw: bytes | str) -> Any:
@@ -143,6 +174,14 @@ def loads(raw: bytes | str) -> Any:
 
 def _check_shape(raw: bytes) -> None:
     kinds = _structure(raw)
+    depth = deepest = 0
+    for start in range(0, kinds.size, _CHUNK):
+        running = np.cumsum(_STEPS[kinds[start : start + _CHUNK]], dtype=np.int64) + depth
+        deepest, depth = max(deepest, int(running.max())), int(running[-1])
+    if deepest > MAX_DEPTH:
+        raise MalformedJson(
+            f"The body nests arrays and objects {deepest} deep; the limit is {MAX_DEPTH}."
+        )
     arrays = int(np.count_nonzero(kinds == ord("[")))
     if arrays > MAX_ARRAYS:
         raise TooLarge(f"The body holds {arrays} arrays; the limit is {MAX_ARRAYS}.")
@@ -151,12 +190,6 @@ def _check_shape(raw: bytes) -> None:
     values += int(np.count_nonzero(kinds == ord("{")))
     if values > MAX_VALUES:
         raise TooLarge(f"The body holds about {values} JSON values; the limit is {MAX_VALUES}.")
-    if kinds.size:
-        depth = int(np.cumsum(_STEPS[kinds], dtype=np.int64).max())
-        if depth > MAX_DEPTH:
-            raise MalformedJson(
-                f"The body nests arrays and objects {depth} deep; the limit is {MAX_DEPTH}."
-            )
 
 
 def _structure(raw: bytes) -> np.ndarray[Any, np.dtype[np.uint8]]:
@@ -167,16 +200,25 @@ def _structure(raw: bytes) -> np.ndarray[Any, np.dtype[np.uint8]]:
     an even number of such quotes comes before it. (UTF-8 never puts a quote or a backslash byte
     inside a multi-byte character, so this is exact on the raw bytes.)"""
     data = np.frombuffer(raw, dtype=np.uint8)
-    quotes = data == _QUOTE
     slashes = np.flatnonzero(data == _BACKSLASH)
+    escaped = slashes[:0]
     if slashes.size:
         gaps = np.diff(slashes) != 1
         first = slashes[np.concatenate(([True], gaps))]
         last = slashes[np.concatenate((gaps, [True]))]
         escaped = last[(last - first) % 2 == 0] + 1  # after an odd run of backslashes
-        quotes[escaped[escaped < data.size]] = False
-    inside = np.cumsum(quotes, dtype=np.uint8) & 1  # wraps at 256, which keeps the parity
-    marks: np.ndarray[Any, np.dtype[np.uint8]] = data[_IS_MARK[data] & (inside == 0)]
+    pieces = []
+    carry = 0  # quotes before this block, mod 256 (uint8 wraps, which keeps the parity)
+    for start in range(0, data.size, _CHUNK):
+        block = data[start : start + _CHUNK]
+        quotes = block == _QUOTE
+        lo, hi = np.searchsorted(escaped, (start, start + block.size))
+        quotes[escaped[lo:hi] - start] = False
+        seen = np.cumsum(quotes, dtype=np.uint8)
+        seen += carry
+        carry = int(seen[-1])
+        pieces.append(block[_IS_MARK[block] & (seen & 1 == 0)])
+    marks: np.ndarray[Any, np.dtype[np.uint8]] = np.concatenate(pieces) if pieces else data[:0]
     return marks
 
 

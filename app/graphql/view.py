@@ -12,7 +12,7 @@ HTTP 200 with `errors` (docs/decisions.md, "GraphQL").
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cross_web import AsyncHTTPRequestAdapter, HTTPException, StarletteRequestAdapter
 from graphql import GraphQLError, OperationType, parse
@@ -41,6 +41,7 @@ from app.graphql.errors import format_error, from_http_exception, request_error
 from app.graphql.schema import MAX_TOKENS, schema
 from app.graphql.search import SEARCH_FIELD
 from app.ratelimit import Policy
+from app.services.core import Principal
 from app.settings import Settings
 
 PATH = "/graphql"
@@ -160,6 +161,7 @@ class GraphQLView(GraphQL[Context, None]):
                 response = await self.render_graphql_ide(request)
             else:
                 context = await get_context(request)
+                request.state.principal = context.principal  # for `parse_http_body`
                 response = await self.run(request, context=context)
         except HTTPException as exc:
             response = _refusal(from_http_exception(exc))
@@ -177,8 +179,25 @@ class GraphQLView(GraphQL[Context, None]):
         if request_adapter.method != "POST":
             return await super().parse_http_body(request_adapter)
         assert isinstance(request_adapter, RequestAdapter)
+        principal: Principal = request_adapter.request.state.principal
+
+        def bounded(data: object) -> GraphQLRequestData:
+            # Where the body was parsed (a worker thread when it is large), so that a list too
+            # long to run is refused, and freed, there: not item by item on the event loop.
+            request = request_data(data)
+            refusal = refuse_long_lists(request, principal)
+            if refusal is None:
+                return request
+            return RefusedRequestData(
+                query=request.query,
+                variables=None,
+                operation_name=request.operation_name,
+                extensions=None,
+                refusal=refusal,
+            )
+
         return await intake.read_json(
-            request_adapter.request, limit=self.max_body_bytes, then=request_data
+            request_adapter.request, limit=self.max_body_bytes, then=bounded
         )
 
     def decode_json(self, data: str | bytes) -> object:
@@ -205,6 +224,8 @@ class GraphQLView(GraphQL[Context, None]):
         headers = await context.guard.charge(context.principal, kind.policy, cost=kind.cost)
         context.response_headers.update(headers)
         # Before graphql-core coerces the variables (item by item, on the event loop).
+        if isinstance(request_data, RefusedRequestData):
+            return request_data.refusal
         refused = refuse_long_lists(request_data, context.principal)
         if refused is not None:
             return refused
@@ -230,6 +251,14 @@ class GraphQLView(GraphQL[Context, None]):
         if result.extensions:
             response["extensions"] = result.extensions
         return response
+
+
+@dataclass
+class RefusedRequestData(GraphQLRequestData):
+    """A request refused while its body was read, its variables already dropped: charged to the
+    rate limit like any other, then answered with `refusal`."""
+
+    refusal: ExecutionResult = field(kw_only=True)
 
 
 def request_data(data: object) -> GraphQLRequestData:
