@@ -10,11 +10,15 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import text
 from starlette.applications import Starlette
 
+from app import intake
 from app.intake import MAX_ARRAYS, MAX_DEPTH, MAX_VALUES
 from app.models import METADATA_MAX_DEPTH, PERSONA_KNOWLEDGE_MAX
+from app.models.base import json_depth
 from tests.conftest import AppFactory, assert_problem, client_for, new_key
 
 pytestmark = pytest.mark.anyio
@@ -255,3 +259,51 @@ async def test_an_encoded_slash_in_an_external_id_is_invalid_not_missing(
     assert_problem(r, 422, "knowledge.invalid_external_id")
     assert_problem(await api.get(by_id("a/b")), 422, "knowledge.invalid_external_id")
     assert (await api.get(DOCS)).json()["total"] == 0
+
+
+# --- the shape of a body, read from its bytes -----------------------------------------------
+
+nasty_text = st.text(alphabet='ab[]{},:"\\ \u00e9\u200b\U0001f600', max_size=12)
+json_trees = st.recursive(
+    st.none() | st.booleans() | st.integers() | nasty_text,
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(nasty_text, children, max_size=4)
+    ),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=300, database=None, deadline=None)
+@given(value=json_trees, ascii_only=st.booleans(), chunk=st.sampled_from([1, 7, 1 << 20]))
+def test_the_shape_is_read_exactly_from_the_bytes(value: Any, ascii_only: bool, chunk: int) -> None:
+    """The vectorised scan (which skips brackets inside strings, escaped quotes included) finds
+    exactly the nesting and the arrays that parsing finds, however its work is split."""
+    raw = json.dumps(value, ensure_ascii=ascii_only).encode()
+    saved, intake._CHUNK = intake._CHUNK, chunk
+    try:
+        kinds = intake._structure(raw).tobytes()
+    finally:
+        intake._CHUNK = saved
+    depth = running = 0
+    for mark in kinds:
+        running += {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}.get(mark, 0)
+        depth = max(depth, running)
+    assert depth == json_depth(value)
+    assert kinds.count(b"[") == _arrays(value)
+    assert kinds.count(b"{") == _objects(value)
+
+
+def _arrays(value: Any) -> int:
+    if isinstance(value, list):
+        return 1 + sum(_arrays(v) for v in value)
+    if isinstance(value, dict):
+        return sum(_arrays(v) for v in value.values())
+    return 0
+
+
+def _objects(value: Any) -> int:
+    if isinstance(value, list):
+        return sum(_objects(v) for v in value)
+    if isinstance(value, dict):
+        return 1 + sum(_objects(v) for v in value.values())
+    return 0
