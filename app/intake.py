@@ -32,7 +32,7 @@ import anyio.to_thread
 import numpy as np
 from anyio import CapacityLimiter
 
-from app.errors import MalformedJson, TooLarge, UnsupportedMediaType
+from app.errors import AppError, MalformedJson, TooLarge, UnsupportedMediaType
 
 if TYPE_CHECKING:  # the doors pass one in; `loads` serves the services too (cursors)
     from starlette.requests import Request
@@ -107,7 +107,17 @@ async def read_json(request: Request, *, limit: int, then: Callable[[Any], T]) -
         raise MalformedJson("A JSON body is required.")
     if not content_type:
         raise UnsupportedMediaType("Send the body with Content-Type: application/json.")
-    return await off_loop(len(raw), lambda: then(loads(raw)))
+
+    def work() -> T:
+        try:
+            return then(loads(raw))
+        except AppError as exc:
+            # A refusal keeps nothing that holds the body (frames, a chained pydantic error), so
+            # a large one is freed here, in the worker, not later on the event loop.
+            exc.__traceback__ = exc.__context__ = exc.__cause__ = None
+            raise
+
+    return await off_loop(len(raw), work)
 
 
 async def off_loop(size: int, work: Callable[[], T]) -> T:
