@@ -113,8 +113,10 @@ def check_metadata(value: JsonObject) -> JsonObject:
         raise PydanticCustomError(
             "invalid_unicode", "metadata strings must be Unicode (no lone surrogates)"
         ) from exc
-    except (ValueError, TypeError) as exc:
+    except ValueError as exc:  # NaN or an infinity (allow_nan=False)
         raise PydanticCustomError("not_finite", "metadata numbers must be finite") from exc
+    except TypeError as exc:
+        raise PydanticCustomError("not_json", "metadata must be JSON") from exc
     except RecursionError as exc:
         raise _too_deep(None) from exc
     if size > METADATA_MAX_BYTES:
