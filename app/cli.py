@@ -93,9 +93,7 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
     except SchemaError as exc:
         raise Fail(str(exc)) from exc
     except SQLAlchemyError as exc:
-        raise Fail(
-            f"database error: {exc.__class__.__name__}: {getattr(exc, 'orig', exc)}"
-        ) from exc
+        raise Fail(f"database error: {exc.__class__.__name__}: {getattr(exc, 'orig', exc)}") from exc
 
 
 def _dump(value: Any) -> str:
