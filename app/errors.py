@@ -50,6 +50,11 @@ class FieldError:
         return {**where, "code": self.code, "message": self.message}
 
 
+#: Field errors a problem lists. Past this, `errors` holds the first ones and `errors_total`
+#: says how many there were, so that no answer is bigger than the request deserves.
+MAX_FIELD_ERRORS = 100
+
+
 class AppError(Exception):
     code: ClassVar[str] = "server.internal_error"
     status: ClassVar[int] = 500
@@ -66,10 +71,21 @@ class AppError(Exception):
         headers: dict[str, str] | None = None,
     ) -> None:
         self.detail = detail or self.title
-        self.errors = errors or []
         self.extra = extra or {}
+        self.errors = errors or []
         self.headers = headers or {}
         super().__init__(self.detail)
+
+    @property
+    def errors(self) -> list[FieldError]:
+        """The fields at fault: at most MAX_FIELD_ERRORS of them (see `errors_total`)."""
+        return self._errors
+
+    @errors.setter
+    def errors(self, value: list[FieldError]) -> None:
+        self._errors = value[:MAX_FIELD_ERRORS]
+        if len(value) > MAX_FIELD_ERRORS:
+            self.extra["errors_total"] = len(value)
 
 
 class Unauthorized(AppError):
@@ -96,7 +112,11 @@ class MalformedJson(AppError):
     code = "request.malformed_json"
     status = 400
     title = "Malformed JSON"
-    description = "The request body is not valid JSON, or not UTF-8."
+    description = (
+        "The request body is not valid JSON, or not UTF-8: also a number out of the range of a "
+        "64-bit float (`1e309`), a string holding a lone UTF-16 surrogate (`\\ud800`), or "
+        "arrays and objects nested more than 64 deep (the server's parser limit)."
+    )
 
 
 class InvalidCursor(AppError):
@@ -169,7 +189,10 @@ class TooLarge(AppError):
     code = "request.too_large"
     status = 413
     title = "Request too large"
-    description = "The request body is over the server's limit (default 10 MiB)."
+    description = (
+        "The request body is over the server's limit: 10 MiB by default, and at most 1,000,000 "
+        "JSON values and 100,000 arrays however few bytes they take."
+    )
 
 
 class RequestTimeout(AppError):

@@ -9,10 +9,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.errors import InvalidCursor
+from app import intake
+from app.errors import AppError, InvalidCursor
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
+#: Longer than any cursor this server makes (a 128-character external_id or a persona id,
+#: in base64): a longer one cannot be ours, and is refused before it is decoded.
+MAX_CURSOR_CHARS = 512
 
 
 class PageQuery(BaseModel):
@@ -30,13 +34,19 @@ def encode_cursor(position: dict[str, Any]) -> str:
 
 
 def decode_cursor(cursor: str | None, *, keys: tuple[str, ...]) -> dict[str, Any] | None:
-    """The position a cursor stands for, or `InvalidCursor` when it is not one of ours."""
+    """The position a cursor stands for, or `InvalidCursor` when it is not one of ours.
+
+    A cursor is client input like any other: it is decoded by the same bounded JSON intake as a
+    body (no deep nesting, no lone surrogates), and only a flat object of the expected keys with
+    string values passes."""
     if cursor is None:
         return None
+    if len(cursor) > MAX_CURSOR_CHARS:
+        raise InvalidCursor("The cursor does not decode.")
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
-        value = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
-    except (ValueError, UnicodeError, binascii.Error) as exc:
+        value = intake.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
+    except (AppError, ValueError, binascii.Error) as exc:
         raise InvalidCursor("The cursor does not decode.") from exc
     if (
         not isinstance(value, dict)

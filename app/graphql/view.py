@@ -1,8 +1,9 @@
 """The `/graphql` endpoint: Strawberry's ASGI view with the contract's gate in front.
 
 Per request, in the contract's order (API.md section 3): authenticate (`X-Api-Key`, the same
-`Guard` as REST), read the body (size limit, JSON), charge the rate limit once for the whole
-operation (`app.graphql.charging`: writes per mutation field, searches per search field), then
+`Guard` as REST), read the body (through REST's own intake, `app.intake`), charge the rate limit
+once for the whole operation (`app.graphql.charging`: writes per mutation field, searches per
+search field), refuse lists that are too long from their length (`app.graphql.bounds`), then
 validate and execute. A refusal before execution (authentication, rate limit, a body that is
 not a GraphQL request) answers with its own HTTP status and a body of `errors` only; everything
 GraphQL decides itself (invalid documents, guard limits, domain errors while executing) is
@@ -11,25 +12,29 @@ HTTP 200 with `errors` (docs/decisions.md, "GraphQL").
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from cross_web import AsyncHTTPRequestAdapter, HTTPException
+from cross_web import AsyncHTTPRequestAdapter, HTTPException, StarletteRequestAdapter
 from graphql import OperationType
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 from strawberry.asgi import GraphQL
 from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData
 from strawberry.types import ExecutionResult
 
-from app.errors import AppError, MethodNotAllowed, RouteNotFound, TooLarge
+from app import intake
+from app.errors import AppError, MethodNotAllowed, RouteNotFound, ValidationFailed
+from app.graphql.bounds import refuse_long_lists
 from app.graphql.charging import classify
 from app.graphql.context import Context, get_context
 from app.graphql.errors import format_error, from_http_exception, request_error
 from app.graphql.schema import schema
+from app.services.core import Principal
 from app.settings import Settings
 
 PATH = "/graphql"
@@ -38,23 +43,17 @@ EXPLORER_DIR = Path(__file__).parent / "static" / "graphiql"
 EXPLORER_PATH = "/static/graphiql"
 
 
-def _limited(receive: Receive, limit: int) -> Receive:
-    """`receive`, refusing a body over `limit` bytes while it streams in."""
-    size = 0
+class RequestAdapter(StarletteRequestAdapter):
+    """Strawberry's view of a request, keeping the Starlette request for the shared intake."""
 
-    async def receive_limited() -> Message:
-        nonlocal size
-        message = await receive()
-        if message["type"] == "http.request":
-            size += len(message.get("body", b""))
-            if size > limit:
-                raise TooLarge(f"The body is over the limit of {limit} bytes.")
-        return message
-
-    return receive_limited
+    def __init__(self, request: Request) -> None:
+        super().__init__(request)
+        self.request = request
 
 
 class GraphQLView(GraphQL[Context, None]):
+    request_adapter_class = RequestAdapter
+
     def __init__(self, *, graphiql: bool, max_body_bytes: int) -> None:
         super().__init__(
             schema,
@@ -71,13 +70,10 @@ class GraphQLView(GraphQL[Context, None]):
         return (EXPLORER_DIR / "explorer.html").read_text(encoding="utf-8")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request = Request(scope, receive=_limited(receive, self.max_body_bytes))
+        request = Request(scope, receive=receive)
         context: Context | None = None
         response: Response
         try:
-            declared = request.headers.get("content-length")
-            if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-                raise TooLarge(f"The body is {declared} bytes; the limit is {self.max_body_bytes}.")
             if self.should_render_graphql_ide(self.request_adapter_class(request)):
                 # The GraphiQL page holds no data; its requests authenticate like any other.
                 if self.graphql_ide is None:
@@ -85,6 +81,7 @@ class GraphQLView(GraphQL[Context, None]):
                 response = await self.render_graphql_ide(request)
             else:
                 context = await get_context(request)
+                request.state.principal = context.principal  # for `parse_http_body`
                 response = await self.run(request, context=context)
         except HTTPException as exc:
             response = _refusal(from_http_exception(exc))
@@ -93,6 +90,39 @@ class GraphQLView(GraphQL[Context, None]):
         if context is not None:
             response.headers.update(context.response_headers)
         await response(scope, receive, send)
+
+    async def parse_http_body(
+        self, request_adapter: AsyncHTTPRequestAdapter
+    ) -> GraphQLRequestData | list[GraphQLRequestData]:
+        """A POST body through the same intake as every REST body (media type, size, UTF-8,
+        bounded JSON), so the same bytes get the same answer at both doors."""
+        if request_adapter.method != "POST":
+            return await super().parse_http_body(request_adapter)
+        assert isinstance(request_adapter, RequestAdapter)
+        principal: Principal = request_adapter.request.state.principal
+
+        def bounded(data: object) -> GraphQLRequestData:
+            # Where the body was parsed (a worker thread when it is large), so that a list too
+            # long to run is refused, and freed, there: not item by item on the event loop.
+            request = request_data(data)
+            refusal = refuse_long_lists(request, principal)
+            if refusal is None:
+                return request
+            return RefusedRequestData(
+                query=request.query,
+                variables=None,
+                operation_name=request.operation_name,
+                extensions=None,
+                refusal=refusal,
+            )
+
+        return await intake.read_json(
+            request_adapter.request, limit=self.max_body_bytes, then=bounded
+        )
+
+    def decode_json(self, data: str | bytes) -> object:
+        # The JSON in a GET's query string (`variables`, `extensions`), as bounded as a body.
+        return intake.loads(data)
 
     async def get_context(self, request: Request | object, response: object) -> Context:
         assert isinstance(request, Request)
@@ -113,6 +143,12 @@ class GraphQLView(GraphQL[Context, None]):
             raise MethodNotAllowed("Send mutations with POST.", headers={"Allow": "POST"})
         headers = await context.guard.charge(context.principal, kind.policy, cost=kind.cost)
         context.response_headers.update(headers)
+        # Before graphql-core coerces the variables (item by item, on the event loop).
+        if isinstance(request_data, RefusedRequestData):
+            return request_data.refusal
+        refused = refuse_long_lists(request_data, context.principal)
+        if refused is not None:
+            return refused
         result = await super().execute_single(
             request=request,
             request_adapter=request_adapter,
@@ -153,3 +189,31 @@ def graphql_route(settings: Settings) -> Route:
     GraphQL's error shape."""
     view = GraphQLView(graphiql=settings.graphiql_enabled, max_body_bytes=settings.max_body_bytes)
     return Route(PATH, view, name="graphql")
+
+
+@dataclass
+class RefusedRequestData(GraphQLRequestData):
+    """A request refused while its body was read, its variables already dropped: charged to the
+    rate limit like any other, then answered with `refusal`."""
+
+    refusal: ExecutionResult = field(kw_only=True)
+
+
+def request_data(data: object) -> GraphQLRequestData:
+    """A parsed body as one GraphQL request; anything else is `request.validation_failed`."""
+    if not isinstance(data, dict):
+        raise ValidationFailed(
+            "The body must be one GraphQL request, a JSON object with `query` "
+            "(batches of requests are not supported)."
+        )
+    for name, kind in (("query", "string"), ("operationName", "string"), ("variables", "object")):
+        value = data.get(name)
+        if value is not None and not isinstance(value, str if kind == "string" else dict):
+            raise ValidationFailed(f"`{name}` must be a {kind} or null.")
+    extensions = data.get("extensions")
+    return GraphQLRequestData(
+        query=data.get("query"),
+        variables=data.get("variables"),
+        operation_name=data.get("operationName"),
+        extensions=extensions if isinstance(extensions, dict) else None,
+    )

@@ -32,6 +32,9 @@ from app.models.base import (
     METADATA_MAX_BYTES as METADATA_MAX_BYTES,
 )
 from app.models.base import (
+    METADATA_MAX_DEPTH as METADATA_MAX_DEPTH,
+)
+from app.models.base import (
     TITLE_MAX as TITLE_MAX,
 )
 from app.models.base import (
@@ -126,6 +129,9 @@ from app.models.personas import (
 )
 from app.models.personas import (
     PERSONA_INSTRUCTIONS_MAX as PERSONA_INSTRUCTIONS_MAX,
+)
+from app.models.personas import (
+    PERSONA_KNOWLEDGE_MAX as PERSONA_KNOWLEDGE_MAX,
 )
 from app.models.personas import (
     PERSONA_NAME_MAX as PERSONA_NAME_MAX,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -22,7 +23,19 @@ from sqlmodel import Field
 
 EXTERNAL_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 METADATA_MAX_BYTES = 8 * 1024
+#: Deepest nesting of objects and arrays in metadata (`{"a": {}}` is 2 deep). Far more than any
+#: use needs, far less than what breaks a JSON encoder or SQLite's JSON functions.
+METADATA_MAX_DEPTH = 32
 TITLE_MAX = 512
+
+# What a reader cannot see: whitespace, control and format characters (zero-width spaces and
+# joiners, bidi marks, the BOM), and the rest of Unicode's Default_Ignorable_Code_Point set
+# (fillers, variation selectors, tags). Text made only of these is blank.
+_INVISIBLE = re.compile(
+    r"[\s\x00-\x1f\x7f-\x9f\xad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f"
+    r"\u200b-\u200f\u202a-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8"
+    r"\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff]*"
+)
 
 JsonObject = dict[str, Any]
 
@@ -33,9 +46,22 @@ def utcnow() -> datetime:
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
+_LATEST = datetime.max.replace(tzinfo=UTC)
+
+
 def format_time(value: datetime) -> str:
-    """RFC 3339 UTC with milliseconds and `Z`, the contract's only time format."""
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    """RFC 3339 UTC with milliseconds and `Z`, the contract's only time format.
+
+    Fixed width for every year (`0999-...`, where strftime writes `999-...`), because stored
+    times compare as text. An instant beyond either end of what `datetime` holds (year 1 or 9999
+    with an offset; only a query bound can be one) becomes that end, which compares the same
+    against every stored time."""
+    try:
+        utc = value.astimezone(UTC)
+    except OverflowError:
+        utc = _EARLIEST if value.year < 5000 else _LATEST
+    return f"{utc.year:04d}-{utc:%m-%dT%H:%M:%S}.{utc.microsecond // 1000:03d}Z"
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -77,18 +103,67 @@ def check_external_id(value: str) -> str:
 
 
 def check_metadata(value: JsonObject) -> JsonObject:
-    size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+    """Metadata that every reader can read back: JSON (finite numbers, Unicode strings), at most
+    METADATA_MAX_BYTES serialized and METADATA_MAX_DEPTH deep. Serializing comes first: it is
+    C-fast on any input, and bounds the walk for depth to 8 KiB."""
+    try:
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        size = len(text.encode())
+    except UnicodeEncodeError as exc:
+        raise PydanticCustomError(
+            "invalid_unicode", "metadata strings must be Unicode (no lone surrogates)"
+        ) from exc
+    except ValueError as exc:  # NaN or an infinity (allow_nan=False)
+        raise PydanticCustomError("not_finite", "metadata numbers must be finite") from exc
+    except TypeError as exc:
+        raise PydanticCustomError("not_json", "metadata must be JSON") from exc
+    except RecursionError as exc:
+        raise _too_deep(None) from exc
     if size > METADATA_MAX_BYTES:
         raise PydanticCustomError(
             "metadata_too_large",
             "metadata must serialize to at most 8 KiB of JSON (got {size} bytes)",
             {"size": size},
         )
+    depth = json_depth(value)
+    if depth > METADATA_MAX_DEPTH:
+        raise _too_deep(depth)
     return value
 
 
+def json_depth(value: object) -> int:
+    """How deep objects and arrays nest in `value` (a scalar is 0, `{}` is 1), without
+    recursion."""
+    deepest = 0
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Iterable[object] = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def _too_deep(depth: int | None) -> PydanticCustomError:
+    return PydanticCustomError(
+        "metadata_too_deep",
+        "metadata may nest objects and arrays at most {limit} deep",
+        {"limit": METADATA_MAX_DEPTH, "depth": depth},
+    )
+
+
+def is_blank(value: str) -> bool:
+    """Whether `value` has nothing a reader could see (see `_INVISIBLE`)."""
+    return _INVISIBLE.fullmatch(value) is not None
+
+
 def _not_blank(value: str) -> str:
-    if not value.strip():
+    if is_blank(value):
         raise PydanticCustomError("blank", "content must not be blank")
     return value
 

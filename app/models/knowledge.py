@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
+from pydantic import BeforeValidator, ValidationInfo
+from pydantic_core import PydanticCustomError
 from sqlalchemy import JSON, BigInteger, Column, Index, Integer, LargeBinary, UniqueConstraint
 from sqlalchemy.dialects.postgresql.base import ischema_names
 from sqlalchemy.engine import Dialect
@@ -120,8 +122,25 @@ class KnowledgeDocItem(RequestModel):
     metadata: Metadata = Field(default_factory=dict)
 
 
+def _within_batch_items(items: Any, info: ValidationInfo) -> Any:
+    """Refuse a batch over the plan's `batch_items` from its length alone, before any item is
+    validated: a 10 MB batch of tiny items would otherwise be checked item by item first. The
+    limit comes from the validation context (`app.validation.validation_context`); without one
+    the service checks it, after validation."""
+    limit = (info.context or {}).get("batch_items")
+    if isinstance(items, list) and isinstance(limit, int) and len(items) > limit:
+        raise PydanticCustomError(
+            "knowledge.batch_too_large",
+            "at most {limit} items on this plan, not {count}",
+            {"limit": limit, "count": len(items)},
+        )
+    return items
+
+
 class KnowledgeDocBatch(RequestModel):
-    items: list[KnowledgeDocItem] = Field(min_length=1)
+    items: Annotated[list[KnowledgeDocItem], BeforeValidator(_within_batch_items)] = Field(
+        min_length=1, description="1 to the plan's batch_items documents."
+    )
 
 
 class KnowledgeDocBody(RequestModel):

@@ -47,6 +47,9 @@ PERSONA_NAME_MAX = 120
 PERSONA_DESCRIPTION_MAX = 2000
 PERSONA_INSTRUCTIONS_MAX = 20000
 PERSONA_GREETING_MAX = 2000
+#: Documents named in one `PUT /api/personas/{id}/knowledge`: the body (and any error naming
+#: the unknown ones) stays small, and it matches how many a search may name.
+PERSONA_KNOWLEDGE_MAX = 1000
 
 
 class PersonaCreate(RequestModel):
@@ -70,7 +73,10 @@ class PersonaUpdate(RequestModel):
 
 
 class PersonaKnowledgeBody(RequestModel):
-    external_ids: list[ExternalId]
+    external_ids: list[ExternalId] = Field(
+        max_length=PERSONA_KNOWLEDGE_MAX,
+        description=f"The whole attached set, at most {PERSONA_KNOWLEDGE_MAX} external_ids.",
+    )
 
 
 class PersonaListItem(PublicModel):

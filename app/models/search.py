@@ -10,7 +10,14 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 from sqlmodel import Field
 
-from app.models.base import ExternalId, JsonObject, PublicModel, RequestModel, check_metadata
+from app.models.base import (
+    ExternalId,
+    JsonObject,
+    PublicModel,
+    RequestModel,
+    check_metadata,
+    is_blank,
+)
 
 SEARCH_QUERY_MAX = 1000
 SEARCH_K_MAX = 50
@@ -22,7 +29,7 @@ SearchMode = Literal["hybrid", "semantic", "keyword"]
 
 
 def _query_not_blank(value: str) -> str:
-    if not value.strip():
+    if is_blank(value):
         raise PydanticCustomError("blank", "query must not be blank")
     return value
 

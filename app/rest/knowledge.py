@@ -106,6 +106,8 @@ async def delete_doc(call: Call) -> Response:
 
 
 _BY_ID = "/api/knowledge/docs/by-external-id/{external_id:str}"
+# An external_id with `%2F` in it is an invalid external_id (422), not a missing route.
+_BY_ID_ROUTE = "/api/knowledge/docs/by-external-id/{external_id:path}"
 
 OPERATIONS = [
     Operation(
@@ -162,6 +164,7 @@ OPERATIONS = [
         policy="reads",
         idempotent=True,
         path_params=EXTERNAL_ID_PARAM,
+        route_path=_BY_ID_ROUTE,
         responses={200: (KnowledgeDocPublic, "The document.")},
         errors=(InvalidExternalId, KnowledgeNotFound),
     ),
@@ -181,6 +184,7 @@ OPERATIONS = [
         idempotent=True,
         body=KnowledgeDocBody,
         path_params=EXTERNAL_ID_PARAM,
+        route_path=_BY_ID_ROUTE,
         responses={
             200: (SingleUpsertResponse, "Updated, or no_op (nothing changed)."),
             201: (SingleUpsertResponse, "Created."),
@@ -201,6 +205,7 @@ OPERATIONS = [
         policy="writes",
         idempotent=True,
         path_params=EXTERNAL_ID_PARAM,
+        route_path=_BY_ID_ROUTE,
         status=204,
         responses={204: (None, "Deleted, or there was nothing to delete.")},
         errors=(InvalidExternalId,),

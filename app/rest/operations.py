@@ -7,7 +7,6 @@ limit, request shape and validation, then the handler (existence, quota).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,16 +17,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from app.errors import (
-    AppError,
-    MalformedJson,
-    TooLarge,
-    UnsupportedMediaType,
-)
+from app import intake
+from app.errors import AppError
 from app.guard import Guard
 from app.ratelimit import Policy
 from app.services.core import Core, Principal
-from app.validation import from_validation_error
+from app.validation import from_validation_error, validation_context
 
 
 @dataclass
@@ -65,9 +60,18 @@ class Operation:
     #: Success responses: status -> (model or None, description).
     responses: Mapping[int, tuple[Any, str]] = field(default_factory=dict)
     errors: tuple[type[AppError], ...] = ()
+    #: The pattern Starlette matches, when it is wider than the documented `path`: Starlette
+    #: decodes `%2F` to `/` before routing, so a parameter that may hold one is matched with
+    #: `:path` and then refused by its own validation (422), not as a missing route (404).
+    route_path: str | None = None
 
     def route(self) -> Route:
-        return Route(self.path, self._endpoint, methods=[self.method], name=self.operation_id)
+        return Route(
+            self.route_path or self.path,
+            self._endpoint,
+            methods=[self.method],
+            name=self.operation_id,
+        )
 
     async def _endpoint(self, request: Request) -> Response:
         state = request.app.state
@@ -77,7 +81,9 @@ class Operation:
         headers = await guard.charge(principal, self.policy)
         try:
             query = _parse_query(self.query, request) if self.query else None
-            body = await _parse_body(self.body, request, core.settings.max_body_bytes)
+            body = await _parse_body(
+                self.body, request, limit=core.settings.max_body_bytes, principal=principal
+            )
             response = await self.handler(
                 Call(request=request, core=core, principal=principal, body=body, query=query)
             )
@@ -108,47 +114,18 @@ def _parse_query(model: type[BaseModel], request: Request) -> BaseModel:
         raise from_validation_error(exc, parameter=True) from exc
 
 
-def _is_json(content_type: str) -> bool:
-    media = content_type.split(";", 1)[0].strip().lower()
-    return media == "application/json" or (
-        media.startswith("application/") and media.endswith("+json")
-    )
-
-
-async def _read_limited(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise TooLarge(f"The body is {declared} bytes; the limit is {limit}.")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise TooLarge(f"The body is over the limit of {limit} bytes.")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-async def _parse_body(model: type[BaseModel] | None, request: Request, limit: int) -> Any:
+async def _parse_body(
+    model: type[BaseModel] | None, request: Request, *, limit: int, principal: Principal
+) -> Any:
     if model is None:
         return None
-    content_type = request.headers.get("content-type", "")
-    if content_type and not _is_json(content_type):
-        raise UnsupportedMediaType(f"Send the body as application/json, not {content_type!r}.")
-    raw = await _read_limited(request, limit)
-    if not raw.strip():
-        raise MalformedJson("A JSON body is required.")
-    if not content_type:
-        raise UnsupportedMediaType("Send the body with Content-Type: application/json.")
-    try:
-        data = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise MalformedJson(f"The body is not valid UTF-8 JSON: {exc}.") from exc
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise from_validation_error(exc) from exc
+    context = validation_context(principal.plan.limits)
+
+    def validate(data: Any) -> BaseModel:
+        # Runs where the body was parsed: in a worker thread when the body is large.
+        try:
+            return model.model_validate(data, context=context)
+        except ValidationError as exc:
+            raise from_validation_error(exc) from exc
+
+    return await intake.read_json(request, limit=limit, then=validate)

@@ -4,12 +4,14 @@ error extensions. A refusal before execution has its own HTTP status; what Graph
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 from starlette.applications import Starlette
 
+from app.models import PERSONA_KNOWLEDGE_MAX
 from app.services import accounts, subscription
 from tests.conftest import AppFactory, client_for, new_key
 from tests.graphql.conftest import GRAPHQL, gql, gql_data, single_error
@@ -209,3 +211,107 @@ async def test_domain_error_keeps_other_fields(api: httpx.AsyncClient) -> None:
     assert body["data"] is None
     assert [e["extensions"]["code"] for e in body["errors"]] == ["knowledge.not_found"]
     assert body["errors"][0]["path"] == ["a"]
+
+
+# --- the shared intake: the same bytes get the same code as through REST --------------------
+
+UPSERT = (
+    "mutation($items: [KnowledgeDocItemInput!]!) "
+    "{ upsertKnowledgeDocs(items: $items) { summary { created } } }"
+)
+
+
+def graphql_body(variables: bytes) -> bytes:
+    return b'{"query": ' + json.dumps(UPSERT).encode() + b', "variables": ' + variables + b"}"
+
+
+HOSTILE_ITEMS = [
+    pytest.param(b'{"items": [' + b"[" * 100_000 + b"]" * 100_000 + b"]}", id="deep"),
+    pytest.param(b'{"items": [{"external_id": "a", "content": "\\ud800"}]}', id="surrogate"),
+    pytest.param(b'{"items": [{"external_id": "a", "content": "x", "n": 1e309}]}', id="1e309"),
+    pytest.param(b'{"items": [' + b",".join([b"[]"] * 100_001) + b"]}", id="arrays"),
+    pytest.param(b'{"items": [{"external_id": "a", "content": "\xff"}]}', id="not-utf-8"),
+]
+
+
+@pytest.mark.parametrize("items", HOSTILE_ITEMS)
+async def test_hostile_bodies_get_the_code_rest_gives(api: httpx.AsyncClient, items: bytes) -> None:
+    headers = {"Content-Type": "application/json"}
+    rest = await api.put("/api/knowledge/docs", content=items, headers=headers)
+    assert 400 <= rest.status_code < 500
+    camel = items.replace(b"external_id", b"externalId")
+    r = await api.post(GRAPHQL, content=graphql_body(camel), headers=headers)
+    refused(r, rest.status_code, rest.json()["code"])
+    assert (await gql_data(api, "{ knowledgeDocs { total } }"))["knowledgeDocs"]["total"] == 0
+
+
+async def test_json_media_types_are_accepted_as_rest_accepts_them(api: httpx.AsyncClient) -> None:
+    body = json.dumps({"query": VIEWER}).encode()
+    for media_type in ("application/vnd.example+json", "application/json; charset=utf-8"):
+        r = await api.post(GRAPHQL, content=body, headers={"Content-Type": media_type})
+        assert r.status_code == 200, (media_type, r.text)
+        assert r.json()["data"]["viewer"]["email"] == "owner@example.com"
+    r = await api.post(GRAPHQL, content=body, headers={"Content-Type": "application/xml"})
+    refused(r, 415, "request.unsupported_media_type")
+
+
+async def test_json_in_a_get_is_bounded_too(api: httpx.AsyncClient) -> None:
+    deep = "[" * 10_000 + "]" * 10_000
+    r = await api.get(GRAPHQL, params={"query": VIEWER, "variables": '{"x": ' + deep + "}"})
+    refused(r, 400, "request.malformed_json")
+
+
+async def test_a_batch_over_the_plan_is_refused_before_its_variables_are_coerced(
+    make_app: AppFactory,
+) -> None:
+    app = await make_app()
+    key = await new_key(app, plan="free")  # batch_items 100
+    async with client_for(app, **{"X-Api-Key": key}) as client:
+        # Items that graphql-core would each refuse as the wrong type: the count answers first.
+        for items in ([1] * 101, [{"externalId": f"d{i}", "content": "x"} for i in range(240_000)]):
+            r = await gql(client, UPSERT, {"items": items})
+            error = single_error(r)
+            assert error["extensions"]["code"] == "knowledge.batch_too_large"
+            assert error["extensions"]["status"] == 422
+            assert error["extensions"]["errors"][0]["pointer"] == "/items"
+            assert error["path"] == ["upsertKnowledgeDocs"]
+            assert r.json()["data"] is None
+        # Through a fragment and an alias too.
+        query = (
+            "mutation($items: [KnowledgeDocItemInput!]!) { ...F } "
+            "fragment F on Mutation { up: upsertKnowledgeDocs(items: $items) { summary { created } } }"
+        )
+        error = single_error(await gql(client, query, {"items": [1] * 101}))
+        assert error["extensions"]["code"] == "knowledge.batch_too_large"
+        assert error["path"] == ["up"]
+        # At the bound, the items are validated as usual.
+        items = [{"externalId": f"d{i}", "content": "x"} for i in range(100)]
+        data = await gql_data(client, UPSERT, {"items": items})
+        assert data["upsertKnowledgeDocs"]["summary"]["created"] == 100
+
+
+async def test_external_id_lists_are_bounded_as_rest_bounds_them(api: httpx.AsyncClient) -> None:
+    persona = await gql_data(api, 'mutation { createPersona(input: {name: "P"}) { id } }')
+    ids = [f"doc-{i}" for i in range(PERSONA_KNOWLEDGE_MAX + 1)]
+    query = (
+        "mutation($id: ID!, $ids: [String!]!) "
+        "{ setPersonaKnowledge(id: $id, externalIds: $ids) { added } }"
+    )
+    r = await gql(api, query, {"id": persona["createPersona"]["id"], "ids": ids})
+    error = single_error(r)
+    assert error["extensions"]["code"] == "request.validation_failed"
+    assert error["extensions"]["errors"][0]["pointer"] == "/externalIds"
+    r = await api.put(
+        f"/api/personas/{persona['createPersona']['id']}/knowledge", json={"external_ids": ids}
+    )
+    assert r.json()["code"] == "request.validation_failed"
+    query = 'query($ids: [String!]) { search(query: "x", externalIds: $ids) { mode } }'
+    error = single_error(await gql(api, query, {"ids": ids}))
+    assert error["extensions"]["code"] == "request.validation_failed"
+
+
+async def test_metadata_literals_must_be_finite(api: httpx.AsyncClient) -> None:
+    query = 'mutation { upsertKnowledgeDoc(externalId: "a", input: {content: "x", metadata: {n: 1e309}}) { status } }'
+    error = single_error(await gql(api, query))
+    assert error["extensions"]["code"] == "request.validation_failed"
+    assert (await gql_data(api, "{ knowledgeDocs { total } }"))["knowledgeDocs"]["total"] == 0
