@@ -21,7 +21,13 @@ class PageQuery(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     limit: int = Field(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT, description="Items per page, 1-200.")
-    cursor: str | None = Field(None, description="The next_cursor of the previous page.")
+    cursor: str | None = Field(
+        None,
+        description=(
+            "The next_cursor of the previous page, passed back unchanged (empty: the first "
+            "page). Opaque: one that does not decode is 400 `request.invalid_cursor`."
+        ),
+    )
 
 
 def encode_cursor(position: dict[str, Any]) -> str:
@@ -31,7 +37,9 @@ def encode_cursor(position: dict[str, Any]) -> str:
 
 def decode_cursor(cursor: str | None, *, keys: tuple[str, ...]) -> dict[str, Any] | None:
     """The position a cursor stands for, or `InvalidCursor` when it is not one of ours."""
-    if cursor is None:
+    # An empty cursor (`?cursor=`, a client passing back a null next_cursor as text) is the
+    # first page: there is no position to be wrong about.
+    if not cursor:
         return None
     try:
         padded = cursor + "=" * (-len(cursor) % 4)

@@ -21,6 +21,12 @@ from sqlalchemy.engine import Dialect
 from sqlmodel import Field
 
 EXTERNAL_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+#: Text is blank when it has no character outside this class: whitespace as `str.isspace()`
+#: has it, spelled out because `\s` means different things to different regex engines, and the
+#: OpenAPI document gives clients this pattern (`NOT_BLANK_PATTERN`) to check before sending.
+_BLANK_CHARS = r"\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+NOT_BLANK_PATTERN = f"[^{_BLANK_CHARS}]"
+NOT_BLANK_RE = re.compile(NOT_BLANK_PATTERN)
 METADATA_MAX_BYTES = 8 * 1024
 TITLE_MAX = 512
 
@@ -68,7 +74,8 @@ def time_field(nullable: bool = False) -> Any:
 
 
 def check_external_id(value: str) -> str:
-    if not EXTERNAL_ID_RE.match(value):
+    # fullmatch: `$` alone would also let a trailing newline through.
+    if not EXTERNAL_ID_RE.fullmatch(value):
         raise PydanticCustomError(
             "knowledge.invalid_external_id",
             "external_id must be 1-128 characters of A-Z a-z 0-9 . _ : -",
@@ -88,7 +95,7 @@ def check_metadata(value: JsonObject) -> JsonObject:
 
 
 def _not_blank(value: str) -> str:
-    if not value.strip():
+    if not NOT_BLANK_RE.search(value):
         raise PydanticCustomError("blank", "content must not be blank")
     return value
 
@@ -102,7 +109,11 @@ ExternalId = Annotated[
     ),
 ]
 Metadata = Annotated[JsonObject, AfterValidator(check_metadata)]
-Content = Annotated[str, AfterValidator(_not_blank)]
+Content = Annotated[
+    str,
+    AfterValidator(_not_blank),
+    WithJsonSchema({"type": "string", "pattern": NOT_BLANK_PATTERN}),
+]
 Title = Annotated[str | None, Field(default=None, max_length=TITLE_MAX)]
 
 

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import (
-    AfterValidator,
-)
+from pydantic import AfterValidator, ConfigDict
 from pydantic_core import PydanticCustomError
 from sqlmodel import Field
 
-from app.models.base import ExternalId, JsonObject, PublicModel, RequestModel, check_metadata
+from app.models.base import (
+    NOT_BLANK_PATTERN,
+    NOT_BLANK_RE,
+    ExternalId,
+    JsonObject,
+    PublicModel,
+    RequestModel,
+    check_metadata,
+)
 
 SEARCH_QUERY_MAX = 1000
 SEARCH_K_MAX = 50
@@ -22,7 +28,7 @@ SearchMode = Literal["hybrid", "semantic", "keyword"]
 
 
 def _query_not_blank(value: str) -> str:
-    if not value.strip():
+    if not NOT_BLANK_RE.search(value):
         raise PydanticCustomError("blank", "query must not be blank")
     return value
 
@@ -48,8 +54,18 @@ def _check_metadata_filter(value: JsonObject) -> JsonObject:
 class SearchRequest(RequestModel):
     """Body of `POST /api/knowledge/search`. Scopes combine: a hit must match all given."""
 
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"query": "how long does delivery take", "k": 3}]}
+    )
+
     query: Annotated[
-        str, Field(min_length=1, max_length=SEARCH_QUERY_MAX), AfterValidator(_query_not_blank)
+        str,
+        Field(
+            min_length=1,
+            max_length=SEARCH_QUERY_MAX,
+            schema_extra={"json_schema_extra": {"pattern": NOT_BLANK_PATTERN}},
+        ),
+        AfterValidator(_query_not_blank),
     ] = Field(description="What to look for: free text; any characters are safe.")
     k: int = Field(5, ge=1, le=SEARCH_K_MAX, description="How many documents to return.")
     mode: SearchMode = Field(
