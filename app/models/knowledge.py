@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
+from pydantic import ConfigDict
 from sqlalchemy import JSON, Column, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
@@ -67,11 +68,44 @@ class KnowledgeDocItem(RequestModel):
 
 
 class KnowledgeDocBatch(RequestModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "items": [
+                        {
+                            "external_id": "faq-shipping",
+                            "title": "Shipping",
+                            "content": "Orders ship within two days.",
+                        },
+                        {
+                            "external_id": "lamp",
+                            "content": "The Aurora lamp has a USB-C port.",
+                            "metadata": {"lang": "en"},
+                        },
+                    ]
+                }
+            ]
+        }
+    )
+
     items: list[KnowledgeDocItem] = Field(min_length=1)
 
 
 class KnowledgeDocBody(RequestModel):
     """Body of the single upsert: the external_id comes from the path."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "title": "Returns",
+                    "content": "Return any item within 30 days.",
+                    "metadata": {"lang": "en"},
+                }
+            ]
+        }
+    )
 
     external_id: ExternalId | None = None
     title: Title

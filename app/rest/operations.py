@@ -48,6 +48,27 @@ Handler = Callable[[Call], Awaitable[Response]]
 
 
 @dataclass(frozen=True)
+class PathParam:
+    """A path parameter as documented: `type_` is what the handler validates it as (its JSON
+    schema, pattern included, goes into the document), `example` feeds the examples phase."""
+
+    description: str
+    type_: Any = str
+    example: str | None = None
+
+
+@dataclass(frozen=True)
+class Link:
+    """An OpenAPI link from a success response to another operation: what a client (or a
+    stateful fuzzer) can call next with values taken from this request or response."""
+
+    operation_id: str
+    #: Parameter name -> runtime expression, e.g. `$response.body#/id`.
+    parameters: Mapping[str, str]
+    description: str = ""
+
+
+@dataclass(frozen=True)
 class Operation:
     method: str
     path: str
@@ -60,11 +81,13 @@ class Operation:
     description: str = ""
     body: type[BaseModel] | None = None
     query: type[BaseModel] | None = None
-    path_params: Mapping[str, str] = field(default_factory=dict)
+    path_params: Mapping[str, PathParam] = field(default_factory=dict)
     status: int = 200
     #: Success responses: status -> (model or None, description).
     responses: Mapping[int, tuple[Any, str]] = field(default_factory=dict)
     errors: tuple[type[AppError], ...] = ()
+    #: Links from every success response with a body, by name.
+    links: Mapping[str, Link] = field(default_factory=dict)
 
     def route(self) -> Route:
         return Route(self.path, self._endpoint, methods=[self.method], name=self.operation_id)
