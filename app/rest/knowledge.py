@@ -193,6 +193,12 @@ OPERATIONS = [
             "Creates or replaces up to the plan's `batch_items` documents, all or nothing. "
             "Each result is `created`, `updated` or `no_op` (nothing written, nothing embedded), "
             "in request order. Every write is durable and searchable when the response is sent."
+            "\n\nRefused beyond what the schema says, because it depends on the plan or on "
+            "items agreeing: more items than the plan's `batch_items` "
+            "(`knowledge.batch_too_large`), a content longer than its `doc_chars` "
+            "(`knowledge.content_too_large`), an external_id twice in the batch "
+            "(`knowledge.duplicate_external_id`), a write past the plan's quota "
+            "(`knowledge.quota_exceeded`)."
         ),
         handler=upsert_batch,
         tag="KnowledgeDocs",
@@ -231,7 +237,10 @@ OPERATIONS = [
         description=(
             "201 with a Location header when created, 200 when updated or a no_op. The whole "
             "document is replaced: an omitted title becomes null, omitted metadata `{}`. An "
-            "`external_id` in the body must equal the path's."
+            "`external_id` in the body must equal the path's (else 422 "
+            "`request.validation_failed` at `/external_id`). A content longer than the plan's "
+            "`doc_chars` is `knowledge.content_too_large`; a write past its quota "
+            "`knowledge.quota_exceeded`."
         ),
         handler=upsert_doc,
         tag="KnowledgeDocs",
