@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 Policy = Literal["reads", "writes", "search"]
 WINDOW_S = 60
+#: Failed authentications one client address may make per minute before it is refused.
+AUTH_FAILURES_PER_MINUTE = 30
 
 
 def storage_uri(settings: Settings) -> str:
@@ -50,9 +52,7 @@ class RateLimiter:
         assert isinstance(storage, AsyncStorage)  # storage_uri names async+ schemes only
         self._storage = storage
         self._limiter = MovingWindowRateLimiter(storage)
-        self._auth_failures = RateLimitItemPerMinute(
-            settings.auth_failures_per_minute, namespace="AUTH"
-        )
+        self._auth_failures = RateLimitItemPerMinute(AUTH_FAILURES_PER_MINUTE, namespace="AUTH")
 
     @staticmethod
     def limit_for(principal: Principal, policy: Policy) -> int:

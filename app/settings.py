@@ -98,8 +98,6 @@ class Settings(BaseSettings):
     plans: dict[str, Plan] = Field(default_factory=dict)
     plans_file: Path | None = None
     redis_url: str = ""
-    #: Failed authentications one client address may make per minute before it is refused.
-    auth_failures_per_minute: int = Field(default=30, ge=1)
     #: Seconds to wait for a write lock held by another process before answering 503.
     busy_timeout_s: float = Field(default=10.0, gt=0)
     #: Load the sentence-transformers model; tests may share one loaded model instead.
