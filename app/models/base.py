@@ -119,9 +119,11 @@ Title = Annotated[str | None, Field(default=None, max_length=TITLE_MAX)]
 
 class RequestModel(BaseModel):
     """Base of request bodies. Plain pydantic, like the Public models: a SQLModel class may not
-    have a field named `metadata` (it is the table registry), and the contract needs one."""
+    have a field named `metadata` (it is the table registry), and the contract needs one.
+    Strict: a JSON value of the wrong type is refused (`true` is not 1, `"3"` not 3), as the
+    OpenAPI document's types say; lax pydantic would convert it."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
 
 class PublicModel(BaseModel):

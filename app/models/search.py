@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, ConfigDict
+from pydantic import AfterValidator, ConfigDict, field_validator
 from pydantic_core import PydanticCustomError
 from sqlmodel import Field
 
@@ -68,6 +68,15 @@ class SearchRequest(RequestModel):
         AfterValidator(_query_not_blank),
     ] = Field(description="What to look for: free text; any characters are safe.")
     k: int = Field(5, ge=1, le=SEARCH_K_MAX, description="How many documents to return.")
+
+    @field_validator("k", mode="before")
+    @classmethod
+    def _integral(cls, value: object) -> object:
+        # Request models are strict (`true` is not 1), but JSON Schema's integer includes 3.0.
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        return value
+
     mode: SearchMode = Field(
         "hybrid",
         description="`hybrid` (keyword and vector rankings fused), `semantic` or `keyword`.",

@@ -171,3 +171,22 @@ async def test_null_where_only_leaving_out_is_allowed(
     created = (await api.post(PERSONAS, json={"name": "Ava"})).json()
     r = await api.patch(f"{PERSONAS}/{created['id']}", json={"name": None})
     assert_problem(r, 422, "request.validation_failed")
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        ({"query": "lamp", "k": True}, 422),
+        ({"query": "lamp", "k": "3"}, 422),
+        ({"query": "lamp", "k": 3.5}, 422),
+        ({"query": "lamp", "k": 3.0}, 200),  # an integer, to JSON Schema
+        ({"query": "lamp", "mode": 1}, 422),
+        ({"query": ["lamp"]}, 422),
+    ],
+)
+async def test_json_types_are_the_documented_ones(
+    api: httpx.AsyncClient, body: dict[str, Any], status: int
+) -> None:
+    """Request bodies are validated strictly: pydantic's lax mode took `true` for 1."""
+    r = await api.post("/api/knowledge/search", json=body)
+    assert r.status_code == status, r.text
