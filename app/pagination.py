@@ -25,7 +25,13 @@ class PageQuery(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     limit: int = Field(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT, description="Items per page, 1-200.")
-    cursor: str | None = Field(None, description="The next_cursor of the previous page.")
+    cursor: str | None = Field(
+        None,
+        description=(
+            "The next_cursor of the previous page, passed back unchanged (empty: the first "
+            "page). Opaque: one that does not decode is 400 `request.invalid_cursor`."
+        ),
+    )
 
 
 def encode_cursor(position: dict[str, Any]) -> str:
@@ -39,7 +45,9 @@ def decode_cursor(cursor: str | None, *, keys: tuple[str, ...]) -> dict[str, Any
     A cursor is client input like any other: it is decoded by the same bounded JSON intake as a
     body (no deep nesting, no lone surrogates), and only a flat object of the expected keys with
     string values passes."""
-    if cursor is None:
+    # An empty cursor (`?cursor=`, a client passing back a null next_cursor as text) is the
+    # first page: there is no position to be wrong about.
+    if not cursor:
         return None
     if len(cursor) > MAX_CURSOR_CHARS:
         raise InvalidCursor("The cursor does not decode.")

@@ -22,20 +22,24 @@ from sqlalchemy.engine import Dialect
 from sqlmodel import Field
 
 EXTERNAL_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+#: Text is blank when it has no character outside this class, what a reader cannot see:
+#: whitespace (as `str.isspace()` has it), control and format characters (zero-width spaces and
+#: joiners, bidi marks, the BOM) and the rest of Unicode's default-ignorable code points in the
+#: Basic Multilingual Plane (fillers, variation selectors). Spelled out, because `\s` means
+#: different things to different regex engines, and the OpenAPI document gives clients this
+#: pattern (`NOT_BLANK_PATTERN`) to check before sending; characters beyond U+FFFF are left out
+#: because JSON Schema's regex dialect reads them as surrogate pairs.
+_BLANK_CHARS = (
+    r"\x00-\x20\x7f-\xa0\xad\u034f\u061c\u115f\u1160\u1680\u17b4\u17b5\u180b-\u180f"
+    r"\u2000-\u200f\u2028-\u202f\u205f-\u206f\u3000\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8"
+)
+NOT_BLANK_PATTERN = f"[^{_BLANK_CHARS}]"
+NOT_BLANK_RE = re.compile(NOT_BLANK_PATTERN)
 METADATA_MAX_BYTES = 8 * 1024
 #: Deepest nesting of objects and arrays in metadata (`{"a": {}}` is 2 deep). Far more than any
 #: use needs, far less than what breaks a JSON encoder or SQLite's JSON functions.
 METADATA_MAX_DEPTH = 32
 TITLE_MAX = 512
-
-# What a reader cannot see: whitespace, control and format characters (zero-width spaces and
-# joiners, bidi marks, the BOM), and the rest of Unicode's Default_Ignorable_Code_Point set
-# (fillers, variation selectors, tags). Text made only of these is blank.
-_INVISIBLE = re.compile(
-    r"[\s\x00-\x1f\x7f-\x9f\xad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f"
-    r"\u200b-\u200f\u202a-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8"
-    r"\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff]*"
-)
 
 JsonObject = dict[str, Any]
 
@@ -94,7 +98,8 @@ def time_field(nullable: bool = False) -> Any:
 
 
 def check_external_id(value: str) -> str:
-    if not EXTERNAL_ID_RE.match(value):
+    # fullmatch: `$` alone would also let a trailing newline through.
+    if not EXTERNAL_ID_RE.fullmatch(value):
         raise PydanticCustomError(
             "knowledge.invalid_external_id",
             "external_id must be 1-128 characters of A-Z a-z 0-9 . _ : -",
@@ -158,8 +163,8 @@ def _too_deep(depth: int | None) -> PydanticCustomError:
 
 
 def is_blank(value: str) -> bool:
-    """Whether `value` has nothing a reader could see (see `_INVISIBLE`)."""
-    return _INVISIBLE.fullmatch(value) is not None
+    """Whether `value` has nothing a reader could see (see `_BLANK_CHARS`)."""
+    return NOT_BLANK_RE.search(value) is None
 
 
 def _not_blank(value: str) -> str:
@@ -177,15 +182,21 @@ ExternalId = Annotated[
     ),
 ]
 Metadata = Annotated[JsonObject, AfterValidator(check_metadata)]
-Content = Annotated[str, AfterValidator(_not_blank)]
+Content = Annotated[
+    str,
+    AfterValidator(_not_blank),
+    WithJsonSchema({"type": "string", "pattern": NOT_BLANK_PATTERN}),
+]
 Title = Annotated[str | None, Field(default=None, max_length=TITLE_MAX)]
 
 
 class RequestModel(BaseModel):
     """Base of request bodies. Plain pydantic, like the Public models: a SQLModel class may not
-    have a field named `metadata` (it is the table registry), and the contract needs one."""
+    have a field named `metadata` (it is the table registry), and the contract needs one.
+    Strict: a JSON value of the wrong type is refused (`true` is not 1, `"3"` not 3), as the
+    OpenAPI document's types say; lax pydantic would convert it."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
 
 class PublicModel(BaseModel):

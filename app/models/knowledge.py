@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BeforeValidator, ValidationInfo
+from pydantic import BeforeValidator, ConfigDict, ValidationInfo
 from pydantic_core import PydanticCustomError
 from sqlalchemy import JSON, BigInteger, Column, Index, Integer, LargeBinary, UniqueConstraint
 from sqlalchemy.dialects.postgresql.base import ischema_names
@@ -138,6 +138,27 @@ def _within_batch_items(items: Any, info: ValidationInfo) -> Any:
 
 
 class KnowledgeDocBatch(RequestModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "items": [
+                        {
+                            "external_id": "faq-shipping",
+                            "title": "Shipping",
+                            "content": "Orders ship within two days.",
+                        },
+                        {
+                            "external_id": "lamp",
+                            "content": "The Aurora lamp has a USB-C port.",
+                            "metadata": {"lang": "en"},
+                        },
+                    ]
+                }
+            ]
+        }
+    )
+
     items: Annotated[list[KnowledgeDocItem], BeforeValidator(_within_batch_items)] = Field(
         min_length=1, description="1 to the plan's batch_items documents."
     )
@@ -145,6 +166,18 @@ class KnowledgeDocBatch(RequestModel):
 
 class KnowledgeDocBody(RequestModel):
     """Body of the single upsert: the external_id comes from the path."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "title": "Returns",
+                    "content": "Return any item within 30 days.",
+                    "metadata": {"lang": "en"},
+                }
+            ]
+        }
+    )
 
     external_id: ExternalId | None = None
     title: Title

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from pydantic import ConfigDict
 from sqlalchemy import JSON, Column, Index
 from sqlmodel import Field, SQLModel
 
@@ -53,6 +54,18 @@ PERSONA_KNOWLEDGE_MAX = 1000
 
 
 class PersonaCreate(RequestModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "Ava",
+                    "instructions": "You are a friendly support agent.",
+                    "greeting": "Hi, I am Ava.",
+                }
+            ]
+        }
+    )
+
     name: str = Field(min_length=1, max_length=PERSONA_NAME_MAX)
     description: str = Field(default="", max_length=PERSONA_DESCRIPTION_MAX)
     instructions: str = Field(default="", max_length=PERSONA_INSTRUCTIONS_MAX)
@@ -65,6 +78,8 @@ class PersonaUpdate(RequestModel):
     is never read. `greeting` may be set to null; the others may be left out but not null
     (their types say so, and defaults are not validated)."""
 
+    model_config = ConfigDict(json_schema_extra={"examples": [{"greeting": None}]})
+
     name: str = Field(default=None, min_length=1, max_length=PERSONA_NAME_MAX)
     description: str = Field(default=None, max_length=PERSONA_DESCRIPTION_MAX)
     instructions: str = Field(default=None, max_length=PERSONA_INSTRUCTIONS_MAX)
@@ -73,6 +88,8 @@ class PersonaUpdate(RequestModel):
 
 
 class PersonaKnowledgeBody(RequestModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"external_ids": ["faq-shipping"]}]})
+
     external_ids: list[ExternalId] = Field(
         max_length=PERSONA_KNOWLEDGE_MAX,
         description=f"The whole attached set, at most {PERSONA_KNOWLEDGE_MAX} external_ids.",

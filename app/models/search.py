@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import (
-    AfterValidator,
-)
+from pydantic import AfterValidator, ConfigDict, field_validator
 from pydantic_core import PydanticCustomError
 from sqlmodel import Field
 
 from app.models.base import (
+    NOT_BLANK_PATTERN,
     ExternalId,
     JsonObject,
     PublicModel,
@@ -55,10 +54,29 @@ def _check_metadata_filter(value: JsonObject) -> JsonObject:
 class SearchRequest(RequestModel):
     """Body of `POST /api/knowledge/search`. Scopes combine: a hit must match all given."""
 
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"query": "how long does delivery take", "k": 3}]}
+    )
+
     query: Annotated[
-        str, Field(min_length=1, max_length=SEARCH_QUERY_MAX), AfterValidator(_query_not_blank)
+        str,
+        Field(
+            min_length=1,
+            max_length=SEARCH_QUERY_MAX,
+            schema_extra={"json_schema_extra": {"pattern": NOT_BLANK_PATTERN}},
+        ),
+        AfterValidator(_query_not_blank),
     ] = Field(description="What to look for: free text; any characters are safe.")
     k: int = Field(5, ge=1, le=SEARCH_K_MAX, description="How many documents to return.")
+
+    @field_validator("k", mode="before")
+    @classmethod
+    def _integral(cls, value: object) -> object:
+        # Request models are strict (`true` is not 1), but JSON Schema's integer includes 3.0.
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        return value
+
     mode: SearchMode = Field(
         "hybrid",
         description="`hybrid` (keyword and vector rankings fused), `semantic` or `keyword`.",

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from urllib.parse import quote
 
 from pydantic import Field, field_validator
+from pydantic_core import PydanticCustomError
 from starlette.responses import Response
 
 from app.errors import (
@@ -19,6 +21,7 @@ from app.errors import (
 )
 from app.models import (
     BatchUpsertResponse,
+    ExternalId,
     KnowledgeDocBatch,
     KnowledgeDocBody,
     KnowledgeDocPublic,
@@ -26,24 +29,78 @@ from app.models import (
     SingleUpsertResponse,
 )
 from app.pagination import PageQuery
-from app.rest.operations import Call, Operation, json_response
+from app.rest.operations import Call, Link, Operation, PathParam, json_response
 from app.services import knowledge
 
-EXTERNAL_ID_PARAM = {"external_id": "The caller's id of the document: 1-128 of A-Z a-z 0-9 . _ : -"}
+EXTERNAL_ID_PARAM = {
+    "external_id": PathParam(
+        "The caller's id of the document: 1-128 of A-Z a-z 0-9 . _ : -",
+        ExternalId,
+        example="faq-shipping",
+    )
+}
+#: Where a stateful client goes from a document it has just written.
+_DOC_LINKS = {
+    "GetKnowledgeDoc": Link(
+        "getKnowledgeDoc", {"external_id": "$request.path.external_id"}, "Read it back."
+    ),
+    "DeleteKnowledgeDoc": Link(
+        "deleteKnowledgeDoc", {"external_id": "$request.path.external_id"}, "Delete it."
+    ),
+}
+_BATCH_LINKS = {
+    "GetFirstKnowledgeDoc": Link(
+        "getKnowledgeDoc",
+        {"external_id": "$response.body#/results/0/external_id"},
+        "Read back the batch's first document.",
+    ),
+    "DeleteFirstKnowledgeDoc": Link(
+        "deleteKnowledgeDoc",
+        {"external_id": "$response.body#/results/0/external_id"},
+        "Delete the batch's first document.",
+    ),
+}
+
+
+#: RFC 3339's date-time (what the document's `format: date-time` promises, and all it promises):
+#: pydantic alone would also take a bare date or a number of seconds.
+RFC3339_RE = re.compile(
+    r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$", re.ASCII
+)
 
 
 class DocListQuery(PageQuery):
-    include_content: bool = False
+    include_content: bool = Field(False, description="Include each document's `content`.")
     updated_since: datetime | None = Field(
-        None, description="Only documents updated at or after this time (RFC 3339)."
+        None,
+        description=(
+            "Only documents updated at or after this time: RFC 3339 with an offset "
+            "(e.g. `2026-11-29T10:00:00Z`)."
+        ),
     )
+
+    @field_validator("updated_since", mode="before")
+    @classmethod
+    def _rfc3339(cls, value: object) -> object:
+        if isinstance(value, str) and not RFC3339_RE.fullmatch(value):
+            raise PydanticCustomError(
+                "datetime_format", "updated_since must be an RFC 3339 time with an offset"
+            )
+        return value
 
     @field_validator("updated_since")
     @classmethod
     def _utc(cls, value: datetime | None) -> datetime | None:
-        if value is not None and value.tzinfo is None:
+        if value is None:
+            return None
+        if value.tzinfo is None:  # not from a query string, which must carry an offset
             return value.replace(tzinfo=UTC)
-        return value
+        try:
+            return value.astimezone(UTC)
+        except OverflowError:
+            # Before year 1 or after 9999 once in UTC: earlier or later than any document.
+            extreme = datetime.min if value.year == 1 else datetime.max
+            return extreme.replace(tzinfo=UTC)
 
 
 def doc_location(external_id: str) -> str:
@@ -106,8 +163,9 @@ async def delete_doc(call: Call) -> Response:
 
 
 _BY_ID = "/api/knowledge/docs/by-external-id/{external_id:str}"
-# An external_id with `%2F` in it is an invalid external_id (422), not a missing route.
-_BY_ID_ROUTE = "/api/knowledge/docs/by-external-id/{external_id:path}"
+# An external_id with `%2F` (or a newline) in it is an invalid external_id (422), not a missing
+# route nor another document (app/rest/operations.py `RawConvertor`).
+_BY_ID_ROUTE = "/api/knowledge/docs/by-external-id/{external_id:raw}"
 
 OPERATIONS = [
     Operation(
@@ -138,6 +196,12 @@ OPERATIONS = [
             "Creates or replaces up to the plan's `batch_items` documents, all or nothing. "
             "Each result is `created`, `updated` or `no_op` (nothing written, nothing embedded), "
             "in request order. Every write is durable and searchable when the response is sent."
+            "\n\nRefused beyond what the schema says, because it depends on the plan or on "
+            "items agreeing: more items than the plan's `batch_items` "
+            "(`knowledge.batch_too_large`), a content longer than its `doc_chars` "
+            "(`knowledge.content_too_large`), an external_id twice in the batch "
+            "(`knowledge.duplicate_external_id`), a write past the plan's quota "
+            "(`knowledge.quota_exceeded`)."
         ),
         handler=upsert_batch,
         tag="KnowledgeDocs",
@@ -145,6 +209,7 @@ OPERATIONS = [
         idempotent=True,
         body=KnowledgeDocBatch,
         responses={200: (BatchUpsertResponse, "Per-item outcomes and a summary.")},
+        links=_BATCH_LINKS,
         errors=(
             InvalidExternalId,
             DuplicateExternalId,
@@ -176,7 +241,10 @@ OPERATIONS = [
         description=(
             "201 with a Location header when created, 200 when updated or a no_op. The whole "
             "document is replaced: an omitted title becomes null, omitted metadata `{}`. An "
-            "`external_id` in the body must equal the path's."
+            "`external_id` in the body must equal the path's (else 422 "
+            "`request.validation_failed` at `/external_id`). A content longer than the plan's "
+            "`doc_chars` is `knowledge.content_too_large`; a write past its quota "
+            "`knowledge.quota_exceeded`."
         ),
         handler=upsert_doc,
         tag="KnowledgeDocs",
@@ -190,6 +258,7 @@ OPERATIONS = [
             201: (SingleUpsertResponse, "Created."),
         },
         errors=(InvalidExternalId, ContentTooLarge, KnowledgeQuotaExceeded),
+        links=_DOC_LINKS,
     ),
     Operation(
         method="DELETE",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import models_json_schema
 
 from app import __version__
@@ -13,13 +13,14 @@ from app.errors import (
     AppError,
     MalformedJson,
     RateLimited,
+    RouteNotFound,
     TooLarge,
     Unauthorized,
     Unavailable,
     UnsupportedMediaType,
     ValidationFailed,
 )
-from app.rest.operations import Operation
+from app.rest.operations import Operation, PathParam
 
 REF = "#/components/schemas/{model}"
 
@@ -49,13 +50,23 @@ PROBLEM_SCHEMA: dict[str, Any] = {
                 "required": ["code", "message"],
             },
         },
+        "missing": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "`knowledge.unknown_external_ids`: the external_ids that name nothing.",
+        },
     },
 }
 
-#: Errors any authenticated operation can answer, besides its own.
-_COMMON: tuple[type[AppError], ...] = (Unauthorized, RateLimited, ValidationFailed, Unavailable)
+#: Errors any authenticated operation can answer, besides its own: authentication, the rate limit,
+#: and 503 (the rate-limit storage unreachable, the database busy, the model still loading).
+_COMMON: tuple[type[AppError], ...] = (Unauthorized, RateLimited, Unavailable)
+#: Errors of an operation that takes a body: how it is read and parsed.
 _BODY: tuple[type[AppError], ...] = (MalformedJson, UnsupportedMediaType, TooLarge)
+#: A path value with `/` in it (sent as `%2F`) matches no route at all.
+_PATH: tuple[type[AppError], ...] = (RouteNotFound,)
 
+_REQUEST_ID = {"description": "The request's id.", "schema": {"type": "string"}}
 _RATE_HEADERS = {
     "RateLimit-Policy": {
         "description": 'The policy charged, e.g. `"writes";q=120;w=60`.',
@@ -65,14 +76,19 @@ _RATE_HEADERS = {
         "description": 'Remaining and seconds until a unit frees, e.g. `"writes";r=57;t=23`.',
         "schema": {"type": "string"},
     },
-    "X-Request-Id": {"description": "The request's id.", "schema": {"type": "string"}},
+    "X-Request-Id": _REQUEST_ID,
+}
+_RETRY_AFTER = {
+    "description": "Seconds to wait before trying again (an integer, at least 1).",
+    "schema": {"type": "string", "pattern": "^[1-9][0-9]*$"},
+    "required": True,
 }
 
 
 def _models(operations: Sequence[Operation]) -> list[type[BaseModel]]:
     found: list[type[BaseModel]] = []
     for op in operations:
-        candidates: list[Any] = [op.body, op.query, *(m for m, _ in op.responses.values())]
+        candidates: list[Any] = [op.body, *(m for m, _ in op.responses.values())]
         for model in candidates:
             if isinstance(model, type) and issubclass(model, BaseModel) and model not in found:
                 found.append(model)
@@ -83,7 +99,9 @@ def build_openapi(operations: Sequence[Operation]) -> dict[str, Any]:
     models = _models(operations)
     keys = [(m, "validation" if _is_input(m, operations) else "serialization") for m in models]
     refs, defs = models_json_schema(keys, ref_template=REF)  # type: ignore[arg-type]
-    schemas: dict[str, Any] = dict(defs.get("$defs", {}))
+    schemas: dict[str, Any] = {
+        name: _without_impossible_defaults(schema) for name, schema in defs.get("$defs", {}).items()
+    }
     schemas["Problem"] = PROBLEM_SCHEMA
     paths: dict[str, dict[str, Any]] = {}
     for op in operations:
@@ -111,7 +129,117 @@ def build_openapi(operations: Sequence[Operation]) -> dict[str, Any]:
 
 
 def _is_input(model: type[BaseModel], operations: Sequence[Operation]) -> bool:
-    return any(model in (op.body, op.query) for op in operations)
+    return any(model is op.body for op in operations)
+
+
+def _allows_null(schema: dict[str, Any]) -> bool:
+    kind = schema.get("type")
+    if kind == "null" or (isinstance(kind, list) and "null" in kind):
+        return True
+    return any(_allows_null(s) for s in schema.get("anyOf", []) + schema.get("oneOf", []))
+
+
+def _without_impossible_defaults(schema: Any) -> Any:
+    """Drop `default: null` where null is not a valid value. Pydantic writes it for a field
+    that may be left out but not sent as null (PersonaUpdate's), and OpenAPI validators rightly
+    refuse a default the schema itself rejects: leaving the field out is how one says it."""
+    if isinstance(schema, list):
+        return [_without_impossible_defaults(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: _without_impossible_defaults(v) for k, v in schema.items()}
+    if "default" in out and out["default"] is None and not _allows_null(out):
+        del out["default"]
+    return out
+
+
+def _parameter_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """A query parameter's schema: it is sent as text or left out, never null, so the model's
+    `X | None = None` is just X; titles are noise next to the parameter's name."""
+    branches = [s for s in schema.get("anyOf", []) if s.get("type") != "null"]
+    out = {k: v for k, v in schema.items() if k not in ("anyOf", "title", "description")}
+    if len(branches) == 1:
+        out.update(branches[0])
+    elif branches:
+        out["anyOf"] = branches
+    if out.get("default", 0) is None:
+        del out["default"]
+    return out
+
+
+def _path_parameter(name: str, param: PathParam) -> dict[str, Any]:
+    schema = {
+        k: v for k, v in TypeAdapter(param.type_).json_schema().items() if k not in ("title",)
+    }
+    # Routing takes one path segment: a value is never empty and never has a `/`.
+    schema.setdefault("minLength", 1)
+    schema.setdefault("pattern", "^[^/]+$")
+    out: dict[str, Any] = {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "description": param.description,
+        "schema": schema,
+    }
+    if param.example is not None:
+        out["example"] = param.example
+    return out
+
+
+def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
+    schema = model.model_json_schema(mode="validation")
+    required = set(schema.get("required", []))
+    return [
+        {
+            "name": name,
+            "in": "query",
+            "required": name in required,
+            "description": prop.get("description", ""),
+            "schema": _parameter_schema(prop),
+        }
+        for name, prop in schema["properties"].items()
+    ]
+
+
+def _error_responses(op: Operation) -> dict[str, Any]:
+    """Every error status the operation can answer, each naming its codes."""
+    errors = [*op.errors, *_COMMON]
+    if op.query is not None or op.body is not None:
+        errors.append(ValidationFailed)
+    if op.body is not None:
+        errors.extend(_BODY)
+    if op.path_params:
+        errors.extend(_PATH)
+    by_status: dict[int, list[type[AppError]]] = {}
+    for err in errors:
+        if err not in by_status.setdefault(err.status, []):
+            by_status[err.status].append(err)
+    out: dict[str, Any] = {}
+    for status, errs in sorted(by_status.items()):
+        codes = ", ".join(f"`{e.code}`" for e in errs)
+        headers: dict[str, Any] = {"X-Request-Id": _REQUEST_ID}
+        if status != Unauthorized.status:  # refused before the rate limit is charged
+            headers = dict(_RATE_HEADERS)
+        if status in (RateLimited.status, Unavailable.status):
+            headers["Retry-After"] = _RETRY_AFTER
+        out[str(status)] = {
+            "description": f"Codes: {codes}.",
+            "x-error-codes": [e.code for e in errs],
+            "headers": headers,
+            "content": {
+                "application/problem+json": {"schema": {"$ref": REF.format(model="Problem")}}
+            },
+        }
+    return out
+
+
+def _links(op: Operation) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, link in op.links.items():
+        out[name] = {"operationId": link.operation_id, "parameters": dict(link.parameters)}
+        if link.description:
+            out[name]["description"] = link.description
+    return out
 
 
 def _operation(op: Operation, refs: dict[Any, Any]) -> dict[str, Any]:
@@ -129,59 +257,32 @@ def _operation(op: Operation, refs: dict[Any, Any]) -> dict[str, Any]:
         "tags": [op.tag],
         "x-ratelimit-policy": op.policy,
         "x-idempotent": op.idempotent,
-        "parameters": [],
+        "parameters": [_path_parameter(n, p) for n, p in op.path_params.items()],
         "responses": {},
     }
-    for name, desc in op.path_params.items():
-        out["parameters"].append(
-            {
-                "name": name,
-                "in": "path",
-                "required": True,
-                "description": desc,
-                "schema": {"type": "string"},
-            }
-        )
     if op.query is not None:
-        schema = op.query.model_json_schema()
-        required = set(schema.get("required", []))
-        for name, prop in schema["properties"].items():
-            out["parameters"].append(
-                {
-                    "name": name,
-                    "in": "query",
-                    "required": name in required,
-                    "description": prop.get("description", ""),
-                    "schema": prop,
-                }
-            )
+        out["parameters"].extend(_query_parameters(op.query))
     if op.body is not None:
         out["requestBody"] = {
             "required": True,
             "content": {"application/json": {"schema": ref(op.body, "validation")}},
         }
+    links = _links(op)
     for status, (model, desc) in sorted(op.responses.items()):
         response: dict[str, Any] = {"description": desc, "headers": _RATE_HEADERS}
         if model is not None:
             response["content"] = {"application/json": {"schema": ref(model, "serialization")}}
+            if links:
+                response["links"] = links
         if status == 201:
             response["headers"] = {
                 **_RATE_HEADERS,
-                "Location": {"description": "The new resource.", "schema": {"type": "string"}},
+                "Location": {
+                    "description": "The new resource.",
+                    "schema": {"type": "string"},
+                    "required": True,
+                },
             }
         out["responses"][str(status)] = response
-    errors = [*op.errors, *_COMMON, *(_BODY if op.body is not None else ())]
-    by_status: dict[int, list[type[AppError]]] = {}
-    for err in errors:
-        if err not in by_status.setdefault(err.status, []):
-            by_status[err.status].append(err)
-    for status, errs in sorted(by_status.items()):
-        codes = ", ".join(f"`{e.code}`" for e in errs)
-        out["responses"][str(status)] = {
-            "description": f"Codes: {codes}.",
-            "x-error-codes": [e.code for e in errs],
-            "content": {
-                "application/problem+json": {"schema": {"$ref": REF.format(model="Problem")}}
-            },
-        }
+    out["responses"].update(_error_responses(op))
     return out

@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 from pydantic.main import IncEx
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -23,6 +24,24 @@ from app.guard import Guard
 from app.ratelimit import Policy
 from app.services.core import Core, Principal
 from app.validation import from_validation_error, validation_context
+
+
+class RawConvertor(Convertor[str]):
+    """`{name:raw}`: the rest of the path, as decoded, whatever it holds. Starlette's own `path`
+    convertor is `.*`, whose `.` stops at a newline, and the route's closing `$` then matches
+    before it: `a%0A` would route as `a`. Here every character is taken, and the parameter's own
+    validation refuses what it must."""
+
+    regex = "(?s:.+)"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("raw", RawConvertor())
 
 
 @dataclass
@@ -43,6 +62,27 @@ Handler = Callable[[Call], Awaitable[Response]]
 
 
 @dataclass(frozen=True)
+class PathParam:
+    """A path parameter as documented: `type_` is what the handler validates it as (its JSON
+    schema, pattern included, goes into the document), `example` feeds the examples phase."""
+
+    description: str
+    type_: Any = str
+    example: str | None = None
+
+
+@dataclass(frozen=True)
+class Link:
+    """An OpenAPI link from a success response to another operation: what a client (or a
+    stateful fuzzer) can call next with values taken from this request or response."""
+
+    operation_id: str
+    #: Parameter name -> runtime expression, e.g. `$response.body#/id`.
+    parameters: Mapping[str, str]
+    description: str = ""
+
+
+@dataclass(frozen=True)
 class Operation:
     method: str
     path: str
@@ -55,7 +95,7 @@ class Operation:
     description: str = ""
     body: type[BaseModel] | None = None
     query: type[BaseModel] | None = None
-    path_params: Mapping[str, str] = field(default_factory=dict)
+    path_params: Mapping[str, PathParam] = field(default_factory=dict)
     status: int = 200
     #: Success responses: status -> (model or None, description).
     responses: Mapping[int, tuple[Any, str]] = field(default_factory=dict)
@@ -64,6 +104,8 @@ class Operation:
     #: decodes `%2F` to `/` before routing, so a parameter that may hold one is matched with
     #: `:path` and then refused by its own validation (422), not as a missing route (404).
     route_path: str | None = None
+    #: Links from every success response with a body, by name.
+    links: Mapping[str, Link] = field(default_factory=dict)
 
     def route(self) -> Route:
         return Route(

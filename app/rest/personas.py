@@ -21,10 +21,24 @@ from app.models import (
     PersonaUpdate,
 )
 from app.pagination import PageQuery
-from app.rest.operations import Call, Operation, json_response
+from app.rest.operations import Call, Link, Operation, PathParam, json_response
 from app.services import personas
 
-PERSONA_ID_PARAM = {"id": "The persona's id, `per_` + a ULID."}
+PERSONA_ID_PARAM = {
+    "id": PathParam(
+        "The persona's id, `per_` + a ULID. Any other value is simply not found (404).",
+        example="per_01JDQ5M3V9Z8K7X6W5T4S3R2Q1",
+    )
+}
+_PERSONA_LINKS = {
+    name: Link(operation_id, {"id": "$response.body#/id"}, description)
+    for name, operation_id, description in (
+        ("GetPersona", "getPersona", "Read it back."),
+        ("UpdatePersona", "updatePersona", "Change some of its fields."),
+        ("SetPersonaKnowledge", "setPersonaKnowledge", "Attach documents to it."),
+        ("DeletePersona", "deletePersona", "Delete it."),
+    )
+}
 
 
 async def list_personas(call: Call) -> Response:
@@ -111,6 +125,7 @@ OPERATIONS = [
         status=201,
         responses={201: (PersonaPublic, "Created.")},
         errors=(PersonaQuotaExceeded,),
+        links=_PERSONA_LINKS,
     ),
     Operation(
         method="GET",

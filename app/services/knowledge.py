@@ -56,7 +56,7 @@ from app.services.core import Core, Principal, period_key
 
 
 def check_external_id(external_id: str) -> str:
-    if not EXTERNAL_ID_RE.match(external_id):
+    if not EXTERNAL_ID_RE.fullmatch(external_id):
         raise InvalidExternalId("external_id must be 1-128 characters of A-Z a-z 0-9 . _ : -")
     return external_id
 

@@ -191,7 +191,7 @@ async def test_a_problem_lists_at_most_100_field_errors(api: httpx.AsyncClient) 
 
 @pytest.mark.parametrize(
     "content",
-    ["\u200b", "\u200b\u200c\u200d\u2060\ufeff", "\x00\x01\x1f", " \t\u3000\u00ad", "\U000e0041"],
+    ["\u200b", "\u200b\u200c\u200d\u2060\ufeff", "\x00\x01\x1f", " \t\u3000\u00ad"],
 )
 async def test_invisible_content_is_blank(
     app: Starlette, api: httpx.AsyncClient, content: str
