@@ -38,6 +38,7 @@ class Server:
 def server(tmp_path: Path) -> Iterator[Server]:
     """`personaizer serve` on a free port, ready (model loaded), with a user on the
     `unlimited` plan so that no 429 cuts the stream of heavy requests short."""
+    assert run("init", data_dir=tmp_path).returncode == 0
     made = run("users", "create", "loop@example.com", "--plan", "unlimited", data_dir=tmp_path)
     assert made.returncode == 0, made.stderr
     created = run("keys", "create", "loop@example.com", data_dir=tmp_path)

@@ -91,6 +91,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     data = tmp_path_factory.mktemp("mcp")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PERSONAIZER_")}
     env.update(PERSONAIZER_DATA_DIR=str(data), PERSONAIZER_PLANS=json.dumps(TINY))
+    _cli("init", env=env)
     _cli("users", "create", "agent@example.com", "--plan", "unlimited", env=env)
     _cli("users", "create", "tiny@example.com", "--plan", "tiny", env=env)
     key = _cli("keys", "create", "agent@example.com", env=env)

@@ -58,6 +58,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]
     """A `personaizer serve` process on a free port, ready (model loaded); its URL and a key of
     a user on the `unlimited` plan (batch_items 500, no rate limit in the way)."""
     data_dir = tmp_path_factory.mktemp("server")
+    _cli("init", data_dir=data_dir)
     _cli("users", "create", "load@example.com", "--plan", "unlimited", data_dir=data_dir)
     key = _cli("keys", "create", "load@example.com", data_dir=data_dir)
     port = _free_port()
