@@ -5,10 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import shutil
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +14,7 @@ import pytest
 from starlette.applications import Starlette
 
 from app.services import accounts
+from tests import servers
 from tests.conftest import AppFactory, assert_problem, client_for, new_key
 
 pytestmark = pytest.mark.anyio
@@ -246,62 +243,11 @@ async def test_plan_change_starts_a_fresh_window(make_app: AppFactory) -> None:
 # --- Redis: several processes share one count ------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
-
-
 @pytest.fixture
 def redis_url(tmp_path: Path) -> Iterator[str]:
     """A private redis-server on a free port in a temporary directory, stopped afterwards."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed (Debian: apt-get install redis-server)")
-    port = _free_port()
-    workdir = tmp_path / "redis"
-    workdir.mkdir()
-    process = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            str(workdir),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--daemonize",
-            "no",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2) as conn:
-                    conn.sendall(b"PING\r\n")
-                    if conn.recv(16).startswith(b"+PONG"):
-                        break
-            except OSError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"redis-server did not start on port {port}")
-            time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with servers.redis_server(tmp_path / "redis") as url:
+        yield url
 
 
 @pytest.mark.redis
@@ -329,7 +275,7 @@ async def test_redis_shares_the_count_between_processes(
 async def test_redis_down_answers_503(make_app: AppFactory) -> None:
     """A configured but unreachable Redis refuses requests rather than letting them through
     unlimited."""
-    app = await make_app(redis_url=f"redis://127.0.0.1:{_free_port()}/0")
+    app = await make_app(redis_url=f"redis://127.0.0.1:{servers.free_port()}/0")
     key = await new_key(app)
     async with client_for(app, **{"X-Api-Key": key}) as api:
         r = await api.get(PERSONAS)
