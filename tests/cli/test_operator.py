@@ -73,6 +73,7 @@ def test_usage_mistakes_are_one_line_too(tmp_path: Path) -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.engines("sqlite")  # the CLI and the app share a data dir's file
 async def test_set_password_lets_a_user_sign_in(tmp_path: Path, make_app: AppFactory) -> None:
     data = tmp_path / "data"
     assert personaizer("init", "--data-dir", str(data)).returncode == 0
@@ -181,6 +182,7 @@ def _demo_credentials(output: str) -> tuple[str, str]:
 
 
 @pytest.mark.anyio
+@pytest.mark.engines("sqlite")  # the CLI and the app share a data dir's file
 async def test_demo_restart_reuses_what_works(tmp_path: Path, make_app: AppFactory) -> None:
     data = tmp_path / "data"
     first = start_server(data, "--demo", port=free_port(), model=False)

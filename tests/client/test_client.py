@@ -156,6 +156,7 @@ async def test_batched_upsert_follows_the_plan(make_app: AppFactory) -> None:
         assert (await api.list_docs()).total == 8
 
 
+@pytest.mark.engines("sqlite")  # a second connection holds SQLite's one write lock
 async def test_waits_out_503_as_retry_after_says(make_app: AppFactory, tmp_path: Path) -> None:
     """Another process holds the write lock: the server answers 503 with Retry-After, the
     client waits that long and sends the upsert again, which then succeeds."""
