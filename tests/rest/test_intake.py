@@ -9,6 +9,7 @@ import json
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -44,7 +45,11 @@ async def fingerprint(app: Starlette) -> list[tuple[Any, ...]]:
     async with app.state.core.db.read() as session:
         for table in ("knowledge_docs", "chunks", "personas", "persona_knowledge"):
             result = await session.execute(text(f"SELECT * FROM {table} ORDER BY 1, 2"))
-            rows.extend((table, *row) for row in result.all())
+            # PostgreSQL hands vectors back as numpy arrays, which do not compare as one value.
+            rows.extend(
+                (table, *(v.tobytes() if isinstance(v, np.ndarray) else v for v in row))
+                for row in result.all()
+            )
     return rows
 
 
