@@ -57,7 +57,7 @@ def test_sigterm_drains_a_batch_in_flight_and_flushes_usage(tmp_path: Path) -> N
                     "external_id": f"big-{i}",
                     "content": " ".join(rng.choice(words) for _ in range(200)),
                 }
-                for i in range(80)
+                for i in range(160)
             ]
             with ThreadPoolExecutor(1) as pool:
                 pending = pool.submit(api.put, "/api/knowledge/docs", json={"items": items})
@@ -90,13 +90,13 @@ def test_kill_9_under_concurrent_writers_loses_no_acknowledged_batch(tmp_path: P
     key = server.new_key("crash@example.com")
     writers = BatchWriters(server.url, key).start()
     try:
-        time.sleep(random.uniform(2.0, 6.0))
+        writers.wait_for(4)
+        time.sleep(random.uniform(0.0, 3.0))
         server.process.kill()
         server.process.wait(timeout=30)
     finally:
         writers.stop()
         stop_server(server)
-    assert writers.acknowledged, "no batch was acknowledged before the kill"
 
     # Restart on the same data: the server comes up on what the crash left.
     again = start_server(server.data_dir)
