@@ -139,11 +139,17 @@ def restore(source: Path, database: Path) -> Path | None:
         if database.exists():
             # Fold the WAL into the file (closing the last connection removes it): what the old
             # WAL held is then in the .bak, and no old WAL is left to replay into the new file.
-            conn = sqlean.connect(str(database))
             try:
-                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            finally:
-                conn.close()
+                conn = sqlean.connect(str(database))
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                finally:
+                    conn.close()
+            except sqlean.DatabaseError as exc:
+                raise BackupError(
+                    f"cannot read the database being replaced, {database} ({exc}): move it "
+                    "aside yourself, then restore"
+                ) from exc
             stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
             kept = database.with_name(f"{database.name}.{stamp}.bak")
             _copy(database, kept)

@@ -94,6 +94,12 @@ def test_backup_and_restore_refuse_what_they_cannot_do(tmp_path: Path) -> None:
     bad = personaizer("restore", str(junk), "--data-dir", str(data))
     assert bad.returncode == 1 and "not a usable SQLite database" in bad.stderr
     assert not list(data.glob("*.bak"))
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "personaizer.db").write_text("not a database either")
+    over = personaizer("restore", str(made), "--data-dir", str(broken))
+    assert over.returncode == 1 and "move it aside yourself" in over.stderr
+    assert (broken / "personaizer.db").read_text() == "not a database either"
 
     url = "postgresql://user:secret@127.0.0.1:1/db"
     for command in ("backup", "restore"):
