@@ -14,6 +14,7 @@ import os
 import socket
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
+from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
@@ -185,6 +186,14 @@ def serve(
         )
     if workers > 1 and demo:
         raise Fail("--demo runs with one worker; start once with --demo, then with --workers")
+    database = sqlite_file(settings)
+    if database is not None:
+        from app.backup import server_lock
+        from app.files import private_dir
+
+        # Held until the process ends: `personaizer restore` refuses while any server holds it.
+        private_dir(database.parent)
+        _held.enter_context(server_lock(database))
     sock = listen_socket(host, port)
     port = sock.getsockname()[1]
     settings = settings.model_copy(update={"port": port})
@@ -212,6 +221,10 @@ def serve(
         raise Fail(str(exc)) from exc
     if not server.started:
         raise Fail(f"the server did not start on {host}:{port} (see the log above)")
+
+
+#: What `serve` holds for its whole run (the server lock).
+_held = ExitStack()
 
 
 def _serve_workers(settings: Settings, workers: int, sock: socket.socket) -> None:
@@ -610,6 +623,57 @@ def migrate(
         )
 
     _run(copy())
+
+
+# --- backup, restore -----------------------------------------------------------------------
+
+PG_BACKUP = "on PostgreSQL use pg_dump to back up and pg_restore to restore (see docs/scaling.md)"
+
+
+@cli.command()
+def backup(
+    dest: Annotated[Path, typer.Argument(help="The new file (or a folder to put it in).")],
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Copy the SQLite database to DEST while the server runs: one consistent moment of it,
+    checked, readable by its owner only."""
+    from app.backup import BackupError
+    from app.backup import backup as copy
+
+    settings = load_settings(data_dir, database_url)
+    database = sqlite_file(settings)
+    if database is None:
+        raise Fail(PG_BACKUP)
+    check_database(settings, create=False)
+    try:
+        written = copy(database, dest)
+    except BackupError as exc:
+        raise Fail(str(exc)) from exc
+    out.print(f"backed up {database} to {written}")
+
+
+@cli.command()
+def restore(
+    src: Annotated[Path, typer.Argument(help="A file made by `personaizer backup`.")],
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Put the backup SRC in place of the SQLite database (stop the server first; the replaced
+    database is kept as a .bak beside it)."""
+    from app.backup import BackupError
+    from app.backup import restore as put_back
+
+    settings = load_settings(data_dir, database_url)
+    database = sqlite_file(settings)
+    if database is None:
+        raise Fail(PG_BACKUP)
+    try:
+        kept = put_back(src, database)
+    except BackupError as exc:
+        raise Fail(str(exc)) from exc
+    where = f"; the replaced database is kept as {kept}" if kept else ""
+    out.print(f"restored {database} from {src}{where}")
 
 
 def main(argv: list[str] | None = None) -> None:

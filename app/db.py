@@ -12,7 +12,8 @@ What differs lives here, in app/sqlite.py and app/postgres.py, and in the index 
 
 A lost or refused connection (PostgreSQL restarting, a locked SQLite file) answers 503
 `server.unavailable` with Retry-After, never 500; the pool drops dead connections and the next
-request reconnects by itself.
+request reconnects by itself. A full or read-only disk under SQLite answers the same 503, and
+the next write after the operator mends it succeeds (the writer opens a fresh connection each time).
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ __all__ = ["Database", "Dialect", "SchemaError", "async_url"]
 
 EMBEDDING_DIMS = 384
 Dialect = Literal["sqlite", "postgresql"]
+#: Seconds a client is asked to wait while the SQLite disk is full or read-only.
+UNWRITABLE_RETRY_AFTER_S = 5
 
 
 def async_url(url: str) -> URL:
@@ -136,13 +139,12 @@ class Database:
                         await postgres.lock_user(session, user_id)
                     yield session
         except (OperationalError, InterfaceError, OSError) as exc:
-            locked_or_gone = not (
-                isinstance(exc, OperationalError)
-                and self.dialect == "sqlite"
-                and not sqlite.is_locked(exc)
-            )
-            if not locked_or_gone:
-                raise
+            if isinstance(exc, OperationalError) and self.dialect == "sqlite":
+                # A full or read-only disk is the operator's to mend: 503 until then, not 500.
+                if sqlite.is_unwritable(exc):
+                    raise self._unwritable(exc) from exc
+                if not sqlite.is_locked(exc):
+                    raise
             raise self._unavailable(exc) from exc
         except DBAPIError as exc:
             if exc.connection_invalidated or postgres.is_disconnect(exc):
@@ -162,6 +164,15 @@ class Database:
             if busy
             else "The database cannot be reached; retry shortly.",
             headers={"Retry-After": "1" if busy else "2"},
+        )
+
+    def _unwritable(self, exc: OperationalError) -> Unavailable:
+        log.error(
+            "the database cannot be written: %s (free disk space or make it writable)", exc.orig
+        )
+        return Unavailable(
+            "The database cannot be written at the moment; retry later.",
+            headers={"Retry-After": str(UNWRITABLE_RETRY_AFTER_S)},
         )
 
     async def ping(self) -> None:

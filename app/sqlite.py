@@ -98,6 +98,14 @@ def is_locked(exc: OperationalError) -> bool:
     return "locked" in str(exc.orig) or "busy" in str(exc.orig)
 
 
+def is_unwritable(exc: OperationalError) -> bool:
+    """SQLITE_FULL or SQLITE_READONLY: the disk is full, or the file or its folder cannot be
+    written (a read-only mount, permissions). Both pass once the operator frees space or makes
+    the disk writable again, and the transaction was rolled back, so they are retried, not bugs."""
+    message = str(exc.orig)
+    return "disk is full" in message or "readonly database" in message
+
+
 def vacuum_into(path: Path, backup: Path) -> None:
     """A consistent copy of the file (readers and writers may go on meanwhile)."""
     backup.unlink(missing_ok=True)
