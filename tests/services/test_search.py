@@ -29,36 +29,77 @@ def index_module(core: Core) -> ModuleType:
     return sqlite_index if core.db.dialect == "sqlite" else pg_index
 
 
-# --- fusion --------------------------------------------------------------------------------
+# --- scores and fusion ---------------------------------------------------------------------
 
 
-def _r(doc: str, chunk: int = 0, score: float = 0.0) -> Any:
-    return Ranked(doc, chunk, score)
+def _s(doc: str, score: float, chunk: int = 0, kind: str = "semantic") -> search_service.Scored:
+    if kind == "semantic":
+        return search_service.semantic_scored(Ranked(doc, chunk, score))
+    return search_service.Scored(doc, chunk, score, semantic=None, keyword=score)
 
 
-def test_rrf_sums_reciprocal_ranks() -> None:
-    semantic = [_r("a", 1), _r("b", 2), _r("c", 3)]
-    keyword = [_r("c", 30), _r("d", 40), _r("a", 10)]
-    fused = search_service._fuse(semantic, keyword)
-    k = search_service.RRF_K
-    scores = {r.doc_id: r.score for r in fused}
-    assert scores == pytest.approx(
-        {
-            "a": 1 / (k + 1) + 1 / (k + 3),
-            "c": 1 / (k + 3) + 1 / (k + 1),
-            "b": 1 / (k + 2),
-            "d": 1 / (k + 2),
-        }
-    )
-    # Equal scores: the better single rank first, then the document id.
-    assert [r.doc_id for r in fused] == ["a", "c", "b", "d"]
-    # A document's chunk is the one of the ranking that placed it highest.
-    assert {r.doc_id: r.chunk_id for r in fused} == {"a": 1, "c": 30, "b": 2, "d": 40}
+def test_semantic_scores_are_cosine_within_0_and_1() -> None:
+    assert search_service.semantic_scored(Ranked("a", 1, 0.62)).score == pytest.approx(0.62)
+    assert search_service.semantic_scored(Ranked("a", 1, -0.3)).score == 0.0
+    assert search_service.semantic_scored(Ranked("a", 1, 1.0000002)).score == 1.0
 
 
-def test_rrf_of_one_ranking_keeps_its_order() -> None:
-    assert [r.doc_id for r in search_service._fuse([_r("x"), _r("y")], [])] == ["x", "y"]
-    assert search_service._fuse([], []) == []
+def test_keyword_scores_are_bm25_per_word_saturated() -> None:
+    half = search_service.KEYWORD_HALF
+
+    def score(bm25: float, words: int) -> float:
+        return search_service.keyword_scored(Ranked("a", 1, bm25), words).score
+
+    assert score(half, 1) == pytest.approx(0.5)
+    # The same match spread over more query words is a weaker answer to the longer query.
+    assert score(2 * half, 2) == pytest.approx(0.5)
+    assert score(2 * half, 4) < 0.5
+    values = [score(x, 3) for x in (0.0, 0.5, 3.0, 30.0, 3000.0)]
+    assert values == sorted(values) and values[0] == 0.0 and values[-1] < 1.0
+    hit = search_service.keyword_scored(Ranked("a", 7, 4.0), 1)
+    assert (hit.chunk_id, hit.semantic, hit.keyword) == (7, None, hit.score)
+
+
+def test_query_word_count_is_what_the_keyword_index_looks_for() -> None:
+    assert search_service.query_word_count("how does the lamp work") == 2  # stopwords left out
+    assert search_service.query_word_count("the") == 1
+    assert search_service.query_word_count("?!") == 1
+
+
+def test_fusion_is_a_convex_combination_of_the_two_scores() -> None:
+    w = search_service.SEMANTIC_WEIGHT
+    semantic = [_s("a", 0.8, 1), _s("b", 0.6, 2), _s("c", 0.3, 3)]
+    keyword = [
+        _s("c", 0.9, 30, "keyword"),
+        _s("d", 0.5, 40, "keyword"),
+        _s("a", 0.2, 10, "keyword"),
+    ]
+    fused = {s.doc_id: s for s in search_service.fuse(semantic, keyword)}
+    assert fused["a"].score == pytest.approx(w * 0.8 + (1 - w) * 0.2)
+    assert fused["c"].score == pytest.approx(w * 0.3 + (1 - w) * 0.9)
+    # Left out by one ranking: that ranking's lowest kept score stands in, the part stays null.
+    assert fused["b"].score == pytest.approx(w * 0.6 + (1 - w) * 0.2)
+    assert fused["d"].score == pytest.approx(w * 0.3 + (1 - w) * 0.5)
+    assert (fused["b"].semantic, fused["b"].keyword) == (0.6, None)
+    assert (fused["d"].semantic, fused["d"].keyword) == (None, 0.5)
+    assert (fused["a"].semantic, fused["a"].keyword) == (0.8, 0.2)
+    # The chunk shown is the one of the part weighing more in the document's score.
+    assert {d: s.chunk_id for d, s in fused.items()} == {"a": 1, "b": 2, "c": 30, "d": 40}
+    ranked = search_service.fuse(semantic, keyword)
+    assert [s.score for s in ranked] == sorted((s.score for s in ranked), reverse=True)
+    assert all(0.0 <= s.score <= 1.0 for s in ranked)
+
+
+def test_fusion_of_one_ranking_keeps_it() -> None:
+    one = [_s("x", 0.5), _s("y", 0.4)]
+    assert search_service.fuse(one, []) == one
+    assert search_service.fuse([], one) == one
+    assert search_service.fuse([], []) == []
+
+
+def test_equal_scores_rank_by_chunk_id() -> None:
+    fused = search_service.fuse([_s("late", 0.5, 9), _s("early", 0.5, 4)], [_s("z", 0.0, 99, "k")])
+    assert [s.doc_id for s in fused][:2] == ["early", "late"]
 
 
 # --- strategies ----------------------------------------------------------------------------
@@ -157,17 +198,28 @@ async def test_keyword_deepens_until_it_has_enough_documents(
 
 
 async def test_hybrid_fuses_the_two_modes(app: Starlette) -> None:
+    """Hybrid hits carry the scores the two other modes give, and combine them."""
     core, principal = await setup_corpus(app)
-    for query in QUERIES:
+    w = search_service.SEMANTIC_WEIGHT
+    for query in [*QUERIES, "bread chess money"]:
         hybrid = await run_search(core, principal, query=query, k=8)
-        semantic = await run_search(core, principal, query=query, k=8, mode="semantic")
-        keyword = await run_search(core, principal, query=query, k=8, mode="keyword")
-        k = search_service.RRF_K
-        expected: dict[str, float] = {}
-        for ranking in (semantic, keyword):
-            for rank, hit in enumerate(ranking.results, start=1):
-                expected[hit.external_id] = expected.get(hit.external_id, 0) + 1 / (k + rank)
-        assert {h.external_id: h.score for h in hybrid.results} == pytest.approx(expected)
+        semantic = {
+            h.external_id: h.score
+            for h in (await run_search(core, principal, query=query, k=8, mode="semantic")).results
+        }
+        keyword = {
+            h.external_id: h.score
+            for h in (await run_search(core, principal, query=query, k=8, mode="keyword")).results
+        }
+        assert len(hybrid.results) == len(semantic) == 8  # every document, both ways
+        for hit in hybrid.results:
+            assert hit.semantic_score == pytest.approx(semantic[hit.external_id])
+            assert hit.keyword_score == (
+                pytest.approx(keyword[hit.external_id]) if hit.external_id in keyword else None
+            )
+            # A document without any query word: the lowest keyword score stands in.
+            kw = keyword.get(hit.external_id, min(keyword.values(), default=0.0))
+            assert hit.score == pytest.approx(w * semantic[hit.external_id] + (1 - w) * kw)
 
 
 async def test_a_shallow_first_pass_deepens_to_the_exact_ranking(
