@@ -69,7 +69,7 @@ JUNK_THRESHOLD = SEARCH_JUNK_THRESHOLD
 #: vectors, `FEEDBACK_WEIGHT` times their mean, are added to the query's before a second
 #: semantic pass.
 FEEDBACK_DOCS = 5
-FEEDBACK_WEIGHT = 1.0
+FEEDBACK_WEIGHT = 1.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +119,7 @@ async def search(*, core: Core, principal: Principal, request: SearchRequest) ->
             keyword_part = [keyword_scored(r, words) for r in keyword]
             scored = fuse([semantic_scored(r) for r in semantic], keyword_part, depth=depth)
             # Pseudo-relevance feedback, from hits believed relevant only: Cranfield nDCG@10
-            # 0.417 -> 0.436, and an off-topic query (nothing at the threshold) keeps its
+            # 0.417 -> 0.440, and an off-topic query (nothing at the threshold) keeps its
             # scores, so the threshold still parts junk from hits (docs/decisions.md).
             confident = [s for s in scored[:FEEDBACK_DOCS] if s.score >= JUNK_THRESHOLD]
             if vector is not None and confident:
