@@ -527,7 +527,8 @@ async def test_openapi_documents_the_operation(anon: httpx.AsyncClient) -> None:
     op = doc["paths"]["/api/knowledge/search"]["post"]
     assert op["x-ratelimit-policy"] == "search"
     assert op["x-idempotent"] is True
-    for words in ("cosine similarity", "BM25", "reciprocal rank fusion"):
+    for words in ("cosine similarity", "BM25", "semantic_score", "keyword_score", "min_score"):
         assert words in op["description"]
+    assert f"Junk threshold: {SEARCH_JUNK_THRESHOLD:g}" in op["description"]
     assert "persona.not_found" in op["responses"]["404"]["x-error-codes"]
     assert "knowledge.invalid_external_id" in op["responses"]["422"]["x-error-codes"]
