@@ -12,6 +12,7 @@ from strawberry.scalars import JSON
 from app.graphql.context import Info
 from app.graphql.errors import validated
 from app.models import SEARCH_K_MAX, SearchRequest, SearchResponse
+from app.models import SearchHit as SearchHitModel
 from app.services import search as search_service
 
 #: The root field whose selection makes an operation a `search` for the rate limiter.
@@ -29,7 +30,13 @@ class SearchMode(Enum):
 class SearchHit:
     external_id: str
     title: str | None
-    score: float = strawberry.field(description="Higher is better; its scale depends on the mode.")
+    score: float = strawberry.field(description=SearchHitModel.model_fields["score"].description)
+    semantic_score: float | None = strawberry.field(
+        description=SearchHitModel.model_fields["semantic_score"].description
+    )
+    keyword_score: float | None = strawberry.field(
+        description=SearchHitModel.model_fields["keyword_score"].description
+    )
     chunk_index: int = strawberry.field(description="Which chunk matched best (from 0).")
     text: str = strawberry.field(description="The text of that chunk.")
     metadata: JSON
@@ -51,6 +58,8 @@ class SearchResult:
                     external_id=h.external_id,
                     title=h.title,
                     score=h.score,
+                    semantic_score=h.semantic_score,
+                    keyword_score=h.keyword_score,
                     chunk_index=h.chunk_index,
                     text=h.text,
                     metadata=JSON(h.metadata),
@@ -83,6 +92,10 @@ async def search(
             description="Equality filters on top-level metadata keys (all must match)."
         ),
     ] = None,
+    min_score: Annotated[
+        float | None,
+        strawberry.argument(description=SearchRequest.model_fields["min_score"].description),
+    ] = None,
 ) -> SearchResult:
     """Search the caller's documents, best first, one hit per document (see the REST
     operation `searchKnowledge` for the scores of each mode)."""
@@ -93,6 +106,7 @@ async def search(
         "persona_id": persona_id,
         "external_ids": external_ids,
         "metadata": metadata,
+        "min_score": min_score,
     }
     request = validated(SearchRequest, body)
     response = await search_service.search(

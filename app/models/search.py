@@ -22,6 +22,9 @@ SEARCH_QUERY_MAX = 1000
 SEARCH_K_MAX = 50
 SEARCH_EXTERNAL_IDS_MAX = 1000
 SEARCH_METADATA_KEYS_MAX = 32
+#: A `hybrid` or `semantic` score below this is most likely a hit unrelated to the query
+#: (measured in docs/decisions.md); the documented threshold for `min_score`.
+SEARCH_JUNK_THRESHOLD = 0.4
 _INT64 = 2**63
 
 SearchMode = Literal["hybrid", "semantic", "keyword"]
@@ -103,14 +106,40 @@ class SearchRequest(RequestModel):
         None,
         ge=0,
         le=1,
-        description="Leave out hits whose `score` is below this (0..1); none by default.",
+        description=(
+            "Leave out hits whose `score` is below this (0 to 1); none by default. "
+            f"{SEARCH_JUNK_THRESHOLD:g} leaves out hits unrelated to the query in `hybrid` and "
+            "`semantic` mode."
+        ),
     )
 
 
 class SearchHit(PublicModel):
     external_id: str
     title: str | None
-    score: float = Field(description="Higher is better; its scale depends on the mode.")
+    score: float = Field(
+        description=(
+            "0 to 1, higher is better, comparable across queries of one mode. In `hybrid` and "
+            f"`semantic` mode, below {SEARCH_JUNK_THRESHOLD:g} a hit is most likely unrelated "
+            "to the query."
+        )
+    )
+    semantic_score: float | None = Field(
+        None,
+        description=(
+            "The semantic part of the score (0 to 1: the cosine similarity of the chunk and "
+            "the query, below 0 taken as 0); null in `keyword` mode, or in `hybrid` when the "
+            "document was too far down the semantic ranking to be scored."
+        ),
+    )
+    keyword_score: float | None = Field(
+        None,
+        description=(
+            "The keyword part of the score (0 to 1, from BM25 over the query's words); null "
+            "in `semantic` mode, or when the document has no query word (or was too far "
+            "down the keyword ranking to be scored)."
+        ),
+    )
     chunk_index: int = Field(description="Which chunk of the document matched best (from 0).")
     text: str = Field(description="The text of that chunk.")
     metadata: JsonObject

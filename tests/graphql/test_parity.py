@@ -138,7 +138,10 @@ LIMITS = (
     "knowledgeDocs knowledgeChars docChars personas batchItems readsPerMinute writesPerMinute "
     "searchesPerMinute"
 )
-HITS = "results { externalId title score chunkIndex text metadata } mode tookMs"
+HITS = (
+    "results { externalId title score semanticScore keywordScore chunkIndex text metadata } "
+    "mode tookMs"
+)
 
 READS = [
     Case(
@@ -246,6 +249,16 @@ READS = [
             f'query($m: JSON) {{ search(query: "shipping lamp", metadata: $m) {{ {HITS} }} }}',
             {"m": {"lang": "de"}},
         ),
+        adjust=_drop_took,
+    ),
+    Case(
+        "searchKnowledge",
+        Rest(
+            "POST",
+            "/api/knowledge/search",
+            json={"query": "when will my order ship?", "k": 5, "min_score": 0.4},
+        ),
+        Gql(f'{{ search(query: "when will my order ship?", k: 5, minScore: 0.4) {{ {HITS} }} }}'),
         adjust=_drop_took,
     ),
 ]
@@ -454,9 +467,9 @@ UPSERT_MANY_BARE = (
     "{ summary { created } } }"
 )
 SEARCH_BARE = (
-    "query($q: String!, $k: Int!, $mode: SearchMode!, $p: ID, $ids: [String!], $m: JSON) "
-    "{ search(query: $q, k: $k, mode: $mode, personaId: $p, externalIds: $ids, metadata: $m) "
-    "{ mode } }"
+    "query($q: String!, $k: Int!, $mode: SearchMode!, $p: ID, $ids: [String!], $m: JSON, "
+    "$min: Float) { search(query: $q, k: $k, mode: $mode, personaId: $p, externalIds: $ids, "
+    "metadata: $m, minScore: $min) { mode } }"
 )
 
 
@@ -528,6 +541,7 @@ BAD = [
     Bad("searchKnowledge", "request.validation_failed", Rest("POST", "/api/knowledge/search", json={"query": "ship", "k": 51}), Gql(SEARCH_BARE, search_vars(k=51))),
     Bad("searchKnowledge", "request.validation_failed", Rest("POST", "/api/knowledge/search", json={"query": "ship", "k": "five"}), Gql(SEARCH_BARE, search_vars(k="five"))),
     Bad("searchKnowledge", "request.validation_failed", Rest("POST", "/api/knowledge/search", json={"query": "   "}), Gql(SEARCH_BARE, search_vars(q="   "))),
+    Bad("searchKnowledge", "request.validation_failed", Rest("POST", "/api/knowledge/search", json={"query": "ship", "min_score": 1.5}), Gql(SEARCH_BARE, search_vars(min=1.5))),
     Bad("searchKnowledge", "request.validation_failed", Rest("POST", "/api/knowledge/search", json={"query": "ship", "mode": "fuzzy"}), Gql(SEARCH_BARE, search_vars(mode="fuzzy"))),
     Bad("searchKnowledge", "request.validation_failed", Rest("POST", "/api/knowledge/search", json={"query": "ship", "metadata": {f"k{i}": i for i in range(33)}}), Gql(SEARCH_BARE, search_vars(m={f"k{i}": i for i in range(33)}))),
     Bad("searchKnowledge", "knowledge.invalid_external_id", Rest("POST", "/api/knowledge/search", json={"query": "ship", "external_ids": ["ok", "not ok"]}), Gql(SEARCH_BARE, search_vars(ids=["ok", "not ok"]))),

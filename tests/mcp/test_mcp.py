@@ -230,6 +230,8 @@ async def test_min_score_drops_weaker_hits(server: Server) -> None:
         args = {"query": "usb port on the lamp", "k": 3, "mode": "semantic"}
         every = data(await client.call_tool("search_knowledge", args))["results"]
         assert len(every) == 3
+        # Each hit carries the parts of its score: semantic only, in this mode.
+        assert all((h["semantic_score"], h["keyword_score"]) == (h["score"], None) for h in every)
         cut = (every[0]["score"] + every[1]["score"]) / 2
         kept = data(await client.call_tool("search_knowledge", {**args, "min_score": cut}))
         assert [h["external_id"] for h in kept["results"]] == [every[0]["external_id"]]

@@ -9,6 +9,7 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
+from app.models.search import SEARCH_JUNK_THRESHOLD
 from tests.conftest import AppFactory, assert_problem, client_for, new_key
 
 pytestmark = pytest.mark.anyio
@@ -108,19 +109,106 @@ async def test_response_shape_and_scores(api: httpx.AsyncClient) -> None:
             "external_id": "lamp",
             "title": "Desk lamp",
             "score": top["score"],
+            "semantic_score": top["semantic_score"],
+            "keyword_score": top["keyword_score"],
             "chunk_index": 0,
             "text": CORPUS[0]["content"],
             "metadata": {"kind": "product", "stock": 3, "lang": "en"},
         }
         scores = [hit["score"] for hit in body["results"]]
         assert scores == sorted(scores, reverse=True)
-        if mode == "semantic":
-            assert all(-1.0 <= s <= 1.0 for s in scores)
-        elif mode == "keyword":
-            assert all(s > 0 for s in scores)
-        else:
-            assert all(0 < s <= 2 / 61 + 1e-9 for s in scores)
+        assert all(0.0 <= s <= 1.0 for s in scores)
+        for hit in body["results"]:
+            parts = (hit["semantic_score"], hit["keyword_score"])
+            assert all(p is None or 0.0 <= p <= 1.0 for p in parts)
+            if mode == "semantic":
+                assert parts == (hit["score"], None)
+            elif mode == "keyword":
+                assert parts == (None, hit["score"])
+        if mode == "hybrid":  # the lamp matches both ways
+            assert top["semantic_score"] is not None and top["keyword_score"] is not None
     assert (await search(api, "lamp"))["mode"] == "hybrid"  # the default
+
+
+TECHNICAL = [
+    {
+        "external_id": "boundary-layer",
+        "title": "Boundary layer transition",
+        "content": "Laminar boundary layers on a flat plate become turbulent when the Reynolds "
+        "number passes a critical value; surface roughness moves transition upstream.",
+    },
+    {
+        "external_id": "shock-waves",
+        "title": "Shock waves in supersonic flow",
+        "content": "A normal shock wave forms ahead of a blunt body in supersonic flow; the "
+        "pressure and temperature rise sharply across it while the Mach number falls.",
+    },
+    {
+        "external_id": "wal",
+        "title": "Write-ahead logging",
+        "content": "A database with write-ahead logging appends every change to the log and "
+        "flushes it before the data pages, so a crash can be recovered by replaying the log.",
+    },
+    {
+        "external_id": "btree",
+        "title": "B-tree indexes",
+        "content": "A B-tree index keeps keys sorted in balanced pages, so lookups and range "
+        "scans read a logarithmic number of pages.",
+    },
+    {
+        "external_id": "tls",
+        "title": "TLS handshake",
+        "content": "In the TLS handshake the client and server agree on a cipher suite and "
+        "derive session keys; the server proves its identity with a certificate.",
+    },
+]
+#: (query, the document it asks for): real questions for the technical corpus.
+ON_TOPIC = [
+    ("when does a laminar boundary layer turn turbulent", "boundary-layer"),
+    ("pressure rise across a normal shock in supersonic flow", "shock-waves"),
+    ("how does a database recover after a crash", "wal"),
+    ("range scan on a sorted index", "btree"),
+    ("how do client and server agree on session keys", "tls"),
+]
+OFF_TOPIC = [
+    "chocolate cake recipe",
+    "best pizza in naples",
+    "how to knit a wool scarf",
+    "football world cup final",
+]
+
+
+@pytest.mark.parametrize("mode", ["hybrid", "semantic"])
+async def test_the_junk_threshold_separates_hits_from_junk(
+    api: httpx.AsyncClient, mode: str
+) -> None:
+    """One threshold for every query: the right document of each real question scores above
+    it, anything an off-topic query finds below it (API docs: the junk threshold)."""
+    await load(api, TECHNICAL)
+    threshold = SEARCH_JUNK_THRESHOLD
+    for query, expected in ON_TOPIC:
+        top = (await search(api, query, mode=mode, k=1))["results"][0]
+        assert top["external_id"] == expected
+        assert top["score"] >= threshold, (query, top["score"])
+        kept = await ids(api, query, mode=mode, min_score=threshold)
+        assert expected in kept
+    for query in OFF_TOPIC:
+        body = await search(api, query, mode=mode, k=5)
+        assert len(body["results"]) == 5  # something is always found ...
+        assert all(hit["score"] < threshold for hit in body["results"]), (query, body)
+        # ... and the threshold leaves it all out.
+        assert await ids(api, query, mode=mode, min_score=threshold) == []
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_min_score_leaves_out_weaker_hits(api: httpx.AsyncClient, mode: str) -> None:
+    await load(api)
+    every = (await search(api, "lamp orders refund", mode=mode, k=5))["results"]
+    assert len(every) >= 2
+    cut = (every[0]["score"] + every[1]["score"]) / 2
+    kept = (await search(api, "lamp orders refund", mode=mode, k=5, min_score=cut))["results"]
+    assert kept == [every[0]]
+    assert (await search(api, "lamp", mode=mode, min_score=1))["results"] == []
 
 
 async def test_empty_account_finds_nothing(api: httpx.AsyncClient) -> None:
@@ -439,7 +527,8 @@ async def test_openapi_documents_the_operation(anon: httpx.AsyncClient) -> None:
     op = doc["paths"]["/api/knowledge/search"]["post"]
     assert op["x-ratelimit-policy"] == "search"
     assert op["x-idempotent"] is True
-    for words in ("cosine similarity", "BM25", "reciprocal rank fusion"):
+    for words in ("cosine similarity", "BM25", "semantic_score", "keyword_score", "min_score"):
         assert words in op["description"]
+    assert f"Junk threshold: {SEARCH_JUNK_THRESHOLD:g}" in op["description"]
     assert "persona.not_found" in op["responses"]["404"]["x-error-codes"]
     assert "knowledge.invalid_external_id" in op["responses"]["422"]["x-error-codes"]

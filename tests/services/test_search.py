@@ -29,36 +29,82 @@ def index_module(core: Core) -> ModuleType:
     return sqlite_index if core.db.dialect == "sqlite" else pg_index
 
 
-# --- fusion --------------------------------------------------------------------------------
+# --- scores and fusion ---------------------------------------------------------------------
 
 
-def _r(doc: str, chunk: int = 0, score: float = 0.0) -> Any:
-    return Ranked(doc, chunk, score)
+def _s(doc: str, score: float, chunk: int = 0, kind: str = "semantic") -> search_service.Scored:
+    if kind == "semantic":
+        return search_service.semantic_scored(Ranked(doc, chunk, score))
+    return search_service.Scored(doc, chunk, score, semantic=None, keyword=score)
 
 
-def test_rrf_sums_reciprocal_ranks() -> None:
-    semantic = [_r("a", 1), _r("b", 2), _r("c", 3)]
-    keyword = [_r("c", 30), _r("d", 40), _r("a", 10)]
-    fused = search_service._fuse(semantic, keyword)
-    k = search_service.RRF_K
-    scores = {r.doc_id: r.score for r in fused}
-    assert scores == pytest.approx(
-        {
-            "a": 1 / (k + 1) + 1 / (k + 3),
-            "c": 1 / (k + 3) + 1 / (k + 1),
-            "b": 1 / (k + 2),
-            "d": 1 / (k + 2),
-        }
-    )
-    # Equal scores: the better single rank first, then the document id.
-    assert [r.doc_id for r in fused] == ["a", "c", "b", "d"]
-    # A document's chunk is the one of the ranking that placed it highest.
-    assert {r.doc_id: r.chunk_id for r in fused} == {"a": 1, "c": 30, "b": 2, "d": 40}
+def test_semantic_scores_are_cosine_within_0_and_1() -> None:
+    assert search_service.semantic_scored(Ranked("a", 1, 0.62)).score == pytest.approx(0.62)
+    assert search_service.semantic_scored(Ranked("a", 1, -0.3)).score == 0.0
+    assert search_service.semantic_scored(Ranked("a", 1, 1.0000002)).score == 1.0
 
 
-def test_rrf_of_one_ranking_keeps_its_order() -> None:
-    assert [r.doc_id for r in search_service._fuse([_r("x"), _r("y")], [])] == ["x", "y"]
-    assert search_service._fuse([], []) == []
+def test_keyword_scores_are_bm25_per_word_saturated() -> None:
+    half = search_service.KEYWORD_HALF
+
+    def score(bm25: float, words: int) -> float:
+        return search_service.keyword_scored(Ranked("a", 1, bm25), words).score
+
+    assert score(half, 1) == pytest.approx(0.5)
+    # The same match spread over more query words is a weaker answer to the longer query.
+    assert score(2 * half, 2) == pytest.approx(0.5)
+    assert score(2 * half, 4) < 0.5
+    values = [score(x, 3) for x in (0.0, 0.5, 3.0, 30.0, 3000.0)]
+    assert values == sorted(values) and values[0] == 0.0 and values[-1] < 1.0
+    hit = search_service.keyword_scored(Ranked("a", 7, 4.0), 1)
+    assert (hit.chunk_id, hit.semantic, hit.keyword) == (7, None, hit.score)
+
+
+def test_query_word_count_is_what_the_keyword_index_looks_for() -> None:
+    assert search_service.query_word_count("how does the lamp work") == 2  # stopwords left out
+    assert search_service.query_word_count("the") == 1
+    assert search_service.query_word_count("?!") == 1
+
+
+def test_fusion_is_a_convex_combination_of_the_two_scores() -> None:
+    w = search_service.SEMANTIC_WEIGHT
+    semantic = [_s("a", 0.8, 1), _s("b", 0.6, 2), _s("c", 0.3, 3)]
+    keyword = [_s("c", 0.9, 30, "k"), _s("d", 0.5, 40, "k"), _s("a", 0.2, 10, "k")]
+    # Both rankings cut at their depth: a document one left out gets its lowest kept score.
+    fused = {s.doc_id: s for s in search_service.fuse(semantic, keyword, depth=3)}
+    assert fused["a"].score == pytest.approx(w * 0.8 + (1 - w) * 0.2)
+    assert fused["c"].score == pytest.approx(w * 0.3 + (1 - w) * 0.9)
+    assert fused["b"].score == pytest.approx(w * 0.6 + (1 - w) * 0.2)
+    assert fused["d"].score == pytest.approx(w * 0.3 + (1 - w) * 0.5)
+    assert (fused["b"].semantic, fused["b"].keyword) == (0.6, None)
+    assert (fused["d"].semantic, fused["d"].keyword) == (None, 0.5)
+    assert (fused["a"].semantic, fused["a"].keyword) == (0.8, 0.2)
+    # The chunk shown is the one of the part weighing more in the document's score.
+    assert {d: s.chunk_id for d, s in fused.items()} == {"a": 1, "b": 2, "c": 30, "d": 40}
+    # Rankings shorter than the depth hold every document they score: the others get 0.
+    short = {s.doc_id: s for s in search_service.fuse(semantic, keyword, depth=10)}
+    assert short["b"].score == pytest.approx(w * 0.6)
+    assert short["d"].score == pytest.approx((1 - w) * 0.5)
+    ranked = search_service.fuse(semantic, keyword, depth=10)
+    assert [s.score for s in ranked] == sorted((s.score for s in ranked), reverse=True)
+    assert all(0.0 <= s.score <= 1.0 for s in ranked)
+
+
+def test_fusion_with_no_keyword_match_is_the_weighted_semantic_score() -> None:
+    """A query none of whose words is in any document: the meaning alone, weighed down, so an
+    off-topic query stays below the junk threshold."""
+    fused = search_service.fuse([_s("x", 0.5), _s("y", 0.4)], [], depth=100)
+    w = search_service.SEMANTIC_WEIGHT
+    assert [(s.doc_id, s.score, s.keyword) for s in fused] == [
+        ("x", pytest.approx(w * 0.5), None),
+        ("y", pytest.approx(w * 0.4), None),
+    ]
+    assert search_service.fuse([], [], depth=5) == []
+
+
+def test_equal_scores_rank_by_chunk_id() -> None:
+    fused = search_service.fuse([_s("late", 0.5, 9), _s("early", 0.5, 4)], [], depth=5)
+    assert [s.doc_id for s in fused] == ["early", "late"]
 
 
 # --- strategies ----------------------------------------------------------------------------
@@ -156,18 +202,48 @@ async def test_keyword_deepens_until_it_has_enough_documents(
         assert len(scoped.results) == 2
 
 
-async def test_hybrid_fuses_the_two_modes(app: Starlette) -> None:
+async def test_hybrid_fuses_the_two_modes(app: Starlette, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without feedback, hybrid hits carry the scores the two other modes give, combined."""
     core, principal = await setup_corpus(app)
-    for query in QUERIES:
+    monkeypatch.setattr(search_service, "FEEDBACK_DOCS", 0)
+    w = search_service.SEMANTIC_WEIGHT
+    for query in [*QUERIES, "bread chess money"]:
         hybrid = await run_search(core, principal, query=query, k=8)
-        semantic = await run_search(core, principal, query=query, k=8, mode="semantic")
-        keyword = await run_search(core, principal, query=query, k=8, mode="keyword")
-        k = search_service.RRF_K
-        expected: dict[str, float] = {}
-        for ranking in (semantic, keyword):
-            for rank, hit in enumerate(ranking.results, start=1):
-                expected[hit.external_id] = expected.get(hit.external_id, 0) + 1 / (k + rank)
-        assert {h.external_id: h.score for h in hybrid.results} == pytest.approx(expected)
+        semantic = await scores_of(core, principal, query=query, k=8, mode="semantic")
+        keyword = await scores_of(core, principal, query=query, k=8, mode="keyword")
+        assert len(hybrid.results) == len(semantic) == 8  # every document, both ways
+        for hit in hybrid.results:
+            assert hit.semantic_score == pytest.approx(semantic[hit.external_id])
+            # Without any query word a document has no keyword score: 0 in the sum.
+            kw = keyword.get(hit.external_id)
+            assert hit.keyword_score == (None if kw is None else pytest.approx(kw))
+            assert hit.score == pytest.approx(w * semantic[hit.external_id] + (1 - w) * (kw or 0))
+
+
+async def test_hybrid_feedback_only_from_hits_above_the_junk_threshold(app: Starlette) -> None:
+    core, principal = await setup_corpus(app)
+    threshold = search_service.JUNK_THRESHOLD
+    # On topic: the best hits pass the threshold, the query moves towards them, and the
+    # semantic part is the similarity to the moved query (higher for the top hit).
+    body = {"query": "baking bread with sourdough starter", "k": 3}
+    hybrid = await run_search(core, principal, **body)
+    semantic = await scores_of(core, principal, **body, mode="semantic")
+    top = hybrid.results[0]
+    assert top.external_id == "doc-1" and top.score >= threshold
+    assert top.semantic_score is not None and top.semantic_score > semantic["doc-1"]
+    # Off topic: nothing reaches the threshold, no feedback, the semantic parts are the
+    # semantic mode's own.
+    body = {"query": "chocolate cake recipe for a birthday", "k": 3}
+    junk = await run_search(core, principal, **body)
+    semantic = await scores_of(core, principal, **body, mode="semantic")
+    assert all(h.score < threshold for h in junk.results)
+    assert {h.external_id: h.semantic_score for h in junk.results} == pytest.approx(
+        {h.external_id: semantic[h.external_id] for h in junk.results}
+    )
+
+
+async def scores_of(core: Core, principal: Principal, **body: Any) -> dict[str, float]:
+    return {h.external_id: h.score for h in (await run_search(core, principal, **body)).results}
 
 
 async def test_a_shallow_first_pass_deepens_to_the_exact_ranking(
