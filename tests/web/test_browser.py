@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import httpx
@@ -67,6 +68,21 @@ def seed(server: LiveServer, key: str) -> str:
     return persona_id
 
 
+@dataclass(frozen=True)
+class Account:
+    email: str
+    key: str
+    persona_id: str
+
+
+@pytest.fixture(scope="module")
+def account(live_server: LiveServer) -> Account:
+    """One user with DOCS and a persona for this module's tests (each signs in afresh, in a
+    browser context of its own); the CLI calls are the slow part."""
+    email, key = new_user(live_server)
+    return Account(email, key, seed(live_server, key))
+
+
 def sign_in(page: Page, server: LiveServer, email: str) -> None:
     page.goto(f"{server.url}/login")
     page.fill("#email", email)
@@ -80,10 +96,9 @@ def key_rows(page: Page) -> int:
 
 
 def test_key_creation_survives_a_reload_and_delete_asks_first(
-    page: Page, console_errors: list[str], live_server: LiveServer
+    page: Page, console_errors: list[str], live_server: LiveServer, account: Account
 ) -> None:
-    email, _ = new_user(live_server)
-    sign_in(page, live_server, email)
+    sign_in(page, live_server, account.email)
     before = key_rows(page)
 
     page.fill("#name", "catalogue sync")
@@ -128,11 +143,10 @@ def overflow(page: Page) -> int:
 
 
 def test_every_page_fits_a_phone_and_stacks_its_tables(
-    page: Page, console_errors: list[str], live_server: LiveServer
+    page: Page, console_errors: list[str], live_server: LiveServer, account: Account
 ) -> None:
-    email, key = new_user(live_server)
-    persona_id = seed(live_server, key)
-    sign_in(page, live_server, email)
+    persona_id = account.persona_id
+    sign_in(page, live_server, account.email)
     page.fill("#name", "a key with a rather long name to see how the stacked row wraps")
     page.click("text=Create key")
     prefix = page.inner_text("#new-key")[:12]
@@ -171,10 +185,10 @@ def test_every_page_fits_a_phone_and_stacks_its_tables(
     assert console_errors == []
 
 
-def test_times_are_readable_with_the_exact_time_kept(page: Page, live_server: LiveServer) -> None:
-    email, key = new_user(live_server)
-    seed(live_server, key)
-    sign_in(page, live_server, email)
+def test_times_are_readable_with_the_exact_time_kept(
+    page: Page, live_server: LiveServer, account: Account
+) -> None:
+    sign_in(page, live_server, account.email)
     for path in ("/api-keys", "/dashboard/documents", "/dashboard/personas", "/dashboard"):
         page.goto(live_server.url + path)
         times = page.locator("main time")
@@ -188,11 +202,10 @@ def test_times_are_readable_with_the_exact_time_kept(page: Page, live_server: Li
 
 
 def test_documents_personas_and_the_playground(
-    page: Page, console_errors: list[str], live_server: LiveServer
+    page: Page, console_errors: list[str], live_server: LiveServer, account: Account
 ) -> None:
-    email, key = new_user(live_server)
-    persona_id = seed(live_server, key)
-    sign_in(page, live_server, email)
+    persona_id = account.persona_id
+    sign_in(page, live_server, account.email)
 
     page.get_by_role("link", name="Documents").click()
     assert page.inner_text("#doc-total") == "3 in all"
@@ -225,18 +238,14 @@ def test_documents_personas_and_the_playground(
     assert console_errors == []
 
 
-def test_signed_out_pages_send_the_browser_to_sign_in(page: Page, live_server: LiveServer) -> None:
+def test_signed_out_pages_send_the_browser_to_sign_in(
+    page: Page, live_server: LiveServer, account: Account
+) -> None:
     for path in ("/dashboard", "/dashboard/search", "/api-keys"):
         page.goto(live_server.url + path)
         assert page.url == f"{live_server.url}/login"
-    email, _ = new_user(live_server)
-    sign_in(page, live_server, email)
+    sign_in(page, live_server, account.email)
     page.get_by_role("button", name="Sign out").click()
     page.wait_for_url(f"{live_server.url}/login")
     page.goto(f"{live_server.url}/dashboard")
     assert page.url == f"{live_server.url}/login"
-
-
-@pytest.fixture(autouse=True)
-def _no_anyio() -> None:
-    """These tests are synchronous: Playwright's sync API runs its own event loop."""
