@@ -81,7 +81,9 @@ def csrf(request: Request) -> str:
 
 def no_api_keys(request: Request) -> None:
     if "x-api-key" in request.headers:
-        raise Forbidden("API keys cannot manage keys; sign in at /login in a browser.")
+        raise Forbidden(
+            "The dashboard takes a browser session, never an API key; sign in at /login."
+        )
 
 
 async def form(request: Request) -> dict[str, str]:
