@@ -18,6 +18,7 @@ from datetime import datetime
 import numpy as np
 from sqlalchemy import delete, func
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import defer
 from sqlmodel import col, select
 
 from app.chunking import TextChunk, chunk_text, embedding_text, sha256_hex
@@ -462,3 +463,33 @@ async def delete_doc(*, core: Core, principal: Principal, external_id: str) -> b
         # Chunks and persona attachments go by ON DELETE CASCADE.
         await session.delete(doc)
     return True
+
+
+async def find_docs(
+    *, core: Core, principal: Principal, text: str, limit: int, cursor: str | None = None
+) -> Page[KnowledgeDocPublic]:
+    """The dashboard's document search: documents whose external_id starts with `text`
+    (exactly, case-sensitive) or whose title contains it (ignoring case), ordered and paged
+    like `list_docs`, without content."""
+    position = decode_cursor(cursor, keys=("after",))
+    external_id = col(KnowledgeDoc.external_id)
+    # substr() rather than LIKE: an external_id may hold `_`, a LIKE wildcard, and LIKE's case
+    # rules differ between SQLite and PostgreSQL.
+    prefix = func.substr(external_id, 1, len(text)) == text
+    title = func.lower(col(KnowledgeDoc.title)).contains(text.lower(), autoescape=True)
+    where = [col(KnowledgeDoc.user_id) == principal.user_id, prefix | title]
+    async with core.db.read() as session:
+        total = (
+            await session.execute(select(func.count()).select_from(KnowledgeDoc).where(*where))
+        ).scalar_one()
+        query = select(KnowledgeDoc).where(*where).options(defer(KnowledgeDoc.content))  # type: ignore[arg-type]
+        if position is not None:
+            query = query.where(external_id > position["after"])
+        docs = list((await session.execute(query.order_by(external_id).limit(limit + 1))).scalars())
+    more = len(docs) > limit
+    docs = docs[:limit]
+    return Page[KnowledgeDocPublic](
+        items=[KnowledgeDocPublic.of(d, include_content=False) for d in docs],
+        next_cursor=encode_cursor({"after": docs[-1].external_id}) if more else None,
+        total=total,
+    )

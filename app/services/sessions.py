@@ -17,7 +17,7 @@ from sqlmodel import col, select
 
 from app.errors import Unauthorized
 from app.models import DashboardSession, User, utcnow
-from app.services.core import Core
+from app.services.core import Core, Principal
 
 #: How long a session lasts from sign-in, however active (the cookie has the same max-age).
 SESSION_TTL = timedelta(hours=8)
@@ -80,3 +80,26 @@ async def end(*, core: Core, token: object) -> None:
         await session.execute(
             delete(DashboardSession).where(col(DashboardSession.token_hash) == _digest(token))
         )
+
+
+async def signed_in_principal(*, core: Core, token: object) -> Principal | None:
+    """The session's user as the services see a caller (their plan included), or None when
+    `token` names no live session. The dashboard's pages read through the same service
+    functions as the API, acting as this principal."""
+    if not isinstance(token, str) or not token or len(token) > _TOKEN_MAX:
+        return None
+    async with core.db.read() as session:
+        row = (
+            await session.execute(
+                select(User.id, User.email, User.plan_id)
+                .join(DashboardSession, col(DashboardSession.user_id) == User.id)
+                .where(
+                    DashboardSession.token_hash == _digest(token),
+                    col(DashboardSession.expires_at) > utcnow(),
+                )
+            )
+        ).one_or_none()
+    if row is None:
+        return None
+    user_id, email, plan_id = row
+    return Principal(user_id=user_id, email=email, plan=core.plan(plan_id))

@@ -84,20 +84,31 @@ async def test_key_rotation_through_the_dashboard(
 ) -> None:
     token = await sign_in(browser)
     r = await browser.post("/api-keys", data={"name": "catalogue sync", "csrf_token": token})
-    assert r.status_code == 201
-    key = re.search(r'<code id="new-key">(pa_live_[A-Za-z0-9]+)</code>', r.text)
+    # Post/redirect/get: the POST answers with a redirect, so a reload cannot post again.
+    assert r.status_code == 303 and r.headers["location"] == "/api-keys"
+    shown = await browser.get("/api-keys")
+    key = re.search(r'<code id="new-key">(pa_live_[A-Za-z0-9]+)</code>', shown.text)
     assert key
     new_key = key.group(1)
-    page = await browser.get("/api-keys")
+    page = await browser.get("/api-keys")  # the reload: the list, and no key in full
     assert new_key not in page.text and new_key[:12] in page.text and "catalogue sync" in page.text
+    assert len(await accounts.list_keys(core=app.state.core, email=EMAIL)) == 1
 
     async with client_for(app, **{"X-Api-Key": new_key}) as api:
         assert (await api.get("/api/knowledge/docs")).status_code == 200
         r = await browser.post(f"/api-keys/{new_key[:12]}/disable", data={"csrf_token": token})
         assert r.status_code == 303
         assert_problem(await api.get("/api/knowledge/docs"), 401, "auth.unauthorized")
+        # A delete that did not come from the confirmation page asks there first.
         r = await browser.post(f"/api-keys/{new_key[:12]}/delete", data={"csrf_token": token})
-        assert r.status_code == 303
+        assert r.status_code == 303 and r.headers["location"] == f"/api-keys/{new_key[:12]}/delete"
+        assert len(await accounts.list_keys(core=app.state.core, email=EMAIL)) == 1
+        confirm = await browser.get(r.headers["location"])
+        assert confirm.status_code == 200 and 'name="confirm" value="yes"' in confirm.text
+        r = await browser.post(
+            f"/api-keys/{new_key[:12]}/delete", data={"csrf_token": token, "confirm": "yes"}
+        )
+        assert r.status_code == 303 and r.headers["location"] == "/api-keys"
     assert await accounts.list_keys(core=app.state.core, email=EMAIL) == []
 
 

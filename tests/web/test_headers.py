@@ -61,8 +61,10 @@ async def test_html_pages_carry_security_headers(app: Starlette) -> None:
         )
         page = await browser.get("/api-keys")
         assert_dashboard_page(page)
-        created = await browser.post("/api-keys", data={"name": "k", "csrf_token": csrf_of(page)})
-        assert created.status_code == 201 and 'id="new-key"' in created.text
+        r = await browser.post("/api-keys", data={"name": "k", "csrf_token": csrf_of(page)})
+        assert r.status_code == 303
+        created = await browser.get(r.headers["location"])
+        assert created.status_code == 200 and 'id="new-key"' in created.text
         assert_dashboard_page(created)  # the page showing a new key is never cached
         # Pages made by other doors (the API reference here) get the framing policy too.
         assert_html_headers(await browser.get("/docs"))
