@@ -144,8 +144,8 @@ async def playground(request: Request) -> Response:
     result = None
     if query.strip():
         try:
-            wanted = SearchRequest(
-                query=query, k=PLAYGROUND_K, mode=mode, persona_id=persona_id or None
+            wanted = SearchRequest.model_validate(
+                {"query": query, "k": PLAYGROUND_K, "mode": mode, "persona_id": persona_id or None}
             )
         except ValidationError as exc:
             raise from_validation_error(exc, parameter=True) from None
