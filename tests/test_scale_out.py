@@ -132,8 +132,17 @@ async def test_serve_with_two_workers(database_url: str, tmp_path: Path) -> None
         )
         key = make_key(env, "workers@example.com", "pro")
         with servers.serve("--workers", "2", env=env, log=tmp_path / "w.log") as base:
+            # /healthz answered 200 from one worker; the other may still be loading its model
+            # (it answers 503 meanwhile): wait until every new connection finds a ready one.
             h = {"X-Api-Key": key}
             async with httpx.AsyncClient(timeout=120) as http:
+                ready = 0
+                while ready < 10:
+                    fresh = httpx.AsyncClient(timeout=10)  # a new connection each time
+                    async with fresh:
+                        ok = (await fresh.get(f"{base}/healthz")).status_code == 200
+                    ready = ready + 1 if ok else 0
+                    await asyncio.sleep(0 if ok else 0.5)
                 for i in range(6):
                     r = await http.put(
                         f"{base}/api/knowledge/docs/by-external-id/w{i}",

@@ -204,10 +204,13 @@ async def test_the_junk_threshold_separates_hits_from_junk(
 async def test_min_score_leaves_out_weaker_hits(api: httpx.AsyncClient, mode: str) -> None:
     await load(api)
     every = (await search(api, "lamp orders refund", mode=mode, k=5))["results"]
-    assert len(every) >= 2
-    cut = (every[0]["score"] + every[1]["score"]) / 2
+    scores = [h["score"] for h in every]
+    # The first hit scoring below the best (hits may tie: one matched word each).
+    lower = next((i for i, s in enumerate(scores) if s < scores[0]), None)
+    assert lower is not None, scores
+    cut = (scores[0] + scores[lower]) / 2
     kept = (await search(api, "lamp orders refund", mode=mode, k=5, min_score=cut))["results"]
-    assert kept == [every[0]]
+    assert kept == every[:lower]
     assert (await search(api, "lamp", mode=mode, min_score=1))["results"] == []
 
 
