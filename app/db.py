@@ -117,12 +117,10 @@ class Database:
         try:
             async with AsyncSession(self.reader, expire_on_commit=False) as session:
                 yield session
-        except (OperationalError, InterfaceError, OSError) as exc:
-            raise self._unavailable(exc) from exc
-        except DBAPIError as exc:
-            if exc.connection_invalidated or postgres.is_disconnect(exc):
-                raise self._unavailable(exc) from exc
-            raise
+        except (DBAPIError, OSError) as exc:
+            if (mapped := self._translate(exc, writing=False)) is None:
+                raise
+            raise mapped from exc
 
     @asynccontextmanager
     async def write(self, *, user_id: int | None = None) -> AsyncIterator[AsyncSession]:
@@ -138,18 +136,25 @@ class Database:
                     if user_id is not None:
                         await postgres.lock_user(session, user_id)
                     yield session
-        except (OperationalError, InterfaceError, OSError) as exc:
-            if isinstance(exc, OperationalError) and self.dialect == "sqlite":
-                # A full or read-only disk is the operator's to mend: 503 until then, not 500.
-                if sqlite.is_unwritable(exc):
-                    raise self._unwritable(exc) from exc
-                if not sqlite.is_locked(exc):
-                    raise
-            raise self._unavailable(exc) from exc
-        except DBAPIError as exc:
-            if exc.connection_invalidated or postgres.is_disconnect(exc):
-                raise self._unavailable(exc) from exc
-            raise
+        except (DBAPIError, OSError) as exc:
+            if (mapped := self._translate(exc, writing=True)) is None:
+                raise
+            raise mapped from exc
+
+    def _translate(self, exc: DBAPIError | OSError, *, writing: bool) -> Unavailable | None:
+        """The 503 a database error means to a client (the database away, busy or unable to
+        take writes), or None: a real error, raised as it is."""
+        if writing and self.dialect == "sqlite" and isinstance(exc, OperationalError):
+            # A full or read-only disk is the operator's to mend: 503 until then, not 500.
+            if sqlite.is_unwritable(exc):
+                return self._unwritable(exc)
+            if not sqlite.is_locked(exc):
+                return None
+        if isinstance(exc, OperationalError | InterfaceError | OSError):
+            return self._unavailable(exc)
+        if exc.connection_invalidated or postgres.is_disconnect(exc):
+            return self._unavailable(exc)
+        return None
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[AsyncSession]:
