@@ -202,3 +202,28 @@ def test_past_the_connection_limit_requests_get_503(server: Server) -> None:
                 break
         assert time.monotonic() < deadline
         time.sleep(0.1)
+
+
+@pytest.mark.anyio
+async def test_served_connections_send_without_waiting_for_acks() -> None:
+    """The socket `serve` listens on yields connections with Nagle's algorithm off: with it on,
+    each response after the first on a keep-alive connection waited for the client's delayed
+    ACK (~40 ms a request)."""
+    import asyncio
+
+    from app.cli import listen_socket
+
+    nodelay: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    class Accept(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            conn = transport.get_extra_info("socket")
+            nodelay.set_result(conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            transport.close()
+
+    sock = listen_socket("127.0.0.1", 0)
+    server = await asyncio.get_running_loop().create_server(Accept, sock=sock)
+    async with server:
+        _, writer = await asyncio.open_connection(*sock.getsockname())
+        assert await asyncio.wait_for(nodelay, 10) != 0
+        writer.close()

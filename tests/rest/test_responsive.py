@@ -203,4 +203,5 @@ def test_healthz_answers_within_100ms_while_heavy_input_is_refused(
     assert latencies, "the refusal was too quick to probe anything during it"
     ordered = sorted(latencies)
     assert ordered[len(ordered) // 2] < HEALTHZ_WITHIN, ordered
+    print(path, [round(x * 1000) for x in ordered[-8:]], len(ordered))
     assert ordered[-1] < NO_STALL, ordered
