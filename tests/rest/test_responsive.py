@@ -2,12 +2,11 @@
 `GET /healthz` within 100 ms while it reads, sizes up and refuses each of the inputs that used to
 hold it for seconds (issue 9). A timing test on purpose: responsiveness is the property.
 
-The probes run from another process's point of view, through the OS scheduler, on a machine that
-may be busy with other work: one probe can be descheduled for tens of milliseconds however free
-the server's loop is; and parsing a 10 MB body, though it runs on a worker thread, holds the GIL
-for one `json.loads` call (~150 ms here for the 240,000-item batch). So the median probe must be
-within 100 ms, and none may take 300 ms (a stall of the loop: a full garbage collection of the
-loaded model's heap took 0.8 s, validating the 240,000 items took 9 s)."""
+Each probe is timed from another process, so the bound holds through the OS scheduler too.
+Parsing a 10 MB body runs on a worker thread but cannot leave the interpreter; the server sets
+a 1 ms interpreter switch interval (app/main.py) so that the loop's thread hops are not each
+held 5 ms behind it (before: probes of 120-140 ms; a full garbage collection of the loaded
+model's heap took 0.8 s, validating the 240,000 items took 9 s)."""
 
 from __future__ import annotations
 
@@ -25,10 +24,8 @@ import httpx
 import pytest
 
 BIN = Path(sys.executable).with_name("personaizer")
-#: The bound under test: what a health check (or any other tenant's small request) may wait...
+#: The bound under test: what a health check (or any other tenant's small request) may wait.
 HEALTHZ_WITHIN = 0.100
-#: ...and what no probe may pass, whatever else the machine is doing.
-NO_STALL = 0.300
 #: Each heavy input is sent this many times in a row, for enough probes to judge by.
 SENDS = 3
 TEN_MB = 10 * 1024 * 1024
@@ -201,7 +198,4 @@ def test_healthz_answers_within_100ms_while_heavy_input_is_refused(
     found = answer["errors"][0]["extensions"]["code"] if path == "/graphql" else answer["code"]
     assert found == code
     assert latencies, "the refusal was too quick to probe anything during it"
-    ordered = sorted(latencies)
-    assert ordered[len(ordered) // 2] < HEALTHZ_WITHIN, ordered
-    print(path, [round(x * 1000) for x in ordered[-8:]], len(ordered))
-    assert ordered[-1] < NO_STALL, ordered
+    assert max(latencies) < HEALTHZ_WITHIN, sorted(latencies)
