@@ -10,6 +10,7 @@ creates, the other updates or is a no_op, and the document is never half of each
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from app.errors import (
     InvalidExternalId,
     KnowledgeNotFound,
     KnowledgeQuotaExceeded,
+    Unavailable,
     ValidationFailed,
 )
 from app.index import IndexedChunk
@@ -157,30 +159,42 @@ def _plan(
 
 
 async def _load_existing(
-    session: AsyncSession, user_id: int, external_ids: Sequence[str]
+    session: AsyncSession, user_id: int, items: Sequence[KnowledgeDocItem]
 ) -> dict[str, _Existing]:
+    """The stored documents of these items, without their content (what is compared is its
+    hash), and the chunks of only those that will be rewritten: a replay of unchanged documents
+    reads one row each and no vectors."""
+    by_external_id = {i.external_id: i for i in items}
     out: dict[str, _Existing] = {}
-    for start in range(0, len(external_ids), 500):
-        part = list(external_ids[start : start + 500])
+    ids = list(by_external_id)
+    for start in range(0, len(ids), 500):
+        part = ids[start : start + 500]
         docs = (
             await session.execute(
-                select(KnowledgeDoc).where(
-                    KnowledgeDoc.user_id == user_id, col(KnowledgeDoc.external_id).in_(part)
-                )
+                select(KnowledgeDoc)
+                .where(KnowledgeDoc.user_id == user_id, col(KnowledgeDoc.external_id).in_(part))
+                .options(defer(KnowledgeDoc.content))  # type: ignore[arg-type]
             )
         ).scalars()
-        by_id = {d.id: _Existing(d, []) for d in docs}
-        if by_id:
-            chunks = (
-                await session.execute(
-                    select(Chunk)
-                    .where(col(Chunk.doc_id).in_(list(by_id)))
-                    .order_by(col(Chunk.doc_id), col(Chunk.chunk_index))
-                )
-            ).scalars()
-            for c in chunks:
-                by_id[c.doc_id].chunks.append(c)
-        out.update({e.doc.external_id: e for e in by_id.values()})
+        for d in docs:
+            out[d.external_id] = _Existing(d, [])
+    changing = {
+        e.doc.id: e
+        for e in out.values()
+        if e.doc.content_sha256 != sha256_hex(by_external_id[e.doc.external_id].content)
+        or e.doc.title != by_external_id[e.doc.external_id].title
+    }
+    keys = list(changing)
+    for start in range(0, len(keys), 500):
+        chunks = (
+            await session.execute(
+                select(Chunk)
+                .where(col(Chunk.doc_id).in_(keys[start : start + 500]))
+                .order_by(col(Chunk.doc_id), col(Chunk.chunk_index))
+            )
+        ).scalars()
+        for c in chunks:
+            changing[c.doc_id].chunks.append(c)
     return out
 
 
@@ -206,21 +220,54 @@ async def _embed(core: Core, need: dict[str, str]) -> dict[str, Vectors]:
 # --- writing -------------------------------------------------------------------------------
 
 
+#: Times an upsert embeds what other writers changed under it before it gives up (503).
+MAX_PLANS = 5
+
+
+class _ChangedMeanwhile(Exception):
+    """Another writer changed these documents' content between the snapshot and the write."""
+
+
 async def _upsert(
     core: Core, principal: Principal, items: Sequence[KnowledgeDocItem]
 ) -> list[_Plan]:
-    ids = [i.external_id for i in items]
+    """Plan against a read snapshot; refuse what the quota would refuse and finish what changes
+    nothing there, before any embedding; embed outside the write lock; then write, re-planned
+    against the rows as they are under the lock. When a concurrent writer changed a document in
+    between so that its text needs embedding after all, the write is rolled back and the text
+    embedded outside the lock again: nothing is ever embedded while holding it."""
     chunk_cache: dict[str, list[TextChunk]] = {}
-    async with core.db.read() as session:
-        snapshot = await _load_existing(session, principal.user_id, ids)
-    fresh = await _embed(core, _needed(_plan(items, snapshot, chunk_cache), set()))
+    fresh: dict[str, Vectors] = {}
+    for _ in range(MAX_PLANS):
+        async with core.db.read() as session:
+            snapshot = await _load_existing(session, principal.user_id, items)
+            plans = await _plan_off_loop(items, snapshot, chunk_cache)
+            if all(p.status == "no_op" for p in plans):
+                return plans
+            await _check_quota(session, principal, plans)
+        fresh.update(await _embed(core, _needed(plans, set(fresh))))
+        try:
+            return await _write(core, principal, items, chunk_cache, fresh)
+        except _ChangedMeanwhile:
+            continue
+    raise Unavailable(
+        "These documents are being changed by other requests; retry shortly.",
+        headers={"Retry-After": "1"},
+    )
 
+
+async def _write(
+    core: Core,
+    principal: Principal,
+    items: Sequence[KnowledgeDocItem],
+    chunk_cache: dict[str, list[TextChunk]],
+    fresh: dict[str, Vectors],
+) -> list[_Plan]:
     async with core.db.write(user_id=principal.user_id) as session:
-        current = await _load_existing(session, principal.user_id, ids)
-        plans = _plan(items, current, chunk_cache)
-        late = _needed(plans, set(fresh))
-        if late:  # another writer changed these documents since the snapshot
-            fresh.update(await _embed(core, late))
+        current = await _load_existing(session, principal.user_id, items)
+        plans = await _plan_off_loop(items, current, chunk_cache)
+        if _needed(plans, set(fresh)):
+            raise _ChangedMeanwhile()
         await _check_quota(session, principal, plans)
         now = utcnow()
         embedded = 0
@@ -229,6 +276,22 @@ async def _upsert(
         if embedded:
             await _count_embedded(core, session, principal.user_id, embedded)
     return plans
+
+
+#: Content above this many characters is chunked in a worker thread, not on the event loop.
+INLINE_CHARS = 64 * 1024
+
+
+async def _plan_off_loop(
+    items: Sequence[KnowledgeDocItem],
+    existing: dict[str, _Existing],
+    chunk_cache: dict[str, list[TextChunk]],
+) -> list[_Plan]:
+    """`_plan`, in a worker thread when there is much text to hash and chunk (a 10 MB batch is
+    about a second of tokenising, which would hold every other request)."""
+    if sum(len(i.content) for i in items) <= INLINE_CHARS:
+        return _plan(items, existing, chunk_cache)
+    return await asyncio.to_thread(_plan, items, existing, chunk_cache)
 
 
 async def _check_quota(session: AsyncSession, principal: Principal, plans: Sequence[_Plan]) -> None:

@@ -92,7 +92,7 @@ async def search(*, core: Core, principal: Principal, request: SearchRequest) ->
     # upsert for a while, and a search waiting there must not hold one of the pool's readers.
     vector = None
     if request.mode != "keyword":
-        vector = (await core.embedder.embed([request.query]))[0]
+        vector = (await core.embedder.embed([request.query], lane="query"))[0]
     scope = Scope(
         user_id=user_id,
         persona_id=request.persona_id,
