@@ -94,9 +94,20 @@ Lane = Literal["query", "bulk"]
 class _Job:
     texts: Sequence[str]
     future: asyncio.Future[Vectors]
-    #: Bulk lane: texts handed to the model so far, and their vectors as they come back.
+    #: Bulk lane: the texts longest first (so that each micro-batch pads its texts to about the
+    #: same length, as one call over all of them would), how many have been handed to the model,
+    #: and the vectors as they come back, in that order.
+    order: npt.NDArray[np.intp] = field(default_factory=lambda: np.zeros(0, dtype=np.intp))
     taken: int = 0
     parts: list[Vectors] = field(default_factory=list)
+
+    def batch(self, start: int, end: int) -> list[str]:
+        return [self.texts[i] for i in self.order[start:end]]
+
+    def result(self) -> Vectors:
+        out = np.empty((len(self.texts), DIMS), dtype=np.float32)
+        out[self.order] = np.concatenate(self.parts)
+        return out
 
 
 @dataclass
@@ -198,6 +209,7 @@ class Embedder:
         if lane == "query":
             await self._queries.put(job)
         else:
+            job.order = np.argsort([-len(t) for t in texts], kind="stable")
             # Ahead of the requests that have had a turn already, behind those still waiting
             # for their first: a new request's first micro-batch is the next to start.
             served = next((i for i, j in enumerate(self._bulk) if j.taken), len(self._bulk))
@@ -275,7 +287,7 @@ class Embedder:
             picks = self._next_micro_batch()
             if not picks:
                 continue
-            texts = [t for job, a, b in picks for t in job.texts[a:b]]
+            texts = [t for job, a, b in picks for t in job.batch(a, b)]
             try:
                 vectors = await self._encode("bulk", texts)
             except Exception as exc:
@@ -290,4 +302,4 @@ class Embedder:
                 job.parts.append(vectors[offset : offset + b - a])
                 offset += b - a
                 if b == len(job.texts) and not job.future.done():
-                    job.future.set_result(np.concatenate(job.parts))
+                    job.future.set_result(job.result())

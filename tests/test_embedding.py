@@ -113,5 +113,7 @@ async def test_a_cancelled_upload_leaves_the_lane_working(
     doomed.cancel()
     after = await embedder.embed(["Still served after a cancelled upload."])
     assert after.shape == (1, 384)
-    # The cancelled upload's remaining micro-batches were dropped, not encoded.
-    assert sum(TEXTS[-1] in texts for _, texts in recorder.calls) == 0
+    # The cancelled upload's remaining micro-batches were dropped, not encoded: at most the
+    # one running when it was cancelled (and one begun before the cancellation was seen).
+    encoded = sum(t in TEXTS for _, texts in recorder.calls for t in texts)
+    assert encoded <= 2 * 8

@@ -53,9 +53,9 @@ class KeywordIndex:
         title: str | None,
         chunks: Sequence[tuple[int, str]],
     ) -> None:
+        """Index new chunks (ids not indexed yet, as for the vectors)."""
         if not chunks:
             return
-        await self.delete(session, [cid for cid, _ in chunks])
         await session.execute(
             text("INSERT INTO chunk_fts(rowid, owner, title, text) VALUES (:c, :o, :title, :t)"),
             [

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 from sqlmodel import col, select
 
-from app.chunking import TextChunk, chunk_text, embedding_text, sha256_hex
+from app.chunking import TextChunk, chunk_texts, embedding_title, join_title, sha256_hex
 from app.db import add_counts
 from app.embedding import Vectors
 from app.errors import (
@@ -127,52 +127,114 @@ class _Plan:
     embed_texts: list[str] = field(default_factory=list)
 
 
-def _plan(
-    items: Sequence[KnowledgeDocItem],
-    existing: dict[str, _Existing],
-    chunk_cache: dict[str, list[TextChunk]],
-) -> list[_Plan]:
-    plans: list[_Plan] = []
-    for item in items:
-        sha = sha256_hex(item.content)
+class _Texts:
+    """What each item of a request makes: its content's hash and, only for content that is
+    new, its chunks and the text (and hash) each chunk embeds. Worked out once per request,
+    however many times it is planned."""
+
+    def __init__(self, items: Sequence[KnowledgeDocItem]) -> None:
+        self.items = items
+        self.content_shas = [sha256_hex(i.content) for i in items]
+        self._chunked: dict[int, tuple[list[TextChunk], list[str], list[str]]] = {}
+
+    def pending(self, indexes: Sequence[int]) -> list[int]:
+        return [i for i in dict.fromkeys(indexes) if i not in self._chunked]
+
+    def chunk(self, indexes: Sequence[int]) -> None:
+        todo = self.pending(indexes)
+        if not todo:
+            return
+        for i, chunks in zip(todo, chunk_texts([self.items[i].content for i in todo]), strict=True):
+            title = embedding_title(self.items[i].title)
+            texts = [join_title(title, c.text) for c in chunks]
+            self._chunked[i] = (chunks, texts, [sha256_hex(t) for t in texts])
+
+    def chunked(self, i: int) -> tuple[list[TextChunk], list[str], list[str]]:
+        return self._chunked[i]
+
+
+#: Requests with more content than this (characters) are hashed and chunked in a worker thread,
+#: not on the event loop: a 10 MB batch is about a second of tokenising.
+INLINE_CHARS = 64 * 1024
+
+
+async def _texts(items: Sequence[KnowledgeDocItem]) -> _Texts:
+    if sum(len(i.content) for i in items) <= INLINE_CHARS:
+        return _Texts(items)
+    return await asyncio.to_thread(_Texts, items)
+
+
+def _statuses(texts: _Texts, existing: dict[str, _Existing]) -> list[UpsertStatus]:
+    out: list[UpsertStatus] = []
+    for item, sha in zip(texts.items, texts.content_shas, strict=True):
         old = existing.get(item.external_id)
-        if old is not None and old.doc.content_sha256 == sha:
+        if old is None:
+            out.append("created")
+        elif old.doc.content_sha256 != sha:
+            out.append("updated")
+        else:
             same = old.doc.title == item.title and old.doc.metadata_ == item.metadata
-            plans.append(_Plan(item, "no_op" if same else "updated", old, sha))
+            out.append("no_op" if same else "updated")
+    return out
+
+
+async def _plan(texts: _Texts, existing: dict[str, _Existing]) -> list[_Plan]:
+    """Each item's status against `existing`, with chunks for the content that changed (chunked
+    in a worker thread when there is much of it)."""
+    statuses = _statuses(texts, existing)
+    rewrite = [
+        i
+        for i, item in enumerate(texts.items)
+        if (old := existing.get(item.external_id)) is None
+        or old.doc.content_sha256 != texts.content_shas[i]
+    ]
+    todo = texts.pending(rewrite)
+    if sum(len(texts.items[i].content) for i in todo) <= INLINE_CHARS:
+        texts.chunk(todo)
+    else:
+        await asyncio.to_thread(texts.chunk, todo)
+    rewritten = set(rewrite)
+    plans: list[_Plan] = []
+    for i, (item, status) in enumerate(zip(texts.items, statuses, strict=True)):
+        old = existing.get(item.external_id)
+        if i not in rewritten:
+            plans.append(_Plan(item, status, old, texts.content_shas[i]))
             continue
-        chunks = chunk_cache.get(sha)
-        if chunks is None:
-            chunks = chunk_cache[sha] = chunk_text(item.content)
-        texts = [embedding_text(item.title, c.text) for c in chunks]
+        chunks, embed_texts, embed_shas = texts.chunked(i)
         plans.append(
             _Plan(
                 item,
-                "created" if old is None else "updated",
+                status,
                 old,
-                sha,
+                texts.content_shas[i],
                 chunks=chunks,
-                embed_texts=texts,
-                embed_shas=[sha256_hex(t) for t in texts],
+                embed_texts=embed_texts,
+                embed_shas=embed_shas,
             )
         )
     return plans
 
 
 async def _load_existing(
-    session: AsyncSession, user_id: int, items: Sequence[KnowledgeDocItem]
+    session: AsyncSession, user_id: int, texts: _Texts
 ) -> dict[str, _Existing]:
     """The stored documents of these items, without their content (what is compared is its
-    hash), and the chunks of only those that will be rewritten: a replay of unchanged documents
-    reads one row each and no vectors."""
-    by_external_id = {i.external_id: i for i in items}
+    hash), and the chunks of only those that will be rewritten or retitled: a replay of
+    unchanged documents reads one row each and no vectors."""
+    wanted = {
+        item.external_id: (item, sha)
+        for item, sha in zip(texts.items, texts.content_shas, strict=True)
+    }
     out: dict[str, _Existing] = {}
-    ids = list(by_external_id)
+    ids = list(wanted)
     for start in range(0, len(ids), 500):
-        part = ids[start : start + 500]
         docs = (
             await session.execute(
                 select(KnowledgeDoc)
-                .where(KnowledgeDoc.user_id == user_id, col(KnowledgeDoc.external_id).in_(part))
+                .where(
+                    KnowledgeDoc.user_id == user_id,
+                    col(KnowledgeDoc.external_id).in_(ids[start : start + 500]),
+                )
                 .options(defer(KnowledgeDoc.content))  # type: ignore[arg-type]
             )
         ).scalars()
@@ -181,8 +243,8 @@ async def _load_existing(
     changing = {
         e.doc.id: e
         for e in out.values()
-        if e.doc.content_sha256 != sha256_hex(by_external_id[e.doc.external_id].content)
-        or e.doc.title != by_external_id[e.doc.external_id].title
+        if e.doc.content_sha256 != wanted[e.doc.external_id][1]
+        or e.doc.title != wanted[e.doc.external_id][0].title
     }
     keys = list(changing)
     for start in range(0, len(keys), 500):
@@ -219,7 +281,6 @@ async def _embed(core: Core, need: dict[str, str]) -> dict[str, Vectors]:
 
 # --- writing -------------------------------------------------------------------------------
 
-
 #: Times an upsert embeds what other writers changed under it before it gives up (503).
 MAX_PLANS = 5
 
@@ -236,18 +297,18 @@ async def _upsert(
     against the rows as they are under the lock. When a concurrent writer changed a document in
     between so that its text needs embedding after all, the write is rolled back and the text
     embedded outside the lock again: nothing is ever embedded while holding it."""
-    chunk_cache: dict[str, list[TextChunk]] = {}
+    texts = await _texts(items)
     fresh: dict[str, Vectors] = {}
     for _ in range(MAX_PLANS):
         async with core.db.read() as session:
-            snapshot = await _load_existing(session, principal.user_id, items)
-            plans = await _plan_off_loop(items, snapshot, chunk_cache)
+            snapshot = await _load_existing(session, principal.user_id, texts)
+            plans = await _plan(texts, snapshot)
             if all(p.status == "no_op" for p in plans):
                 return plans
             await _check_quota(session, principal, plans)
         fresh.update(await _embed(core, _needed(plans, set(fresh))))
         try:
-            return await _write(core, principal, items, chunk_cache, fresh)
+            return await _write(core, principal, texts, fresh)
         except _ChangedMeanwhile:
             continue
     raise Unavailable(
@@ -257,41 +318,18 @@ async def _upsert(
 
 
 async def _write(
-    core: Core,
-    principal: Principal,
-    items: Sequence[KnowledgeDocItem],
-    chunk_cache: dict[str, list[TextChunk]],
-    fresh: dict[str, Vectors],
+    core: Core, principal: Principal, texts: _Texts, fresh: dict[str, Vectors]
 ) -> list[_Plan]:
     async with core.db.write(user_id=principal.user_id) as session:
-        current = await _load_existing(session, principal.user_id, items)
-        plans = await _plan_off_loop(items, current, chunk_cache)
+        current = await _load_existing(session, principal.user_id, texts)
+        plans = await _plan(texts, current)
         if _needed(plans, set(fresh)):
             raise _ChangedMeanwhile()
         await _check_quota(session, principal, plans)
-        now = utcnow()
-        embedded = 0
-        for p in plans:
-            embedded += await _apply(core, session, principal, p, fresh, now)
+        embedded = await _apply(core, session, principal, plans, fresh)
         if embedded:
             await _count_embedded(core, session, principal.user_id, embedded)
     return plans
-
-
-#: Content above this many characters is chunked in a worker thread, not on the event loop.
-INLINE_CHARS = 64 * 1024
-
-
-async def _plan_off_loop(
-    items: Sequence[KnowledgeDocItem],
-    existing: dict[str, _Existing],
-    chunk_cache: dict[str, list[TextChunk]],
-) -> list[_Plan]:
-    """`_plan`, in a worker thread when there is much text to hash and chunk (a 10 MB batch is
-    about a second of tokenising, which would hold every other request)."""
-    if sum(len(i.content) for i in items) <= INLINE_CHARS:
-        return _plan(items, existing, chunk_cache)
-    return await asyncio.to_thread(_plan, items, existing, chunk_cache)
 
 
 async def _check_quota(session: AsyncSession, principal: Principal, plans: Sequence[_Plan]) -> None:
@@ -331,74 +369,91 @@ async def _apply(
     core: Core,
     session: AsyncSession,
     principal: Principal,
-    p: _Plan,
+    plans: Sequence[_Plan],
     fresh: dict[str, Vectors],
-    now: datetime,
 ) -> int:
-    """Write one planned document; returns how many chunk vectors were newly embedded."""
-    item = p.item
-    if p.status == "no_op":
-        return 0
-    if p.existing is None:
-        doc = KnowledgeDoc(
-            id=uuid.uuid4().hex,
-            user_id=principal.user_id,
-            external_id=item.external_id,
-            created_at=now,
-            content="",
-            content_sha256="",
-            char_count=0,
-            chunk_count=0,
-            updated_at=now,
-        )
-    else:
-        doc = p.existing.doc
-    title_changed = p.existing is not None and doc.title != item.title
-    doc.title = item.title
-    doc.metadata_ = item.metadata
-    doc.updated_at = now
-    if p.chunks is None:  # content unchanged: nothing to chunk or embed
-        session.add(doc)
-        if title_changed and p.existing is not None:
-            await core.index.retitle(
-                session, title=item.title, chunk_ids=[c.id for c in p.existing.chunks if c.id]
-            )
-        return 0
-
-    doc.content = item.content
-    doc.content_sha256 = p.content_sha
-    doc.char_count = len(item.content)
-    doc.chunk_count = len(p.chunks)
-    session.add(doc)
-    reused: dict[str, Vectors] = {}
-    if p.existing is not None:
-        old_ids = [c.id for c in p.existing.chunks if c.id is not None]
-        for c in p.existing.chunks:  # the old rows carry their vectors
-            reused[c.embed_sha256] = c.embedding
+    """Write the planned documents, a statement per kind of change for the whole batch rather
+    than per document; returns how many chunk vectors were newly embedded."""
+    now = utcnow()
+    writes = [p for p in plans if p.status != "no_op"]
+    rewritten = [p for p in writes if p.chunks is not None]
+    replaced = [p.existing for p in rewritten if p.existing is not None]
+    # The old rows carry their vectors: a chunk whose text is unchanged keeps its vector.
+    reused = {c.embed_sha256: c.embedding for e in replaced for c in e.chunks}
+    old_ids = [c.id for e in replaced for c in e.chunks if c.id is not None]
+    if old_ids:
         await core.index.delete(session, old_ids)
-        await session.execute(delete(Chunk).where(col(Chunk.doc_id) == doc.id))
-    await session.flush()
-    vectors = np.stack([reused[s] if s in reused else fresh[s] for s in p.embed_shas])
-    rows = [
-        Chunk(
-            doc_id=doc.id,
-            user_id=principal.user_id,
-            chunk_index=c.index,
-            text=c.text,
-            embed_sha256=sha,
-            embedding=vector,
+    if replaced:
+        await session.execute(
+            delete(Chunk).where(col(Chunk.doc_id).in_([e.doc.id for e in replaced]))
         )
-        for c, sha, vector in zip(p.chunks, p.embed_shas, vectors, strict=True)
-    ]
-    session.add_all(rows)
-    await session.flush()
-    await core.index.put(
-        session,
-        user_id=principal.user_id,
-        title=item.title,
-        chunks=[IndexedChunk(r.id, r.text, v) for r, v in zip(rows, vectors, strict=True) if r.id],
-    )
-    return sum(1 for s in p.embed_shas if s not in reused)
+    retitled: list[_Plan] = []
+    docs: dict[str, KnowledgeDoc] = {}
+    for p in writes:
+        item = p.item
+        if p.existing is None:
+            doc = KnowledgeDoc(
+                id=uuid.uuid4().hex,
+                user_id=principal.user_id,
+                external_id=item.external_id,
+                created_at=now,
+                content="",
+                content_sha256="",
+                char_count=0,
+                chunk_count=0,
+                updated_at=now,
+            )
+        else:
+            doc = p.existing.doc
+            if p.chunks is None and doc.title != item.title:
+                retitled.append(p)
+        doc.title = item.title
+        doc.metadata_ = item.metadata
+        doc.updated_at = now
+        if p.chunks is not None:
+            doc.content = item.content
+            doc.content_sha256 = p.content_sha
+            doc.char_count = len(item.content)
+            doc.chunk_count = len(p.chunks)
+        session.add(doc)
+        docs[item.external_id] = doc
+    await session.flush()  # the documents before the chunks that refer to them
+    for p in retitled:
+        assert p.existing is not None
+        await core.index.retitle(
+            session, title=p.item.title, chunk_ids=[c.id for c in p.existing.chunks if c.id]
+        )
+    batches: list[tuple[_Plan, list[Chunk], Vectors]] = []
+    embedded = 0
+    for p in rewritten:
+        assert p.chunks is not None
+        own = {c.embed_sha256 for c in p.existing.chunks} if p.existing else set()
+        embedded += sum(1 for s in p.embed_shas if s not in own)
+        vectors = np.stack([reused[s] if s in reused else fresh[s] for s in p.embed_shas])
+        rows = [
+            Chunk(
+                doc_id=docs[p.item.external_id].id,
+                user_id=principal.user_id,
+                chunk_index=c.index,
+                text=c.text,
+                embed_sha256=sha,
+                embedding=vector,
+            )
+            for c, sha, vector in zip(p.chunks, p.embed_shas, vectors, strict=True)
+        ]
+        session.add_all(rows)
+        batches.append((p, rows, vectors))
+    await session.flush()  # every new chunk row at once, for their ids
+    for p, rows, vectors in batches:
+        await core.index.put(
+            session,
+            user_id=principal.user_id,
+            title=p.item.title,
+            chunks=[
+                IndexedChunk(r.id, r.text, v) for r, v in zip(rows, vectors, strict=True) if r.id
+            ],
+        )
+    return embedded
 
 
 async def _count_embedded(core: Core, session: AsyncSession, user_id: int, n: int) -> None:
