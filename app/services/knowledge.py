@@ -125,6 +125,8 @@ class _Plan:
     chunks: list[TextChunk] | None = None
     embed_shas: list[str] = field(default_factory=list)
     embed_texts: list[str] = field(default_factory=list)
+    #: The document as stored once the upsert is done (its content not loaded).
+    doc: KnowledgeDoc | None = None
 
 
 class _Texts:
@@ -198,7 +200,9 @@ async def _plan(texts: _Texts, existing: dict[str, _Existing]) -> list[_Plan]:
     for i, (item, status) in enumerate(zip(texts.items, statuses, strict=True)):
         old = existing.get(item.external_id)
         if i not in rewritten:
-            plans.append(_Plan(item, status, old, texts.content_shas[i]))
+            plans.append(
+                _Plan(item, status, old, texts.content_shas[i], doc=old.doc if old else None)
+            )
             continue
         chunks, embed_texts, embed_shas = texts.chunked(i)
         plans.append(
@@ -416,7 +420,7 @@ async def _apply(
             doc.char_count = len(item.content)
             doc.chunk_count = len(p.chunks)
         session.add(doc)
-        docs[item.external_id] = doc
+        docs[item.external_id] = p.doc = doc
     await session.flush()  # the documents before the chunks that refer to them
     for p in retitled:
         assert p.existing is not None
@@ -504,8 +508,11 @@ async def upsert_one(
         external_id=external_id, title=body.title, content=body.content, metadata=body.metadata
     )
     (plan,) = await _upsert(core, principal, [item])
-    doc = await get_doc(core=core, principal=principal, external_id=external_id)
-    return plan.status, doc
+    # The document as written (or found unchanged), without reading it back. Its stored content
+    # is the item's in every case: new, rewritten, or the same hash.
+    assert plan.doc is not None
+    public = KnowledgeDocPublic.of(plan.doc, include_content=False)
+    return plan.status, public.model_copy(update={"content": item.content})
 
 
 async def _find(session: AsyncSession, principal: Principal, external_id: str) -> KnowledgeDoc:
