@@ -43,7 +43,8 @@ with Chroma in-process (same model and texts) as a peer when `chromadb` is impor
 (`pip install '.[bench]'`). It prints a markdown table and one `BENCH_JSON {...}` line:
 
     .venv/bin/python scripts/bench.py --e2e [--docs 600] [--ingest-docs 1398] [--clients 16]
-        [--single-docs 160] [--small-docs 100] [--queries 225] [--data DIR] [--no-chroma]
+        [--single-docs 160] [--small-docs 100] [--queries 225] [--idle-searches 100]
+        [--data DIR] [--no-chroma]
         [--database-url postgresql://... (the server runs on it instead of SQLite)] [--check]
 
 Exit 0 whatever the figures, unless `--check` is given (then 1 when a target is missed); 2 when
@@ -398,6 +399,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     e2e.add_argument("--small-docs", type=int, default=100, help="user A's corpus (100)")
     e2e.add_argument("--queries", type=int, help="Cranfield queries to search (all 225)")
+    e2e.add_argument(
+        "--idle-searches", type=int, default=100, help="user A's searches on an idle server"
+    )
     e2e.add_argument("--data", type=Path, help="the Cranfield folder (as eval_cranfield.py)")
     e2e.add_argument("--no-chroma", action="store_true", help="skip the Chroma peer")
     e2e.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
@@ -431,6 +435,7 @@ def run_e2e(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         ("--single-docs", args.single_docs),
         ("--small-docs", args.small_docs),
         ("--queries", args.queries),
+        ("--idle-searches", args.idle_searches),
     ]
     if bad := bench_e2e.positive(counts):
         parser.error(f"{', '.join(bad)} must be at least 1")
@@ -444,6 +449,7 @@ def run_e2e(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         single_docs=args.single_docs,
         small_docs=args.small_docs,
         queries=args.queries,
+        idle_searches=args.idle_searches,
         data_dir=data_dir,
         database_url=args.database_url,
         chroma=not args.no_chroma,

@@ -27,7 +27,7 @@ before the server starts, never at the same time: two cores), or to a fixed limi
 6. Isolation: user A (a small corpus of `--small-docs` abstracts) searches and reads back
    documents, each on its own connection, one request every 50 ms or so on each (a busy
    interactive user; back to back, on two cores, A would itself be the load and slow B's
-   import); first with the server otherwise idle (100 searches), then while user B ingests
+   import); first with the server otherwise idle (`--idle-searches`, 100), then while user B ingests
    `--ingest-docs` (all 1,398 non-empty) abstracts in batches of 100. Search p50 under load /
    idle <= 2x, and the p99 of `GET /api/knowledge/docs/by-external-id/{id}` under load
    <= 50 ms: one user's bulk import must not stall everybody else. A search whose query
@@ -77,7 +77,6 @@ from app.embedding import LocalModel
 
 BATCH = 100
 K = 10
-IDLE_SEARCHES = 100
 #: User A's pause between two requests on each of its connections (figure 6).
 READER_PAUSE_S = 0.05
 MAX_ATTEMPTS = 30
@@ -108,6 +107,7 @@ class Options:
     single_docs: int = 160
     small_docs: int = 100
     queries: int | None = None  # None: all 225
+    idle_searches: int = 100
     database_url: str | None = None
     chroma: bool = True
     check: bool = False
@@ -523,7 +523,9 @@ async def reader_loops(
     return search_ms, get_ms
 
 
-async def measure_isolation(server: OwnServer, corpus: Corpus, figures: ServerFigures) -> None:
+async def measure_isolation(
+    server: OwnServer, corpus: Corpus, idle_searches: int, figures: ServerFigures
+) -> None:
     """Figure 6: user A's searches and reads, idle and while user B imports a corpus."""
     reader, loader = server.api_keys[USERS[1]], server.api_keys[USERS[2]]
     async with (
@@ -533,7 +535,7 @@ async def measure_isolation(server: OwnServer, corpus: Corpus, figures: ServerFi
     ):
         await upload(searcher, corpus.small, "created")
         search_ms, get_ms = await reader_loops(
-            searcher, getter, corpus, lambda n: n >= IDLE_SEARCHES
+            searcher, getter, corpus, lambda n: n >= idle_searches
         )
         figures.idle_search_p50_ms = percentile(search_ms, 50)
         figures.idle_search_p95_ms = percentile(search_ms, 95)
@@ -589,7 +591,7 @@ async def measure_server(server: OwnServer, corpus: Corpus, options: Options) ->
         await measure_search(api, corpus.queries, figures)
         figures.throttled += api.throttled
     await measure_concurrency(server, corpus, options.clients, figures)
-    await measure_isolation(server, corpus, figures)
+    await measure_isolation(server, corpus, options.idle_searches, figures)
     memory = memory_mb(server.pid)
     figures.rss_after_mb, figures.rss_peak_mb = memory["VmRSS"], memory["VmHWM"]
     return figures

@@ -97,7 +97,7 @@ def test_e2e_measures_every_figure(tmp_path: Path) -> None:
     data = tmp_path / "cranfield"
     write_collection(data, docs=40, queries=5)
     sizes = ["--docs", "12", "--ingest-docs", "30", "--clients", "4", "--single-docs", "6"]
-    sizes += ["--small-docs", "8", "--queries", "5"]
+    sizes += ["--small-docs", "8", "--queries", "5", "--idle-searches", "20"]
     done = subprocess.run(
         [sys.executable, str(SCRIPT), "--e2e", "--data", str(data), *sizes, "--check"],
         capture_output=True,
