@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import gc
 import logging
 import os
@@ -86,6 +87,23 @@ class LocalModel:
             out[rows] = vectors.float().numpy()
         return out
 
+
+def release_free_memory() -> None:
+    """Hand the memory freed by finished batches back to the OS (glibc's `malloc_trim`; nothing
+    elsewhere). Tensors of a different shape each batch leave glibc's heaps fragmented: 600
+    abstracts took a server from 550 to 870 MB of RSS that stayed; trimmed, 575 MB."""
+    global _libc
+    if _libc is None:
+        try:
+            _libc = ctypes.CDLL("libc.so.6")
+            _libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):
+            _libc = False
+    if _libc:
+        _libc.malloc_trim(0)
+
+
+_libc: ctypes.CDLL | Literal[False] | None = None
 
 Lane = Literal["query", "bulk"]
 
@@ -279,11 +297,19 @@ class Embedder:
 
     async def _run_bulk(self) -> None:
         assert self._bulk_waiting is not None
+        worked = False
         while True:
             if not self._bulk:
+                if worked:  # the lane has gone idle: give back what the batches left behind
+                    worked = False
+                    await asyncio.get_running_loop().run_in_executor(
+                        self._pools["bulk"], release_free_memory
+                    )
+                    continue
                 self._bulk_waiting.clear()
                 await self._bulk_waiting.wait()
                 continue
+            worked = True
             picks = self._next_micro_batch()
             if not picks:
                 continue
