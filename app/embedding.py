@@ -76,9 +76,7 @@ class LocalModel:
         import torch
 
         out = np.empty((len(texts), self.dims), dtype=np.float32)
-        order = np.argsort([-len(t) for t in texts])
-        for start in range(0, len(texts), self.batch_size):
-            rows = order[start : start + self.batch_size]
+        for rows in _batches([len(t) for t in texts], self.batch_size):
             with self._tokenizer_lock:
                 features = self._tokenize([texts[i] for i in rows])
             with torch.inference_mode():
@@ -104,6 +102,29 @@ def release_free_memory() -> None:
 
 
 _libc: ctypes.CDLL | Literal[False] | None = None
+
+#: A batch's shortest text is at least this fraction of its longest: every text of a batch is
+#: padded to the longest, and a batch of texts of mixed lengths (concurrent uploads gathered into
+#: one call) spent more on padding than it saved on calls.
+PADDING_FLOOR = 0.75
+
+
+def _batches(lengths: Sequence[int], size: int) -> list[npt.NDArray[np.intp]]:
+    """Row indexes in batches of at most `size`, longest texts first (as sentence-transformers
+    does), a new batch begun wherever a text is under `PADDING_FLOOR` of its batch's longest."""
+    order = np.argsort([-n for n in lengths], kind="stable")
+    batches: list[npt.NDArray[np.intp]] = []
+    start = 0
+    for i in range(1, len(order) + 1):
+        if (
+            i == len(order)
+            or i - start == size
+            or lengths[order[i]] < PADDING_FLOOR * lengths[order[start]]
+        ):
+            batches.append(order[start:i])
+            start = i
+    return batches
+
 
 Lane = Literal["query", "bulk"]
 

@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from app.embedding import Embedder, Model, Vectors
+from app.embedding import PADDING_FLOOR, Embedder, LocalModel, Model, Vectors, _batches
 
 pytestmark = pytest.mark.anyio
 
@@ -117,3 +119,28 @@ async def test_a_cancelled_upload_leaves_the_lane_working(
     # one running when it was cancelled (and one begun before the cancellation was seen).
     encoded = sum(t in TEXTS for _, texts in recorder.calls for t in texts)
     assert encoded <= 2 * 8
+
+
+def test_the_model_gives_sentence_transformers_vectors(model: Model) -> None:
+    """LocalModel.encode is sentence-transformers' pipeline written out (batched by length,
+    two threads at once): its vectors are the library's own, whatever the mix of lengths."""
+    assert isinstance(model, LocalModel)
+    texts = [*TEXTS[:20], "x", "", "Ünïcödé and emoji 🛩️ text.", " ".join(TEXTS) * 3]
+    library = model._model.encode(
+        texts, batch_size=32, normalize_embeddings=True, convert_to_numpy=True
+    )
+    ours = model.encode(texts)
+    assert ours.shape == (len(texts), 384) and ours.dtype == np.float32
+    assert np.allclose(ours, library, atol=1e-5)
+
+
+@given(st.lists(st.integers(min_value=0, max_value=5000), max_size=200), st.integers(1, 64))
+def test_batches_cover_every_text_once_with_little_padding(lengths: list[int], size: int) -> None:
+    batches = _batches(lengths, size)
+    rows = sorted(int(i) for batch in batches for i in batch)
+    assert rows == list(range(len(lengths)))
+    for batch in batches:
+        longest, shortest = lengths[batch[0]], min(lengths[i] for i in batch)
+        assert 1 <= len(batch) <= size
+        assert shortest >= PADDING_FLOOR * longest
+        assert all(lengths[i] <= longest for i in batch)
