@@ -27,7 +27,15 @@ from app.index.scope import Scope
 if TYPE_CHECKING:
     from app.db import Dialect
 
-__all__ = ["IndexedChunk", "Ranked", "Restriction", "Scope", "SearchIndex", "for_dialect"]
+__all__ = [
+    "IndexedChunk",
+    "Ranked",
+    "Restriction",
+    "Scope",
+    "SearchIndex",
+    "TitledChunks",
+    "for_dialect",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +57,10 @@ class IndexedChunk:
     vector: np.ndarray
 
 
+#: A document's title and its new chunks, for `SearchIndex.put_many`.
+TitledChunks = tuple[str | None, Sequence[IndexedChunk]]
+
+
 class Restriction(Protocol):
     """A scope in the engine's own form."""
 
@@ -66,6 +78,12 @@ class SearchIndex(Protocol):
         chunks: Sequence[IndexedChunk],
     ) -> None:
         """Index chunk rows written in this transaction (their vectors are in the rows)."""
+
+    async def put_many(
+        self, session: AsyncSession, *, user_id: int, docs: Sequence[TitledChunks]
+    ) -> None:
+        """`put` for several documents at once (a batch upsert): a few statements in all rather
+        than a few per document."""
 
     async def retitle(
         self, session: AsyncSession, *, title: str | None, chunk_ids: Sequence[int]

@@ -28,7 +28,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from app.index import IndexedChunk, Ranked, Restriction, collapse
+from app.index import IndexedChunk, Ranked, Restriction, TitledChunks, collapse
 from app.index.scope import Scope
 from app.index.words import MAX_QUERY_TERMS, query_words, word_count
 from app.models import KnowledgeDoc
@@ -93,6 +93,12 @@ class PostgresIndex:
                 for c in chunks
             ],
         )
+
+    async def put_many(
+        self, session: AsyncSession, *, user_id: int, docs: Sequence[TitledChunks]
+    ) -> None:
+        for title, chunks in docs:
+            await self.put(session, user_id=user_id, title=title, chunks=chunks)
 
     async def retitle(
         self, session: AsyncSession, *, title: str | None, chunk_ids: Sequence[int]

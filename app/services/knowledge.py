@@ -16,8 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-import numpy as np
-from sqlalchemy import delete, func
+from sqlalchemy import delete, func, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 from sqlmodel import col, select
@@ -427,36 +426,43 @@ async def _apply(
         await core.index.retitle(
             session, title=p.item.title, chunk_ids=[c.id for c in p.existing.chunks if c.id]
         )
-    batches: list[tuple[_Plan, list[Chunk], Vectors]] = []
+    rows: list[dict[str, object]] = []
+    titled: list[tuple[str | None, list[tuple[str, Vectors]]]] = []
     embedded = 0
     for p in rewritten:
         assert p.chunks is not None
         own = {c.embed_sha256 for c in p.existing.chunks} if p.existing else set()
         embedded += sum(1 for s in p.embed_shas if s not in own)
-        vectors = np.stack([reused[s] if s in reused else fresh[s] for s in p.embed_shas])
-        rows = [
-            Chunk(
-                doc_id=docs[p.item.external_id].id,
-                user_id=principal.user_id,
-                chunk_index=c.index,
-                text=c.text,
-                embed_sha256=sha,
-                embedding=vector,
-            )
+        vectors = [reused[s] if s in reused else fresh[s] for s in p.embed_shas]
+        doc_id = docs[p.item.external_id].id
+        rows.extend(
+            {
+                "doc_id": doc_id,
+                "user_id": principal.user_id,
+                "chunk_index": c.index,
+                "text": c.text,
+                "embed_sha256": sha,
+                "embedding": vector,
+            }
             for c, sha, vector in zip(p.chunks, p.embed_shas, vectors, strict=True)
-        ]
-        session.add_all(rows)
-        batches.append((p, rows, vectors))
-    await session.flush()  # every new chunk row at once, for their ids
-    for p, rows, vectors in batches:
-        await core.index.put(
-            session,
-            user_id=principal.user_id,
-            title=p.item.title,
-            chunks=[
-                IndexedChunk(r.id, r.text, v) for r, v in zip(rows, vectors, strict=True) if r.id
-            ],
         )
+        titled.append((p.item.title, [(c.text, v) for c, v in zip(p.chunks, vectors, strict=True)]))
+    if not rows:
+        return embedded
+    # One multi-row INSERT ... RETURNING for every new chunk (the ORM's bulk path: a tenth of
+    # the unit of work's time on the event loop for a batch of 100 documents).
+    inserted = await session.execute(
+        insert(Chunk).returning(col(Chunk.id), sort_by_parameter_order=True), rows
+    )
+    ids = iter([int(i) for i in inserted.scalars() if i is not None])
+    await core.index.put_many(
+        session,
+        user_id=principal.user_id,
+        docs=[
+            (title, [IndexedChunk(next(ids), text, vector) for text, vector in chunks])
+            for title, chunks in titled
+        ],
+    )
     return embedded
 
 
