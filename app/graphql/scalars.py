@@ -38,7 +38,10 @@ def _parse_big_int(value: object) -> int:
 SCALARS: dict[object, ScalarDefinition] = {
     datetime: strawberry.scalar(
         name="DateTime",
-        description="An RFC 3339 time in UTC with milliseconds, e.g. `2026-11-29T10:00:00.123Z`.",
+        description=(
+            "An RFC 3339 time. Answers are in UTC with milliseconds, e.g. "
+            "`2026-11-29T10:00:00.123Z`; arguments take any offset (`+05:30`, `Z`) but need one."
+        ),
         specified_by_url="https://www.rfc-editor.org/rfc/rfc3339",
         serialize=format_time,
         parse_value=parse_time,
