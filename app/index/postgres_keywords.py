@@ -87,10 +87,13 @@ _SCOPED_MATCHES = (
     ")"
 )
 
+# The constants are cast: a bare parameter takes its type from the column beside it, and
+# asyncpg then sends 2.2 as the smallint 2 and 0.75 as the integer 0 (no length normalization).
 _TAIL = (
     ", best AS ("
-    "  SELECT m.chunk_id, sum(m.idf * (m.tf * :k1p1)"
-    "    / (m.tf + :k1 * (1 - :b + :b * m.length / s.mean))) AS score"
+    "  SELECT m.chunk_id, sum(m.idf * (m.tf * CAST(:k1p1 AS float8))"
+    "    / (m.tf + CAST(:k1 AS float8)"
+    "      * (1 - CAST(:b AS float8) + CAST(:b AS float8) * m.length / s.mean))) AS score"
     "  FROM matches AS m CROSS JOIN stats AS s"
     "  GROUP BY m.chunk_id ORDER BY score DESC, m.chunk_id LIMIT :n"
     ")"

@@ -1,10 +1,13 @@
 """PostgreSQL's keyword index internals: the postings and statistics that revision 0003 derives
 from `chunk_terms` stay equal to what `chunk_terms` holds through every kind of change, the
-migration back-fills them, and every way of reading them (a shallow pass deepened, a scope
-applied by lookups or by a hash join) gives the same ranking."""
+migration back-fills them, the scores read from them are BM25 over the tsvectors (computed here
+in Python), and every way of reading them (a shallow pass deepened, a scope applied by lookups
+or by a hash join) gives the same ranking."""
 
 from __future__ import annotations
 
+import math
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,7 @@ from app.index import Ranked, for_dialect
 from app.index import postgres_keywords as keywords
 from app.index.postgres import ScopeSql
 from app.index.scope import Scope
+from app.index.words import query_words
 from app.models import KnowledgeDocItem
 from app.services import accounts, knowledge
 from app.services.core import Core, Principal
@@ -166,6 +170,71 @@ async def test_every_way_of_ranking_gives_the_same_ranking(
                             session, user_id=owner.user_id, query=query, depth=depth, within=scope
                         )
                         assert same(got, want), (query, external_ids, probe_cost)
+
+
+def bm25(rows: list[tuple[int, str, str, int, int]], words: str) -> dict[int, float]:
+    """FTS5's BM25 per chunk from (chunk, doc, lexeme, tf, length) rows of every chunk of the
+    user, for the query's lexemes."""
+    lengths = {chunk: length for chunk, _, _, _, length in rows}
+    n, mean = len(lengths), sum(lengths.values()) / len(lengths)
+    tf: dict[str, dict[int, int]] = defaultdict(dict)
+    for chunk, _, lexeme, count, _ in rows:
+        tf[lexeme][chunk] = count
+    scores: dict[int, float] = defaultdict(float)
+    for lexeme in words.split():
+        idf = max(math.log((n - len(tf[lexeme]) + 0.5) / (len(tf[lexeme]) + 0.5)), 1e-6)
+        for chunk, count in tf[lexeme].items():
+            norm = 1 - keywords.B + keywords.B * lengths[chunk] / mean
+            scores[chunk] += idf * count * (keywords.K1 + 1) / (count + keywords.K1 * norm)
+    return scores
+
+
+async def reference(session: AsyncSession, user_id: int, query: str, depth: int) -> list[Ranked]:
+    """The ranking by BM25 over the tsvectors, documents by their best chunk."""
+    lexemes = (
+        await session.execute(
+            text("SELECT string_agg(lexeme, ' ') FROM unnest(to_tsvector('english', :q))"),
+            {"q": " ".join(query_words(query))},
+        )
+    ).scalar_one()
+    rows = [
+        (int(c), str(d), str(lexeme), int(tf), int(length))
+        for c, d, lexeme, tf, length in await session.execute(
+            text(
+                "SELECT t.chunk_id, c.doc_id, e.lexeme, cardinality(e.positions), t.length"
+                " FROM chunk_terms AS t JOIN chunks AS c ON c.id = t.chunk_id,"
+                " unnest(t.terms) AS e WHERE t.user_id = :u"
+            ),
+            {"u": user_id},
+        )
+    ]
+    doc_of = {chunk: doc for chunk, doc, *_ in rows}
+    best: dict[str, Ranked] = {}
+    scored = bm25(rows, lexemes or "")
+    for chunk, score in sorted(scored.items(), key=lambda s: (-s[1], s[0])):
+        best.setdefault(doc_of[chunk], Ranked(doc_of[chunk], chunk, score))
+    return list(best.values())[:depth]
+
+
+async def test_keyword_scores_are_bm25_over_the_users_chunks(app: Starlette) -> None:
+    """FTS5's formula and constants over the user's own chunks (another tenant's chunks with
+    the same words weigh nothing), computed here from the tsvectors in `chunk_terms`."""
+    core: Core = app.state.core
+    owner, other = await user(app, "owner@example.com"), await user(app, "other@example.com")
+    items = [
+        item(f"doc-{i}", long_text(topic, 12 if i % 2 else 1), title=f"Notes {i}")
+        for i, topic in enumerate(TOPICS)
+    ]
+    await knowledge.upsert_many(core=core, principal=owner, items=items)
+    await knowledge.upsert_many(core=core, principal=other, items=items[:3])
+    async with core.db.read() as session:
+        for query in ["bread starter culture", "case series note", "the magnetic field 3"]:
+            for depth in (1, 8):
+                want = await reference(session, owner.user_id, query, depth)
+                got = await core.index.keyword(
+                    session, user_id=owner.user_id, query=query, depth=depth, within=None
+                )
+                assert want and same(got, want), query
 
 
 async def test_the_migration_back_fills_postings_and_statistics(
