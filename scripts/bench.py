@@ -26,6 +26,11 @@ every user's rows, stopwords included; same machine, `--plain-words` corpus), p5
 100,000 chunks was: semantic 16 -> 91 ms, keyword 18 -> 129 ms, hybrid 29 -> 231 ms, hybrid in
 a persona 12 -> 57 ms, 100 listed documents 7 -> 7 ms, metadata scope 26 -> 175 ms.
 
+On PostgreSQL, before keyword search read per-user postings (BM25 from an `unnest` of every
+matching chunk's tsvector; same machine, busy, two runs each), p50 at 10,000 -> 100,000 chunks
+was: keyword 18-22 -> 229-317 ms, frequent words only 60-94 -> 757-1156 ms, hybrid 56-69 ->
+260-358 ms; with postings 3-4 -> 6-9 ms, 6-8 -> 17-21 ms and 28-34 -> 80 ms.
+
 End-to-end mode (`--e2e`, scripts/bench_e2e.py, whose docstring says what each figure means and
 why it is measured so): a real `personaizer serve` process (scripts/local_server.py, as
 scripts/eval_cranfield.py starts one) measured over HTTP on Cranfield abstracts, each figure a

@@ -6,7 +6,8 @@ search needs beyond the `chunks` table, and both rank documents by their best ch
 - SQLite (`sqlite.py`): sign-bit vectors in a sqlite-vec `vec0` table for a coarse pass, exact
   cosine rescoring from the float vectors in `chunks.embedding`; FTS5 with BM25 for keywords.
 - PostgreSQL (`postgres.py`): pgvector's HNSW index over `chunks.embedding` (exact scans for
-  small users and scopes); a tsvector per chunk (GIN) with BM25 computed in SQL for keywords.
+  small users and scopes); a tsvector per chunk, per-user postings derived from it by triggers,
+  and BM25 computed in SQL from the postings for keywords (`postgres_keywords.py`).
 
 Scopes (a persona, listed external_ids, metadata equality) and the user are conditions inside
 the index's own queries, never a filter applied to a global top-k afterwards; `restrict` turns a
