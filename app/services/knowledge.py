@@ -514,11 +514,11 @@ async def upsert_one(
         external_id=external_id, title=body.title, content=body.content, metadata=body.metadata
     )
     (plan,) = await _upsert(core, principal, [item])
-    # The document as written (or found unchanged), without reading it back. Its stored content
-    # is the item's in every case: new, rewritten, or the same hash.
-    assert plan.doc is not None
-    public = KnowledgeDocPublic.of(plan.doc, include_content=False)
-    return plan.status, public.model_copy(update={"content": item.content})
+    # Read back rather than built from the rows in hand: a read after the write keeps every
+    # reader's view of SQLite's WAL index current (without it, a data dir turned read-only under
+    # a running server crashed it with SIGBUS in tests/test_disk.py).
+    doc = await get_doc(core=core, principal=principal, external_id=external_id)
+    return plan.status, doc
 
 
 async def _find(session: AsyncSession, principal: Principal, external_id: str) -> KnowledgeDoc:
