@@ -27,7 +27,8 @@ API key, ``personaizer serve`` on a free port; stopped and removed at the end)::
 
 Options: ``--data DIR`` (default ``<repo root>/../shared/data/cranfield``), ``--json`` (also
 print the results as JSON on stdout; the table then goes to stderr), ``--check`` (exit 1 when a
-target is missed).
+target is missed), ``--encoder torch|onnx`` (the own server's ``PERSONAIZER_ENCODER``; default:
+the environment's, else torch).
 
 Exit codes: 0 done (targets are only reported), 1 a target was missed and ``--check`` was given,
 2 a request failed or the server could not be started.
@@ -518,19 +519,25 @@ def _tail(path: Path, lines: int = 30) -> str:
 
 
 @contextlib.contextmanager
-def own_server(database_url: str | None = None) -> Iterator[tuple[str, str]]:
+def own_server(
+    database_url: str | None = None, encoder: str | None = None
+) -> Iterator[tuple[str, str]]:
     """Start ``personaizer serve`` on a temporary data dir (or on the empty database at
-    `database_url`, e.g. a PostgreSQL one); yield ``(base_url, api_key)``."""
+    `database_url`, e.g. a PostgreSQL one), with `encoder` as its PERSONAIZER_ENCODER when
+    given; yield ``(base_url, api_key)``."""
     exe = find_personaizer()
     # The own server must not touch a database configured for something else.
     env = {k: v for k, v in os.environ.items() if k != "PERSONAIZER_DATABASE_URL"}
     if database_url:
         env["PERSONAIZER_DATABASE_URL"] = database_url
+    if encoder:
+        env["PERSONAIZER_ENCODER"] = encoder
     with tempfile.TemporaryDirectory(prefix="cranfield-eval-", ignore_cleanup_errors=True) as tmp:
         data_dir = Path(tmp) / "data"
         data_dir.mkdir()
         email = "eval@example.com"
-        _log(f"starting own server ({exe}, data dir {data_dir})")
+        chosen = env.get("PERSONAIZER_ENCODER", "torch")
+        _log(f"starting own server ({exe}, data dir {data_dir}, encoder {chosen})")
         # Only `serve` and `init` create a database; every other command refuses a missing one.
         _run_cli(exe, ["init", "--data-dir", str(data_dir)], env)
         _run_cli(
@@ -760,6 +767,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--check", action="store_true", help="exit 1 when a target (semantic, hybrid) is missed"
     )
     parser.add_argument(
+        "--encoder",
+        choices=("torch", "onnx"),
+        help="the own server's embedding runtime (PERSONAIZER_ENCODER; default: the "
+        "environment's, else torch); onnx needs the onnx extra",
+    )
+    parser.add_argument(
         "--database-url",
         help="run the own server on this empty database (e.g. postgresql://...) instead of a "
         "temporary SQLite file",
@@ -791,6 +804,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if (args.url is None) != (args.api_key is None):
         parser.error("--url and --api-key go together (give neither to start an own server)")
+    if args.url is not None and args.encoder is not None:
+        parser.error("--encoder chooses the own server's encoder; it cannot change --url's")
     if args.limit_queries is not None and args.limit_queries < 1:
         parser.error("--limit-queries must be at least 1")
     data_dir: Path = args.data
@@ -806,7 +821,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 base_url, args.api_key, collection, modes, args.limit_queries
             )
         else:
-            with own_server(args.database_url) as (base_url, api_key):
+            with own_server(args.database_url, args.encoder) as (base_url, api_key):
                 results, n_queries, n_docs = evaluate(
                     base_url, api_key, collection, modes, args.limit_queries
                 )
