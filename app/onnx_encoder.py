@@ -1,9 +1,11 @@
 """all-MiniLM-L6-v2 on ONNX Runtime: the optional encoder (`PERSONAIZER_ENCODER=onnx`).
 
-Why: ONNX Runtime runs the same network with less memory than torch, and once the graph is
-exported and cached the server never imports torch at all. The vectors are the torch
-encoder's to within float rounding (cosine >= 0.9999), so a deployment can switch either way
-without re-embedding its documents.
+Why: once the graph is exported and cached the server never imports torch: it loads in about
+a second instead of five or more, holds about half the memory between batches, and embeds a
+single query about twice as fast (batches of documents at about torch's speed; figures in
+scripts/bench_encoder.py's output, quoted in the README). The vectors are the torch encoder's
+to within float rounding (cosine >= 0.9999), so a deployment can switch either way without
+re-embedding its documents.
 
 The graph is exported from the bundled weights, never downloaded (app/onnx_export.py). The rest
 of the pipeline is sentence-transformers' for this model, step by step: the model's own fast
@@ -20,6 +22,7 @@ import logging
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tokenizers import Tokenizer
@@ -36,10 +39,11 @@ EXTRA = "onnx"
 REQUIRED_MODULES = ("onnxruntime", "onnx", "onnxscript")
 #: sentence-transformers' `encode` batch size, which `LocalModel` passes too.
 BATCH_SIZE = 32
-#: ONNX Runtime's intra-op threads; 0 is its default, one per physical core (as torch does).
-#: On the 2-core machine 2 threads embedded documents 1.5x faster than 1, and queries as fast
-#: (scripts/bench_encoder.py).
-DEFAULT_THREADS = 0
+#: ONNX Runtime's intra-op threads (`PERSONAIZER_ENCODER_THREADS`). On the shared 2-core machine
+#: one thread answered single queries fastest in every run; two embedded documents 1.5x faster
+#: in one run and 1.2x slower in another, as other work took the second core
+#: (scripts/bench_encoder.py). A server's event loop wants a core too.
+DEFAULT_THREADS = 1
 
 
 class EncoderUnavailable(RuntimeError):
@@ -84,7 +88,7 @@ class OnnxModel:
         Both off by default. Spinning threads burn a core between calls that the event loop
         and other processes need, and were no faster. The arena keeps the largest batch's
         buffers for good: RSS grew to 1.1 GB after three calls of 32 x 256 tokens, against
-        0.3 GB without it (torch: 0.65 GB), for a few percent of speed."""
+        0.3 GB without it (torch: 0.56-0.67 GB); batches ran up to 10% faster with it."""
         check_available()
         import onnxruntime as ort
 
@@ -111,6 +115,11 @@ class OnnxModel:
         self._session = session
         self._tokenizer = load_tokenizer()
         self._lock = threading.Lock()
+
+    @property
+    def session_options(self) -> Any:
+        """The options the runtime's session runs with (`ort.SessionOptions`)."""
+        return self._session.get_session_options()
 
     def encode(self, texts: Sequence[str]) -> Vectors:
         if not texts:

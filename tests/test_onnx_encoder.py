@@ -170,11 +170,13 @@ async def test_an_app_on_the_onnx_encoder_serves_put_and_search(
         app_model=None,
         encoder="onnx",
         encoder_cache_dir=onnx_cache,
+        encoder_threads=2,
     )
     embedder = onnx_app.state.core.embedder
     await embedder.wait_ready()
     assert isinstance(embedder.model, OnnxModel), embedder.load_error
     assert not embedder.model.exported  # the run's cache was reused
+    assert embedder.model.session_options.intra_op_num_threads == 2
     async with client_for(onnx_app, **{"X-Api-Key": key}) as api:
         assert (await api.get("/healthz")).status_code == 200
         after = await _search(api, "heat transfer in hypersonic flow")
