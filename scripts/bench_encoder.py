@@ -42,13 +42,13 @@ from app.chunking import embedding_text
 from app.embedding import LocalModel, Model
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_DATA_DIR = (REPO_ROOT / ".." / "shared" / "data" / "cranfield").resolve()
 DEFAULT_CACHE = Path(tempfile.gettempdir()) / "personaizer-onnx-cache"
 CALL_SIZE = 32
 
 
-def _load_eval() -> object:
-    """scripts/eval_cranfield.py's parser (a script, not a package: loaded by path)."""
+def _load_eval() -> Any:
+    """scripts/eval_cranfield.py: its Cranfield parser and default data folder (a script, not a
+    package: loaded by path)."""
     spec = importlib.util.spec_from_file_location(
         "eval_cranfield", REPO_ROOT / "scripts" / "eval_cranfield.py"
     )
@@ -60,9 +60,9 @@ def _load_eval() -> object:
 
 
 def cranfield_texts(data_dir: Path, n_docs: int, n_queries: int) -> tuple[list[str], list[str]]:
-    ev: object = _load_eval()
-    collection = ev.load_collection(data_dir)  # type: ignore[attr-defined]
-    docs = ev.uploadable_documents(collection.documents)[:n_docs]  # type: ignore[attr-defined]
+    ev = _load_eval()
+    collection = ev.load_collection(data_dir)
+    docs = ev.uploadable_documents(collection.documents)[:n_docs]
     texts = [embedding_text(d.title or None, d.text) for d in docs]
     return texts, [q.text for q in collection.queries[:n_queries]]
 
@@ -77,14 +77,14 @@ class Variant:
     single_ms: list[float] = field(default_factory=list)
 
 
-def torch_variant(shared: LocalModel, threads: int) -> Variant:
+def torch_variant(torch_model: LocalModel, threads: int) -> Variant:
     import torch
 
     def before() -> None:
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
 
-    return Variant(f"torch threads={threads}", shared, threads, before)
+    return Variant(f"torch threads={threads}", torch_model, threads, before)
 
 
 def onnx_variants(cache: Path, thread_counts: Sequence[int]) -> list[Variant]:
@@ -219,7 +219,12 @@ def memory(cache: Path) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA_DIR, help="Cranfield folder")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=_load_eval().DEFAULT_DATA_DIR,
+        help="Cranfield folder (default: eval_cranfield.py's)",
+    )
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--docs", type=int, default=600)
     parser.add_argument("--queries", type=int, default=100)
@@ -233,11 +238,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"no cran.all.1400 in {args.data}")
 
     docs, queries = cranfield_texts(args.data, args.docs, args.queries)
-    shared = LocalModel()
+    torch_model = LocalModel()
     counts = sorted({int(t) for t in args.threads.split(",")} & {1, 2})
     if not counts:
         parser.error("--threads: 1, 2 or 1,2")
-    torch_variants = [torch_variant(shared, n) for n in counts]
+    torch_variants = [torch_variant(torch_model, n) for n in counts]
     variants = [*torch_variants, *onnx_variants(args.cache, counts)]
     for r in range(args.rounds):
         print(f"round {r + 1}/{args.rounds}", file=sys.stderr, flush=True)
