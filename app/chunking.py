@@ -9,11 +9,12 @@ is cut to `TITLE_TOKENS` so that title + chunk + the two special tokens fit in 2
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from tokenizers import Tokenizer
+from tokenizers import Encoding, Tokenizer
 
 CHUNK_TOKENS = 200
 OVERLAP_TOKENS = 40
@@ -40,17 +41,31 @@ def _tokenizer() -> Tokenizer:
     return tok
 
 
-def _word_spans(text: str) -> tuple[list[tuple[int, int]], list[bool]]:
-    enc = _tokenizer().encode(text, add_special_tokens=False)
-    starts_word = [i == 0 or not tok.startswith("##") for i, tok in enumerate(enc.tokens)]
-    return list(enc.offsets), starts_word
+def _word_spans(
+    encoding: Encoding,
+) -> tuple[list[tuple[int, int]], list[bool]]:
+    starts_word = [i == 0 or not tok.startswith("##") for i, tok in enumerate(encoding.tokens)]
+    return list(encoding.offsets), starts_word
 
 
 def chunk_text(
     text: str, *, size: int = CHUNK_TOKENS, overlap: int = OVERLAP_TOKENS
 ) -> list[TextChunk]:
     """Split `text` into overlapping token windows; the same text always gives the same chunks."""
-    offsets, starts_word = _word_spans(text)
+    return chunk_texts([text], size=size, overlap=overlap)[0]
+
+
+def chunk_texts(
+    texts: Sequence[str], *, size: int = CHUNK_TOKENS, overlap: int = OVERLAP_TOKENS
+) -> list[list[TextChunk]]:
+    """`chunk_text` of each text, tokenised in one call (in parallel, outside the interpreter
+    lock: a batch of documents costs a fraction of tokenising them one by one)."""
+    encodings = _tokenizer().encode_batch(list(texts), add_special_tokens=False)
+    return [_windows(t, e, size, overlap) for t, e in zip(texts, encodings, strict=True)]
+
+
+def _windows(text: str, encoding: Encoding, size: int, overlap: int) -> list[TextChunk]:
+    offsets, starts_word = _word_spans(encoding)
     n = len(offsets)
     if n <= size:
         return [TextChunk(0, text.strip())]
@@ -72,14 +87,24 @@ def chunk_text(
     return chunks
 
 
-def embedding_text(title: str | None, chunk: str) -> str:
-    """What is embedded for a chunk: the (shortened) title, then the chunk."""
+def embedding_title(title: str | None) -> str | None:
+    """The title as chunks embed it: stripped, cut to `TITLE_TOKENS`; None when blank."""
     if not title or not title.strip():
-        return chunk
-    offsets, _ = _word_spans(title)
+        return None
+    offsets, _ = _word_spans(_tokenizer().encode(title, add_special_tokens=False))
     if len(offsets) > TITLE_TOKENS:
         title = title[: offsets[TITLE_TOKENS - 1][1]]
-    return f"{title.strip()}\n{chunk}"
+    return title.strip()
+
+
+def embedding_text(title: str | None, chunk: str) -> str:
+    """What is embedded for a chunk: the (shortened) title, then the chunk."""
+    return join_title(embedding_title(title), chunk)
+
+
+def join_title(short_title: str | None, chunk: str) -> str:
+    """`embedding_text` with the title already shortened by `embedding_title`."""
+    return chunk if short_title is None else f"{short_title}\n{chunk}"
 
 
 def sha256_hex(value: str) -> str:

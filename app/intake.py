@@ -1,5 +1,6 @@
-"""Request intake, one path for both doors: a body is read, decoded and parsed here, whether it
-arrives at a REST operation or at `/graphql`, so the same bytes get the same answer through both.
+"""Request intake, one path for every door: a body is read, decoded and parsed here, whether it
+arrives at a REST operation, at `/graphql` or at `/mcp`, so the same bytes get the same answer
+through each.
 
 Every bound is checked before the work it guards, and all of it is cheap compared with what a
 hostile body could otherwise cost:
@@ -99,6 +100,12 @@ async def read_body(request: Request, limit: int) -> bytes:
 async def read_json(request: Request, *, limit: int, then: Callable[[Any], T]) -> T:
     """The request's JSON body, bounded and parsed, passed through `then` (a validation), all of
     it off the event loop when the body is large."""
+    return await parse(await read_json_body(request, limit), then)
+
+
+async def read_json_body(request: Request, limit: int) -> bytes:
+    """The raw bytes of a JSON body, its media type and size checked, not parsed yet: for a door
+    that hands the same bytes on (MCP replays them to the SDK once `parse` has passed them)."""
     content_type = request.headers.get("content-type", "")
     if content_type and not is_json_media_type(content_type):
         raise UnsupportedMediaType(f"Send the body as application/json, not {content_type!r}.")
@@ -107,10 +114,22 @@ async def read_json(request: Request, *, limit: int, then: Callable[[Any], T]) -
         raise MalformedJson("A JSON body is required.")
     if not content_type:
         raise UnsupportedMediaType("Send the body with Content-Type: application/json.")
+    return raw
+
+
+async def parse(
+    raw: bytes,
+    then: Callable[[Any], T],
+    *,
+    max_values: int = MAX_VALUES,
+    max_arrays: int = MAX_ARRAYS,
+) -> T:
+    """`then(loads(raw))`, off the event loop when `raw` is large. A door whose real requests
+    are smaller may count values and arrays against tighter bounds (the same 413)."""
 
     def work() -> T:
         try:
-            return then(loads(raw))
+            return then(loads(raw, max_values=max_values, max_arrays=max_arrays))
         except AppError as exc:
             # A refusal keeps nothing that holds the body (frames, a chained pydantic error), so
             # a large one is freed here, in the worker, not later on the event loop.
@@ -153,7 +172,7 @@ def _without_gc(work: Callable[[], T]) -> T:
                 gc.enable()
 
 
-def loads(raw: bytes | str) -> Any:
+def loads(raw: bytes | str, *, max_values: int = MAX_VALUES, max_arrays: int = MAX_ARRAYS) -> Any:
     """Parse a JSON text within the bounds above; `MalformedJson` or `TooLarge` when outside."""
     if isinstance(raw, str):
         try:
@@ -164,7 +183,7 @@ def loads(raw: bytes | str) -> Any:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise MalformedJson(f"The body is not UTF-8 (byte {exc.start} is not valid).") from exc
-    _check_shape(raw)
+    _check_shape(raw, max_values=max_values, max_arrays=max_arrays)
     try:
         data = json.loads(
             text,
@@ -182,7 +201,7 @@ def loads(raw: bytes | str) -> Any:
     return data
 
 
-def _check_shape(raw: bytes) -> None:
+def _check_shape(raw: bytes, *, max_values: int, max_arrays: int) -> None:
     kinds = _structure(raw)
     depth = deepest = 0
     for start in range(0, kinds.size, _CHUNK):
@@ -193,13 +212,13 @@ def _check_shape(raw: bytes) -> None:
             f"The body nests arrays and objects {deepest} deep; the limit is {MAX_DEPTH}."
         )
     arrays = int(np.count_nonzero(kinds == ord("[")))
-    if arrays > MAX_ARRAYS:
-        raise TooLarge(f"The body holds {arrays} arrays; the limit is {MAX_ARRAYS}.")
+    if arrays > max_arrays:
+        raise TooLarge(f"The body holds {arrays} arrays; the limit is {max_arrays}.")
     # Every value but the first follows a comma or opens its container: an upper bound.
     values = int(np.count_nonzero(kinds == ord(","))) + arrays + 1
     values += int(np.count_nonzero(kinds == ord("{")))
-    if values > MAX_VALUES:
-        raise TooLarge(f"The body holds about {values} JSON values; the limit is {MAX_VALUES}.")
+    if values > max_values:
+        raise TooLarge(f"The body holds about {values} JSON values; the limit is {max_values}.")
 
 
 def _structure(raw: bytes) -> np.ndarray[Any, np.dtype[np.uint8]]:

@@ -1,13 +1,19 @@
 """The MCP door: a Model Context Protocol server at `/mcp` for agents (streamable HTTP).
 
 The official SDK's `MCPServer` serves four read-only tools over the same service functions the
-REST door calls. The contract's gate runs in the same order as REST (API.md section 3):
+REST door calls. The contract's gate runs in the same order as REST (API.md section 3), and
+everything the SDK would otherwise do on its own before a tool runs is done at the edge first:
 
 1. `McpEdge`, in front of the SDK's ASGI app, checks the Host and Origin (DNS rebinding: 421,
-   403) and the `X-Api-Key` (401, limited per address) of every HTTP request, answering
-   problem+json before the SDK reads anything.
-2. `_gate`, an SDK middleware, charges each `tools/call` to its tool's rate-limit policy
-   (`search` or `reads`) before the SDK validates the arguments.
+   403), the method (POST only: 405) and the `X-Api-Key` (401, limited per address). It reads
+   the body through the shared intake (`app.intake`: at most `mcp_max_body_bytes`, 413; JSON
+   that is bounded, finite and Unicode, 400; `application/json`, 415), charges the message to
+   its rate-limit policy (`search` for `search_knowledge`, `reads` for every other message,
+   `initialize`, `ping` and `tools/list` included: 429), and only then replays the bytes to the
+   SDK, adding the RateLimit fields to its answer. Each refusal there is problem+json, as REST
+   answers it, before the SDK has seen a byte.
+2. `_gate`, an SDK middleware, answers a `tools/call` the edge found over its limit as a tool
+   result (so an agent reads `retry_after`), and gives the SDK's own refusals a code.
 3. The SDK checks the arguments against the tool's schema; the tool validates them with the
    REST request model and calls the service.
 
@@ -33,16 +39,21 @@ from mcp.server.mcpserver import Context
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp_types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field, ValidationError
+from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app import intake
 from app.errors import (
     AppError,
     Forbidden,
     InternalError,
+    MethodNotAllowed,
     MisdirectedRequest,
+    RateLimited,
     RouteNotFound,
+    UnsupportedMediaType,
     ValidationFailed,
 )
 from app.guard import Guard
@@ -80,6 +91,9 @@ class _Caller:
     core: Core
     guard: Guard
     principal: Principal
+    #: The edge's refusal of a `tools/call` over its rate limit, for `_gate` to answer as a
+    #: tool result; None when the call was charged.
+    refused: RateLimited | None = None
 
 
 #: Each tool's rate-limit policy: its REST twin's.
@@ -90,6 +104,15 @@ POLICIES: dict[str, Policy] = {
     "get_persona": "reads",
 }
 
+#: JSON values and arrays in one MCP message, far below REST's (`intake.MAX_VALUES`,
+#: `intake.MAX_ARRAYS`): the SDK parses the bytes again, on the event loop, once the edge has let
+#: them through, and within `mcp_max_body_bytes` REST's counts would still let 87,000 empty
+#: arrays reach it (measured: 10 ms of the loop per request warm, 50 ms cold, more when the
+#: allocations set off a full garbage collection). The largest real message is a search with 1000 external_ids and 8 KiB
+#: of metadata filter: at most about 5,200 values of which 2,800 arrays.
+MAX_VALUES = 10_000
+MAX_ARRAYS = 5_000
+
 INSTRUCTIONS = """\
 PersonAIzer knowledge: documents a user uploaded, and personas (assistants with instructions, \
 a greeting and attached documents). Use search_knowledge to find passages (scoped to a persona \
@@ -98,7 +121,7 @@ a persona's instructions. A failed call has isError and a stable `code` in struc
 (described at /problems/{code})."""
 
 
-# --- the edge: Host, Origin and X-Api-Key on every HTTP request ----------------------------
+# --- the edge: Host, Origin, method, X-Api-Key, body and rate limit of every HTTP request ---
 
 
 def allowed_hosts(settings: Settings) -> list[str]:
@@ -133,43 +156,135 @@ def _without_port(authority: str) -> str:
     return authority.split(":", 1)[0]
 
 
+def charge_for(message: object) -> tuple[Policy, bool]:
+    """The rate-limit policy a parsed body is charged to, and whether its refusal can be a tool
+    result (a `tools/call` request: it has an id to answer). A call to `search_knowledge` is a
+    search, as its REST twin is; every other message (initialize, ping, tools/list, a call to a
+    tool that does not exist, a body that is not JSON-RPC at all) is a read."""
+    if not isinstance(message, dict) or message.get("method") != "tools/call":
+        return "reads", False
+    params = message.get("params")
+    name = params.get("name") if isinstance(params, dict) else None
+    policy = POLICIES.get(name, "reads") if isinstance(name, str) else "reads"
+    return policy, message.get("id") is not None
+
+
 class McpEdge:
-    """ASGI app in front of the SDK's: refuses a foreign Host or Origin and a bad key in
-    problem+json, then hands the caller to the tools through the request's scope."""
+    """ASGI app in front of the SDK's: every refusal the contract defines for a request as a
+    whole (Host, Origin, method, key, body, rate limit) is answered here in problem+json, so the
+    SDK only ever sees an authenticated, charged POST whose body has passed the shared intake.
+
+    The body is read and parsed before it is charged, unlike REST, because the policy depends on
+    the tool it calls; `mcp_max_body_bytes`, `MAX_VALUES` and `MAX_ARRAYS` keep that work small
+    (and it runs off the event loop past `intake.INLINE_BYTES`). A body refused there is still charged, as a read, as REST charges
+    one."""
 
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app
         self.hosts = set(allowed_hosts(settings))
         self.origins = set(allowed_origins(settings))
+        self.max_body_bytes = settings.mcp_max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
         try:
-            host = request.headers.get("host", "")
-            if _without_port(host) not in self.hosts:
-                raise MisdirectedRequest(
-                    f"This server does not answer MCP for the host {host!r}; its operator can "
-                    "allow it with PERSONAIZER_ALLOWED_HOSTS."
+            self._check_host_and_origin(request)
+            if request.method != "POST":
+                # Stateless: no session to DELETE, and no server-initiated messages to GET (the
+                # SDK would hold a GET open, an event stream that never carries anything). The
+                # spec's answer for a server without that stream is 405.
+                raise MethodNotAllowed(
+                    f"{request.method} is not allowed here; the MCP door takes POST only.",
+                    headers={"Allow": "POST"},
                 )
-            origin = request.headers.get("origin")
-            if origin is not None and not self._origin_allowed(origin):
-                raise Forbidden(f"Pages from {origin!r} may not call this server's MCP door.")
             guard: Guard = request.app.state.guard
             principal = await guard.authenticate(request)
+            raw, headers, refused = await self._take(request, guard, principal)
         except AppError as exc:
             await problem_response(exc, request)(scope, receive, send)
             return
+        caller = _Caller(request.app.state.core, guard, principal, refused)
         # A copy: the SDK's Starlette app rewrites `app` and `route` in the scope it is given,
         # and the outer middleware reads the route (for metrics) after the response.
-        inner = {**scope, _CALLER: _Caller(request.app.state.core, guard, principal)}
-        await self.app(inner, receive, send)
+        inner = {**scope, _CALLER: caller}
+        await self.app(inner, _replay(raw, receive), _with_headers(send, headers))
+
+    def _check_host_and_origin(self, request: Request) -> None:
+        host = request.headers.get("host", "")
+        if _without_port(host) not in self.hosts:
+            raise MisdirectedRequest(
+                f"This server does not answer MCP for the host {host!r}; its operator can "
+                "allow it with PERSONAIZER_ALLOWED_HOSTS."
+            )
+        origin = request.headers.get("origin")
+        if origin is not None and not self._origin_allowed(origin):
+            raise Forbidden(f"Pages from {origin!r} may not call this server's MCP door.")
 
     def _origin_allowed(self, origin: str) -> bool:
         scheme, _, authority = origin.partition("://")
         return origin in self.origins or f"{scheme}://{_without_port(authority)}" in self.origins
 
+    async def _take(
+        self, request: Request, guard: Guard, principal: Principal
+    ) -> tuple[bytes, dict[str, str], RateLimited | None]:
+        """The body, checked and charged: its bytes, the RateLimit fields for the answer, and
+        the refusal of a `tools/call` over its limit (left for `_gate` to answer)."""
+        try:
+            raw = await self._read(request)
+            policy, tool_call = await intake.parse(
+                raw, charge_for, max_values=MAX_VALUES, max_arrays=MAX_ARRAYS
+            )
+        except AppError as exc:
+            exc.headers.update(await guard.charge(principal, "reads"))
+            raise
+        try:
+            return raw, await guard.charge(principal, policy), None
+        except RateLimited as exc:
+            if not tool_call:
+                raise
+            # The tool result carries `retry_after`; Retry-After belongs to a 429 only.
+            fields = {k: v for k, v in exc.headers.items() if k != "Retry-After"}
+            return raw, fields, exc
 
-# --- the gate: rate limits, and the SDK's own refusals with a code -------------------------
+    async def _read(self, request: Request) -> bytes:
+        content_type = request.headers.get("content-type", "")
+        media = content_type.split(";", 1)[0].strip().lower()
+        if media not in ("", "application/json") and intake.is_json_media_type(content_type):
+            # REST takes `application/*+json` too; MCP's transport is `application/json` only,
+            # and the SDK would refuse anything else in a shape of its own.
+            raise UnsupportedMediaType(
+                f"Send MCP messages as application/json, not {content_type!r}."
+            )
+        return await intake.read_json_body(request, self.max_body_bytes)
+
+
+def _replay(raw: bytes, receive: Receive) -> Receive:
+    """The request's `receive` with the body, already read, given back first: the SDK reads it
+    as if it came from the client, then waits on the client (for a disconnect) as before."""
+    pending = True
+
+    async def replay() -> Message:
+        nonlocal pending
+        if pending:
+            pending = False
+            return {"type": "http.request", "body": raw, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+def _with_headers(send: Send, headers: dict[str, str]) -> Send:
+    """`send` adding `headers` (the charge's RateLimit fields) to the response's start."""
+
+    async def send_with_headers(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            MutableHeaders(scope=message).update(headers)
+        await send(message)
+
+    return send_with_headers
+
+
+# --- the gate: a tool call over its limit, and the SDK's own refusals with a code --------
 
 
 def error_result(exc: AppError) -> CallToolResult:
@@ -195,11 +310,8 @@ async def _gate(ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> Han
         return await call_next(ctx)
     name = str((ctx.params or {}).get("name"))
     caller = _caller(ctx.request)
-    try:
-        # An unknown tool is charged as a read, as REST charges a request it then refuses.
-        await caller.guard.charge(caller.principal, POLICIES.get(name, "reads"))
-    except AppError as exc:
-        return error_result(exc)
+    if caller.refused is not None:  # the edge charges every message; this one was over
+        return error_result(caller.refused)
     result = await call_next(ctx)
     wire = result.model_dump(by_alias=True) if isinstance(result, BaseModel) else result
     if isinstance(wire, dict) and wire.get("isError") and wire.get("structuredContent") is None:
@@ -376,7 +488,8 @@ def mcp_route(server: MCPServer, settings: Settings) -> Route:
         streamable_http_path=PATH,
         stateless_http=True,
         json_response=True,
-        max_request_body_size=settings.max_body_bytes,
+        # The edge refuses a larger body first, in problem+json; this is the SDK's own guard.
+        max_request_body_size=settings.mcp_max_body_bytes,
         transport_security=transport_security(settings),
     )
     return Route(PATH, McpEdge(sdk_app, settings), name="mcp")

@@ -7,8 +7,10 @@ refuse a second set of the same names). What is counted:
   ...; `unmatched` for no route), method and status, and their latency per operation.
 - The embedder: jobs waiting in its queue, the size of each batch it encodes, texts embedded, and
   whether the model is loaded.
-- What is stored: documents, chunks and personas, counted when scraped (three `count(*)` on
-  indexed tables; a scrape every 15 s costs nothing next to the searches).
+- What is stored: documents, chunks and personas: three `count(*)`, each over a whole table,
+  run by a scrape at most once per `STORED_COUNTS_TTL_S` per process. The endpoint is open to
+  anyone on the network, so scraping it in a loop must not turn into a load on the database;
+  a Prometheus scraping every 15 s still sees counts at most one scrape old.
 
 No label names a user, a key or a document: the endpoint is unauthenticated, so it says how the
 server is doing, never whose data it holds.
@@ -16,7 +18,9 @@ server is doing, never whose data it holds.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import time
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -28,6 +32,9 @@ from app.embedding import Embedder
 from app.models import Chunk, KnowledgeDoc, Persona
 from app.services.core import Core
 
+#: Seconds the stored counts are kept before a scrape reads them again: Prometheus's default
+#: scrape interval, so one scraper pays for each count about once.
+STORED_COUNTS_TTL_S = 15.0
 #: Texts per `encode` call: 1 for a lone search, up to the embedder's max batch when busy.
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 #: Seconds; searches take milliseconds, a large upsert embeds for seconds.
@@ -66,7 +73,21 @@ class _LiveCollector(Collector):
 
 
 class Metrics:
-    def __init__(self, embedder: Embedder) -> None:
+    """The registry of one app. `clock` (monotonic seconds) decides when the stored counts are
+    read again; tests turn it."""
+
+    def __init__(
+        self,
+        embedder: Embedder,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        stored_counts_ttl_s: float = STORED_COUNTS_TTL_S,
+    ) -> None:
+        self.clock = clock
+        self.stored_counts_ttl_s = stored_counts_ttl_s
+        self._counted_at: float | None = None
+        # Scrapes that arrive together wait for one count instead of each running their own.
+        self._counting = asyncio.Lock()
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "personaizer_http_requests",
@@ -96,17 +117,27 @@ class Metrics:
         self.latency.labels(operation).observe(seconds)
 
     async def refresh(self, core: Core) -> None:
-        """Read the stored counts for the next exposition."""
-        async with core.db.read() as session:
-            for name, table in (
-                ("documents", KnowledgeDoc),
-                ("chunks", Chunk),
-                ("personas", Persona),
+        """Read the stored counts for the next exposition, unless they were read less than
+        `stored_counts_ttl_s` ago. A failed count is tried again by the next scrape."""
+        async with self._counting:
+            if (
+                self._counted_at is not None
+                and self.clock() - self._counted_at < self.stored_counts_ttl_s
             ):
-                count = (
-                    await session.execute(select(func.count()).select_from(table))
-                ).scalar_one()
-                self._live.stored[name] = int(count)
+                return
+            stored: dict[str, int] = {}
+            async with core.db.read() as session:
+                for name, table in (
+                    ("documents", KnowledgeDoc),
+                    ("chunks", Chunk),
+                    ("personas", Persona),
+                ):
+                    count = (
+                        await session.execute(select(func.count()).select_from(table))
+                    ).scalar_one()
+                    stored[name] = int(count)
+            self._live.stored = stored
+            self._counted_at = self.clock()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -50,6 +50,9 @@ class ServeConfig(Config):
             "host": settings.host,
             "port": settings.port,
             "http": DeadlineH11Protocol,
+            # The stdlib loop whatever else is installed (uvicorn's "auto" picks uvloop when a
+            # package such as chromadb brings it in): what is tested is what runs.
+            "loop": "asyncio",
             "timeout_keep_alive": settings.keep_alive_timeout_s,
             "proxy_headers": False,
             "server_header": False,

@@ -98,6 +98,11 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     max_body_bytes: int = Field(default=10 * MiB, ge=1024)
+    #: The most a POST to the MCP door at /mcp may hold, refused with 413 before it is parsed.
+    #: Far below `max_body_bytes`: MCP only reads, and its largest real call, a search scoped to
+    #: 1000 external_ids of 128 characters, is about 140 KB (with a 1000-character query and
+    #: 8 KiB of metadata, every character escaped as `\\uXXXX`, under 200 KB).
+    mcp_max_body_bytes: int = Field(default=256 * 1024, ge=1024)
     default_plan: str = "free"
     #: JSON object of plan id -> plan (merged over the defaults).
     plans: dict[str, Plan] = Field(default_factory=dict)

@@ -25,6 +25,35 @@ Before the two-stage vector search and the per-user keyword index (float vec0 KN
 every user's rows, stopwords included; same machine, `--plain-words` corpus), p50 at 10,000 ->
 100,000 chunks was: semantic 16 -> 91 ms, keyword 18 -> 129 ms, hybrid 29 -> 231 ms, hybrid in
 a persona 12 -> 57 ms, 100 listed documents 7 -> 7 ms, metadata scope 26 -> 175 ms.
+
+On PostgreSQL, before keyword search read per-user postings (BM25 from an `unnest` of every
+matching chunk's tsvector; same machine, busy, two runs each), p50 at 10,000 -> 100,000 chunks
+was: keyword 18-22 -> 229-317 ms, frequent words only 60-94 -> 757-1156 ms, hybrid 56-69 ->
+260-358 ms; with postings 3-4 -> 6-9 ms, 6-8 -> 17-21 ms and 28-34 -> 80 ms.
+
+End-to-end mode (`--e2e`, scripts/bench_e2e.py, whose docstring says what each figure means and
+why it is measured so): a real `personaizer serve` process (scripts/local_server.py, as
+scripts/eval_cranfield.py starts one) measured over HTTP on Cranfield abstracts, each figure a
+ratio to the raw encoder measured in the same run before the server starts, or to a limit:
+
+    batch ingest docs/s / raw encoder docs/s                        >= 0.9x
+    first ingest time / identical replay time (all no_op)           >= 100x
+    search p50 over HTTP - p50 of one raw query encoding            <= +10 ms
+    16 clients' single-document PUTs docs/s / 1 client's            >= 1.5x
+    server RSS idle (model loaded) and after the ingests            reported
+    user A search p50 while user B ingests 1,398 docs / idle        <= 2x
+    user A GET by external_id p99 during that ingest                <= 50 ms
+
+with Chroma in-process (same model and texts) as a peer when `chromadb` is importable
+(`pip install '.[bench]'`). It prints a markdown table and one `BENCH_JSON {...}` line:
+
+    .venv/bin/python scripts/bench.py --e2e [--docs 600] [--ingest-docs 1398] [--clients 16]
+        [--single-docs 160] [--small-docs 100] [--queries 225] [--idle-searches 100]
+        [--data DIR] [--no-chroma]
+        [--database-url postgresql://... (the server runs on it instead of SQLite)] [--check]
+
+Exit 0 whatever the figures, unless `--check` is given (then 1 when a target is missed); 2 when
+the server could not be started or a request failed.
 """
 
 from __future__ import annotations
@@ -355,14 +384,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--database-url",
-        help="also run on this empty database (postgresql://...), beside SQLite in the table",
+        help="also run on this empty database (postgresql://...), beside SQLite in the table; "
+        "with --e2e, the server runs on it instead of SQLite",
     )
     parser.add_argument(
         "--plain-words",
         action="store_true",
         help="no function words in the corpus (its most common words are then content words)",
     )
+    e2e = parser.add_argument_group("end-to-end mode (a real server over HTTP)")
+    e2e.add_argument("--e2e", action="store_true", help="run the end-to-end mode")
+    e2e.add_argument("--docs", type=int, default=600, help="batch-ingested abstracts (600)")
+    e2e.add_argument(
+        "--ingest-docs", type=int, help="abstracts user B imports under load (all 1,398)"
+    )
+    e2e.add_argument("--clients", type=int, default=16, help="concurrent PUT clients (16)")
+    e2e.add_argument(
+        "--single-docs", type=int, default=160, help="single PUTs per client mode (160)"
+    )
+    e2e.add_argument("--small-docs", type=int, default=100, help="user A's corpus (100)")
+    e2e.add_argument("--queries", type=int, help="Cranfield queries to search (all 225)")
+    e2e.add_argument(
+        "--idle-searches", type=int, default=100, help="user A's searches on an idle server"
+    )
+    e2e.add_argument("--data", type=Path, help="the Cranfield folder (as eval_cranfield.py)")
+    e2e.add_argument("--no-chroma", action="store_true", help="skip the Chroma peer")
+    e2e.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args(argv)
+    if args.e2e:
+        return run_e2e(parser, args)
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     if not sizes or min(sizes) < CHUNKS_PER_DOC * 10 or args.repeat < 1:
         parser.error("sizes must be at least 40 chunks and --repeat at least 1")
@@ -376,6 +426,44 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     )
     return 0
+
+
+def run_e2e(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """--e2e: imported here so the default mode needs neither httpx nor the Cranfield data."""
+    import bench_e2e
+    import eval_cranfield
+
+    counts = [
+        ("--docs", args.docs),
+        ("--ingest-docs", args.ingest_docs),
+        ("--clients", args.clients),
+        ("--single-docs", args.single_docs),
+        ("--small-docs", args.small_docs),
+        ("--queries", args.queries),
+        ("--idle-searches", args.idle_searches),
+    ]
+    if bad := bench_e2e.positive(counts):
+        parser.error(f"{', '.join(bad)} must be at least 1")
+    data_dir: Path = args.data or eval_cranfield.DEFAULT_DATA_DIR
+    if not (data_dir / "cran.all.1400").is_file():
+        parser.error(f"no cran.all.1400 in {data_dir} (--data)")
+    options = bench_e2e.Options(
+        docs=args.docs,
+        ingest_docs=args.ingest_docs,
+        clients=args.clients,
+        single_docs=args.single_docs,
+        small_docs=args.small_docs,
+        queries=args.queries,
+        idle_searches=args.idle_searches,
+        data_dir=data_dir,
+        database_url=args.database_url,
+        chroma=not args.no_chroma,
+        check=args.check,
+    )
+    try:
+        return bench_e2e.run(options)
+    except bench_e2e.SizeError as exc:
+        parser.error(str(exc))
 
 
 if __name__ == "__main__":

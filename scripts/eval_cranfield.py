@@ -35,26 +35,22 @@ Exit codes: 0 done (targets are only reported), 1 a target was missed and ``--ch
 
 The pure functions (``parse_documents``, ``parse_queries``, ``parse_qrels``, ``load_collection``,
 ``gain_for_grade``, ``ndcg_at_k``, ``recall_at_k``, ``percentile``) have no side effects, so a
-test can load this file with importlib and call them.
+test can load this file with importlib (scripts/ on sys.path, for its sibling local_server.py)
+and call them.
 """
 
 import argparse
-import contextlib
 import json
 import math
-import os
-import shutil
-import socket
-import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+from local_server import SetupError, own_server
 
 MODES = ("semantic", "keyword", "hybrid")
 SEARCH_K = 50  # the contract's maximum k
@@ -62,7 +58,6 @@ NDCG_K = 10
 RECALL_K = SEARCH_K
 BATCH_SIZE = 100
 EXTERNAL_ID_PREFIX = "cran-"
-HEALTH_TIMEOUT_S = 120.0
 MAX_RETRIES = 30
 
 # README reference nDCG@10 (all-MiniLM-L6-v2, 225 queries) and what each mode is compared to.
@@ -298,10 +293,6 @@ class RequestFailedError(Exception):
     """A request failed (transport error or an unexpected status); the run cannot go on."""
 
 
-class SetupError(Exception):
-    """The own server could not be prepared or started."""
-
-
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -476,135 +467,6 @@ def run_mode(
         )
     _log(f"  {mode}: {len(queries)} queries in {time.perf_counter() - started:.1f} s")
     return result
-
-
-# --------------------------------------------------------------------------- own server
-
-
-def find_personaizer() -> str:
-    """The ``personaizer`` executable next to the running interpreter, else on PATH."""
-    bin_dir = Path(sys.executable).parent
-    for name in ("personaizer", "personaizer.exe"):
-        candidate = bin_dir / name
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return str(candidate)
-    found = shutil.which("personaizer")
-    if found is None:
-        raise SetupError(f"no 'personaizer' executable in {bin_dir} or on PATH")
-    return found
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _run_cli(exe: str, args: Sequence[str], env: Mapping[str, str]) -> str:
-    completed = subprocess.run(
-        [exe, *args], capture_output=True, text=True, env=dict(env), check=False, timeout=300
-    )
-    if completed.returncode != 0:
-        message = completed.stderr.strip() or completed.stdout.strip()
-        raise SetupError(f"personaizer {args[0]} {args[1]} failed: {message}")
-    return completed.stdout
-
-
-def _tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
-@contextlib.contextmanager
-def own_server(
-    database_url: str | None = None, encoder: str | None = None
-) -> Iterator[tuple[str, str]]:
-    """Start ``personaizer serve`` on a temporary data dir (or on the empty database at
-    `database_url`, e.g. a PostgreSQL one), with `encoder` as its PERSONAIZER_ENCODER when
-    given; yield ``(base_url, api_key)``."""
-    exe = find_personaizer()
-    # The own server must not touch a database configured for something else.
-    env = {k: v for k, v in os.environ.items() if k != "PERSONAIZER_DATABASE_URL"}
-    if database_url:
-        env["PERSONAIZER_DATABASE_URL"] = database_url
-    if encoder:
-        env["PERSONAIZER_ENCODER"] = encoder
-    with tempfile.TemporaryDirectory(prefix="cranfield-eval-", ignore_cleanup_errors=True) as tmp:
-        data_dir = Path(tmp) / "data"
-        data_dir.mkdir()
-        email = "eval@example.com"
-        chosen = env.get("PERSONAIZER_ENCODER", "torch")
-        _log(f"starting own server ({exe}, data dir {data_dir}, encoder {chosen})")
-        # Only `serve` and `init` create a database; every other command refuses a missing one.
-        _run_cli(exe, ["init", "--data-dir", str(data_dir)], env)
-        _run_cli(
-            exe, ["users", "create", email, "--plan", "unlimited", "--data-dir", str(data_dir)], env
-        )
-        out = _run_cli(exe, ["keys", "create", email, "--json", "--data-dir", str(data_dir)], env)
-        lines = [line for line in out.splitlines() if line.strip()]
-        try:
-            key_doc = json.loads(lines[-1]) if lines else None
-        except json.JSONDecodeError:
-            key_doc = None
-        if not isinstance(key_doc, dict) or not isinstance(key_doc.get("key"), str):
-            raise SetupError(f"personaizer keys create --json printed no key: {out[:200]!r}")
-        api_key: str = key_doc["key"]
-
-        port = _free_port()
-        base_url = f"http://127.0.0.1:{port}"
-        log_path = Path(tmp) / "serve.log"
-        serve_cmd = [exe, "serve", "--host", "127.0.0.1", "--port", str(port)]
-        serve_cmd += ["--data-dir", str(data_dir)]
-        with log_path.open("wb") as log_file:
-            process = subprocess.Popen(
-                serve_cmd,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
-            )
-            try:
-                _wait_healthy(base_url, process, log_path)
-                _log(f"own server ready at {base_url}")
-                yield base_url, api_key
-            finally:
-                _stop(process)
-
-
-def _wait_healthy(base_url: str, process: "subprocess.Popen[bytes]", log_path: Path) -> None:
-    deadline = time.monotonic() + HEALTH_TIMEOUT_S
-    last = "no answer yet"
-    with httpx.Client(base_url=base_url, timeout=5.0) as client:
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise SetupError(
-                    f"personaizer serve exited with {process.returncode}:\n{_tail(log_path)}"
-                )
-            try:
-                response = client.get("/healthz")
-                if response.status_code == 200:
-                    return
-                last = f"HTTP {response.status_code}: {response.text[:200]}"
-            except httpx.HTTPError as exc:
-                last = repr(exc)
-            time.sleep(0.5)
-    raise SetupError(
-        f"server not healthy after {HEALTH_TIMEOUT_S:g} s ({last}):\n{_tail(log_path)}"
-    )
-
-
-def _stop(process: "subprocess.Popen[bytes]") -> None:
-    if process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=15)
 
 
 # --------------------------------------------------------------------------- report
@@ -821,9 +683,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 base_url, args.api_key, collection, modes, args.limit_queries
             )
         else:
-            with own_server(args.database_url, args.encoder) as (base_url, api_key):
+            with own_server(args.database_url, encoder=args.encoder) as server:
+                base_url = server.base_url
                 results, n_queries, n_docs = evaluate(
-                    base_url, api_key, collection, modes, args.limit_queries
+                    base_url, server.api_key, collection, modes, args.limit_queries
                 )
     except (RequestFailedError, SetupError) as exc:
         _log(f"error: {exc}")

@@ -60,10 +60,14 @@ def test_backup_under_load_and_restore(tmp_path: Path) -> None:
     live = stored_batches(database)
     assert len(live) > len(copied)
 
+    # Even from a database an operator left readable to others, the .bak (every tenant's data
+    # and key hashes) is the owner's alone.
+    database.chmod(0o644)
     restored = server.run("restore", str(copy))
     assert restored.returncode == 0, restored.stderr
     [kept] = data.glob("personaizer.db.*.bak")
     assert stored_batches(kept) == live  # the replaced database, whole, WAL included
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o600
     assert stat.S_IMODE(database.stat().st_mode) == 0o600
     assert stored_batches(database) == copied
 

@@ -74,22 +74,19 @@ async def test_a_write_cut_off_mid_transaction_is_not_applied(
     app: Starlette = await make_app(database_url=await _database(own_server))
     key = await new_key(app, plan="unlimited")
     index = app.state.core.index
-    put = index.put
-    calls = 0
+    put_many = index.put_many
 
     async def put_then_lose_the_server(session: Any, **kwargs: Any) -> None:
-        nonlocal calls
-        calls += 1
-        await put(session, **kwargs)
-        if calls == 3:  # three documents of the batch written, in the open transaction
-            await asyncio.to_thread(own_server.stop, "immediate")
+        # Every row of the batch written, in the open transaction; then the server goes.
+        await put_many(session, **kwargs)
+        await asyncio.to_thread(own_server.stop, "immediate")
 
-    monkeypatch.setattr(index, "put", put_then_lose_the_server)
+    monkeypatch.setattr(index, "put_many", put_then_lose_the_server)
     items = [{"external_id": f"d{i}", "content": f"Batch document number {i}."} for i in range(8)]
     async with client_for(app, **{"X-Api-Key": key}) as api:
         r = await api.put("/api/knowledge/docs", json={"items": items})
         assert_problem(r, 503, "server.unavailable")
-        monkeypatch.setattr(index, "put", put)
+        monkeypatch.setattr(index, "put_many", put_many)
         await asyncio.to_thread(own_server.restart)
         listed: httpx.Response | None = None
         for _ in range(50):

@@ -4,11 +4,13 @@ Charged before validation and execution (API.md section 3's order), from the doc
 mutation costs one `writes` unit per root field (each is a REST write of its own), a query one
 `search` unit per `search` field at its root (each is a REST search of its own), and any other
 query one `reads` unit. Root fields are counted as execution merges them: once per response key
-(alias or name), through inline fragments and fragment spreads, each fragment once.
+(alias or name), through inline fragments and fragment spreads, each fragment once; one that
+`@skip`/`@include` certainly leaves out is not charged (app/graphql/directives.py).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from graphql import GraphQLError, OperationType, parse
@@ -21,6 +23,7 @@ from graphql.language import (
     OperationDefinitionNode,
 )
 
+from app.graphql.directives import Possible, is_left_out, possible_values
 from app.graphql.schema import MAX_TOKENS
 from app.graphql.search import SEARCH_FIELD
 from app.ratelimit import Policy
@@ -37,10 +40,14 @@ class OperationKind:
     cost: int = 1
 
 
-def classify(query: str | None, operation_name: str | None) -> OperationKind:
+def classify(
+    query: str | None,
+    operation_name: str | None,
+    variables: Mapping[str, object] | None = None,
+) -> OperationKind:
     """The operation a request will execute and what it is charged. A document that does not
     parse or does not name one operation is charged as `reads`; execution then reports what is
-    wrong with it."""
+    wrong with it. `variables` decide the `@skip`/`@include` conditions that name them."""
     if not query:
         return OperationKind(None, "reads")
     try:
@@ -54,7 +61,8 @@ def classify(query: str | None, operation_name: str | None) -> OperationKind:
     if len(operations) != 1:
         return OperationKind(None, "reads")
     operation = operations[0]
-    fields = root_fields(document, operation)
+    possible = possible_values([operation], variables if isinstance(variables, Mapping) else {})
+    fields = root_fields(document, operation, possible)
     if operation.operation is OperationType.MUTATION:
         writes = sum(1 for name in fields.values() if name != "__typename")
         return OperationKind(operation.operation, "writes", max(1, writes))
@@ -64,9 +72,13 @@ def classify(query: str | None, operation_name: str | None) -> OperationKind:
     return OperationKind(operation.operation, "reads")
 
 
-def root_fields(document: DocumentNode, operation: OperationDefinitionNode) -> dict[str, str]:
+def root_fields(
+    document: DocumentNode, operation: OperationDefinitionNode, possible: Possible
+) -> dict[str, str]:
     """The operation's root fields as execution collects them: response key -> field name.
-    Each fragment is read once however often it is spread, and a cycle ends there."""
+    A selection `@skip`/`@include` certainly leaves out is not there (`possible`: each
+    variable's possible values). Each fragment is read once however often it is spread, and a
+    cycle ends there."""
     fragments = {
         d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)
     }
@@ -75,6 +87,8 @@ def root_fields(document: DocumentNode, operation: OperationDefinitionNode) -> d
     stack = [operation.selection_set]
     while stack:
         for selection in stack.pop().selections:
+            if is_left_out(selection, possible):
+                continue
             if isinstance(selection, FieldNode):
                 key = selection.alias.value if selection.alias else selection.name.value
                 fields.setdefault(key, selection.name.value)

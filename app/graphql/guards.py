@@ -13,17 +13,19 @@ fragment cycle (invalid GraphQL, reported by validation) adds nothing and cannot
 The cost of an operation counts every selected field once, and the selection of a field that
 takes `first` (a page) or `k` (search hits) once per item it may return: the argument's value
 (a literal or a variable), else its default. A value out of the argument's range counts once,
-since the resolver refuses it (as REST does) before loading any item. The counts saturate at
-`SATURATED`, so hostile numbers stay small integers.
+since the resolver refuses it (as REST does) before loading any item. A selection that
+`@skip`/`@include` certainly leaves out costs nothing (app/graphql/directives.py). The counts
+saturate at `SATURATED`, so hostile numbers stay small integers.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from graphql import (
+    BooleanValueNode,
     FieldNode,
     FragmentDefinitionNode,
     FragmentSpreadNode,
@@ -40,6 +42,7 @@ from graphql import (
     SelectionSetNode,
     TypeMetaFieldDef,
     TypeNameMetaFieldDef,
+    ValueNode,
     VariableNode,
     get_named_type,
 )
@@ -48,6 +51,7 @@ from strawberry.extensions import SchemaExtension
 
 from app.errors import QueryTooCostly
 from app.graphql.context import Context
+from app.graphql.directives import boolean_literal, is_left_out, possible_values
 from app.models import SEARCH_K_MAX
 from app.pagination import MAX_LIMIT
 from app.settings import Settings
@@ -102,13 +106,7 @@ class DocumentMeasure:
         ]
         # Each variable's possible values: the one sent, else every default the document gives
         # it (operations may differ; the largest page among them counts).
-        self.variables: dict[str, list[object]] = {k: [v] for k, v in variables.items()}
-        for operation in self.operations:
-            for definition in operation.variable_definitions or ():
-                name = definition.variable.name.value
-                if name not in variables and definition.default_value is not None:
-                    default = _int_literal(definition.default_value)
-                    self.variables.setdefault(name, []).append(default)
+        self.variables = possible_values(self.operations, variables, literal=_literal)
         self.measures: dict[str, Measure] = {}
         for name in self._dependency_order():
             fragment = self.fragments[name]
@@ -161,6 +159,10 @@ class DocumentMeasure:
                 measure = self.measures.get(selection.name.value, _NOTHING)
             else:  # pragma: no cover - the three kinds of selection are all there are
                 continue
+            if is_left_out(selection, self.variables):
+                # Never executed, so it costs nothing; validation still walks it, so its depth
+                # and aliases count.
+                measure = replace(measure, cost=0)
             cost += measure.cost
             depth = max(depth, measure.depth)
             aliases += measure.aliases
@@ -207,6 +209,11 @@ def _page_size(value: object, most: int) -> int:
     # Out of range, the resolver refuses the page (`request.validation_failed`, as REST does)
     # before loading any item: its selection never runs.
     return value if 1 <= value <= most else 1
+
+
+def _literal(node: ValueNode) -> int | bool | None:
+    """A variable's default as the guards read it: a page size or a directive's condition."""
+    return boolean_literal(node) if isinstance(node, BooleanValueNode) else _int_literal(node)
 
 
 def _int_literal(node: object) -> int | None:

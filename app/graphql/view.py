@@ -137,7 +137,7 @@ class GraphQLView(GraphQL[Context, None]):
         root_value: None,
         request_data: GraphQLRequestData,
     ) -> ExecutionResult:
-        kind = classify(request_data.query, request_data.operation_name)
+        kind = classify(request_data.query, request_data.operation_name, request_data.variables)
         if kind.operation is OperationType.MUTATION and request_adapter.method == "GET":
             # Refused before charging, as REST refuses a method a route does not take.
             raise MethodNotAllowed("Send mutations with POST.", headers={"Allow": "POST"})

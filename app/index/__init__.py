@@ -6,7 +6,8 @@ search needs beyond the `chunks` table, and both rank documents by their best ch
 - SQLite (`sqlite.py`): sign-bit vectors in a sqlite-vec `vec0` table for a coarse pass, exact
   cosine rescoring from the float vectors in `chunks.embedding`; FTS5 with BM25 for keywords.
 - PostgreSQL (`postgres.py`): pgvector's HNSW index over `chunks.embedding` (exact scans for
-  small users and scopes); a tsvector per chunk (GIN) with BM25 computed in SQL for keywords.
+  small users and scopes); a tsvector per chunk, per-user postings derived from it by triggers,
+  and BM25 computed in SQL from the postings for keywords (`postgres_keywords.py`).
 
 Scopes (a persona, listed external_ids, metadata equality) and the user are conditions inside
 the index's own queries, never a filter applied to a global top-k afterwards; `restrict` turns a
@@ -27,7 +28,15 @@ from app.index.scope import Scope
 if TYPE_CHECKING:
     from app.db import Dialect
 
-__all__ = ["IndexedChunk", "Ranked", "Restriction", "Scope", "SearchIndex", "for_dialect"]
+__all__ = [
+    "IndexedChunk",
+    "Ranked",
+    "Restriction",
+    "Scope",
+    "SearchIndex",
+    "TitledChunks",
+    "for_dialect",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +58,10 @@ class IndexedChunk:
     vector: np.ndarray
 
 
+#: A document's title and its new chunks, for `SearchIndex.put_many`.
+TitledChunks = tuple[str | None, Sequence[IndexedChunk]]
+
+
 class Restriction(Protocol):
     """A scope in the engine's own form."""
 
@@ -66,6 +79,12 @@ class SearchIndex(Protocol):
         chunks: Sequence[IndexedChunk],
     ) -> None:
         """Index chunk rows written in this transaction (their vectors are in the rows)."""
+
+    async def put_many(
+        self, session: AsyncSession, *, user_id: int, docs: Sequence[TitledChunks]
+    ) -> None:
+        """`put` for several documents at once (a batch upsert): a few statements in all rather
+        than a few per document."""
 
     async def retitle(
         self, session: AsyncSession, *, title: str | None, chunk_ids: Sequence[int]

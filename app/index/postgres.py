@@ -8,11 +8,10 @@ inside the index scan rather than to a global top-k. Chunks are collapsed to doc
 nearest chunk, as on SQLite, deepening while too few documents come back.
 
 Keywords: `chunk_terms` holds each chunk's `tsvector` (title and text, the `english`
-configuration) under a GIN index, and its length in words. PostgreSQL's own `ts_rank` has no
-inverse document frequency, so the score is BM25 computed in SQL, the formula and constants of
-SQLite's FTS5 (k1 = 1.2, b = 0.75, idf = ln((N - n + 0.5) / (n + 0.5)), at least 1e-6), with N,
-n and the mean length taken over the user's own chunks: the fused hybrid ranking then means the
-same on both engines, and one tenant's statistics never leak into another's scores.
+configuration) and its length in words; triggers derive from it per-user postings and
+statistics, from which `postgres_keywords` ranks by BM25 as FTS5 computes it. A chunk's terms
+are written in one statement per call (the triggers run once for it), and deleted here rather
+than by the cascade from `chunks`, which would run them once per chunk.
 """
 
 from __future__ import annotations
@@ -28,7 +27,9 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from app.index import IndexedChunk, Ranked, Restriction, collapse
+from app.index import IndexedChunk, Ranked, Restriction, TitledChunks, collapse
+from app.index import postgres_keywords as keywords
+from app.index.postgres_keywords import TS_CONFIG
 from app.index.scope import Scope
 from app.index.words import MAX_QUERY_TERMS, query_words, word_count
 from app.models import KnowledgeDoc
@@ -39,11 +40,6 @@ CANDIDATES_PER_DOC = 8
 CANDIDATES_MIN = 400
 #: pgvector caps `hnsw.ef_search` at 1000; iterative scans go on past it when filters drop rows.
 _EF_SEARCH_MAX = 1000
-#: BM25 constants, as FTS5's.
-K1 = 1.2
-B = 0.75
-#: Text search configuration (stemming and stopwords) of the keyword index.
-TS_CONFIG = "english"
 
 
 def metadata_condition(i: int, key: str, value: Any) -> ColumnElement[bool]:
@@ -73,25 +69,30 @@ class PostgresIndex:
         title: str | None,
         chunks: Sequence[IndexedChunk],
     ) -> None:
-        # The vectors are the chunk rows' own column, which the HNSW index follows.
-        if not chunks:
+        await self.put_many(session, user_id=user_id, docs=[(title, chunks)])
+
+    async def put_many(
+        self, session: AsyncSession, *, user_id: int, docs: Sequence[TitledChunks]
+    ) -> None:
+        # The vectors are the chunk rows' own column, which the HNSW index follows. One
+        # statement for all the chunks of all the documents: the postings triggers run once.
+        rows = [(title or "", c) for title, chunks in docs for c in chunks]
+        if not rows:
             return
-        title_words = word_count(title or "")
         await session.execute(
             text(
-                "INSERT INTO chunk_terms (chunk_id, user_id, terms, length) VALUES"
-                f" (:c, :u, to_tsvector('{TS_CONFIG}', :title || ' ' || :t), :n)"
+                "INSERT INTO chunk_terms (chunk_id, user_id, terms, length)"
+                f" SELECT x.c, :u, to_tsvector('{TS_CONFIG}', x.title || ' ' || x.t), x.n"
+                " FROM unnest(CAST(:c AS bigint[]), CAST(:title AS text[]),"
+                " CAST(:t AS text[]), CAST(:n AS integer[])) AS x(c, title, t, n)"
             ),
-            [
-                {
-                    "c": c.id,
-                    "u": user_id,
-                    "title": title or "",
-                    "t": c.text,
-                    "n": title_words + word_count(c.text),
-                }
-                for c in chunks
-            ],
+            {
+                "u": user_id,
+                "c": [c.id for _, c in rows],
+                "title": [title for title, _ in rows],
+                "t": [c.text for _, c in rows],
+                "n": [word_count(title) + word_count(c.text) for title, c in rows],
+            },
         )
 
     async def retitle(
@@ -108,17 +109,27 @@ class PostgresIndex:
         title_words = word_count(title or "")
         await session.execute(
             text(
-                f"UPDATE chunk_terms SET terms = to_tsvector('{TS_CONFIG}', :title || ' ' || :t),"
-                " length = :n WHERE chunk_id = :c"
+                f"UPDATE chunk_terms SET terms = to_tsvector('{TS_CONFIG}', :title || ' ' || x.t),"
+                " length = x.n"
+                " FROM unnest(CAST(:c AS bigint[]), CAST(:t AS text[]), CAST(:n AS integer[]))"
+                " AS x(c, t, n) WHERE chunk_terms.chunk_id = x.c"
             ),
-            [
-                {"c": cid, "title": title or "", "t": body, "n": title_words + word_count(body)}
-                for cid, body in rows
-            ],
+            {
+                "title": title or "",
+                "c": [cid for cid, _ in rows],
+                "t": [body for _, body in rows],
+                "n": [title_words + word_count(body) for _, body in rows],
+            },
         )
 
     async def delete(self, session: AsyncSession, chunk_ids: Sequence[int]) -> None:
-        pass  # chunk_terms rows go with their chunks (ON DELETE CASCADE), vectors are columns
+        # The chunk_terms rows would go with their chunks (ON DELETE CASCADE), but one row at a
+        # time, each a run of the postings triggers; deleted here they go in one statement.
+        if chunk_ids:
+            await session.execute(
+                text("DELETE FROM chunk_terms WHERE chunk_id = ANY(:ids)"),
+                {"ids": list(chunk_ids)},
+            )
 
     async def restrict(self, session: AsyncSession, scope: Scope) -> ScopeSql | None:
         return None if scope.everything else ScopeSql(scope)
@@ -133,6 +144,7 @@ class PostgresIndex:
         within: Restriction | None,
     ) -> list[Ranked]:
         scope = _scope(within)
+        in_scope = "" if scope is None else "AND c.doc_id IN (SELECT id FROM scope_docs)"
         n = max(CANDIDATES_MIN, CANDIDATES_PER_DOC * depth)
         while True:
             await session.execute(
@@ -146,9 +158,8 @@ class PostgresIndex:
                 await session.execute(
                     _scoped(
                         "SELECT c.id, c.doc_id, c.embedding <=> :q AS d FROM chunks AS c"
-                        " WHERE c.user_id = :u {scope} ORDER BY c.embedding <=> :q LIMIT :n",
+                        f" WHERE c.user_id = :u {in_scope} ORDER BY c.embedding <=> :q LIMIT :n",
                         scope,
-                        "c.doc_id",
                         ("id", "doc_id", "d"),
                     ),
                     {"q": np.asarray(vector, dtype=np.float32), "u": user_id, "n": n},
@@ -168,56 +179,33 @@ class PostgresIndex:
         depth: int,
         within: Restriction | None,
     ) -> list[Ranked]:
+        """The best `CHUNKS_PER_DOC * depth` chunks by BM25 (see `postgres_keywords`),
+        collapsed to documents by their best chunk, deepened four-fold while they hold too few
+        documents: only those few chunks are joined to their documents, never every match."""
         words = query_words(query)[:MAX_QUERY_TERMS]
         if not words:
             return []
         scope = _scope(within)
-        rows = await session.execute(
-            _scoped(
-                # The query's lexemes (stemmed, stopwords gone), each with its BM25 weight over
-                # the user's chunks; then every matching chunk of the user scored, the best
-                # chunk of each document kept.
-                "WITH lexemes AS ("
-                f"  SELECT DISTINCT lexeme FROM unnest(to_tsvector('{TS_CONFIG}', :words))"
-                "), stats AS ("
-                "  SELECT count(*)::float8 AS n, coalesce(avg(length), 1)::float8 AS mean"
-                "  FROM chunk_terms WHERE user_id = :u"
-                "), weights AS ("
-                "  SELECT l.lexeme, greatest(ln((s.n - f.n + 0.5) / (f.n + 0.5)), 1e-6) AS idf"
-                "  FROM lexemes AS l CROSS JOIN stats AS s CROSS JOIN LATERAL ("
-                "    SELECT count(*)::float8 AS n FROM chunk_terms AS t"
-                "    WHERE t.user_id = :u AND t.terms @@ quote_literal(l.lexeme)::tsquery) AS f"
-                "), matched AS ("
-                "  SELECT t.chunk_id, t.terms, t.length, c.doc_id"
-                "  FROM chunk_terms AS t JOIN chunks AS c ON c.id = t.chunk_id"
-                "  WHERE t.user_id = :u AND t.terms @@ ("
-                "    SELECT string_agg(quote_literal(lexeme), ' | ')::tsquery FROM lexemes)"
-                "  {scope}"
-                "), scored AS ("
-                "  SELECT m.doc_id, m.chunk_id, sum(w.idf * (cardinality(e.positions) * :k1p1)"
-                "    / (cardinality(e.positions) + :k1 * (1 - :b + :b * m.length / s.mean)))"
-                "    AS score"
-                "  FROM matched AS m CROSS JOIN stats AS s"
-                "  CROSS JOIN LATERAL unnest(m.terms) AS e"
-                "  JOIN weights AS w ON w.lexeme = e.lexeme"
-                "  GROUP BY m.doc_id, m.chunk_id"
-                "), best AS ("
-                "  SELECT DISTINCT ON (doc_id) doc_id, chunk_id, score FROM scored"
-                "  ORDER BY doc_id, score DESC, chunk_id"
-                ")"
-                " SELECT doc_id, chunk_id, score FROM best"
-                " ORDER BY score DESC, chunk_id LIMIT :n",
-                scope,
-                "c.doc_id",
-                ("doc_id", "chunk_id", "score"),
-            ),
-            {"words": " ".join(words), "u": user_id, "n": depth, "k1": K1, "k1p1": K1 + 1, "b": B},
+        statement = _scoped(
+            keywords.UNSCOPED if scope is None else keywords.SCOPED,
+            scope,
+            ("doc_id", "chunk_id", "score"),
         )
-        # Sorted here: a scoped statement is wrapped in a SELECT that need not keep the order.
-        ranked = sorted(
-            ((float(s), int(c), str(d)) for d, c, s in rows), key=lambda r: (-r[0], r[1])
-        )
-        return [Ranked(doc, cid, score) for score, cid, doc in ranked]
+        params = keywords.parameters(" ".join(words), user_id)
+        n = keywords.CHUNKS_PER_DOC * depth
+        while True:
+            rows = (await session.execute(statement, {**params, "n": n})).all()
+            # Sorted here: a scoped statement is wrapped in a SELECT that need not keep the
+            # order. A document's first chunk in this order is its best.
+            ranked = sorted(
+                ((float(s), int(c), str(d)) for d, c, s in rows), key=lambda r: (-r[0], r[1])
+            )
+            best: dict[str, Ranked] = {}
+            for score, cid, doc in ranked:
+                best.setdefault(doc, Ranked(doc, cid, score))
+            if len(best) >= depth or len(rows) < n:
+                return list(best.values())[:depth]
+            n *= 4
 
     async def count(self, session: AsyncSession, *, user_id: int) -> int:
         return int(
@@ -236,12 +224,11 @@ def _scope(within: Restriction | None) -> Scope | None:
     return within.scope
 
 
-def _scoped(sql: str, scope: Scope | None, doc_column: str, columns: Sequence[str]) -> Any:
-    """`sql` with `{scope}` replaced by a condition that `doc_column` is one of the scope's
-    documents; the scope's query renders as a CTE named `scope_docs` in front."""
+def _scoped(sql: str, scope: Scope | None, columns: Sequence[str]) -> Any:
+    """`sql`, which reads the scope's documents from `scope_docs` when there is a scope, with
+    that CTE rendered in front (the scope's query) and its `columns` selected."""
     if scope is None:
-        return text(sql.replace("{scope}", ""))
-    statement = text(sql.replace("{scope}", f"AND {doc_column} IN (SELECT id FROM scope_docs)"))
+        return text(sql)
     docs = select(col(KnowledgeDoc.id)).where(*scope.conditions(metadata_condition))
-    inner = statement.columns(*(column(c) for c in columns)).subquery("r")
+    inner = text(sql).columns(*(column(c) for c in columns)).subquery("r")
     return select(*(inner.c[c] for c in columns)).add_cte(docs.cte("scope_docs"))

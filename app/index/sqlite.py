@@ -24,7 +24,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
-from app.index import IndexedChunk, Ranked, Restriction, collapse
+from app.index import IndexedChunk, Ranked, Restriction, TitledChunks, collapse
 from app.index.scope import Scope
 from app.index.sqlite_keywords import KeywordIndex, match_expression
 from app.index.sqlite_vectors import VectorIndex
@@ -101,6 +101,24 @@ class SqliteIndex:
         )
         await self.keywords.put(
             session, user_id=user_id, title=title, chunks=[(c.id, c.text) for c in chunks]
+        )
+
+    async def put_many(
+        self, session: AsyncSession, *, user_id: int, docs: Sequence[TitledChunks]
+    ) -> None:
+        chunks = [c for _, doc_chunks in docs for c in doc_chunks]
+        if not chunks:
+            return
+        await self.vectors.put(
+            session,
+            user_id=user_id,
+            chunk_ids=[c.id for c in chunks],
+            vectors=np.stack([c.vector for c in chunks]),
+        )
+        await self.keywords.put_titled(
+            session,
+            user_id=user_id,
+            chunks=[(c.id, title, c.text) for title, doc_chunks in docs for c in doc_chunks],
         )
 
     async def retitle(

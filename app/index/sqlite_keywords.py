@@ -53,14 +53,22 @@ class KeywordIndex:
         title: str | None,
         chunks: Sequence[tuple[int, str]],
     ) -> None:
+        """Index new chunks (ids not indexed yet, as for the vectors)."""
+        await self.put_titled(
+            session, user_id=user_id, chunks=[(cid, title, body) for cid, body in chunks]
+        )
+
+    async def put_titled(
+        self, session: AsyncSession, *, user_id: int, chunks: Sequence[tuple[int, str | None, str]]
+    ) -> None:
+        """`put` for chunks of several documents: (chunk id, its document's title, text)."""
         if not chunks:
             return
-        await self.delete(session, [cid for cid, _ in chunks])
         await session.execute(
             text("INSERT INTO chunk_fts(rowid, owner, title, text) VALUES (:c, :o, :title, :t)"),
             [
                 {"c": cid, "o": owner_token(user_id), "title": title or "", "t": body}
-                for cid, body in chunks
+                for cid, title, body in chunks
             ],
         )
 

@@ -61,11 +61,11 @@ class VectorIndex:
     async def put(
         self, session: AsyncSession, *, user_id: int, chunk_ids: Sequence[int], vectors: Vectors
     ) -> None:
-        """Index the chunks' bit vectors. Their float vectors are the chunk rows' `embedding`,
-        written with the rows (see `to_blob`)."""
+        """Index the bit vectors of new chunks (ids not indexed yet: every path that deletes
+        chunk rows deletes their index entries first, and vec0 refuses a duplicate loudly).
+        Their float vectors are the chunk rows' `embedding`, written with the rows."""
         if not chunk_ids:
             return
-        await self.delete(session, chunk_ids)
         bits = quantize(vectors)
         await session.execute(
             text(

@@ -74,6 +74,9 @@ from app.models.base import (
     format_time as format_time,
 )
 from app.models.base import (
+    parse_api_time as parse_api_time,
+)
+from app.models.base import (
     time_field as time_field,
 )
 from app.models.base import (

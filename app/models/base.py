@@ -14,6 +14,8 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     PlainSerializer,
+    TypeAdapter,
+    ValidationError,
     WithJsonSchema,
 )
 from pydantic_core import PydanticCustomError
@@ -52,6 +54,44 @@ def utcnow() -> datetime:
 
 _EARLIEST = datetime.min.replace(tzinfo=UTC)
 _LATEST = datetime.max.replace(tzinfo=UTC)
+
+
+#: RFC 3339's date-time (what the OpenAPI document's `format: date-time` promises, and all it
+#: promises): an offset or `Z` is required. Pydantic alone would also take a bare date, a time
+#: without an offset (whose instant nobody knows) or a number of seconds.
+RFC3339_RE = re.compile(
+    r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$", re.ASCII
+)
+_DATETIME = TypeAdapter(datetime)
+
+
+def parse_api_time(value: object, *, name: str = "time") -> datetime:
+    """A time the API takes as input (REST's query parameters, GraphQL's `DateTime`), in UTC:
+    one parser for every door, so the same text gets the same answer through each.
+
+    RFC 3339 with an offset or `Z`, then checked as a real date and time (no year 0000, no
+    24:00, no leap second 23:59:60, which `datetime` cannot hold). An instant before year 1 or
+    after 9999 once in UTC becomes that end, earlier or later than any stored time. Fails with
+    a `PydanticCustomError` (`datetime_format`), which each door reports as
+    `request.validation_failed` pointing at `name`'s field."""
+    if not isinstance(value, str) or not RFC3339_RE.fullmatch(value):
+        raise _not_a_time(name)
+    try:
+        parsed = _DATETIME.validate_python(value)
+    except ValidationError as exc:
+        raise _not_a_time(name) from exc
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:
+        return _EARLIEST if parsed.year < 5000 else _LATEST
+
+
+def _not_a_time(name: str) -> PydanticCustomError:
+    return PydanticCustomError(
+        "datetime_format",
+        "{name} must be an RFC 3339 time with an offset, e.g. 2026-11-29T10:00:00Z",
+        {"name": name},
+    )
 
 
 def format_time(value: datetime) -> str:

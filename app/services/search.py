@@ -32,6 +32,7 @@ Everything reads one snapshot, so a search never sees half of a concurrent write
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -88,11 +89,6 @@ async def search(*, core: Core, principal: Principal, request: SearchRequest) ->
     started = time.perf_counter()
     user_id = principal.user_id
     depth = max(FUSION_DEPTH, request.k) if request.mode == "hybrid" else request.k
-    # Embed before taking a database connection: the embedding queue may be busy with a large
-    # upsert for a while, and a search waiting there must not hold one of the pool's readers.
-    vector = None
-    if request.mode != "keyword":
-        vector = (await core.embedder.embed([request.query]))[0]
     scope = Scope(
         user_id=user_id,
         persona_id=request.persona_id,
@@ -103,17 +99,29 @@ async def search(*, core: Core, principal: Principal, request: SearchRequest) ->
         if request.persona_id is not None:
             await _check_persona(session, user_id, request.persona_id)
         within = await core.index.restrict(session, scope)
-        semantic: list[Ranked] = []
-        keyword: list[Ranked] = []
-        if within is None or not within.empty:
-            if vector is not None:
-                semantic = await core.index.semantic(
-                    session, user_id=user_id, vector=vector, depth=depth, within=within
-                )
-            if request.mode != "semantic":
-                keyword = await core.index.keyword(
+        searchable = within is None or not within.empty
+        # The keyword ranking needs no vector: it runs while the query is embedded (in its
+        # own lane, never behind documents, so holding the connection meanwhile is brief).
+        keyword_task = (
+            asyncio.create_task(
+                core.index.keyword(
                     session, user_id=user_id, query=request.query, depth=depth, within=within
                 )
+            )
+            if searchable and request.mode != "semantic"
+            else None
+        )
+        try:
+            vector = None
+            if request.mode != "keyword" and searchable:
+                vector = (await core.embedder.embed([request.query], lane="query"))[0]
+        finally:
+            keyword: list[Ranked] = await keyword_task if keyword_task is not None else []
+        semantic: list[Ranked] = []
+        if vector is not None:
+            semantic = await core.index.semantic(
+                session, user_id=user_id, vector=vector, depth=depth, within=within
+            )
         words = query_word_count(request.query)
         if request.mode == "hybrid":
             keyword_part = [keyword_scored(r, words) for r in keyword]

@@ -279,3 +279,47 @@ def test_a_variable_counts_with_the_largest_page_it_may_be(
     )
     measure = DocumentMeasure(schema._schema, document, variables)
     assert [measure.operation(o).cost for o in measure.operations] == [cost, cost]
+
+
+def docs_51(directives: str = "") -> str:
+    """A page of 51 documents (cost 103), with `directives`."""
+    return f"knowledgeDocs(first: 51) {directives} {{ items {{ externalId }} }}"
+
+
+DOCS_51 = docs_51()
+
+
+@pytest.mark.parametrize(
+    ("query", "variables", "cost"),
+    [
+        (f"{{ a: {DOCS_51} b: {DOCS_51} }}", {}, 2 * 103),
+        # Left out by a literal, a variable or a variable's default: it costs nothing.
+        (f"{{ a: {DOCS_51} b: {docs_51('@skip(if: true)')} }}", {}, 103),
+        (f"{{ a: {docs_51('@include(if: false)')} b: {DOCS_51} }}", {}, 103),
+        (f"query($on: Boolean!) {{ a: {DOCS_51} b: {docs_51('@include(if: $on)')} }}", {"on": False}, 103),
+        (f"query($on: Boolean!) {{ a: {DOCS_51} b: {docs_51('@include(if: $on)')} }}", {"on": True}, 2 * 103),
+        (f"query($off: Boolean = true) {{ a: {DOCS_51} b: {docs_51('@skip(if: $off)')} }}", {}, 103),
+        # Through an inline fragment, a fragment spread, or deeper in a selection.
+        (f"{{ a: {DOCS_51} ... @skip(if: true) {{ b: {DOCS_51} }} }}", {}, 103),
+        (f"{{ a: {DOCS_51} ...F @skip(if: true) }} fragment F on Query {{ b: {DOCS_51} }}", {}, 103),
+        ("{ knowledgeDocs(first: 51) { items { externalId title @skip(if: true) } } }", {}, 103),
+        # Not certain (no value; not a Boolean, which coercion refuses): it counts.
+        (f"query($on: Boolean!) {{ a: {DOCS_51} b: {docs_51('@include(if: $on)')} }}", {}, 2 * 103),
+        (f"query($on: Boolean!) {{ a: {DOCS_51} b: {docs_51('@include(if: $on)')} }}", {"on": 0}, 2 * 103),
+    ],
+)  # fmt: skip
+def test_left_out_selections_cost_nothing(query: str, variables: dict[str, Any], cost: int) -> None:
+    measure = DocumentMeasure(schema._schema, parse(query), variables)
+    (operation,) = measure.operations
+    assert measure.operation(operation).cost == cost
+
+
+async def test_a_skipped_costly_search_is_not_refused(make_app: AppFactory) -> None:
+    app = await make_app(graphql_max_cost=101)
+    key = await new_key(app, plan="unlimited")
+    search = 'search(query: "x", k: 50) @include(if: $on) { results { text title } }'  # 151
+    query = f"query($on: Boolean!) {{ viewer {{ email }} s: {search} }}"
+    async with client_for(app, **{"X-Api-Key": key}) as api:
+        data = await gql_data(api, query, {"on": False})
+        assert data == {"viewer": {"email": "owner@example.com"}}
+        refused_for_cost(await gql(api, query, {"on": True}), 1 + 1 + 151, 101)

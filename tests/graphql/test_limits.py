@@ -93,6 +93,71 @@ def test_each_search_field_is_one_search(query: str, cost: int) -> None:
     assert (kind.policy, kind.cost) == ("search", cost)
 
 
+def searching(directives: str) -> str:
+    """`SEARCH` with `directives` (which stand before a field's selection set)."""
+    return f'search(query: "x") {directives} {{ mode }}'
+
+
+@pytest.mark.parametrize(
+    ("query", "variables", "policy", "cost"),
+    [
+        # Left out by a literal: not charged, and without a search the query is a read.
+        (f"{{ {searching('@skip(if: true)')} }}", None, "reads", 1),
+        (f"{{ a: {searching('@include(if: false)')} b: {searching('@skip(if: false)')} }}", None, "search", 1),
+        (f"{{ a: {searching('@skip(if: true) @include(if: true)')} b: {SEARCH} }}", None, "search", 1),
+        # Through a fragment spread or an inline fragment that is left out.
+        (
+            f"{{ ...S @skip(if: true) b: {SEARCH} }} fragment S on Query {{ a: {SEARCH} }}",
+            None,
+            "search",
+            1,
+        ),
+        (f"{{ ... @include(if: false) {{ a: {SEARCH} }} b: {SEARCH} }}", None, "search", 1),
+        # The same response key, left out once and run once: one search.
+        (f"{{ s: {searching('@skip(if: true)')} s: {SEARCH} }}", None, "search", 1),
+        # A variable's value, else its default, decides.
+        (f"query($on: Boolean!) {{ a: {searching('@include(if: $on)')} b: {SEARCH} }}", {"on": False}, "search", 1),
+        (f"query($on: Boolean!) {{ a: {searching('@include(if: $on)')} b: {SEARCH} }}", {"on": True}, "search", 2),
+        (f"query($off: Boolean = true) {{ a: {searching('@skip(if: $off)')} b: {SEARCH} }}", {}, "search", 1),
+        (f"query($off: Boolean = true) {{ a: {searching('@skip(if: $off)')} b: {SEARCH} }}", {"off": False}, "search", 2),
+        # Not certain (no value; not a Boolean, which coercion refuses): charged.
+        (f"query($on: Boolean!) {{ a: {searching('@include(if: $on)')} b: {SEARCH} }}", {}, "search", 2),
+        (f"query($on: Boolean!) {{ a: {searching('@include(if: $on)')} b: {SEARCH} }}", {"on": "no"}, "search", 2),
+        # Mutations alike: a left-out root field is not a write.
+        (
+            'mutation { a: deletePersona(id: "x") @skip(if: true) { deleted } '
+            'b: deletePersona(id: "y") { deleted } c: deletePersona(id: "z") { deleted } }',
+            None,
+            "writes",
+            2,
+        ),
+    ],
+)  # fmt: skip
+def test_left_out_fields_are_not_charged(
+    query: str, variables: dict[str, Any] | None, policy: str, cost: int
+) -> None:
+    kind = classify(query, None, variables)
+    assert (kind.policy, kind.cost) == (policy, cost)
+
+
+async def test_skipped_searches_are_not_charged(make_app: AppFactory) -> None:
+    app = await make_app(plans={"small": small_plan("small", writes=10)})  # 10 searches
+    key = await new_key(app, plan="small")
+    async with client_for(app, **{"X-Api-Key": key}) as api:
+        # Thirty searches of which three run: charged three, and only those three answer.
+        fields = " ".join(
+            f"s{i}: " + searching("" if i % 10 == 0 else "@include(if: $all)") for i in range(30)
+        )
+        query = f"query($all: Boolean!) {{ {fields} }}"
+        r = await gql(api, query, {"all": False})
+        assert sorted(r.json()["data"]) == ["s0", "s10", "s20"]
+        assert ratelimit(r)[:2] == ("search", 7)
+        # All thirty would not fit what is left: refused whole, nothing taken.
+        r = await gql(api, query, {"all": True})
+        assert single_error(r, 429)["extensions"]["code"] == "limits.rate_exceeded"
+        assert ratelimit(r)[:2] == ("search", 7)
+
+
 async def test_aliased_searches_are_charged_each(make_app: AppFactory) -> None:
     app = await make_app(plans={"small": small_plan("small", writes=10)})  # 10 searches
     key = await new_key(app, plan="small")

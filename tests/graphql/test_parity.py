@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import httpx
@@ -128,6 +129,13 @@ def _drop_took(r: Any, g: Any) -> tuple[Any, Any]:
     return r, g
 
 
+def _ids_and_total(r: Any, g: Any) -> tuple[Any, Any]:
+    return (
+        ([i["external_id"] for i in r["items"]], r["total"]),
+        ([i["external_id"] for i in g["items"]], g["total"]),
+    )
+
+
 def _one_more_request(r: Any, g: Any) -> tuple[Any, Any]:
     # The GraphQL request came second, and counts itself.
     r["usage"]["requests"]["used"] += 1
@@ -169,6 +177,27 @@ READS = [
             [i["external_id"] for i in r["items"]],
             [i["external_id"] for i in g["items"]],
         ),
+    ),
+    *(
+        Case(
+            "listKnowledgeDocs",
+            Rest("GET", DOCS, params={"updated_since": since}),
+            Gql(
+                "query($since: DateTime) { knowledgeDocs(updatedSince: $since) "
+                "{ items { externalId } nextCursor total } }",
+                {"since": since},
+            ),
+            adjust=_ids_and_total,
+        )
+        # Offsets other than Z, a lower-case t and z, digits past the millisecond, the first
+        # and last instants (an offset beyond year 1 or 9999 in UTC): all documents, or none.
+        for since in (
+            "2000-01-01T05:30:00+05:30",
+            "2999-12-31T23:59:59.999999999-08:00",
+            "2000-01-01t00:00:00.5z",
+            "0001-01-01T00:00:00+01:00",
+            "9999-12-31T23:59:59-01:00",
+        )
     ),
     Case(
         "getKnowledgeDoc",
@@ -285,6 +314,31 @@ async def test_reads_give_the_same_values(roomy: Starlette) -> None:
             assert g.status_code == 200 and "errors" not in g.json(), (case.operation_id, g.text)
             expected, actual = case.adjust(r.json(), root(g.json()["data"]))
             assert actual == expected, case.operation_id
+
+
+async def test_a_time_with_an_offset_is_the_same_instant_through_both_doors(
+    roomy: Starlette,
+) -> None:
+    key = await new_key(roomy, "times@example.com", plan="roomy")
+    async with client_for(roomy, **{"X-Api-Key": key}) as api:
+        await seed(api)
+        listed = (await api.get(DOCS)).json()["items"]
+        stored = [datetime.fromisoformat(d["updated_at"]) for d in listed]
+        newest = max(stored)
+        india = timezone(timedelta(hours=5, minutes=30))
+        for since, total in (
+            # The newest update, written in India's time: inclusive, so it is there.
+            (newest, sum(t >= newest for t in stored)),
+            (newest + timedelta(milliseconds=1), 0),
+            (newest - timedelta(days=1), len(stored)),
+        ):
+            text = since.astimezone(india).isoformat()
+            assert text.endswith("+05:30")
+            r = await api.get(DOCS, params={"updated_since": text})
+            assert r.json()["total"] == total, text
+            query = "query($s: DateTime) { knowledgeDocs(updatedSince: $s) { total } }"
+            data = await gql_data(api, query, {"s": text})
+            assert data["knowledgeDocs"]["total"] == total, text
 
 
 # --- writes: two users with the same data, one per door --------------------------------------
@@ -485,6 +539,24 @@ def list_docs(**variables: Any) -> Gql:
     )
 
 
+#: Times pydantic (or Python) would take but RFC 3339 with an offset does not, or that are no
+#: real instant: both doors refuse each with the same code.
+BAD_TIMES = [
+    "2026-01-01T00:00:00",  # no offset: whose midnight?
+    "2026-01-01",  # a date, not a time
+    "1700000000",  # epoch seconds
+    "0000-01-01T00:00:00Z",  # year 0000
+    "2026-01-01T24:00:00Z",  # 24:00
+    "2016-12-31T23:59:60Z",  # a leap second, which no `datetime` holds
+    "2026-01-01T00:00:00+24:00",  # an offset of a whole day
+]
+
+
+def inline_since(since: str) -> Gql:
+    """The time written into the document, where GraphQL parses it as a literal."""
+    return Gql(f'{{ knowledgeDocs(updatedSince: "{since}") {{ total }} }}')
+
+
 def upsert_many(*items: dict[str, Any]) -> tuple[Rest, Gql]:
     gql_items = [
         {("externalId" if k == "external_id" else k): v for k, v in item.items()} for item in items
@@ -519,6 +591,15 @@ BAD = [
     Bad("listKnowledgeDocs", "request.invalid_cursor", Rest("GET", DOCS, params={"cursor": "nope!"}), list_docs(after="nope!")),
     Bad("listKnowledgeDocs", "request.invalid_cursor", Rest("GET", DOCS, params={"cursor": "eyJ4IjoxfQ"}), list_docs(after="eyJ4IjoxfQ")),
     Bad("listKnowledgeDocs", "request.validation_failed", Rest("GET", DOCS, params={"updated_since": "soon"}), list_docs(since="soon")),
+    *(
+        Bad("listKnowledgeDocs", "request.validation_failed", Rest("GET", DOCS, params={"updated_since": since}), list_docs(since=since))
+        for since in BAD_TIMES
+    ),
+    *(
+        Bad("listKnowledgeDocs", "request.validation_failed", Rest("GET", DOCS, params={"updated_since": since}), inline_since(since))
+        for since in BAD_TIMES
+    ),
+    Bad("listKnowledgeDocs", "request.validation_failed", Rest("GET", DOCS, params={"updated_since": "1700000000"}), list_docs(since=1700000000)),
     Bad("getKnowledgeDoc", "knowledge.invalid_external_id", Rest("GET", f"{DOCS}/by-external-id/bad%20id"), Gql('{ knowledgeDoc(externalId: "bad id") { title } }')),
     Bad("getKnowledgeDoc", "knowledge.not_found", Rest("GET", f"{DOCS}/by-external-id/zz"), Gql('{ knowledgeDoc(externalId: "zz") { title } }')),
     Bad("upsertKnowledgeDocs", "knowledge.invalid_external_id", *upsert_many({"external_id": "a b", "content": "x"})),

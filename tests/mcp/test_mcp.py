@@ -26,22 +26,28 @@ from mcp_types import CallToolResult
 pytestmark = pytest.mark.anyio
 
 BIN = Path(sys.executable).with_name("personaizer")
-#: A plan whose search limit a test can use up in a few calls.
-TINY = {
-    "tiny": {
-        "id": "tiny",
-        "name": "Tiny",
-        "limits": {
-            "knowledge_docs": 100,
-            "knowledge_chars": 100_000,
-            "doc_chars": 10_000,
-            "personas": 3,
-            "batch_items": 10,
-            "reads_per_minute": 100,
-            "writes_per_minute": 100,
-            "searches_per_minute": 3,
-        },
+#: Reads a minute on the `tight` plan: a test uses them up with the client's own messages.
+TIGHT_READS = 6
+
+
+def _plan(plan_id: str, *, reads: int, searches: int) -> dict[str, Any]:
+    limits = {
+        "knowledge_docs": 100,
+        "knowledge_chars": 100_000,
+        "doc_chars": 10_000,
+        "personas": 3,
+        "batch_items": 10,
+        "reads_per_minute": reads,
+        "writes_per_minute": 100,
+        "searches_per_minute": searches,
     }
+    return {"id": plan_id, "name": plan_id.title(), "limits": limits}
+
+
+#: `tiny`: a search limit a test can use up in a few calls; `tight`: the same for reads.
+PLANS = {
+    "tiny": _plan("tiny", reads=100, searches=3),
+    "tight": _plan("tight", reads=TIGHT_READS, searches=3),
 }
 
 DOCS = [
@@ -69,6 +75,7 @@ class Server:
     base: str
     key: str
     tiny_key: str
+    tight_key: str
     persona_id: str
 
 
@@ -90,12 +97,14 @@ def _cli(*args: str, env: dict[str, str]) -> str:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     data = tmp_path_factory.mktemp("mcp")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PERSONAIZER_")}
-    env.update(PERSONAIZER_DATA_DIR=str(data), PERSONAIZER_PLANS=json.dumps(TINY))
+    env.update(PERSONAIZER_DATA_DIR=str(data), PERSONAIZER_PLANS=json.dumps(PLANS))
     _cli("init", env=env)
     _cli("users", "create", "agent@example.com", "--plan", "unlimited", env=env)
     _cli("users", "create", "tiny@example.com", "--plan", "tiny", env=env)
+    _cli("users", "create", "tight@example.com", "--plan", "tight", env=env)
     key = _cli("keys", "create", "agent@example.com", env=env)
     tiny_key = _cli("keys", "create", "tiny@example.com", env=env)
+    tight_key = _cli("keys", "create", "tight@example.com", env=env)
     port = _free_port()
     proc = subprocess.Popen(
         [str(BIN), "serve", "--port", str(port)],
@@ -130,7 +139,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             headers=h,
         )
         assert r.status_code == 200, r.text
-        yield Server(base=base, key=key, tiny_key=tiny_key, persona_id=persona_id)
+        yield Server(
+            base=base, key=key, tiny_key=tiny_key, tight_key=tight_key, persona_id=persona_id
+        )
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -289,6 +300,34 @@ async def test_search_is_rate_limited_like_rest(server: Server) -> None:
             headers={"X-Api-Key": server.tiny_key},
         )
     assert r.status_code == 429
+
+
+async def test_every_message_costs_a_read(server: Server) -> None:
+    # The client's own messages (initialize and its notification, tools/list) are charged as
+    # reads. Past the budget the edge answers 429 problem+json, which the SDK's client raises.
+    listed = 0
+    with pytest.raises(ExceptionGroup) as raised:
+        async with connect(f"{server.base}/mcp", server.tight_key) as client:
+            for _ in range(TIGHT_READS):
+                await client.list_tools()
+                listed += 1
+    assert raised.group_contains(MCPError, match="Server returned an error response")
+    # Without the handshake's charge every listing would have passed.
+    assert 1 <= listed < TIGHT_READS
+    headers = {"X-Api-Key": server.tight_key, "Accept": "application/json"}
+    async with httpx.AsyncClient(base_url=server.base, headers=headers) as http:
+        r = await http.post("/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "ping"})
+        assert r.status_code == 429
+        assert r.headers["content-type"].startswith("application/problem+json")
+        assert r.json()["code"] == "limits.rate_exceeded" and int(r.headers["retry-after"]) >= 1
+        assert r.headers["ratelimit-policy"] == f'"reads";q={TIGHT_READS};w=60'
+        # Searches are another policy: a call still runs (and its answer says what is left).
+        search = {"name": "search_knowledge", "arguments": {"query": "lamp"}}
+        r = await http.post(
+            "/mcp", json={"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": search}
+        )
+    assert r.status_code == 200 and not r.json()["result"]["isError"]
+    assert r.headers["ratelimit"].startswith('"search";r=2;')
 
 
 def test_key_is_required(server: Server) -> None:

@@ -9,9 +9,11 @@ import logging
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import event
 from starlette.applications import Starlette
 
 from app.logs import JsonFormatter, RequestIdFilter
+from app.metrics import STORED_COUNTS_TTL_S
 from tests.conftest import AppFactory, client_for
 
 pytestmark = pytest.mark.anyio
@@ -34,9 +36,26 @@ def value(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
 
 
+class Clock:
+    """Monotonic seconds that pass only when a test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def stopped_clock(app: Starlette) -> Clock:
+    clock = Clock()
+    app.state.metrics.clock = clock
+    return clock
+
+
 async def test_requests_embedding_and_storage_are_counted(
-    api: httpx.AsyncClient, anon: httpx.AsyncClient
+    app: Starlette, api: httpx.AsyncClient, anon: httpx.AsyncClient
 ) -> None:
+    clock = stopped_clock(app)
     before = await scrape(anon)
     assert value(before, "personaizer_stored_documents") == 0
     assert value(before, "personaizer_embedding_model_ready") == 1
@@ -54,6 +73,7 @@ async def test_requests_embedding_and_storage_are_counted(
         doc = await api.get(f"/api/knowledge/docs/by-external-id/doc-{i}")
         chunks += doc.json()["chunk_count"]
 
+    clock.now += STORED_COUNTS_TTL_S  # the stored counts are read again
     after = await scrape(anon)
     assert (
         value(
@@ -103,6 +123,42 @@ async def test_requests_embedding_and_storage_are_counted(
     )
     assert value(after, "personaizer_embedding_batch_size_count") >= 2
     assert value(after, "personaizer_embedding_queue_depth") == 0
+
+
+async def test_scrapes_count_what_is_stored_at_most_once_per_window(
+    app: Starlette, api: httpx.AsyncClient, anon: httpx.AsyncClient
+) -> None:
+    clock = stopped_clock(app)
+    counts: list[str] = []
+
+    def count(
+        conn: object, cursor: object, statement: str, *args: object, **kwargs: object
+    ) -> None:
+        if "count(" in statement.lower():
+            counts.append(statement)
+
+    engine = app.state.core.db.reader.sync_engine
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        assert value(await scrape(anon), "personaizer_stored_documents") == 0
+        assert len(counts) == 3  # documents, chunks, personas
+        r = await api.put(
+            "/api/knowledge/docs", json={"items": [{"external_id": "a", "content": "x"}]}
+        )
+        assert r.status_code == 200
+        # Within the window: no count runs, and the counts are the last ones read.
+        clock.now += STORED_COUNTS_TTL_S - 0.1
+        before = len(counts)
+        for _ in range(5):
+            assert value(await scrape(anon), "personaizer_stored_documents") == 0
+        assert len(counts) == before
+        # Past it, the next scrape reads them again, once.
+        clock.now += 0.1
+        assert value(await scrape(anon), "personaizer_stored_documents") == 1
+        assert value(await scrape(anon), "personaizer_stored_documents") == 1
+        assert len(counts) == before + 3
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
 
 
 async def test_unmatched_routes_and_other_doors_have_their_own_operation(

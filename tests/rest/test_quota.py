@@ -31,8 +31,6 @@ async def usage(api: httpx.AsyncClient) -> dict[str, Any]:
     return body
 
 
-
-
 @pytest.fixture
 async def free(make_app: AppFactory) -> tuple[Starlette, str]:
     app = await make_app()
@@ -163,3 +161,51 @@ async def test_character_quota(make_app: AppFactory) -> None:
         assert r.json()["status"] == "updated"
         docs = (await api.get(DOCS)).json()["items"]
         assert sum(d["char_count"] for d in docs) == 100
+
+
+async def test_a_write_over_the_character_quota_is_refused_before_anything_is_embedded(
+    make_app: AppFactory,
+) -> None:
+    """The model is shared by every tenant: text the character quota refuses never reaches it,
+    through the single upsert or the batch, alone or beside a document that would fit."""
+    plan = {
+        "id": "chars",
+        "name": "Chars",
+        "limits": {
+            "knowledge_docs": 100,
+            "knowledge_chars": 5000,
+            "doc_chars": 20_000,
+            "personas": 1,
+            "batch_items": 10,
+            "reads_per_minute": 100,
+            "writes_per_minute": 100,
+            "searches_per_minute": 100,
+        },
+    }
+    app = await make_app(plans={"chars": plan})
+    key = await new_key(app, plan="chars")
+    stats = app.state.core.embedder.stats
+    # Many distinct sentences: several chunks, each a text the model would embed.
+    big = " ".join(f"Sentence {i} is about item {i * 7} in the catalogue." for i in range(300))
+    assert 5000 < len(big) <= 20_000
+    async with client_for(app, **{"X-Api-Key": key}) as api:
+        fits = await api.put(f"{DOCS}/by-external-id/small", json={"content": "Fits well."})
+        assert fits.status_code == 201
+        before = stats.texts
+        assert before > 0  # what fits was embedded: the counter counts
+        r = await api.put(f"{DOCS}/by-external-id/big", json={"content": big})
+        problem = assert_problem(r, 403, "knowledge.quota_exceeded")
+        assert problem["limit"] == "knowledge_chars"
+        batch = {
+            "items": [
+                {"external_id": "other", "content": "Another short one."},
+                {"external_id": "big", "content": big},
+            ]
+        }
+        problem = assert_problem(await api.put(DOCS, json=batch), 403, "knowledge.quota_exceeded")
+        assert problem["limit"] == "knowledge_chars"
+        # Growing the document that exists past the quota: refused alike.
+        r = await api.put(f"{DOCS}/by-external-id/small", json={"content": big})
+        assert_problem(r, 403, "knowledge.quota_exceeded")
+        assert stats.texts == before
+        assert (await api.get(DOCS)).json()["total"] == 1

@@ -1,6 +1,7 @@
 """The event loop stays free while heavy input is refused: a real server process answers
 `GET /healthz` within 100 ms while it reads, sizes up and refuses each of the inputs that used to
-hold it for seconds (issue 9). A timing test on purpose: responsiveness is the property.
+hold it for seconds (issue 9), through REST, GraphQL and MCP. A timing test on purpose:
+responsiveness is the property.
 
 Each probe is timed from another process, so the bound holds through the OS scheduler too.
 Parsing a 10 MB body runs on a worker thread but cannot leave the interpreter; the server sets
@@ -105,6 +106,21 @@ def _graphql_batch() -> bytes:
     return _json({"query": query, "variables": {"items": _batch("externalId")}})
 
 
+def _mcp_search(metadata_value: bytes) -> bytes:
+    """An MCP `tools/call` of `search_knowledge` whose metadata filter holds `metadata_value`."""
+    return (
+        b'{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": '
+        b'"search_knowledge", "arguments": {"query": "x", "metadata": {"a": '
+        + metadata_value
+        + b"}}}}"
+    )
+
+
+def _arrays(size: int) -> bytes:
+    """`[[],[],...]`, about `size` bytes of empty arrays."""
+    return b"[" + b"[]," * (size // 3) + b"[]]"
+
+
 def _chunks(data: bytes) -> Iterator[bytes]:
     """`data` streamed without a Content-Length: the server counts it as it arrives."""
     for start in range(0, len(data), 256 * 1024):
@@ -142,6 +158,32 @@ HEAVY: list[tuple[str, str, str, Callable[[], bytes | Iterator[bytes]], int, str
         "PUT",
         "/api/knowledge/docs",
         lambda: _chunks(b'{"items": [{"external_id": "a", "content": "' + b"x" * TEN_MB + b'"}]}'),
+        413,
+        "request.too_large",
+    ),
+    # The MCP door: refused from the declared length, from the bytes as they stream in, and
+    # (within the byte bound) from the count of arrays, all before the SDK parses anything.
+    (
+        "mcp-ten-mb-of-arrays",
+        "POST",
+        "/mcp",
+        lambda: _mcp_search(_arrays(TEN_MB - 200)),
+        413,
+        "request.too_large",
+    ),
+    (
+        "mcp-ten-mb-streamed",
+        "POST",
+        "/mcp",
+        lambda: _chunks(_mcp_search(_arrays(TEN_MB - 200))),
+        413,
+        "request.too_large",
+    ),
+    (
+        "mcp-arrays-within-the-byte-bound",
+        "POST",
+        "/mcp",
+        lambda: _mcp_search(_arrays(250 * 1024)),
         413,
         "request.too_large",
     ),

@@ -14,6 +14,9 @@ SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "eval_cranfield.py"
 
 
 def _load() -> ModuleType:
+    # The script imports its sibling scripts/local_server.py, as `python scripts/...` would.
+    if str(SCRIPT.parent) not in sys.path:
+        sys.path.insert(0, str(SCRIPT.parent))
     spec = importlib.util.spec_from_file_location("eval_cranfield", SCRIPT)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -5,6 +5,9 @@ search scopes that never cross tenants."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
 
 import pytest
 from starlette.applications import Starlette
@@ -86,6 +89,79 @@ async def test_the_quota_is_checked_inside_the_write(app: Starlette) -> None:
     assert await upsert(core, me, doc("q0", "Quota document 0, edited.")) == ["updated"]
     page = await knowledge.list_docs(core=core, principal=me, limit=1)
     assert page.total == 100
+
+
+async def test_a_write_over_the_quota_is_refused_before_anything_is_embedded(
+    app: Starlette,
+) -> None:
+    """A user at its limit sending a large new document is refused at once: the model (shared
+    by every tenant) never sees the text."""
+    core: Core = app.state.core
+    me = await caller(app, "full@example.com", plan="free")  # 100 documents
+    await upsert(core, me, *(doc(f"f{i}", "The same short text.") for i in range(100)))
+    before = core.embedder.stats.texts
+    with pytest.raises(KnowledgeQuotaExceeded):
+        await upsert(core, me, doc("big", long_text(400)))
+    assert core.embedder.stats.texts == before
+
+
+@contextlib.asynccontextmanager
+async def _tracking_writes(core: Core, before_first_write: Callable[[], Awaitable[None]]):  # type: ignore[no-untyped-def]
+    """Wrap the database's write transactions: run `before_first_write` once, before the first
+    one begins, and record in `state["writing"]` whether one is open."""
+    state = {"writing": False, "first": True}
+    real_write = core.db.write
+
+    @contextlib.asynccontextmanager
+    async def write(**kwargs: Any) -> AsyncIterator[Any]:
+        if state["first"]:
+            state["first"] = False
+            await before_first_write()
+        async with real_write(**kwargs) as session:
+            state["writing"] = True
+            try:
+                yield session
+            finally:
+                state["writing"] = False
+
+    real_embed = core.embedder.embed
+    under_lock: list[Sequence[str]] = []
+
+    async def embed(texts: Sequence[str], **kwargs: Any) -> Any:
+        if state["writing"]:
+            under_lock.append(texts)
+        return await real_embed(texts, **kwargs)
+
+    core.db.write = write  # type: ignore[method-assign]
+    core.embedder.embed = embed  # type: ignore[method-assign]
+    try:
+        yield under_lock
+    finally:
+        core.db.write = real_write  # type: ignore[method-assign]
+        core.embedder.embed = real_embed  # type: ignore[method-assign]
+
+
+async def test_nothing_is_embedded_under_the_write_lock_when_a_writer_intervenes(
+    app: Starlette,
+) -> None:
+    """The snapshot says: same content, new title (nothing to embed). Before the write, another
+    writer changes the content; under the lock the document now needs its text embedded. That
+    is done after rolling back, outside the lock, and the write then lands as asked."""
+    core: Core = app.state.core
+    me = await caller(app, "between@example.com")
+    original = "Gliders stay aloft on rising air and lose height slowly."
+    await upsert(core, me, doc("g", original, title="Old"))
+
+    async def intervene() -> None:
+        await upsert(core, me, doc("g", "A different text about kites.", title="Old"))
+
+    async with _tracking_writes(core, intervene) as under_lock:
+        assert await upsert(core, me, doc("g", original, title="New")) == ["updated"]
+    assert under_lock == []
+    final = await knowledge.get_doc(core=core, principal=me, external_id="g")
+    assert (final.content, final.title) == (original, "New")
+    hits = await find(core, me, query="gliders rising air", mode="keyword")
+    assert hits == ["g"]
 
 
 async def test_concurrent_upserts_of_one_document(app: Starlette) -> None:

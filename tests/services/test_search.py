@@ -14,6 +14,7 @@ from starlette.applications import Starlette
 
 from app.index import Ranked, sqlite_keywords
 from app.index import postgres as pg_index
+from app.index import postgres_keywords as pg_keywords
 from app.index import sqlite as sqlite_index
 from app.models import KnowledgeDocItem, SearchRequest, SearchResponse
 from app.services import accounts, knowledge
@@ -27,6 +28,14 @@ pytestmark = pytest.mark.anyio
 def index_module(core: Core) -> ModuleType:
     """The engine's index module, whose thresholds the tests shrink."""
     return sqlite_index if core.db.dialect == "sqlite" else pg_index
+
+
+def shallow_keyword_pass(core: Core, m: pytest.MonkeyPatch) -> None:
+    """The engine's unscoped keyword search reads one best chunk per wanted document first."""
+    if core.db.dialect == "sqlite":
+        m.setattr(sqlite_keywords, "CHUNKS_PER_DOC", 1)
+    else:
+        m.setattr(pg_keywords, "CHUNKS_PER_DOC", 1)
 
 
 # --- scores and fusion ---------------------------------------------------------------------
@@ -188,7 +197,8 @@ async def test_keyword_deepens_until_it_has_enough_documents(
     app: Starlette, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Unscoped keyword search reads the best chunks only, deeper while they hold too few
-    documents; scoped, it filters every match. Both give the same ranking."""
+    documents; scoped, it filters every match (SQLite) or reads the scope's best chunks
+    (PostgreSQL, as deep as unscoped). All give the same ranking."""
     core, principal = await setup_corpus(app)
     everything = [f"doc-{i}" for i in range(len(TOPICS))]
     queries = ["bread chess money", "magnetic field printing press", "puppy magma budget"]
@@ -196,9 +206,10 @@ async def test_keyword_deepens_until_it_has_enough_documents(
         body = {"query": query, "k": 2, "mode": "keyword"}
         scoped = await run_search(core, principal, external_ids=everything, **body)
         with monkeypatch.context() as m:
-            m.setattr(sqlite_keywords, "CHUNKS_PER_DOC", 1)
+            shallow_keyword_pass(core, m)
             shallow = await run_search(core, principal, **body)
-        assert pairs(shallow) == pairs(scoped)
+            shallow_scoped = await run_search(core, principal, external_ids=everything, **body)
+        assert pairs(shallow) == pairs(scoped) == pairs(shallow_scoped)
         assert len(scoped.results) == 2
 
 

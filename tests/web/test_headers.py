@@ -84,8 +84,12 @@ async def test_every_response_says_nosniff(app: Starlette) -> None:
         assert "x-frame-options" not in r.headers  # framing policy is for HTML only
 
 
-async def test_session_cookie_is_secure_in_production(make_app: AppFactory) -> None:
-    app = await make_app(environment="production", session_secret="p" * 40)
+@pytest.mark.parametrize("environment", ["production", "staging"])
+async def test_session_cookie_is_secure_outside_local_use(
+    make_app: AppFactory, environment: str
+) -> None:
+    # Anything but "local" is served to browsers over the network: not only "production".
+    app = await make_app(environment=environment, session_secret="p" * 40)
     async with client_for(app) as browser:
         cookie = (await browser.get("/login")).headers["set-cookie"]
     name, _, attributes = cookie.partition("=")

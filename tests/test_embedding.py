@@ -1,0 +1,146 @@
+"""The embedder's two lanes, with the real model: a query never waits behind documents, a small
+upload is not held behind a large one for its whole duration, concurrent small uploads share a
+model call, and the vectors are the model's whatever the batching."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from app.embedding import PADDING_FLOOR, Embedder, LocalModel, Model, Vectors, _batches
+
+pytestmark = pytest.mark.anyio
+
+TEXTS = [
+    f"Document {i} about the boundary layer of a swept wing at Mach {i % 7}." for i in range(96)
+]
+
+
+@dataclass
+class Recorder:
+    """The real model, with a log of each call: its texts and the thread it ran on, and an
+    event per call begun (so a test can act while the model is busy)."""
+
+    model: Model
+    dims: int = 384
+    calls: list[tuple[str, list[str]]] = field(default_factory=list)
+    begun: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(0))
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def encode(self, texts: Sequence[str]) -> Vectors:
+        with self.lock:
+            self.calls.append((threading.current_thread().name, list(texts)))
+        self.begun.release()
+        return self.model.encode(texts)
+
+    def call_of(self, text: str) -> int:
+        return next(i for i, (_, texts) in enumerate(self.calls) if text in texts)
+
+
+@pytest.fixture
+async def lanes(model: Model) -> AsyncIterator[tuple[Embedder, Recorder]]:
+    recorder = Recorder(model)
+    embedder = Embedder(model=recorder, max_batch=8)
+    await embedder.start()
+    try:
+        yield embedder, recorder
+    finally:
+        await embedder.stop()
+
+
+async def _first_call_begun(recorder: Recorder) -> None:
+    await asyncio.to_thread(recorder.begun.acquire)
+
+
+async def test_a_query_is_encoded_beside_a_large_upload(lanes: tuple[Embedder, Recorder]) -> None:
+    embedder, recorder = lanes
+    upload = asyncio.create_task(embedder.embed(TEXTS))
+    await _first_call_begun(recorder)
+    query = await embedder.embed(["swept wing boundary layer"], lane="query")
+    assert not upload.done()  # answered while the upload still had micro-batches to go
+    await upload
+    threads = {name for name, texts in recorder.calls if "swept wing boundary layer" in texts}
+    assert len(threads) == 1 and "query" in threads.pop()
+    assert all("bulk" in name for name, texts in recorder.calls if TEXTS[0] in texts)
+    direct = np.asarray(recorder.model.encode(["swept wing boundary layer"]))
+    assert float(query[0] @ direct[0]) > 0.9999
+
+
+async def test_a_small_upload_takes_its_turn_beside_a_large_one(
+    lanes: tuple[Embedder, Recorder],
+) -> None:
+    embedder, recorder = lanes
+    large = asyncio.create_task(embedder.embed(TEXTS))  # 12 micro-batches of 8
+    await _first_call_begun(recorder)
+    small = await embedder.embed(["A single short document about kites."])
+    assert not large.done()
+    vectors = await large
+    # The small upload went in the next call after the one running when it arrived.
+    assert recorder.call_of("A single short document about kites.") <= 1
+    assert len(recorder.calls) >= len(TEXTS) // 8
+    # Micro-batching changes nothing in the vectors: row i is TEXTS[i]'s, in order.
+    direct = recorder.model.encode(TEXTS)
+    assert vectors.shape == (len(TEXTS), 384)
+    assert np.allclose(vectors, direct, atol=1e-5)
+    assert small.shape == (1, 384)
+
+
+async def test_concurrent_small_uploads_share_a_model_call(
+    lanes: tuple[Embedder, Recorder],
+) -> None:
+    embedder, recorder = lanes
+    blocker = asyncio.create_task(embedder.embed(TEXTS[:8]))
+    await _first_call_begun(recorder)
+    # While the model is busy, six single-text uploads arrive: they go in one call, not six.
+    singles = await asyncio.gather(*(embedder.embed([t]) for t in TEXTS[8:14]))
+    await blocker
+    assert len({recorder.call_of(t) for t in TEXTS[8:14]}) == 1
+    direct = recorder.model.encode(TEXTS[8:14])
+    assert np.allclose(np.concatenate(singles), direct, atol=1e-5)
+
+
+async def test_a_cancelled_upload_leaves_the_lane_working(
+    lanes: tuple[Embedder, Recorder],
+) -> None:
+    embedder, recorder = lanes
+    doomed = asyncio.create_task(embedder.embed(TEXTS))
+    await _first_call_begun(recorder)
+    doomed.cancel()
+    after = await embedder.embed(["Still served after a cancelled upload."])
+    assert after.shape == (1, 384)
+    # The cancelled upload's remaining micro-batches were dropped, not encoded: at most the
+    # one running when it was cancelled (and one begun before the cancellation was seen).
+    encoded = sum(t in TEXTS for _, texts in recorder.calls for t in texts)
+    assert encoded <= 2 * 8
+
+
+def test_the_model_gives_sentence_transformers_vectors(model: Model) -> None:
+    """LocalModel.encode is sentence-transformers' pipeline written out (batched by length,
+    two threads at once): its vectors are the library's own, whatever the mix of lengths."""
+    assert isinstance(model, LocalModel)
+    texts = [*TEXTS[:20], "x", "", "Ünïcödé and emoji 🛩️ text.", " ".join(TEXTS) * 3]
+    library = model._model.encode(
+        texts, batch_size=32, normalize_embeddings=True, convert_to_numpy=True
+    )
+    ours = model.encode(texts)
+    assert ours.shape == (len(texts), 384) and ours.dtype == np.float32
+    assert np.allclose(ours, library, atol=1e-5)
+
+
+@given(st.lists(st.integers(min_value=0, max_value=5000), max_size=200), st.integers(1, 64))
+def test_batches_cover_every_text_once_with_little_padding(lengths: list[int], size: int) -> None:
+    batches = _batches(lengths, size)
+    rows = sorted(int(i) for batch in batches for i in batch)
+    assert rows == list(range(len(lengths)))
+    for batch in batches:
+        longest, shortest = lengths[batch[0]], min(lengths[i] for i in batch)
+        assert 1 <= len(batch) <= size
+        assert shortest >= PADDING_FLOOR * longest
+        assert all(lengths[i] <= longest for i in batch)
