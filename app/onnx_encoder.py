@@ -28,7 +28,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from app.chunking import model_path
-from app.embedding import DIMS, Vectors
+from app.embedding import DIMS, Vectors, _batches
 from app.onnx_export import INPUTS, MAX_SEQ_LENGTH, OUTPUT, load_or_export, remove_cached
 
 log = logging.getLogger(__name__)
@@ -67,8 +67,10 @@ def check_available() -> None:
 class OnnxModel:
     """all-MiniLM-L6-v2 on ONNX Runtime (CPU, fp32): unit vectors, as `LocalModel` gives.
 
-    `encode` is blocking and thread-safe (one call runs at a time: the session's threads are
-    the machine's cores, which concurrent runs would only fight over)."""
+    `encode` is blocking and thread-safe, and batches as `LocalModel` does (`_batches`: longest
+    first, at most 32, no batch padding its shortest text past a quarter). As there, only
+    tokenising is serialised: a session runs calls from several threads side by side, so the
+    embedder's query lane never waits for a bulk batch to finish."""
 
     dims = DIMS
 
@@ -114,7 +116,7 @@ class OnnxModel:
         self.exported = exported
         self._session = session
         self._tokenizer = load_tokenizer()
-        self._lock = threading.Lock()
+        self._tokenizer_lock = threading.Lock()
 
     @property
     def session_options(self) -> Any:
@@ -122,19 +124,14 @@ class OnnxModel:
         return self._session.get_session_options()
 
     def encode(self, texts: Sequence[str]) -> Vectors:
-        if not texts:
-            return np.zeros((0, DIMS), dtype=np.float32)
-        # Longest first, as sentence-transformers does: batches of similar lengths pad little.
-        order = np.argsort([-len(t) for t in texts], kind="stable")
         out = np.empty((len(texts), DIMS), dtype=np.float32)
-        with self._lock:
-            for start in range(0, len(texts), BATCH_SIZE):
-                rows = order[start : start + BATCH_SIZE]
-                out[rows] = self._run([texts[i] for i in rows])
+        for rows in _batches([len(t) for t in texts], BATCH_SIZE):
+            out[rows] = self._run([texts[i] for i in rows])
         return out
 
     def _run(self, texts: list[str]) -> Vectors:
-        encodings = self._tokenizer.encode_batch(texts)
+        with self._tokenizer_lock:
+            encodings = self._tokenizer.encode_batch(texts)
         ids = np.asarray([e.ids for e in encodings], dtype=np.int64)
         mask = np.asarray([e.attention_mask for e in encodings], dtype=np.int64)
         types = np.asarray([e.type_ids for e in encodings], dtype=np.int64)

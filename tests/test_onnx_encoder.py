@@ -140,8 +140,12 @@ def test_truncation_is_at_256_tokens_as_in_torch(onnx_model: OnnxModel) -> None:
 
 
 def test_same_top_10_as_torch(model: Model, onnx_model: OnnxModel) -> None:
+    # "", " " and "\n\t  \n" are one token sequence, hence one vector: a tie either encoder
+    # may break either way. Every other text is ranked.
+    distinct = list(dict.fromkeys(t.strip() for t in TEXTS))
+
     def top10(encode: Callable[[list[str]], np.ndarray]) -> list[list[int]]:
-        docs, queries = encode(TEXTS), encode(QUERIES)
+        docs, queries = encode(distinct), encode(QUERIES)
         return [list(np.argsort(-(docs @ q), kind="stable")[:10]) for q in queries]
 
     assert top10(onnx_model.encode) == top10(model.encode)
