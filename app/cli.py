@@ -179,6 +179,13 @@ def serve(
 
     settings = load_settings(data_dir, database_url, host=host, port=port)
     logs.configure(settings.log_level, json_lines=settings.log_format == "json")
+    if settings.encoder == "onnx":
+        from app.onnx_encoder import EncoderUnavailable, check_available
+
+        try:
+            check_available()
+        except EncoderUnavailable as exc:
+            raise Fail(str(exc)) from exc
     if workers > 1 and not settings.redis_url:
         raise Fail(
             "--workers above 1 needs PERSONAIZER_REDIS_URL: rate limits counted in each "

@@ -7,6 +7,7 @@ import logging
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
+from functools import partial
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -59,13 +60,27 @@ def _cors(settings: Settings) -> list[Middleware]:
     ]
 
 
+def model_loader(settings: Settings) -> Callable[[], Model]:
+    """The encoder `PERSONAIZER_ENCODER` names (the onnx module is imported only when chosen)."""
+    if settings.encoder == "onnx":
+        from app.onnx_encoder import OnnxModel
+
+        return partial(OnnxModel, settings.encoder_cache_path, threads=settings.encoder_threads)
+    return LocalModel
+
+
 def create_app(
-    settings: Settings, *, model: Model | None = None, loader: Callable[[], Model] = LocalModel
+    settings: Settings, *, model: Model | None = None, loader: Callable[[], Model] | None = None
 ) -> Starlette:
     """The ASGI app. `model` lets a caller share an already loaded embedding model (tests do);
-    without it the model loads in the background and /healthz answers 503 until it is ready."""
+    without it the model loads in the background (`loader`, else the configured encoder) and
+    /healthz answers 503 until it is ready."""
     db = Database(settings)
-    embedder = Embedder(model=model, max_batch=settings.embedder_batch_size, loader=loader)
+    embedder = Embedder(
+        model=model,
+        max_batch=settings.embedder_batch_size,
+        loader=loader or model_loader(settings),
+    )
     core = Core(settings=settings, db=db, embedder=embedder)
     limiter = RateLimiter(settings)
     metrics = Metrics(embedder)

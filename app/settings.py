@@ -112,6 +112,16 @@ class Settings(BaseSettings):
     busy_timeout_s: float = Field(default=10.0, gt=0)
     #: Load the sentence-transformers model; tests may share one loaded model instead.
     embedder_batch_size: int = Field(default=32, ge=1, le=512)
+    #: What runs the embedding model: `torch` (sentence-transformers) or `onnx` (ONNX Runtime,
+    #: `pip install 'personaizer[onnx]'`; the graph is exported from the bundled weights on its
+    #: first start and cached). Both give the same vectors, so either reads the other's index.
+    encoder: Literal["torch", "onnx"] = "torch"
+    #: Where the onnx encoder caches its exported model; unset: `<data_dir>/cache`.
+    encoder_cache_dir: Path | None = None
+    #: The onnx encoder's threads (0: one per physical core). One leaves the other cores to the
+    #: event loop and measured fastest for single queries on 2 cores; more help bulk writes on
+    #: larger machines. (The torch encoder follows torch's own setting, OMP_NUM_THREADS.)
+    encoder_threads: int = Field(default=1, ge=0, le=256)
     log_level: str = "INFO"
     #: Where the operator runs it: "local" allows development defaults such as a generated
     #: session secret; anything else requires explicit secrets.
@@ -198,6 +208,10 @@ class Settings(BaseSettings):
     @property
     def graphiql_enabled(self) -> bool:
         return self.graphiql if self.graphiql is not None else self.environment != "production"
+
+    @property
+    def encoder_cache_path(self) -> Path:
+        return self.encoder_cache_dir or self.data_dir / "cache"
 
     @property
     def sqlite_path(self) -> Path:

@@ -27,7 +27,8 @@ API key, ``personaizer serve`` on a free port; stopped and removed at the end)::
 
 Options: ``--data DIR`` (default ``<repo root>/../shared/data/cranfield``), ``--json`` (also
 print the results as JSON on stdout; the table then goes to stderr), ``--check`` (exit 1 when a
-target is missed).
+target is missed), ``--encoder torch|onnx`` (the own server's ``PERSONAIZER_ENCODER``; default:
+the environment's, else torch).
 
 Exit codes: 0 done (targets are only reported), 1 a target was missed and ``--check`` was given,
 2 a request failed or the server could not be started.
@@ -628,6 +629,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--check", action="store_true", help="exit 1 when a target (semantic, hybrid) is missed"
     )
     parser.add_argument(
+        "--encoder",
+        choices=("torch", "onnx"),
+        help="the own server's embedding runtime (PERSONAIZER_ENCODER; default: the "
+        "environment's, else torch); onnx needs the onnx extra",
+    )
+    parser.add_argument(
         "--database-url",
         help="run the own server on this empty database (e.g. postgresql://...) instead of a "
         "temporary SQLite file",
@@ -659,6 +666,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if (args.url is None) != (args.api_key is None):
         parser.error("--url and --api-key go together (give neither to start an own server)")
+    if args.url is not None and args.encoder is not None:
+        parser.error("--encoder chooses the own server's encoder; it cannot change --url's")
     if args.limit_queries is not None and args.limit_queries < 1:
         parser.error("--limit-queries must be at least 1")
     data_dir: Path = args.data
@@ -674,7 +683,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 base_url, args.api_key, collection, modes, args.limit_queries
             )
         else:
-            with own_server(args.database_url) as server:
+            with own_server(args.database_url, encoder=args.encoder) as server:
                 base_url = server.base_url
                 results, n_queries, n_docs = evaluate(
                     base_url, server.api_key, collection, modes, args.limit_queries

@@ -108,10 +108,13 @@ def _new_user(exe: str, email: str, data_dir: Path, env: Mapping[str, str]) -> s
 
 @contextlib.contextmanager
 def own_server(
-    database_url: str | None = None, emails: Sequence[str] = ("eval@example.com",)
+    database_url: str | None = None,
+    emails: Sequence[str] = ("eval@example.com",),
+    encoder: str | None = None,
 ) -> Iterator[OwnServer]:
     """Start ``personaizer serve`` on a temporary data dir (or on the empty database at
-    `database_url`, e.g. a PostgreSQL one) with a user and key per email; yield it running."""
+    `database_url`, e.g. a PostgreSQL one) with a user and key per email, and `encoder` as its
+    PERSONAIZER_ENCODER when given; yield it running."""
     if not emails:
         raise SetupError("own_server needs at least one user")
     exe = find_personaizer()
@@ -119,10 +122,13 @@ def own_server(
     env = {k: v for k, v in os.environ.items() if k != "PERSONAIZER_DATABASE_URL"}
     if database_url:
         env["PERSONAIZER_DATABASE_URL"] = database_url
+    if encoder:
+        env["PERSONAIZER_ENCODER"] = encoder
     with tempfile.TemporaryDirectory(prefix="personaizer-own-", ignore_cleanup_errors=True) as tmp:
         data_dir = Path(tmp) / "data"
         data_dir.mkdir()
-        log(f"starting own server ({exe}, data dir {data_dir})")
+        chosen = env.get("PERSONAIZER_ENCODER", "torch")
+        log(f"starting own server ({exe}, data dir {data_dir}, encoder {chosen})")
         # Only `serve` and `init` create a database; every other command refuses a missing one.
         _run_cli(exe, ["init", "--data-dir", str(data_dir)], env)
         keys = {email: _new_user(exe, email, data_dir, env) for email in emails}

@@ -3,6 +3,7 @@ deleting a user with their data, a busy port, and `serve --demo` restarts."""
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 from pathlib import Path
@@ -15,7 +16,14 @@ from app.client import ApiError, Client
 from app.demo import CREDENTIALS_FILE, DEMO_EMAIL, ensure_demo_account
 from app.services import accounts
 from tests.conftest import AppFactory
-from tests.live import LiveServer, free_port, personaizer, start_server, stop_server
+from tests.live import (
+    LiveServer,
+    clean_env,
+    free_port,
+    personaizer,
+    start_server,
+    stop_server,
+)
 
 
 def one_error_line(r: object, status: int = 1) -> str:
@@ -172,6 +180,30 @@ def test_serve_reports_a_busy_port_before_claiming_to_listen(tmp_path: Path) -> 
         f"error: port {port} on 127.0.0.1 is already in use (is another server running?)"
     )
     assert "listening" not in r.stdout
+
+
+def test_serve_on_onnx_without_its_packages_is_one_line(tmp_path: Path) -> None:
+    """PERSONAIZER_ENCODER=onnx where onnxruntime cannot be imported (hidden from this process,
+    installed or not): the extra to install, named before anything starts, not a traceback."""
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text('import sys\nsys.modules["onnxruntime"] = None\n')
+    path = os.pathsep.join(p for p in (str(hide), os.environ.get("PYTHONPATH", "")) if p)
+    env = clean_env(PERSONAIZER_ENCODER="onnx", PYTHONPATH=path)
+    r = personaizer("serve", "--port", "0", "--data-dir", str(tmp_path / "data"), env=env)
+    line = one_error_line(r)
+    assert "onnxruntime" in line and "pip install 'personaizer[onnx]'" in line, line
+    assert "listening" not in r.stdout
+
+    r = personaizer(
+        "serve",
+        "--port",
+        "0",
+        "--data-dir",
+        str(tmp_path / "data"),
+        env=clean_env(PERSONAIZER_ENCODER="tensorflow"),
+    )
+    assert "invalid configuration: encoder" in one_error_line(r)
 
 
 def _demo_credentials(output: str) -> tuple[str, str]:

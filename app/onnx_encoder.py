@@ -1,0 +1,150 @@
+"""all-MiniLM-L6-v2 on ONNX Runtime: the optional encoder (`PERSONAIZER_ENCODER=onnx`).
+
+Why: once the graph is exported and cached the server never imports torch: it loads in about
+a second instead of five or more, holds about half the memory between batches, and embeds a
+single query about twice as fast (batches of documents at about torch's speed; figures in
+scripts/bench_encoder.py's output, quoted in the README). The vectors are the torch encoder's
+to within float rounding (cosine >= 0.9999), so a deployment can switch either way without
+re-embedding its documents.
+
+The graph is exported from the bundled weights, never downloaded (app/onnx_export.py). The rest
+of the pipeline is sentence-transformers' for this model, step by step: the model's own fast
+tokenizer (`tokenizer.json`) truncating at 256 tokens (`sentence_bert_config.json`) and padding
+to the longest text of a batch; texts sorted by length into batches of 32; the transformer,
+mean pooling over the attention mask and L2 normalisation (those three inside the graph).
+fp32 only: int8 quantisation costs retrieval quality.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from app.chunking import model_path
+from app.embedding import DIMS, Vectors, _batches
+from app.onnx_export import INPUTS, MAX_SEQ_LENGTH, OUTPUT, load_or_export, remove_cached
+
+log = logging.getLogger(__name__)
+
+#: The pip extra that installs what this encoder needs.
+EXTRA = "onnx"
+#: Imported to run (onnxruntime) and to export the graph once (onnx, onnxscript).
+REQUIRED_MODULES = ("onnxruntime", "onnx", "onnxscript")
+#: sentence-transformers' `encode` batch size, which `LocalModel` passes too.
+BATCH_SIZE = 32
+#: ONNX Runtime's intra-op threads (`PERSONAIZER_ENCODER_THREADS`). On the shared 2-core machine
+#: one thread answered single queries fastest in every run; two embedded documents 1.5x faster
+#: in one run and 1.2x slower in another, as other work took the second core
+#: (scripts/bench_encoder.py). A server's event loop wants a core too.
+DEFAULT_THREADS = 1
+
+
+class EncoderUnavailable(RuntimeError):
+    """The onnx encoder was selected but its packages are not installed."""
+
+
+def missing_modules() -> list[str]:
+    return [name for name in REQUIRED_MODULES if importlib.util.find_spec(name) is None]
+
+
+def check_available() -> None:
+    """Raise `EncoderUnavailable` with one line naming the extra when a package is missing."""
+    missing = missing_modules()
+    if missing:
+        raise EncoderUnavailable(
+            f"PERSONAIZER_ENCODER=onnx needs {', '.join(missing)}: "
+            f"pip install 'personaizer[{EXTRA}]' (or set PERSONAIZER_ENCODER=torch)"
+        )
+
+
+class OnnxModel:
+    """all-MiniLM-L6-v2 on ONNX Runtime (CPU, fp32): unit vectors, as `LocalModel` gives.
+
+    `encode` is blocking and thread-safe, and batches as `LocalModel` does (`_batches`: longest
+    first, at most 32, no batch padding its shortest text past a quarter). As there, only
+    tokenising is serialised: a session runs calls from several threads side by side, so the
+    embedder's query lane never waits for a bulk batch to finish."""
+
+    dims = DIMS
+
+    def __init__(
+        self,
+        cache_dir: Path,
+        *,
+        threads: int = DEFAULT_THREADS,
+        optimization: str = "ORT_ENABLE_ALL",
+        spin: bool = False,
+        arena: bool = False,
+    ) -> None:
+        """Load (or export once) the graph cached in `cache_dir`, with ONNX Runtime's session
+        options: `threads` (intra-op), `optimization` (a `GraphOptimizationLevel` name), `spin`
+        (worker threads busy-wait for work) and `arena` (the CPU memory arena).
+
+        Both off by default. Spinning threads burn a core between calls that the event loop
+        and other processes need, and were no faster. The arena keeps the largest batch's
+        buffers for good: RSS grew to 1.1 GB after three calls of 32 x 256 tokens, against
+        0.3 GB without it (torch: 0.56-0.67 GB); batches ran up to 10% faster with it."""
+        check_available()
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, optimization)
+        options.enable_cpu_mem_arena = arena
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+        data, exported = load_or_export(cache_dir)
+        try:
+            session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        except Exception:
+            if exported:
+                raise
+            # The digest matched but the runtime refuses the graph (written by a broken build
+            # with the same export version): export again rather than fail every start.
+            log.warning("the cached ONNX model does not load; exporting it again", exc_info=True)
+            remove_cached(cache_dir)
+            data, exported = load_or_export(cache_dir)
+            session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        #: True when this load exported the graph (there was no valid cached file).
+        self.exported = exported
+        self._session = session
+        self._tokenizer = load_tokenizer()
+        self._tokenizer_lock = threading.Lock()
+
+    @property
+    def session_options(self) -> Any:
+        """The options the runtime's session runs with (`ort.SessionOptions`)."""
+        return self._session.get_session_options()
+
+    def encode(self, texts: Sequence[str]) -> Vectors:
+        out = np.empty((len(texts), DIMS), dtype=np.float32)
+        for rows in _batches([len(t) for t in texts], BATCH_SIZE):
+            out[rows] = self._run([texts[i] for i in rows])
+        return out
+
+    def _run(self, texts: list[str]) -> Vectors:
+        with self._tokenizer_lock:
+            encodings = self._tokenizer.encode_batch(texts)
+        ids = np.asarray([e.ids for e in encodings], dtype=np.int64)
+        mask = np.asarray([e.attention_mask for e in encodings], dtype=np.int64)
+        types = np.asarray([e.type_ids for e in encodings], dtype=np.int64)
+        feed = dict(zip(INPUTS, (ids, mask, types), strict=True))
+        (vectors,) = self._session.run([OUTPUT], feed)
+        return np.asarray(vectors, dtype=np.float32)
+
+
+def load_tokenizer() -> Tokenizer:
+    """The model's fast tokenizer set as sentence-transformers sets it: truncation at 256
+    tokens and padding to the longest text of the batch (tokenizer.json itself says 128 and
+    fixed padding, which sentence-transformers overrides)."""
+    tokenizer = Tokenizer.from_file(str(model_path() / "tokenizer.json"))
+    tokenizer.enable_truncation(MAX_SEQ_LENGTH)
+    tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+    return tokenizer
