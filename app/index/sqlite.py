@@ -91,17 +91,7 @@ class SqliteIndex:
         title: str | None,
         chunks: Sequence[IndexedChunk],
     ) -> None:
-        if not chunks:
-            return
-        await self.vectors.put(
-            session,
-            user_id=user_id,
-            chunk_ids=[c.id for c in chunks],
-            vectors=np.stack([c.vector for c in chunks]),
-        )
-        await self.keywords.put(
-            session, user_id=user_id, title=title, chunks=[(c.id, c.text) for c in chunks]
-        )
+        await self.put_many(session, user_id=user_id, docs=[(title, chunks)])
 
     async def put_many(
         self, session: AsyncSession, *, user_id: int, docs: Sequence[TitledChunks]

@@ -45,23 +45,11 @@ def owner_token(user_id: int) -> str:
 
 
 class KeywordIndex:
-    async def put(
-        self,
-        session: AsyncSession,
-        *,
-        user_id: int,
-        title: str | None,
-        chunks: Sequence[tuple[int, str]],
-    ) -> None:
-        """Index new chunks (ids not indexed yet, as for the vectors)."""
-        await self.put_titled(
-            session, user_id=user_id, chunks=[(cid, title, body) for cid, body in chunks]
-        )
-
     async def put_titled(
         self, session: AsyncSession, *, user_id: int, chunks: Sequence[tuple[int, str | None, str]]
     ) -> None:
-        """`put` for chunks of several documents: (chunk id, its document's title, text)."""
+        """Index new chunks (ids not indexed yet, as for the vectors), of one document or
+        several: (chunk id, its document's title, text)."""
         if not chunks:
             return
         await session.execute(
