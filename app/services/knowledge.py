@@ -10,7 +10,6 @@ creates, the other updates or is a no_op, and the document is never half of each
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 from sqlmodel import col, select
 
+from app import intake
 from app.chunking import TextChunk, chunk_texts, embedding_title, join_title, sha256_hex
 from app.db import add_counts
 from app.embedding import Vectors
@@ -154,67 +154,42 @@ class _Texts:
         return self._chunked[i]
 
 
-#: Requests with more content than this (characters) are hashed and chunked in a worker thread,
-#: not on the event loop: a 10 MB batch is about a second of tokenising.
-INLINE_CHARS = 64 * 1024
-
-
 async def _texts(items: Sequence[KnowledgeDocItem]) -> _Texts:
-    if sum(len(i.content) for i in items) <= INLINE_CHARS:
-        return _Texts(items)
-    return await asyncio.to_thread(_Texts, items)
-
-
-def _statuses(texts: _Texts, existing: dict[str, _Existing]) -> list[UpsertStatus]:
-    out: list[UpsertStatus] = []
-    for item, sha in zip(texts.items, texts.content_shas, strict=True):
-        old = existing.get(item.external_id)
-        if old is None:
-            out.append("created")
-        elif old.doc.content_sha256 != sha:
-            out.append("updated")
-        else:
-            same = old.doc.title == item.title and old.doc.metadata_ == item.metadata
-            out.append("no_op" if same else "updated")
-    return out
+    """The request's `_Texts`, hashed in a worker thread when there is much content (as the
+    intake parses a large body)."""
+    return await intake.off_loop(sum(len(i.content) for i in items), lambda: _Texts(items))
 
 
 async def _plan(texts: _Texts, existing: dict[str, _Existing]) -> list[_Plan]:
     """Each item's status against `existing`, with chunks for the content that changed (chunked
-    in a worker thread when there is much of it)."""
-    statuses = _statuses(texts, existing)
+    in a worker thread when there is much of it, a 10 MB batch being about a second of it)."""
+    olds = [existing.get(item.external_id) for item in texts.items]
     rewrite = [
         i
-        for i, item in enumerate(texts.items)
-        if (old := existing.get(item.external_id)) is None
-        or old.doc.content_sha256 != texts.content_shas[i]
+        for i, old in enumerate(olds)
+        if old is None or old.doc.content_sha256 != texts.content_shas[i]
     ]
     todo = texts.pending(rewrite)
-    if sum(len(texts.items[i].content) for i in todo) <= INLINE_CHARS:
-        texts.chunk(todo)
-    else:
-        await asyncio.to_thread(texts.chunk, todo)
-    rewritten = set(rewrite)
+    await intake.off_loop(sum(len(texts.items[i].content) for i in todo), lambda: texts.chunk(todo))
     plans: list[_Plan] = []
-    for i, (item, status) in enumerate(zip(texts.items, statuses, strict=True)):
-        old = existing.get(item.external_id)
-        if i not in rewritten:
+    for i, (item, old, sha) in enumerate(zip(texts.items, olds, texts.content_shas, strict=True)):
+        if old is None or old.doc.content_sha256 != sha:
+            chunks, embed_texts, embed_shas = texts.chunked(i)
+            status: UpsertStatus = "created" if old is None else "updated"
             plans.append(
-                _Plan(item, status, old, texts.content_shas[i], doc=old.doc if old else None)
+                _Plan(
+                    item,
+                    status,
+                    old,
+                    sha,
+                    chunks=chunks,
+                    embed_texts=embed_texts,
+                    embed_shas=embed_shas,
+                )
             )
-            continue
-        chunks, embed_texts, embed_shas = texts.chunked(i)
-        plans.append(
-            _Plan(
-                item,
-                status,
-                old,
-                texts.content_shas[i],
-                chunks=chunks,
-                embed_texts=embed_texts,
-                embed_shas=embed_shas,
-            )
-        )
+        else:
+            same = old.doc.title == item.title and old.doc.metadata_ == item.metadata
+            plans.append(_Plan(item, "no_op" if same else "updated", old, sha, doc=old.doc))
     return plans
 
 
