@@ -14,9 +14,10 @@ or other workers) wait up to the busy timeout for that lock.
 from __future__ import annotations
 
 import types
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 import sqlean
@@ -28,8 +29,10 @@ from sqlalchemy.dialects.sqlite.aiosqlite import (
     SQLiteDialect_aiosqlite,
 )
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import OperationalError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+T = TypeVar("T")
 
 
 def _connect_sqlean(database: str, **kwargs: Any) -> sqlean.Connection:
@@ -114,3 +117,21 @@ def vacuum_into(path: Path, backup: Path) -> None:
         conn.execute("VACUUM INTO ?", (str(backup),))
     finally:
         conn.close()
+
+
+async def run_on_connection(session: AsyncSession, fn: Callable[[sqlean.Connection], T]) -> T:
+    """Run `fn` with the session's own sqlite3 connection, on the thread that owns it, inside the
+    session's transaction (begun first, so `fn` reads the same snapshot as the session's other
+    statements): a whole read, its numpy work included, in one thread hop, where the async
+    driver takes one hop or more per statement. A DB-API error leaves as SQLAlchemy's (an
+    `OperationalError` for a locked or vanished file), as any statement's would.
+
+    aiosqlite runs functions on its thread through `Connection._execute` (private; pinned in
+    pyproject.toml)."""
+    connection = await session.connection()
+    raw = await connection.get_raw_connection()
+    driver: aiosqlite.Connection = raw.driver_connection  # type: ignore[assignment]
+    try:
+        return await driver._execute(fn, driver._conn)  # type: ignore[no-untyped-call,no-any-return]
+    except sqlean.Error as exc:
+        raise DBAPIError.instance(None, None, exc, sqlean.Error) from exc

@@ -34,6 +34,7 @@ __all__ = [
     "Restriction",
     "Scope",
     "SearchIndex",
+    "SemanticRanker",
     "TitledChunks",
     "for_dialect",
 ]
@@ -69,6 +70,18 @@ class Restriction(Protocol):
     def empty(self) -> bool: ...
 
 
+class SemanticRanker(Protocol):
+    """One search's semantic rankings (a hybrid search makes two: the query, then the query
+    moved towards its best hits), within one user and scope, on the search's session: what the
+    first pass read (SQLite: the bit vectors, the float vectors it scored) serves the second."""
+
+    async def rank(self, vector: np.ndarray, depth: int) -> list[Ranked]:
+        """The `depth` documents nearest to `vector`, nearest first."""
+
+    async def vectors(self, chunk_ids: Sequence[int]) -> list[np.ndarray]:
+        """The float vectors of those of `chunk_ids` that exist (any order)."""
+
+
 class SearchIndex(Protocol):
     async def put(
         self,
@@ -97,6 +110,11 @@ class SearchIndex(Protocol):
     async def restrict(self, session: AsyncSession, scope: Scope) -> Restriction | None:
         """The scope in the engine's form; None when it covers all of the user's documents."""
 
+    def ranker(
+        self, session: AsyncSession, *, user_id: int, within: Restriction | None
+    ) -> SemanticRanker:
+        """Semantic rankings of the user's documents (within the scope) on `session`."""
+
     async def semantic(
         self,
         session: AsyncSession,
@@ -106,7 +124,7 @@ class SearchIndex(Protocol):
         depth: int,
         within: Restriction | None,
     ) -> list[Ranked]:
-        """The user's `depth` documents nearest to `vector`, nearest first."""
+        """The user's `depth` documents nearest to `vector`, nearest first (one ranking)."""
 
     async def keyword(
         self,

@@ -32,7 +32,7 @@ from app.index import postgres_keywords as keywords
 from app.index.postgres_keywords import TS_CONFIG
 from app.index.scope import Scope
 from app.index.words import MAX_QUERY_TERMS, query_words, word_count
-from app.models import KnowledgeDoc
+from app.models import Chunk, KnowledgeDoc
 
 #: Nearest chunks fetched per wanted document (documents of many chunks crowd the list), at
 #: least `CANDIDATES_MIN`; deepened four-fold while too few documents come back.
@@ -134,6 +134,11 @@ class PostgresIndex:
     async def restrict(self, session: AsyncSession, scope: Scope) -> ScopeSql | None:
         return None if scope.everything else ScopeSql(scope)
 
+    def ranker(
+        self, session: AsyncSession, *, user_id: int, within: Restriction | None
+    ) -> PostgresRanker:
+        return PostgresRanker(self, session, user_id, within)
+
     async def semantic(
         self,
         session: AsyncSession,
@@ -215,6 +220,28 @@ class PostgresIndex:
                 )
             ).scalar_one()
         )
+
+
+@dataclass(frozen=True, slots=True)
+class PostgresRanker:
+    """Each pass is one ranking statement (the HNSW walk or the exact scan); the feedback
+    vectors are read by id."""
+
+    index: PostgresIndex
+    session: AsyncSession
+    user_id: int
+    within: Restriction | None
+
+    async def rank(self, vector: np.ndarray, depth: int) -> list[Ranked]:
+        return await self.index.semantic(
+            self.session, user_id=self.user_id, vector=vector, depth=depth, within=self.within
+        )
+
+    async def vectors(self, chunk_ids: Sequence[int]) -> list[np.ndarray]:
+        rows = await self.session.execute(
+            select(col(Chunk.embedding)).where(col(Chunk.id).in_(list(chunk_ids)))
+        )
+        return [np.asarray(row[0], dtype=np.float32) for row in rows]
 
 
 def _scope(within: Restriction | None) -> Scope | None:

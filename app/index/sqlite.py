@@ -19,16 +19,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import sqlean
 from sqlalchemy import ColumnElement, func, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
-from app.index import IndexedChunk, Ranked, Restriction, TitledChunks, collapse
+from app.index import IndexedChunk, Ranked, Restriction, TitledChunks
 from app.index.scope import Scope
 from app.index.sqlite_keywords import KeywordIndex, match_expression
-from app.index.sqlite_vectors import VectorIndex
+from app.index.sqlite_vectors import Bits, FloatVectors, VectorIndex, nearest_bits, read_bits
 from app.models import Chunk, KnowledgeDoc
+from app.sqlite import run_on_connection
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +141,11 @@ class SqliteIndex:
             return ChunkIds(np.zeros(0, dtype=np.int64))
         return ChunkIds(np.sort(np.array(ids.split(","), dtype=np.int64)))
 
+    def ranker(
+        self, session: AsyncSession, *, user_id: int, within: Restriction | None
+    ) -> SqliteRanker:
+        return SqliteRanker(session, user_id, _ids(within))
+
     async def semantic(
         self,
         session: AsyncSession,
@@ -148,29 +155,7 @@ class SqliteIndex:
         depth: int,
         within: Restriction | None,
     ) -> list[Ranked]:
-        scope = _ids(within)
-        n = _candidates(depth)
-        if scope is not None and len(scope) <= n:  # no dearer than rescoring: exact
-            return collapse(
-                await self.vectors.nearest_per_doc(
-                    session, vector=vector, chunk_ids=scope.tolist(), limit=depth
-                ),
-                depth,
-            )
-        while True:
-            ids, eligible = await self.vectors.candidates(
-                session, user_id=user_id, vector=vector, n=n, within=scope
-            )
-            ranked = collapse(
-                await self.vectors.nearest_per_doc(
-                    session, vector=vector, chunk_ids=ids, limit=depth
-                ),
-                depth,
-            )
-            # Too few documents: their chunks crowd the candidates (documents of many chunks).
-            if len(ranked) >= depth or len(ids) >= eligible:
-                return ranked
-            n *= 4
+        return await self.ranker(session, user_id=user_id, within=within).rank(vector, depth)
 
     async def keyword(
         self,
@@ -212,3 +197,53 @@ def _ids(within: Restriction | None) -> np.ndarray | None:
         return None
     assert isinstance(within, ChunkIds)
     return within.ids
+
+
+class SqliteRanker:
+    """One search's semantic passes, each one thread hop on the session's connection
+    (`run_on_connection`): the coarse pass over the bit vectors (read once, on the first pass)
+    and the exact scores of its candidates in numpy, from float vectors read once per search.
+    Through the async driver the same work took ~5 statements per pass (a hop or more each),
+    ~4 ms per pass over 900 chunks; now ~1 ms, and the numpy work is off the event loop."""
+
+    def __init__(self, session: AsyncSession, user_id: int, scope: np.ndarray | None) -> None:
+        self._session = session
+        self._user_id = user_id
+        self._scope = scope
+        self._bits: Bits | None = None
+        self._vectors = FloatVectors()
+
+    async def rank(self, vector: np.ndarray, depth: int) -> list[Ranked]:
+        return await run_on_connection(self._session, lambda conn: self._rank(conn, vector, depth))
+
+    async def vectors(self, chunk_ids: Sequence[int]) -> list[np.ndarray]:
+        def run(conn: sqlean.Connection) -> list[np.ndarray]:
+            self._vectors.load(conn, chunk_ids)
+            found = (self._vectors.vector(i) for i in chunk_ids)
+            return [v for v in found if v is not None]
+
+        return await run_on_connection(self._session, run)
+
+    def _rank(self, conn: sqlean.Connection, vector: np.ndarray, depth: int) -> list[Ranked]:
+        n = _candidates(depth)
+        if self._scope is not None and len(self._scope) <= n:  # no dearer than rescoring
+            return self._exact(conn, self._scope, vector, depth)
+        if self._bits is None:
+            self._bits = read_bits(conn, self._user_id, self._scope)
+        while True:
+            ids = nearest_bits(self._bits, vector, n)
+            ranked = self._exact(conn, ids, vector, depth)
+            # Too few documents: their chunks crowd the candidates (documents of many chunks).
+            if len(ranked) >= depth or len(ids) >= len(self._bits.ids):
+                return ranked
+            n *= 4
+
+    def _exact(
+        self, conn: sqlean.Connection, ids: np.ndarray, vector: np.ndarray, depth: int
+    ) -> list[Ranked]:
+        chunk_ids = ids.tolist()
+        self._vectors.load(conn, chunk_ids)
+        return [
+            Ranked(doc, chunk, score)
+            for chunk, doc, score in self._vectors.nearest_per_doc(chunk_ids, vector, depth)
+        ]

@@ -28,12 +28,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
+import sqlean
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.embedding import DIMS, Vectors
+from app.sqlite import run_on_connection
 
 #: Bytes of one quantized vector; the scan reads them as `DIMS // 64` 64-bit words.
 BIT_BYTES = DIMS // 8
@@ -97,70 +101,16 @@ class VectorIndex:
         n: int,
         within: np.ndarray | None = None,
     ) -> tuple[list[int], int]:
-        """The coarse pass: the ids of the user's (at most) `n` chunks nearest to `vector` by
-        Hamming distance of the sign bits, nearest first, and how many chunks were eligible.
+        """The coarse pass alone: the ids of the user's (at most) `n` chunks nearest to `vector`
+        by Hamming distance of the sign bits, nearest first, and how many chunks were eligible.
         `within` (a sorted int64 array of chunk ids) restricts the pass to those chunks before
         the top `n` are taken."""
-        rows = (
-            await session.execute(
-                text(
-                    "SELECT c.validity, c.rowids, v.vectors"
-                    " FROM chunk_vectors_chunks AS c"
-                    " JOIN chunk_vectors_vector_chunks00 AS v ON v.rowid = c.chunk_id"
-                    " WHERE c.partition00 = :u"
-                ),
-                {"u": user_id},
-            )
-        ).all()
-        if not rows:
-            return [], 0
-        valid = np.unpackbits(
-            np.frombuffer(b"".join(r[0] for r in rows), dtype=np.uint8), bitorder="little"
-        ).view(bool)
-        ids = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.int64)
-        words = np.frombuffer(b"".join(r[2] for r in rows), dtype=np.uint64).reshape(-1, _WORDS)
-        keep = np.flatnonzero(valid)
-        if within is not None:
-            keep = keep[np.isin(ids[keep], within, assume_unique=True)]
-        if not len(keep):
-            return [], 0
-        query = quantize(vector)[0].view(np.uint64)
-        # Word by word: numpy sums a short inner axis far slower than it adds whole columns.
-        distance = np.zeros(len(keep), dtype=np.uint16)
-        selected = words[keep]
-        for w in range(_WORDS):
-            distance += np.bitwise_count(selected[:, w] ^ query[w])
-        kept = ids[keep]
-        if n < len(keep):
-            top = np.argpartition(distance, n)[:n]
-            order = top[np.lexsort((kept[top], distance[top]))]
-        else:
-            order = np.lexsort((kept, distance))
-        return kept[order].tolist(), len(keep)
 
-    async def nearest_per_doc(
-        self, session: AsyncSession, *, vector: np.ndarray, chunk_ids: Sequence[int], limit: int
-    ) -> list[tuple[int, str, float]]:
-        """Exact cosine distances from `vector` to `chunk_ids` (those that still exist), each
-        document's nearest chunk only, its `limit` nearest documents: (chunk id, document id,
-        distance), unordered. The float vectors live in the chunk rows, looked up in ascending
-        id order (neighbouring rows share pages); SQL keeps one row per document, so only the
-        winners cross into Python."""
-        ids = sorted(set(chunk_ids))
-        out: list[tuple[int, str, float]] = []
-        blob = to_blob(vector)
-        for start in range(0, len(ids), _BATCH):
-            rows = await session.execute(
-                text(
-                    # SQLite takes a bare column (c.id) from the row that gave the min().
-                    "SELECT c.id, c.doc_id, min(vec_distance_cosine(c.embedding, :q)) AS d"
-                    " FROM json_each(:ids) AS j CROSS JOIN chunks AS c ON c.id = j.value"
-                    " GROUP BY c.doc_id ORDER BY d, c.id LIMIT :n"
-                ),
-                {"q": blob, "ids": json.dumps(ids[start : start + _BATCH]), "n": limit},
-            )
-            out.extend((int(cid), str(doc), float(dist)) for cid, doc, dist in rows)
-        return out
+        def run(conn: sqlean.Connection) -> tuple[list[int], int]:
+            bits = read_bits(conn, user_id, within)
+            return nearest_bits(bits, vector, n).tolist(), len(bits.ids)
+
+        return await run_on_connection(session, run)
 
     async def count(self, session: AsyncSession, *, user_id: int | None = None) -> int:
         if user_id is None:
@@ -177,3 +127,118 @@ class VectorIndex:
 
 
 assert DIMS % 64 == 0
+
+
+@dataclass(frozen=True, slots=True)
+class Bits:
+    """The sign bits of the chunks a search may see (the user's, or the scope's): their ids and
+    `_WORDS` 64-bit words each, in the same order."""
+
+    ids: npt.NDArray[np.int64]
+    words: npt.NDArray[np.uint64]
+
+
+def read_bits(conn: sqlean.Connection, user_id: int, within: np.ndarray | None) -> Bits:
+    """The user's bit vectors, read straight from vec0's blocks (one row per 1,024 chunks),
+    the deleted slots left out, restricted to `within` (sorted chunk ids) when given."""
+    rows = conn.execute(
+        "SELECT c.validity, c.rowids, v.vectors"
+        " FROM chunk_vectors_chunks AS c"
+        " JOIN chunk_vectors_vector_chunks00 AS v ON v.rowid = c.chunk_id"
+        " WHERE c.partition00 = ?",
+        (user_id,),
+    ).fetchall()
+    if not rows:
+        return Bits(np.zeros(0, dtype=np.int64), np.zeros((0, _WORDS), dtype=np.uint64))
+    valid = np.unpackbits(
+        np.frombuffer(b"".join(r[0] for r in rows), dtype=np.uint8), bitorder="little"
+    ).view(bool)
+    ids = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.int64)
+    words = np.frombuffer(b"".join(r[2] for r in rows), dtype=np.uint64).reshape(-1, _WORDS)
+    keep = np.flatnonzero(valid)
+    if within is not None:
+        keep = keep[np.isin(ids[keep], within, assume_unique=True)]
+    return Bits(ids[keep], words[keep])
+
+
+def nearest_bits(bits: Bits, vector: np.ndarray, n: int) -> npt.NDArray[np.int64]:
+    """The ids of the (at most) `n` chunks of `bits` nearest to `vector` by Hamming distance,
+    nearest first, ties by id."""
+    if not len(bits.ids):
+        return bits.ids
+    query = quantize(vector)[0].view(np.uint64)
+    # Word by word: numpy sums a short inner axis far slower than it adds whole columns.
+    distance = np.zeros(len(bits.ids), dtype=np.uint16)
+    for w in range(_WORDS):
+        distance += np.bitwise_count(bits.words[:, w] ^ query[w])
+    if n < len(bits.ids):
+        top = np.argpartition(distance, n)[:n]
+        order = top[np.lexsort((bits.ids[top], distance[top]))]
+    else:
+        order = np.lexsort((bits.ids, distance))
+    return bits.ids[order]
+
+
+class FloatVectors:
+    """Float vectors read for exact scoring, kept for the rest of one search (its feedback
+    pass scores many of the same chunks again): row `i` of `matrix` is chunk `ids[i]`, whose
+    document is `doc_ids[docs[i]]`."""
+
+    def __init__(self) -> None:
+        self.rows: dict[int, int] = {}
+        self.doc_ids: list[str] = []
+        self._doc_numbers: dict[str, int] = {}
+        self._blocks: list[npt.NDArray[np.float32]] = []
+        self._docs: list[int] = []
+        self._matrix: npt.NDArray[np.float32] = np.zeros((0, DIMS), dtype=np.float32)
+        self._doc_array: npt.NDArray[np.intp] = np.zeros(0, dtype=np.intp)
+
+    def load(self, conn: sqlean.Connection, chunk_ids: Iterable[int]) -> None:
+        """Read the vectors of those of `chunk_ids` not held yet (in ascending id order:
+        neighbouring rows share pages). Chunks deleted meanwhile are simply not found."""
+        missing = sorted(set(chunk_ids) - self.rows.keys())
+        for start in range(0, len(missing), _BATCH):
+            rows = conn.execute(
+                "SELECT c.id, c.doc_id, c.embedding"
+                " FROM json_each(?) AS j CROSS JOIN chunks AS c ON c.id = j.value",
+                (json.dumps(missing[start : start + _BATCH]),),
+            ).fetchall()
+            if not rows:
+                continue
+            base = len(self.rows)
+            for offset, (chunk_id, doc_id, _) in enumerate(rows):
+                self.rows[int(chunk_id)] = base + offset
+                number = self._doc_numbers.setdefault(str(doc_id), len(self.doc_ids))
+                if number == len(self.doc_ids):
+                    self.doc_ids.append(str(doc_id))
+                self._docs.append(number)
+            self._blocks.append(
+                np.frombuffer(b"".join(r[2] for r in rows), dtype=np.float32).reshape(-1, DIMS)
+            )
+        if self._blocks:
+            self._matrix = np.concatenate([self._matrix, *self._blocks])
+            self._doc_array = np.asarray(self._docs, dtype=np.intp)
+            self._blocks = []
+
+    def vector(self, chunk_id: int) -> npt.NDArray[np.float32] | None:
+        row = self.rows.get(chunk_id)
+        return None if row is None else self._matrix[row]
+
+    def nearest_per_doc(
+        self, chunk_ids: Iterable[int], vector: np.ndarray, limit: int
+    ) -> list[tuple[int, str, float]]:
+        """Exact cosine similarities of `vector` to those of `chunk_ids` held, each document's
+        best chunk only (ties by chunk id), its `limit` best documents, best first:
+        (chunk id, document id, similarity)."""
+        ids = np.fromiter((i for i in chunk_ids if i in self.rows), dtype=np.int64, count=-1)
+        if not len(ids):
+            return []
+        rows = np.fromiter((self.rows[i] for i in ids.tolist()), dtype=np.intp, count=len(ids))
+        scores = self._matrix[rows] @ np.asarray(vector, dtype=np.float32)
+        order = np.lexsort((ids, -scores))
+        docs = self._doc_array[rows][order]
+        _, first = np.unique(docs, return_index=True)
+        best = order[np.sort(first)][:limit]
+        return [
+            (int(ids[i]), self.doc_ids[self._doc_array[rows[i]]], float(scores[i])) for i in best
+        ]

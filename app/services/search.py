@@ -32,7 +32,6 @@ Everything reads one snapshot, so a search never sees half of a concurrent write
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -43,7 +42,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
 from app.errors import PersonaNotFound
-from app.index import Ranked, Scope
+from app.index import Ranked, Scope, SemanticRanker
 from app.index.words import MAX_QUERY_TERMS, query_words
 from app.models import (
     Chunk,
@@ -100,28 +99,18 @@ async def search(*, core: Core, principal: Principal, request: SearchRequest) ->
             await _check_persona(session, user_id, request.persona_id)
         within = await core.index.restrict(session, scope)
         searchable = within is None or not within.empty
-        # The keyword ranking needs no vector: it runs while the query is embedded (in its
-        # own lane, never behind documents, so holding the connection meanwhile is brief).
-        keyword_task = (
-            asyncio.create_task(
-                core.index.keyword(
-                    session, user_id=user_id, query=request.query, depth=depth, within=within
-                )
-            )
-            if searchable and request.mode != "semantic"
-            else None
-        )
-        try:
-            vector = None
-            if request.mode != "keyword" and searchable:
-                vector = (await core.embedder.embed([request.query], lane="query"))[0]
-        finally:
-            keyword: list[Ranked] = await keyword_task if keyword_task is not None else []
+        ranker = core.index.ranker(session, user_id=user_id, within=within)
+        keyword: list[Ranked] = []
         semantic: list[Ranked] = []
-        if vector is not None:
-            semantic = await core.index.semantic(
-                session, user_id=user_id, vector=vector, depth=depth, within=within
+        vector = None
+        if searchable and request.mode != "keyword":
+            vector = (await core.embedder.embed([request.query], lane="query"))[0]
+        if searchable and request.mode != "semantic":
+            keyword = await core.index.keyword(
+                session, user_id=user_id, query=request.query, depth=depth, within=within
             )
+        if vector is not None:
+            semantic = await ranker.rank(vector, depth)
         words = query_word_count(request.query)
         if request.mode == "hybrid":
             keyword_part = [keyword_scored(r, words) for r in keyword]
@@ -131,10 +120,8 @@ async def search(*, core: Core, principal: Principal, request: SearchRequest) ->
             # scores, so the threshold still parts junk from hits (docs/decisions.md).
             confident = [s for s in scored[:FEEDBACK_DOCS] if s.score >= JUNK_THRESHOLD]
             if vector is not None and confident:
-                vector = await _with_feedback(session, vector, confident)
-                semantic = await core.index.semantic(
-                    session, user_id=user_id, vector=vector, depth=depth, within=within
-                )
+                vector = await _with_feedback(ranker, vector, confident)
+                semantic = await ranker.rank(vector, depth)
                 scored = fuse([semantic_scored(r) for r in semantic], keyword_part, depth=depth)
         else:  # one of the two lists is empty
             scored = [semantic_scored(r) for r in semantic] + [
@@ -202,14 +189,11 @@ def fuse(semantic: list[Scored], keyword: list[Scored], *, depth: int) -> list[S
 
 
 async def _with_feedback(
-    session: AsyncSession, vector: np.ndarray, confident: list[Scored]
+    ranker: SemanticRanker, vector: np.ndarray, confident: list[Scored]
 ) -> np.ndarray:
     """The query's vector moved towards the chunks of its confident hits (pseudo-relevance
     feedback), unit length again."""
-    rows = await session.execute(
-        sa_select(col(Chunk.embedding)).where(col(Chunk.id).in_([s.chunk_id for s in confident]))
-    )
-    vectors = [np.asarray(row[0], dtype=np.float32) for row in rows]
+    vectors = await ranker.vectors([s.chunk_id for s in confident])
     if not vectors:
         return vector
     moved = vector + FEEDBACK_WEIGHT * np.mean(vectors, axis=0)

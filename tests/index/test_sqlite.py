@@ -4,8 +4,6 @@ storage layout)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import pytest
 from sqlalchemy import text
@@ -14,8 +12,9 @@ from starlette.applications import Starlette
 
 from app.embedding import DIMS
 from app.index import sqlite as sqlite_index
+from app.index import sqlite_vectors
 from app.index.sqlite_keywords import match_expression
-from app.index.sqlite_vectors import quantize, to_blob
+from app.index.sqlite_vectors import nearest_bits, quantize, to_blob
 from app.index.words import MAX_QUERY_TERMS
 from app.models import Chunk, KnowledgeDocItem
 from app.services import accounts, knowledge
@@ -120,11 +119,10 @@ async def test_the_coarse_pass_grows_until_it_has_enough_documents(
     core, principal = await setup_corpus(app)
     grew = 0
     passes: list[int] = []
-    candidates = core.index.vectors.candidates
 
-    async def spy(session: Any, **kwargs: Any) -> tuple[list[int], int]:
-        passes.append(kwargs["n"])
-        return await candidates(session, **kwargs)
+    def spy(bits: sqlite_vectors.Bits, vector: np.ndarray, n: int) -> np.ndarray:
+        passes.append(n)
+        return nearest_bits(bits, vector, n)
 
     everything = [f"doc-{i}" for i in range(len(TOPICS))]
     for query in QUERIES:
@@ -135,7 +133,7 @@ async def test_the_coarse_pass_grows_until_it_has_enough_documents(
             m.setattr(sqlite_index, "CANDIDATES_MIN", 0)
             m.setattr(sqlite_index, "CANDIDATES_PER_DOC", 1)
             passes.clear()
-            m.setattr(core.index.vectors, "candidates", spy)
+            m.setattr(sqlite_index, "nearest_bits", spy)
             grown = await run_search(core, principal, **body)
         assert passes[0] == 6
         # The same documents; a shallow pass may show a document's second-best chunk.
