@@ -13,14 +13,15 @@ or other workers) wait up to the busy timeout for that lock.
 One thread hop per statement (`OneHopCursor`): aiosqlite runs the sqlite3 connection on its own
 thread, and every call to it is a hop (a queue put, a thread wake-up, a `call_soon_threadsafe`
 back). SQLAlchemy's generic adapter makes four per statement (create the cursor, execute, fetch
-all, close): a `SELECT 1` took ~0.47 ms (p50) where one empty executor round trip costs ~0.09
-ms, and a search runs ~9 statements, authentication 3. `OneHopCursor` runs one function on
-aiosqlite's thread that creates the sqlite3 cursor, executes, fetches the rows and closes it:
-one hop per statement, ~0.19 ms for `SELECT 1`, and a read session of two statements went from
-~1.6 ms to ~0.85 ms (p50, 2-core development machine). SQLAlchemy's exception mapping and the
-connection's execute mutex are kept; server-side cursors (streamed exports) stay SQLAlchemy's.
-It uses aiosqlite's private `Connection._execute(fn, *args)` and `Connection._conn`, the same in
-0.21 and 0.22, hence the pinned range in pyproject.toml.
+all, close), and a search runs ~9 statements, authentication 3. `OneHopCursor` runs one function
+on aiosqlite's thread that creates the sqlite3 cursor, executes, fetches the rows and closes it:
+one hop per statement. Measured (p50, 2-core development machine, a read session of BEGIN, two
+`SELECT 1` and ROLLBACK): one statement 0.47 -> 0.19 ms and the session 1.6 -> 0.85 ms with the
+machine otherwise idle; 0.22 -> 0.12 ms and 0.79 -> 0.52 ms while other work kept its cores
+awake (thread wake-ups are quicker then). SQLAlchemy's exception mapping and the connection's
+execute mutex are kept; server-side cursors (streamed exports) stay SQLAlchemy's. It uses
+aiosqlite's private `Connection._execute(fn, *args)` and `Connection._conn`, the same in 0.21
+and 0.22, hence the pinned range in pyproject.toml.
 """
 
 from __future__ import annotations
