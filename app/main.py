@@ -79,6 +79,7 @@ def create_app(
     embedder = Embedder(
         model=model,
         max_batch=settings.embedder_batch_size,
+        bulk_workers=settings.embedder_bulk_workers,
         loader=loader or model_loader(settings),
     )
     core = Core(settings=settings, db=db, embedder=embedder)

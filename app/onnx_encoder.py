@@ -123,7 +123,8 @@ class OnnxModel:
         """The options the runtime's session runs with (`ort.SessionOptions`)."""
         return self._session.get_session_options()
 
-    def encode(self, texts: Sequence[str]) -> Vectors:
+    def encode(self, texts: Sequence[str], *, concurrent: int = 1) -> Vectors:
+        """`concurrent` is not used: the session's threads are fixed when it is made."""
         out = np.empty((len(texts), DIMS), dtype=np.float32)
         for rows in _batches([len(t) for t in texts], BATCH_SIZE):
             out[rows] = self._run([texts[i] for i in rows])

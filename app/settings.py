@@ -8,6 +8,7 @@ override or extend with `PERSONAIZER_PLANS` (JSON) or a JSON/TOML file named by
 from __future__ import annotations
 
 import json
+import os
 import tomllib
 from functools import cached_property
 from pathlib import Path
@@ -112,6 +113,11 @@ class Settings(BaseSettings):
     busy_timeout_s: float = Field(default=10.0, gt=0)
     #: Load the sentence-transformers model; tests may share one loaded model instead.
     embedder_batch_size: int = Field(default=32, ge=1, le=512)
+    #: Threads embedding documents side by side, each a micro-batch at a time, sharing the cores
+    #: (app/embedding.py): by default one per core, at most 4.
+    embedder_bulk_workers: int = Field(
+        default_factory=lambda: max(1, min(4, os.cpu_count() or 1)), ge=1, le=64
+    )
     #: What runs the embedding model: `torch` (sentence-transformers) or `onnx` (ONNX Runtime,
     #: `pip install 'personaizer[onnx]'`; the graph is exported from the bundled weights on its
     #: first start and cached). Both give the same vectors, so either reads the other's index.

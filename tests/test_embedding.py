@@ -5,6 +5,7 @@ model call, and the vectors are the model's whatever the batching."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -31,14 +32,16 @@ class Recorder:
     model: Model
     dims: int = 384
     calls: list[tuple[str, list[str]]] = field(default_factory=list)
+    concurrency: list[int] = field(default_factory=list)
     begun: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(0))
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def encode(self, texts: Sequence[str]) -> Vectors:
+    def encode(self, texts: Sequence[str], *, concurrent: int = 1) -> Vectors:
         with self.lock:
             self.calls.append((threading.current_thread().name, list(texts)))
+            self.concurrency.append(concurrent)
         self.begun.release()
-        return self.model.encode(texts)
+        return self.model.encode(texts, concurrent=concurrent)
 
     def call_of(self, text: str) -> int:
         return next(i for i, (_, texts) in enumerate(self.calls) if text in texts)
@@ -46,8 +49,21 @@ class Recorder:
 
 @pytest.fixture
 async def lanes(model: Model) -> AsyncIterator[tuple[Embedder, Recorder]]:
+    """One bulk worker: the order in which micro-batches are taken shows call by call."""
+    async with _embedder(model, bulk_workers=1) as lanes:
+        yield lanes
+
+
+@pytest.fixture
+async def two_workers(model: Model) -> AsyncIterator[tuple[Embedder, Recorder]]:
+    async with _embedder(model, bulk_workers=2) as lanes:
+        yield lanes
+
+
+@contextlib.asynccontextmanager
+async def _embedder(model: Model, *, bulk_workers: int) -> AsyncIterator[tuple[Embedder, Recorder]]:
     recorder = Recorder(model)
-    embedder = Embedder(model=recorder, max_batch=8)
+    embedder = Embedder(model=recorder, max_batch=8, bulk_workers=bulk_workers)
     await embedder.start()
     try:
         yield embedder, recorder
@@ -119,6 +135,23 @@ async def test_a_cancelled_upload_leaves_the_lane_working(
     # one running when it was cancelled (and one begun before the cancellation was seen).
     encoded = sum(t in TEXTS for _, texts in recorder.calls for t in texts)
     assert encoded <= 2 * 8
+
+
+async def test_two_workers_encode_one_upload_side_by_side_in_order(
+    two_workers: tuple[Embedder, Recorder],
+) -> None:
+    embedder, recorder = two_workers
+    lone = await embedder.embed(["A lone document has the cores to itself."])
+    assert recorder.concurrency == [1]  # alone: all of the model's threads
+    vectors = await embedder.embed(TEXTS)  # 12 micro-batches of 8
+    threads = {name for name, texts in recorder.calls[1:]}
+    assert len(threads) == 2 and all("bulk" in name for name in threads)
+    assert 2 in recorder.concurrency[1:]  # side by side, each told to take its share
+    # Micro-batches finish in any order; row i is still TEXTS[i]'s vector.
+    assert np.allclose(vectors, recorder.model.encode(TEXTS), atol=1e-5)
+    assert np.allclose(
+        lone, recorder.model.encode(["A lone document has the cores to itself."]), atol=1e-5
+    )
 
 
 def test_the_model_gives_sentence_transformers_vectors(model: Model) -> None:
