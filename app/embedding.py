@@ -155,6 +155,20 @@ def _batches(lengths: Sequence[int], size: int) -> list[npt.NDArray[np.intp]]:
 
 Lane = Literal["query", "bulk"]
 
+#: The nice value of the bulk lane's threads (and of the model's own threads they start).
+BULK_NICENESS = 10
+
+
+def _yield_cpu() -> None:
+    """Lower the calling thread's CPU priority (Linux schedules threads, so this is the bulk
+    worker alone, and the threads its model calls start after it): when the cores are
+    contended, the event loop, the database threads and the query lane run first, and
+    documents are embedded with whatever CPU is left, which under a steady upload is all of
+    it. Lowering one's own priority needs no privilege; where it is not supported, nothing
+    changes."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BULK_NICENESS)
+
 
 @dataclass
 class _Job:
@@ -217,7 +231,9 @@ class Embedder:
         self._loader: asyncio.Task[None] | None = None
         self._query_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedder-query")
         self._bulk_pools = [
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"embedder-bulk-{i}")
+            ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix=f"embedder-bulk-{i}", initializer=_yield_cpu
+            )
             for i in range(max(1, self.bulk_workers))
         ]
         #: Encodes running now, every lane counted (each takes its share of the cores).

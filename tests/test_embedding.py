@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import threading
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ class Recorder:
     dims: int = 384
     calls: list[tuple[str, list[str]]] = field(default_factory=list)
     concurrency: list[int] = field(default_factory=list)
+    niceness: list[int] = field(default_factory=list)
     begun: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(0))
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -40,6 +42,7 @@ class Recorder:
         with self.lock:
             self.calls.append((threading.current_thread().name, list(texts)))
             self.concurrency.append(concurrent)
+            self.niceness.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
         self.begun.release()
         return self.model.encode(texts, concurrent=concurrent)
 
@@ -85,6 +88,12 @@ async def test_a_query_is_encoded_beside_a_large_upload(lanes: tuple[Embedder, R
     threads = {name for name, texts in recorder.calls if "swept wing boundary layer" in texts}
     assert len(threads) == 1 and "query" in threads.pop()
     assert all("bulk" in name for name, texts in recorder.calls if TEXTS[0] in texts)
+    # Documents are embedded at a lower CPU priority than queries (and the event loop).
+    by_lane = {
+        "query" if "query" in name else "bulk": nice
+        for (name, _), nice in zip(recorder.calls, recorder.niceness, strict=True)
+    }
+    assert by_lane["bulk"] > by_lane["query"] == os.getpriority(os.PRIO_PROCESS, 0)
     direct = np.asarray(recorder.model.encode(["swept wing boundary layer"]))
     assert float(query[0] @ direct[0]) > 0.9999
 
