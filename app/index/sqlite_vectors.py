@@ -179,6 +179,18 @@ def nearest_bits(bits: Bits, vector: np.ndarray, n: int) -> npt.NDArray[np.int64
     return bits.ids[order]
 
 
+def similarities(matrix: npt.NDArray[np.float32], vector: np.ndarray) -> npt.NDArray[np.float32]:
+    """The dot product of each row of `matrix` with `vector` (cosine similarity: both are unit
+    length), each row summed the same way wherever it sits in the matrix, so equal vectors (copies
+    of one text) score exactly equal and tie by chunk id. Not `matrix @ vector`: BLAS computes
+    the rows past the last multiple of its kernel's width with another kernel, and a copy there
+    scored an ulp apart from one before it, which decided their order (OpenBLAS, x86-64)."""
+    scores: npt.NDArray[np.float32] = np.einsum(
+        "ij,j->i", matrix, np.asarray(vector, dtype=np.float32).reshape(-1)
+    )
+    return scores
+
+
 class FloatVectors:
     """Float vectors read for exact scoring, kept for the rest of one search (its feedback
     pass scores many of the same chunks again): row `i` of `matrix` is chunk `ids[i]`, whose
@@ -234,7 +246,7 @@ class FloatVectors:
         if not len(ids):
             return []
         rows = np.fromiter((self.rows[i] for i in ids.tolist()), dtype=np.intp, count=len(ids))
-        scores = self._matrix[rows] @ np.asarray(vector, dtype=np.float32)
+        scores = similarities(self._matrix[rows], vector)
         order = np.lexsort((ids, -scores))
         docs = self._doc_array[rows][order]
         _, first = np.unique(docs, return_index=True)

@@ -14,7 +14,7 @@ from app.embedding import DIMS
 from app.index import sqlite as sqlite_index
 from app.index import sqlite_vectors
 from app.index.sqlite_keywords import match_expression
-from app.index.sqlite_vectors import nearest_bits, quantize, to_blob
+from app.index.sqlite_vectors import nearest_bits, quantize, similarities, to_blob
 from app.index.words import MAX_QUERY_TERMS
 from app.models import Chunk, KnowledgeDocItem
 from app.services import accounts, knowledge
@@ -54,6 +54,25 @@ def test_match_expression_drops_repeats_and_caps_terms() -> None:
 @pytest.mark.parametrize("query", ["", "   ", "?!", '"" ()', "___", "*:^"])
 def test_match_expression_without_words_is_none(query: str) -> None:
     assert match_expression(query) is None
+
+
+def test_equal_vectors_score_equal_wherever_they_sit() -> None:
+    """Exact scores are a function of the two vectors alone, not of the row a chunk takes in the
+    matrix scored (copies of a text must tie, then rank by chunk id); and cosine similarity."""
+    rng = np.random.default_rng(7)
+    for n in range(1, 70):
+        matrix = rng.standard_normal((n, DIMS)).astype(np.float32)
+        matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
+        query = rng.standard_normal(DIMS).astype(np.float32)
+        query /= np.linalg.norm(query)
+        matrix[rng.permutation(n)[: min(n, 5)]] = matrix[0].copy()
+        scores = similarities(matrix, query)
+        copies = (matrix == matrix[0]).all(axis=1)
+        assert len(set(scores[copies].tolist())) == 1, n
+        assert np.allclose(scores, matrix.astype(np.float64) @ query.astype(np.float64), atol=1e-6)
+    # A float64 query, or one as a row: the same float32 scores.
+    assert np.array_equal(similarities(matrix, query.astype(np.float64)), scores)
+    assert np.array_equal(similarities(matrix, query[None, :]), scores)
 
 
 async def test_quantize_matches_sqlite_vec(app: Starlette) -> None:
