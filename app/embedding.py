@@ -92,6 +92,10 @@ class LocalModel:
         # Set on each thread that encodes, not once for the process: a thread that never set
         # it ran a single query 1.3x slower than the one that did (torch 2.13, OpenMP).
         if getattr(self._prepared, "threads", None) != threads:
+            # Read first: torch gives a thread's first parallel operation the count last set by
+            # any thread (a lazy per-thread init), which undid this one's when the query lane
+            # set its own meanwhile. The read does that init now, before the count is set.
+            torch.get_num_threads()
             torch.set_num_threads(threads)
             self._prepared.threads = threads
         out = np.empty((len(texts), self.dims), dtype=np.float32)

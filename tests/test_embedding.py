@@ -10,6 +10,7 @@ import os
 import threading
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pytest
@@ -296,6 +297,43 @@ async def test_the_last_worker_to_go_idle_trims_once(
         assert trims == [0, 0, 0]
     finally:
         await embedder.stop()
+
+
+def test_an_encode_keeps_its_share_of_threads_whatever_another_thread_set(
+    model: Model, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Told it runs beside another encode, a thread's first encode keeps its share of the
+    threads even when another thread (the query lane, alone) sets torch's count meanwhile:
+    torch gives a thread's first parallel operation the count last set by any thread."""
+    import torch
+
+    assert isinstance(model, LocalModel)
+    share = max(1, model._threads // 2)
+    tokenize = model._tokenize
+
+    def set_elsewhere(n: int) -> None:
+        thread = threading.Thread(target=torch.set_num_threads, args=(n,))
+        thread.start()
+        thread.join()
+
+    def tokenize_while_another_thread_sets(texts: list[str]) -> Any:
+        set_elsewhere(share + 2)  # between this thread's set_num_threads and its forward pass
+        return tokenize(texts)
+
+    monkeypatch.setattr(model, "_tokenize", tokenize_while_another_thread_sets)
+    seen: list[int] = []
+
+    def first_encode_on_a_new_thread() -> None:
+        model.encode(["A document encoded beside another."], concurrent=2)
+        seen.append(torch.get_num_threads())
+
+    try:
+        thread = threading.Thread(target=first_encode_on_a_new_thread)
+        thread.start()
+        thread.join()
+    finally:
+        set_elsewhere(model._threads)  # torch's process-wide count as it was
+    assert seen == [share]
 
 
 def test_the_model_gives_sentence_transformers_vectors(model: Model) -> None:
