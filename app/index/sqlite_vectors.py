@@ -254,3 +254,27 @@ class FloatVectors:
         return [
             (int(ids[i]), self.doc_ids[self._doc_array[rows[i]]], float(scores[i])) for i in best
         ]
+
+
+def scan_per_doc(
+    conn: sqlean.Connection, chunk_ids: Sequence[int], vector: np.ndarray, limit: int
+) -> list[tuple[int, str, float]]:
+    """`FloatVectors.nearest_per_doc` over chunks read `_BATCH` at a time and not kept: for a
+    pass over more chunks than a search should hold (all of a user's, when they are in fewer
+    documents than asked for). Each batch's `limit` best documents hold the overall `limit`
+    best (a document ranked above another in a batch ranks above it overall), and a chunk scores
+    the same in any batch, so the ranking is `nearest_per_doc`'s."""
+    ids = sorted(set(chunk_ids))
+    found: list[tuple[int, str, float]] = []
+    for start in range(0, len(ids), _BATCH):
+        batch = FloatVectors()
+        part = ids[start : start + _BATCH]
+        batch.load(conn, part)
+        found.extend(batch.nearest_per_doc(part, vector, limit))
+    found.sort(key=lambda hit: (-hit[2], hit[0]))
+    best: dict[str, tuple[int, str, float]] = {}
+    for hit in found:
+        best.setdefault(hit[1], hit)
+        if len(best) == limit:
+            break
+    return list(best.values())
