@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from app import embedding
 from app.embedding import PADDING_FLOOR, Embedder, LocalModel, Model, Vectors, _batches
+from app.errors import Unavailable
 
 pytestmark = pytest.mark.anyio
 
@@ -284,6 +285,28 @@ async def test_an_upload_cancelled_on_two_workers_leaves_the_lane_working(
         assert not embedder._bulk
     finally:
         await embedder.stop()
+
+
+async def test_stop_answers_the_requests_still_waiting_with_a_503(model: Model) -> None:
+    """Stopped while both bulk workers and the query lane encode, with more micro-batches
+    waiting: every request still waiting gets 503 `server.unavailable` rather than waiting
+    for ever (the lanes that would answer them are gone), and so does a request after."""
+    held = Held(model)
+    recorder = Recorder(held)
+    embedder = Embedder(model=recorder, max_batch=8, bulk_workers=2)
+    await embedder.start()
+    upload = asyncio.create_task(embedder.embed(TEXTS))
+    query = asyncio.create_task(embedder.embed(["a query"], lane="query"))
+    for _ in range(3):  # both bulk workers and the query lane are in the model
+        await _first_call_begun(recorder)
+    await embedder.stop()
+    held.release.set()
+    for task in (upload, query):
+        with pytest.raises(Unavailable) as info:
+            await asyncio.wait_for(task, timeout=60)  # a guard against hanging, not a timing
+        assert info.value.code == "server.unavailable"
+    with pytest.raises(Unavailable):
+        await embedder.embed(["after the stop"])
 
 
 async def test_the_last_worker_to_go_idle_trims_once(
