@@ -325,17 +325,17 @@ class Embedder:
         self.stats.calls += 1
         self.stats.texts += len(texts)
         job = _Job(texts, asyncio.get_running_loop().create_future())
-        if lane == "query":
-            await self._queries.put(job)
-        else:
-            job.order = np.argsort([-len(t) for t in texts], kind="stable")
-            # Ahead of the requests that have had a turn already, behind those still waiting
-            # for their first: a new request's first micro-batch is the next to start.
-            served = next((i for i, j in enumerate(self._bulk) if j.taken), len(self._bulk))
-            self._bulk.insert(served, job)
-            self._bulk_waiting.set()
         self._waiting[id(job)] = job
         try:
+            if lane == "query":
+                await self._queries.put(job)
+            else:
+                job.order = np.argsort([-len(t) for t in texts], kind="stable")
+                # Ahead of the requests that have had a turn already, behind those still
+                # waiting for their first: a new request's first micro-batch is the next to start.
+                served = next((i for i, j in enumerate(self._bulk) if j.taken), len(self._bulk))
+                self._bulk.insert(served, job)
+                self._bulk_waiting.set()
             return await job.future
         finally:
             del self._waiting[id(job)]
