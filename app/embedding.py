@@ -92,6 +92,10 @@ class LocalModel:
         # Set on each thread that encodes, not once for the process: a thread that never set
         # it ran a single query 1.3x slower than the one that did (torch 2.13, OpenMP).
         if getattr(self._prepared, "threads", None) != threads:
+            # Read first: torch gives a thread's first parallel operation the count last set by
+            # any thread (a lazy per-thread init), which undid this one's when the query lane
+            # set its own meanwhile. The read does that init now, before the count is set.
+            torch.get_num_threads()
             torch.set_num_threads(threads)
             self._prepared.threads = threads
         out = np.empty((len(texts), self.dims), dtype=np.float32)
@@ -198,6 +202,10 @@ class _Job:
         return out
 
 
+def _shutting_down() -> Unavailable:
+    return Unavailable("The server is shutting down; retry shortly.", headers={"Retry-After": "5"})
+
+
 @dataclass
 class EmbedderStats:
     """Counters for observability and for tests that must prove work was skipped."""
@@ -240,6 +248,9 @@ class Embedder:
         self._running = 0
         self._bulk_running = 0
         self.load_error: BaseException | None = None
+        #: Requests not answered yet, by id: what `stop()` answers.
+        self._waiting: dict[int, _Job] = {}
+        self._stopped = False
 
     @property
     def ready(self) -> bool:
@@ -253,6 +264,7 @@ class Embedder:
 
     async def start(self) -> None:
         """Start the lanes; begin loading the model in the background if none was given."""
+        self._stopped = False
         self._queries = asyncio.Queue()
         self._bulk_waiting = asyncio.Event()
         self._tasks = [
@@ -283,6 +295,9 @@ class Embedder:
             await asyncio.shield(self._loader)
 
     async def stop(self) -> None:
+        """Stop the lanes. The requests still waiting, queued or part way through the model,
+        get 503 (nothing would ever answer them), and so do requests after."""
+        self._stopped = True
         tasks = [*self._tasks, *([self._loader] if self._loader is not None else [])]
         for task in tasks:
             task.cancel()
@@ -291,12 +306,17 @@ class Embedder:
                 await task
         for pool in (self._query_pool, *self._bulk_pools):
             pool.shutdown(wait=False, cancel_futures=True)
+        for job in self._waiting.values():
+            if not job.future.done():
+                job.future.set_exception(_shutting_down())
 
     async def embed(self, texts: Sequence[str], *, lane: Lane = "bulk") -> Vectors:
         """Encode `texts` (unit vectors, one row each). 503 while the model is still loading.
         `lane="query"` for a search's query: it never waits behind documents."""
         if not texts:
             return np.zeros((0, DIMS), dtype=np.float32)
+        if self._stopped:
+            raise _shutting_down()
         if self.model is None or self._queries is None or self._bulk_waiting is None:
             raise Unavailable(
                 "The embedding model is still loading; retry shortly.",
@@ -305,16 +325,20 @@ class Embedder:
         self.stats.calls += 1
         self.stats.texts += len(texts)
         job = _Job(texts, asyncio.get_running_loop().create_future())
-        if lane == "query":
-            await self._queries.put(job)
-        else:
-            job.order = np.argsort([-len(t) for t in texts], kind="stable")
-            # Ahead of the requests that have had a turn already, behind those still waiting
-            # for their first: a new request's first micro-batch is the next to start.
-            served = next((i for i, j in enumerate(self._bulk) if j.taken), len(self._bulk))
-            self._bulk.insert(served, job)
-            self._bulk_waiting.set()
-        return await job.future
+        self._waiting[id(job)] = job
+        try:
+            if lane == "query":
+                await self._queries.put(job)
+            else:
+                job.order = np.argsort([-len(t) for t in texts], kind="stable")
+                # Ahead of the requests that have had a turn already, behind those still
+                # waiting for their first: a new request's first micro-batch is the next to start.
+                served = next((i for i, j in enumerate(self._bulk) if j.taken), len(self._bulk))
+                self._bulk.insert(served, job)
+                self._bulk_waiting.set()
+            return await job.future
+        finally:
+            del self._waiting[id(job)]
 
     async def _encode(self, pool: ThreadPoolExecutor, texts: list[str]) -> Vectors:
         model = self.model

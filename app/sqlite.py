@@ -250,7 +250,10 @@ async def run_on_connection(session: AsyncSession, fn: Callable[[sqlean.Connecti
     session's transaction (begun first, so `fn` reads the same snapshot as the session's other
     statements): a whole read, its numpy work included, in one thread hop, where the async
     driver takes one hop or more per statement. A DB-API error leaves as SQLAlchemy's (an
-    `OperationalError` for a locked or vanished file), as any statement's would.
+    `OperationalError` for a locked or vanished file), as any statement's would; so does a
+    connection whose aiosqlite thread has gone (aiosqlite says so with a ValueError, which
+    SQLAlchemy's adapter maps for a statement), and such a connection leaves the pool, as it does
+    after a statement: a 503 for this request, not a 500, and none for the next ones.
 
     aiosqlite runs functions on its thread through `Connection._execute` (private; pinned in
     pyproject.toml)."""
@@ -258,6 +261,14 @@ async def run_on_connection(session: AsyncSession, fn: Callable[[sqlean.Connecti
     raw = await connection.get_raw_connection()
     driver: aiosqlite.Connection = raw.driver_connection  # type: ignore[assignment]
     try:
-        return await driver._execute(fn, driver._conn)  # type: ignore[no-untyped-call,no-any-return]
+        # Checked here, not by catching ValueError: `fn` may raise one of its own (a bug).
+        if not driver._running or driver._connection is None:
+            raise sqlean.OperationalError("no active connection")
+        return await driver._execute(fn, driver._connection)  # type: ignore[no-untyped-call,no-any-return]
     except sqlean.Error as exc:
-        raise DBAPIError.instance(None, None, exc, sqlean.Error) from exc
+        gone = connection.dialect.is_disconnect(exc, raw, None)
+        if gone:
+            await connection.invalidate(exc)
+        raise DBAPIError.instance(
+            None, None, exc, sqlean.Error, connection_invalidated=gone
+        ) from exc

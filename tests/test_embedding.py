@@ -10,13 +10,16 @@ import os
 import threading
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from app import embedding
 from app.embedding import PADDING_FLOOR, Embedder, LocalModel, Model, Vectors, _batches
+from app.errors import Unavailable
 
 pytestmark = pytest.mark.anyio
 
@@ -161,6 +164,213 @@ async def test_two_workers_encode_one_upload_side_by_side_in_order(
     assert np.allclose(
         lone, recorder.model.encode(["A lone document has the cores to itself."]), atol=1e-5
     )
+
+
+class Gate:
+    """The real model behind a gate, for two bulk workers: a call holding `marker` (one text)
+    waits until `others` other calls have begun (or finished, `after_finished`), then
+    encodes, or raises when `fail` is set; every other call encodes at once. So a test can put
+    one upload's micro-batches on both workers and choose which finishes, or fails, first."""
+
+    dims = 384
+
+    def __init__(
+        self, model: Model, marker: str, *, others: int, after_finished: bool, fail: bool
+    ) -> None:
+        self.model = model
+        self.marker = marker
+        self.others = others
+        self.after_finished = after_finished
+        self.fail = fail
+        self.state = threading.Condition()
+        self.begun = 0
+        self.finished: list[bool] = []  # per call finished: whether it held the marker
+
+    def encode(self, texts: Sequence[str], *, concurrent: int = 1) -> Vectors:
+        held = self.marker in texts
+        with self.state:
+            self.begun += 1
+            self.state.notify_all()
+            if held:
+                counted = (
+                    (lambda: len(self.finished))
+                    if self.after_finished
+                    else (lambda: self.begun - 1)
+                )
+                assert self.state.wait_for(lambda: counted() >= self.others, timeout=60)
+        try:
+            if held and self.fail:
+                raise RuntimeError("the model failed on this micro-batch")
+            return self.model.encode(texts, concurrent=concurrent)
+        finally:
+            with self.state:
+                self.finished.append(held)
+                self.state.notify_all()
+
+
+@contextlib.asynccontextmanager
+async def _gated(gate: Gate) -> AsyncIterator[Embedder]:
+    embedder = Embedder(model=gate, max_batch=8, bulk_workers=2)
+    await embedder.start()
+    try:
+        yield embedder
+    finally:
+        await embedder.stop()
+
+
+#: The texts of TEXTS' first micro-batch: the longest first (two-digit numbers), 10 to 17.
+FIRST = TEXTS[10]
+
+
+async def test_micro_batches_finishing_out_of_order_keep_every_row_in_place(
+    model: Model,
+) -> None:
+    """The upload's first micro-batch finishes last, after the other worker has encoded the
+    eleven others: row i is still TEXTS[i]'s vector."""
+    gate = Gate(model, FIRST, others=11, after_finished=True, fail=False)
+    async with _gated(gate) as embedder:
+        vectors = await embedder.embed(TEXTS)
+    assert gate.finished[-1] and not any(gate.finished[:-1])  # out of order indeed
+    assert np.allclose(vectors, model.encode(TEXTS), atol=1e-5)
+
+
+async def test_a_failed_micro_batch_fails_its_upload_only(model: Model) -> None:
+    """One worker's micro-batch raises while the other worker encodes the same upload's other
+    half: the upload gets the model's error (once), an upload queued behind it gets its
+    vectors, and the lane works on."""
+    gate = Gate(model, FIRST, others=1, after_finished=False, fail=True)
+    async with _gated(gate) as embedder:
+        doomed = asyncio.create_task(embedder.embed(TEXTS[:16]))  # two micro-batches
+        behind = asyncio.create_task(embedder.embed(TEXTS[40:44]))
+        with pytest.raises(RuntimeError, match="failed on this micro-batch"):
+            await doomed
+        assert np.allclose(await behind, model.encode(TEXTS[40:44]), atol=1e-5)
+        after = await embedder.embed(TEXTS[50:60])
+        assert np.allclose(after, model.encode(TEXTS[50:60]), atol=1e-5)
+        assert not embedder._bulk and embedder.queue_depth == 0
+
+
+@dataclass
+class Held:
+    """The real model, each call held until `release` is set."""
+
+    model: Model
+    dims: int = 384
+    release: threading.Event = field(default_factory=threading.Event)
+
+    def encode(self, texts: Sequence[str], *, concurrent: int = 1) -> Vectors:
+        assert self.release.wait(timeout=60)
+        return self.model.encode(texts, concurrent=concurrent)
+
+
+async def test_an_upload_cancelled_on_two_workers_leaves_the_lane_working(
+    model: Model,
+) -> None:
+    """Cancelled while its micro-batches run on both workers: both calls end, nothing more of
+    it is encoded, and the next upload is served."""
+    held = Held(model)
+    recorder = Recorder(held)
+    embedder = Embedder(model=recorder, max_batch=8, bulk_workers=2)
+    await embedder.start()
+    try:
+        doomed = asyncio.create_task(embedder.embed(TEXTS))
+        await _first_call_begun(recorder)
+        await _first_call_begun(recorder)  # both workers hold a micro-batch of it
+        doomed.cancel()
+        held.release.set()
+        after = await embedder.embed(["Served after an upload cancelled on two workers."])
+        assert after.shape == (1, 384)
+        encoded = [t for _, texts in recorder.calls for t in texts if t in TEXTS]
+        assert len(encoded) == 2 * 8  # the two micro-batches running, no more
+        assert not embedder._bulk
+    finally:
+        await embedder.stop()
+
+
+async def test_stop_answers_the_requests_still_waiting_with_a_503(model: Model) -> None:
+    """Stopped while both bulk workers and the query lane encode, with more micro-batches
+    waiting: every request still waiting gets 503 `server.unavailable` rather than waiting
+    for ever (the lanes that would answer them are gone), and so does a request after."""
+    held = Held(model)
+    recorder = Recorder(held)
+    embedder = Embedder(model=recorder, max_batch=8, bulk_workers=2)
+    await embedder.start()
+    upload = asyncio.create_task(embedder.embed(TEXTS))
+    query = asyncio.create_task(embedder.embed(["a query"], lane="query"))
+    for _ in range(3):  # both bulk workers and the query lane are in the model
+        await _first_call_begun(recorder)
+    await embedder.stop()
+    held.release.set()
+    for task in (upload, query):
+        with pytest.raises(Unavailable) as info:
+            await asyncio.wait_for(task, timeout=60)  # a guard against hanging, not a timing
+        assert info.value.code == "server.unavailable"
+    with pytest.raises(Unavailable):
+        await embedder.embed(["after the stop"])
+
+
+async def test_the_last_worker_to_go_idle_trims_once(
+    model: Model, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """malloc_trim runs once each time the bulk lane goes idle, by the last worker to finish,
+    never while another worker encodes (it would stall its allocations)."""
+    trims: list[int] = []
+    trimmed = threading.Semaphore(0)
+    embedder = Embedder(model=model, max_batch=8, bulk_workers=2)
+
+    def counting() -> None:
+        trims.append(embedder._bulk_running)
+        trimmed.release()
+
+    monkeypatch.setattr(embedding, "release_free_memory", counting)
+    await embedder.start()
+    try:
+        await embedder.embed(TEXTS[:40])  # five micro-batches over both workers
+        assert await asyncio.to_thread(trimmed.acquire, timeout=60)
+        await embedder.embed(["One more document."])
+        assert await asyncio.to_thread(trimmed.acquire, timeout=60)
+        await embedder.embed(["And another."])
+        assert await asyncio.to_thread(trimmed.acquire, timeout=60)
+        assert trims == [0, 0, 0]
+    finally:
+        await embedder.stop()
+
+
+def test_an_encode_keeps_its_share_of_threads_whatever_another_thread_set(
+    model: Model, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Told it runs beside another encode, a thread's first encode keeps its share of the
+    threads even when another thread (the query lane, alone) sets torch's count meanwhile:
+    torch gives a thread's first parallel operation the count last set by any thread."""
+    import torch
+
+    assert isinstance(model, LocalModel)
+    share = max(1, model._threads // 2)
+    tokenize = model._tokenize
+
+    def set_elsewhere(n: int) -> None:
+        thread = threading.Thread(target=torch.set_num_threads, args=(n,))
+        thread.start()
+        thread.join()
+
+    def tokenize_while_another_thread_sets(texts: list[str]) -> Any:
+        set_elsewhere(share + 2)  # between this thread's set_num_threads and its forward pass
+        return tokenize(texts)
+
+    monkeypatch.setattr(model, "_tokenize", tokenize_while_another_thread_sets)
+    seen: list[int] = []
+
+    def first_encode_on_a_new_thread() -> None:
+        model.encode(["A document encoded beside another."], concurrent=2)
+        seen.append(torch.get_num_threads())
+
+    try:
+        thread = threading.Thread(target=first_encode_on_a_new_thread)
+        thread.start()
+        thread.join()
+    finally:
+        set_elsewhere(model._threads)  # torch's process-wide count as it was
+    assert seen == [share]
 
 
 def test_the_model_gives_sentence_transformers_vectors(model: Model) -> None:

@@ -11,11 +11,13 @@ import aiosqlite
 import pytest
 import sqlean
 from sqlalchemy import text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from app.db import Database
+from app.errors import Unavailable
 from app.models import User, utcnow
 from app.settings import Settings
+from app.sqlite import run_on_connection
 
 pytestmark = [pytest.mark.anyio, pytest.mark.engines("sqlite")]
 
@@ -138,3 +140,98 @@ async def test_constraint_violations_are_sqlalchemy_integrity_errors(
     async with database.read() as session:
         names = (await session.execute(text("SELECT name FROM scratch"))).scalars().all()
     assert names == ["taken"]
+
+
+# --- run_on_connection: a whole function in one hop ----------------------------------------
+
+
+async def test_a_function_that_raises_leaves_the_connection_working(database: Database) -> None:
+    async with database.write() as session:
+        await session.execute(text("INSERT INTO scratch (name) VALUES ('a'), ('b'), ('c')"))
+
+    def half_read_then_fail(conn: sqlean.Connection) -> None:
+        cursor = conn.execute("SELECT name FROM scratch ORDER BY id")
+        assert cursor.fetchone() == ("a",)  # a statement left part way through
+        raise RuntimeError("a bug in the function")
+
+    for _ in range(2):  # the pool's connections, one after the other
+        async with database.read() as session:
+            await session.execute(text("SELECT 1"))
+            with pytest.raises(RuntimeError, match="a bug in the function"):
+                await run_on_connection(session, half_read_then_fail)
+            # The same connection, in the same transaction, goes on.
+            names = await run_on_connection(
+                session, lambda conn: conn.execute("SELECT name FROM scratch").fetchall()
+            )
+            assert sorted(names) == [("a",), ("b",), ("c",)]
+            assert (await session.execute(text("SELECT count(*) FROM scratch"))).scalar_one() == 3
+    # No statement was left holding a snapshot: a write commits, and a checkpoint from outside
+    # can truncate the whole WAL (it cannot while any reader still holds a snapshot).
+    async with database.write() as session:
+        await session.execute(text("INSERT INTO scratch (name) VALUES ('d')"))
+    assert database.path is not None
+    outside = sqlean.connect(str(database.path), timeout=0.2)
+    try:
+        assert outside.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0
+    finally:
+        outside.close()
+
+
+async def test_a_function_meeting_a_locked_database_is_a_503(engine: str, tmp_path: Path) -> None:
+    """SQLITE_BUSY inside the function (it writes while another connection holds the write
+    lock past the busy timeout) leaves as SQLAlchemy's OperationalError, which a read answers
+    with 503 `server.unavailable`, as a statement meeting the lock would."""
+    database = Database(Settings.for_tests(tmp_path, busy_timeout_s=0.2))
+    await database.migrate()
+    try:
+        async with database.write() as session:
+            await session.execute(text("CREATE TABLE scratch (id INTEGER PRIMARY KEY)"))
+        assert database.path is not None
+        holder = sqlean.connect(str(database.path), isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        try:
+
+            def write(conn: sqlean.Connection) -> None:
+                conn.execute("INSERT INTO scratch DEFAULT VALUES")
+
+            with pytest.raises(Unavailable) as info:
+                async with database.read() as session:
+                    await session.execute(text("SELECT 1"))
+                    await run_on_connection(session, write)
+            assert (info.value.code, info.value.headers) == (
+                "server.unavailable",
+                {"Retry-After": "1"},
+            )
+            cause = info.value.__cause__
+            assert isinstance(cause, OperationalError)
+            assert isinstance(cause.orig, sqlean.OperationalError)
+            assert "locked" in str(cause.orig)
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        async with database.read() as session:
+            assert await run_on_connection(session, lambda c: c.execute("SELECT 1").fetchone())
+    finally:
+        await database.dispose()
+
+
+async def test_a_function_on_a_closed_connection_is_a_503_and_the_pool_heals(
+    database: Database,
+) -> None:
+    """A connection whose aiosqlite thread has gone: a statement on it answers 503 (SQLAlchemy
+    maps aiosqlite's ValueError and drops the connection from the pool); a function run on it
+    must too, not a 500, and the next read gets a working connection."""
+    for run in (
+        lambda session: session.execute(text("SELECT 1")),
+        lambda session: run_on_connection(session, lambda c: c.execute("SELECT 1").fetchone()),
+    ):
+        with pytest.raises(Unavailable) as info:
+            async with database.read() as session:
+                raw = await (await session.connection()).get_raw_connection()
+                await raw.driver_connection.close()
+                await run(session)
+        assert isinstance(info.value.__cause__, OperationalError)
+        for _ in range(8):  # every connection the pool holds works
+            async with database.read() as session:
+                found = await run_on_connection(session, lambda c: c.execute("SELECT 2").fetchone())
+                assert found == (2,)

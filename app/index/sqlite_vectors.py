@@ -179,6 +179,18 @@ def nearest_bits(bits: Bits, vector: np.ndarray, n: int) -> npt.NDArray[np.int64
     return bits.ids[order]
 
 
+def similarities(matrix: npt.NDArray[np.float32], vector: np.ndarray) -> npt.NDArray[np.float32]:
+    """The dot product of each row of `matrix` with `vector` (cosine similarity: both are unit
+    length), each row summed the same way wherever it sits in the matrix, so equal vectors (copies
+    of one text) score exactly equal and tie by chunk id. Not `matrix @ vector`: BLAS computes
+    the rows past the last multiple of its kernel's width with another kernel, and a copy there
+    scored an ulp apart from one before it, which decided their order (OpenBLAS, x86-64)."""
+    scores: npt.NDArray[np.float32] = np.einsum(
+        "ij,j->i", matrix, np.asarray(vector, dtype=np.float32).reshape(-1)
+    )
+    return scores
+
+
 class FloatVectors:
     """Float vectors read for exact scoring, kept for the rest of one search (its feedback
     pass scores many of the same chunks again): row `i` of `matrix` is chunk `ids[i]`, whose
@@ -234,7 +246,7 @@ class FloatVectors:
         if not len(ids):
             return []
         rows = np.fromiter((self.rows[i] for i in ids.tolist()), dtype=np.intp, count=len(ids))
-        scores = self._matrix[rows] @ np.asarray(vector, dtype=np.float32)
+        scores = similarities(self._matrix[rows], vector)
         order = np.lexsort((ids, -scores))
         docs = self._doc_array[rows][order]
         _, first = np.unique(docs, return_index=True)
@@ -242,3 +254,27 @@ class FloatVectors:
         return [
             (int(ids[i]), self.doc_ids[self._doc_array[rows[i]]], float(scores[i])) for i in best
         ]
+
+
+def scan_per_doc(
+    conn: sqlean.Connection, chunk_ids: Sequence[int], vector: np.ndarray, limit: int
+) -> list[tuple[int, str, float]]:
+    """`FloatVectors.nearest_per_doc` over chunks read `_BATCH` at a time and not kept: for a
+    pass over more chunks than a search should hold (all of a user's, when they are in fewer
+    documents than asked for). Each batch's `limit` best documents hold the overall `limit`
+    best (a document ranked above another in a batch ranks above it overall), and a chunk scores
+    the same in any batch, so the ranking is `nearest_per_doc`'s."""
+    ids = sorted(set(chunk_ids))
+    found: list[tuple[int, str, float]] = []
+    for start in range(0, len(ids), _BATCH):
+        batch = FloatVectors()
+        part = ids[start : start + _BATCH]
+        batch.load(conn, part)
+        found.extend(batch.nearest_per_doc(part, vector, limit))
+    found.sort(key=lambda hit: (-hit[2], hit[0]))
+    best: dict[str, tuple[int, str, float]] = {}
+    for hit in found:
+        best.setdefault(hit[1], hit)
+        if len(best) == limit:
+            break
+    return list(best.values())

@@ -11,10 +11,10 @@ from sqlmodel import select
 from starlette.applications import Starlette
 
 from app.embedding import DIMS
+from app.index import Ranked, sqlite_vectors
 from app.index import sqlite as sqlite_index
-from app.index import sqlite_vectors
 from app.index.sqlite_keywords import match_expression
-from app.index.sqlite_vectors import nearest_bits, quantize, to_blob
+from app.index.sqlite_vectors import nearest_bits, quantize, similarities, to_blob
 from app.index.words import MAX_QUERY_TERMS
 from app.models import Chunk, KnowledgeDocItem
 from app.services import accounts, knowledge
@@ -54,6 +54,25 @@ def test_match_expression_drops_repeats_and_caps_terms() -> None:
 @pytest.mark.parametrize("query", ["", "   ", "?!", '"" ()', "___", "*:^"])
 def test_match_expression_without_words_is_none(query: str) -> None:
     assert match_expression(query) is None
+
+
+def test_equal_vectors_score_equal_wherever_they_sit() -> None:
+    """Exact scores are a function of the two vectors alone, not of the row a chunk takes in the
+    matrix scored (copies of a text must tie, then rank by chunk id); and cosine similarity."""
+    rng = np.random.default_rng(7)
+    for n in range(1, 70):
+        matrix = rng.standard_normal((n, DIMS)).astype(np.float32)
+        matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
+        query = rng.standard_normal(DIMS).astype(np.float32)
+        query /= np.linalg.norm(query)
+        matrix[rng.permutation(n)[: min(n, 5)]] = matrix[0].copy()
+        scores = similarities(matrix, query)
+        copies = (matrix == matrix[0]).all(axis=1)
+        assert len(set(scores[copies].tolist())) == 1, n
+        assert np.allclose(scores, matrix.astype(np.float64) @ query.astype(np.float64), atol=1e-6)
+    # A float64 query, or one as a row: the same float32 scores.
+    assert np.array_equal(similarities(matrix, query.astype(np.float64)), scores)
+    assert np.array_equal(similarities(matrix, query[None, :]), scores)
 
 
 async def test_quantize_matches_sqlite_vec(app: Starlette) -> None:
@@ -141,3 +160,36 @@ async def test_the_coarse_pass_grows_until_it_has_enough_documents(
         assert len(grown.results) == 6
         grew += len(passes) > 1
     assert grew  # at least one query needed a second, deeper pass
+
+
+async def test_a_pass_over_more_candidates_than_kept_ranks_the_same_in_batches(
+    app: Starlette, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past `KEEP_MAX` candidates a pass reads their vectors a batch at a time and keeps none:
+    the same documents, chunks and scores as the pass that keeps them, deepened or not, and
+    the feedback vectors are still read."""
+    core, principal = await setup_corpus(app)
+    monkeypatch.setattr(sqlite_vectors, "_BATCH", 7)  # several batches over the corpus
+    monkeypatch.setattr(sqlite_index, "CANDIDATES_MIN", 5)  # a first pass of 5 chunks, kept
+    monkeypatch.setattr(sqlite_index, "CANDIDATES_PER_DOC", 0)
+
+    async def rank(vector: np.ndarray, depth: int) -> tuple[list[Ranked], list[Ranked], int]:
+        async with core.db.read() as session:
+            ranker = core.index.ranker(session, user_id=principal.user_id, within=None)
+            assert isinstance(ranker, sqlite_index.SqliteRanker)
+            first = await ranker.rank(vector, depth)
+            again = await ranker.rank(vector, depth)
+            feedback = await ranker.vectors([r.chunk_id for r in first[:3]])
+            assert len(feedback) == min(3, len(first))
+            return first, again, len(ranker._vectors.rows)
+
+    for query in QUERIES:
+        vector = (await core.embedder.embed([query], lane="query"))[0]
+        for depth in (1, 3, 6, 100):
+            expected, _, _ = await rank(vector, depth)
+            with monkeypatch.context() as m:
+                m.setattr(sqlite_index, "KEEP_MAX", 5)
+                got, again, held = await rank(vector, depth)
+            assert got == again == expected, (query, depth)
+            # Only the first pass's 5 and the feedback chunks were kept, not the deeper passes.
+            assert held <= 5 + 3

@@ -273,3 +273,23 @@ async def test_a_shallow_first_pass_deepens_to_the_exact_ranking(
         # The same documents; a shallow pass may show a document's second-best chunk.
         assert [h.external_id for h in grown.results] == [h.external_id for h in exact.results]
         assert len(grown.results) == 6
+
+
+async def test_identical_documents_tie_in_upload_order_with_equal_scores(app: Starlette) -> None:
+    """Copies of one text have the same vector, hence the same score: they rank by chunk id
+    (upload order) wherever they fall among the chunks scored, in the exact pass over a scope
+    (the copies last, uploaded last) and in the coarse-then-exact pass alike."""
+    core: Core = app.state.core
+    principal = await accounts.authenticate(core=core, api_key=await new_key(app, plan="unlimited"))
+    copies = [f"copy-{i}" for i in range(5)]
+    items = [
+        KnowledgeDocItem(external_id=f"doc-{i}", title=None, content=TOPICS[i]) for i in range(2)
+    ] + [KnowledgeDocItem(external_id=c, title=None, content=TOPICS[4]) for c in copies]
+    await knowledge.upsert_many(core=core, principal=principal, items=items)
+    everything = [item.external_id for item in items]
+    for query in [*QUERIES, *TOPICS]:
+        for scope in ({}, {"external_ids": everything}):
+            found = await run_search(core, principal, query=query, k=10, mode="semantic", **scope)
+            hits = [h for h in found.results if h.external_id in copies]
+            assert [h.external_id for h in hits] == copies, (query, scope)
+            assert len({h.score for h in hits}) == 1, (query, scope, [h.score for h in hits])
