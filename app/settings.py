@@ -87,6 +87,14 @@ DEFAULT_PLANS: dict[str, Plan] = {
 }
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity), else the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PERSONAIZER_", extra="ignore")
 
@@ -114,9 +122,10 @@ class Settings(BaseSettings):
     #: Load the sentence-transformers model; tests may share one loaded model instead.
     embedder_batch_size: int = Field(default=32, ge=1, le=512)
     #: Threads embedding documents side by side, each a micro-batch at a time, sharing the cores
-    #: (app/embedding.py): by default one per core, at most 4.
+    #: (app/embedding.py): by default one per core this process may run on, at most 4. (A
+    #: container limited by a CPU quota rather than a CPU set sees the host's cores: set it.)
     embedder_bulk_workers: int = Field(
-        default_factory=lambda: max(1, min(4, os.cpu_count() or 1)), ge=1, le=64
+        default_factory=lambda: max(1, min(4, usable_cores())), ge=1, le=64
     )
     #: What runs the embedding model: `torch` (sentence-transformers) or `onnx` (ONNX Runtime,
     #: `pip install 'personaizer[onnx]'`; the graph is exported from the bundled weights on its
