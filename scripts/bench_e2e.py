@@ -3,7 +3,8 @@
 Everything the app adds to the model's own work shows here: HTTP, JSON, validation, chunking,
 the embedding queue, the database writes, the index. So each figure is a ratio to what could
 not be done faster on this machine in the same run (the model called directly in this process,
-before the server starts, never at the same time: two cores), or to a fixed limit:
+before the server starts or, for queries, between two searches; never at the same time: two
+cores), or to a fixed limit:
 
 1. Batch ingest: the first `--docs` (600) Cranfield abstracts through `PUT /api/knowledge/docs`
    in batches of 100, one client, in docs/s; divided by the raw encoder's docs/s:
@@ -16,8 +17,10 @@ before the server starts, never at the same time: two cores), or to a fixed limi
    documents must cost next to nothing.
 3. Search: the Cranfield queries one after another through `POST /api/knowledge/search`
    (default mode, k = 10) over those documents, p50 of the client-measured latency, minus the
-   p50 of encoding one query in-process (`LocalModel().encode([q])`, same queries). What is
-   left is HTTP, the index and ranking: <= +10 ms.
+   p50 of encoding one query in-process (`LocalModel().encode([q])`, same queries), each
+   timed right after its search while the server waits (the same machine state: see
+   `measure_search`; the encoding measured before the server starts is reported too, as
+   "cold"). What is left is HTTP, the index and ranking: <= +10 ms.
 4. Concurrent writes: single-document PUTs (`/api/knowledge/docs/by-external-id/{id}`), fresh
    documents (nothing is a `no_op`), first by one client, then by `--clients` (16) clients at
    once, each with its own keep-alive connection; docs/s of 16 / docs/s of 1 >= 1.5x (the
@@ -198,6 +201,8 @@ class ServerFigures:
     replay_s: float = math.nan
     search_p50_ms: float = math.nan
     search_p95_ms: float = math.nan
+    #: The raw encoding of each query, timed right after its search (the server then idle).
+    search_raw_query_p50_ms: float = math.nan
     single_one_docs_per_s: float = math.nan
     single_many_docs_per_s: float = math.nan
     rss_idle_mb: float = math.nan
@@ -241,7 +246,7 @@ class Results:
 
     @property
     def search_overhead_ms(self) -> float:
-        return self.server.search_p50_ms - self.raw.query_p50_ms
+        return self.server.search_p50_ms - self.server.search_raw_query_p50_ms
 
     @property
     def concurrency_ratio(self) -> float:
@@ -450,12 +455,26 @@ async def measure_ingest(api: Api, docs: Sequence[CranDoc], figures: ServerFigur
     log(f"server: ingest {figures.ingest_s:.1f} s, replay {figures.replay_s:.3f} s")
 
 
-async def measure_search(api: Api, queries: Sequence[str], figures: ServerFigures) -> None:
-    """Figure 3: the queries one after another, default mode, k = 10."""
+async def measure_search(
+    api: Api, queries: Sequence[str], model: LocalModel, figures: ServerFigures
+) -> None:
+    """Figure 3: the queries one after another, default mode, k = 10; after each, the same
+    query encoded in this process while the server waits for the next request. Interleaved,
+    both are timed in the same state of the machine: encoding a query measured 11-12 ms on a
+    cold machine and 14-15 ms in the same process after a minute of bulk encoding (its cores'
+    clocks, whatever the app does), so a limit measured before the server's ingests is not the
+    limit its searches ran against."""
     await search(api, queries[0])
-    latencies = [await search(api, q) for q in queries]
+    model.encode([queries[0]])
+    latencies, raw = [], []
+    for query in queries:
+        latencies.append(await search(api, query))
+        started = time.perf_counter()
+        model.encode([query])
+        raw.append((time.perf_counter() - started) * 1000)
     figures.search_p50_ms = percentile(latencies, 50)
     figures.search_p95_ms = percentile(latencies, 95)
+    figures.search_raw_query_p50_ms = percentile(raw, 50)
 
 
 async def single_puts(base_url: str, key: str, docs: Sequence[CranDoc], clients: int) -> float:
@@ -582,13 +601,15 @@ def memory_mb(pid: int) -> dict[str, float]:
     return out
 
 
-async def measure_server(server: OwnServer, corpus: Corpus, options: Options) -> ServerFigures:
+async def measure_server(
+    server: OwnServer, corpus: Corpus, options: Options, model: LocalModel
+) -> ServerFigures:
     figures = ServerFigures()
     figures.rss_idle_mb = memory_mb(server.pid)["VmRSS"]
     await warm_up(server, corpus)
     async with Api(server.base_url, server.api_keys[USERS[0]]) as api:
         await measure_ingest(api, corpus.batch, figures)
-        await measure_search(api, corpus.queries, figures)
+        await measure_search(api, corpus.queries, model, figures)
         figures.throttled += api.throttled
     await measure_concurrency(server, corpus, options.clients, figures)
     await measure_isolation(server, corpus, options.idle_searches, figures)
@@ -632,7 +653,8 @@ def table(results: Results) -> str:
         (
             f"search p50 over HTTP, default mode, k={K} ({r.queries} queries)",
             f"{_n(s.search_p50_ms)} ms (p95 {_n(s.search_p95_ms)})",
-            f"raw query encoding p50 {_n(raw.query_p50_ms)} ms",
+            f"raw query encoding p50 {_n(s.search_raw_query_p50_ms)} ms, interleaved"
+            f" (cold {_n(raw.query_p50_ms)})",
             f"+{_n(r.search_overhead_ms)} ms",
             "<= +10 ms",
             _verdict(r, "search_overhead_ms"),
@@ -747,11 +769,11 @@ def run(options: Options) -> int:
     chroma = measure_chroma(model, corpus) if options.chroma else "--no-chroma"
     if isinstance(chroma, str):
         log(f"Chroma peer skipped: {chroma}")
-    del model
     gc.collect()
     try:
         with own_server(options.database_url, USERS) as server:
-            figures = asyncio.run(measure_server(server, corpus, options))
+            # The model stays loaded here for figure 3's interleaved query encodings.
+            figures = asyncio.run(measure_server(server, corpus, options, model))
     except (SetupError, BenchError) as exc:
         log(f"error: {exc}")
         return 2
