@@ -13,13 +13,14 @@ belong to):
 A search reads the user's bit vectors in one pass and ranks them by Hamming distance in numpy
 (`read_bits`, `nearest_bits`), then scores only the best few hundred exactly in numpy
 (`FloatVectors.nearest_per_doc`). Measured at 100,000 chunks in one partition: vec0's float KNN
-takes ~80 ms (150 MB of vectors per query); vec0's own KNN over the bit column takes 18-40 ms (its top-k step costs O(partition x k), 35 ms at k=256);
-reading the partition's bit blocks and ranking them in numpy takes ~5 ms whatever the number of
-candidates. So vec0 stores and maintains the bit vectors (chunking, validity, deletes) and the
-search reads its blocks directly: `_vector_chunks00` (one blob of `chunk_size` vectors per block)
-beside `_chunks` (the block's partition, validity bitmap and rowids). That layout is sqlite-vec
-0.1.9's (pinned in pyproject.toml); tests/index/test_sqlite.py checks that the scan agrees
-with vec0's own KNN, so an upgrade that changes it fails there, not in production.
+takes ~80 ms (150 MB of vectors per query); vec0's own KNN over the bit column takes 18-40 ms
+(its top-k step costs O(partition x k), 35 ms at k=256); reading the partition's bit blocks and
+ranking them in numpy takes ~5 ms whatever the number of candidates. So vec0 stores and
+maintains the bit vectors (chunking, validity, deletes) and the search reads its blocks
+directly: `_vector_chunks00` (one blob of `chunk_size` vectors per block) beside `_chunks` (the
+block's partition, validity bitmap and rowids). That layout is sqlite-vec 0.1.9's (pinned in
+pyproject.toml); tests/index/test_sqlite.py checks that the scan agrees with vec0's own KNN, so
+an upgrade that changes it fails there, not in production.
 
 sqlite-vec 0.1.9 cannot `INSERT OR REPLACE` into vec0: `put` only ever inserts ids not indexed
 yet (every path that deletes chunk rows deletes their index entries first).
