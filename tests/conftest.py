@@ -143,6 +143,26 @@ async def anon(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
+#: A test plan's limits where a test does not set its own: roomy, but small enough to reach.
+PLAN_DEFAULTS: dict[str, int] = {
+    "knowledge_docs": 100,
+    "knowledge_chars": 100_000,
+    "doc_chars": 1000,
+    "personas": 3,
+    "batch_items": 10,
+    "reads_per_minute": 100,
+    "writes_per_minute": 100,
+    "searches_per_minute": 100,
+}
+
+
+def plan_config(plan_id: str, **limits: int) -> dict[str, Any]:
+    """A plan as `make_app(plans=...)` takes it: `PLAN_DEFAULTS` with `limits` over them."""
+    unknown = limits.keys() - PLAN_DEFAULTS.keys()
+    assert not unknown, f"not a plan limit: {sorted(unknown)}"
+    return {"id": plan_id, "name": plan_id.title(), "limits": {**PLAN_DEFAULTS, **limits}}
+
+
 def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
     """The response is the contract's problem+json with this status and code."""
     assert response.status_code == status, response.text

@@ -13,7 +13,7 @@ import pytest
 from starlette.applications import Starlette
 
 from app import mcp
-from tests.conftest import AppFactory, assert_problem, client_for, new_key
+from tests.conftest import AppFactory, assert_problem, client_for, new_key, plan_config
 
 pytestmark = pytest.mark.anyio
 
@@ -29,23 +29,6 @@ INITIALIZE = {
     "clientInfo": {"name": "test", "version": "1"},
 }
 RATELIMIT_RE = re.compile(r'^"(reads|search)";r=(\d+);t=\d+$')
-
-
-def plan(reads: int, searches: int) -> dict[str, Any]:
-    return {
-        "id": "tight",
-        "name": "Tight",
-        "limits": {
-            "knowledge_docs": 100,
-            "knowledge_chars": 100_000,
-            "doc_chars": 1000,
-            "personas": 3,
-            "batch_items": 10,
-            "reads_per_minute": reads,
-            "writes_per_minute": 100,
-            "searches_per_minute": searches,
-        },
-    }
 
 
 def mcp_client(app: Starlette, key: str | None = None) -> httpx.AsyncClient:
@@ -90,7 +73,9 @@ def tool_result(response: httpx.Response) -> dict[str, Any]:
 @pytest.fixture
 async def tight(make_app: AppFactory) -> AsyncIterator[tuple[Starlette, httpx.AsyncClient]]:
     """An app and an MCP client of a user whose plan allows 4 reads and 2 searches a minute."""
-    app = await make_app(plans={"tight": plan(reads=4, searches=2)})
+    app = await make_app(
+        plans={"tight": plan_config("tight", reads_per_minute=4, searches_per_minute=2)}
+    )
     key = await new_key(app, plan="tight")
     async with mcp_client(app, key) as client:
         yield app, client

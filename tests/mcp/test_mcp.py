@@ -23,6 +23,8 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp_types import CallToolResult
 
+from tests.conftest import plan_config
+
 pytestmark = pytest.mark.anyio
 
 BIN = Path(sys.executable).with_name("personaizer")
@@ -31,17 +33,9 @@ TIGHT_READS = 6
 
 
 def _plan(plan_id: str, *, reads: int, searches: int) -> dict[str, Any]:
-    limits = {
-        "knowledge_docs": 100,
-        "knowledge_chars": 100_000,
-        "doc_chars": 10_000,
-        "personas": 3,
-        "batch_items": 10,
-        "reads_per_minute": reads,
-        "writes_per_minute": 100,
-        "searches_per_minute": searches,
-    }
-    return {"id": plan_id, "name": plan_id.title(), "limits": limits}
+    return plan_config(
+        plan_id, doc_chars=10_000, reads_per_minute=reads, searches_per_minute=searches
+    )
 
 
 #: `tiny`: a search limit a test can use up in a few calls; `tight`: the same for reads.

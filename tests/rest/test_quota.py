@@ -13,7 +13,7 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from tests.conftest import AppFactory, assert_problem, client_for, new_key
+from tests.conftest import AppFactory, assert_problem, client_for, new_key, plan_config
 from tests.storage import index_counts
 
 pytestmark = pytest.mark.anyio
@@ -110,20 +110,7 @@ async def test_at_full_quota(free: tuple[Starlette, str]) -> None:
 
 
 async def test_character_quota(make_app: AppFactory) -> None:
-    plan = {
-        "id": "tiny",
-        "name": "Tiny",
-        "limits": {
-            "knowledge_docs": 10,
-            "knowledge_chars": 100,
-            "doc_chars": 80,
-            "personas": 1,
-            "batch_items": 10,
-            "reads_per_minute": 100,
-            "writes_per_minute": 100,
-            "searches_per_minute": 100,
-        },
-    }
+    plan = plan_config("tiny", knowledge_docs=10, knowledge_chars=100, doc_chars=80, personas=1)
     app = await make_app(plans={"tiny": plan})
     key = await new_key(app, plan="tiny")
     async with client_for(app, **{"X-Api-Key": key}) as api:
@@ -168,20 +155,7 @@ async def test_a_write_over_the_character_quota_is_refused_before_anything_is_em
 ) -> None:
     """The model is shared by every tenant: text the character quota refuses never reaches it,
     through the single upsert or the batch, alone or beside a document that would fit."""
-    plan = {
-        "id": "chars",
-        "name": "Chars",
-        "limits": {
-            "knowledge_docs": 100,
-            "knowledge_chars": 5000,
-            "doc_chars": 20_000,
-            "personas": 1,
-            "batch_items": 10,
-            "reads_per_minute": 100,
-            "writes_per_minute": 100,
-            "searches_per_minute": 100,
-        },
-    }
+    plan = plan_config("chars", knowledge_chars=5000, doc_chars=20_000, personas=1)
     app = await make_app(plans={"chars": plan})
     key = await new_key(app, plan="chars")
     stats = app.state.core.embedder.stats

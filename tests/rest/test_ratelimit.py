@@ -15,7 +15,7 @@ from starlette.applications import Starlette
 
 from app.services import accounts
 from tests import servers
-from tests.conftest import AppFactory, assert_problem, client_for, new_key
+from tests.conftest import AppFactory, assert_problem, client_for, new_key, plan_config
 
 pytestmark = pytest.mark.anyio
 
@@ -26,20 +26,9 @@ POLICY_RE = re.compile(r'^"(reads|writes|search)";q=(\d+);w=60$')
 
 
 def small_plan(plan_id: str, writes: int, reads: int = 100) -> dict[str, Any]:
-    return {
-        "id": plan_id,
-        "name": plan_id.title(),
-        "limits": {
-            "knowledge_docs": 100,
-            "knowledge_chars": 100_000,
-            "doc_chars": 1000,
-            "personas": 3,
-            "batch_items": 10,
-            "reads_per_minute": reads,
-            "writes_per_minute": writes,
-            "searches_per_minute": 10,
-        },
-    }
+    return plan_config(
+        plan_id, reads_per_minute=reads, writes_per_minute=writes, searches_per_minute=10
+    )
 
 
 def ratelimit(response: httpx.Response) -> tuple[str, int, int]:

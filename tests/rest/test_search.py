@@ -10,7 +10,7 @@ import pytest
 from starlette.applications import Starlette
 
 from app.models.search import SEARCH_JUNK_THRESHOLD
-from tests.conftest import AppFactory, assert_problem, client_for, new_key
+from tests.conftest import AppFactory, assert_problem, client_for, new_key, plan_config
 
 pytestmark = pytest.mark.anyio
 
@@ -296,20 +296,15 @@ async def test_a_title_change_is_searchable_by_keyword(api: httpx.AsyncClient) -
 
 
 async def test_a_failed_batch_leaves_no_trace_in_search(make_app: AppFactory) -> None:
-    tiny = {
-        "id": "tiny",
-        "name": "Tiny",
-        "limits": {
-            "knowledge_docs": 2,
-            "knowledge_chars": 10_000,
-            "doc_chars": 1_000,
-            "personas": 1,
-            "batch_items": 10,
-            "reads_per_minute": 1_000,
-            "writes_per_minute": 1_000,
-            "searches_per_minute": 1_000,
-        },
-    }
+    tiny = plan_config(
+        "tiny",
+        knowledge_docs=2,
+        knowledge_chars=10_000,
+        personas=1,
+        reads_per_minute=1_000,
+        writes_per_minute=1_000,
+        searches_per_minute=1_000,
+    )
     app = await make_app(plans={"tiny": tiny})
     key = await new_key(app, plan="tiny")
     async with client_for(app, **{"X-Api-Key": key}) as api:
