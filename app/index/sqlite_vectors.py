@@ -202,7 +202,6 @@ class FloatVectors:
         self.rows: dict[int, int] = {}
         self.doc_ids: list[str] = []
         self._doc_numbers: dict[str, int] = {}
-        self._blocks: list[npt.NDArray[np.float32]] = []
         self._docs: list[int] = []
         self._matrix: npt.NDArray[np.float32] = np.zeros((0, DIMS), dtype=np.float32)
         self._doc_array: npt.NDArray[np.intp] = np.zeros(0, dtype=np.intp)
@@ -211,6 +210,7 @@ class FloatVectors:
         """Read the vectors of those of `chunk_ids` not held yet (in ascending id order:
         neighbouring rows share pages). Chunks deleted meanwhile are simply not found."""
         missing = sorted(set(chunk_ids) - self.rows.keys())
+        blocks: list[npt.NDArray[np.float32]] = []
         for start in range(0, len(missing), _BATCH):
             rows = conn.execute(
                 "SELECT c.id, c.doc_id, c.embedding"
@@ -226,13 +226,12 @@ class FloatVectors:
                 if number == len(self.doc_ids):
                     self.doc_ids.append(str(doc_id))
                 self._docs.append(number)
-            self._blocks.append(
+            blocks.append(
                 np.frombuffer(b"".join(r[2] for r in rows), dtype=np.float32).reshape(-1, DIMS)
             )
-        if self._blocks:
-            self._matrix = np.concatenate([self._matrix, *self._blocks])
+        if blocks:
+            self._matrix = np.concatenate([self._matrix, *blocks])
             self._doc_array = np.asarray(self._docs, dtype=np.intp)
-            self._blocks = []
 
     def vector(self, chunk_id: int) -> npt.NDArray[np.float32] | None:
         row = self.rows.get(chunk_id)
