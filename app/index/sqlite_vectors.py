@@ -39,7 +39,6 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.embedding import DIMS, Vectors
-from app.sqlite import run_on_connection
 
 #: Bytes of one quantized vector; the scan reads them as `DIMS // 64` 64-bit words.
 BIT_BYTES = DIMS // 8
@@ -93,26 +92,6 @@ class VectorIndex:
             await session.execute(
                 text("DELETE FROM chunk_vectors WHERE chunk_id = :c"), [{"c": i} for i in ids]
             )
-
-    async def candidates(
-        self,
-        session: AsyncSession,
-        *,
-        user_id: int,
-        vector: np.ndarray,
-        n: int,
-        within: np.ndarray | None = None,
-    ) -> tuple[list[int], int]:
-        """The coarse pass alone: the ids of the user's (at most) `n` chunks nearest to `vector`
-        by Hamming distance of the sign bits, nearest first, and how many chunks were eligible.
-        `within` (a sorted int64 array of chunk ids) restricts the pass to those chunks before
-        the top `n` are taken."""
-
-        def run(conn: sqlean.Connection) -> tuple[list[int], int]:
-            bits = read_bits(conn, user_id, within)
-            return nearest_bits(bits, vector, n).tolist(), len(bits.ids)
-
-        return await run_on_connection(session, run)
 
     async def count(self, session: AsyncSession, *, user_id: int | None = None) -> int:
         if user_id is None:

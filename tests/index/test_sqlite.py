@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import sqlean
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import select
 from starlette.applications import Starlette
 
@@ -19,6 +21,7 @@ from app.index.words import MAX_QUERY_TERMS
 from app.models import Chunk, KnowledgeDocItem
 from app.services import accounts, knowledge
 from app.services.core import Core
+from app.sqlite import run_on_connection
 from tests.conftest import new_key
 from tests.services.test_search import QUERIES, TOPICS, long_text, run_search, setup_corpus
 
@@ -90,7 +93,7 @@ async def test_quantize_matches_sqlite_vec(app: Starlette) -> None:
 
 
 async def test_the_bit_scan_agrees_with_vec0_knn(app: Starlette) -> None:
-    """`VectorIndex.candidates` reads vec0's blocks itself: same distances as vec0's own KNN
+    """The coarse pass (`read_bits`, `nearest_bits`) reads vec0's blocks itself: same distances as vec0's own KNN
     (this fails first should an upgrade of sqlite-vec change its storage layout)."""
     core, principal = await setup_corpus(app)
     other = await accounts.authenticate(
@@ -105,9 +108,7 @@ async def test_the_bit_scan_agrees_with_vec0_knn(app: Starlette) -> None:
     vector = (await core.embedder.embed(["rocket propulsion"]))[0]
     async with core.db.read() as session:
         total = await core.index.vectors.count(session, user_id=principal.user_id)
-        ids, eligible = await core.index.vectors.candidates(
-            session, user_id=principal.user_id, vector=vector, n=total
-        )
+        ids, eligible = await coarse_pass(session, principal.user_id, vector, n=total)
         rows = await session.execute(
             text(
                 "SELECT chunk_id, distance FROM chunk_vectors"
@@ -123,13 +124,31 @@ async def test_the_bit_scan_agrees_with_vec0_knn(app: Starlette) -> None:
         )
         # Restricted to a set of chunks, then cut to the best 5.
         within = np.array(sorted(user_chunks)[::2], dtype=np.int64)
-        some, some_eligible = await core.index.vectors.candidates(
-            session, user_id=principal.user_id, vector=vector, n=5, within=within
+        some, some_eligible = await coarse_pass(
+            session, principal.user_id, vector, n=5, within=within
         )
     assert eligible == total == len(user_chunks) and set(ids) == user_chunks
     assert ids == [c for _, c in theirs]
     assert some_eligible == len(within)
     assert some == [c for _, c in theirs if c in set(within.tolist())][:5]
+
+
+async def coarse_pass(
+    session: AsyncSession,
+    user_id: int,
+    vector: np.ndarray,
+    *,
+    n: int,
+    within: np.ndarray | None = None,
+) -> tuple[list[int], int]:
+    """The search's coarse pass alone, as the ranker runs it: the ids of the (at most) `n`
+    chunks nearest by Hamming distance, nearest first, and how many were eligible."""
+
+    def run(conn: sqlean.Connection) -> tuple[list[int], int]:
+        bits = sqlite_vectors.read_bits(conn, user_id, within)
+        return nearest_bits(bits, vector, n).tolist(), len(bits.ids)
+
+    return await run_on_connection(session, run)
 
 
 async def test_the_coarse_pass_grows_until_it_has_enough_documents(
