@@ -93,8 +93,8 @@ async def test_quantize_matches_sqlite_vec(app: Starlette) -> None:
 
 
 async def test_the_bit_scan_agrees_with_vec0_knn(app: Starlette) -> None:
-    """The coarse pass (`read_bits`, `nearest_bits`) reads vec0's blocks itself: same distances as vec0's own KNN
-    (this fails first should an upgrade of sqlite-vec change its storage layout)."""
+    """The coarse pass (`read_bits`, `nearest_bits`) reads vec0's blocks itself: same distances
+    as vec0's own KNN (this fails first should an upgrade of sqlite-vec change its layout)."""
     core, principal = await setup_corpus(app)
     other = await accounts.authenticate(
         core=core, api_key=await new_key(app, email="o@example.com", plan="unlimited")
