@@ -1,4 +1,4 @@
-"""all-MiniLM-L6-v2 on ONNX Runtime: the optional encoder (`PERSONAIZER_ENCODER=onnx`).
+"""all-MiniLM-L6-v2 on ONNX Runtime: the default encoder (`PERSONAIZER_ENCODER=onnx`).
 
 Why: once the graph is exported and cached the server never imports torch: it loads in about
 a second instead of five or more, holds about half the memory between batches, and embeds a

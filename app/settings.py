@@ -95,6 +95,21 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def user_cache_dir() -> Path | None:
+    """`$XDG_CACHE_HOME/personaizer` (else `~/.cache/personaizer`) when it exists or can be made
+    (the exported model is derived from the package, so one copy serves every data dir and a
+    new data dir starts in a second); None when there is no writable home (a container user
+    without one), and the caller falls back to the data dir."""
+    base = os.environ.get("XDG_CACHE_HOME") or ""
+    try:
+        root = Path(base) if base else Path.home() / ".cache"
+        path = root / "personaizer"
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except (OSError, RuntimeError):
+        return None
+    return path if os.access(path, os.W_OK | os.X_OK) else None
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PERSONAIZER_", extra="ignore")
 
@@ -127,11 +142,14 @@ class Settings(BaseSettings):
     embedder_bulk_workers: int = Field(
         default_factory=lambda: max(1, min(4, usable_cores())), ge=1, le=64
     )
-    #: What runs the embedding model: `torch` (sentence-transformers) or `onnx` (ONNX Runtime,
-    #: `pip install 'personaizer[onnx]'`; the graph is exported from the bundled weights on its
-    #: first start and cached). Both give the same vectors, so either reads the other's index.
-    encoder: Literal["torch", "onnx"] = "torch"
-    #: Where the onnx encoder caches its exported model; unset: `<data_dir>/cache`.
+    #: What runs the embedding model: `onnx` (ONNX Runtime; the graph is exported from the
+    #: bundled weights once, ~10 s, and cached) or `torch` (sentence-transformers). Both give the
+    #: same vectors, so either reads the other's index. onnx is the default: it encodes a query
+    #: about twice as fast, loads in a second and holds half the memory (docs/decisions.md).
+    encoder: Literal["torch", "onnx"] = "onnx"
+    #: Where the onnx encoder caches its exported model; unset: the user's cache directory
+    #: (`$XDG_CACHE_HOME/personaizer`, else `~/.cache/personaizer`), shared by every data dir,
+    #: or `<data_dir>/cache` when that cannot be written.
     encoder_cache_dir: Path | None = None
     #: The onnx encoder's threads (0: one per physical core). One leaves the other cores to the
     #: event loop and measured fastest for single queries on 2 cores; more help bulk writes on
@@ -226,7 +244,10 @@ class Settings(BaseSettings):
 
     @property
     def encoder_cache_path(self) -> Path:
-        return self.encoder_cache_dir or self.data_dir / "cache"
+        if self.encoder_cache_dir is not None:
+            return self.encoder_cache_dir
+        shared = user_cache_dir()
+        return shared if shared is not None else self.data_dir / "cache"
 
     @property
     def sqlite_path(self) -> Path:

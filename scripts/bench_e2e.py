@@ -7,17 +7,18 @@ before the server starts or, for queries, between two searches; never at the sam
 cores), or to a fixed limit:
 
 1. Batch ingest: the first `--docs` (600) Cranfield abstracts through `PUT /api/knowledge/docs`
-   in batches of 100, one client, in docs/s; divided by the raw encoder's docs/s:
-   `LocalModel().encode` on the very texts the server embeds (each chunk with its title folded
-   in, `app.chunking`; a text repeated within a batch once, as the server dedupes), in one call
-   that sentence-transformers cuts into its default batches of 32. The app's ceiling is the
-   model, so >= 0.9x means the rest of the ingest path costs at most a tenth.
+   in batches of 100, one client, in docs/s; divided by the raw encoder's docs/s: the encoder
+   the server runs (`PERSONAIZER_ENCODER`, onnx by default; see `raw_encoder`) given every
+   core this process may use, its `encode` on the very texts the server embeds (each chunk
+   with its title folded in, `app.chunking`; a text repeated within a batch once, as the server
+   dedupes), in one call that it cuts into batches of 32. The app's ceiling is the model, so
+   >= 0.9x means the rest of the ingest path costs at most a tenth.
 2. Replay: the same items again; every one must answer `no_op` (content hashes match, nothing
    is embedded). First ingest time / replay time >= 100x: a sync tool re-sending unchanged
    documents must cost next to nothing.
 3. Search: the Cranfield queries one after another through `POST /api/knowledge/search`
    (default mode, k = 10) over those documents, p50 of the client-measured latency, minus the
-   p50 of encoding one query in-process (`LocalModel().encode([q])`, same queries), each
+   p50 of encoding one query in-process (the raw encoder's `encode([q])`, same queries), each
    timed right after its search while the server waits (the same machine state: see
    `measure_search`; the encoding measured before the server starts is reported too, as
    "cold"). What is left is HTTP, the index and ranking: <= +10 ms.
@@ -38,7 +39,7 @@ cores), or to a fixed limit:
 
 Peers, reported beside the figures: the raw encoder (above) and, when `chromadb` is importable
 (`pip install '.[bench]'`), Chroma in-process with the same model (an embedding function
-wrapping `LocalModel`, nothing downloaded) on a persistent client in a temporary directory, the
+wrapping the raw encoder, nothing downloaded) on a persistent client in a temporary directory, the
 same texts (one record per chunk): ingest docs/s (upserts of 100 documents), replay time (Chroma
 re-embeds on upsert) and query p50 (`query_texts`, n_results = 10, embedding included). Mind
 that chromadb requires uvicorn[standard], whose uvloop uvicorn then picks for `personaizer serve`
@@ -76,7 +77,8 @@ from eval_cranfield import (
 from local_server import OwnServer, SetupError, log, own_server
 
 from app.chunking import chunk_text, embedding_text
-from app.embedding import LocalModel
+from app.embedding import LocalModel, Model
+from app.settings import Settings, usable_cores
 
 BATCH = 100
 K = 10
@@ -225,6 +227,8 @@ class ServerFigures:
 @dataclass
 class Results:
     engine: str
+    #: The encoder the server and the raw figures ran (`PERSONAIZER_ENCODER`).
+    encoder: str
     docs: int
     load_docs: int
     clients: int
@@ -282,7 +286,20 @@ TARGETS = (
 # --------------------------------------------------------------------------- in-process peers
 
 
-def measure_raw_encoder(model: LocalModel, corpus: Corpus) -> RawFigures:
+def raw_encoder() -> Model:
+    """The encoder the server will run (`PERSONAIZER_ENCODER`, as its settings read it), on
+    every core this process may use: the model's best on this machine, the limit the server's
+    figures are divided by. (The server's onnx encoder runs one thread a call, its bulk
+    workers side by side.)"""
+    settings = Settings()
+    if settings.encoder == "onnx":
+        from app.onnx_encoder import OnnxModel
+
+        return OnnxModel(settings.encoder_cache_path, threads=usable_cores())
+    return LocalModel()
+
+
+def measure_raw_encoder(model: Model, corpus: Corpus) -> RawFigures:
     """The model alone: the batch ingest's texts in one call, and one query at a time."""
     texts = server_texts(corpus.batch)
     model.encode(texts[:64])  # warm up: the first calls are slow
@@ -300,7 +317,7 @@ def measure_raw_encoder(model: LocalModel, corpus: Corpus) -> RawFigures:
     return RawFigures(len(texts), seconds, len(corpus.batch) / seconds, percentile(query_ms, 50))
 
 
-def measure_chroma(model: LocalModel, corpus: Corpus) -> ChromaFigures | str:
+def measure_chroma(model: Model, corpus: Corpus) -> ChromaFigures | str:
     """Chroma in-process with the same model and texts; the reason instead when unavailable."""
     try:
         import chromadb
@@ -456,7 +473,7 @@ async def measure_ingest(api: Api, docs: Sequence[CranDoc], figures: ServerFigur
 
 
 async def measure_search(
-    api: Api, queries: Sequence[str], model: LocalModel, figures: ServerFigures
+    api: Api, queries: Sequence[str], model: Model, figures: ServerFigures
 ) -> None:
     """Figure 3: the queries one after another, default mode, k = 10; after each, the same
     query encoded in this process while the server waits for the next request. Interleaved,
@@ -602,7 +619,7 @@ def memory_mb(pid: int) -> dict[str, float]:
 
 
 async def measure_server(
-    server: OwnServer, corpus: Corpus, options: Options, model: LocalModel
+    server: OwnServer, corpus: Corpus, options: Options, model: Model
 ) -> ServerFigures:
     figures = ServerFigures()
     figures.rss_idle_mb = memory_mb(server.pid)["VmRSS"]
@@ -637,7 +654,7 @@ def table(results: Results) -> str:
         (
             f"batch ingest, {r.docs} docs in batches of {BATCH}",
             f"{_n(s.ingest_docs_per_s)} docs/s",
-            f"raw encoder {_n(raw.docs_per_s)} docs/s",
+            f"raw {r.encoder} encoder {_n(raw.docs_per_s)} docs/s",
             f"{_n(r.ingest_ratio, 2)}x",
             ">= 0.9x",
             _verdict(r, "ingest_vs_raw"),
@@ -730,6 +747,7 @@ def as_json(results: Results) -> dict[str, Any]:
     """Every number of the run, flat, plus the ratios the targets are about and the verdicts."""
     out: dict[str, Any] = {
         "engine": results.engine,
+        "encoder": results.encoder,
         "docs": results.docs,
         "load_docs": results.load_docs,
         "clients": results.clients,
@@ -764,7 +782,7 @@ def run(options: Options) -> int:
     corpus = make_corpus(options)
     # The in-process measurements first, the server not yet started: they must not share the
     # two cores with it.
-    model = LocalModel()
+    model = raw_encoder()
     raw = measure_raw_encoder(model, corpus)
     chroma = measure_chroma(model, corpus) if options.chroma else "--no-chroma"
     if isinstance(chroma, str):
@@ -779,6 +797,7 @@ def run(options: Options) -> int:
         return 2
     results = Results(
         engine="postgresql" if options.database_url else "sqlite",
+        encoder=Settings().encoder,
         docs=len(corpus.batch),
         load_docs=len(corpus.load),
         clients=options.clients,

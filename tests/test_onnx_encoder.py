@@ -1,5 +1,5 @@
-"""The onnx encoder (`PERSONAIZER_ENCODER=onnx`): the torch encoder's vectors and rankings, an
-app serving on it through HTTP, and a cache that is reused, shared and self-repairing.
+"""The onnx encoder (`PERSONAIZER_ENCODER=onnx`, the default): the torch encoder's vectors and
+rankings, an app serving on it through HTTP, and a cache that is reused, shared and self-repairing.
 
 The graph is exported once per run (seconds) into a session cache; the cache tests that need
 another "export" get the real exported bytes through a counting stand-in, so they check the
@@ -7,8 +7,10 @@ cache's logic without paying for the exporter again. Skipped when the `onnx` ext
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import shutil
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -19,8 +21,10 @@ import pytest
 from starlette.applications import Starlette
 
 from app import onnx_export
-from app.embedding import Model
+from app.embedding import LocalModel, Model
+from app.main import model_loader
 from app.onnx_encoder import OnnxModel
+from app.settings import Settings
 from tests.conftest import AppFactory, client_for, new_key
 
 for _module in ("onnxruntime", "onnx", "onnxscript"):
@@ -204,6 +208,47 @@ async def _search(api: object, query: str) -> list[dict[str, object]]:
     hits: list[dict[str, object]] = r.json()["results"]
     assert hits
     return hits
+
+
+# --- the default ----------------------------------------------------------------------------
+
+
+def test_onnx_is_the_default_with_one_cache_for_every_data_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unset, the encoder is onnx and its export lives in the user's cache directory, shared
+    by every data dir (a new data dir must not export again); made private if missing."""
+    monkeypatch.delenv("PERSONAIZER_ENCODER", raising=False)
+    monkeypatch.delenv("PERSONAIZER_ENCODER_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    one = Settings(data_dir=tmp_path / "one")
+    two = Settings(data_dir=tmp_path / "two")
+    assert one.encoder == "onnx"
+    assert one.encoder_cache_path == two.encoder_cache_path == tmp_path / "xdg" / "personaizer"
+    assert one.encoder_cache_path.is_dir()
+    assert stat.S_IMODE(one.encoder_cache_path.stat().st_mode) == 0o700
+    loader = model_loader(one)
+    assert isinstance(loader, functools.partial) and loader.func is OnnxModel
+    assert loader.args == (tmp_path / "xdg" / "personaizer",)
+    assert loader.keywords == {"threads": 1}
+
+    # An explicit directory wins; torch is still one setting away.
+    chosen = Settings(data_dir=tmp_path / "one", encoder_cache_dir=tmp_path / "mine")
+    assert chosen.encoder_cache_path == tmp_path / "mine"
+    assert model_loader(Settings(data_dir=tmp_path, encoder="torch")) is LocalModel
+
+
+def test_without_a_writable_user_cache_the_data_dir_holds_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A container user without a home (here: the cache "directory" is a file) still starts:
+    the export is cached under the data dir instead."""
+    blocked = tmp_path / "not-a-dir"
+    blocked.write_text("x")
+    monkeypatch.delenv("PERSONAIZER_ENCODER_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocked))
+    settings = Settings(data_dir=tmp_path / "data")
+    assert settings.encoder_cache_path == tmp_path / "data" / "cache"
 
 
 # --- the cache ------------------------------------------------------------------------------

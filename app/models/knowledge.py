@@ -69,6 +69,7 @@ class _PgVector(UserDefinedType[Any]):
 # So that reflecting a PostgreSQL table (the schema check at start) knows the type.
 ischema_names["vector"] = _PgVector
 
+
 class Embedding(TypeDecorator[np.ndarray]):
     """A chunk's float32 vector, a numpy array in Python: a little-endian blob on SQLite,
     pgvector's `vector(384)` on PostgreSQL (where the HNSW index reads it)."""

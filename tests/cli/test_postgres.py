@@ -18,7 +18,9 @@ from tests.conftest import AppFactory, client_for, new_key
 pytestmark = [pytest.mark.anyio, pytest.mark.engines("postgresql")]
 
 
-async def test_accounts_and_upgrades_against_a_database_url(database_url: str, tmp_path: Path) -> None:
+async def test_accounts_and_upgrades_against_a_database_url(
+    database_url: str, tmp_path: Path
+) -> None:
     env = servers.clean_env(database_url=database_url, data_dir=str(tmp_path / "unused"))
     upgraded = servers.personaizer("db", "upgrade", env=env)
     assert upgraded.returncode == 0, upgraded.stderr

@@ -29,8 +29,6 @@ def item(external_id: str, content: str, **extra: Any) -> dict[str, Any]:
     return {"external_id": external_id, "content": content, **extra}
 
 
-
-
 async def test_batch_upsert_created_then_no_op_then_updated(
     app: Starlette, api: httpx.AsyncClient
 ) -> None:

@@ -114,6 +114,8 @@ def test_e2e_measures_every_figure(tmp_path: Path) -> None:
     missing = [name for name in FIGURES if not is_number(result.get(name))]
     assert not missing, result
     assert (result["engine"], result["docs"], result["load_docs"]) == ("sqlite", 12, 30)
+    # The raw figures come from the encoder the server ran: the default one.
+    assert result["encoder"] == "onnx"
     assert (result["clients"], result["single_docs"], result["queries"]) == (4, 6, 5)
     # Every request succeeded without a throttle, and user A was measured during the import.
     assert result["server_throttled"] == 0
