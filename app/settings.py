@@ -142,6 +142,10 @@ class Settings(BaseSettings):
     embedder_bulk_workers: int = Field(
         default_factory=lambda: max(1, min(4, usable_cores())), ge=1, le=64
     )
+    #: SQLite: megabytes of chunk float vectors each server process keeps across searches (least
+    #: recently used out; ~1.8 KB a chunk, so 64 MB holds ~36,000 chunks): a search's exact
+    #: scoring then reads from the database only the vectors no recent search read. 0: none.
+    vector_cache_mb: int = Field(default=64, ge=0, le=1_000_000)
     #: What runs the embedding model: `onnx` (ONNX Runtime; the graph is exported from the
     #: bundled weights once, ~10 s, and cached) or `torch` (sentence-transformers). Both give the
     #: same vectors, so either reads the other's index. onnx is the default: it encodes a query

@@ -19,9 +19,14 @@ from sqlmodel import SQLModel, select
 
 from app import migrations
 from app.db import Database, SchemaError, async_url
-from app.models import Chunk, User, utcnow
+from app.embedding import Embedder, Model
+from app.models import Chunk, KnowledgeDoc, KnowledgeDocItem, SearchRequest, User, utcnow
+from app.services import accounts, knowledge
+from app.services import search as search_service
+from app.services.core import Core, Principal
 from app.settings import Settings
 from tests import pg
+from tests.services.test_search import QUERIES, TOPICS, long_text
 
 pytestmark = pytest.mark.anyio
 
@@ -344,3 +349,73 @@ async def test_postgres_unreachable_is_one_line(tmp_path: Path) -> None:
         await database.migrate()
     assert "\n" not in str(info.value)
     await database.dispose()
+
+
+async def _searches(core: Core, principal: Principal) -> list[list[tuple[str, int, float]]]:
+    found = []
+    for query in QUERIES:
+        request = SearchRequest(query=query, mode="hybrid", k=5)
+        response = await search_service.search(core=core, principal=principal, request=request)
+        found.append([(h.external_id, h.chunk_index, h.score) for h in response.results])
+    return found
+
+
+async def _chunk_ids(database: Database, external_id: str | None = None) -> list[int]:
+    query = select(Chunk.id).order_by(Chunk.id)
+    if external_id is not None:
+        query = query.join(KnowledgeDoc).where(KnowledgeDoc.external_id == external_id)
+    async with database.read() as session:
+        return [i for i in (await session.execute(query)).scalars() if i is not None]
+
+
+def _doc(external_id: str, topic: str) -> KnowledgeDocItem:
+    return KnowledgeDocItem(external_id=external_id, title=None, content=long_text(topic, 20))
+
+
+async def test_revision_0004_keeps_chunk_ids_and_never_hands_one_out_again(
+    tmp_path: Path, model: Model
+) -> None:
+    """A SQLite file at 0003 with documents, upgraded: every chunk keeps its id, the vec0 and
+    FTS5 rows (keyed by it) still agree with the chunks, searches answer exactly the same; and
+    the largest id, deleted, is not handed out again, as it was at 0003 (the vector cache keys
+    vectors by chunk id)."""
+    settings = Settings.for_tests(tmp_path)
+    database = Database(settings)
+    async with database.writer.connect() as conn:
+        await conn.run_sync(lambda c: command.upgrade(migrations._config(c), "0003"))
+        await conn.commit()
+    embedder = Embedder(model=model)
+    await embedder.start()
+    try:
+        core = Core(settings=settings, db=database, embedder=embedder)
+        await accounts.create_user(core=core, email="a@x.example", plan_id="unlimited")
+        key = (await accounts.create_key(core=core, email="a@x.example")).key
+        principal = await accounts.authenticate(core=core, api_key=key)
+        items = [_doc(f"doc-{i}", topic) for i, topic in enumerate(TOPICS)]
+        await knowledge.upsert_many(core=core, principal=principal, items=items)
+        # At 0003 the largest ids come back once their rows are gone.
+        last = await _chunk_ids(database, "doc-7")
+        await knowledge.delete_doc(core=core, principal=principal, external_id="doc-7")
+        await knowledge.upsert_many(core=core, principal=principal, items=[items[7]])
+        assert await _chunk_ids(database, "doc-7") == last
+        before, ids = await _searches(core, principal), await _chunk_ids(database)
+        await database.dispose()
+
+        database = Database(settings)
+        assert (await database.migrate()).revision == "0003"
+        core = Core(settings=settings, db=database, embedder=embedder)
+        assert await _chunk_ids(database) == ids
+        async with database.read() as session:
+            for table in ("SELECT chunk_id FROM chunk_vectors", "SELECT rowid FROM chunk_fts"):
+                rows = (await session.execute(text(f"{table} ORDER BY 1"))).scalars()
+                assert list(rows) == ids, table
+            sequence = "SELECT seq FROM sqlite_sequence WHERE name = 'chunks'"
+            assert (await session.execute(text(sequence))).scalar_one() == ids[-1]
+        assert await _searches(core, principal) == before
+
+        await knowledge.delete_doc(core=core, principal=principal, external_id="doc-7")
+        await knowledge.upsert_many(core=core, principal=principal, items=[_doc("new", "tea")])
+        assert min(await _chunk_ids(database, "new")) == ids[-1] + 1
+    finally:
+        await embedder.stop()
+        await database.dispose()

@@ -141,11 +141,13 @@ class SearchIndex(Protocol):
         """How many chunks of the user the index holds."""
 
 
-def for_dialect(dialect: Dialect) -> SearchIndex:
+def for_dialect(dialect: Dialect, *, vector_cache_bytes: int = 0) -> SearchIndex:
+    """The engine's index; SQLite's keeps up to `vector_cache_bytes` of float vectors across
+    searches (app/index/vector_cache.py; PostgreSQL scores in SQL and keeps none)."""
     if dialect == "sqlite":
         from app.index.sqlite import SqliteIndex
 
-        return SqliteIndex()
+        return SqliteIndex(vector_cache_bytes=vector_cache_bytes)
     from app.index.postgres import PostgresIndex
 
     return PostgresIndex()

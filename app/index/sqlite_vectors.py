@@ -39,6 +39,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.embedding import DIMS, Vectors
+from app.index.vector_cache import Entry, VectorCache
 
 #: Bytes of one quantized vector; the scan reads them as `DIMS // 64` 64-bit words.
 BIT_BYTES = DIMS // 8
@@ -175,42 +176,54 @@ def similarities(matrix: npt.NDArray[np.float32], vector: np.ndarray) -> npt.NDA
 class FloatVectors:
     """Float vectors read for exact scoring, kept for the rest of one search (its feedback
     pass scores many of the same chunks again): row `i` of `matrix` is chunk `ids[i]`, whose
-    document is `doc_ids[docs[i]]`."""
+    document is `doc_ids[docs[i]]`. With a `VectorCache`, vectors other searches read are taken
+    from it and those read here are put in it (why that is exact: app/index/vector_cache.py)."""
 
-    def __init__(self) -> None:
+    def __init__(self, cache: VectorCache | None = None) -> None:
         self.rows: dict[int, int] = {}
         self.doc_ids: list[str] = []
+        self._cache = cache
         self._doc_numbers: dict[str, int] = {}
         self._docs: list[int] = []
         self._matrix: npt.NDArray[np.float32] = np.zeros((0, DIMS), dtype=np.float32)
         self._doc_array: npt.NDArray[np.intp] = np.zeros(0, dtype=np.intp)
 
     def load(self, conn: sqlean.Connection, chunk_ids: Iterable[int]) -> None:
-        """Read the vectors of those of `chunk_ids` not held yet (in ascending id order:
-        neighbouring rows share pages). Chunks deleted meanwhile are simply not found."""
+        """Hold the vectors of those of `chunk_ids` not held yet: from the cache, else read (in
+        ascending id order: neighbouring rows share pages). Rows are added in ascending id order
+        whichever way they came, so the matrix is the same with or without a cache. Chunks
+        deleted meanwhile are simply not found."""
         missing = sorted(set(chunk_ids) - self.rows.keys())
-        blocks: list[npt.NDArray[np.float32]] = []
-        for start in range(0, len(missing), _BATCH):
-            rows = conn.execute(
-                "SELECT c.id, c.doc_id, c.embedding"
-                " FROM json_each(?) AS j CROSS JOIN chunks AS c ON c.id = j.value",
-                (json.dumps(missing[start : start + _BATCH]),),
-            ).fetchall()
-            if not rows:
+        if not missing:
+            return
+        if self._cache is None:
+            found: dict[int, Entry] = {}
+            unread = missing
+        else:
+            found, unread = self._cache.get_many(missing)
+        read = _read_entries(conn, unread)
+        if not read:
+            if not found:
+                return
+        elif self._cache is not None:
+            self._cache.put_many(read.items())
+        found.update(read)
+        blobs: list[bytes] = []
+        base = len(self.rows)
+        for chunk_id in missing:
+            entry = found.get(chunk_id)
+            if entry is None:
                 continue
-            base = len(self.rows)
-            for offset, (chunk_id, doc_id, _) in enumerate(rows):
-                self.rows[int(chunk_id)] = base + offset
-                number = self._doc_numbers.setdefault(str(doc_id), len(self.doc_ids))
-                if number == len(self.doc_ids):
-                    self.doc_ids.append(str(doc_id))
-                self._docs.append(number)
-            blocks.append(
-                np.frombuffer(b"".join(r[2] for r in rows), dtype=np.float32).reshape(-1, DIMS)
-            )
-        if blocks:
-            self._matrix = np.concatenate([self._matrix, *blocks])
-            self._doc_array = np.asarray(self._docs, dtype=np.intp)
+            doc_id, blob = entry
+            self.rows[chunk_id] = base + len(blobs)
+            number = self._doc_numbers.setdefault(doc_id, len(self.doc_ids))
+            if number == len(self.doc_ids):
+                self.doc_ids.append(doc_id)
+            self._docs.append(number)
+            blobs.append(blob)
+        block = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(-1, DIMS)
+        self._matrix = np.concatenate([self._matrix, block]) if base else block
+        self._doc_array = np.asarray(self._docs, dtype=np.intp)
 
     def vector(self, chunk_id: int) -> npt.NDArray[np.float32] | None:
         row = self.rows.get(chunk_id)
@@ -234,6 +247,23 @@ class FloatVectors:
         return [
             (int(ids[i]), self.doc_ids[self._doc_array[rows[i]]], float(scores[i])) for i in best
         ]
+
+
+def _read_entries(conn: sqlean.Connection, chunk_ids: Sequence[int]) -> dict[int, Entry]:
+    """The (document id, vector bytes) of those of `chunk_ids` (ascending) that exist, read
+    `_BATCH` ids a statement; a document's id is one string object for all of its chunks."""
+    entries: dict[int, Entry] = {}
+    doc_ids: dict[str, str] = {}
+    for start in range(0, len(chunk_ids), _BATCH):
+        rows = conn.execute(
+            "SELECT c.id, c.doc_id, c.embedding"
+            " FROM json_each(?) AS j CROSS JOIN chunks AS c ON c.id = j.value",
+            (json.dumps(chunk_ids[start : start + _BATCH]),),
+        ).fetchall()
+        for chunk_id, doc_id, blob in rows:
+            doc = doc_ids.setdefault(str(doc_id), str(doc_id))
+            entries[int(chunk_id)] = (doc, bytes(blob))
+    return entries
 
 
 def scan_per_doc(

@@ -98,8 +98,11 @@ class Chunk(SQLModel, table=True):
     """One embedded window of a document. Its id is the rowid in the vector and FTS indexes."""
 
     __tablename__ = "chunks"
+    #: SQLite: ids are never reused (revision 0004), so an id names one vector for good, which
+    #: the search's vector cache relies on (app/index/vector_cache.py).
+    __table_args__ = {"sqlite_autoincrement": True}
 
-    #: SQLite: INTEGER PRIMARY KEY, the rowid its vec0 and FTS5 rows share.
+    #: SQLite: INTEGER PRIMARY KEY AUTOINCREMENT, the rowid its vec0 and FTS5 rows share.
     id: int | None = Field(
         default=None,
         sa_column=Column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True),

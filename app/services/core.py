@@ -9,7 +9,7 @@ from app.db import Database
 from app.embedding import Embedder
 from app.index import SearchIndex, for_dialect
 from app.services.usage import RequestCounter
-from app.settings import Plan, Settings
+from app.settings import MiB, Plan, Settings
 
 
 @dataclass
@@ -23,7 +23,9 @@ class Core:
     requests: RequestCounter = field(default_factory=RequestCounter)
 
     def __post_init__(self) -> None:
-        self.index = for_dialect(self.db.dialect)
+        self.index = for_dialect(
+            self.db.dialect, vector_cache_bytes=self.settings.vector_cache_mb * MiB
+        )
 
     def plan(self, plan_id: str) -> Plan:
         plans = self.settings.all_plans
