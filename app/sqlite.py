@@ -42,6 +42,7 @@ from sqlalchemy.dialects.sqlite.aiosqlite import (
     AsyncAdapt_aiosqlite_connection,
     AsyncAdapt_aiosqlite_cursor,
     AsyncAdapt_aiosqlite_dbapi,
+    AsyncAdapt_aiosqlite_ss_cursor,
     SQLiteDialect_aiosqlite,
 )
 from sqlalchemy.engine import Connection
@@ -86,15 +87,26 @@ _AIOSQLEAN = types.SimpleNamespace(
 )
 
 
+#: The statements the engines' `begin` event sends (app/db.py), which `OneHopCursor` holds back.
+BEGINS = frozenset({"BEGIN", "BEGIN IMMEDIATE"})
+
 #: What one statement leaves behind: description, rows, rowcount, lastrowid.
 _Outcome = tuple[Any, list[Any], int, int | None]
 
 
 def _run_statement(
-    connection: aiosqlite.Connection, operation: Any, parameters: Any, *, many: bool
+    connection: aiosqlite.Connection,
+    operation: Any,
+    parameters: Any,
+    *,
+    many: bool,
+    begin: str | None = None,
 ) -> _Outcome:
     """One statement from start to end, on aiosqlite's worker thread: the sqlite3 cursor is
-    made, executed, drained and closed there, so the event loop waits for one hop only."""
+    made, executed, drained and closed there, so the event loop waits for one hop only. A
+    `begin` held back by `OneHopCursor` opens the transaction first, in the same hop."""
+    if begin is not None:
+        connection._conn.execute(begin)
     cursor = connection._conn.cursor()
     try:
         if many:
@@ -168,21 +180,95 @@ class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
     async def _run(self, operation: Any, parameters: Any, *, many: bool) -> None:
         # Errors propagate to the base execute()/executemany(), which map them through
         # _handle_exception (IntegrityError, OperationalError, a closed connection).
-        async with self._adapt_connection._execute_mutex:
+        adapted: OneHopConnection = self._adapt_connection  # type: ignore[assignment]
+        if not many and not parameters and operation in BEGINS:
+            # Held back: it runs in the next statement's hop (`OneHopConnection`).
+            adapted._begin = operation
+            self._description, self._rowcount, self._lastrowid = None, -1, None
+            self._rows = collections.deque()
+            return
+        async with adapted._execute_mutex:
             connection: Any = self._connection
+            begin, adapted._begin = adapted._begin, None
             outcome: _Outcome = await connection._execute(
-                _run_statement, connection, operation, parameters, many=many
+                _run_statement, connection, operation, parameters, many=many, begin=begin
             )
         self._description, rows, self._rowcount, self._lastrowid = outcome
         self._rows = collections.deque(rows)
 
 
-class OneHopConnection(AsyncAdapt_aiosqlite_connection):
-    """SQLAlchemy's aiosqlite connection whose (non-streaming) cursors are `OneHopCursor`s."""
+class BeginFirstCursor(AsyncAdapt_aiosqlite_ss_cursor):
+    """SQLAlchemy's server-side (streaming) cursor, which opens a held-back transaction before
+    its statement (a hop of its own: streams are rare and long)."""
 
     __slots__ = ()
+
+    async def _execute_async(self, operation: Any, parameters: Any) -> Any:
+        await self._adapt_connection.open_held_transaction()  # type: ignore[attr-defined]
+        return await super()._execute_async(operation, parameters)
+
+    async def _executemany_async(self, operation: Any, seq_of_parameters: Any) -> Any:
+        await self._adapt_connection.open_held_transaction()  # type: ignore[attr-defined]
+        return await super()._executemany_async(operation, seq_of_parameters)
+
+
+class OneHopConnection(AsyncAdapt_aiosqlite_connection):
+    """SQLAlchemy's aiosqlite connection whose (non-streaming) cursors are `OneHopCursor`s, and
+    which saves the hops a transaction's ends cost when they do nothing:
+
+    - BEGIN (the engines' `begin` event, `install_pragmas`) is held back and sent in the hop of
+      the transaction's first statement (or `run_on_connection`'s function, or a stream's first
+      statement): the transaction begins at the same point of the same connection's work (a
+      deferred SQLite transaction takes its snapshot at that statement anyway); BEGIN IMMEDIATE
+      takes the write lock then, and a busy lock is that statement's OperationalError, as a
+      refused BEGIN was (SQLAlchemy sends the begin lazily, right before it, already).
+    - ROLLBACK and COMMIT with no transaction open skip their hop: a held-back BEGIN that no
+      statement followed is dropped, and a connection not in a transaction (SQLite's own
+      autocommit flag, read directly: nothing else runs on the connection meanwhile) has
+      nothing to end. The pool's reset on return is such a rollback after a session's own.
+    A read session of one statement went from four hops (BEGIN, statement, ROLLBACK, ROLLBACK)
+    to two."""
+
+    __slots__ = ("_begin",)
+
     # The base's unannotated `_cursor_cls = <class>` reads to mypy as a type alias.
     _cursor_cls = OneHopCursor  # type: ignore[assignment]
+    _ss_cursor_cls = BeginFirstCursor
+
+    def __init__(self, dbapi: Any, connection: Any) -> None:
+        super().__init__(dbapi, connection)
+        #: A BEGIN statement not sent yet.
+        self._begin: str | None = None
+
+    def take_held_begin(self) -> str | None:
+        begin, self._begin = self._begin, None
+        return begin
+
+    async def open_held_transaction(self) -> None:
+        begin = self.take_held_begin()
+        if begin is not None:
+            connection: Any = self._connection
+            async with self._execute_mutex:
+                await connection._execute(_execute_only, connection, begin)
+
+    def rollback(self) -> None:
+        if not self._ends_nothing():
+            super().rollback()
+
+    def commit(self) -> None:
+        if not self._ends_nothing():
+            super().commit()
+
+    def _ends_nothing(self) -> bool:
+        if self.take_held_begin() is not None:
+            return True  # nothing ran since BEGIN: no transaction was opened
+        driver: Any = self._connection
+        conn = driver._connection
+        return conn is not None and not conn.in_transaction
+
+
+def _execute_only(connection: aiosqlite.Connection, statement: str) -> None:
+    connection._conn.execute(statement)
 
 
 class _SqleanAiosqliteDBAPI(AsyncAdapt_aiosqlite_dbapi):
@@ -260,11 +346,20 @@ async def run_on_connection(session: AsyncSession, fn: Callable[[sqlean.Connecti
     connection = await session.connection()
     raw = await connection.get_raw_connection()
     driver: aiosqlite.Connection = raw.driver_connection  # type: ignore[assignment]
+    adapted: OneHopConnection = raw.dbapi_connection  # type: ignore[assignment]
     try:
         # Checked here, not by catching ValueError: `fn` may raise one of its own (a bug).
         if not driver._running or driver._connection is None:
             raise sqlean.OperationalError("no active connection")
-        return await driver._execute(fn, driver._connection)  # type: ignore[no-untyped-call,no-any-return]
+        begin = adapted.take_held_begin()
+
+        def run(conn: sqlean.Connection) -> T:
+            if begin is not None:
+                conn.execute(begin)
+            return fn(conn)
+
+        async with adapted._execute_mutex:
+            return await driver._execute(run, driver._connection)  # type: ignore[no-untyped-call,no-any-return]
     except sqlean.Error as exc:
         gone = connection.dialect.is_disconnect(exc, raw, None)
         if gone:

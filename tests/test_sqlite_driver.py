@@ -65,8 +65,8 @@ async def test_a_read_is_one_hop_per_statement(database: Database, hops: Hops) -
         await session.execute(text("INSERT INTO scratch (name) VALUES ('a'), ('b'), ('c')"))
     hops.take()
     async with database.read() as session:
-        await session.execute(text("SELECT 1"))  # BEGIN and this statement
-        assert len(hops.take()) == 2
+        await session.execute(text("SELECT 1"))  # BEGIN sent in this statement's hop
+        assert hops.take() == ["_run_statement"]
         result = await session.execute(text("SELECT id, name FROM scratch ORDER BY id"))
         assert len(hops.take()) == 1
         assert list(result.keys()) == ["id", "name"]
@@ -78,8 +78,74 @@ async def test_a_read_is_one_hop_per_statement(database: Database, hops: Hops) -
         assert result.fetchone() == ("c",)
         assert result.fetchone() is None
         assert len(hops.take()) == 2
-    # Ending the session rolls back: no cursor is left to close.
-    assert "_run_statement" not in hops.take()
+    # Ending the session rolls back once (the pool's reset finds no transaction left to end),
+    # and no cursor is left to close.
+    assert hops.take() == ["rollback"]
+    # A session that ran nothing costs no hop: its BEGIN was never sent.
+    async with database.read():
+        pass
+    async with database.write():
+        pass
+    assert hops.take() == []
+
+
+async def test_a_held_back_begin_still_holds_one_snapshot(database: Database, hops: Hops) -> None:
+    """The BEGIN sent with the first statement opens a real transaction, whichever way the
+    session's first read goes (a statement, `run_on_connection`, a stream): a write committed
+    after it is not seen by the session's later reads."""
+
+    def count(conn: sqlean.Connection) -> int:
+        return int(conn.execute("SELECT count(*) FROM scratch").fetchone()[0])
+
+    async def add(name: str) -> None:
+        async with database.write() as writing:
+            await writing.execute(text("INSERT INTO scratch (name) VALUES (:n)"), {"n": name})
+
+    statement = text("SELECT count(*) FROM scratch")
+    firsts = {
+        "statement": lambda s: s.scalar(statement),
+        "function": lambda s: run_on_connection(s, count),
+        "stream": lambda s: _streamed_count(s),
+    }
+    for n, (how, first) in enumerate(firsts.items()):
+        async with database.read() as session:
+            before = await first(session)
+            assert before == n, how
+            await add(f"{how}-after")
+            assert await session.scalar(statement) == before, how
+            assert await run_on_connection(session, count) == before, how
+        async with database.read() as session:
+            assert await session.scalar(statement) == before + 1, how
+
+
+async def _streamed_count(session: Any) -> int:
+    result = await session.stream(text("SELECT count(*) FROM scratch"))
+    (row,) = [row async for row in result]
+    return int(row[0])
+
+
+async def test_a_write_takes_its_lock_with_its_first_statement(
+    database: Database, tmp_path: Path
+) -> None:
+    """BEGIN IMMEDIATE goes out with the write's first statement: another process's writer
+    holding the lock makes that statement wait, then fail with the busy 503, as before."""
+    other = sqlean.connect(str(tmp_path / "personaizer.db"), isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        impatient = Database(Settings.for_tests(tmp_path, busy_timeout_s=0.2))
+        try:
+            with pytest.raises(Unavailable):
+                async with impatient.write() as session:
+                    await session.execute(text("INSERT INTO scratch (name) VALUES ('w')"))
+        finally:
+            await impatient.dispose()
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+    async with database.write() as session:
+        await session.execute(text("INSERT INTO scratch (name) VALUES ('w')"))
+    async with database.read() as session:
+        assert await session.scalar(text("SELECT count(*) FROM scratch")) == 1
 
 
 async def test_writes_keep_lastrowid_and_rowcount_in_one_hop(
