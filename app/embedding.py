@@ -52,11 +52,15 @@ DIMS = EMBEDDING_DIMS
 class Model(Protocol):
     """What the batching queue needs of a model: a blocking, thread-safe encode. `concurrent`:
     how many encodes are running at once, this one included (a model with its own thread pool
-    takes its share of the cores; others may ignore it)."""
+    takes its share of the cores; others may ignore it). `urgent`: someone waits for this one
+    (a search's query), so it may take more of the machine than its share; documents are
+    throughput work and are not urgent."""
 
     dims: int
 
-    def encode(self, texts: Sequence[str], *, concurrent: int = 1) -> Vectors: ...
+    def encode(
+        self, texts: Sequence[str], *, concurrent: int = 1, urgent: bool = False
+    ) -> Vectors: ...
 
 
 class LocalModel:
@@ -85,7 +89,9 @@ class LocalModel:
         self._threads = torch_threads()
         self._prepared = threading.local()
 
-    def encode(self, texts: Sequence[str], *, concurrent: int = 1) -> Vectors:
+    def encode(self, texts: Sequence[str], *, concurrent: int = 1, urgent: bool = False) -> Vectors:
+        """`urgent` changes nothing here: torch's share of the threads already follows
+        `concurrent`, and a lone call (urgent or not) takes all of them."""
         import torch
 
         threads = max(1, self._threads // max(1, concurrent))
@@ -280,7 +286,10 @@ class Embedder:
     async def _load(self) -> None:
         loop = asyncio.get_running_loop()
         try:
-            self.model = await loop.run_in_executor(self._bulk_pools[0], self.loader)
+            # On the query lane's thread, not a bulk worker's: threads a model starts while
+            # loading (ONNX Runtime's pools) inherit its CPU priority, and the bulk workers'
+            # is lowered (`_yield_cpu`).
+            self.model = await loop.run_in_executor(self._query_pool, self.loader)
             # The model is most of the heap (half a million objects) and lives as long as the
             # process: out of the collector's sight, a full collection no longer walks it
             # (0.3-0.8 s holding the interpreter, the event loop included).
@@ -340,14 +349,16 @@ class Embedder:
         finally:
             del self._waiting[id(job)]
 
-    async def _encode(self, pool: ThreadPoolExecutor, texts: list[str]) -> Vectors:
+    async def _encode(
+        self, pool: ThreadPoolExecutor, texts: list[str], *, urgent: bool = False
+    ) -> Vectors:
         model = self.model
         assert model is not None
         loop = asyncio.get_running_loop()
         self._running += 1
         try:
             vectors = await loop.run_in_executor(
-                pool, partial(model.encode, texts, concurrent=self._running)
+                pool, partial(model.encode, texts, concurrent=self._running, urgent=urgent)
             )
         finally:
             self._running -= 1
@@ -370,7 +381,9 @@ class Embedder:
             if not jobs:
                 continue
             try:
-                vectors = await self._encode(self._query_pool, [t for j in jobs for t in j.texts])
+                vectors = await self._encode(
+                    self._query_pool, [t for j in jobs for t in j.texts], urgent=True
+                )
             except Exception as exc:
                 for j in jobs:
                     if not j.future.done():

@@ -65,7 +65,12 @@ def model_loader(settings: Settings) -> Callable[[], Model]:
     if settings.encoder == "onnx":
         from app.onnx_encoder import OnnxModel
 
-        return partial(OnnxModel, settings.encoder_cache_path, threads=settings.encoder_threads)
+        return partial(
+            OnnxModel,
+            settings.encoder_cache_path,
+            threads=settings.encoder_threads,
+            urgent_threads=settings.encoder_query_thread_count,
+        )
     return LocalModel
 
 

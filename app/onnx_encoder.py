@@ -79,30 +79,44 @@ class OnnxModel:
         cache_dir: Path,
         *,
         threads: int = DEFAULT_THREADS,
+        urgent_threads: int | None = None,
         optimization: str = "ORT_ENABLE_ALL",
         spin: bool = False,
         arena: bool = False,
     ) -> None:
         """Load (or export once) the graph cached in `cache_dir`, with ONNX Runtime's session
         options: `threads` (intra-op), `optimization` (a `GraphOptimizationLevel` name), `spin`
-        (worker threads busy-wait for work) and `arena` (the CPU memory arena).
-
-        Both off by default. Spinning threads burn a core between calls that the event loop
+        (worker threads busy-wait for work) and `arena` (the CPU memory arena). `spin` and `arena`:
+        both off by default. Spinning threads burn a core between calls that the event loop
         and other processes need, and were no faster. The arena keeps the largest batch's
         buffers for good: RSS grew to 1.1 GB after three calls of 32 x 256 tokens, against
-        0.3 GB without it (torch: 0.56-0.67 GB); batches ran up to 10% faster with it."""
+        0.3 GB without it (torch: 0.56-0.67 GB); batches ran up to 10% faster with it.
+
+        `urgent_threads` (default: `threads`): the intra-op threads of urgent calls (a search's
+        query, which someone waits for), in a second session over the same graph when they
+        differ (about 90 MB more). A session's threads are fixed when it is made, so the two
+        kinds of call each get their own: documents one thread a call, side by side in the
+        embedder's bulk workers (throughput; a lone upload never holds every core), queries
+        every core (latency: on 2 cores a query encoded in 6 ms on two threads against 8 on
+        one, the keyword ranking running beside it all the same)."""
         check_available()
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, optimization)
-        options.enable_cpu_mem_arena = arena
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+        def options(intra_op: int) -> Any:
+            made = ort.SessionOptions()
+            made.intra_op_num_threads = intra_op
+            made.inter_op_num_threads = 1
+            made.graph_optimization_level = getattr(ort.GraphOptimizationLevel, optimization)
+            made.enable_cpu_mem_arena = arena
+            made.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+            return made
+
+        def session(data: bytes, intra_op: int) -> Any:
+            return ort.InferenceSession(data, options(intra_op), providers=["CPUExecutionProvider"])
+
         data, exported = load_or_export(cache_dir)
         try:
-            session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+            main = session(data, threads)
         except Exception:
             if exported:
                 raise
@@ -111,10 +125,12 @@ class OnnxModel:
             log.warning("the cached ONNX model does not load; exporting it again", exc_info=True)
             remove_cached(cache_dir)
             data, exported = load_or_export(cache_dir)
-            session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+            main = session(data, threads)
+        urgent_threads = threads if urgent_threads is None else urgent_threads
         #: True when this load exported the graph (there was no valid cached file).
         self.exported = exported
-        self._session = session
+        self._session = main
+        self._urgent = main if urgent_threads == threads else session(data, urgent_threads)
         self._tokenizer = load_tokenizer()
         self._tokenizer_lock = threading.Lock()
 
@@ -123,21 +139,29 @@ class OnnxModel:
         """The options the runtime's session runs with (`ort.SessionOptions`)."""
         return self._session.get_session_options()
 
-    def encode(self, texts: Sequence[str], *, concurrent: int = 1) -> Vectors:
-        """`concurrent` is not used: the session's threads are fixed when it is made."""
+    @property
+    def urgent_session_options(self) -> Any:
+        """The options urgent calls' session runs with (the same session unless their threads
+        differ)."""
+        return self._urgent.get_session_options()
+
+    def encode(self, texts: Sequence[str], *, concurrent: int = 1, urgent: bool = False) -> Vectors:
+        """`concurrent` is not used: a session's threads are fixed when it is made; `urgent`
+        calls run on the urgent session."""
+        session = self._urgent if urgent else self._session
         out = np.empty((len(texts), DIMS), dtype=np.float32)
         for rows in _batches([len(t) for t in texts], BATCH_SIZE):
-            out[rows] = self._run([texts[i] for i in rows])
+            out[rows] = self._run(session, [texts[i] for i in rows])
         return out
 
-    def _run(self, texts: list[str]) -> Vectors:
+    def _run(self, session: Any, texts: list[str]) -> Vectors:
         with self._tokenizer_lock:
             encodings = self._tokenizer.encode_batch(texts)
         ids = np.asarray([e.ids for e in encodings], dtype=np.int64)
         mask = np.asarray([e.attention_mask for e in encodings], dtype=np.int64)
         types = np.asarray([e.type_ids for e in encodings], dtype=np.int64)
         feed = dict(zip(INPUTS, (ids, mask, types), strict=True))
-        (vectors,) = self._session.run([OUTPUT], feed)
+        (vectors,) = session.run([OUTPUT], feed)
         return np.asarray(vectors, dtype=np.float32)
 
 

@@ -159,6 +159,10 @@ class Settings(BaseSettings):
     #: event loop and measured fastest for single queries on 2 cores; more help bulk writes on
     #: larger machines. (The torch encoder follows torch's own setting, OMP_NUM_THREADS.)
     encoder_threads: int = Field(default=1, ge=0, le=256)
+    #: The onnx encoder's threads for a search's query, which someone waits for (0: every core
+    #: this process may run on): a second session over the same graph when it differs from
+    #: `encoder_threads` (app/onnx_encoder.py).
+    encoder_query_threads: int = Field(default=0, ge=0, le=256)
     log_level: str = "INFO"
     #: Where the operator runs it: "local" allows development defaults such as a generated
     #: session secret; anything else requires explicit secrets.
@@ -245,6 +249,10 @@ class Settings(BaseSettings):
     @property
     def graphiql_enabled(self) -> bool:
         return self.graphiql if self.graphiql is not None else self.environment != "production"
+
+    @property
+    def encoder_query_thread_count(self) -> int:
+        return self.encoder_query_threads or usable_cores()
 
     @property
     def encoder_cache_path(self) -> Path:

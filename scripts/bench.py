@@ -103,7 +103,7 @@ class RandomModel:
     def __init__(self, seed: int = 7) -> None:
         self._rng = np.random.default_rng(seed)
 
-    def encode(self, texts: Sequence[str], *, concurrent: int = 1) -> Vectors:
+    def encode(self, texts: Sequence[str], *, concurrent: int = 1, urgent: bool = False) -> Vectors:
         return _unit(self._rng.standard_normal((len(texts), DIMS)))
 
 

@@ -37,17 +37,19 @@ class Recorder:
     dims: int = 384
     calls: list[tuple[str, list[str]]] = field(default_factory=list)
     concurrency: list[int] = field(default_factory=list)
+    urgency: list[bool] = field(default_factory=list)
     niceness: list[int] = field(default_factory=list)
     begun: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(0))
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def encode(self, texts: Sequence[str], *, concurrent: int = 1) -> Vectors:
+    def encode(self, texts: Sequence[str], *, concurrent: int = 1, urgent: bool = False) -> Vectors:
         with self.lock:
             self.calls.append((threading.current_thread().name, list(texts)))
             self.concurrency.append(concurrent)
+            self.urgency.append(urgent)
             self.niceness.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
         self.begun.release()
-        return self.model.encode(texts, concurrent=concurrent)
+        return self.model.encode(texts, concurrent=concurrent, urgent=urgent)
 
     def call_of(self, text: str) -> int:
         return next(i for i, (_, texts) in enumerate(self.calls) if text in texts)
@@ -155,10 +157,19 @@ async def test_two_workers_encode_one_upload_side_by_side_in_order(
     embedder, recorder = two_workers
     lone = await embedder.embed(["A lone document has the cores to itself."])
     assert recorder.concurrency == [1]  # alone: all of the model's threads
+    assert recorder.urgency == [False]  # a document: throughput work
+    query = await embedder.embed(["a search's query"], lane="query")
+    assert recorder.urgency[-1] is True  # someone waits for it
+    assert recorder.calls[-1][0].startswith("embedder-query")
+    assert np.allclose(query, recorder.model.encode(["a search's query"]), atol=1e-5)
+    recorder.calls.clear()
+    recorder.concurrency.clear()
+    recorder.urgency.clear()
     vectors = await embedder.embed(TEXTS)  # 12 micro-batches of 8
     threads = {name for name, texts in recorder.calls[1:]}
     assert len(threads) == 2 and all("bulk" in name for name in threads)
     assert 2 in recorder.concurrency[1:]  # side by side, each told to take its share
+    assert not any(recorder.urgency)
     # Micro-batches finish in any order; row i is still TEXTS[i]'s vector.
     assert np.allclose(vectors, recorder.model.encode(TEXTS), atol=1e-5)
     assert np.allclose(
@@ -186,7 +197,7 @@ class Gate:
         self.begun = 0
         self.finished: list[bool] = []  # per call finished: whether it held the marker
 
-    def encode(self, texts: Sequence[str], *, concurrent: int = 1) -> Vectors:
+    def encode(self, texts: Sequence[str], *, concurrent: int = 1, urgent: bool = False) -> Vectors:
         held = self.marker in texts
         with self.state:
             self.begun += 1
@@ -201,7 +212,7 @@ class Gate:
         try:
             if held and self.fail:
                 raise RuntimeError("the model failed on this micro-batch")
-            return self.model.encode(texts, concurrent=concurrent)
+            return self.model.encode(texts, concurrent=concurrent, urgent=urgent)
         finally:
             with self.state:
                 self.finished.append(held)
@@ -258,9 +269,9 @@ class Held:
     dims: int = 384
     release: threading.Event = field(default_factory=threading.Event)
 
-    def encode(self, texts: Sequence[str], *, concurrent: int = 1) -> Vectors:
+    def encode(self, texts: Sequence[str], *, concurrent: int = 1, urgent: bool = False) -> Vectors:
         assert self.release.wait(timeout=60)
-        return self.model.encode(texts, concurrent=concurrent)
+        return self.model.encode(texts, concurrent=concurrent, urgent=urgent)
 
 
 async def test_an_upload_cancelled_on_two_workers_leaves_the_lane_working(

@@ -24,7 +24,7 @@ from app import onnx_export
 from app.embedding import LocalModel, Model
 from app.main import model_loader
 from app.onnx_encoder import OnnxModel
-from app.settings import Settings
+from app.settings import Settings, usable_cores
 from tests.conftest import AppFactory, client_for, new_key
 
 for _module in ("onnxruntime", "onnx", "onnxscript"):
@@ -155,6 +155,24 @@ def test_same_top_10_as_torch(model: Model, onnx_model: OnnxModel) -> None:
     assert top10(onnx_model.encode) == top10(model.encode)
 
 
+def test_urgent_calls_run_on_their_own_session_with_the_same_vectors(
+    onnx_cache: Path, onnx_model: OnnxModel
+) -> None:
+    """A query (urgent) runs on a session of its own thread count, documents on the other;
+    both give the same vectors, and equal thread counts share one session."""
+    model = OnnxModel(onnx_cache, threads=1, urgent_threads=2)
+    assert model.session_options.intra_op_num_threads == 1
+    assert model.urgent_session_options.intra_op_num_threads == 2
+    texts = TEXTS[:12]
+    plain = model.encode(texts)
+    urgent = model.encode(texts, urgent=True)
+    assert np.allclose(plain, urgent, atol=1e-5)
+    assert np.allclose(plain, onnx_model.encode(texts), atol=1e-5)
+    same = OnnxModel(onnx_cache, threads=2, urgent_threads=2)
+    assert same.urgent_session_options is not None
+    assert same._urgent is same._session
+
+
 @pytest.mark.anyio
 async def test_an_app_on_the_onnx_encoder_serves_put_and_search(
     make_app: AppFactory, onnx_cache: Path, onnx_model: OnnxModel, tmp_path: Path
@@ -179,12 +197,14 @@ async def test_an_app_on_the_onnx_encoder_serves_put_and_search(
         encoder="onnx",
         encoder_cache_dir=onnx_cache,
         encoder_threads=2,
+        encoder_query_threads=1,
     )
     embedder = onnx_app.state.core.embedder
     await embedder.wait_ready()
     assert isinstance(embedder.model, OnnxModel), embedder.load_error
     assert not embedder.model.exported  # the run's cache was reused
     assert embedder.model.session_options.intra_op_num_threads == 2
+    assert embedder.model.urgent_session_options.intra_op_num_threads == 1
     async with client_for(onnx_app, **{"X-Api-Key": key}) as api:
         assert (await api.get("/healthz")).status_code == 200
         after = await _search(api, "heat transfer in hypersonic flow")
@@ -230,7 +250,7 @@ def test_onnx_is_the_default_with_one_cache_for_every_data_dir(
     loader = model_loader(one)
     assert isinstance(loader, functools.partial) and loader.func is OnnxModel
     assert loader.args == (tmp_path / "xdg" / "personaizer",)
-    assert loader.keywords == {"threads": 1}
+    assert loader.keywords == {"threads": 1, "urgent_threads": usable_cores()}
 
     # An explicit directory wins; torch is still one setting away.
     chosen = Settings(data_dir=tmp_path / "one", encoder_cache_dir=tmp_path / "mine")
