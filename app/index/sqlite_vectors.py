@@ -123,6 +123,18 @@ class Bits:
 def read_bits(conn: sqlean.Connection, user_id: int, within: np.ndarray | None) -> Bits:
     """The user's bit vectors, read straight from vec0's blocks (one row per 1,024 chunks),
     the deleted slots left out, restricted to `within` (sorted chunk ids) when given."""
+    bits = read_all_bits(conn, user_id)
+    return bits if within is None else restrict_bits(bits, within)[0]
+
+
+def restrict_bits(bits: Bits, within: np.ndarray) -> tuple[Bits, npt.NDArray[np.intp]]:
+    """Those of `bits` among `within` (sorted chunk ids), and their positions in `bits`."""
+    keep = np.flatnonzero(np.isin(bits.ids, within, assume_unique=True))
+    return Bits(bits.ids[keep], bits.words[keep]), keep
+
+
+def read_all_bits(conn: sqlean.Connection, user_id: int) -> Bits:
+    """All of the user's bit vectors (`read_bits` unrestricted)."""
     rows = conn.execute(
         "SELECT c.validity, c.rowids, v.vectors"
         " FROM chunk_vectors_chunks AS c"
@@ -138,16 +150,19 @@ def read_bits(conn: sqlean.Connection, user_id: int, within: np.ndarray | None) 
     ids = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.int64)
     words = np.frombuffer(b"".join(r[2] for r in rows), dtype=np.uint64).reshape(-1, _WORDS)
     keep = np.flatnonzero(valid)
-    if within is not None:
-        keep = keep[np.isin(ids[keep], within, assume_unique=True)]
     return Bits(ids[keep], words[keep])
 
 
 def nearest_bits(bits: Bits, vector: np.ndarray, n: int) -> npt.NDArray[np.int64]:
     """The ids of the (at most) `n` chunks of `bits` nearest to `vector` by Hamming distance,
     nearest first, ties by id."""
+    return bits.ids[nearest_positions(bits, vector, n)]
+
+
+def nearest_positions(bits: Bits, vector: np.ndarray, n: int) -> npt.NDArray[np.intp]:
+    """`nearest_bits` as positions in `bits`."""
     if not len(bits.ids):
-        return bits.ids
+        return np.zeros(0, dtype=np.intp)
     query = quantize(vector)[0].view(np.uint64)
     # Word by word: numpy sums a short inner axis far slower than it adds whole columns.
     distance = np.zeros(len(bits.ids), dtype=np.uint16)
@@ -158,7 +173,7 @@ def nearest_bits(bits: Bits, vector: np.ndarray, n: int) -> npt.NDArray[np.int64
         order = top[np.lexsort((bits.ids[top], distance[top]))]
     else:
         order = np.lexsort((bits.ids, distance))
-    return bits.ids[order]
+    return order.astype(np.intp, copy=False)
 
 
 def similarities(matrix: npt.NDArray[np.float32], vector: np.ndarray) -> npt.NDArray[np.float32]:
@@ -201,7 +216,7 @@ class FloatVectors:
             unread = missing
         else:
             found, unread = self._cache.get_many(missing)
-        read = _read_entries(conn, unread)
+        read = read_entries(conn, unread)
         if not read:
             if not found:
                 return
@@ -249,7 +264,7 @@ class FloatVectors:
         ]
 
 
-def _read_entries(conn: sqlean.Connection, chunk_ids: Sequence[int]) -> dict[int, Entry]:
+def read_entries(conn: sqlean.Connection, chunk_ids: Sequence[int]) -> dict[int, Entry]:
     """The (document id, vector bytes) of those of `chunk_ids` (ascending) that exist, read
     `_BATCH` ids a statement; a document's id is one string object for all of its chunks."""
     entries: dict[int, Entry] = {}

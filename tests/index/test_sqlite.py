@@ -160,7 +160,7 @@ async def test_the_coarse_pass_grows_until_it_has_enough_documents(
 
     def spy(bits: sqlite_vectors.Bits, vector: np.ndarray, n: int) -> np.ndarray:
         passes.append(n)
-        return nearest_bits(bits, vector, n)
+        return sqlite_vectors.nearest_positions(bits, vector, n)
 
     everything = [f"doc-{i}" for i in range(len(TOPICS))]
     for query in QUERIES:
@@ -171,7 +171,7 @@ async def test_the_coarse_pass_grows_until_it_has_enough_documents(
             m.setattr(sqlite_index, "CANDIDATES_MIN", 0)
             m.setattr(sqlite_index, "CANDIDATES_PER_DOC", 1)
             passes.clear()
-            m.setattr(sqlite_index, "nearest_bits", spy)
+            m.setattr(sqlite_index, "nearest_positions", spy)
             grown = await run_search(core, principal, **body)
         assert passes[0] == 6
         # The same documents; a shallow pass may show a document's second-best chunk.

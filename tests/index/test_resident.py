@@ -1,0 +1,167 @@
+"""Whole users kept in memory (app/index/resident.py): searches answer exactly as the per-chunk
+path does, bit for bit, scoped or not, before and after documents are replaced, deleted and
+added (the matrix is rebuilt from the kept one), and the store keeps to its bounds."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import sqlean
+from starlette.applications import Starlette
+
+from app.embedding import DIMS
+from app.index import resident as resident_module
+from app.index.resident import PER_CHUNK_OVERHEAD, ResidentStore
+from app.index.sqlite import SqliteIndex
+from app.index.sqlite_vectors import read_all_bits
+from app.models import KnowledgeDocItem, SearchResponse
+from app.services import knowledge
+from app.services.core import Core, Principal
+from app.sqlite import run_on_connection
+from tests.services.test_search import QUERIES, TOPICS, long_text, run_search, setup_corpus
+
+pytestmark = [pytest.mark.anyio, pytest.mark.engines("sqlite")]
+
+Hit = tuple[str, int, float, float | None, float | None]
+
+
+def hits(response: SearchResponse) -> list[Hit]:
+    """A search's answer, scores unrounded: keeping users whole must not change a bit."""
+    return [
+        (h.external_id, h.chunk_index, h.score, h.semantic_score, h.keyword_score)
+        for h in response.results
+    ]
+
+
+def store_of(core: Core) -> ResidentStore:
+    assert isinstance(core.index, SqliteIndex)
+    return core.index.residents
+
+
+async def answers(core: Core, principal: Principal, **body: Any) -> list[list[Hit]]:
+    return [
+        hits(await run_search(core, principal, query=q, mode=mode, k=5, **body))
+        for q in QUERIES
+        for mode in ("hybrid", "semantic")
+    ]
+
+
+async def per_chunk(
+    core: Core, principal: Principal, monkeypatch: pytest.MonkeyPatch, **body: Any
+) -> list[list[Hit]]:
+    """The same searches with no user kept whole."""
+    with monkeypatch.context() as m:
+        m.setattr(ResidentStore, "current", lambda *_args: None)
+        return await answers(core, principal, **body)
+
+
+async def test_a_kept_user_ranks_exactly_as_the_per_chunk_path(
+    app: Starlette, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    core, principal = await setup_corpus(app)
+    store = store_of(core)
+    kept = await answers(core, principal)
+    assert len(store) == 1 and store.builds == 1  # built once, then served
+    assert store.hits > 0
+    assert kept == await per_chunk(core, principal, monkeypatch)
+    everything = [f"doc-{i}" for i in range(len(TOPICS))]
+    for scope in (["doc-1", "doc-3"], everything):
+        assert await answers(core, principal, external_ids=scope) == await per_chunk(
+            core, principal, monkeypatch, external_ids=scope
+        )
+    # Deep passes (every chunk a candidate) rank the same too.
+    monkeypatch.setattr("app.index.sqlite.CANDIDATES_MIN", 10_000)
+    assert await answers(core, principal) == await per_chunk(core, principal, monkeypatch)
+    assert store.builds == 1
+
+
+async def test_writes_rebuild_the_kept_matrix_from_the_old_one(
+    app: Starlette, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A document replaced by other text (new chunk rows), one deleted, one added, after the
+    user was kept: the next search sees other chunk ids, rebuilds (reading only the new chunks)
+    and answers as the per-chunk path does."""
+    core, principal = await setup_corpus(app)
+    await answers(core, principal)
+    store = store_of(core)
+    builds = store.builds
+    last = len(TOPICS) - 1
+    await knowledge.upsert_many(
+        core=core,
+        principal=principal,
+        items=[
+            KnowledgeDocItem(
+                external_id=f"doc-{last}", title=None, content=long_text(TOPICS[0], 40)
+            ),
+            KnowledgeDocItem(external_id="new", title=None, content=long_text(TOPICS[2], 5)),
+        ],
+    )
+    await knowledge.delete_doc(core=core, principal=principal, external_id="doc-2")
+    read: list[int] = []
+    original = resident_module.read_entries
+
+    def counting(conn: sqlean.Connection, chunk_ids: list[int]) -> Any:
+        read.extend(chunk_ids)
+        return original(conn, chunk_ids)
+
+    monkeypatch.setattr(resident_module, "read_entries", counting)
+    after = await answers(core, principal)
+    assert store.builds == builds + 1
+    async with core.db.read() as session:
+        new = await run_on_connection(
+            session,
+            lambda conn: [
+                int(r[0])
+                for r in conn.execute(
+                    "SELECT c.id FROM chunks c JOIN knowledge_docs d ON d.id = c.doc_id"
+                    " WHERE d.external_id IN (?, ?)",
+                    (f"doc-{last}", "new"),
+                )
+            ],
+        )
+    assert sorted(read) == sorted(new)  # only the new chunks were read
+    assert after == await per_chunk(core, principal, monkeypatch)
+    assert not any(hit[0] == "doc-2" for answer in after for hit in answer)
+
+
+async def test_the_store_keeps_to_its_bounds(app: Starlette) -> None:
+    core, principal = await setup_corpus(app)
+
+    async def chunk_ids() -> np.ndarray:
+        async with core.db.read() as session:
+            return await run_on_connection(
+                session, lambda conn: read_all_bits(conn, principal.user_id).ids
+            )
+
+    ids = await chunk_ids()
+    one_user = len(ids) * (DIMS * 4 + PER_CHUNK_OVERHEAD)
+
+    async def current(store: ResidentStore, user_id: int) -> Any:
+        async with core.db.read() as session:
+            return await run_on_connection(session, lambda conn: store.current(conn, user_id, ids))
+
+    assert await current(ResidentStore(0), principal.user_id) is None
+    assert await current(ResidentStore(one_user - 1), principal.user_id) is None
+    store = ResidentStore(one_user)
+    kept = await current(store, principal.user_id)
+    assert kept is not None and store.bytes == kept.nbytes <= one_user
+    assert np.array_equal(kept.ids, ids)
+    assert (await current(store, principal.user_id)) is kept  # served, not rebuilt
+    # Another user (the same chunks, as far as the store knows) pushes the first one out.
+    await current(store, principal.user_id + 1)
+    assert len(store) == 1 and store.bytes <= one_user
+    assert (await current(store, principal.user_id)) is not kept
+    assert store.builds == 3
+    # Users above MAX_CHUNKS are never kept, whatever the budget.
+    big = ResidentStore(1 << 40)
+    original = resident_module.MAX_CHUNKS
+    try:
+        resident_module.MAX_CHUNKS = len(ids) - 1
+        assert await current(big, principal.user_id) is None
+    finally:
+        resident_module.MAX_CHUNKS = original
+    # A kept matrix finds rows by chunk id, unknown ids left out.
+    rows = kept.rows_of([int(ids[3]), 10**12, int(ids[0])])
+    assert np.array_equal(kept.ids[rows], [ids[3], ids[0]])
