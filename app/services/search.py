@@ -33,21 +33,21 @@ Everything reads one snapshot, so a search never sees half of a concurrent write
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-from sqlalchemy import select as sa_select
+from sqlalchemy import bindparam, text
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlmodel import col, select
+from sqlmodel import select
 
 from app.errors import PersonaNotFound
 from app.index import Ranked, Scope, SemanticRanker
 from app.index.words import MAX_QUERY_TERMS, query_words
 from app.models import (
-    Chunk,
-    KnowledgeDoc,
     Persona,
     SearchHit,
     SearchRequest,
@@ -232,22 +232,20 @@ async def _check_persona(session: AsyncSession, user_id: int, persona_id: str) -
 # --- the answer ----------------------------------------------------------------------------
 
 
+#: The columns a hit shows, for the chunks asked for: not the document's content nor the
+#: chunk's vector. A text statement: as an ORM select it cost ~0.6 ms a search to compile and
+#: load, against ~0.2 (in-process, SQLite).
+_HIT_ROWS = text(
+    "SELECT c.id, c.chunk_index, c.text, d.external_id, d.title, d.metadata"
+    " FROM chunks AS c JOIN knowledge_docs AS d ON d.id = c.doc_id"
+    " WHERE c.id IN :ids"
+).bindparams(bindparam("ids", expanding=True))
+
+
 async def _hits(session: AsyncSession, ranked: list[Scored]) -> list[SearchHit]:
     if not ranked:
         return []
-    # Only the columns a hit shows: not the document's content nor the chunk's vector.
-    rows = await session.execute(
-        sa_select(
-            col(Chunk.id),
-            col(Chunk.chunk_index),
-            col(Chunk.text),
-            col(KnowledgeDoc.external_id),
-            col(KnowledgeDoc.title),
-            col(KnowledgeDoc.metadata_),
-        )
-        .join(KnowledgeDoc, col(KnowledgeDoc.id) == col(Chunk.doc_id))
-        .where(col(Chunk.id).in_([r.chunk_id for r in ranked]))
-    )
+    rows = await session.execute(_HIT_ROWS, {"ids": [r.chunk_id for r in ranked]})
     found = {row[0]: row for row in rows}
     hits = []
     for r in ranked:
@@ -263,7 +261,13 @@ async def _hits(session: AsyncSession, ranked: list[Scored]) -> list[SearchHit]:
                 keyword_score=r.keyword,
                 chunk_index=chunk_index,
                 text=chunk_text,
-                metadata=metadata,
+                metadata=_metadata(metadata),
             )
         )
     return hits
+
+
+def _metadata(stored: Any) -> Any:
+    """The document's metadata as stored: JSON text on SQLite, decoded already by asyncpg's
+    JSON codec on PostgreSQL."""
+    return json.loads(stored) if isinstance(stored, str | bytes) else stored
