@@ -30,6 +30,7 @@ FIGURES = (
     "server_search_p50_ms",
     "server_search_p95_ms",
     "server_search_raw_query_p50_ms",
+    "server_search_took_p50_ms",
     "server_single_one_docs_per_s",
     "server_single_many_docs_per_s",
     "server_rss_idle_mb",
