@@ -16,9 +16,9 @@ the index's own queries, never a filter applied to a global top-k afterwards; `r
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -28,14 +28,21 @@ from app.index.scope import Scope
 if TYPE_CHECKING:
     from app.db import Dialect
 
+T = TypeVar("T")
+
 __all__ = [
     "IndexedChunk",
+    "Plan",
+    "RankStep",
     "Ranked",
     "Restriction",
     "Scope",
     "SearchIndex",
     "SemanticRanker",
     "TitledChunks",
+    "VectorsStep",
+    "drive",
+    "drive_sync",
     "for_dialect",
 ]
 
@@ -70,6 +77,28 @@ class Restriction(Protocol):
     def empty(self) -> bool: ...
 
 
+@dataclass(frozen=True, slots=True)
+class RankStep:
+    """A plan's request: `SemanticRanker.rank(vector, depth)`."""
+
+    vector: np.ndarray
+    depth: int
+
+
+@dataclass(frozen=True, slots=True)
+class VectorsStep:
+    """A plan's request: `SemanticRanker.vectors(chunk_ids)`."""
+
+    chunk_ids: Sequence[int]
+
+
+#: A search's semantic work written once for every engine: a generator that yields the
+#: rankings and vectors it needs (`RankStep`, `VectorsStep`), is sent their answers, and
+#: returns its result. `SemanticRanker.run` drives it: SQLite runs it whole in one thread hop
+#: on its connection, PostgreSQL awaits each step.
+Plan = Generator["RankStep | VectorsStep", Any, T]
+
+
 class SemanticRanker(Protocol):
     """One search's semantic rankings (a hybrid search makes two: the query, then the query
     moved towards its best hits), within one user and scope, on the search's session: what the
@@ -80,6 +109,43 @@ class SemanticRanker(Protocol):
 
     async def vectors(self, chunk_ids: Sequence[int]) -> list[np.ndarray]:
         """The float vectors of those of `chunk_ids` that exist (any order)."""
+
+    async def run(self, plan: Plan[T]) -> T:
+        """`plan`'s result, its steps answered by this ranker."""
+
+
+async def drive(plan: Plan[T], ranker: SemanticRanker) -> T:
+    """Run `plan`, awaiting each step on `ranker`."""
+    answer: Any = None
+    while True:
+        try:
+            step = plan.send(answer)
+        except StopIteration as done:
+            result: T = done.value
+            return result
+        if isinstance(step, RankStep):
+            answer = await ranker.rank(step.vector, step.depth)
+        else:
+            answer = await ranker.vectors(step.chunk_ids)
+
+
+def drive_sync(
+    plan: Plan[T],
+    rank: Callable[[np.ndarray, int], list[Ranked]],
+    vectors: Callable[[Sequence[int]], list[np.ndarray]],
+) -> T:
+    """Run `plan`, answering each step at once (`drive` without awaiting)."""
+    answer: Any = None
+    while True:
+        try:
+            step = plan.send(answer)
+        except StopIteration as done:
+            result: T = done.value
+            return result
+        if isinstance(step, RankStep):
+            answer = rank(step.vector, step.depth)
+        else:
+            answer = vectors(step.chunk_ids)
 
 
 class SearchIndex(Protocol):

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from sqlalchemy import ColumnElement, bindparam, cast, column, select, text
@@ -27,7 +27,15 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from app.index import IndexedChunk, Ranked, Restriction, TitledChunks, collapse
+from app.index import (
+    IndexedChunk,
+    Plan,
+    Ranked,
+    Restriction,
+    TitledChunks,
+    collapse,
+    drive,
+)
 from app.index import postgres_keywords as keywords
 from app.index.postgres_keywords import TS_CONFIG
 from app.index.scope import Scope
@@ -40,6 +48,8 @@ CANDIDATES_PER_DOC = 8
 CANDIDATES_MIN = 400
 #: pgvector caps `hnsw.ef_search` at 1000; iterative scans go on past it when filters drop rows.
 _EF_SEARCH_MAX = 1000
+
+T = TypeVar("T")
 
 
 def metadata_condition(i: int, key: str, value: Any) -> ColumnElement[bool]:
@@ -242,6 +252,9 @@ class PostgresRanker:
             select(col(Chunk.embedding)).where(col(Chunk.id).in_(list(chunk_ids)))
         )
         return [np.asarray(row[0], dtype=np.float32) for row in rows]
+
+    async def run(self, plan: Plan[T]) -> T:
+        return await drive(plan, self)
 
 
 def _scope(within: Restriction | None) -> Scope | None:

@@ -16,7 +16,7 @@ import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import sqlean
@@ -25,7 +25,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
-from app.index import IndexedChunk, Ranked, Restriction, TitledChunks
+from app.index import IndexedChunk, Plan, Ranked, Restriction, TitledChunks, drive_sync
 from app.index.resident import Resident, ResidentStore
 from app.index.scope import Scope
 from app.index.sqlite_keywords import KeywordIndex, match_expression
@@ -44,6 +44,8 @@ from app.models import Chunk, KnowledgeDoc
 from app.sqlite import run_on_connection
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: The coarse pass keeps this many chunks per wanted document, at least `CANDIDATES_MIN`, for
 #: exact scoring. Rescoring costs ~1-2 us a chunk (one rowid lookup for its float vector, the
@@ -255,13 +257,27 @@ class SqliteRanker:
     async def vectors(self, chunk_ids: Sequence[int]) -> list[np.ndarray]:
         if self._resident is not None:  # in memory, immutable: no need of the connection
             return list(self._resident.matrix[self._resident.rows_of(list(chunk_ids))])
+        return await run_on_connection(
+            self._session, lambda conn: self._vectors_of(conn, chunk_ids)
+        )
 
-        def run(conn: sqlean.Connection) -> list[np.ndarray]:
-            self._vectors.load(conn, chunk_ids)
-            found = (self._vectors.vector(i) for i in chunk_ids)
-            return [v for v in found if v is not None]
+    async def run(self, plan: Plan[T]) -> T:
+        """The whole plan in one thread hop: its passes, and the Python between them."""
+        return await run_on_connection(
+            self._session,
+            lambda conn: drive_sync(
+                plan,
+                lambda vector, depth: self._rank(conn, vector, depth),
+                lambda chunk_ids: self._vectors_of(conn, chunk_ids),
+            ),
+        )
 
-        return await run_on_connection(self._session, run)
+    def _vectors_of(self, conn: sqlean.Connection, chunk_ids: Sequence[int]) -> list[np.ndarray]:
+        if self._resident is not None:
+            return list(self._resident.matrix[self._resident.rows_of(list(chunk_ids))])
+        self._vectors.load(conn, chunk_ids)
+        found = (self._vectors.vector(i) for i in chunk_ids)
+        return [v for v in found if v is not None]
 
     def _rank(self, conn: sqlean.Connection, vector: np.ndarray, depth: int) -> list[Ranked]:
         n = _candidates(depth)

@@ -45,7 +45,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import select
 
 from app.errors import PersonaNotFound
-from app.index import Ranked, Scope, SemanticRanker
+from app.index import Plan, Ranked, RankStep, Scope, VectorsStep
 from app.index.words import MAX_QUERY_TERMS, query_words
 from app.models import (
     Persona,
@@ -120,24 +120,18 @@ async def search(*, core: Core, principal: Principal, request: SearchRequest) ->
                 vector = (await core.embedder.embed([request.query], lane="query"))[0]
         finally:
             keyword: list[Ranked] = await keyword_task if keyword_task is not None else []
-        if vector is not None:
-            semantic = await ranker.rank(vector, depth)
         words = query_word_count(request.query)
-        if request.mode == "hybrid":
-            keyword_part = [keyword_scored(r, words) for r in keyword]
-            scored = fuse([semantic_scored(r) for r in semantic], keyword_part, depth=depth)
-            # Pseudo-relevance feedback, from hits believed relevant only: Cranfield nDCG@10
-            # 0.417 -> 0.440, and an off-topic query (nothing at the threshold) keeps its
-            # scores, so the threshold still parts junk from hits (docs/decisions.md).
-            confident = [s for s in scored[:FEEDBACK_DOCS] if s.score >= JUNK_THRESHOLD]
-            if vector is not None and confident:
-                vector = await _with_feedback(ranker, vector, confident)
-                semantic = await ranker.rank(vector, depth)
-                scored = fuse([semantic_scored(r) for r in semantic], keyword_part, depth=depth)
+        keyword_part = [keyword_scored(r, words) for r in keyword]
+        if request.mode == "hybrid" and vector is not None:
+            # Both semantic passes and the fusions between them, as one plan: SQLite runs it
+            # on its connection's thread in one hop.
+            scored = await ranker.run(hybrid_plan(vector, keyword_part, depth))
+        elif request.mode == "hybrid":  # nothing to rank semantically
+            scored = fuse([], keyword_part, depth=depth)
         else:  # one of the two lists is empty
-            scored = [semantic_scored(r) for r in semantic] + [
-                keyword_scored(r, words) for r in keyword
-            ]
+            if vector is not None:
+                semantic = await ranker.rank(vector, depth)
+            scored = [semantic_scored(r) for r in semantic] + keyword_part
         hits = await _hits(session, scored[: request.k])
     if request.min_score is not None:
         hits = [hit for hit in hits if hit.score >= request.min_score]
@@ -199,14 +193,29 @@ def fuse(semantic: list[Scored], keyword: list[Scored], *, depth: int) -> list[S
     return fused
 
 
-async def _with_feedback(
-    ranker: SemanticRanker, vector: np.ndarray, confident: list[Scored]
-) -> np.ndarray:
+def hybrid_plan(vector: np.ndarray, keyword: list[Scored], depth: int) -> Plan[list[Scored]]:
+    """The hybrid ranking of `keyword` (scored) and the semantic ranking of `vector`: fused,
+    then, when some of the best hits are confident, the semantic ranking again from the query
+    moved towards them and fused anew (see the module docstring)."""
+    semantic: list[Ranked] = yield RankStep(vector, depth)
+    scored = fuse([semantic_scored(r) for r in semantic], keyword, depth=depth)
+    # Pseudo-relevance feedback, from hits believed relevant only: Cranfield nDCG@10
+    # 0.417 -> 0.440, and an off-topic query (nothing at the threshold) keeps its
+    # scores, so the threshold still parts junk from hits (docs/decisions.md).
+    confident = [s for s in scored[:FEEDBACK_DOCS] if s.score >= JUNK_THRESHOLD]
+    if not confident:
+        return scored
+    vectors: list[np.ndarray] = yield VectorsStep([s.chunk_id for s in confident])
+    if not vectors:
+        return scored
+    moved = _with_feedback(vector, vectors)
+    semantic = yield RankStep(moved, depth)
+    return fuse([semantic_scored(r) for r in semantic], keyword, depth=depth)
+
+
+def _with_feedback(vector: np.ndarray, vectors: list[np.ndarray]) -> np.ndarray:
     """The query's vector moved towards the chunks of its confident hits (pseudo-relevance
     feedback), unit length again."""
-    vectors = await ranker.vectors([s.chunk_id for s in confident])
-    if not vectors:
-        return vector
     moved = vector + FEEDBACK_WEIGHT * np.mean(vectors, axis=0)
     norm = float(np.linalg.norm(moved))
     return (moved / norm).astype(np.float32) if norm > 0 else vector
