@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 __all__ = [
+    "HitRow",
+    "HitRowsStep",
     "IndexedChunk",
     "Plan",
     "RankStep",
@@ -92,11 +94,22 @@ class VectorsStep:
     chunk_ids: Sequence[int]
 
 
-#: A search's semantic work written once for every engine: a generator that yields the
-#: rankings and vectors it needs (`RankStep`, `VectorsStep`), is sent their answers, and
-#: returns its result. `SemanticRanker.run` drives it: SQLite runs it whole in one thread hop
-#: on its connection, PostgreSQL awaits each step.
-Plan = Generator["RankStep | VectorsStep", Any, T]
+@dataclass(frozen=True, slots=True)
+class HitRowsStep:
+    """A plan's request: `SemanticRanker.hit_rows(chunk_ids)`."""
+
+    chunk_ids: Sequence[int]
+
+
+#: What a hit shows of its chunk: chunk id, chunk index, text, the document's external id,
+#: title and metadata (JSON text, or already decoded).
+HitRow = tuple[int, int, str, str, str | None, Any]
+
+#: A search's work after the query's embedding, written once for every engine: a generator
+#: that yields the rankings, vectors and rows it needs (`RankStep`, `VectorsStep`,
+#: `HitRowsStep`), is sent their answers, and returns its result. `SemanticRanker.run` drives
+#: it: SQLite runs it whole in one thread hop on its connection, PostgreSQL awaits each step.
+Plan = Generator["RankStep | VectorsStep | HitRowsStep", Any, T]
 
 
 class SemanticRanker(Protocol):
@@ -109,6 +122,9 @@ class SemanticRanker(Protocol):
 
     async def vectors(self, chunk_ids: Sequence[int]) -> list[np.ndarray]:
         """The float vectors of those of `chunk_ids` that exist (any order)."""
+
+    async def hit_rows(self, chunk_ids: Sequence[int]) -> list[HitRow]:
+        """What the hits show of those of `chunk_ids` that exist (any order)."""
 
     async def run(self, plan: Plan[T]) -> T:
         """`plan`'s result, its steps answered by this ranker."""
@@ -125,14 +141,17 @@ async def drive(plan: Plan[T], ranker: SemanticRanker) -> T:
             return result
         if isinstance(step, RankStep):
             answer = await ranker.rank(step.vector, step.depth)
-        else:
+        elif isinstance(step, VectorsStep):
             answer = await ranker.vectors(step.chunk_ids)
+        else:
+            answer = await ranker.hit_rows(step.chunk_ids)
 
 
 def drive_sync(
     plan: Plan[T],
     rank: Callable[[np.ndarray, int], list[Ranked]],
     vectors: Callable[[Sequence[int]], list[np.ndarray]],
+    hit_rows: Callable[[Sequence[int]], list[HitRow]],
 ) -> T:
     """Run `plan`, answering each step at once (`drive` without awaiting)."""
     answer: Any = None
@@ -144,8 +163,10 @@ def drive_sync(
             return result
         if isinstance(step, RankStep):
             answer = rank(step.vector, step.depth)
-        else:
+        elif isinstance(step, VectorsStep):
             answer = vectors(step.chunk_ids)
+        else:
+            answer = hit_rows(step.chunk_ids)
 
 
 class SearchIndex(Protocol):

@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from app.index import (
+    HitRow,
     IndexedChunk,
     Plan,
     Ranked,
@@ -253,8 +254,22 @@ class PostgresRanker:
         )
         return [np.asarray(row[0], dtype=np.float32) for row in rows]
 
+    async def hit_rows(self, chunk_ids: Sequence[int]) -> list[HitRow]:
+        if not chunk_ids:
+            return []
+        rows = await self.session.execute(_HIT_ROWS, {"ids": list(chunk_ids)})
+        return [tuple(row) for row in rows]
+
     async def run(self, plan: Plan[T]) -> T:
         return await drive(plan, self)
+
+
+#: The columns a hit shows: not the document's content nor the chunk's vector.
+_HIT_ROWS = text(
+    "SELECT c.id, c.chunk_index, c.text, d.external_id, d.title, d.metadata"
+    " FROM chunks AS c JOIN knowledge_docs AS d ON d.id = c.doc_id"
+    " WHERE c.id IN :ids"
+).bindparams(bindparam("ids", expanding=True))
 
 
 def _scope(within: Restriction | None) -> Scope | None:

@@ -25,7 +25,15 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
-from app.index import IndexedChunk, Plan, Ranked, Restriction, TitledChunks, drive_sync
+from app.index import (
+    HitRow,
+    IndexedChunk,
+    Plan,
+    Ranked,
+    Restriction,
+    TitledChunks,
+    drive_sync,
+)
 from app.index.resident import Resident, ResidentStore
 from app.index.scope import Scope
 from app.index.sqlite_keywords import KeywordIndex, match_expression
@@ -261,14 +269,18 @@ class SqliteRanker:
             self._session, lambda conn: self._vectors_of(conn, chunk_ids)
         )
 
+    async def hit_rows(self, chunk_ids: Sequence[int]) -> list[HitRow]:
+        return await run_on_connection(self._session, lambda conn: _hit_rows(conn, chunk_ids))
+
     async def run(self, plan: Plan[T]) -> T:
-        """The whole plan in one thread hop: its passes, and the Python between them."""
+        """The whole plan in one thread hop: its passes, its rows, and the Python between."""
         return await run_on_connection(
             self._session,
             lambda conn: drive_sync(
                 plan,
                 lambda vector, depth: self._rank(conn, vector, depth),
                 lambda chunk_ids: self._vectors_of(conn, chunk_ids),
+                lambda chunk_ids: _hit_rows(conn, chunk_ids),
             ),
         )
 
@@ -343,3 +355,15 @@ def _exact_rows(
     return [
         Ranked(str(resident.doc_ids[docs[i]]), int(ids[i]), float(scores[i])) for i in best.tolist()
     ]
+
+
+def _hit_rows(conn: sqlean.Connection, chunk_ids: Sequence[int]) -> list[HitRow]:
+    if not chunk_ids:
+        return []
+    rows = conn.execute(
+        "SELECT c.id, c.chunk_index, c.text, d.external_id, d.title, d.metadata"
+        " FROM json_each(?) AS j JOIN chunks AS c ON c.id = j.value"
+        " JOIN knowledge_docs AS d ON d.id = c.doc_id",
+        (json.dumps([int(i) for i in chunk_ids]),),
+    ).fetchall()
+    return [tuple(row) for row in rows]

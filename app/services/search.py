@@ -40,12 +40,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import bindparam, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import select
 
 from app.errors import PersonaNotFound
-from app.index import Plan, Ranked, RankStep, Scope, VectorsStep
+from app.index import HitRow, HitRowsStep, Plan, Ranked, RankStep, Scope, VectorsStep
 from app.index.words import MAX_QUERY_TERMS, query_words
 from app.models import (
     Persona,
@@ -113,7 +112,6 @@ async def search(*, core: Core, principal: Principal, request: SearchRequest) ->
             if searchable and request.mode != "semantic"
             else None
         )
-        semantic: list[Ranked] = []
         try:
             vector = None
             if searchable and request.mode != "keyword":
@@ -122,17 +120,11 @@ async def search(*, core: Core, principal: Principal, request: SearchRequest) ->
             keyword: list[Ranked] = await keyword_task if keyword_task is not None else []
         words = query_word_count(request.query)
         keyword_part = [keyword_scored(r, words) for r in keyword]
-        if request.mode == "hybrid" and vector is not None:
-            # Both semantic passes and the fusions between them, as one plan: SQLite runs it
-            # on its connection's thread in one hop.
-            scored = await ranker.run(hybrid_plan(vector, keyword_part, depth))
-        elif request.mode == "hybrid":  # nothing to rank semantically
-            scored = fuse([], keyword_part, depth=depth)
-        else:  # one of the two lists is empty
-            if vector is not None:
-                semantic = await ranker.rank(vector, depth)
-            scored = [semantic_scored(r) for r in semantic] + keyword_part
-        hits = await _hits(session, scored[: request.k])
+        # The rest as one plan (the semantic passes, the fusions, the hits' rows): SQLite runs
+        # it on its connection's thread in one hop.
+        hits = await ranker.run(
+            answer_plan(request.mode, vector, keyword_part, depth=depth, k=request.k)
+        )
     if request.min_score is not None:
         hits = [hit for hit in hits if hit.score >= request.min_score]
     took_ms = round((time.perf_counter() - started) * 1000, 2)
@@ -193,6 +185,26 @@ def fuse(semantic: list[Scored], keyword: list[Scored], *, depth: int) -> list[S
     return fused
 
 
+def answer_plan(
+    mode: str, vector: np.ndarray | None, keyword: list[Scored], *, depth: int, k: int
+) -> Plan[list[SearchHit]]:
+    """The search's hits from its keyword ranking (scored) and its query's vector (None when
+    the mode needs none, or there is nothing to search)."""
+    if mode == "hybrid":
+        if vector is None:
+            scored = fuse([], keyword, depth=depth)
+        else:
+            scored = yield from hybrid_plan(vector, keyword, depth)
+    elif vector is not None:  # semantic
+        semantic: list[Ranked] = yield RankStep(vector, depth)
+        scored = [semantic_scored(r) for r in semantic]
+    else:
+        scored = keyword
+    shown = scored[:k]
+    rows: list[HitRow] = (yield HitRowsStep([s.chunk_id for s in shown])) if shown else []
+    return _hits(shown, rows)
+
+
 def hybrid_plan(vector: np.ndarray, keyword: list[Scored], depth: int) -> Plan[list[Scored]]:
     """The hybrid ranking of `keyword` (scored) and the semantic ranking of `vector`: fused,
     then, when some of the best hits are confident, the semantic ranking again from the query
@@ -241,20 +253,7 @@ async def _check_persona(session: AsyncSession, user_id: int, persona_id: str) -
 # --- the answer ----------------------------------------------------------------------------
 
 
-#: The columns a hit shows, for the chunks asked for: not the document's content nor the
-#: chunk's vector. A text statement: as an ORM select it cost ~0.6 ms a search to compile and
-#: load, against ~0.2 (in-process, SQLite).
-_HIT_ROWS = text(
-    "SELECT c.id, c.chunk_index, c.text, d.external_id, d.title, d.metadata"
-    " FROM chunks AS c JOIN knowledge_docs AS d ON d.id = c.doc_id"
-    " WHERE c.id IN :ids"
-).bindparams(bindparam("ids", expanding=True))
-
-
-async def _hits(session: AsyncSession, ranked: list[Scored]) -> list[SearchHit]:
-    if not ranked:
-        return []
-    rows = await session.execute(_HIT_ROWS, {"ids": [r.chunk_id for r in ranked]})
+def _hits(ranked: list[Scored], rows: list[HitRow]) -> list[SearchHit]:
     found = {row[0]: row for row in rows}
     hits = []
     for r in ranked:
@@ -277,6 +276,6 @@ async def _hits(session: AsyncSession, ranked: list[Scored]) -> list[SearchHit]:
 
 
 def _metadata(stored: Any) -> Any:
-    """The document's metadata as stored: JSON text on SQLite, decoded already by asyncpg's
-    JSON codec on PostgreSQL."""
+    """The document's metadata as stored: JSON text (SQLite; PostgreSQL through a text
+    statement), or decoded already."""
     return json.loads(stored) if isinstance(stored, str | bytes) else stored
