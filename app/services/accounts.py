@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 from datetime import timedelta
 
+from sqlalchemy import Integer, String, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, func, select
@@ -191,27 +192,36 @@ async def authenticate(*, core: Core, api_key: str | None) -> Principal:
         raise Unauthorized()
     digest = security.hash_api_key(api_key)
     async with core.db.read() as session:
-        row = (
-            await session.execute(
-                select(ApiKey, User)
-                .join(User, col(User.id) == ApiKey.user_id)
-                .where(ApiKey.key_hash == digest)
-            )
-        ).one_or_none()
+        row = (await session.execute(_KEY_LOOKUP, {"digest": digest})).one_or_none()
     if row is None:
         raise Unauthorized()
-    key, user = row
-    if key.status != "active" or not security.constant_time_equals(key.key_hash, digest):
+    if row.status != "active" or not security.constant_time_equals(row.key_hash, digest):
         raise Unauthorized()
     now = utcnow()
-    if key.last_used_at is None or now - key.last_used_at >= LAST_USED_RESOLUTION:
+    if row.last_used_at is None or now - row.last_used_at >= LAST_USED_RESOLUTION:
         async with core.db.write() as session:
-            db_key = await session.get(ApiKey, key.id)
+            db_key = await session.get(ApiKey, row.key_id)
             if db_key is not None:
                 db_key.last_used_at = now
                 session.add(db_key)
-    assert user.id is not None
-    return Principal(user_id=user.id, email=user.email, plan=core.plan(user.plan_id))
+    return Principal(user_id=row.user_id, email=row.email, plan=core.plan(row.plan_id))
+
+
+#: Every request's key lookup: the columns it needs, as a text statement (typed, so the time
+#: reads back as the ORM's would). Loading the two ORM objects cost ~0.5 ms a request more.
+_KEY_LOOKUP = text(
+    "SELECT k.id AS key_id, k.status AS status, k.key_hash AS key_hash,"
+    " k.last_used_at AS last_used_at, u.id AS user_id, u.email AS email, u.plan_id AS plan_id"
+    " FROM api_keys AS k JOIN users AS u ON u.id = k.user_id WHERE k.key_hash = :digest"
+).columns(
+    key_id=Integer(),
+    status=String(),
+    key_hash=String(),
+    last_used_at=ApiKey.__table__.c.last_used_at.type,  # type: ignore[attr-defined]
+    user_id=Integer(),
+    email=String(),
+    plan_id=String(),
+)
 
 
 async def set_password(*, core: Core, email: str, password: str) -> UserPublic:
