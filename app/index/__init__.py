@@ -139,12 +139,7 @@ async def drive(plan: Plan[T], ranker: SemanticRanker) -> T:
         except StopIteration as done:
             result: T = done.value
             return result
-        if isinstance(step, RankStep):
-            answer = await ranker.rank(step.vector, step.depth)
-        elif isinstance(step, VectorsStep):
-            answer = await ranker.vectors(step.chunk_ids)
-        else:
-            answer = await ranker.hit_rows(step.chunk_ids)
+        answer = await _answer(step, ranker.rank, ranker.vectors, ranker.hit_rows)
 
 
 def drive_sync(
@@ -161,12 +156,21 @@ def drive_sync(
         except StopIteration as done:
             result: T = done.value
             return result
-        if isinstance(step, RankStep):
-            answer = rank(step.vector, step.depth)
-        elif isinstance(step, VectorsStep):
-            answer = vectors(step.chunk_ids)
-        else:
-            answer = hit_rows(step.chunk_ids)
+        answer = _answer(step, rank, vectors, hit_rows)
+
+
+def _answer(
+    step: RankStep | VectorsStep | HitRowsStep,
+    rank: Callable[[np.ndarray, int], Any],
+    vectors: Callable[[Sequence[int]], Any],
+    hit_rows: Callable[[Sequence[int]], Any],
+) -> Any:
+    """What answers `step`: the call's result (an awaitable, for `drive`)."""
+    if isinstance(step, RankStep):
+        return rank(step.vector, step.depth)
+    if isinstance(step, VectorsStep):
+        return vectors(step.chunk_ids)
+    return hit_rows(step.chunk_ids)
 
 
 class SearchIndex(Protocol):

@@ -16,36 +16,19 @@ from app.index import resident as resident_module
 from app.index.resident import PER_CHUNK_OVERHEAD, ResidentStore
 from app.index.sqlite import SqliteIndex
 from app.index.sqlite_vectors import read_all_bits
-from app.models import KnowledgeDocItem, SearchResponse
+from app.models import KnowledgeDocItem
 from app.services import knowledge
 from app.services.core import Core, Principal
 from app.sqlite import run_on_connection
-from tests.services.test_search import QUERIES, TOPICS, long_text, run_search, setup_corpus
+from tests.index.test_vector_cache import Hit, answers
+from tests.services.test_search import TOPICS, long_text, setup_corpus
 
 pytestmark = [pytest.mark.anyio, pytest.mark.engines("sqlite")]
-
-Hit = tuple[str, int, float, float | None, float | None]
-
-
-def hits(response: SearchResponse) -> list[Hit]:
-    """A search's answer, scores unrounded: keeping users whole must not change a bit."""
-    return [
-        (h.external_id, h.chunk_index, h.score, h.semantic_score, h.keyword_score)
-        for h in response.results
-    ]
 
 
 def store_of(core: Core) -> ResidentStore:
     assert isinstance(core.index, SqliteIndex)
     return core.index.residents
-
-
-async def answers(core: Core, principal: Principal, **body: Any) -> list[list[Hit]]:
-    return [
-        hits(await run_search(core, principal, query=q, mode=mode, k=5, **body))
-        for q in QUERIES
-        for mode in ("hybrid", "semantic")
-    ]
 
 
 async def per_chunk(

@@ -33,12 +33,16 @@ def per_chunk_path(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 VECTOR = 384 * 4
-Hit = tuple[str, int, float]
+Hit = tuple[str, int, float, float | None, float | None]
 
 
 def hits(response: SearchResponse) -> list[Hit]:
-    """A search's answer, scores unrounded: the cache must not change a bit of them."""
-    return [(h.external_id, h.chunk_index, h.score) for h in response.results]
+    """A search's answer, scores and their parts unrounded: neither the cache nor keeping a
+    user whole (tests/index/test_resident.py) may change a bit of them."""
+    return [
+        (h.external_id, h.chunk_index, h.score, h.semantic_score, h.keyword_score)
+        for h in response.results
+    ]
 
 
 def cache_of(core: Core) -> VectorCache:
