@@ -146,9 +146,13 @@ _libc: ctypes.CDLL | Literal[False] | None = None
 PADDING_FLOOR = 0.75
 
 
-def _batches(lengths: Sequence[int], size: int) -> list[npt.NDArray[np.intp]]:
+def _batches(
+    lengths: Sequence[int], size: int, *, max_padded: int | None = None
+) -> list[npt.NDArray[np.intp]]:
     """Row indexes in batches of at most `size`, longest texts first (as sentence-transformers
-    does), a new batch begun wherever a text is under `PADDING_FLOOR` of its batch's longest."""
+    does), a new batch begun wherever a text is under `PADDING_FLOOR` of its batch's longest,
+    or where the batch padded to its longest would pass `max_padded` (in the same units as
+    `lengths`; a text longer than that is a batch of its own)."""
     order = np.argsort([-n for n in lengths], kind="stable")
     batches: list[npt.NDArray[np.intp]] = []
     start = 0
@@ -157,6 +161,7 @@ def _batches(lengths: Sequence[int], size: int) -> list[npt.NDArray[np.intp]]:
             i == len(order)
             or i - start == size
             or lengths[order[i]] < PADDING_FLOOR * lengths[order[start]]
+            or (max_padded is not None and (i - start + 1) * lengths[order[start]] > max_padded)
         ):
             batches.append(order[start:i])
             start = i

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import threading
 from collections.abc import AsyncIterator, Sequence
@@ -397,9 +398,15 @@ def test_the_model_gives_sentence_transformers_vectors(model: Model) -> None:
     assert np.allclose(ours, library, atol=1e-5)
 
 
-@given(st.lists(st.integers(min_value=0, max_value=5000), max_size=200), st.integers(1, 64))
-def test_batches_cover_every_text_once_with_little_padding(lengths: list[int], size: int) -> None:
-    batches = _batches(lengths, size)
+@given(
+    st.lists(st.integers(min_value=0, max_value=5000), max_size=200),
+    st.integers(1, 64),
+    st.none() | st.integers(1, 20_000),
+)
+def test_batches_cover_every_text_once_with_little_padding(
+    lengths: list[int], size: int, max_padded: int | None
+) -> None:
+    batches = _batches(lengths, size, max_padded=max_padded)
     rows = sorted(int(i) for batch in batches for i in batch)
     assert rows == list(range(len(lengths)))
     for batch in batches:
@@ -407,3 +414,15 @@ def test_batches_cover_every_text_once_with_little_padding(lengths: list[int], s
         assert 1 <= len(batch) <= size
         assert shortest >= PADDING_FLOOR * longest
         assert all(lengths[i] <= longest for i in batch)
+        # Padded to its longest, a batch stays within the bound, unless it is one text.
+        assert max_padded is None or len(batch) == 1 or len(batch) * longest <= max_padded
+    if max_padded is None:
+        # Only the size and the padding floor cut: each batch could not have taken the next.
+        for batch, after in itertools.pairwise(batches):
+            assert len(batch) == size or lengths[after[0]] < PADDING_FLOOR * lengths[batch[0]]
+
+
+def test_the_padded_bound_keeps_long_texts_apart_and_short_ones_together() -> None:
+    lengths = [1000, 900, 800, 100, 90, 80, 70]
+    batches = [sorted(b.tolist()) for b in _batches(lengths, 32, max_padded=1500)]
+    assert batches == [[0], [1], [2], [3, 4, 5], [6]]
