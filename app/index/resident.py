@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,13 +59,22 @@ class Resident:
 
     def rows_of(self, chunk_ids: npt.ArrayLike) -> npt.NDArray[np.intp]:
         """The rows of those of `chunk_ids` held, in the order given (the others left out)."""
-        wanted = np.asarray(chunk_ids, dtype=np.int64)
-        if not len(self.sorted_ids) or not len(wanted):
-            return np.zeros(0, dtype=np.intp)
-        at = np.minimum(np.searchsorted(self.sorted_ids, wanted), len(self.sorted_ids) - 1)
-        held = self.sorted_ids[at] == wanted
+        return self.locate(np.asarray(chunk_ids, dtype=np.int64))[1]
+
+    def vectors(self, chunk_ids: Sequence[int]) -> list[npt.NDArray[np.float32]]:
+        """The vectors of those of `chunk_ids` held."""
+        return list(self.matrix[self.rows_of(list(chunk_ids))])
+
+    def locate(
+        self, chunk_ids: npt.NDArray[np.int64]
+    ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.intp]]:
+        """Which of `chunk_ids` are held, and the rows of those, in the order given."""
+        if not len(self.sorted_ids) or not len(chunk_ids):
+            return np.zeros(len(chunk_ids), dtype=bool), np.zeros(0, dtype=np.intp)
+        at = np.minimum(np.searchsorted(self.sorted_ids, chunk_ids), len(self.sorted_ids) - 1)
+        held = self.sorted_ids[at] == chunk_ids
         rows: npt.NDArray[np.intp] = self.sorted_rows[at[held]]
-        return rows
+        return held, rows
 
 
 class ResidentStore:
@@ -123,10 +133,8 @@ def _build(
     matrix = np.empty((n, DIMS), dtype=np.float32)
     doc_of = np.empty(n, dtype=object)
     have = np.zeros(n, dtype=bool)
-    if old is not None and len(old.sorted_ids) and n:
-        at = np.minimum(np.searchsorted(old.sorted_ids, ids), len(old.sorted_ids) - 1)
-        have = old.sorted_ids[at] == ids
-        rows = old.sorted_rows[at[have]]
+    if old is not None:
+        have, rows = old.locate(ids)
         matrix[have] = old.matrix[rows]
         doc_of[have] = old.doc_ids[old.docs[rows]]
     missing = np.flatnonzero(~have)

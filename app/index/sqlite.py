@@ -41,6 +41,7 @@ from app.index.sqlite_vectors import (
     Bits,
     FloatVectors,
     VectorIndex,
+    best_per_doc,
     nearest_positions,
     read_all_bits,
     restrict_bits,
@@ -264,7 +265,7 @@ class SqliteRanker:
 
     async def vectors(self, chunk_ids: Sequence[int]) -> list[np.ndarray]:
         if self._resident is not None:  # in memory, immutable: no need of the connection
-            return list(self._resident.matrix[self._resident.rows_of(list(chunk_ids))])
+            return self._resident.vectors(chunk_ids)
         return await run_on_connection(
             self._session, lambda conn: self._vectors_of(conn, chunk_ids)
         )
@@ -286,7 +287,7 @@ class SqliteRanker:
 
     def _vectors_of(self, conn: sqlean.Connection, chunk_ids: Sequence[int]) -> list[np.ndarray]:
         if self._resident is not None:
-            return list(self._resident.matrix[self._resident.rows_of(list(chunk_ids))])
+            return self._resident.vectors(chunk_ids)
         self._vectors.load(conn, chunk_ids)
         found = (self._vectors.vector(i) for i in chunk_ids)
         return [v for v in found if v is not None]
@@ -348,10 +349,8 @@ def _exact_rows(
             for start in range(0, len(rows), KEEP_MAX)
         ]
     )
-    order = np.lexsort((ids, -scores))
     docs = resident.docs[rows]
-    _, first = np.unique(docs[order], return_index=True)
-    best = order[np.sort(first)][:depth]
+    best = best_per_doc(ids, docs, scores, depth)
     return [
         Ranked(str(resident.doc_ids[docs[i]]), int(ids[i]), float(scores[i])) for i in best.tolist()
     ]

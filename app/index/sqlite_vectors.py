@@ -11,7 +11,7 @@ belong to):
   dimension (sign), partitioned by user: 48 bytes a vector, 32x less than float32.
 
 A search reads the user's bit vectors in one pass and ranks them by Hamming distance in numpy
-(`read_bits`, `nearest_bits`), then scores only the best few hundred exactly in numpy
+(`read_all_bits`, `nearest_bits`), then scores only the best few hundred exactly in numpy
 (`FloatVectors.nearest_per_doc`). Measured at 100,000 chunks in one partition: vec0's float KNN
 takes ~80 ms (150 MB of vectors per query); vec0's own KNN over the bit column takes 18-40 ms
 (its top-k step costs O(partition x k), 35 ms at k=256); reading the partition's bit blocks and
@@ -120,13 +120,6 @@ class Bits:
     words: npt.NDArray[np.uint64]
 
 
-def read_bits(conn: sqlean.Connection, user_id: int, within: np.ndarray | None) -> Bits:
-    """The user's bit vectors, read straight from vec0's blocks (one row per 1,024 chunks),
-    the deleted slots left out, restricted to `within` (sorted chunk ids) when given."""
-    bits = read_all_bits(conn, user_id)
-    return bits if within is None else restrict_bits(bits, within)[0]
-
-
 def restrict_bits(bits: Bits, within: np.ndarray) -> tuple[Bits, npt.NDArray[np.intp]]:
     """Those of `bits` among `within` (sorted chunk ids), and their positions in `bits`."""
     keep = np.flatnonzero(np.isin(bits.ids, within, assume_unique=True))
@@ -134,7 +127,8 @@ def restrict_bits(bits: Bits, within: np.ndarray) -> tuple[Bits, npt.NDArray[np.
 
 
 def read_all_bits(conn: sqlean.Connection, user_id: int) -> Bits:
-    """All of the user's bit vectors (`read_bits` unrestricted)."""
+    """The user's bit vectors, read straight from vec0's blocks (one row per 1,024 chunks),
+    the deleted slots left out (`restrict_bits` narrows them to a scope)."""
     rows = conn.execute(
         "SELECT c.validity, c.rowids, v.vectors"
         " FROM chunk_vectors_chunks AS c"
@@ -255,13 +249,23 @@ class FloatVectors:
             return []
         rows = np.fromiter((self.rows[i] for i in ids.tolist()), dtype=np.intp, count=len(ids))
         scores = similarities(self._matrix[rows], vector)
-        order = np.lexsort((ids, -scores))
-        docs = self._doc_array[rows][order]
-        _, first = np.unique(docs, return_index=True)
-        best = order[np.sort(first)][:limit]
-        return [
-            (int(ids[i]), self.doc_ids[self._doc_array[rows[i]]], float(scores[i])) for i in best
-        ]
+        docs = self._doc_array[rows]
+        best = best_per_doc(ids, docs, scores, limit)
+        return [(int(ids[i]), self.doc_ids[docs[i]], float(scores[i])) for i in best.tolist()]
+
+
+def best_per_doc(
+    ids: npt.NDArray[np.int64],
+    docs: npt.NDArray[np.intp],
+    scores: npt.NDArray[np.float32],
+    limit: int,
+) -> npt.NDArray[np.intp]:
+    """Positions of the `limit` best chunks, each document's best only (ties by chunk id),
+    best first: chunk `ids[i]` of document number `docs[i]` scored `scores[i]`."""
+    order = np.lexsort((ids, -scores))
+    _, first = np.unique(docs[order], return_index=True)
+    best: npt.NDArray[np.intp] = order[np.sort(first)][:limit]
+    return best
 
 
 def read_entries(conn: sqlean.Connection, chunk_ids: Sequence[int]) -> dict[int, Entry]:

@@ -16,12 +16,10 @@ from app.index import resident as resident_module
 from app.index.resident import PER_CHUNK_OVERHEAD, ResidentStore
 from app.index.sqlite import SqliteIndex
 from app.index.sqlite_vectors import read_all_bits
-from app.models import KnowledgeDocItem
-from app.services import knowledge
 from app.services.core import Core, Principal
 from app.sqlite import run_on_connection
-from tests.index.test_vector_cache import Hit, answers
-from tests.services.test_search import TOPICS, long_text, setup_corpus
+from tests.index.test_vector_cache import Hit, answers, rewrite_corpus
+from tests.services.test_search import TOPICS, setup_corpus
 
 pytestmark = [pytest.mark.anyio, pytest.mark.engines("sqlite")]
 
@@ -70,18 +68,8 @@ async def test_writes_rebuild_the_kept_matrix_from_the_old_one(
     await answers(core, principal)
     store = store_of(core)
     builds = store.builds
+    await rewrite_corpus(core, principal)
     last = len(TOPICS) - 1
-    await knowledge.upsert_many(
-        core=core,
-        principal=principal,
-        items=[
-            KnowledgeDocItem(
-                external_id=f"doc-{last}", title=None, content=long_text(TOPICS[0], 40)
-            ),
-            KnowledgeDocItem(external_id="new", title=None, content=long_text(TOPICS[2], 5)),
-        ],
-    )
-    await knowledge.delete_doc(core=core, principal=principal, external_id="doc-2")
     read: list[int] = []
     original = resident_module.read_entries
 

@@ -93,7 +93,7 @@ async def test_quantize_matches_sqlite_vec(app: Starlette) -> None:
 
 
 async def test_the_bit_scan_agrees_with_vec0_knn(app: Starlette) -> None:
-    """The coarse pass (`read_bits`, `nearest_bits`) reads vec0's blocks itself: same distances
+    """The coarse pass (`read_all_bits`, `nearest_bits`) reads vec0's blocks itself: same distances
     as vec0's own KNN (this fails first should an upgrade of sqlite-vec change its layout)."""
     core, principal = await setup_corpus(app)
     other = await accounts.authenticate(
@@ -145,7 +145,9 @@ async def coarse_pass(
     chunks nearest by Hamming distance, nearest first, and how many were eligible."""
 
     def run(conn: sqlean.Connection) -> tuple[list[int], int]:
-        bits = sqlite_vectors.read_bits(conn, user_id, within)
+        bits = sqlite_vectors.read_all_bits(conn, user_id)
+        if within is not None:
+            bits = sqlite_vectors.restrict_bits(bits, within)[0]
         return nearest_bits(bits, vector, n).tolist(), len(bits.ids)
 
     return await run_on_connection(session, run)

@@ -67,6 +67,24 @@ async def uncached(
         return await answers(core, principal, **body)
 
 
+async def rewrite_corpus(core: Core, principal: Principal) -> None:
+    """The document holding the largest chunk ids (the last) replaced by other text (its chunks
+    deleted, new rows written), "doc-2" deleted, "new" added."""
+    await knowledge.upsert_many(
+        core=core,
+        principal=principal,
+        items=[
+            KnowledgeDocItem(
+                external_id=f"doc-{len(TOPICS) - 1}",
+                title=None,
+                content=long_text(TOPICS[0], 40),
+            ),
+            KnowledgeDocItem(external_id="new", title=None, content=long_text(TOPICS[2], 5)),
+        ],
+    )
+    await knowledge.delete_doc(core=core, principal=principal, external_id="doc-2")
+
+
 def entry(n: int) -> tuple[int, tuple[str, bytes]]:
     return n, ("doc", bytes([n]) * VECTOR)
 
@@ -119,24 +137,11 @@ async def test_replaced_and_deleted_documents_never_rank_by_their_old_vectors(
     core, principal = await setup_corpus(app)
     await answers(core, principal)
     held = len(cache_of(core))
-    last = len(TOPICS) - 1
-    await knowledge.upsert_many(
-        core=core,
-        principal=principal,
-        items=[
-            KnowledgeDocItem(
-                external_id=f"doc-{last}",
-                title=None,
-                content=long_text(TOPICS[0], 40),
-            ),
-            KnowledgeDocItem(external_id="new", title=None, content=long_text(TOPICS[2], 5)),
-        ],
-    )
-    await knowledge.delete_doc(core=core, principal=principal, external_id="doc-2")
+    await rewrite_corpus(core, principal)
     assert len(cache_of(core)) == held  # the old vectors are still cached
     after = await answers(core, principal)
     assert after == await uncached(core, principal, monkeypatch)
-    assert any(h[0] == f"doc-{last}" for answer in after for h in answer)
+    assert any(h[0] == f"doc-{len(TOPICS) - 1}" for answer in after for h in answer)
     assert not any(h[0] == "doc-2" for answer in after for h in answer)
 
 
