@@ -331,15 +331,21 @@ def vacuum_into(path: Path, backup: Path) -> None:
         conn.close()
 
 
-async def run_on_connection(session: AsyncSession, fn: Callable[[sqlean.Connection], T]) -> T:
+async def run_on_connection(
+    session: AsyncSession, fn: Callable[[sqlean.Connection], T], *, last_read: bool = False
+) -> T:
     """Run `fn` with the session's own sqlite3 connection, on the thread that owns it, inside the
     session's transaction (begun first, so `fn` reads the same snapshot as the session's other
     statements): a whole read, its numpy work included, in one thread hop, where the async
-    driver takes one hop or more per statement. A DB-API error leaves as SQLAlchemy's (an
-    `OperationalError` for a locked or vanished file), as any statement's would; so does a
-    connection whose aiosqlite thread has gone (aiosqlite says so with a ValueError, which
-    SQLAlchemy's adapter maps for a statement), and such a connection leaves the pool, as it does
-    after a statement: a 503 for this request, not a 500, and none for the next ones.
+    driver takes one hop or more per statement. `last_read`: the session is a read that does
+    nothing after `fn`, so its transaction is rolled back in the same hop (and the session's
+    own rollback at its end has nothing left to end: no hop); never for a write.
+
+    A DB-API error leaves as SQLAlchemy's (an `OperationalError` for a locked or vanished file),
+    as any statement's would; so does a connection whose aiosqlite thread has gone (aiosqlite
+    says so with a ValueError, which SQLAlchemy's adapter maps for a statement), and such a
+    connection leaves the pool, as it does after a statement: a 503 for this request, not a 500,
+    and none for the next ones.
 
     aiosqlite runs functions on its thread through `Connection._execute` (private; pinned in
     pyproject.toml)."""
@@ -356,7 +362,11 @@ async def run_on_connection(session: AsyncSession, fn: Callable[[sqlean.Connecti
         def run(conn: sqlean.Connection) -> T:
             if begin is not None:
                 conn.execute(begin)
-            return fn(conn)
+            try:
+                return fn(conn)
+            finally:
+                if last_read and conn.in_transaction:
+                    conn.rollback()
 
         async with adapted._execute_mutex:
             return await driver._execute(run, driver._connection)  # type: ignore[no-untyped-call,no-any-return]
@@ -367,3 +377,4 @@ async def run_on_connection(session: AsyncSession, fn: Callable[[sqlean.Connecti
         raise DBAPIError.instance(
             None, None, exc, sqlean.Error, connection_invalidated=gone
         ) from exc
+

@@ -89,6 +89,32 @@ async def test_a_read_is_one_hop_per_statement(database: Database, hops: Hops) -
     assert hops.take() == []
 
 
+async def test_a_last_read_ends_its_transaction_in_its_own_hop(
+    database: Database, hops: Hops
+) -> None:
+    """`run_on_connection(..., last_read=True)` (a search's plan): BEGIN, the function and the
+    ROLLBACK in one hop, and the session's end costs none; the connection goes back to the pool
+    with no transaction open, so the next session sees later writes."""
+
+    def count(conn: sqlean.Connection) -> int:
+        return int(conn.execute("SELECT count(*) FROM scratch").fetchone()[0])
+
+    hops.take()
+    async with database.read() as session:
+        assert await run_on_connection(session, count, last_read=True) == 0
+        assert hops.take() == ["run"]
+    assert hops.take() == []
+    async with database.write() as writing:
+        await writing.execute(text("INSERT INTO scratch (name) VALUES ('x')"))
+    async with database.read() as session:
+        assert await run_on_connection(session, count, last_read=True) == 1
+    # Without it, the session's own rollback is a hop of its own.
+    hops.take()
+    async with database.read() as session:
+        assert await run_on_connection(session, count) == 1
+    assert hops.take() == ["run", "rollback"]
+
+
 async def test_a_held_back_begin_still_holds_one_snapshot(database: Database, hops: Hops) -> None:
     """The BEGIN sent with the first statement opens a real transaction, whichever way the
     session's first read goes (a statement, `run_on_connection`, a stream): a write committed

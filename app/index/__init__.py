@@ -49,7 +49,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a search makes hundreds, and frozen doubles the cost of each
 class Ranked:
     """A document as a ranking places it: its best chunk and that chunk's score (higher is
     better; cosine similarity for vectors, BM25 for keywords)."""
@@ -126,8 +126,9 @@ class SemanticRanker(Protocol):
     async def hit_rows(self, chunk_ids: Sequence[int]) -> list[HitRow]:
         """What the hits show of those of `chunk_ids` that exist (any order)."""
 
-    async def run(self, plan: Plan[T]) -> T:
-        """`plan`'s result, its steps answered by this ranker."""
+    async def run(self, plan: Plan[T], *, last: bool = False) -> T:
+        """`plan`'s result, its steps answered by this ranker. `last`: the search's read session
+        does nothing after it (an engine may end the read transaction with the plan)."""
 
 
 async def drive(plan: Plan[T], ranker: SemanticRanker) -> T:

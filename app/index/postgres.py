@@ -260,7 +260,7 @@ class PostgresRanker:
         rows = await self.session.execute(_HIT_ROWS, {"ids": list(chunk_ids)})
         return [tuple(row) for row in rows]
 
-    async def run(self, plan: Plan[T]) -> T:
+    async def run(self, plan: Plan[T], *, last: bool = False) -> T:
         return await drive(plan, self)
 
 

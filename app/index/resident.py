@@ -120,6 +120,12 @@ class ResidentStore:
                 self.bytes -= evicted.nbytes
         return fresh
 
+    def latest(self, user_id: int) -> Resident | None:
+        """The user's matrix as last kept, for whichever snapshot it was built (unchecked: for
+        what holds in every snapshot, such as a chunk's document), or None."""
+        with self._lock:
+            return self._entries.get(user_id)
+
     def __len__(self) -> int:
         return len(self._entries)
 

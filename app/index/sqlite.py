@@ -36,7 +36,7 @@ from app.index import (
 )
 from app.index.resident import Resident, ResidentStore
 from app.index.scope import Scope
-from app.index.sqlite_keywords import KeywordIndex, match_expression
+from app.index.sqlite_keywords import DocsOf, KeywordIndex, match_expression
 from app.index.sqlite_vectors import (
     Bits,
     FloatVectors,
@@ -203,12 +203,16 @@ class SqliteIndex:
             return []
         scope = _ids(within)
         try:
-            rows = await self.keywords.best_per_doc(
+            rows = await run_on_connection(
                 session,
-                user_id=user_id,
-                match=match,
-                limit=depth,
-                chunk_ids=None if scope is None else scope.tolist(),
+                lambda conn: self.keywords.best_per_doc(
+                    conn,
+                    user_id=user_id,
+                    match=match,
+                    limit=depth,
+                    chunk_ids=None if scope is None else scope.tolist(),
+                    docs_of=self._docs_of(user_id),
+                ),
             )
         except OperationalError as exc:
             # `match_expression` quotes every word, so this is not expected; should FTS5 still
@@ -219,6 +223,35 @@ class SqliteIndex:
             return []
         # bm25() is lower for better matches; the API's scores are higher-is-better.
         return [Ranked(doc, chunk_id, -score) for doc, chunk_id, score in rows]
+
+    def _docs_of(self, user_id: int) -> DocsOf | None:
+        """The document of each chunk from the user's kept matrix, whichever snapshot it was
+        built for (a chunk's document never changes and its id is never reused, so every
+        chunk it holds maps right); the chunks it lacks, written since, from `chunks`. None
+        when no matrix is kept (the keyword statement joins `chunks` then)."""
+        resident = self.residents.latest(user_id)
+        if resident is None:
+            return None
+
+        def docs_of(conn: sqlean.Connection, chunk_ids: list[int]) -> list[str | None]:
+            ids = np.asarray(chunk_ids, dtype=np.int64)
+            held, rows = resident.locate(ids)
+            docs = np.full(len(ids), None, dtype=object)
+            docs[held] = resident.doc_ids[resident.docs[rows]]
+            if not held.all():
+                lacking = ids[~held].tolist()
+                found = dict(
+                    conn.execute(
+                        "SELECT c.id, c.doc_id FROM json_each(?) AS j"
+                        " CROSS JOIN chunks AS c ON c.id = j.value",
+                        (json.dumps(lacking),),
+                    ).fetchall()
+                )
+                docs[~held] = [found.get(i) for i in lacking]
+            found_docs: list[str | None] = docs.tolist()
+            return found_docs
+
+        return docs_of
 
     async def count(self, session: AsyncSession, *, user_id: int) -> int:
         return await self.vectors.count(session, user_id=user_id)
@@ -273,8 +306,9 @@ class SqliteRanker:
     async def hit_rows(self, chunk_ids: Sequence[int]) -> list[HitRow]:
         return await run_on_connection(self._session, lambda conn: _hit_rows(conn, chunk_ids))
 
-    async def run(self, plan: Plan[T]) -> T:
-        """The whole plan in one thread hop: its passes, its rows, and the Python between."""
+    async def run(self, plan: Plan[T], *, last: bool = False) -> T:
+        """The whole plan in one thread hop: its passes, its rows, and the Python between (and,
+        when `last`, the end of the read transaction)."""
         return await run_on_connection(
             self._session,
             lambda conn: drive_sync(
@@ -283,6 +317,7 @@ class SqliteRanker:
                 lambda chunk_ids: self._vectors_of(conn, chunk_ids),
                 lambda chunk_ids: _hit_rows(conn, chunk_ids),
             ),
+            last_read=last,
         )
 
     def _vectors_of(self, conn: sqlean.Connection, chunk_ids: Sequence[int]) -> list[np.ndarray]:
@@ -351,9 +386,8 @@ def _exact_rows(
     )
     docs = resident.docs[rows]
     best = best_per_doc(ids, docs, scores, depth)
-    return [
-        Ranked(str(resident.doc_ids[docs[i]]), int(ids[i]), float(scores[i])) for i in best.tolist()
-    ]
+    names = resident.doc_ids[docs[best]].tolist()
+    return list(map(Ranked, names, ids[best].tolist(), scores[best].tolist()))
 
 
 def _hit_rows(conn: sqlean.Connection, chunk_ids: Sequence[int]) -> list[HitRow]:

@@ -251,7 +251,8 @@ class FloatVectors:
         scores = similarities(self._matrix[rows], vector)
         docs = self._doc_array[rows]
         best = best_per_doc(ids, docs, scores, limit)
-        return [(int(ids[i]), self.doc_ids[docs[i]], float(scores[i])) for i in best.tolist()]
+        names = [self.doc_ids[d] for d in docs[best].tolist()]
+        return list(zip(ids[best].tolist(), names, scores[best].tolist(), strict=True))
 
 
 def best_per_doc(

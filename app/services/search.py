@@ -72,7 +72,7 @@ FEEDBACK_DOCS = 5
 FEEDBACK_WEIGHT = 1.5
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a search makes hundreds, and frozen doubles the cost of each
 class Scored:
     """A document as the answer shows it: its chunk, its score, and the parts it came from."""
 
@@ -123,7 +123,7 @@ async def search(*, core: Core, principal: Principal, request: SearchRequest) ->
         # The rest as one plan (the semantic passes, the fusions, the hits' rows): SQLite runs
         # it on its connection's thread in one hop.
         hits = await ranker.run(
-            answer_plan(request.mode, vector, keyword_part, depth=depth, k=request.k)
+            answer_plan(request.mode, vector, keyword_part, depth=depth, k=request.k), last=True
         )
     if request.min_score is not None:
         hits = [hit for hit in hits if hit.score >= request.min_score]
@@ -160,27 +160,27 @@ def fuse(semantic: list[Scored], keyword: list[Scored], *, depth: int) -> list[S
     query word), else the lowest score that ranking kept (it cannot have scored higher). Ties
     go to the chunk id, which follows upload order, so the same data uploaded the same way
     ranks the same (document ids are random)."""
-    by_semantic = {s.doc_id: s for s in semantic}
     by_keyword = {s.doc_id: s for s in keyword}
-    semantic_floor = _floor(semantic, depth)
-    keyword_floor = _floor(keyword, depth)
+    semantic_floor = SEMANTIC_WEIGHT * _floor(semantic, depth)
+    keyword_floor = (1 - SEMANTIC_WEIGHT) * _floor(keyword, depth)
     fused = []
-    for doc in by_semantic.keys() | by_keyword.keys():
-        sem, kw = by_semantic.get(doc), by_keyword.get(doc)
-        sem_part = SEMANTIC_WEIGHT * (sem.score if sem else semantic_floor)
-        kw_part = (1 - SEMANTIC_WEIGHT) * (kw.score if kw else keyword_floor)
-        # The chunk shown is the one of the part that weighs more in the score.
-        shown = sem if sem and (kw is None or sem_part >= kw_part) else kw
-        assert shown is not None
-        fused.append(
-            Scored(
-                doc,
-                shown.chunk_id,
-                min(1.0, sem_part + kw_part),
-                semantic=sem.score if sem else None,
-                keyword=kw.score if kw else None,
+    for sem in semantic:
+        sem_part = SEMANTIC_WEIGHT * sem.score
+        kw = by_keyword.pop(sem.doc_id, None)
+        if kw is None:
+            score, shown, kw_score = sem_part + keyword_floor, sem, None
+        else:
+            kw_part = (1 - SEMANTIC_WEIGHT) * kw.score
+            # The chunk shown is the one of the part that weighs more in the score.
+            score, shown, kw_score = (
+                sem_part + kw_part,
+                sem if sem_part >= kw_part else kw,
+                kw.score,
             )
-        )
+        fused.append(Scored(sem.doc_id, shown.chunk_id, min(1.0, score), sem.score, kw_score))
+    for kw in by_keyword.values():  # those the semantic ranking left out
+        score = semantic_floor + (1 - SEMANTIC_WEIGHT) * kw.score
+        fused.append(Scored(kw.doc_id, kw.chunk_id, min(1.0, score), None, kw.score))
     fused.sort(key=lambda s: (-s.score, s.chunk_id))
     return fused
 

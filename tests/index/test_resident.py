@@ -18,8 +18,8 @@ from app.index.sqlite import SqliteIndex
 from app.index.sqlite_vectors import read_all_bits
 from app.services.core import Core, Principal
 from app.sqlite import run_on_connection
-from tests.index.test_vector_cache import Hit, answers, rewrite_corpus
-from tests.services.test_search import TOPICS, setup_corpus
+from tests.index.test_vector_cache import Hit, answers, hits, rewrite_corpus
+from tests.services.test_search import QUERIES, TOPICS, run_search, setup_corpus
 
 pytestmark = [pytest.mark.anyio, pytest.mark.engines("sqlite")]
 
@@ -32,9 +32,11 @@ def store_of(core: Core) -> ResidentStore:
 async def per_chunk(
     core: Core, principal: Principal, monkeypatch: pytest.MonkeyPatch, **body: Any
 ) -> list[list[Hit]]:
-    """The same searches with no user kept whole."""
+    """The same searches with no user kept whole (nor its documents named from the kept matrix
+    for the keyword ranking)."""
     with monkeypatch.context() as m:
         m.setattr(ResidentStore, "current", lambda *_args: None)
+        m.setattr(ResidentStore, "latest", lambda *_args: None)
         return await answers(core, principal, **body)
 
 
@@ -95,6 +97,39 @@ async def test_writes_rebuild_the_kept_matrix_from_the_old_one(
     assert sorted(read) == sorted(new)  # only the new chunks were read
     assert after == await per_chunk(core, principal, monkeypatch)
     assert not any(hit[0] == "doc-2" for answer in after for hit in answer)
+
+
+async def test_keyword_rankings_name_documents_from_a_kept_matrix_of_any_snapshot(
+    app: Starlette, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The keyword ranking takes its chunks' documents from the user's kept matrix instead of a
+    join, even a matrix older than the search's snapshot (documents written since): the chunks
+    it holds map right in every snapshot, the new ones are looked up. The same answers as the
+    join, bit for bit."""
+    core, principal = await setup_corpus(app)
+    await answers(core, principal)
+    store = store_of(core)
+    old = store.latest(principal.user_id)
+    assert old is not None
+    await rewrite_corpus(core, principal)  # new chunks the kept matrix lacks; no search since
+
+    async def keyword() -> list[list[Hit]]:
+        return [
+            hits(await run_search(core, principal, query=q, mode="keyword", k=10, **body))
+            for q in (*QUERIES, TOPICS[0], TOPICS[2], "doc")
+            for body in ({}, {"external_ids": ["new", "doc-1", "doc-3"]})
+        ]
+
+    named = await keyword()
+    assert store.latest(principal.user_id) is old  # keyword searches do not rebuild it
+    with monkeypatch.context() as m:
+        m.setattr(ResidentStore, "latest", lambda *_args: None)
+        joined = await keyword()
+    assert named == joined
+    found = {hit[0] for answer in named for hit in answer}
+    # "new" and the rewritten last document exist only in chunks written after the matrix.
+    assert {"new", f"doc-{len(TOPICS) - 1}"} <= found
+    assert "doc-2" not in found
 
 
 async def test_the_store_keeps_to_its_bounds(app: Starlette) -> None:
