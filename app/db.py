@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Literal
@@ -32,6 +32,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 from sqlalchemy.pool import NullPool
+from sqlalchemy.sql.selectable import TextualSelect
 from sqlmodel import SQLModel
 
 from app import migrations, postgres, sqlite
@@ -121,6 +122,18 @@ class Database:
             if (mapped := self._translate(exc, writing=False)) is None:
                 raise
             raise mapped from exc
+
+    async def read_row(
+        self, statement: TextualSelect, params: Mapping[str, Any]
+    ) -> dict[str, Any] | None:
+        """The first row of one typed text statement (`text(...).columns(...)`) as a dict, or
+        None: a read of one statement, such as the key lookup of every request. On SQLite one
+        thread hop (`sqlite.first_row`)."""
+        async with self.read() as session:
+            if self.dialect == "sqlite":
+                return await sqlite.first_row(session, statement, params)
+            row = (await session.execute(statement, params)).first()
+            return None if row is None else dict(row._mapping)
 
     @asynccontextmanager
     async def write(self, *, user_id: int | None = None) -> AsyncIterator[AsyncSession]:

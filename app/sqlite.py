@@ -28,10 +28,10 @@ from __future__ import annotations
 
 import collections
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import aiosqlite
 import sqlean
@@ -48,6 +48,8 @@ from sqlalchemy.dialects.sqlite.aiosqlite import (
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.sql.elements import TextClause
+from sqlalchemy.sql.selectable import TextualSelect
 from sqlalchemy.util import EMPTY_DICT
 
 if TYPE_CHECKING:
@@ -378,3 +380,23 @@ async def run_on_connection(
             None, None, exc, sqlean.Error, connection_invalidated=gone
         ) from exc
 
+
+async def first_row(
+    session: AsyncSession, statement: TextualSelect, params: Mapping[str, Any]
+) -> dict[str, Any] | None:
+    """The first row of a typed text statement (`text(...).columns(...)`, named parameters),
+    its values read back as its column types say, or None; in one thread hop with the session's
+    transaction, begun and ended (`run_on_connection` with `last_read`): the session must do
+    nothing else. Through the ORM a one-statement read took two hops and ~0.5 ms in all."""
+    sql = cast(TextClause, statement.element).text
+    row = await run_on_connection(
+        session, lambda conn: conn.execute(sql, params).fetchone(), last_read=True
+    )
+    if row is None:
+        return None
+    dialect = session.get_bind().dialect
+    values: dict[str, Any] = {}
+    for column, value in zip(statement.selected_columns, row, strict=True):
+        process = column.type._cached_result_processor(dialect, None)
+        values[column.name] = value if process is None else process(value)
+    return values

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import sqlean
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import text
+from sqlalchemy import Integer, String, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import SQLModel, select
@@ -113,6 +114,34 @@ async def test_integrity_conflict_surfaces_as_sqlalchemy_error(settings: Setting
         if database.dialect == "sqlite":
             # The driver error is sqlean's, wrapped: the stock sqlite3 mapping would miss it.
             assert isinstance(info.value.orig, sqlean.IntegrityError)
+    finally:
+        await database.dispose()
+
+
+async def test_read_row_reads_typed_values_as_a_session_would(settings: Settings) -> None:
+    """`Database.read_row` (the key lookup of every request; one hop on SQLite) gives the row
+    a session's statement gives, its values read back by their column types; None for no
+    row; and leaves no transaction behind (a write right after is seen)."""
+    database = await opened(settings)
+    statement = text(
+        "SELECT id AS user_id, email, created_at FROM users WHERE email = :email"
+    ).columns(
+        user_id=Integer(),
+        email=String(),
+        created_at=User.__table__.c.created_at.type,  # type: ignore[attr-defined]
+    )
+    try:
+        async with database.write() as session:
+            session.add(User(email="r@x.example", plan_id="free", created_at=utcnow()))
+        row = await database.read_row(statement, {"email": "r@x.example"})
+        async with database.read() as session:
+            expected = (await session.execute(statement, {"email": "r@x.example"})).one()
+        assert row == dict(expected._mapping)
+        assert isinstance(row["created_at"], datetime) and row["created_at"].tzinfo is not None
+        assert await database.read_row(statement, {"email": "s@x.example"}) is None
+        async with database.write() as session:
+            session.add(User(email="s@x.example", plan_id="free", created_at=utcnow()))
+        assert await database.read_row(statement, {"email": "s@x.example"}) is not None
     finally:
         await database.dispose()
 

@@ -191,20 +191,20 @@ async def authenticate(*, core: Core, api_key: str | None) -> Principal:
     if not api_key or not security.looks_like_api_key(api_key):
         raise Unauthorized()
     digest = security.hash_api_key(api_key)
-    async with core.db.read() as session:
-        row = (await session.execute(_KEY_LOOKUP, {"digest": digest})).one_or_none()
+    row = await core.db.read_row(_KEY_LOOKUP, {"digest": digest})
     if row is None:
         raise Unauthorized()
-    if row.status != "active" or not security.constant_time_equals(row.key_hash, digest):
+    if row["status"] != "active" or not security.constant_time_equals(row["key_hash"], digest):
         raise Unauthorized()
     now = utcnow()
-    if row.last_used_at is None or now - row.last_used_at >= LAST_USED_RESOLUTION:
+    last_used = row["last_used_at"]
+    if last_used is None or now - last_used >= LAST_USED_RESOLUTION:
         async with core.db.write() as session:
-            db_key = await session.get(ApiKey, row.key_id)
+            db_key = await session.get(ApiKey, row["key_id"])
             if db_key is not None:
                 db_key.last_used_at = now
                 session.add(db_key)
-    return Principal(user_id=row.user_id, email=row.email, plan=core.plan(row.plan_id))
+    return Principal(user_id=row["user_id"], email=row["email"], plan=core.plan(row["plan_id"]))
 
 
 #: Every request's key lookup: the columns it needs, as a text statement (typed, so the time
