@@ -298,6 +298,39 @@ def test_the_shape_is_read_exactly_from_the_bytes(value: Any, ascii_only: bool, 
     assert kinds.count(b"{") == _objects(value)
 
 
+@settings(max_examples=300, database=None, deadline=None)
+@given(
+    value=json_trees,
+    max_values=st.integers(1, 40),
+    max_arrays=st.integers(0, 12),
+    max_depth=st.integers(0, 8),
+)
+def test_the_quick_count_passes_exactly_the_bodies_the_scan_passes(
+    value: Any, max_values: int, max_arrays: int, max_depth: int
+) -> None:
+    """Small bodies skip the scan when their raw marks (strings' bytes included) are within
+    every bound; whatever the bounds, a body passes exactly when its real marks are within
+    them."""
+    raw = json.dumps(value).encode()
+    kinds = intake._structure(raw).tobytes()
+    arrays, objects = kinds.count(b"["), kinds.count(b"{")
+    within = (
+        json_depth(value) <= max_depth
+        and arrays <= max_arrays
+        and kinds.count(b",") + arrays + objects + 1 <= max_values
+    )
+    saved, intake.MAX_DEPTH = intake.MAX_DEPTH, max_depth
+    try:
+        intake._check_shape(raw, max_values=max_values, max_arrays=max_arrays)
+    except (intake.MalformedJson, intake.TooLarge):
+        passed = False
+    else:
+        passed = True
+    finally:
+        intake.MAX_DEPTH = saved
+    assert passed == within
+
+
 def _arrays(value: Any) -> int:
     if isinstance(value, list):
         return 1 + sum(_arrays(v) for v in value)
