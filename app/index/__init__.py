@@ -117,6 +117,11 @@ class SemanticRanker(Protocol):
     moved towards its best hits), within one user and scope, on the search's session: what the
     first pass read (SQLite: the bit vectors, the float vectors it scored) serves the second."""
 
+    async def prepare(self, depth: int) -> None:
+        """Read what passes of `depth` documents will need that does not depend on the vector
+        (SQLite: the bit vectors and the kept matrix), while the query is still being
+        embedded; optional, the first pass reads it otherwise."""
+
     async def rank(self, vector: np.ndarray, depth: int) -> list[Ranked]:
         """The `depth` documents nearest to `vector`, nearest first."""
 

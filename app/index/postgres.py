@@ -243,6 +243,9 @@ class PostgresRanker:
     user_id: int
     within: Restriction | None
 
+    async def prepare(self, depth: int) -> None:
+        """Nothing to read ahead: each pass is one statement."""
+
     async def rank(self, vector: np.ndarray, depth: int) -> list[Ranked]:
         return await self.index.semantic(
             self.session, user_id=self.user_id, vector=vector, depth=depth, within=self.within

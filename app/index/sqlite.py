@@ -293,6 +293,10 @@ class SqliteRanker:
         self._resident: Resident | None = None
         self._rows: np.ndarray | None = None
 
+    async def prepare(self, depth: int) -> None:
+        if self._bits is None and not self._scope_alone(depth):
+            await run_on_connection(self._session, self._read_bits)
+
     async def rank(self, vector: np.ndarray, depth: int) -> list[Ranked]:
         return await run_on_connection(self._session, lambda conn: self._rank(conn, vector, depth))
 
@@ -327,10 +331,16 @@ class SqliteRanker:
         found = (self._vectors.vector(i) for i in chunk_ids)
         return [v for v in found if v is not None]
 
+    def _scope_alone(self, depth: int) -> bool:
+        """The scope is small enough to be scored whole, with no coarse pass (no dearer than
+        rescoring its candidates)."""
+        return self._scope is not None and len(self._scope) <= _candidates(depth)
+
     def _rank(self, conn: sqlean.Connection, vector: np.ndarray, depth: int) -> list[Ranked]:
-        n = _candidates(depth)
-        if self._scope is not None and len(self._scope) <= n:  # no dearer than rescoring
+        if self._scope_alone(depth):
+            assert self._scope is not None
             return self._exact(conn, self._scope, vector, depth)
+        n = _candidates(depth)
         if self._bits is None:
             self._read_bits(conn)
         assert self._bits is not None

@@ -4,6 +4,9 @@ storage layout)."""
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import numpy as np
 import pytest
 import sqlean
@@ -214,3 +217,41 @@ async def test_a_pass_over_more_candidates_than_kept_ranks_the_same_in_batches(
             assert got == again == expected, (query, depth)
             # Only the first pass's 5 and the feedback chunks were kept, not the deeper passes.
             assert held <= 5 + 3
+
+
+async def test_the_bit_vectors_are_read_while_the_query_is_embedded(
+    app: Starlette, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A search reads its bit vectors (and finds the kept matrix) beside the embedding of its
+    query, not after it: here the embedding cannot finish until they are read. Once per
+    search, in every mode that ranks by meaning; not at all for a scope scored whole."""
+    core, principal = await setup_corpus(app)
+    read = asyncio.Event()
+    reads = 0
+    read_all_bits = sqlite_index.read_all_bits
+
+    def reading(conn: sqlean.Connection, user_id: int) -> sqlite_vectors.Bits:
+        nonlocal reads
+        reads += 1
+        bits = read_all_bits(conn, user_id)
+        core_loop.call_soon_threadsafe(read.set)
+        return bits
+
+    embed = core.embedder.embed
+
+    async def embed_after_the_read(texts: Any, **kwargs: Any) -> Any:
+        await asyncio.wait_for(read.wait(), timeout=10)
+        return await embed(texts, **kwargs)
+
+    core_loop = asyncio.get_running_loop()
+    monkeypatch.setattr(sqlite_index, "read_all_bits", reading)
+    monkeypatch.setattr(core.embedder, "embed", embed_after_the_read)
+    for mode in ("hybrid", "semantic"):
+        read.clear()
+        reads = 0
+        answer = await run_search(core, principal, query=QUERIES[0], mode=mode, k=3)
+        assert answer.results and reads == 1, mode
+    read.set()
+    reads = 0
+    await run_search(core, principal, query=QUERIES[0], external_ids=["doc-1"], k=3)
+    assert reads == 0
