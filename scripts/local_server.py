@@ -127,7 +127,7 @@ def own_server(
     with tempfile.TemporaryDirectory(prefix="personaizer-own-", ignore_cleanup_errors=True) as tmp:
         data_dir = Path(tmp) / "data"
         data_dir.mkdir()
-        chosen = env.get("PERSONAIZER_ENCODER", "torch")
+        chosen = env.get("PERSONAIZER_ENCODER", "default")
         log(f"starting own server ({exe}, data dir {data_dir}, encoder {chosen})")
         # Only `serve` and `init` create a database; every other command refuses a missing one.
         _run_cli(exe, ["init", "--data-dir", str(data_dir)], env)
