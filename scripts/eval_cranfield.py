@@ -28,7 +28,7 @@ API key, ``personaizer serve`` on a free port; stopped and removed at the end)::
 Options: ``--data DIR`` (default ``<repo root>/../shared/data/cranfield``), ``--json`` (also
 print the results as JSON on stdout; the table then goes to stderr), ``--check`` (exit 1 when a
 target is missed), ``--encoder torch|onnx`` (the own server's ``PERSONAIZER_ENCODER``; default:
-the environment's, else torch).
+the environment's, else the server's own default, onnx).
 
 Exit codes: 0 done (targets are only reported), 1 a target was missed and ``--check`` was given,
 2 a request failed or the server could not be started.
@@ -632,7 +632,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--encoder",
         choices=("torch", "onnx"),
         help="the own server's embedding runtime (PERSONAIZER_ENCODER; default: the "
-        "environment's, else torch); onnx needs the onnx extra",
+        "environment's, else the server's default, onnx)",
     )
     parser.add_argument(
         "--database-url",
