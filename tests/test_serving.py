@@ -204,6 +204,31 @@ def test_past_the_connection_limit_requests_get_503(server: Server) -> None:
         time.sleep(0.1)
 
 
+def test_malformed_or_oversized_requests_get_400_and_the_connection_closed(server: Server) -> None:
+    """What the HTTP parser refuses never reaches the app: a head over 16 KiB (in one header or
+    many), an HTTP/1.1 request without Host, both Content-Length and Transfer-Encoding (request
+    smuggling), folded header lines. A head just under the bound is served."""
+    refused = [
+        b"GET /problems HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 17_000 + b"\r\n\r\n",
+        b"GET /problems HTTP/1.1\r\nHost: t\r\n"
+        + b"".join(b"X-%d: y\r\n" % i for i in range(3000))
+        + b"\r\n",
+        b"GET /problems HTTP/1.1\r\n\r\n",
+        b"POST /api/knowledge/search HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"GET /problems HTTP/1.1\r\nHost: t\r\nX-A: y\r\n z\r\n\r\n",
+    ]
+    for raw in refused:
+        with server.connect() as sock:
+            answer = request(sock, raw)
+            assert answer.status == 400, raw[:60]
+            received, _ = wait_closed(sock, trickle=None, within=SLACK_S)
+            assert received == b""
+    with server.connect() as sock:
+        big = b"GET /problems HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 15_000 + b"\r\n\r\n"
+        assert request(sock, big).status == 200
+
+
 @pytest.mark.anyio
 async def test_served_connections_send_without_waiting_for_acks() -> None:
     """The socket `serve` listens on yields connections with Nagle's algorithm off: with it on,
