@@ -206,6 +206,18 @@ class RequestTimeout(AppError):
     )
 
 
+class MalformedRequest(AppError):
+    code = "request.malformed"
+    status = 400
+    title = "Malformed request"
+    description = (
+        "The request is not HTTP/1.1 the server can take: a request line or headers that do not "
+        "parse, over 16 KiB of them, an HTTP/1.1 request without Host, both Content-Length and "
+        "Transfer-Encoding, or a body that does not follow its framing. The connection is "
+        "closed. Nothing was done."
+    )
+
+
 class RouteNotFound(AppError):
     code = "request.not_found"
     status = 404

@@ -11,8 +11,9 @@
 - Beyond `max_connections` open connections or requests in flight, a request is answered 503
   `server.unavailable` as problem+json with `Retry-After` (uvicorn's own limit answers plain
   text) and its connection is closed.
-- A request line and headers over 16 KiB (`MAX_HEAD_BYTES`), or an HTTP/1.1 request without
-  Host, are refused by the parser: 400 and the connection closed, before the app sees them.
+- A request line and headers over 16 KiB (`MAX_HEAD_BYTES`), an HTTP/1.1 request without Host,
+  and whatever else the parser refuses are answered 400 `request.malformed` as problem+json
+  (uvicorn answers plain text) and the connection is closed, before the app sees them.
 - uvicorn's proxy-header rewriting is off: who the client is behind proxies is decided in one
   place, the app (app/proxies.py with `PERSONAIZER_TRUSTED_PROXIES`).
 
@@ -34,7 +35,7 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from app.errors import AppError, RequestTimeout, Unavailable
+from app.errors import AppError, MalformedRequest, RequestTimeout, Unavailable
 from app.rest.middleware import request_id_from
 from app.rest.problems import PROBLEM_JSON, instance_of, problem_body
 from app.settings import Settings
@@ -94,6 +95,8 @@ class DeadlineHttpProtocol(HttpToolsProtocol):
         #: Its request line and headers are whole; bytes of them so far.
         self._head_done = False
         self._head_bytes = 0
+        #: Why the request is refused, when it is this protocol that refuses it.
+        self._refusal: str | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -133,7 +136,7 @@ class DeadlineHttpProtocol(HttpToolsProtocol):
             name == b"host" for name, _ in self.headers
         ):
             # RFC 9112 3.2 (and h11, which served here before): 400 and closed.
-            raise ValueError("an HTTP/1.1 request without Host")
+            self._refuse("An HTTP/1.1 request needs a Host header.")
         over = self.max_connections is not None and (
             len(self.connections) > self.max_connections or len(self.tasks) >= self.max_connections
         )
@@ -147,6 +150,20 @@ class DeadlineHttpProtocol(HttpToolsProtocol):
         self._cancel_read_deadline()
         super().on_message_complete()
 
+    def send_400_response(self, msg: str) -> None:
+        """What the parser refuses (uvicorn answers it in plain text): problem+json, closed."""
+        detail = self._refusal or "The request is not valid HTTP/1.1."
+        self._refusal = None
+        # A body that breaks its framing after the app has begun its answer: only the close.
+        if not self._head_done or self.cycle is None or not self.cycle.response_started:
+            self.transport.write(_raw_problem(MalformedRequest(detail)))
+        self.transport.close()
+
+    def _refuse(self, detail: str) -> None:
+        """Stop parsing this request: `send_400_response` answers with `detail`."""
+        self._refusal = detail
+        raise ValueError(detail)
+
     def _begin_reading(self) -> None:
         self._reading = True
         self._head_done = False
@@ -159,7 +176,7 @@ class DeadlineHttpProtocol(HttpToolsProtocol):
         closes (as h11's did), instead of holding an ever longer header list."""
         self._head_bytes += size
         if self._head_bytes > MAX_HEAD_BYTES:
-            raise ValueError(f"request head over {MAX_HEAD_BYTES} bytes")
+            self._refuse(f"The request line and headers are over {MAX_HEAD_BYTES} bytes.")
 
     def _cancel_read_deadline(self) -> None:
         if self.read_deadline is not None:

@@ -205,9 +205,10 @@ def test_past_the_connection_limit_requests_get_503(server: Server) -> None:
 
 
 def test_malformed_or_oversized_requests_get_400_and_the_connection_closed(server: Server) -> None:
-    """What the HTTP parser refuses never reaches the app: a head over 16 KiB (in one header or
-    many), an HTTP/1.1 request without Host, both Content-Length and Transfer-Encoding (request
-    smuggling), folded header lines. A head just under the bound is served."""
+    """What the HTTP parser refuses never reaches the app and is answered 400 `request.malformed`
+    as problem+json: a head over 16 KiB (in one header or many), an HTTP/1.1 request without
+    Host, both Content-Length and Transfer-Encoding (request smuggling), folded header lines,
+    bytes that are not HTTP. A head just under the bound is served."""
     refused = [
         b"GET /problems HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 17_000 + b"\r\n\r\n",
         b"GET /problems HTTP/1.1\r\nHost: t\r\n"
@@ -218,10 +219,14 @@ def test_malformed_or_oversized_requests_get_400_and_the_connection_closed(serve
         b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
         b"GET /problems HTTP/1.1\r\nHost: t\r\nX-A: y\r\n z\r\n\r\n",
     ]
+    refused.append(b"\x00\x01 not http\r\n\r\n")
     for raw in refused:
         with server.connect() as sock:
             answer = request(sock, raw)
             assert answer.status == 400, raw[:60]
+            assert answer.headers["content-type"] == "application/problem+json"
+            problem = json.loads(answer.body)
+            assert problem["code"] == "request.malformed" and problem["status"] == 400
             received, _ = wait_closed(sock, trickle=None, within=SLACK_S)
             assert received == b""
     with server.connect() as sock:
