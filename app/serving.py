@@ -131,12 +131,13 @@ class DeadlineHttpProtocol(HttpToolsProtocol):
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
-        self._head_done = True
         if self.parser.get_http_version() == "1.1" and not any(
             name == b"host" for name, _ in self.headers
         ):
             # RFC 9112 3.2 (and h11, which served here before): 400 and closed.
             self._refuse("An HTTP/1.1 request needs a Host header.")
+        # Only now: `send_400_response` reads it as "this request went to the app".
+        self._head_done = True
         over = self.max_connections is not None and (
             len(self.connections) > self.max_connections or len(self.tasks) >= self.max_connections
         )

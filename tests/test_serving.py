@@ -8,6 +8,7 @@ loose: cut off no earlier than the setting and well before a client trickling fo
 from __future__ import annotations
 
 import http.client
+import itertools
 import json
 import os
 import socket
@@ -220,8 +221,10 @@ def test_malformed_or_oversized_requests_get_400_and_the_connection_closed(serve
         b"GET /problems HTTP/1.1\r\nHost: t\r\nX-A: y\r\n z\r\n\r\n",
     ]
     refused.append(b"\x00\x01 not http\r\n\r\n")
-    for raw in refused:
+    for raw, served_before in itertools.product(refused, (False, True)):
         with server.connect() as sock:
+            if served_before:  # the same on a connection that has served a request already
+                assert request(sock, get("/problems")).status == 200
             answer = request(sock, raw)
             assert answer.status == 400, raw[:60]
             assert answer.headers["content-type"] == "application/problem+json"
