@@ -26,12 +26,12 @@ from sqlalchemy import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from app.client.batching import DEFAULT_BATCH_CHARS
-from app.db import Database, SchemaError
 from app.embedding import Embedder
 from app.errors import AppError
 from app.services import accounts
 from app.services.core import Core
 from app.settings import Settings
+from app.storage.database import Database, SchemaError
 
 if TYPE_CHECKING:
     from app.sync import SyncReport
@@ -195,8 +195,8 @@ def serve(
         raise Fail("--demo runs with one worker; start once with --demo, then with --workers")
     database = sqlite_file(settings)
     if database is not None:
-        from app.backup import server_lock
         from app.files import private_dir
+        from app.storage.backup import server_lock
 
         # Held until the process ends: `personaizer restore` refuses while any server holds it.
         private_dir(database.parent)
@@ -574,7 +574,7 @@ cli.add_typer(db_cli, name="db")
 @db_cli.command("upgrade")
 def db_upgrade(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
     """Bring the database's schema to this version's (the server does the same at start)."""
-    from app import migrations
+    from app.storage import migrations
 
     settings = load_settings(data_dir, database_url)
     check_database(settings, create=False)  # a SQLite file must exist; a server's schema may not
@@ -607,7 +607,7 @@ def migrate(
     """Copy this deployment (users, keys, personas, documents, chunks with their vectors,
     usage) into an empty database, without re-embedding anything; then check the copy.
     Stop the server first: writes made during the copy would not be in it."""
-    from app.transfer import TransferError, copy_database
+    from app.storage.transfer import TransferError, copy_database
 
     source_settings = load_settings(data_dir, database_url)
     target_settings = load_settings(data_dir, to)
@@ -648,8 +648,8 @@ def backup(
 ) -> None:
     """Copy the SQLite database to DEST while the server runs: one consistent moment of it,
     checked, readable by its owner only."""
-    from app.backup import BackupError
-    from app.backup import backup as copy
+    from app.storage.backup import BackupError
+    from app.storage.backup import backup as copy
 
     settings = load_settings(data_dir, database_url)
     database = sqlite_file(settings)
@@ -671,8 +671,8 @@ def restore(
 ) -> None:
     """Put the backup SRC in place of the SQLite database (stop the server first; the replaced
     database is kept as a .bak beside it)."""
-    from app.backup import BackupError
-    from app.backup import restore as put_back
+    from app.storage.backup import BackupError
+    from app.storage.backup import restore as put_back
 
     settings = load_settings(data_dir, database_url)
     database = sqlite_file(settings)

@@ -13,11 +13,11 @@ from pathlib import Path
 from rich.console import Console
 from starlette.applications import Starlette
 
-from app.db import Database
 from app.errors import Unauthorized, UserExists
 from app.models import KnowledgeDocItem, PersonaCreate
 from app.services import accounts, knowledge, personas
 from app.services.core import Core
+from app.storage.database import Database
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,6 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 
 from app import rest, web
-from app.db import Database
 from app.embedding import Embedder, LocalModel, Model
 from app.graphql.view import explorer_routes, graphql_route
 from app.guard import Guard
@@ -25,6 +24,7 @@ from app.rest.middleware import RequestContextMiddleware
 from app.rest.openapi import build_openapi
 from app.services.core import Core
 from app.settings import Settings
+from app.storage.database import Database
 from app.web.headers import SecurityHeadersMiddleware
 
 log = logging.getLogger(__name__)

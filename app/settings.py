@@ -145,7 +145,7 @@ class Settings(BaseSettings):
     #: SQLite: megabytes of chunk float vectors each server process keeps across searches (least
     #: recently used out; ~1.8 KB a chunk, so 64 MB holds ~36,000 chunks): a search's exact
     #: scoring then reads from the database only the vectors no recent search read; as much
-    #: again for whole users of up to 10,000 chunks (app/index/resident.py). 0: none.
+    #: again for whole users of up to 10,000 chunks (app/storage/index/resident.py). 0: none.
     vector_cache_mb: int = Field(default=64, ge=0, le=1_000_000)
     #: What runs the embedding model: `onnx` (ONNX Runtime; the graph is exported from the
     #: bundled weights once, ~10 s, and cached) or `torch` (sentence-transformers). Both give the

@@ -73,9 +73,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import text
 
-from app.db import Database
 from app.embedding import DIMS, Embedder, LocalModel, Vectors
-from app.index import IndexedChunk
 from app.models import (
     Chunk,
     KnowledgeDoc,
@@ -88,6 +86,8 @@ from app.models import (
 from app.services import search as search_service
 from app.services.core import Core, Principal
 from app.settings import Settings
+from app.storage.database import Database
+from app.storage.index import IndexedChunk
 
 CHUNKS_PER_DOC = 4
 WORDS_PER_CHUNK = 100

@@ -116,8 +116,8 @@ def start_server(data_dir: Path, *, durable: bool = False) -> PostgresServer:
 
 
 async def _make_template(server: PostgresServer) -> None:
-    from app.db import Database
     from app.settings import Settings
+    from app.storage.database import Database
 
     await server.execute(f"DROP DATABASE IF EXISTS {TEMPLATE} WITH (FORCE)")
     await server.execute(f"CREATE DATABASE {TEMPLATE}")

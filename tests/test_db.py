@@ -18,14 +18,14 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import SQLModel, select
 
-from app import migrations
-from app.db import Database, SchemaError, async_url
 from app.embedding import Embedder, Model
 from app.models import Chunk, KnowledgeDoc, KnowledgeDocItem, SearchRequest, User, utcnow
 from app.services import accounts, knowledge
 from app.services import search as search_service
 from app.services.core import Core, Principal
 from app.settings import Settings
+from app.storage import migrations
+from app.storage.database import Database, SchemaError, async_url
 from tests import pg
 from tests.services.test_search import QUERIES, TOPICS, long_text
 

@@ -1,4 +1,4 @@
-"""The embedded engine's driver adapter (app/sqlite.py): one aiosqlite thread hop per statement,
+"""The embedded engine's driver adapter (app/storage/sqlite_driver.py): one aiosqlite thread hop per statement,
 with results, rowcount, lastrowid and error mapping as SQLAlchemy's own adapter gives them."""
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import sqlean
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from app.db import Database
 from app.errors import Unavailable
 from app.models import User, utcnow
 from app.settings import Settings
-from app.sqlite import run_on_connection
+from app.storage.database import Database
+from app.storage.sqlite_driver import run_on_connection
 
 pytestmark = [pytest.mark.anyio, pytest.mark.engines("sqlite")]
 

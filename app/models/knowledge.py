@@ -52,7 +52,7 @@ EMBEDDING_DIMS = 384
 
 
 class _PgVector(UserDefinedType[Any]):
-    """pgvector's `vector(n)`; values cross as numpy arrays (app/postgres.py's codec)."""
+    """pgvector's `vector(n)`; values cross as numpy arrays (app/storage/postgres_driver.py's codec)."""
 
     cache_ok = True
     # Batched ORM inserts put parameters in a VALUES list, where PostgreSQL would take an
@@ -99,7 +99,7 @@ class Chunk(SQLModel, table=True):
 
     __tablename__ = "chunks"
     #: SQLite: ids are never reused (revision 0004), so an id names one vector for good, which
-    #: the search's vector cache relies on (app/index/vector_cache.py).
+    #: the search's vector cache relies on (app/storage/index/vector_cache.py).
     __table_args__ = {"sqlite_autoincrement": True}
 
     #: SQLite: INTEGER PRIMARY KEY AUTOINCREMENT, the rowid its vec0 and FTS5 rows share.

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from app.db import Database
 from app.embedding import Embedder
-from app.index import SearchIndex, for_dialect
 from app.services.usage import RequestCounter
 from app.settings import MiB, Plan, Settings
+from app.storage.database import Database
+from app.storage.index import SearchIndex, for_dialect
 
 
 @dataclass

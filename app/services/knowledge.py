@@ -22,7 +22,6 @@ from sqlmodel import col, select
 
 from app import intake
 from app.chunking import TextChunk, chunk_texts, embedding_title, join_title, sha256_hex
-from app.db import add_counts
 from app.embedding import Vectors
 from app.errors import (
     BatchTooLarge,
@@ -35,7 +34,6 @@ from app.errors import (
     Unavailable,
     ValidationFailed,
 )
-from app.index import IndexedChunk
 from app.models import (
     EXTERNAL_ID_RE,
     BatchUpsertResponse,
@@ -53,6 +51,8 @@ from app.models import (
 )
 from app.pagination import decode_cursor, encode_cursor
 from app.services.core import Core, Principal, period_key
+from app.storage.database import add_counts
+from app.storage.index import IndexedChunk
 
 # --- validation ----------------------------------------------------------------------------
 

@@ -44,8 +44,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import select
 
 from app.errors import PersonaNotFound
-from app.index import HitRow, HitRowsStep, Plan, Ranked, RankStep, Scope, VectorsStep
-from app.index.words import MAX_QUERY_TERMS, query_words
 from app.models import (
     Persona,
     SearchHit,
@@ -54,6 +52,8 @@ from app.models import (
 )
 from app.models.search import SEARCH_JUNK_THRESHOLD
 from app.services.core import Core, Principal
+from app.storage.index import HitRow, HitRowsStep, Plan, Ranked, RankStep, Scope, VectorsStep
+from app.storage.index.words import MAX_QUERY_TERMS, query_words
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from collections import Counter
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import select
 
-from app.db import Database, add_counts
 from app.models import UsageCounter, User
+from app.storage.database import Database, add_counts
 
 log = logging.getLogger(__name__)
 

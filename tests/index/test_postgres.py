@@ -17,17 +17,17 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.applications import Starlette
 
-from app import migrations
-from app.db import Database
-from app.index import Ranked, for_dialect
-from app.index import postgres_keywords as keywords
-from app.index.postgres import ScopeSql
-from app.index.scope import Scope
-from app.index.words import query_words
 from app.models import KnowledgeDocItem
 from app.services import accounts, knowledge
 from app.services.core import Core, Principal
 from app.settings import Settings
+from app.storage import migrations
+from app.storage.database import Database
+from app.storage.index import Ranked, for_dialect
+from app.storage.index import postgres_keywords as keywords
+from app.storage.index.postgres import ScopeSql
+from app.storage.index.scope import Scope
+from app.storage.index.words import query_words
 from tests import pg
 from tests.conftest import new_key
 from tests.services.test_search import TOPICS, long_text

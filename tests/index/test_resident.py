@@ -1,4 +1,4 @@
-"""Whole users kept in memory (app/index/resident.py): searches answer exactly as the per-chunk
+"""Whole users kept in memory (app/storage/index/resident.py): searches answer exactly as the per-chunk
 path does, bit for bit, scoped or not, before and after documents are replaced, deleted and
 added (the matrix is rebuilt from the kept one), and the store keeps to its bounds."""
 
@@ -12,12 +12,12 @@ import sqlean
 from starlette.applications import Starlette
 
 from app.embedding import DIMS
-from app.index import resident as resident_module
-from app.index.resident import PER_CHUNK_OVERHEAD, ResidentStore
-from app.index.sqlite import SqliteIndex
-from app.index.sqlite_vectors import read_all_bits
 from app.services.core import Core, Principal
-from app.sqlite import run_on_connection
+from app.storage.index import resident as resident_module
+from app.storage.index.resident import PER_CHUNK_OVERHEAD, ResidentStore
+from app.storage.index.sqlite import SqliteIndex
+from app.storage.index.sqlite_vectors import read_all_bits
+from app.storage.sqlite_driver import run_on_connection
 from tests.index.test_vector_cache import Hit, answers, hits, rewrite_corpus
 from tests.services.test_search import QUERIES, TOPICS, run_search, setup_corpus
 
@@ -55,7 +55,7 @@ async def test_a_kept_user_ranks_exactly_as_the_per_chunk_path(
             core, principal, monkeypatch, external_ids=scope
         )
     # Deep passes (every chunk a candidate) rank the same too.
-    monkeypatch.setattr("app.index.sqlite.CANDIDATES_MIN", 10_000)
+    monkeypatch.setattr("app.storage.index.sqlite.CANDIDATES_MIN", 10_000)
     assert await answers(core, principal) == await per_chunk(core, principal, monkeypatch)
     assert store.builds == 1
 

@@ -16,15 +16,15 @@ from sqlmodel import select
 from starlette.applications import Starlette
 
 from app.embedding import DIMS
-from app.index import Ranked, sqlite_vectors
-from app.index import sqlite as sqlite_index
-from app.index.sqlite_keywords import match_expression
-from app.index.sqlite_vectors import nearest_bits, quantize, similarities, to_blob
-from app.index.words import MAX_QUERY_TERMS
 from app.models import Chunk, KnowledgeDocItem
 from app.services import accounts, knowledge
 from app.services.core import Core
-from app.sqlite import run_on_connection
+from app.storage.index import Ranked, sqlite_vectors
+from app.storage.index import sqlite as sqlite_index
+from app.storage.index.sqlite_keywords import match_expression
+from app.storage.index.sqlite_vectors import nearest_bits, quantize, similarities, to_blob
+from app.storage.index.words import MAX_QUERY_TERMS
+from app.storage.sqlite_driver import run_on_connection
 from tests.conftest import new_key
 from tests.services.test_search import QUERIES, TOPICS, long_text, run_search, setup_corpus
 

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from starlette.applications import Starlette
 
-from app.index import Ranked
-from app.index.resident import ResidentStore
-from app.index.sqlite import SqliteIndex
-from app.index.vector_cache import ENTRY_OVERHEAD, VectorCache
 from app.models import KnowledgeDocItem, SearchResponse
 from app.services import knowledge
 from app.services.core import Core, Principal
+from app.storage.index import Ranked
+from app.storage.index.resident import ResidentStore
+from app.storage.index.sqlite import SqliteIndex
+from app.storage.index.vector_cache import ENTRY_OVERHEAD, VectorCache
 from tests.conftest import AppFactory
 from tests.services.test_search import QUERIES, TOPICS, long_text, run_search, setup_corpus
 
@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.anyio, pytest.mark.engines("sqlite")]
 
 @pytest.fixture(autouse=True)
 def per_chunk_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Users here are small enough to be kept whole (app/index/resident.py, its own tests):
+    """Users here are small enough to be kept whole (app/storage/index/resident.py, its own tests):
     turned off, so that the searches take the per-chunk path this cache serves (that of users
     too large to keep whole)."""
     monkeypatch.setattr(ResidentStore, "current", lambda *_args: None)

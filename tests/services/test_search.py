@@ -12,14 +12,14 @@ from typing import Any
 import pytest
 from starlette.applications import Starlette
 
-from app.index import Ranked, sqlite_keywords
-from app.index import postgres as pg_index
-from app.index import postgres_keywords as pg_keywords
-from app.index import sqlite as sqlite_index
 from app.models import KnowledgeDocItem, SearchRequest, SearchResponse
 from app.services import accounts, knowledge
 from app.services import search as search_service
 from app.services.core import Core, Principal
+from app.storage.index import Ranked, sqlite_keywords
+from app.storage.index import postgres as pg_index
+from app.storage.index import postgres_keywords as pg_keywords
+from app.storage.index import sqlite as sqlite_index
 from tests.conftest import new_key
 
 pytestmark = pytest.mark.anyio

@@ -27,7 +27,8 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from app.index import (
+from app.models import Chunk, KnowledgeDoc
+from app.storage.index import (
     HitRow,
     IndexedChunk,
     Plan,
@@ -37,11 +38,10 @@ from app.index import (
     collapse,
     drive,
 )
-from app.index import postgres_keywords as keywords
-from app.index.postgres_keywords import TS_CONFIG
-from app.index.scope import Scope
-from app.index.words import MAX_QUERY_TERMS, query_words, word_count
-from app.models import Chunk, KnowledgeDoc
+from app.storage.index import postgres_keywords as keywords
+from app.storage.index.postgres_keywords import TS_CONFIG
+from app.storage.index.scope import Scope
+from app.storage.index.words import MAX_QUERY_TERMS, query_words, word_count
 
 #: Nearest chunks fetched per wanted document (documents of many chunks crowd the list), at
 #: least `CANDIDATES_MIN`; deepened four-fold while too few documents come back.

@@ -2,7 +2,7 @@
 
 The services see one interface whatever the engine: `read()` (one consistent snapshot),
 `write(user_id=...)` (one transaction, committed when the block ends), `ping()`, `migrate()`.
-What differs lives here, in app/sqlite.py and app/postgres.py, and in the index modules
+What differs lives here, in app/storage/sqlite_driver.py and app/storage/postgres_driver.py, and in the index modules
 (app/index):
 
 - SQLite: one writer at a time for the whole file (an asyncio lock and `BEGIN IMMEDIATE`).
@@ -35,11 +35,13 @@ from sqlalchemy.pool import NullPool
 from sqlalchemy.sql.selectable import TextualSelect
 from sqlmodel import SQLModel
 
-from app import migrations, postgres, sqlite
 from app.errors import Unavailable
 from app.files import prepare_sqlite_file
-from app.migrations import SchemaError
 from app.settings import Settings
+from app.storage import migrations
+from app.storage import postgres_driver as postgres
+from app.storage import sqlite_driver as sqlite
+from app.storage.migrations import SchemaError
 
 log = logging.getLogger(__name__)
 

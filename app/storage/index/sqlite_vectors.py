@@ -39,7 +39,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.embedding import DIMS, Vectors
-from app.index.vector_cache import Entry, VectorCache
+from app.storage.index.vector_cache import Entry, VectorCache
 
 #: Bytes of one quantized vector; the scan reads them as `DIMS // 64` 64-bit words.
 BIT_BYTES = DIMS // 8
@@ -186,7 +186,7 @@ class FloatVectors:
     """Float vectors read for exact scoring, kept for the rest of one search (its feedback
     pass scores many of the same chunks again): row `i` of `matrix` is chunk `ids[i]`, whose
     document is `doc_ids[docs[i]]`. With a `VectorCache`, vectors other searches read are taken
-    from it and those read here are put in it (why that is exact: app/index/vector_cache.py)."""
+    from it and those read here are put in it (why that is exact: app/storage/index/vector_cache.py)."""
 
     def __init__(self, cache: VectorCache | None = None) -> None:
         self.rows: dict[int, int] = {}

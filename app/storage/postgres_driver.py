@@ -83,7 +83,7 @@ async def lock_migrations(conn: AsyncConnection) -> None:
 
 async def check_vector_extension(conn: AsyncConnection, where: str) -> None:
     """Refuse, in one line, a server where the `vector` extension cannot be had."""
-    from app.migrations import SchemaError
+    from app.storage.migrations import SchemaError
 
     installed, available = (
         await conn.execute(

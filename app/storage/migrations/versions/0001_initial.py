@@ -5,11 +5,11 @@ Revises:
 Create Date: 2026-11-29
 
 Frozen: later changes are new revisions. On SQLite it makes exactly what release 0.1 made (its
-files carry `PRAGMA user_version = 1` and no alembic_version table; `app.migrations` stamps them
+files carry `PRAGMA user_version = 1` and no alembic_version table; `app.storage.migrations` stamps them
 at this revision). The indexes differ by engine:
 
 - SQLite: a sqlite-vec `vec0` table of sign-bit vectors partitioned by user, and an FTS5 table
-  whose `owner` column confines a MATCH to one user's rows (app/index/sqlite_*.py).
+  whose `owner` column confines a MATCH to one user's rows (app/storage/index/sqlite_*.py).
 - PostgreSQL: the float vectors in a pgvector `vector(384)` column with an HNSW index (cosine),
   and a `chunk_terms` table holding each chunk's tsvector (GIN index) and token count for BM25.
 """

@@ -24,7 +24,7 @@ import sqlean
 from sqlalchemy import bindparam, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.index.words import MAX_QUERY_TERMS, query_words
+from app.storage.index.words import MAX_QUERY_TERMS, query_words
 
 #: The document ids of chunks (ids of this connection's snapshot), in their order; None for a
 #: chunk that is gone.

@@ -1,4 +1,4 @@
-"""Alembic's entry point. The server runs it through `app.migrations.upgrade` on a connection
+"""Alembic's entry point. The server runs it through `app.storage.migrations.upgrade` on a connection
 it already holds (inside its own transaction), never from a URL in a config file."""
 
 from __future__ import annotations

@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import numpy as np
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.index.scope import Scope
+from app.storage.index.scope import Scope
 
 if TYPE_CHECKING:
-    from app.db import Dialect
+    from app.storage.database import Dialect
 
 T = TypeVar("T")
 
@@ -240,12 +240,12 @@ class SearchIndex(Protocol):
 
 def for_dialect(dialect: Dialect, *, vector_cache_bytes: int = 0) -> SearchIndex:
     """The engine's index; SQLite's keeps up to `vector_cache_bytes` of float vectors across
-    searches (app/index/vector_cache.py; PostgreSQL scores in SQL and keeps none)."""
+    searches (app/storage/index/vector_cache.py; PostgreSQL scores in SQL and keeps none)."""
     if dialect == "sqlite":
-        from app.index.sqlite import SqliteIndex
+        from app.storage.index.sqlite import SqliteIndex
 
         return SqliteIndex(vector_cache_bytes=vector_cache_bytes)
-    from app.index.postgres import PostgresIndex
+    from app.storage.index.postgres import PostgresIndex
 
     return PostgresIndex()
 

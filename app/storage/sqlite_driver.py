@@ -89,7 +89,7 @@ _AIOSQLEAN = types.SimpleNamespace(
 )
 
 
-#: The statements the engines' `begin` event sends (app/db.py), which `OneHopCursor` holds back.
+#: The statements the engines' `begin` event sends (app/storage/database.py), which `OneHopCursor` holds back.
 BEGINS = frozenset({"BEGIN", "BEGIN IMMEDIATE"})
 
 #: What one statement leaves behind: description, rows, rowcount, lastrowid.

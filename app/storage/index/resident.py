@@ -7,7 +7,7 @@ a pass for 800 of them, and as much again to sort them by document. For a user o
 the user's bit vectors (`read_bits`, which every unscoped pass reads anyway): a candidate's row
 is its position in the coarse pass, and a pass is a few numpy calls (~0.3 ms for 800 of 900).
 
-Exact, by the same argument as the per-chunk cache (app/index/vector_cache.py): chunk ids are
+Exact, by the same argument as the per-chunk cache (app/storage/index/vector_cache.py): chunk ids are
 never reused and a chunk's vector and document never change, so a matrix built for a set of
 chunk ids holds the right vectors for any snapshot with that same set of ids, and each pass
 checks that its snapshot's ids equal the matrix's (`np.array_equal`, microseconds) before using
@@ -31,7 +31,7 @@ import numpy.typing as npt
 import sqlean
 
 from app.embedding import DIMS
-from app.index.sqlite_vectors import read_entries
+from app.storage.index.sqlite_vectors import read_entries
 
 #: Users with more chunks than this are not kept whole.
 MAX_CHUNKS = 10_000

@@ -6,7 +6,7 @@ Create Date: 2026-12-04
 
 `chunks.id` was an INTEGER PRIMARY KEY without AUTOINCREMENT: SQLite hands out max(rowid) + 1,
 so deleting the document holding the largest ids and uploading another gave the new chunks the
-deleted ones' ids. The search's float vector cache (app/index/vector_cache.py) keys vectors by
+deleted ones' ids. The search's float vector cache (app/storage/index/vector_cache.py) keys vectors by
 chunk id and is exact only if an id never comes back with another vector, so the table is
 rebuilt with AUTOINCREMENT: SQLite then records the largest id ever handed out in
 `sqlite_sequence` and never goes below it.

@@ -20,7 +20,7 @@ Why a cached vector is always the one the search's own snapshot holds:
 
 Chunks deleted since stay cached until they age out of the LRU (no search asks for them: no
 snapshot that lacks them offers them as candidates). A restore replaces the file only while no
-server runs (app/backup.py), so no cache survives it. One cache per `SqliteIndex`, i.e. per
+server runs (app/storage/backup.py), so no cache survives it. One cache per `SqliteIndex`, i.e. per
 database per process, shared by the reader connections' threads (hence the lock).
 """
 

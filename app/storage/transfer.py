@@ -22,9 +22,9 @@ from sqlalchemy import Table, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import SQLModel, col
 
-from app.db import Database
-from app.index import IndexedChunk, for_dialect
 from app.models import Chunk, KnowledgeDoc, User
+from app.storage.database import Database
+from app.storage.index import IndexedChunk, for_dialect
 
 log = logging.getLogger(__name__)
 

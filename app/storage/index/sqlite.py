@@ -25,7 +25,8 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
-from app.index import (
+from app.models import Chunk, KnowledgeDoc
+from app.storage.index import (
     HitRow,
     IndexedChunk,
     Plan,
@@ -34,10 +35,10 @@ from app.index import (
     TitledChunks,
     drive_sync,
 )
-from app.index.resident import Resident, ResidentStore
-from app.index.scope import Scope
-from app.index.sqlite_keywords import DocsOf, KeywordIndex, match_expression
-from app.index.sqlite_vectors import (
+from app.storage.index.resident import Resident, ResidentStore
+from app.storage.index.scope import Scope
+from app.storage.index.sqlite_keywords import DocsOf, KeywordIndex, match_expression
+from app.storage.index.sqlite_vectors import (
     Bits,
     FloatVectors,
     VectorIndex,
@@ -48,9 +49,8 @@ from app.index.sqlite_vectors import (
     scan_per_doc,
     similarities,
 )
-from app.index.vector_cache import VectorCache
-from app.models import Chunk, KnowledgeDoc
-from app.sqlite import run_on_connection
+from app.storage.index.vector_cache import VectorCache
+from app.storage.sqlite_driver import run_on_connection
 
 log = logging.getLogger(__name__)
 
@@ -112,9 +112,9 @@ class SqliteIndex:
         self.vectors = VectorIndex()
         self.keywords = KeywordIndex()
         #: Float vectors kept across searches, for every search on this index (this database,
-        #: this process): app/index/vector_cache.py.
+        #: this process): app/storage/index/vector_cache.py.
         self.vector_cache = VectorCache(vector_cache_bytes)
-        #: Whole users' matrices, as much again (app/index/resident.py).
+        #: Whole users' matrices, as much again (app/storage/index/resident.py).
         self.residents = ResidentStore(vector_cache_bytes)
 
     async def put(
