@@ -15,7 +15,7 @@ RUN pip install --no-cache-dir torch==2.13.0 --index-url "$TORCH_INDEX" \
  && pip install --no-cache-dir .
 # The embedding model exported to ONNX once, here, rather than on every new container's start.
 ENV PERSONAIZER_ENCODER_CACHE_DIR=/opt/personaizer-cache
-RUN python -c "from pathlib import Path; from app.onnx_encoder import OnnxModel; OnnxModel(Path('/opt/personaizer-cache'))"
+RUN python -c "from pathlib import Path; from app.embedding.onnx_encoder import OnnxModel; OnnxModel(Path('/opt/personaizer-cache'))"
 
 VOLUME ["/data"]
 EXPOSE 8000

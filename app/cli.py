@@ -26,7 +26,7 @@ from sqlalchemy import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from app.client.batching import DEFAULT_BATCH_CHARS
-from app.embedding import Embedder
+from app.embedding.embedder import Embedder
 from app.errors import AppError
 from app.services import accounts
 from app.services.core import Core
@@ -180,7 +180,7 @@ def serve(
     settings = load_settings(data_dir, database_url, host=host, port=port)
     logs.configure(settings.log_level, json_lines=settings.log_format == "json")
     if settings.encoder == "onnx":
-        from app.onnx_encoder import EncoderUnavailable, check_available
+        from app.embedding.onnx_encoder import EncoderUnavailable, check_available
 
         try:
             check_available()

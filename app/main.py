@@ -14,7 +14,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 
 from app import rest, web
-from app.embedding import Embedder, LocalModel, Model
+from app.embedding.embedder import Embedder, LocalModel, Model
 from app.graphql.view import explorer_routes, graphql_route
 from app.guard import Guard
 from app.mcp import build_server, mcp_route
@@ -63,7 +63,7 @@ def _cors(settings: Settings) -> list[Middleware]:
 def model_loader(settings: Settings) -> Callable[[], Model]:
     """The encoder `PERSONAIZER_ENCODER` names (the onnx module is imported only when chosen)."""
     if settings.encoder == "onnx":
-        from app.onnx_encoder import OnnxModel
+        from app.embedding.onnx_encoder import OnnxModel
 
         return partial(
             OnnxModel,

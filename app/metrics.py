@@ -28,7 +28,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func
 from sqlmodel import select
 
-from app.embedding import Embedder
+from app.embedding.embedder import Embedder
 from app.models import Chunk, KnowledgeDoc, Persona
 from app.services.core import Core
 

@@ -137,7 +137,7 @@ class Settings(BaseSettings):
     #: Load the sentence-transformers model; tests may share one loaded model instead.
     embedder_batch_size: int = Field(default=32, ge=1, le=512)
     #: Threads embedding documents side by side, each a micro-batch at a time, sharing the cores
-    #: (app/embedding.py): by default one per core this process may run on, at most 4. (A
+    #: (app/embedding/embedder.py): by default one per core this process may run on, at most 4. (A
     #: container limited by a CPU quota rather than a CPU set sees the host's cores: set it.)
     embedder_bulk_workers: int = Field(
         default_factory=lambda: max(1, min(4, usable_cores())), ge=1, le=64
@@ -162,7 +162,7 @@ class Settings(BaseSettings):
     encoder_threads: int = Field(default=1, ge=0, le=256)
     #: The onnx encoder's threads for a search's query, which someone waits for (0: every core
     #: this process may run on): a second session over the same graph when it differs from
-    #: `encoder_threads` (app/onnx_encoder.py).
+    #: `encoder_threads` (app/embedding/onnx_encoder.py).
     encoder_query_threads: int = Field(default=0, ge=0, le=256)
     log_level: str = "INFO"
     #: Where the operator runs it: "local" allows development defaults such as a generated

@@ -73,7 +73,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import text
 
-from app.embedding import DIMS, Embedder, LocalModel, Vectors
+from app.embedding.embedder import DIMS, Embedder, LocalModel, Vectors
 from app.models import (
     Chunk,
     KnowledgeDoc,

@@ -10,7 +10,7 @@ cores), or to a fixed limit:
    in batches of 100, one client, in docs/s; divided by the raw encoder's docs/s: the encoder
    the server runs (`PERSONAIZER_ENCODER`, onnx by default; see `raw_encoder`) given every
    core this process may use, its `encode` on the very texts the server embeds (each chunk
-   with its title folded in, `app.chunking`; a text repeated within a batch once, as the server
+   with its title folded in, `app.embedding.chunking`; a text repeated within a batch once, as the server
    dedupes), in one call that it cuts into batches of 32. The app's ceiling is the model, so
    >= 0.9x means the rest of the ingest path costs at most a tenth.
 2. Replay: the same items again; every one must answer `no_op` (content hashes match, nothing
@@ -76,8 +76,8 @@ from eval_cranfield import (
 )
 from local_server import OwnServer, SetupError, log, own_server
 
-from app.chunking import chunk_text, embedding_text
-from app.embedding import LocalModel, Model
+from app.embedding.chunking import chunk_text, embedding_text
+from app.embedding.embedder import LocalModel, Model
 from app.settings import Settings, usable_cores
 
 BATCH = 100
@@ -168,7 +168,7 @@ def batches(docs: Sequence[CranDoc], size: int = BATCH) -> list[Sequence[CranDoc
 
 def server_texts(docs: Sequence[CranDoc]) -> list[str]:
     """What the server embeds for `docs` uploaded in batches: each chunk with the title folded
-    in (app.chunking, as app/services/knowledge.py plans it), once per distinct text of a batch."""
+    in (app.embedding.chunking, as app/services/knowledge.py plans it), once per distinct text of a batch."""
     out: list[str] = []
     for batch in batches(docs):
         texts = (embedding_text(d.title or None, c.text) for d in batch for c in chunk_text(d.text))
@@ -296,7 +296,7 @@ def raw_encoder() -> Model:
     workers side by side.)"""
     settings = Settings()
     if settings.encoder == "onnx":
-        from app.onnx_encoder import OnnxModel
+        from app.embedding.onnx_encoder import OnnxModel
 
         return OnnxModel(settings.encoder_cache_path, threads=usable_cores())
     return LocalModel()

@@ -38,8 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.chunking import embedding_text
-from app.embedding import LocalModel, Model
+from app.embedding.chunking import embedding_text
+from app.embedding.embedder import LocalModel, Model
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CACHE = Path(tempfile.gettempdir()) / "personaizer-onnx-cache"
@@ -90,7 +90,7 @@ def torch_variant(torch_model: LocalModel, threads: int) -> Variant:
 def onnx_variants(cache: Path, thread_counts: Sequence[int]) -> list[Variant]:
     """ONNX Runtime's session options around the encoder's defaults (1 thread, all graph
     optimisations, no memory arena, no spin-waiting)."""
-    from app.onnx_encoder import OnnxModel
+    from app.embedding.onnx_encoder import OnnxModel
 
     # EXTENDED makes the same graph as ALL here (the fusions; ALL adds only layout passes).
     options: list[tuple[str, dict[str, Any]]] = [
@@ -179,11 +179,11 @@ _MEMORY_PROBE = """
 import json, re, sys, time
 started = time.perf_counter()
 if sys.argv[1] == "torch":
-    from app.embedding import LocalModel
+    from app.embedding.embedder import LocalModel
     model = LocalModel()
 else:
     from pathlib import Path
-    from app.onnx_encoder import OnnxModel
+    from app.embedding.onnx_encoder import OnnxModel
     model = OnnxModel(Path(sys.argv[2]))
 loaded = time.perf_counter() - started
 model.encode(["a long text about the boundary layer " * 60] * 32)  # the largest call: 32 x 256

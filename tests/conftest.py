@@ -16,7 +16,7 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from app.embedding import LocalModel, Model
+from app.embedding.embedder import LocalModel, Model
 from app.errors import UserExists
 from app.main import create_app
 from app.services import accounts

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import SQLModel, select
 
-from app.embedding import Embedder, Model
+from app.embedding.embedder import Embedder, Model
 from app.models import Chunk, KnowledgeDoc, KnowledgeDocItem, SearchRequest, User, utcnow
 from app.services import accounts, knowledge
 from app.services import search as search_service

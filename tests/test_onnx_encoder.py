@@ -20,10 +20,9 @@ import numpy as np
 import pytest
 from starlette.applications import Starlette
 
-from app import onnx_export
-from app.embedding import LocalModel, Model
+from app.embedding.embedder import LocalModel, Model, onnx_export
+from app.embedding.onnx_encoder import OnnxModel
 from app.main import model_loader
-from app.onnx_encoder import OnnxModel
 from app.settings import Settings, usable_cores
 from tests.conftest import AppFactory, client_for, new_key
 

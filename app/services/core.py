@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from app.embedding import Embedder
+from app.embedding.embedder import Embedder
 from app.services.usage import RequestCounter
 from app.settings import MiB, Plan, Settings
 from app.storage.database import Database

@@ -21,8 +21,8 @@ from sqlalchemy.orm import defer
 from sqlmodel import col, select
 
 from app import intake
-from app.chunking import TextChunk, chunk_texts, embedding_title, join_title, sha256_hex
-from app.embedding import Vectors
+from app.embedding.chunking import TextChunk, chunk_texts, embedding_title, join_title, sha256_hex
+from app.embedding.embedder import Vectors
 from app.errors import (
     BatchTooLarge,
     ContentTooLarge,

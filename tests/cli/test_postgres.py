@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from app.embedding import Model
+from app.embedding.embedder import Model
 from app.main import create_app
 from app.settings import Settings
 from tests import pg, servers

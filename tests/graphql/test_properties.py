@@ -40,7 +40,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.applications import Starlette
 
-from app.embedding import Model
+from app.embedding.embedder import Model
 from app.main import create_app
 from app.settings import Settings
 from tests.conftest import client_for, new_key

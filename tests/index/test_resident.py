@@ -11,7 +11,7 @@ import pytest
 import sqlean
 from starlette.applications import Starlette
 
-from app.embedding import DIMS
+from app.embedding.embedder import DIMS
 from app.services.core import Core, Principal
 from app.storage.index import resident as resident_module
 from app.storage.index.resident import PER_CHUNK_OVERHEAD, ResidentStore

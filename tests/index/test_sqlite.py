@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import select
 from starlette.applications import Starlette
 
-from app.embedding import DIMS
+from app.embedding.embedder import DIMS
 from app.models import Chunk, KnowledgeDocItem
 from app.services import accounts, knowledge
 from app.services.core import Core

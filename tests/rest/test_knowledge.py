@@ -10,7 +10,7 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from app.embedding import Model
+from app.embedding.embedder import Model
 from app.main import create_app
 from app.settings import Settings
 from tests.conftest import AppFactory, assert_problem, client_for, new_key

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from app.embedding import Model
+from app.embedding.embedder import Model
 from app.main import create_app
 from app.services import usage as usage_module
 from app.settings import DEFAULT_PLANS, Settings

@@ -38,7 +38,7 @@ import sqlean
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.embedding import DIMS, Vectors
+from app.embedding.embedder import DIMS, Vectors
 from app.storage.index.vector_cache import Entry, VectorCache
 
 #: Bytes of one quantized vector; the scan reads them as `DIMS // 64` 64-bit words.

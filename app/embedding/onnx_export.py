@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from app.chunking import model_path
+from app.embedding.chunking import model_path
 from app.files import private_dir
 
 log = logging.getLogger(__name__)

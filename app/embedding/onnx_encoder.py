@@ -7,7 +7,7 @@ scripts/bench_encoder.py's output, quoted in the README). The vectors are the to
 to within float rounding (cosine >= 0.9999), so a deployment can switch either way without
 re-embedding its documents.
 
-The graph is exported from the bundled weights, never downloaded (app/onnx_export.py). The rest
+The graph is exported from the bundled weights, never downloaded (app/embedding/onnx_export.py). The rest
 of the pipeline is sentence-transformers' for this model, step by step: the model's own fast
 tokenizer (`tokenizer.json`) truncating at 256 tokens (`sentence_bert_config.json`) and padding
 to the longest text of a batch; texts sorted by length into batches of at most 32 (and of at
@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
-from app.chunking import model_path
-from app.embedding import DIMS, Vectors, _batches
-from app.onnx_export import INPUTS, MAX_SEQ_LENGTH, OUTPUT, load_or_export, remove_cached
+from app.embedding.chunking import model_path
+from app.embedding.embedder import DIMS, Vectors, _batches
+from app.embedding.onnx_export import INPUTS, MAX_SEQ_LENGTH, OUTPUT, load_or_export, remove_cached
 
 log = logging.getLogger(__name__)
 

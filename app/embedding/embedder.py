@@ -39,7 +39,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from app.chunking import model_path
+from app.embedding.chunking import model_path
 from app.errors import Unavailable
 from app.models.knowledge import EMBEDDING_DIMS
 
