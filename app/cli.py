@@ -173,9 +173,9 @@ def serve(
     database named by --database-url."""
     import uvicorn
 
-    from app import logs
+    from app.http import logs
+    from app.http.serving import ServeConfig
     from app.main import create_app
-    from app.serving import ServeConfig
 
     settings = load_settings(data_dir, database_url, host=host, port=port)
     logs.configure(settings.log_level, json_lines=settings.log_format == "json")
@@ -220,7 +220,7 @@ def serve(
         install_demo(app, out)
     out.print(f"PersonAIzer listening on http://{host}:{port}  (docs: http://{host}:{port}/docs)")
     out.print(f"Data: {app.state.core.db.where}")
-    # Timeouts and connection limits against slow and greedy clients: app/serving.py.
+    # Timeouts and connection limits against slow and greedy clients: app/http/serving.py.
     server = uvicorn.Server(ServeConfig(app, settings))
     try:
         server.run(sockets=[sock])
@@ -249,9 +249,9 @@ def _serve_workers(settings: Settings, workers: int, sock: socket.socket) -> Non
     out.print(f"Data: {Database(settings).where}")
     from uvicorn.supervisors import Multiprocess
 
-    from app.serving import ServeConfig
+    from app.http.serving import ServeConfig
 
-    # What uvicorn.run does for workers, with the same limits as one process (app/serving.py).
+    # What uvicorn.run does for workers, with the same limits as one process (app/http/serving.py).
     config = ServeConfig("app.main:app_from_environment", settings, factory=True, workers=workers)
     Multiprocess(config, sockets=[sock]).run()
 

@@ -16,11 +16,11 @@ from starlette.middleware.cors import CORSMiddleware
 from app import rest, web
 from app.embedding.embedder import Embedder, LocalModel, Model
 from app.graphql.view import explorer_routes, graphql_route
-from app.guard import Guard
+from app.http.guard import Guard
+from app.http.metrics import Metrics
+from app.http.middleware import RequestContextMiddleware
+from app.http.ratelimit import RateLimiter
 from app.mcp import build_server, mcp_route
-from app.metrics import Metrics
-from app.ratelimit import RateLimiter
-from app.rest.middleware import RequestContextMiddleware
 from app.rest.openapi import build_openapi
 from app.services.core import Core
 from app.settings import Settings
@@ -143,7 +143,7 @@ def create_app(
 def app_from_environment() -> Starlette:
     """The app as a worker of `personaizer serve --workers N` builds it: settings from the
     PERSONAIZER_* environment, which every worker process inherits."""
-    from app import logs
+    from app.http import logs
 
     settings = Settings()
     logs.configure(settings.log_level, json_lines=settings.log_format == "json")

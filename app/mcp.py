@@ -6,7 +6,7 @@ everything the SDK would otherwise do on its own before a tool runs is done at t
 
 1. `McpEdge`, in front of the SDK's ASGI app, checks the Host and Origin (DNS rebinding: 421,
    403), the method (POST only: 405) and the `X-Api-Key` (401, limited per address). It reads
-   the body through the shared intake (`app.intake`: at most `mcp_max_body_bytes`, 413; JSON
+   the body through the shared intake (`app.http.intake`: at most `mcp_max_body_bytes`, 413; JSON
    that is bounded, finite and Unicode, 400; `application/json`, 415), charges the message to
    its rate-limit policy (`search` for `search_knowledge`, `reads` for every other message,
    `initialize`, `ping` and `tools/list` included: 429), and only then replays the bytes to the
@@ -44,7 +44,6 @@ from starlette.requests import Request
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app import intake
 from app.errors import (
     AppError,
     Forbidden,
@@ -56,7 +55,11 @@ from app.errors import (
     UnsupportedMediaType,
     ValidationFailed,
 )
-from app.guard import Guard
+from app.http import intake
+from app.http.guard import Guard
+from app.http.problems import problem_body, problem_response
+from app.http.ratelimit import Policy
+from app.http.validation import from_validation_error
 from app.models import (
     SEARCH_K_MAX,
     SEARCH_QUERY_MAX,
@@ -70,13 +73,10 @@ from app.models import (
 )
 from app.models.base import JsonObject, PublicModel
 from app.pagination import MAX_LIMIT
-from app.ratelimit import Policy
-from app.rest.problems import problem_body, problem_response
 from app.services import knowledge, personas
 from app.services import search as search_service
 from app.services.core import Core, Principal
 from app.settings import Settings
-from app.validation import from_validation_error
 
 log = logging.getLogger(__name__)
 

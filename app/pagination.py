@@ -9,8 +9,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app import intake
 from app.errors import AppError, InvalidCursor
+from app.http import intake
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200

@@ -17,7 +17,7 @@ from typing import Any, Literal, Self
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app.proxies import Network, parse_networks
+from app.http.proxies import Network, parse_networks
 
 MiB = 1024 * 1024
 

@@ -1,4 +1,4 @@
-"""The client address behind trusted reverse proxies (app/proxies.py), and its setting."""
+"""The client address behind trusted reverse proxies (app/http/proxies.py), and its setting."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from app.proxies import client_address, parse_address, parse_networks
-from app.ratelimit import address_key
+from app.http.proxies import client_address, parse_address, parse_networks
+from app.http.ratelimit import address_key
 from app.settings import Settings
 
 TRUSTED = parse_networks(["10.0.0.0/8", "2001:db8:ffff::/48", "127.0.0.1"])

@@ -26,7 +26,7 @@ from graphql.language import (
 from app.graphql.directives import Possible, is_left_out, possible_values
 from app.graphql.schema import MAX_TOKENS
 from app.graphql.search import SEARCH_FIELD
-from app.ratelimit import Policy
+from app.http.ratelimit import Policy
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ from starlette.requests import Request
 from strawberry.dataloader import DataLoader
 
 from app.errors import AppError
-from app.guard import Guard
+from app.http.guard import Guard
 from app.models import KnowledgeDocPublic, Page
 from app.services import personas
 from app.services.core import Core, Principal

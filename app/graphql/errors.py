@@ -30,8 +30,8 @@ from app.errors import (
     UnsupportedMediaType,
     ValidationFailed,
 )
-from app.logs import request_id_var
-from app.validation import from_validation_error
+from app.http.logs import request_id_var
+from app.http.validation import from_validation_error
 
 log = logging.getLogger(__name__)
 

@@ -129,7 +129,7 @@ class KnowledgeDocItem(RequestModel):
 def _within_batch_items(items: Any, info: ValidationInfo) -> Any:
     """Refuse a batch over the plan's `batch_items` from its length alone, before any item is
     validated: a 10 MB batch of tiny items would otherwise be checked item by item first. The
-    limit comes from the validation context (`app.validation.validation_context`); without one
+    limit comes from the validation context (`app.http.validation.validation_context`); without one
     the service checks it, after validation."""
     limit = (info.context or {}).get("batch_items")
     if isinstance(items, list) and isinstance(limit, int) and len(items) > limit:

@@ -8,9 +8,9 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Match
 
 from app.errors import AppError, MethodNotAllowed, RouteNotFound
+from app.http.problems import problem_response
 from app.rest import knowledge, personas, search, subscription, system
 from app.rest.operations import Operation
-from app.rest.problems import problem_response
 
 OPERATIONS: list[Operation] = [
     *knowledge.OPERATIONS,

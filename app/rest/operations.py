@@ -18,12 +18,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from app import intake
 from app.errors import AppError
-from app.guard import Guard
-from app.ratelimit import Policy
+from app.http import intake
+from app.http.guard import Guard
+from app.http.ratelimit import Policy
+from app.http.validation import from_validation_error, validation_context
 from app.services.core import Core, Principal
-from app.validation import from_validation_error, validation_context
 
 
 class RawConvertor(Convertor[str]):

@@ -16,7 +16,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from app.errors import ERRORS_BY_CODE, AppError, RouteNotFound, Unavailable
-from app.rest.problems import problem_response
+from app.http.problems import problem_response
 
 _templates = Environment(
     loader=FileSystemLoader(Path(__file__).parent / "templates"),
@@ -77,7 +77,7 @@ async def docs(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
-    """Prometheus text exposition (app/metrics.py); off with PERSONAIZER_METRICS=false."""
+    """Prometheus text exposition (app/http/metrics.py); off with PERSONAIZER_METRICS=false."""
     state = request.app.state
     if not state.core.settings.metrics:
         return problem_response(RouteNotFound("Metrics are turned off on this server."), request)

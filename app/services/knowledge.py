@@ -20,7 +20,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 from sqlmodel import col, select
 
-from app import intake
 from app.embedding.chunking import TextChunk, chunk_texts, embedding_title, join_title, sha256_hex
 from app.embedding.embedder import Vectors
 from app.errors import (
@@ -34,6 +33,7 @@ from app.errors import (
     Unavailable,
     ValidationFailed,
 )
+from app.http import intake
 from app.models import (
     EXTERNAL_ID_RE,
     BatchUpsertResponse,

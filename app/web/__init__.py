@@ -26,7 +26,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from app.errors import KeyNotFound, RateLimited, Unauthorized
-from app.guard import Guard
+from app.http.guard import Guard
 from app.services import accounts, sessions
 from app.settings import Settings
 from app.web import pages

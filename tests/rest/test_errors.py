@@ -75,7 +75,7 @@ async def test_request_id_is_echoed_or_assigned(api: httpx.AsyncClient) -> None:
 async def test_request_id_in_every_log_line(
     api: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from app.logs import RequestIdFilter
+    from app.http.logs import RequestIdFilter
 
     caplog.handler.addFilter(RequestIdFilter())
     caplog.set_level("INFO")

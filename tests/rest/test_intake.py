@@ -1,4 +1,4 @@
-"""Hostile input through REST: each bound of the intake (app/intake.py, the request models) answers
+"""Hostile input through REST: each bound of the intake (app/http/intake.py, the request models) answers
 a 4xx problem with a stable code and changes nothing, and what it lets through stays readable
 everywhere (get, list, search, GraphQL)."""
 
@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from sqlalchemy import text
 from starlette.applications import Starlette
 
-from app import intake
-from app.intake import MAX_ARRAYS, MAX_DEPTH, MAX_VALUES
+from app.http import intake
+from app.http.intake import MAX_ARRAYS, MAX_DEPTH, MAX_VALUES
 from app.models import METADATA_MAX_DEPTH, PERSONA_KNOWLEDGE_MAX
 from app.models.base import json_depth
 from tests.conftest import AppFactory, assert_problem, client_for, new_key

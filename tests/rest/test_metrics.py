@@ -12,8 +12,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import event
 from starlette.applications import Starlette
 
-from app.logs import JsonFormatter, RequestIdFilter
-from app.metrics import STORED_COUNTS_TTL_S
+from app.http.logs import JsonFormatter, RequestIdFilter
+from app.http.metrics import STORED_COUNTS_TTL_S
 from tests.conftest import AppFactory, client_for
 
 pytestmark = pytest.mark.anyio

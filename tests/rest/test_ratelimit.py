@@ -213,7 +213,7 @@ async def test_failures_are_counted_per_client_behind_trusted_proxies(
 
 async def test_plan_change_starts_a_fresh_window(make_app: AppFactory) -> None:
     """The window is keyed by the limit, so a plan change counts from zero under the new limit
-    (documented in app/ratelimit.py)."""
+    (documented in app/http/ratelimit.py)."""
     app = await make_app(
         plans={"small": small_plan("small", writes=2), "bigger": small_plan("bigger", writes=3)}
     )

@@ -10,7 +10,7 @@ namespace/policy/user/amount/1/minute), so a user whose plan changes starts a fr
 the new limit rather than carrying the old plan's count over. At worst that allows one extra
 window's worth of requests at the moment of the change, which is acceptable for a plan change.
 
-Two more counts are per client address (as `app.proxies` finds it behind trusted proxies): failed
+Two more counts are per client address (as `app.http.proxies` finds it behind trusted proxies): failed
 API-key authentications, and dashboard sign-ins (which are also counted per account). Their
 limits are settings.
 """
@@ -31,7 +31,7 @@ from limits.aio.strategies import MovingWindowRateLimiter
 from limits.storage import storage_from_string
 
 from app.errors import RateLimited, Unavailable
-from app.proxies import parse_address
+from app.http.proxies import parse_address
 from app.services.core import Principal
 from app.settings import Settings
 

@@ -15,7 +15,7 @@
   and whatever else the parser refuses are answered 400 `request.malformed` as problem+json
   (uvicorn answers plain text) and the connection is closed, before the app sees them.
 - uvicorn's proxy-header rewriting is off: who the client is behind proxies is decided in one
-  place, the app (app/proxies.py with `PERSONAIZER_TRUSTED_PROXIES`).
+  place, the app (app/http/proxies.py with `PERSONAIZER_TRUSTED_PROXIES`).
 
 HTTP is parsed by httptools (llhttp, in C): h11, in pure Python, cost ~0.2-0.3 ms more per
 request. llhttp is also the stricter of the two (folded header lines, and Content-Length beside
@@ -36,8 +36,8 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from app.errors import AppError, MalformedRequest, RequestTimeout, Unavailable
-from app.rest.middleware import request_id_from
-from app.rest.problems import PROBLEM_JSON, instance_of, problem_body
+from app.http.middleware import request_id_from
+from app.http.problems import PROBLEM_JSON, instance_of, problem_body
 from app.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -9,8 +9,8 @@ from __future__ import annotations
 from starlette.requests import HTTPConnection
 
 from app.errors import Unauthorized
-from app.proxies import client_address
-from app.ratelimit import Policy, RateLimiter
+from app.http.proxies import client_address
+from app.http.ratelimit import Policy, RateLimiter
 from app.services import accounts
 from app.services.core import Core, Principal, period_key
 

@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from app.errors import AppError
-from app.logs import request_id_var
+from app.http.logs import request_id_var
 
 PROBLEM_JSON = "application/problem+json"
 

@@ -17,9 +17,9 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import InternalError
-from app.logs import request_id_var
-from app.metrics import Metrics
-from app.rest.problems import PROBLEM_JSON, instance_of, problem_body
+from app.http.logs import request_id_var
+from app.http.metrics import Metrics
+from app.http.problems import PROBLEM_JSON, instance_of, problem_body
 
 log = logging.getLogger("personaizer.access")
 
