@@ -29,7 +29,7 @@ from app.client.batching import DEFAULT_BATCH_CHARS
 from app.embedding.embedder import Embedder
 from app.errors import AppError
 from app.services import accounts
-from app.services.core import Core
+from app.services.runtime import Core
 from app.settings import Settings
 from app.storage.database import Database, SchemaError
 
@@ -215,7 +215,7 @@ def serve(
     except SchemaError as exc:
         raise Fail(str(exc)) from exc
     if demo:
-        from app.demo import install_demo
+        from app.services.demo import install_demo
 
         install_demo(app, out)
     out.print(f"PersonAIzer listening on http://{host}:{port}  (docs: http://{host}:{port}/docs)")

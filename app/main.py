@@ -22,7 +22,7 @@ from app.http.middleware import RequestContextMiddleware
 from app.http.ratelimit import RateLimiter
 from app.mcp import build_server, mcp_route
 from app.rest.openapi import build_openapi
-from app.services.core import Core
+from app.services.runtime import Core
 from app.settings import Settings
 from app.storage.database import Database
 from app.web.headers import SecurityHeadersMiddleware

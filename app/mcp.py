@@ -72,10 +72,10 @@ from app.models import (
     SearchResponse,
 )
 from app.models.base import JsonObject, PublicModel
-from app.pagination import MAX_LIMIT
+from app.models.pagination import MAX_LIMIT
 from app.services import knowledge, personas
 from app.services import search as search_service
-from app.services.core import Core, Principal
+from app.services.runtime import Core, Principal
 from app.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -84,7 +84,7 @@ from app.models import (
     utcnow,
 )
 from app.services import search as search_service
-from app.services.core import Core, Principal
+from app.services.runtime import Core, Principal
 from app.settings import Settings
 from app.storage.database import Database
 from app.storage.index import IndexedChunk

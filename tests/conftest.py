@@ -20,7 +20,7 @@ from app.embedding.embedder import LocalModel, Model
 from app.errors import UserExists
 from app.main import create_app
 from app.services import accounts
-from app.services.core import Core
+from app.services.runtime import Core
 from app.settings import Settings
 from tests import pg
 from tests.live import live_server  # noqa: F401  (the session's real server process)

@@ -22,7 +22,7 @@ from app.embedding.embedder import Embedder, Model
 from app.models import Chunk, KnowledgeDoc, KnowledgeDocItem, SearchRequest, User, utcnow
 from app.services import accounts, knowledge
 from app.services import search as search_service
-from app.services.core import Core, Principal
+from app.services.runtime import Core, Principal
 from app.settings import Settings
 from app.storage import migrations
 from app.storage.database import Database, SchemaError, async_url

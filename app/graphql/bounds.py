@@ -29,7 +29,7 @@ from strawberry.types import ExecutionResult
 from app.errors import AppError, BatchTooLarge, FieldError, ValidationFailed
 from app.graphql.schema import MAX_TOKENS
 from app.models import PERSONA_KNOWLEDGE_MAX, SEARCH_EXTERNAL_IDS_MAX
-from app.services.core import Principal
+from app.services.runtime import Principal
 
 
 @dataclass(frozen=True, slots=True)

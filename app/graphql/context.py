@@ -15,7 +15,7 @@ from app.errors import AppError
 from app.http.guard import Guard
 from app.models import KnowledgeDocPublic, Page
 from app.services import personas
-from app.services.core import Core, Principal
+from app.services.runtime import Core, Principal
 
 
 class KnowledgePageKey(NamedTuple):

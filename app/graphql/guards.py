@@ -53,7 +53,7 @@ from app.errors import QueryTooCostly
 from app.graphql.context import Context
 from app.graphql.directives import boolean_literal, is_left_out, possible_values
 from app.models import SEARCH_K_MAX
-from app.pagination import MAX_LIMIT
+from app.models.pagination import MAX_LIMIT
 from app.settings import Settings
 
 #: Deepest selection allowed (introspection fields aside); the deepest useful one is 4 levels

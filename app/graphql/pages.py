@@ -9,7 +9,7 @@ import strawberry
 from strawberry.types.nodes import SelectedField, Selection
 
 from app.graphql.errors import validated
-from app.pagination import DEFAULT_LIMIT, PageQuery
+from app.models.pagination import DEFAULT_LIMIT, PageQuery
 
 T = TypeVar("T")
 

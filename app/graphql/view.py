@@ -34,7 +34,7 @@ from app.graphql.context import Context, get_context
 from app.graphql.errors import format_error, from_http_exception, request_error
 from app.graphql.schema import schema
 from app.http import intake
-from app.services.core import Principal
+from app.services.runtime import Principal
 from app.settings import Settings
 
 PATH = "/graphql"

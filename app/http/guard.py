@@ -12,7 +12,7 @@ from app.errors import Unauthorized
 from app.http.proxies import client_address
 from app.http.ratelimit import Policy, RateLimiter
 from app.services import accounts
-from app.services.core import Core, Principal, period_key
+from app.services.runtime import Core, Principal, period_key
 
 
 class Guard:

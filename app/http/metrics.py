@@ -30,7 +30,7 @@ from sqlmodel import select
 
 from app.embedding.embedder import Embedder
 from app.models import Chunk, KnowledgeDoc, Persona
-from app.services.core import Core
+from app.services.runtime import Core
 
 #: Seconds the stored counts are kept before a scrape reads them again: Prometheus's default
 #: scrape interval, so one scraper pays for each count about once.

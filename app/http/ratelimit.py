@@ -32,7 +32,7 @@ from limits.storage import storage_from_string
 
 from app.errors import RateLimited, Unavailable
 from app.http.proxies import parse_address
-from app.services.core import Principal
+from app.services.runtime import Principal
 from app.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -27,7 +27,7 @@ from app.models import (
     SingleUpsertResponse,
     parse_api_time,
 )
-from app.pagination import PageQuery
+from app.models.pagination import PageQuery
 from app.rest.operations import Call, Link, Operation, PathParam, json_response
 from app.services import knowledge
 

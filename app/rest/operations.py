@@ -23,7 +23,7 @@ from app.http import intake
 from app.http.guard import Guard
 from app.http.ratelimit import Policy
 from app.http.validation import from_validation_error, validation_context
-from app.services.core import Core, Principal
+from app.services.runtime import Core, Principal
 
 
 class RawConvertor(Convertor[str]):

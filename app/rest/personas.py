@@ -20,7 +20,7 @@ from app.models import (
     PersonaPublic,
     PersonaUpdate,
 )
-from app.pagination import PageQuery
+from app.models.pagination import PageQuery
 from app.rest.operations import Call, Link, Operation, PathParam, json_response
 from app.services import personas
 

@@ -12,7 +12,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, func, select
 
-from app import security
 from app.errors import KeyNotFound, Unauthorized, UnknownPlan, UserExists, UserNotFound
 from app.models import (
     ApiKey,
@@ -25,7 +24,8 @@ from app.models import (
     UserPublic,
     utcnow,
 )
-from app.services.core import Core, Principal
+from app.services import hashing as security
+from app.services.runtime import Core, Principal
 
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 #: `last_used_at` is written at most this often per key, so reads do not all become writes.

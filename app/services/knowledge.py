@@ -49,8 +49,8 @@ from app.models import (
     UsageCounter,
     utcnow,
 )
-from app.pagination import decode_cursor, encode_cursor
-from app.services.core import Core, Principal, period_key
+from app.models.pagination import decode_cursor, encode_cursor
+from app.services.runtime import Core, Principal, period_key
 from app.storage.database import add_counts
 from app.storage.index import IndexedChunk
 

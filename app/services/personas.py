@@ -33,8 +33,8 @@ from app.models import (
     PersonaUpdate,
     utcnow,
 )
-from app.pagination import decode_cursor, encode_cursor
-from app.services.core import Core, Principal
+from app.models.pagination import decode_cursor, encode_cursor
+from app.services.runtime import Core, Principal
 
 PERSONA_PREFIX = "per_"
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"

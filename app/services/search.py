@@ -51,7 +51,7 @@ from app.models import (
     SearchResponse,
 )
 from app.models.search import SEARCH_JUNK_THRESHOLD
-from app.services.core import Core, Principal
+from app.services.runtime import Core, Principal
 from app.storage.index import HitRow, HitRowsStep, Plan, Ranked, RankStep, Scope, VectorsStep
 from app.storage.index.words import MAX_QUERY_TERMS, query_words
 

@@ -17,7 +17,7 @@ from sqlmodel import col, select
 
 from app.errors import Unauthorized
 from app.models import DashboardSession, User, utcnow
-from app.services.core import Core, Principal
+from app.services.runtime import Core, Principal
 
 #: How long a session lasts from sign-in, however active (the cookie has the same max-age).
 SESSION_TTL = timedelta(hours=8)

@@ -22,7 +22,7 @@ from app.models import (
     Used,
     UsedOfLimit,
 )
-from app.services.core import Core, Principal, current_period, period_key
+from app.services.runtime import Core, Principal, current_period, period_key
 
 
 async def get_subscription(*, core: Core, principal: Principal) -> SubscriptionPublic:

@@ -16,9 +16,9 @@ from starlette.responses import HTMLResponse, RedirectResponse
 
 from app.errors import Forbidden, TooLarge, UnsupportedMediaType, ValidationFailed
 from app.models.base import format_time
-from app.security import constant_time_equals
 from app.services import sessions
-from app.services.core import Core, Principal
+from app.services.hashing import constant_time_equals
+from app.services.runtime import Core, Principal
 
 #: The dashboard's forms are a few short fields; nothing bigger is read, let alone parsed.
 FORM_MAX_BYTES = 16 * 1024

@@ -20,7 +20,7 @@ from app.http.validation import from_validation_error
 from app.models import SearchRequest
 from app.models.search import SEARCH_QUERY_MAX
 from app.services import knowledge, personas, search, subscription
-from app.services.core import Principal
+from app.services.runtime import Principal
 from app.web.common import core_of, csrf, no_api_keys, render, signed_in, to
 
 #: Rows per page of the documents and personas lists.

@@ -13,8 +13,8 @@ import sqlean
 import sqlite_vec
 
 from app.client import ApiError, Client
-from app.demo import CREDENTIALS_FILE, DEMO_EMAIL, ensure_demo_account
 from app.services import accounts
+from app.services.demo import CREDENTIALS_FILE, DEMO_EMAIL, ensure_demo_account
 from tests.conftest import AppFactory
 from tests.live import (
     LiveServer,

@@ -14,7 +14,7 @@ from starlette.applications import Starlette
 
 from app.models import KnowledgeDocItem, PersonaCreate
 from app.services import accounts, knowledge, personas
-from app.services.core import Core
+from app.services.runtime import Core
 from tests.conftest import client_for, new_key
 from tests.graphql.conftest import gql_data
 

@@ -19,7 +19,7 @@ from starlette.applications import Starlette
 
 from app.models import KnowledgeDocItem
 from app.services import accounts, knowledge
-from app.services.core import Core, Principal
+from app.services.runtime import Core, Principal
 from app.settings import Settings
 from app.storage import migrations
 from app.storage.database import Database

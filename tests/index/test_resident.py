@@ -12,7 +12,7 @@ import sqlean
 from starlette.applications import Starlette
 
 from app.embedding.embedder import DIMS
-from app.services.core import Core, Principal
+from app.services.runtime import Core, Principal
 from app.storage.index import resident as resident_module
 from app.storage.index.resident import PER_CHUNK_OVERHEAD, ResidentStore
 from app.storage.index.sqlite import SqliteIndex

@@ -18,7 +18,7 @@ from starlette.applications import Starlette
 from app.embedding.embedder import DIMS
 from app.models import Chunk, KnowledgeDocItem
 from app.services import accounts, knowledge
-from app.services.core import Core
+from app.services.runtime import Core
 from app.storage.index import Ranked, sqlite_vectors
 from app.storage.index import sqlite as sqlite_index
 from app.storage.index.sqlite_keywords import match_expression

@@ -13,7 +13,7 @@ from starlette.applications import Starlette
 
 from app.models import KnowledgeDocItem, SearchResponse
 from app.services import knowledge
-from app.services.core import Core, Principal
+from app.services.runtime import Core, Principal
 from app.storage.index import Ranked
 from app.storage.index.resident import ResidentStore
 from app.storage.index.sqlite import SqliteIndex

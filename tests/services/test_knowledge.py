@@ -15,7 +15,7 @@ from starlette.applications import Starlette
 from app.errors import KnowledgeQuotaExceeded
 from app.models import KnowledgeDocItem, PersonaCreate, SearchRequest
 from app.services import accounts, knowledge, personas, search
-from app.services.core import Core, Principal
+from app.services.runtime import Core, Principal
 from tests.conftest import new_key
 
 pytestmark = pytest.mark.anyio

@@ -8,7 +8,7 @@ from starlette.applications import Starlette
 
 from app.models import KnowledgeDocItem, PersonaCreate
 from app.services import accounts, knowledge, personas
-from app.services.core import Core, Principal
+from app.services.runtime import Core, Principal
 from tests.conftest import new_key
 
 pytestmark = pytest.mark.anyio

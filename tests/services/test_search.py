@@ -15,7 +15,7 @@ from starlette.applications import Starlette
 from app.models import KnowledgeDocItem, SearchRequest, SearchResponse
 from app.services import accounts, knowledge
 from app.services import search as search_service
-from app.services.core import Core, Principal
+from app.services.runtime import Core, Principal
 from app.storage.index import Ranked, sqlite_keywords
 from app.storage.index import postgres as pg_index
 from app.storage.index import postgres_keywords as pg_keywords

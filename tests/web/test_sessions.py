@@ -15,9 +15,9 @@ from sqlalchemy import delete
 from sqlmodel import col, select
 from starlette.applications import Starlette
 
-from app import security
 from app.models import DashboardSession, User
 from app.services import accounts
+from app.services import hashing as security
 from tests.conftest import AppFactory, client_for
 
 pytestmark = pytest.mark.anyio

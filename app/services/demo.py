@@ -16,7 +16,7 @@ from starlette.applications import Starlette
 from app.errors import Unauthorized, UserExists
 from app.models import KnowledgeDocItem, PersonaCreate
 from app.services import accounts, knowledge, personas
-from app.services.core import Core
+from app.services.runtime import Core
 from app.storage.database import Database
 
 log = logging.getLogger(__name__)
