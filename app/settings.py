@@ -179,7 +179,7 @@ class Settings(BaseSettings):
     #: Host names the MCP door at /mcp answers besides loopback and `host` (DNS-rebinding guard),
     #: e.g. the public name of a server behind a proxy; JSON list in the environment.
     allowed_hosts: list[str] = Field(default_factory=list)
-    #: The most a GraphQL operation may cost (app/graphql/guards.py): each field counts 1 and
+    #: The most a GraphQL operation may cost (app/graphql/document_limits.py): each field counts 1 and
     #: the fields under a page (`first`) or a search (`k`) count once per item it may return.
     #: Resolving costs about 10 us of event loop per unit (measured: 50 personas x 50
     #: documents x 7 fields, cost 20,151, held the loop 0.2 s), so the default 10,000 keeps one

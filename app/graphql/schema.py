@@ -21,8 +21,8 @@ from app.graphql import knowledge as knowledge_types
 from app.graphql import personas as persona_types
 from app.graphql import search as search_types
 from app.graphql import subscription as subscription_types
+from app.graphql.document_limits import DocumentGuards
 from app.graphql.errors import is_unexpected
-from app.graphql.guards import DocumentGuards
 from app.graphql.scalars import SCALARS
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ class Schema(strawberry.Schema):
 def _extensions() -> list[Any]:
     # Factories, not instances: Strawberry makes fresh ones per operation, so no state is
     # shared between requests. The token limit bounds the parse; the depth, alias and cost
-    # guards then measure the parsed document in one pass (app/graphql/guards.py).
+    # guards then measure the parsed document in one pass (app/graphql/document_limits.py).
     return [
         lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),
         DocumentGuards,

@@ -3,7 +3,7 @@
 Per request, in the contract's order (API.md section 3): authenticate (`X-Api-Key`, the same
 `Guard` as REST), read the body (through REST's own intake, `app.http.intake`), charge the rate limit
 once for the whole operation (`app.graphql.charging`: writes per mutation field, searches per
-search field), refuse lists that are too long from their length (`app.graphql.bounds`), then
+search field), refuse lists that are too long from their length (`app.graphql.variable_limits`), then
 validate and execute. A refusal before execution (authentication, rate limit, a body that is
 not a GraphQL request) answers with its own HTTP status and a body of `errors` only; everything
 GraphQL decides itself (invalid documents, guard limits, domain errors while executing) is
@@ -28,11 +28,11 @@ from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData
 from strawberry.types import ExecutionResult
 
 from app.errors import AppError, MethodNotAllowed, RouteNotFound, ValidationFailed
-from app.graphql.bounds import refuse_long_lists
 from app.graphql.charging import classify
 from app.graphql.context import Context, get_context
 from app.graphql.errors import format_error, from_http_exception, request_error
 from app.graphql.schema import schema
+from app.graphql.variable_limits import refuse_long_lists
 from app.http import intake
 from app.services.runtime import Principal
 from app.settings import Settings

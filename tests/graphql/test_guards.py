@@ -11,7 +11,7 @@ import httpx
 import pytest
 from graphql import parse
 
-from app.graphql.guards import MAX_ALIASES, MAX_DEPTH, SATURATED, DocumentMeasure
+from app.graphql.document_limits import MAX_ALIASES, MAX_DEPTH, SATURATED, DocumentMeasure
 from app.graphql.schema import MAX_TOKENS, schema
 from app.settings import Settings
 from tests.conftest import AppFactory, client_for, new_key
