@@ -22,8 +22,8 @@ from app.main import create_app
 from app.services import accounts
 from app.services.runtime import Core
 from app.settings import Settings
-from tests import pg
-from tests.live import live_server  # noqa: F401  (the session's real server process)
+from tests.support import pg
+from tests.support.live import live_server  # noqa: F401  (the session's real server process)
 
 
 @pytest.fixture(scope="session")

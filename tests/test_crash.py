@@ -20,8 +20,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.live import start_server, stop_server
-from tests.writers import BatchWriters, assert_whole, rows, stored_batches, stored_documents
+from tests.support.live import start_server, stop_server
+from tests.support.writers import BatchWriters, assert_whole, rows, stored_batches, stored_documents
 
 
 def test_sigterm_drains_a_batch_in_flight_and_flushes_usage(tmp_path: Path) -> None:

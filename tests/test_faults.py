@@ -15,8 +15,8 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from tests import pg
 from tests.conftest import AppFactory, assert_problem, client_for, new_key
+from tests.support import pg
 
 pytestmark = [pytest.mark.anyio, pytest.mark.engines("postgresql")]
 

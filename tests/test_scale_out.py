@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests import servers
+from tests.support import servers
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis, pytest.mark.engines("postgresql")]
 

@@ -491,7 +491,7 @@ async def upsert_one(
     (plan,) = await _upsert(core, principal, [item])
     # Read back rather than built from the rows in hand: a read after the write keeps every
     # reader's view of SQLite's WAL index current (without it, a data dir turned read-only under
-    # a running server crashed it with SIGBUS in tests/test_disk.py).
+    # a running server crashed it with SIGBUS in tests/storage/test_disk.py).
     doc = await get_doc(core=core, principal=principal, external_id=external_id)
     return plan.status, doc
 

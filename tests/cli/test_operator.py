@@ -16,7 +16,7 @@ from app.client import ApiError, Client
 from app.services import accounts
 from app.services.demo import CREDENTIALS_FILE, DEMO_EMAIL, ensure_demo_account
 from tests.conftest import AppFactory
-from tests.live import (
+from tests.support.live import (
     LiveServer,
     clean_env,
     free_port,

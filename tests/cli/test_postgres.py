@@ -12,8 +12,8 @@ import pytest
 from app.embedding.embedder import Model
 from app.main import create_app
 from app.settings import Settings
-from tests import pg, servers
 from tests.conftest import AppFactory, client_for, new_key
+from tests.support import pg, servers
 
 pytestmark = [pytest.mark.anyio, pytest.mark.engines("postgresql")]
 

@@ -24,7 +24,7 @@ from app.client import (
     plan_batches,
 )
 from tests.conftest import AppFactory, new_key
-from tests.live import LiveServer, free_port
+from tests.support.live import LiveServer, free_port
 
 pytestmark = pytest.mark.anyio
 

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from tests.cli.test_cli import BIN, free_port, run
-from tests.graphql.test_guards import fragment_bomb
+from tests.graphql.test_document_limits import fragment_bomb
 
 pytestmark = pytest.mark.anyio
 

@@ -13,7 +13,7 @@ from starlette.applications import Starlette
 from app.graphql.charging import classify
 from tests.conftest import AppFactory, client_for, new_key
 from tests.graphql.conftest import gql, gql_data, single_error
-from tests.rest.test_ratelimit import policy, ratelimit, small_plan
+from tests.http.test_ratelimit import policy, ratelimit, small_plan
 
 pytestmark = pytest.mark.anyio
 

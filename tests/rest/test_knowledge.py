@@ -14,7 +14,7 @@ from app.embedding.embedder import Model
 from app.main import create_app
 from app.settings import Settings
 from tests.conftest import AppFactory, assert_problem, client_for, new_key
-from tests.storage import index_counts
+from tests.support.index_rows import index_counts
 
 pytestmark = pytest.mark.anyio
 

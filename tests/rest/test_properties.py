@@ -26,7 +26,7 @@ from starlette.applications import Starlette
 
 from app.rest import OPERATIONS
 from app.rest.operations import Operation
-from tests.rest.test_intake import fingerprint
+from tests.http.test_intake import fingerprint
 
 pytestmark = pytest.mark.anyio
 

@@ -14,7 +14,7 @@ import pytest
 from starlette.applications import Starlette
 
 from tests.conftest import AppFactory, assert_problem, client_for, new_key, plan_config
-from tests.storage import index_counts
+from tests.support.index_rows import index_counts
 
 pytestmark = pytest.mark.anyio
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 
-from tests.live import LiveServer
+from tests.support.live import LiveServer
 from tests.web.conftest import DESKTOP, PHONE
 
 if TYPE_CHECKING:

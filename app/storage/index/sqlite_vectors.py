@@ -19,7 +19,7 @@ ranking them in numpy takes ~5 ms whatever the number of candidates. So vec0 sto
 maintains the bit vectors (chunking, validity, deletes) and the search reads its blocks
 directly: `_vector_chunks00` (one blob of `chunk_size` vectors per block) beside `_chunks` (the
 block's partition, validity bitmap and rowids). That layout is sqlite-vec 0.1.9's (pinned in
-pyproject.toml); tests/index/test_sqlite.py checks that the scan agrees with vec0's own KNN, so
+pyproject.toml); tests/storage/index/test_sqlite.py checks that the scan agrees with vec0's own KNN, so
 an upgrade that changes it fails there, not in production.
 
 sqlite-vec 0.1.9 cannot `INSERT OR REPLACE` into vec0: `put` only ever inserts ids not indexed

@@ -16,7 +16,7 @@ from app.graphql.schema import MAX_TOKENS, schema
 from app.settings import Settings
 from tests.conftest import AppFactory, client_for, new_key
 from tests.graphql.conftest import gql, gql_data, single_error
-from tests.rest.test_ratelimit import ratelimit
+from tests.http.test_ratelimit import ratelimit
 
 pytestmark = pytest.mark.anyio
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.live import clean_env, personaizer, start_server, stop_server
-from tests.writers import BatchWriters, assert_whole, stored_batches
+from tests.support.live import clean_env, personaizer, start_server, stop_server
+from tests.support.writers import BatchWriters, assert_whole, stored_batches
 
 
 def _integrity(database: Path) -> list[str]:

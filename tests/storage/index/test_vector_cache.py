@@ -38,7 +38,7 @@ Hit = tuple[str, int, float, float | None, float | None]
 
 def hits(response: SearchResponse) -> list[Hit]:
     """A search's answer, scores and their parts unrounded: neither the cache nor keeping a
-    user whole (tests/index/test_resident.py) may change a bit of them."""
+    user whole (tests/storage/index/test_resident.py) may change a bit of them."""
     return [
         (h.external_id, h.chunk_index, h.score, h.semantic_score, h.keyword_score)
         for h in response.results

@@ -26,8 +26,8 @@ from app.services.runtime import Core, Principal
 from app.settings import Settings
 from app.storage import migrations
 from app.storage.database import Database, SchemaError, async_url
-from tests import pg
 from tests.services.test_search import QUERIES, TOPICS, long_text
+from tests.support import pg
 
 pytestmark = pytest.mark.anyio
 

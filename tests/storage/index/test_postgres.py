@@ -28,9 +28,9 @@ from app.storage.index import postgres_keywords as keywords
 from app.storage.index.postgres import ScopeSql
 from app.storage.index.scope import Scope
 from app.storage.index.words import query_words
-from tests import pg
 from tests.conftest import new_key
 from tests.services.test_search import TOPICS, long_text
+from tests.support import pg
 
 pytestmark = [pytest.mark.anyio, pytest.mark.engines("postgresql")]
 

@@ -14,8 +14,8 @@ import pytest
 from starlette.applications import Starlette
 
 from app.services import accounts
-from tests import servers
 from tests.conftest import AppFactory, assert_problem, client_for, new_key, plan_config
+from tests.support import servers
 
 pytestmark = pytest.mark.anyio
 

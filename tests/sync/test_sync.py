@@ -17,8 +17,8 @@ from app.models.base import EXTERNAL_ID_RE
 from app.sync import SyncError, collect, external_id_for, sync_folder
 from app.sync.extract import Unreadable, decode, extract
 from tests.conftest import new_key
-from tests.documents import HTML_PAGE, LATIN1_TEXT, make_docx, make_pdf, mixed_folder
-from tests.live import LiveServer, free_port, personaizer
+from tests.support.documents import HTML_PAGE, LATIN1_TEXT, make_docx, make_pdf, mixed_folder
+from tests.support.live import LiveServer, free_port, personaizer
 
 # --- ids ----------------------------------------------------------------------------------
 

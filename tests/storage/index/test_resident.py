@@ -18,8 +18,8 @@ from app.storage.index.resident import PER_CHUNK_OVERHEAD, ResidentStore
 from app.storage.index.sqlite import SqliteIndex
 from app.storage.index.sqlite_vectors import read_all_bits
 from app.storage.sqlite_driver import run_on_connection
-from tests.index.test_vector_cache import Hit, answers, hits, rewrite_corpus
 from tests.services.test_search import QUERIES, TOPICS, run_search, setup_corpus
+from tests.storage.index.test_vector_cache import Hit, answers, hits, rewrite_corpus
 
 pytestmark = [pytest.mark.anyio, pytest.mark.engines("sqlite")]
 

@@ -1,0 +1,1 @@
+"""What the tests share: servers, PostgreSQL, documents, writers and row counts."""
