@@ -22,7 +22,7 @@ from app.http.middleware import RequestContextMiddleware
 from app.http.ratelimit import RateLimiter
 from app.mcp import build_server, mcp_route
 from app.rest.openapi import build_openapi
-from app.services.runtime import Core
+from app.services.runtime import Runtime
 from app.settings import Settings
 from app.storage.database import Database
 from app.web.headers import SecurityHeadersMiddleware
@@ -87,7 +87,7 @@ def create_app(
         bulk_workers=settings.embedder_bulk_workers,
         loader=loader or model_loader(settings),
     )
-    core = Core(settings=settings, db=db, embedder=embedder)
+    runtime = Runtime(settings=settings, db=db, embedder=embedder)
     limiter = RateLimiter(settings)
     metrics = Metrics(embedder)
     mcp_server = build_server()
@@ -99,8 +99,8 @@ def create_app(
         await db.migrate()
         await embedder.start()
         log.info("data in %s", db.where)
-        tasks = [asyncio.create_task(hook(core)) for hook in app.state.startup_hooks]
-        flusher = asyncio.create_task(core.requests.run(db))
+        tasks = [asyncio.create_task(hook(runtime)) for hook in app.state.startup_hooks]
+        flusher = asyncio.create_task(runtime.requests.run(db))
         try:
             # The MCP door's requests run in the session manager's task group.
             async with mcp_server.session_manager.run():
@@ -111,7 +111,7 @@ def create_app(
             flusher.cancel()
             with suppress(asyncio.CancelledError):
                 await flusher
-            await core.requests.flush_or_log(db)  # the last requests of this process
+            await runtime.requests.flush_or_log(db)  # the last requests of this process
             await embedder.stop()
             await db.dispose()
 
@@ -131,8 +131,8 @@ def create_app(
         exception_handlers=rest.EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
-    app.state.core = core
-    app.state.guard = Guard(core, limiter)
+    app.state.runtime = runtime
+    app.state.guard = Guard(runtime, limiter)
     app.state.openapi = build_openapi(rest.OPERATIONS)
     app.state.metrics = metrics
     #: Background jobs started once the server is up (the CLI's --demo seeding is one).

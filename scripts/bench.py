@@ -84,7 +84,7 @@ from app.models import (
     utcnow,
 )
 from app.services import search as search_service
-from app.services.runtime import Core, Principal
+from app.services.runtime import Principal, Runtime
 from app.settings import Settings
 from app.storage.database import Database
 from app.storage.index import IndexedChunk
@@ -150,7 +150,7 @@ class Corpus:
         return " ".join(self.words[int(i)] for i in picks)
 
 
-async def add_chunks(core: Core, user_id: int, corpus: Corpus, n_chunks: int) -> None:
+async def add_chunks(runtime: Runtime, user_id: int, corpus: Corpus, n_chunks: int) -> None:
     """Append `n_chunks` chunks (whole documents) to the user's account."""
     n_docs = n_chunks // CHUNKS_PER_DOC
     for start in range(0, n_docs, INSERT_BATCH // CHUNKS_PER_DOC):
@@ -158,7 +158,7 @@ async def add_chunks(core: Core, user_id: int, corpus: Corpus, n_chunks: int) ->
         texts = corpus.text(count * CHUNKS_PER_DOC)
         vectors = _unit(corpus.rng.standard_normal((len(texts), DIMS)))
         now = utcnow()
-        async with core.db.write() as session:
+        async with runtime.db.write() as session:
             docs = []
             for i in range(count):
                 number = corpus.docs + i
@@ -195,7 +195,7 @@ async def add_chunks(core: Core, user_id: int, corpus: Corpus, n_chunks: int) ->
             await session.flush()
             for i, doc in enumerate(docs):
                 own = chunks[i * CHUNKS_PER_DOC : (i + 1) * CHUNKS_PER_DOC]
-                await core.index.put(
+                await runtime.index.put(
                     session,
                     user_id=user_id,
                     title=doc.title,
@@ -204,8 +204,8 @@ async def add_chunks(core: Core, user_id: int, corpus: Corpus, n_chunks: int) ->
         corpus.docs += count
 
 
-async def setup(core: Core) -> Principal:
-    async with core.db.write() as session:
+async def setup(runtime: Runtime) -> Principal:
+    async with runtime.db.write() as session:
         user = User(email="bench@example.com", plan_id="unlimited", created_at=utcnow())
         session.add(user)
         await session.flush()
@@ -214,13 +214,13 @@ async def setup(core: Core) -> Principal:
             id="per_bench", user_id=user.id, name="Bench", created_at=utcnow(), updated_at=utcnow()
         )
         session.add(persona)
-    return Principal(user_id=user.id, email=user.email, plan=core.plan("unlimited"))
+    return Principal(user_id=user.id, email=user.email, plan=runtime.plan("unlimited"))
 
 
-async def attach_persona(core: Core, external_ids: Sequence[str]) -> None:
+async def attach_persona(runtime: Runtime, external_ids: Sequence[str]) -> None:
     from sqlmodel import col, select
 
-    async with core.db.write() as session:
+    async with runtime.db.write() as session:
         rows = await session.execute(
             select(KnowledgeDoc.id).where(col(KnowledgeDoc.external_id).in_(list(external_ids)))
         )
@@ -267,18 +267,18 @@ async def bench_engine(
     await db.migrate()
     embedder = Embedder(model=RandomModel())
     await embedder.start()
-    core = Core(settings=settings, db=db, embedder=embedder)
+    runtime = Runtime(settings=settings, db=db, embedder=embedder)
     results: dict[tuple[str, int], list[float]] = {}
     try:
-        principal = await setup(core)
+        principal = await setup(runtime)
         corpus = Corpus(plain=plain)
         have = 0
         for size in sorted(sizes):
             started = time.perf_counter()
             async with bulk_load(db):
-                await add_chunks(core, principal.user_id, corpus, size - have)
+                await add_chunks(runtime, principal.user_id, corpus, size - have)
             if not have:
-                await attach_persona(core, ["doc-1", "doc-2", "doc-3"])
+                await attach_persona(runtime, ["doc-1", "doc-2", "doc-3"])
             have = size
             print(
                 f"{db.dialect}: {size:>7} chunks ({corpus.docs} documents) written in "
@@ -295,7 +295,7 @@ async def bench_engine(
                         {"query": next(queries), "k": 10, **body}
                     )
                     return await search_service.search(
-                        core=core, principal=principal, request=request
+                        runtime=runtime, principal=principal, request=request
                     )
 
                 results[(name, size)] = await timed(run, repeat)

@@ -20,7 +20,7 @@ from app.embedding.embedder import LocalModel, Model
 from app.errors import UserExists
 from app.main import create_app
 from app.services import accounts
-from app.services.runtime import Core
+from app.services.runtime import Runtime
 from app.settings import Settings
 from tests.support import pg
 from tests.support.live import live_server  # noqa: F401  (the session's real server process)
@@ -120,13 +120,13 @@ def client_for(app: Starlette, **headers: str) -> httpx.AsyncClient:
 
 async def new_key(app: Starlette, email: str = "owner@example.com", plan: str | None = None) -> str:
     """Make (or reuse) a user and return a fresh API key for them."""
-    core: Core = app.state.core
+    runtime: Runtime = app.state.runtime
     try:
-        await accounts.create_user(core=core, email=email, plan_id=plan)
+        await accounts.create_user(runtime=runtime, email=email, plan_id=plan)
     except UserExists:
         if plan is not None:
-            await accounts.set_plan(core=core, email=email, plan_id=plan)
-    return (await accounts.create_key(core=core, email=email)).key
+            await accounts.set_plan(runtime=runtime, email=email, plan_id=plan)
+    return (await accounts.create_key(runtime=runtime, email=email)).key
 
 
 @pytest.fixture

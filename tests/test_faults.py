@@ -73,7 +73,7 @@ async def test_a_write_cut_off_mid_transaction_is_not_applied(
 ) -> None:
     app: Starlette = await make_app(database_url=await _database(own_server))
     key = await new_key(app, plan="unlimited")
-    index = app.state.core.index
+    index = app.state.runtime.index
     put_many = index.put_many
 
     async def put_then_lose_the_server(session: Any, **kwargs: Any) -> None:

@@ -29,7 +29,7 @@ from app.client.batching import DEFAULT_BATCH_CHARS
 from app.embedding.embedder import Embedder
 from app.errors import AppError
 from app.services import accounts
-from app.services.runtime import Core
+from app.services.runtime import Runtime
 from app.settings import Settings
 from app.storage.database import Database, SchemaError
 
@@ -82,8 +82,8 @@ def load_settings(data_dir: Path | None, database_url: str | None, **extra: Any)
         raise Fail(f"invalid configuration: {where}: {first['msg']}") from exc
 
 
-def run_with_core(
-    settings: Settings, use: Callable[[Core], Awaitable[T]], *, create: bool = False
+def run_with_runtime(
+    settings: Settings, use: Callable[[Runtime], Awaitable[T]], *, create: bool = False
 ) -> T:
     """Run `use` against the database; only `create=True` (serve, init) may make a new one."""
     check_database(settings, create=create)
@@ -92,7 +92,7 @@ def run_with_core(
         db = Database(settings)
         try:
             await db.migrate(create=create)
-            return await use(Core(settings=settings, db=db, embedder=Embedder()))
+            return await use(Runtime(settings=settings, db=db, embedder=Embedder()))
         finally:
             await db.dispose()
 
@@ -206,7 +206,7 @@ def serve(
     settings = settings.model_copy(update={"port": port})
     # Open (create, upgrade or refuse) the database before serving, so a file this build cannot
     # use is one line on stderr rather than a failed lifespan inside uvicorn.
-    run_with_core(settings, lambda core: asyncio.sleep(0), create=True)
+    run_with_runtime(settings, lambda runtime: asyncio.sleep(0), create=True)
     if workers > 1:
         _serve_workers(settings, workers, sock)
         return
@@ -219,7 +219,7 @@ def serve(
 
         install_demo(app, out)
     out.print(f"PersonAIzer listening on http://{host}:{port}  (docs: http://{host}:{port}/docs)")
-    out.print(f"Data: {app.state.core.db.where}")
+    out.print(f"Data: {app.state.runtime.db.where}")
     # Timeouts and connection limits against slow and greedy clients: app/http/serving.py.
     server = uvicorn.Server(ServeConfig(app, settings))
     try:
@@ -286,7 +286,7 @@ def init(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
     settings = load_settings(data_dir, database_url)
     path = sqlite_file(settings)
     existed = path is not None and path.exists()
-    run_with_core(settings, lambda core: asyncio.sleep(0), create=True)
+    run_with_runtime(settings, lambda runtime: asyncio.sleep(0), create=True)
     where = path.resolve() if path is not None else "the configured database"
     out.print(f"database ready at {where}" + (" (it existed already)" if existed else ""))
 
@@ -308,9 +308,9 @@ def users_create(
     """Create a user."""
     settings = load_settings(data_dir, database_url)
     password = _read_password() if password_stdin else None
-    user = run_with_core(
+    user = run_with_runtime(
         settings,
-        lambda core: accounts.create_user(core=core, email=email, plan_id=plan, password=password),
+        lambda runtime: accounts.create_user(runtime=runtime, email=email, plan_id=plan, password=password),
     )
     if json_out:
         out.print(_dump(user.model_dump(mode="json")))
@@ -323,8 +323,8 @@ def users_list(
     json_out: JsonFlag = False, data_dir: DataDir = None, database_url: DatabaseUrl = None
 ) -> None:
     """List users."""
-    users = run_with_core(
-        load_settings(data_dir, database_url), lambda core: accounts.list_users(core=core)
+    users = run_with_runtime(
+        load_settings(data_dir, database_url), lambda runtime: accounts.list_users(runtime=runtime)
     )
     if json_out:
         out.print(_dump([u.model_dump(mode="json") for u in users]))
@@ -345,9 +345,9 @@ def users_set_plan(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Put a user on a plan."""
-    user = run_with_core(
+    user = run_with_runtime(
         load_settings(data_dir, database_url),
-        lambda core: accounts.set_plan(core=core, email=email, plan_id=plan),
+        lambda runtime: accounts.set_plan(runtime=runtime, email=email, plan_id=plan),
     )
     if json_out:
         out.print(_dump(user.model_dump(mode="json")))
@@ -370,8 +370,8 @@ def users_set_password(
     """Set a user's dashboard password, read from one line of stdin."""
     settings = load_settings(data_dir, database_url)
     password = _read_password()
-    user = run_with_core(
-        settings, lambda core: accounts.set_password(core=core, email=email, password=password)
+    user = run_with_runtime(
+        settings, lambda runtime: accounts.set_password(runtime=runtime, email=email, password=password)
     )
     out.print(f"password set for {user.email}")
 
@@ -388,12 +388,12 @@ def users_delete(
     """Delete a user with everything they own: keys, documents, personas, usage."""
     settings = load_settings(data_dir, database_url)
     if not yes:
-        held = run_with_core(settings, lambda core: accounts.user_data(core=core, email=email))
+        held = run_with_runtime(settings, lambda runtime: accounts.user_data(runtime=runtime, email=email))
         raise Fail(
             f"{held.email} has {held.keys} keys, {held.documents} documents and {held.personas} "
             "personas; add --yes to delete the user with all of it"
         )
-    gone = run_with_core(settings, lambda core: accounts.delete_user(core=core, email=email))
+    gone = run_with_runtime(settings, lambda runtime: accounts.delete_user(runtime=runtime, email=email))
     out.print(
         f"deleted {gone.email} with {gone.keys} keys, {gone.documents} documents and "
         f"{gone.personas} personas"
@@ -412,9 +412,9 @@ def keys_create(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Create an API key; it is shown this once (the last line of stdout)."""
-    key = run_with_core(
+    key = run_with_runtime(
         load_settings(data_dir, database_url),
-        lambda core: accounts.create_key(core=core, email=email, name=name),
+        lambda runtime: accounts.create_key(runtime=runtime, email=email, name=name),
     )
     if json_out:
         out.print(_dump(key.model_dump(mode="json")))
@@ -431,9 +431,9 @@ def keys_list(
     database_url: DatabaseUrl = None,
 ) -> None:
     """List a user's keys (prefixes only; full keys are never stored)."""
-    keys = run_with_core(
+    keys = run_with_runtime(
         load_settings(data_dir, database_url),
-        lambda core: accounts.list_keys(core=core, email=email),
+        lambda runtime: accounts.list_keys(runtime=runtime, email=email),
     )
     if json_out:
         out.print(_dump([k.model_dump(mode="json") for k in keys]))
@@ -455,9 +455,9 @@ def keys_disable(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Disable a key by its visible prefix; requests with it get 401 at once."""
-    key = run_with_core(
+    key = run_with_runtime(
         load_settings(data_dir, database_url),
-        lambda core: accounts.disable_key(core=core, prefix=key_prefix),
+        lambda runtime: accounts.disable_key(runtime=runtime, prefix=key_prefix),
     )
     if json_out:
         out.print(_dump(key.model_dump(mode="json")))

@@ -1,4 +1,4 @@
-"""What every resolver gets: the request, the core, the caller, this request's DataLoaders and
+"""What every resolver gets: the request, the runtime, the caller, this request's DataLoaders and
 the response headers collected on the way (the RateLimit fields, a Retry-After)."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from app.errors import AppError
 from app.http.guard import Guard
 from app.models import KnowledgeDocPublic, Page
 from app.services import personas
-from app.services.runtime import Core, Principal
+from app.services.runtime import Principal, Runtime
 
 
 class KnowledgePageKey(NamedTuple):
@@ -40,10 +40,10 @@ class Loaders:
     knowledge_pages: DataLoader[KnowledgePageKey, KnowledgePage]
 
     @classmethod
-    def for_caller(cls, core: Core, principal: Principal) -> Loaders:
+    def for_caller(cls, runtime: Runtime, principal: Principal) -> Loaders:
         async def load_ids(persona_ids: list[str]) -> Sequence[list[str]]:
             found = await personas.attached_external_ids(
-                core=core, principal=principal, persona_ids=persona_ids
+                runtime=runtime, principal=principal, persona_ids=persona_ids
             )
             return [found[p] for p in persona_ids]
 
@@ -62,7 +62,7 @@ class Loaders:
                 pages: dict[str, KnowledgePage] | AppError
                 try:
                     pages = await personas.knowledge_for_personas(
-                        core=core,
+                        runtime=runtime,
                         principal=principal,
                         persona_ids=ids,
                         limit=limit,
@@ -85,7 +85,7 @@ class Loaders:
 @dataclass
 class Context:
     request: Request
-    core: Core
+    runtime: Runtime
     guard: Guard
     principal: Principal
     loaders: Loaders
@@ -99,13 +99,13 @@ Info: TypeAlias = strawberry.Info[Context, None]
 async def get_context(request: Request) -> Context:
     """Authenticate the caller (as REST does, before anything else) and set up the request's
     loaders. Raises `Unauthorized` or `RateLimited` (too many failed attempts)."""
-    core: Core = request.app.state.core
+    runtime: Runtime = request.app.state.runtime
     guard: Guard = request.app.state.guard
     principal = await guard.authenticate(request)
     return Context(
         request=request,
-        core=core,
+        runtime=runtime,
         guard=guard,
         principal=principal,
-        loaders=Loaders.for_caller(core, principal),
+        loaders=Loaders.for_caller(runtime, principal),
     )

@@ -314,7 +314,7 @@ def max_cost(context: object) -> int:
     """The server's cost limit; its default for a schema executed without a request (tests,
     `export-schema`)."""
     if isinstance(context, Context):
-        return context.core.settings.graphql_max_cost
+        return context.runtime.settings.graphql_max_cost
     default = Settings.model_fields["graphql_max_cost"].default
     assert isinstance(default, int)
     return default

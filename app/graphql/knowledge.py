@@ -166,7 +166,7 @@ async def knowledge_docs(
     """The caller's documents ordered by external_id (byte order)."""
     page = page_query(first, after)
     result = await knowledge.list_docs(
-        core=info.context.core,
+        runtime=info.context.runtime,
         principal=info.context.principal,
         limit=page.limit,
         cursor=page.cursor,
@@ -179,7 +179,7 @@ async def knowledge_docs(
 async def knowledge_doc(info: Info, external_id: str) -> KnowledgeDocType:
     """One document; `knowledge.not_found` when there is none."""
     doc = await knowledge.get_doc(
-        core=info.context.core, principal=info.context.principal, external_id=external_id
+        runtime=info.context.runtime, principal=info.context.principal, external_id=external_id
     )
     return KnowledgeDocType.of(doc)
 
@@ -190,7 +190,7 @@ async def upsert_knowledge_docs(
     """Create or replace up to the plan's batch_items documents, all or nothing."""
     batch = validated(KnowledgeDocBatch, {"items": [given(i) for i in items]})
     result = await knowledge.upsert_many(
-        core=info.context.core, principal=info.context.principal, items=batch.items
+        runtime=info.context.runtime, principal=info.context.principal, items=batch.items
     )
     return UpsertKnowledgeDocsPayload.of(result)
 
@@ -202,7 +202,7 @@ async def upsert_knowledge_doc(
     body = validated(KnowledgeDocBody, given(input), at=("input",))
     with located("input"):
         status, doc = await knowledge.upsert_one(
-            core=info.context.core,
+            runtime=info.context.runtime,
             principal=info.context.principal,
             external_id=external_id,
             body=body,
@@ -213,6 +213,6 @@ async def upsert_knowledge_doc(
 async def delete_knowledge_doc(info: Info, external_id: str) -> DeleteKnowledgeDocPayload:
     """Delete one document (idempotent); it is detached from every persona."""
     deleted = await knowledge.delete_doc(
-        core=info.context.core, principal=info.context.principal, external_id=external_id
+        runtime=info.context.runtime, principal=info.context.principal, external_id=external_id
     )
     return DeleteKnowledgeDocPayload(external_id=external_id, deleted=deleted)

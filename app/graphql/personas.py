@@ -159,7 +159,7 @@ async def list_personas(
     """The caller's personas, ordered by creation."""
     page = page_query(first, after)
     result = await personas.list_personas(
-        core=info.context.core,
+        runtime=info.context.runtime,
         principal=info.context.principal,
         limit=page.limit,
         cursor=page.cursor,
@@ -174,7 +174,7 @@ async def list_personas(
 async def persona(info: Info, id: strawberry.ID) -> PersonaType:
     """One persona; `persona.not_found` when there is none."""
     found = await personas.get_persona(
-        core=info.context.core, principal=info.context.principal, persona_id=id
+        runtime=info.context.runtime, principal=info.context.principal, persona_id=id
     )
     return PersonaType.of(found)
 
@@ -183,7 +183,7 @@ async def create_persona(info: Info, input: PersonaCreateInput) -> PersonaType:
     """Create a persona; `persona.quota_exceeded` past the plan's personas."""
     body = validated(PersonaCreate, given(input), at=("input",))
     created = await personas.create_persona(
-        core=info.context.core, principal=info.context.principal, body=body
+        runtime=info.context.runtime, principal=info.context.principal, body=body
     )
     return PersonaType.of(created)
 
@@ -192,7 +192,7 @@ async def update_persona(info: Info, id: strawberry.ID, input: PersonaUpdateInpu
     """Change the fields given; `updatedAt` moves only when a value changes."""
     body = validated(PersonaUpdate, given(input), at=("input",))
     updated = await personas.update_persona(
-        core=info.context.core, principal=info.context.principal, persona_id=id, body=body
+        runtime=info.context.runtime, principal=info.context.principal, persona_id=id, body=body
     )
     return PersonaType.of(updated)
 
@@ -200,7 +200,7 @@ async def update_persona(info: Info, id: strawberry.ID, input: PersonaUpdateInpu
 async def delete_persona(info: Info, id: strawberry.ID) -> DeletePersonaPayload:
     """Delete a persona (idempotent); its documents stay."""
     deleted = await personas.delete_persona(
-        core=info.context.core, principal=info.context.principal, persona_id=id
+        runtime=info.context.runtime, principal=info.context.principal, persona_id=id
     )
     return DeletePersonaPayload(id=id, deleted=deleted)
 
@@ -212,7 +212,7 @@ async def set_persona_knowledge(
     with `knowledge.unknown_external_ids` and nothing changes."""
     body = validated(PersonaKnowledgeBody, {"external_ids": external_ids})
     result = await personas.set_knowledge(
-        core=info.context.core,
+        runtime=info.context.runtime,
         principal=info.context.principal,
         persona_id=id,
         external_ids=body.external_ids,

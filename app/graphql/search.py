@@ -110,6 +110,6 @@ async def search(
     }
     request = validated(SearchRequest, body)
     response = await search_service.search(
-        core=info.context.core, principal=info.context.principal, request=request
+        runtime=info.context.runtime, principal=info.context.principal, request=request
     )
     return SearchResult.of(response)

@@ -126,7 +126,7 @@ def viewer(info: Info) -> Viewer:
 async def plan(info: Info) -> SubscriptionInfo:
     """The caller's plan, its limits and the current period (the calendar month in UTC)."""
     sub = await subscription.get_subscription(
-        core=info.context.core, principal=info.context.principal
+        runtime=info.context.runtime, principal=info.context.principal
     )
     return SubscriptionInfo.of(sub)
 
@@ -134,5 +134,5 @@ async def plan(info: Info) -> SubscriptionInfo:
 async def usage(info: Info) -> Usage:
     """Usage in the current period, this request included."""
     return Usage.of(
-        await subscription.get_usage(core=info.context.core, principal=info.context.principal)
+        await subscription.get_usage(runtime=info.context.runtime, principal=info.context.principal)
     )

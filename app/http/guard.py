@@ -12,12 +12,12 @@ from app.errors import Unauthorized
 from app.http.proxies import client_address
 from app.http.ratelimit import Policy, RateLimiter
 from app.services import accounts
-from app.services.runtime import Core, Principal, period_key
+from app.services.runtime import Principal, Runtime, period_key
 
 
 class Guard:
-    def __init__(self, core: Core, limiter: RateLimiter) -> None:
-        self.core = core
+    def __init__(self, runtime: Runtime, limiter: RateLimiter) -> None:
+        self.runtime = runtime
         self.limiter = limiter
 
     def client_address(self, request: HTTPConnection) -> str:
@@ -25,7 +25,7 @@ class Guard:
         return client_address(
             request.client.host if request.client else None,
             request.headers.getlist("x-forwarded-for"),
-            self.core.settings.trusted_networks,
+            self.runtime.settings.trusted_networks,
         )
 
     async def authenticate(self, request: HTTPConnection) -> Principal:
@@ -33,7 +33,7 @@ class Guard:
         against the client address and, past the limit, answered 429 instead of 401."""
         try:
             return await accounts.authenticate(
-                core=self.core, api_key=request.headers.get("x-api-key")
+                runtime=self.runtime, api_key=request.headers.get("x-api-key")
             )
         except Unauthorized:
             await self.limiter.failed_authentication(self.client_address(request))
@@ -45,5 +45,5 @@ class Guard:
         """Charge `cost` units to `policy`; returns the RateLimit header fields."""
         headers = await self.limiter.charge(principal, policy, cost=cost)
         # Counted in memory only; the usage endpoint adds what is not flushed yet.
-        self.core.requests.add(principal.user_id, period_key())
+        self.runtime.requests.add(principal.user_id, period_key())
         return headers

@@ -30,7 +30,7 @@ from sqlmodel import select
 
 from app.embedding.embedder import Embedder
 from app.models import Chunk, KnowledgeDoc, Persona
-from app.services.runtime import Core
+from app.services.runtime import Runtime
 
 #: Seconds the stored counts are kept before a scrape reads them again: Prometheus's default
 #: scrape interval, so one scraper pays for each count about once.
@@ -116,7 +116,7 @@ class Metrics:
         self.requests.labels(operation, method, str(status)).inc()
         self.latency.labels(operation).observe(seconds)
 
-    async def refresh(self, core: Core) -> None:
+    async def refresh(self, runtime: Runtime) -> None:
         """Read the stored counts for the next exposition, unless they were read less than
         `stored_counts_ttl_s` ago. A failed count is tried again by the next scrape."""
         async with self._counting:
@@ -126,7 +126,7 @@ class Metrics:
             ):
                 return
             stored: dict[str, int] = {}
-            async with core.db.read() as session:
+            async with runtime.db.read() as session:
                 for name, table in (
                     ("documents", KnowledgeDoc),
                     ("chunks", Chunk),

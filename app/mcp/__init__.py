@@ -75,7 +75,7 @@ from app.models.base import JsonObject, PublicModel
 from app.models.pagination import MAX_LIMIT
 from app.services import knowledge, personas
 from app.services import search as search_service
-from app.services.runtime import Core, Principal
+from app.services.runtime import Principal, Runtime
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ _CALLER = "personaizer.mcp_caller"
 
 @dataclass(frozen=True, slots=True)
 class _Caller:
-    core: Core
+    runtime: Runtime
     guard: Guard
     principal: Principal
     #: The edge's refusal of a `tools/call` over its rate limit, for `_gate` to answer as a
@@ -203,7 +203,7 @@ class McpEdge:
         except AppError as exc:
             await problem_response(exc, request)(scope, receive, send)
             return
-        caller = _Caller(request.app.state.core, guard, principal, refused)
+        caller = _Caller(request.app.state.runtime, guard, principal, refused)
         # A copy: the SDK's Starlette app rewrites `app` and `route` in the scope it is given,
         # and the outer middleware reads the route (for metrics) after the response.
         inner = {**scope, _CALLER: caller}
@@ -327,13 +327,13 @@ async def _gate(ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> Han
 
 
 async def _answer(
-    ctx: Context, work: Callable[[Core, Principal], Awaitable[BaseModel]]
+    ctx: Context, work: Callable[[Runtime, Principal], Awaitable[BaseModel]]
 ) -> CallToolResult:
     """Run a tool's work for the caller: its result as structured content (and as JSON text for
     clients that read only text), or its failure as an error result with the code."""
     caller = _caller(ctx.request_context.request)
     try:
-        result = await work(caller.core, caller.principal)
+        result = await work(caller.runtime, caller.principal)
     except ValidationError as exc:
         return error_result(from_validation_error(exc, where="arguments"))
     except AppError as exc:
@@ -394,9 +394,9 @@ async def search_knowledge(
         "min_score": min_score,
     }
 
-    async def work(core: Core, principal: Principal) -> BaseModel:
+    async def work(runtime: Runtime, principal: Principal) -> BaseModel:
         request = SearchRequest.model_validate(arguments)
-        return await search_service.search(core=core, principal=principal, request=request)
+        return await search_service.search(runtime=runtime, principal=principal, request=request)
 
     return await _answer(ctx, work)
 
@@ -407,8 +407,8 @@ async def get_document(
 ) -> Annotated[CallToolResult, KnowledgeDocPublic]:
     """One knowledge document with its whole content."""
 
-    async def work(core: Core, principal: Principal) -> BaseModel:
-        return await knowledge.get_doc(core=core, principal=principal, external_id=external_id)
+    async def work(runtime: Runtime, principal: Principal) -> BaseModel:
+        return await knowledge.get_doc(runtime=runtime, principal=principal, external_id=external_id)
 
     return await _answer(ctx, work)
 
@@ -422,9 +422,9 @@ async def list_personas(
 ) -> Annotated[CallToolResult, Page[PersonaListItem]]:
     """The user's personas, oldest first, with cursor pagination."""
 
-    async def work(core: Core, principal: Principal) -> BaseModel:
+    async def work(runtime: Runtime, principal: Principal) -> BaseModel:
         return await personas.list_personas(
-            core=core, principal=principal, limit=limit, cursor=cursor
+            runtime=runtime, principal=principal, limit=limit, cursor=cursor
         )
 
     return await _answer(ctx, work)
@@ -451,10 +451,10 @@ async def get_persona(
     """One persona: its instructions and greeting, and its attached documents (search within
     them with search_knowledge's persona_id)."""
 
-    async def work(core: Core, principal: Principal) -> BaseModel:
-        persona = await personas.get_persona(core=core, principal=principal, persona_id=persona_id)
+    async def work(runtime: Runtime, principal: Principal) -> BaseModel:
+        persona = await personas.get_persona(runtime=runtime, principal=principal, persona_id=persona_id)
         pages = await personas.knowledge_for_personas(
-            core=core, principal=principal, persona_ids=[persona.id], limit=MAX_LIMIT
+            runtime=runtime, principal=principal, persona_ids=[persona.id], limit=MAX_LIMIT
         )
         documents = [
             AttachedDocument(external_id=d.external_id, title=d.title, char_count=d.char_count)

@@ -85,7 +85,7 @@ def doc_location(external_id: str) -> str:
 async def list_docs(call: Call) -> Response:
     q: DocListQuery = call.query
     page = await knowledge.list_docs(
-        core=call.core,
+        runtime=call.runtime,
         principal=call.principal,
         limit=q.limit,
         cursor=q.cursor,
@@ -102,14 +102,14 @@ async def list_docs(call: Call) -> Response:
 async def upsert_batch(call: Call) -> Response:
     batch: KnowledgeDocBatch = call.body
     result = await knowledge.upsert_many(
-        core=call.core, principal=call.principal, items=batch.items
+        runtime=call.runtime, principal=call.principal, items=batch.items
     )
     return json_response(result)
 
 
 async def get_doc(call: Call) -> Response:
     doc = await knowledge.get_doc(
-        core=call.core, principal=call.principal, external_id=call.path("external_id")
+        runtime=call.runtime, principal=call.principal, external_id=call.path("external_id")
     )
     return json_response(doc)
 
@@ -117,7 +117,7 @@ async def get_doc(call: Call) -> Response:
 async def upsert_doc(call: Call) -> Response:
     external_id = call.path("external_id")
     status, doc = await knowledge.upsert_one(
-        core=call.core, principal=call.principal, external_id=external_id, body=call.body
+        runtime=call.runtime, principal=call.principal, external_id=external_id, body=call.body
     )
     body = SingleUpsertResponse(status=status, document=doc)
     if status == "created":
@@ -132,7 +132,7 @@ async def upsert_doc(call: Call) -> Response:
 
 async def delete_doc(call: Call) -> Response:
     await knowledge.delete_doc(
-        core=call.core, principal=call.principal, external_id=call.path("external_id")
+        runtime=call.runtime, principal=call.principal, external_id=call.path("external_id")
     )
     return Response(status_code=204)
 

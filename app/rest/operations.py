@@ -23,7 +23,7 @@ from app.http import intake
 from app.http.guard import Guard
 from app.http.ratelimit import Policy
 from app.http.validation import from_validation_error, validation_context
-from app.services.runtime import Core, Principal
+from app.services.runtime import Principal, Runtime
 
 
 class RawConvertor(Convertor[str]):
@@ -49,7 +49,7 @@ class Call:
     """What a handler gets: the validated inputs of one request."""
 
     request: Request
-    core: Core
+    runtime: Runtime
     principal: Principal
     body: Any = None
     query: Any = None
@@ -117,17 +117,17 @@ class Operation:
 
     async def _endpoint(self, request: Request) -> Response:
         state = request.app.state
-        core: Core = state.core
+        runtime: Runtime = state.runtime
         guard: Guard = state.guard
         principal = await guard.authenticate(request)
         headers = await guard.charge(principal, self.policy)
         try:
             query = _parse_query(self.query, request) if self.query else None
             body = await _parse_body(
-                self.body, request, limit=core.settings.max_body_bytes, principal=principal
+                self.body, request, limit=runtime.settings.max_body_bytes, principal=principal
             )
             response = await self.handler(
-                Call(request=request, core=core, principal=principal, body=body, query=query)
+                Call(request=request, runtime=runtime, principal=principal, body=body, query=query)
             )
         except AppError as exc:
             exc.headers.update(headers)

@@ -44,35 +44,35 @@ _PERSONA_LINKS = {
 async def list_personas(call: Call) -> Response:
     q: PageQuery = call.query
     page = await personas.list_personas(
-        core=call.core, principal=call.principal, limit=q.limit, cursor=q.cursor
+        runtime=call.runtime, principal=call.principal, limit=q.limit, cursor=q.cursor
     )
     return json_response(page)
 
 
 async def create_persona(call: Call) -> Response:
     persona = await personas.create_persona(
-        core=call.core, principal=call.principal, body=call.body
+        runtime=call.runtime, principal=call.principal, body=call.body
     )
     return json_response(persona, 201, headers={"Location": f"/api/personas/{persona.id}"})
 
 
 async def get_persona(call: Call) -> Response:
     persona = await personas.get_persona(
-        core=call.core, principal=call.principal, persona_id=call.path("id")
+        runtime=call.runtime, principal=call.principal, persona_id=call.path("id")
     )
     return json_response(persona)
 
 
 async def update_persona(call: Call) -> Response:
     persona = await personas.update_persona(
-        core=call.core, principal=call.principal, persona_id=call.path("id"), body=call.body
+        runtime=call.runtime, principal=call.principal, persona_id=call.path("id"), body=call.body
     )
     return json_response(persona)
 
 
 async def delete_persona(call: Call) -> Response:
     await personas.delete_persona(
-        core=call.core, principal=call.principal, persona_id=call.path("id")
+        runtime=call.runtime, principal=call.principal, persona_id=call.path("id")
     )
     return Response(status_code=204)
 
@@ -80,7 +80,7 @@ async def delete_persona(call: Call) -> Response:
 async def set_knowledge(call: Call) -> Response:
     body: PersonaKnowledgeBody = call.body
     result = await personas.set_knowledge(
-        core=call.core,
+        runtime=call.runtime,
         principal=call.principal,
         persona_id=call.path("id"),
         external_ids=body.external_ids,

@@ -11,12 +11,12 @@ from app.services import subscription
 
 async def get_subscription(call: Call) -> Response:
     return json_response(
-        await subscription.get_subscription(core=call.core, principal=call.principal)
+        await subscription.get_subscription(runtime=call.runtime, principal=call.principal)
     )
 
 
 async def get_usage(call: Call) -> Response:
-    return json_response(await subscription.get_usage(core=call.core, principal=call.principal))
+    return json_response(await subscription.get_usage(runtime=call.runtime, principal=call.principal))
 
 
 OPERATIONS = [

@@ -35,7 +35,7 @@ _templates.filters["markdown"] = markdown
 
 
 async def index(request: Request) -> Response:
-    settings = request.app.state.core.settings
+    settings = request.app.state.runtime.settings
     page = _templates.get_template("index.html").render(
         base=str(request.base_url).rstrip("/"),
         graphiql=settings.graphiql_enabled,
@@ -45,15 +45,15 @@ async def index(request: Request) -> Response:
 
 
 async def healthz(request: Request) -> Response:
-    core = request.app.state.core
+    runtime = request.app.state.runtime
     parts: dict[str, str] = {"database": "ok", "embedder": "ok"}
     try:
-        await asyncio.wait_for(core.db.ping(), timeout=5)
+        await asyncio.wait_for(runtime.db.ping(), timeout=5)
     except Exception:
         parts["database"] = "unavailable"
-    if core.embedder.load_error is not None:
+    if runtime.embedder.load_error is not None:
         parts["embedder"] = "failed"
-    elif not core.embedder.ready:
+    elif not runtime.embedder.ready:
         parts["embedder"] = "loading"
     if all(v == "ok" for v in parts.values()):
         return JSONResponse({"status": "ok", **parts})
@@ -79,9 +79,9 @@ async def docs(request: Request) -> Response:
 async def metrics(request: Request) -> Response:
     """Prometheus text exposition (app/http/metrics.py); off with PERSONAIZER_METRICS=false."""
     state = request.app.state
-    if not state.core.settings.metrics:
+    if not state.runtime.settings.metrics:
         return problem_response(RouteNotFound("Metrics are turned off on this server."), request)
-    await state.metrics.refresh(state.core)
+    await state.metrics.refresh(state.runtime)
     return Response(state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 

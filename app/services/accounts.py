@@ -25,7 +25,7 @@ from app.models import (
     utcnow,
 )
 from app.services import hashing as security
-from app.services.runtime import Core, Principal
+from app.services.runtime import Principal, Runtime
 
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 #: `last_used_at` is written at most this often per key, so reads do not all become writes.
@@ -46,21 +46,21 @@ def _key_public(key: ApiKey) -> ApiKeyPublic:
     )
 
 
-def _check_plan(core: Core, plan_id: str) -> None:
-    if plan_id not in core.settings.all_plans:
+def _check_plan(runtime: Runtime, plan_id: str) -> None:
+    if plan_id not in runtime.settings.all_plans:
         raise UnknownPlan(
-            f"No plan {plan_id!r}; configured: {', '.join(sorted(core.settings.all_plans))}."
+            f"No plan {plan_id!r}; configured: {', '.join(sorted(runtime.settings.all_plans))}."
         )
 
 
 async def create_user(
-    *, core: Core, email: str, plan_id: str | None = None, password: str | None = None
+    *, runtime: Runtime, email: str, plan_id: str | None = None, password: str | None = None
 ) -> UserPublic:
     email = email.strip().lower()
     if not EMAIL_RE.match(email):
         raise UserNotFound(f"{email!r} is not an email address.")
-    plan_id = plan_id or core.settings.default_plan
-    _check_plan(core, plan_id)
+    plan_id = plan_id or runtime.settings.default_plan
+    _check_plan(runtime, plan_id)
     user = User(
         email=email,
         plan_id=plan_id,
@@ -68,15 +68,15 @@ async def create_user(
         created_at=utcnow(),
     )
     try:
-        async with core.db.write() as session:
+        async with runtime.db.write() as session:
             session.add(user)
     except IntegrityError as exc:
         raise UserExists(f"A user {email} exists already.") from exc
     return _user_public(user)
 
 
-async def _get_user(core: Core, email: str) -> User:
-    async with core.db.read() as session:
+async def _get_user(runtime: Runtime, email: str) -> User:
+    async with runtime.db.read() as session:
         user = (
             await session.execute(select(User).where(User.email == email.strip().lower()))
         ).scalar_one_or_none()
@@ -85,16 +85,16 @@ async def _get_user(core: Core, email: str) -> User:
     return user
 
 
-async def list_users(*, core: Core) -> list[UserPublic]:
-    async with core.db.read() as session:
+async def list_users(*, runtime: Runtime) -> list[UserPublic]:
+    async with runtime.db.read() as session:
         users = (await session.execute(select(User).order_by(col(User.id)))).scalars().all()
     return [_user_public(u) for u in users]
 
 
-async def set_plan(*, core: Core, email: str, plan_id: str) -> UserPublic:
-    _check_plan(core, plan_id)
-    user = await _get_user(core, email)
-    async with core.db.write() as session:
+async def set_plan(*, runtime: Runtime, email: str, plan_id: str) -> UserPublic:
+    _check_plan(runtime, plan_id)
+    user = await _get_user(runtime, email)
+    async with runtime.db.write() as session:
         db_user = await session.get(User, user.id)
         if db_user is None:
             raise UserNotFound(f"No user {email}.")
@@ -103,8 +103,8 @@ async def set_plan(*, core: Core, email: str, plan_id: str) -> UserPublic:
     return _user_public(db_user)
 
 
-async def create_key(*, core: Core, email: str, name: str = "default") -> ApiKeyCreated:
-    user = await _get_user(core, email)
+async def create_key(*, runtime: Runtime, email: str, name: str = "default") -> ApiKeyCreated:
+    user = await _get_user(runtime, email)
     assert user.id is not None
     key = security.new_api_key()
     row = ApiKey(
@@ -115,14 +115,14 @@ async def create_key(*, core: Core, email: str, name: str = "default") -> ApiKey
         status="active",
         created_at=utcnow(),
     )
-    async with core.db.write() as session:
+    async with runtime.db.write() as session:
         session.add(row)
     return ApiKeyCreated(key=key, **_key_public(row).model_dump())
 
 
-async def list_keys(*, core: Core, email: str) -> list[ApiKeyPublic]:
-    user = await _get_user(core, email)
-    async with core.db.read() as session:
+async def list_keys(*, runtime: Runtime, email: str) -> list[ApiKeyPublic]:
+    user = await _get_user(runtime, email)
+    async with runtime.db.read() as session:
         keys = (
             await session.execute(
                 select(ApiKey).where(ApiKey.user_id == user.id).order_by(col(ApiKey.id))
@@ -147,24 +147,24 @@ async def _one_key(session: AsyncSession, prefix: str, email: str | None) -> Api
     return found[0]
 
 
-async def disable_key(*, core: Core, prefix: str, email: str | None = None) -> ApiKeyPublic:
+async def disable_key(*, runtime: Runtime, prefix: str, email: str | None = None) -> ApiKeyPublic:
     """Disable a key by its visible prefix; with `email`, only among that user's keys."""
-    async with core.db.write() as session:
+    async with runtime.db.write() as session:
         key = await _one_key(session, prefix, email)
         key.status = "disabled"
         session.add(key)
     return _key_public(key)
 
 
-async def delete_key(*, core: Core, prefix: str, email: str) -> None:
+async def delete_key(*, runtime: Runtime, prefix: str, email: str) -> None:
     """Delete one of the user's keys for good (the last step of a rotation)."""
-    async with core.db.write() as session:
+    async with runtime.db.write() as session:
         await session.delete(await _one_key(session, prefix, email))
 
 
-async def login(*, core: Core, email: str, password: str) -> UserPublic:
+async def login(*, runtime: Runtime, email: str, password: str) -> UserPublic:
     """A dashboard sign-in: the user, or `Unauthorized` (the same for every failure)."""
-    async with core.db.read() as session:
+    async with runtime.db.read() as session:
         user = (
             await session.execute(select(User).where(User.email == email.strip().lower()))
         ).scalar_one_or_none()
@@ -186,12 +186,12 @@ async def _verify_password(password: str, password_hash: str | None) -> bool:
     return await asyncio.to_thread(security.verify_password, password, password_hash)
 
 
-async def authenticate(*, core: Core, api_key: str | None) -> Principal:
+async def authenticate(*, runtime: Runtime, api_key: str | None) -> Principal:
     """The caller behind an `X-Api-Key`, or `Unauthorized`: one answer for every failure."""
     if not api_key or not security.looks_like_api_key(api_key):
         raise Unauthorized()
     digest = security.hash_api_key(api_key)
-    row = await core.db.read_row(_KEY_LOOKUP, {"digest": digest})
+    row = await runtime.db.read_row(_KEY_LOOKUP, {"digest": digest})
     if row is None:
         raise Unauthorized()
     if row["status"] != "active" or not security.constant_time_equals(row["key_hash"], digest):
@@ -199,12 +199,12 @@ async def authenticate(*, core: Core, api_key: str | None) -> Principal:
     now = utcnow()
     last_used = row["last_used_at"]
     if last_used is None or now - last_used >= LAST_USED_RESOLUTION:
-        async with core.db.write() as session:
+        async with runtime.db.write() as session:
             db_key = await session.get(ApiKey, row["key_id"])
             if db_key is not None:
                 db_key.last_used_at = now
                 session.add(db_key)
-    return Principal(user_id=row["user_id"], email=row["email"], plan=core.plan(row["plan_id"]))
+    return Principal(user_id=row["user_id"], email=row["email"], plan=runtime.plan(row["plan_id"]))
 
 
 #: Every request's key lookup: the columns it needs, as a text statement (typed, so the time
@@ -224,9 +224,9 @@ _KEY_LOOKUP = text(
 )
 
 
-async def set_password(*, core: Core, email: str, password: str) -> UserPublic:
+async def set_password(*, runtime: Runtime, email: str, password: str) -> UserPublic:
     """Set (or replace) a user's dashboard password; a user made without one can then sign in."""
-    async with core.db.write() as session:
+    async with runtime.db.write() as session:
         user = await _user_in(session, email)
         user.password_hash = security.hash_password(password)
         session.add(user)
@@ -269,15 +269,15 @@ async def _held(session: AsyncSession, user: User) -> UserData:
     )
 
 
-async def user_data(*, core: Core, email: str) -> UserData:
-    async with core.db.read() as session:
+async def user_data(*, runtime: Runtime, email: str) -> UserData:
+    async with runtime.db.read() as session:
         return await _held(session, await _user_in(session, email))
 
 
-async def delete_user(*, core: Core, email: str) -> UserData:
+async def delete_user(*, runtime: Runtime, email: str) -> UserData:
     """Delete a user and everything they own, in one transaction: keys, documents and their
     chunks, vectors and keyword rows, personas, usage. Returns what was deleted."""
-    async with core.db.write() as session:
+    async with runtime.db.write() as session:
         user = await _user_in(session, email)
         held = await _held(session, user)
         chunk_ids = [
@@ -288,7 +288,7 @@ async def delete_user(*, core: Core, email: str) -> UserData:
             if i is not None
         ]
         # SQLite's vector and keyword indexes are virtual tables: no foreign key cascades there.
-        await core.index.delete(session, chunk_ids)
+        await runtime.index.delete(session, chunk_ids)
         # Keys, documents (with chunks and persona attachments), personas and usage counters
         # go by ON DELETE CASCADE.
         await session.delete(user)

@@ -16,7 +16,7 @@ from starlette.applications import Starlette
 from app.errors import Unauthorized, UserExists
 from app.models import KnowledgeDocItem, PersonaCreate
 from app.services import accounts, knowledge, personas
-from app.services.runtime import Core
+from app.services.runtime import Runtime
 from app.storage.database import Database
 
 log = logging.getLogger(__name__)
@@ -106,16 +106,16 @@ def _save(path: Path, password: str, key: str) -> None:
     tmp.replace(path)
 
 
-async def _still_work(core: Core, password: str, key: str) -> bool:
+async def _still_work(runtime: Runtime, password: str, key: str) -> bool:
     try:
-        await accounts.login(core=core, email=DEMO_EMAIL, password=password)
-        await accounts.authenticate(core=core, api_key=key)
+        await accounts.login(runtime=runtime, email=DEMO_EMAIL, password=password)
+        await accounts.authenticate(runtime=runtime, api_key=key)
     except Unauthorized:
         return False
     return True
 
 
-async def ensure_demo_account(core: Core, saved_at: Path) -> DemoAccount:
+async def ensure_demo_account(runtime: Runtime, saved_at: Path) -> DemoAccount:
     """The demo user on the pro plan with a password and a key that work.
 
     On a restart the saved credentials are reused when they still work; otherwise (the file
@@ -123,21 +123,21 @@ async def ensure_demo_account(core: Core, saved_at: Path) -> DemoAccount:
     new key, so keys do not pile up one per start."""
     password = secrets.token_urlsafe(12)
     try:
-        await accounts.create_user(core=core, email=DEMO_EMAIL, plan_id="pro", password=password)
+        await accounts.create_user(runtime=runtime, email=DEMO_EMAIL, plan_id="pro", password=password)
     except UserExists:
-        await accounts.set_plan(core=core, email=DEMO_EMAIL, plan_id="pro")
+        await accounts.set_plan(runtime=runtime, email=DEMO_EMAIL, plan_id="pro")
     else:
-        key = (await accounts.create_key(core=core, email=DEMO_EMAIL, name="demo")).key
+        key = (await accounts.create_key(runtime=runtime, email=DEMO_EMAIL, name="demo")).key
         _save(saved_at, password, key)
         return DemoAccount(password, key, "created")
     saved = _load_saved(saved_at)
-    if saved is not None and await _still_work(core, *saved):
+    if saved is not None and await _still_work(runtime, *saved):
         return DemoAccount(*saved, "reused")
-    await accounts.set_password(core=core, email=DEMO_EMAIL, password=password)
-    for old in await accounts.list_keys(core=core, email=DEMO_EMAIL):
+    await accounts.set_password(runtime=runtime, email=DEMO_EMAIL, password=password)
+    for old in await accounts.list_keys(runtime=runtime, email=DEMO_EMAIL):
         if old.name == "demo":
-            await accounts.delete_key(core=core, prefix=old.prefix, email=DEMO_EMAIL)
-    key = (await accounts.create_key(core=core, email=DEMO_EMAIL, name="demo")).key
+            await accounts.delete_key(runtime=runtime, prefix=old.prefix, email=DEMO_EMAIL)
+    key = (await accounts.create_key(runtime=runtime, email=DEMO_EMAIL, name="demo")).key
     _save(saved_at, password, key)
     return DemoAccount(password, key, "reset")
 
@@ -145,14 +145,14 @@ async def ensure_demo_account(core: Core, saved_at: Path) -> DemoAccount:
 def install_demo(app: Starlette, console: Console) -> None:
     """Make (or reuse) the demo account now, so its key can be printed, and load the samples
     once the model is ready."""
-    core: Core = app.state.core
-    saved_at = core.settings.data_dir / CREDENTIALS_FILE
+    runtime: Runtime = app.state.runtime
+    saved_at = runtime.settings.data_dir / CREDENTIALS_FILE
 
     async def make_account() -> DemoAccount:
-        db = Database(core.settings)
+        db = Database(runtime.settings)
         try:
             await db.migrate()
-            boot = Core(settings=core.settings, db=db, embedder=core.embedder)
+            boot = Runtime(settings=runtime.settings, db=db, embedder=runtime.embedder)
             return await ensure_demo_account(boot, saved_at)
         finally:
             await db.dispose()
@@ -169,18 +169,18 @@ def install_demo(app: Starlette, console: Console) -> None:
     console.print(f"Demo user: {DEMO_EMAIL}  password: {account.password}")
     console.print(f"Demo API key: {key}")
 
-    async def load_samples(core: Core) -> None:
-        await core.embedder.wait_ready()
-        principal = await accounts.authenticate(core=core, api_key=key)
-        result = await knowledge.upsert_many(core=core, principal=principal, items=SAMPLE_DOCS)
-        existing = await personas.list_personas(core=core, principal=principal, limit=200)
+    async def load_samples(runtime: Runtime) -> None:
+        await runtime.embedder.wait_ready()
+        principal = await accounts.authenticate(runtime=runtime, api_key=key)
+        result = await knowledge.upsert_many(runtime=runtime, principal=principal, items=SAMPLE_DOCS)
+        existing = await personas.list_personas(runtime=runtime, principal=principal, limit=200)
         names = {p.name for p in existing.items}
         for sample, external_ids in SAMPLE_PERSONAS:
             if sample.name in names:  # a restart with --demo keeps the earlier demo personas
                 continue
-            persona = await personas.create_persona(core=core, principal=principal, body=sample)
+            persona = await personas.create_persona(runtime=runtime, principal=principal, body=sample)
             await personas.set_knowledge(
-                core=core, principal=principal, persona_id=persona.id, external_ids=external_ids
+                runtime=runtime, principal=principal, persona_id=persona.id, external_ids=external_ids
             )
         log.info("demo data loaded: %s", result.summary.model_dump())
 

@@ -50,7 +50,7 @@ from app.models import (
     utcnow,
 )
 from app.models.pagination import decode_cursor, encode_cursor
-from app.services.runtime import Core, Principal, period_key
+from app.services.runtime import Principal, Runtime, period_key
 from app.storage.database import add_counts
 from app.storage.index import IndexedChunk
 
@@ -249,11 +249,11 @@ def _needed(plans: Sequence[_Plan], have: set[str]) -> dict[str, str]:
     return need
 
 
-async def _embed(core: Core, need: dict[str, str]) -> dict[str, Vectors]:
+async def _embed(runtime: Runtime, need: dict[str, str]) -> dict[str, Vectors]:
     if not need:
         return {}
     shas = list(need)
-    vectors = await core.embedder.embed([need[s] for s in shas])
+    vectors = await runtime.embedder.embed([need[s] for s in shas])
     return dict(zip(shas, vectors, strict=True))
 
 
@@ -268,7 +268,7 @@ class _ChangedMeanwhile(Exception):
 
 
 async def _upsert(
-    core: Core, principal: Principal, items: Sequence[KnowledgeDocItem]
+    runtime: Runtime, principal: Principal, items: Sequence[KnowledgeDocItem]
 ) -> list[_Plan]:
     """Plan against a read snapshot; refuse what the quota would refuse and finish what changes
     nothing there, before any embedding; embed outside the write lock; then write, re-planned
@@ -278,15 +278,15 @@ async def _upsert(
     texts = await _texts(items)
     fresh: dict[str, Vectors] = {}
     for _ in range(MAX_PLANS):
-        async with core.db.read() as session:
+        async with runtime.db.read() as session:
             snapshot = await _load_existing(session, principal.user_id, texts)
             plans = await _plan(texts, snapshot)
             if all(p.status == "no_op" for p in plans):
                 return plans
             await _check_quota(session, principal, plans)
-        fresh.update(await _embed(core, _needed(plans, set(fresh))))
+        fresh.update(await _embed(runtime, _needed(plans, set(fresh))))
         try:
-            return await _write(core, principal, texts, fresh)
+            return await _write(runtime, principal, texts, fresh)
         except _ChangedMeanwhile:
             continue
     raise Unavailable(
@@ -296,17 +296,17 @@ async def _upsert(
 
 
 async def _write(
-    core: Core, principal: Principal, texts: _Texts, fresh: dict[str, Vectors]
+    runtime: Runtime, principal: Principal, texts: _Texts, fresh: dict[str, Vectors]
 ) -> list[_Plan]:
-    async with core.db.write(user_id=principal.user_id) as session:
+    async with runtime.db.write(user_id=principal.user_id) as session:
         current = await _load_existing(session, principal.user_id, texts)
         plans = await _plan(texts, current)
         if _needed(plans, set(fresh)):
             raise _ChangedMeanwhile()
         await _check_quota(session, principal, plans)
-        embedded = await _apply(core, session, principal, plans, fresh)
+        embedded = await _apply(runtime, session, principal, plans, fresh)
         if embedded:
-            await _count_embedded(core, session, principal.user_id, embedded)
+            await _count_embedded(runtime, session, principal.user_id, embedded)
     return plans
 
 
@@ -344,7 +344,7 @@ async def _check_quota(session: AsyncSession, principal: Principal, plans: Seque
 
 
 async def _apply(
-    core: Core,
+    runtime: Runtime,
     session: AsyncSession,
     principal: Principal,
     plans: Sequence[_Plan],
@@ -360,7 +360,7 @@ async def _apply(
     reused = {c.embed_sha256: c.embedding for e in replaced for c in e.chunks}
     old_ids = [c.id for e in replaced for c in e.chunks if c.id is not None]
     if old_ids:
-        await core.index.delete(session, old_ids)
+        await runtime.index.delete(session, old_ids)
     if replaced:
         await session.execute(
             delete(Chunk).where(col(Chunk.doc_id).in_([e.doc.id for e in replaced]))
@@ -398,7 +398,7 @@ async def _apply(
     await session.flush()  # the documents before the chunks that refer to them
     for p in retitled:
         assert p.existing is not None
-        await core.index.retitle(
+        await runtime.index.retitle(
             session, title=p.item.title, chunk_ids=[c.id for c in p.existing.chunks if c.id]
         )
     rows: list[dict[str, object]] = []
@@ -430,7 +430,7 @@ async def _apply(
         insert(Chunk).returning(col(Chunk.id), sort_by_parameter_order=True), rows
     )
     ids = iter([int(i) for i in inserted.scalars() if i is not None])
-    await core.index.put_many(
+    await runtime.index.put_many(
         session,
         user_id=principal.user_id,
         docs=[
@@ -441,10 +441,10 @@ async def _apply(
     return embedded
 
 
-async def _count_embedded(core: Core, session: AsyncSession, user_id: int, n: int) -> None:
+async def _count_embedded(runtime: Runtime, session: AsyncSession, user_id: int, n: int) -> None:
     await session.execute(
         add_counts(
-            core.db.dialect,
+            runtime.db.dialect,
             UsageCounter,
             {"user_id": user_id, "period": period_key()},
             embedded_chunks=n,
@@ -456,11 +456,11 @@ async def _count_embedded(core: Core, session: AsyncSession, user_id: int, n: in
 
 
 async def upsert_many(
-    *, core: Core, principal: Principal, items: Sequence[KnowledgeDocItem]
+    *, runtime: Runtime, principal: Principal, items: Sequence[KnowledgeDocItem]
 ) -> BatchUpsertResponse:
     """Batch upsert, all or nothing; results in request order."""
     _check_batch(principal, items)
-    plans = await _upsert(core, principal, items)
+    plans = await _upsert(runtime, principal, items)
     summary = UpsertSummary()
     results = []
     for p in plans:
@@ -470,7 +470,7 @@ async def upsert_many(
 
 
 async def upsert_one(
-    *, core: Core, principal: Principal, external_id: str, body: KnowledgeDocBody
+    *, runtime: Runtime, principal: Principal, external_id: str, body: KnowledgeDocBody
 ) -> tuple[UpsertStatus, KnowledgeDocPublic]:
     check_external_id(external_id)
     if body.external_id is not None and body.external_id != external_id:
@@ -488,11 +488,11 @@ async def upsert_one(
     item = KnowledgeDocItem(
         external_id=external_id, title=body.title, content=body.content, metadata=body.metadata
     )
-    (plan,) = await _upsert(core, principal, [item])
+    (plan,) = await _upsert(runtime, principal, [item])
     # Read back rather than built from the rows in hand: a read after the write keeps every
     # reader's view of SQLite's WAL index current (without it, a data dir turned read-only under
     # a running server crashed it with SIGBUS in tests/storage/test_disk.py).
-    doc = await get_doc(core=core, principal=principal, external_id=external_id)
+    doc = await get_doc(runtime=runtime, principal=principal, external_id=external_id)
     return plan.status, doc
 
 
@@ -509,16 +509,16 @@ async def _find(session: AsyncSession, principal: Principal, external_id: str) -
     return doc
 
 
-async def get_doc(*, core: Core, principal: Principal, external_id: str) -> KnowledgeDocPublic:
+async def get_doc(*, runtime: Runtime, principal: Principal, external_id: str) -> KnowledgeDocPublic:
     check_external_id(external_id)
-    async with core.db.read() as session:
+    async with runtime.db.read() as session:
         doc = await _find(session, principal, external_id)
     return KnowledgeDocPublic.of(doc, include_content=True)
 
 
 async def list_docs(
     *,
-    core: Core,
+    runtime: Runtime,
     principal: Principal,
     limit: int,
     cursor: str | None = None,
@@ -530,7 +530,7 @@ async def list_docs(
     where = [col(KnowledgeDoc.user_id) == principal.user_id]
     if updated_since is not None:
         where.append(col(KnowledgeDoc.updated_at) >= updated_since)
-    async with core.db.read() as session:
+    async with runtime.db.read() as session:
         total = (
             await session.execute(select(func.count()).select_from(KnowledgeDoc).where(*where))
         ).scalar_one()
@@ -553,11 +553,11 @@ async def list_docs(
     )
 
 
-async def delete_doc(*, core: Core, principal: Principal, external_id: str) -> bool:
+async def delete_doc(*, runtime: Runtime, principal: Principal, external_id: str) -> bool:
     """Delete a document, its chunks, vectors, keyword rows and persona attachments.
     Idempotent: returns whether there was something to delete."""
     check_external_id(external_id)
-    async with core.db.write(user_id=principal.user_id) as session:
+    async with runtime.db.write(user_id=principal.user_id) as session:
         try:
             doc = await _find(session, principal, external_id)
         except KnowledgeNotFound:
@@ -565,14 +565,14 @@ async def delete_doc(*, core: Core, principal: Principal, external_id: str) -> b
         chunk_ids = list(
             (await session.execute(select(Chunk.id).where(Chunk.doc_id == doc.id))).scalars()
         )
-        await core.index.delete(session, [i for i in chunk_ids if i is not None])
+        await runtime.index.delete(session, [i for i in chunk_ids if i is not None])
         # Chunks and persona attachments go by ON DELETE CASCADE.
         await session.delete(doc)
     return True
 
 
 async def find_docs(
-    *, core: Core, principal: Principal, text: str, limit: int, cursor: str | None = None
+    *, runtime: Runtime, principal: Principal, text: str, limit: int, cursor: str | None = None
 ) -> Page[KnowledgeDocPublic]:
     """The dashboard's document search: documents whose external_id starts with `text`
     (exactly, case-sensitive) or whose title contains it (ignoring case), ordered and paged
@@ -584,7 +584,7 @@ async def find_docs(
     prefix = func.substr(external_id, 1, len(text)) == text
     title = func.lower(col(KnowledgeDoc.title)).contains(text.lower(), autoescape=True)
     where = [col(KnowledgeDoc.user_id) == principal.user_id, prefix | title]
-    async with core.db.read() as session:
+    async with runtime.db.read() as session:
         total = (
             await session.execute(select(func.count()).select_from(KnowledgeDoc).where(*where))
         ).scalar_one()

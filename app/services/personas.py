@@ -34,7 +34,7 @@ from app.models import (
     utcnow,
 )
 from app.models.pagination import decode_cursor, encode_cursor
-from app.services.runtime import Core, Principal
+from app.services.runtime import Principal, Runtime
 
 PERSONA_PREFIX = "per_"
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -131,12 +131,12 @@ async def _load_public(session: AsyncSession, persona: Persona) -> PersonaPublic
 
 
 async def list_personas(
-    *, core: Core, principal: Principal, limit: int, cursor: str | None = None
+    *, runtime: Runtime, principal: Principal, limit: int, cursor: str | None = None
 ) -> Page[PersonaListItem]:
     """Ordered by creation (the ULID in the id)."""
     position = decode_cursor(cursor, keys=("after",))
     mine = col(Persona.user_id) == principal.user_id
-    async with core.db.read() as session:
+    async with runtime.db.read() as session:
         total = (
             await session.execute(select(func.count()).select_from(Persona).where(mine))
         ).scalar_one()
@@ -166,14 +166,14 @@ async def list_personas(
 
 
 async def attached_external_ids(
-    *, core: Core, principal: Principal, persona_ids: Sequence[str]
+    *, runtime: Runtime, principal: Principal, persona_ids: Sequence[str]
 ) -> dict[str, list[str]]:
     """The sorted external_ids attached to each of many personas, in one statement per
     `_IN_CHUNK` personas however many there are. An id that is not one of the caller's personas
     maps to `[]`."""
     ids = list(dict.fromkeys(persona_ids))
     out: dict[str, list[str]] = {persona_id: [] for persona_id in ids}
-    async with core.db.read() as session:
+    async with runtime.db.read() as session:
         for start in range(0, len(ids), _IN_CHUNK):
             rows = await session.execute(
                 select(PersonaKnowledge.persona_id, KnowledgeDoc.external_id)
@@ -191,7 +191,7 @@ async def attached_external_ids(
 
 async def knowledge_for_personas(
     *,
-    core: Core,
+    runtime: Runtime,
     principal: Principal,
     persona_ids: Sequence[str],
     limit: int,
@@ -206,7 +206,7 @@ async def knowledge_for_personas(
     ids = list(dict.fromkeys(persona_ids))
     totals: dict[str, int] = {}
     docs: dict[str, list[KnowledgeDoc]] = {persona_id: [] for persona_id in ids}
-    async with core.db.read() as session:
+    async with runtime.db.read() as session:
         for start in range(0, len(ids), _IN_CHUNK):
             mine = [
                 col(PersonaKnowledge.persona_id).in_(ids[start : start + _IN_CHUNK]),
@@ -262,8 +262,8 @@ async def knowledge_for_personas(
     return pages
 
 
-async def create_persona(*, core: Core, principal: Principal, body: PersonaCreate) -> PersonaPublic:
-    async with core.db.write(user_id=principal.user_id) as session:
+async def create_persona(*, runtime: Runtime, principal: Principal, body: PersonaCreate) -> PersonaPublic:
+    async with runtime.db.write(user_id=principal.user_id) as session:
         # Counted inside the write transaction: concurrent creations cannot pass the limit.
         count = (
             await session.execute(
@@ -294,17 +294,17 @@ async def create_persona(*, core: Core, principal: Principal, body: PersonaCreat
     return _public(persona, [])
 
 
-async def get_persona(*, core: Core, principal: Principal, persona_id: str) -> PersonaPublic:
-    async with core.db.read() as session:
+async def get_persona(*, runtime: Runtime, principal: Principal, persona_id: str) -> PersonaPublic:
+    async with runtime.db.read() as session:
         persona = await _find(session, principal, persona_id)
         return await _load_public(session, persona)
 
 
 async def update_persona(
-    *, core: Core, principal: Principal, persona_id: str, body: PersonaUpdate
+    *, runtime: Runtime, principal: Principal, persona_id: str, body: PersonaUpdate
 ) -> PersonaPublic:
     """Change only the fields sent; `updated_at` moves only when a value actually changes."""
-    async with core.db.write(user_id=principal.user_id) as session:
+    async with runtime.db.write(user_id=principal.user_id) as session:
         persona = await _find(session, principal, persona_id)
         changed = False
         for name in body.model_fields_set:
@@ -319,12 +319,12 @@ async def update_persona(
         return await _load_public(session, persona)
 
 
-async def delete_persona(*, core: Core, principal: Principal, persona_id: str) -> bool:
+async def delete_persona(*, runtime: Runtime, principal: Principal, persona_id: str) -> bool:
     """Idempotent: returns whether there was something to delete. Attached documents stay;
     only the attachments go (ON DELETE CASCADE)."""
     if not PERSONA_ID_RE.match(persona_id):
         return False
-    async with core.db.write(user_id=principal.user_id) as session:
+    async with runtime.db.write(user_id=principal.user_id) as session:
         result = await session.execute(
             delete(Persona).where(
                 col(Persona.id) == persona_id, col(Persona.user_id) == principal.user_id
@@ -334,12 +334,12 @@ async def delete_persona(*, core: Core, principal: Principal, persona_id: str) -
 
 
 async def set_knowledge(
-    *, core: Core, principal: Principal, persona_id: str, external_ids: Sequence[str]
+    *, runtime: Runtime, principal: Principal, persona_id: str, external_ids: Sequence[str]
 ) -> PersonaKnowledgeResult:
     """Replace the persona's attached documents with `external_ids` (a set). Unknown ones are
     refused all together, listed in `missing`, and nothing changes."""
     wanted = sorted(set(external_ids))
-    async with core.db.write(user_id=principal.user_id) as session:
+    async with runtime.db.write(user_id=principal.user_id) as session:
         persona = await _find(session, principal, persona_id)
         found: dict[str, str] = {}
         for start in range(0, len(wanted), _IN_CHUNK):

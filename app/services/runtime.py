@@ -13,7 +13,7 @@ from app.storage.index import SearchIndex, for_dialect
 
 
 @dataclass
-class Core:
+class Runtime:
     settings: Settings
     db: Database
     embedder: Embedder

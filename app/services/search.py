@@ -51,7 +51,7 @@ from app.models import (
     SearchResponse,
 )
 from app.models.search import SEARCH_JUNK_THRESHOLD
-from app.services.runtime import Core, Principal
+from app.services.runtime import Principal, Runtime
 from app.storage.index import HitRow, HitRowsStep, Plan, Ranked, RankStep, Scope, VectorsStep
 from app.storage.index.words import MAX_QUERY_TERMS, query_words
 
@@ -83,7 +83,7 @@ class Scored:
     keyword: float | None
 
 
-async def search(*, core: Core, principal: Principal, request: SearchRequest) -> SearchResponse:
+async def search(*, runtime: Runtime, principal: Principal, request: SearchRequest) -> SearchResponse:
     """The user's documents best matching `request.query`, best first, one hit per document."""
     started = time.perf_counter()
     user_id = principal.user_id
@@ -94,12 +94,12 @@ async def search(*, core: Core, principal: Principal, request: SearchRequest) ->
         external_ids=request.external_ids,
         metadata=request.metadata or {},
     )
-    async with core.db.read() as session:
+    async with runtime.db.read() as session:
         if request.persona_id is not None:
             await _check_persona(session, user_id, request.persona_id)
-        within = await core.index.restrict(session, scope)
+        within = await runtime.index.restrict(session, scope)
         searchable = within is None or not within.empty
-        ranker = core.index.ranker(session, user_id=user_id, within=within)
+        ranker = runtime.index.ranker(session, user_id=user_id, within=within)
         semantic = searchable and request.mode != "keyword"
 
         async def beside_the_embedding() -> list[Ranked]:
@@ -109,7 +109,7 @@ async def search(*, core: Core, principal: Principal, request: SearchRequest) ->
             they finish 1.5-2.5 ms sooner than one after the other."""
             ranked: list[Ranked] = []
             if searchable and request.mode != "semantic":
-                ranked = await core.index.keyword(
+                ranked = await runtime.index.keyword(
                     session, user_id=user_id, query=request.query, depth=depth, within=within
                 )
             if semantic:
@@ -120,7 +120,7 @@ async def search(*, core: Core, principal: Principal, request: SearchRequest) ->
         try:
             vector = None
             if semantic:
-                vector = (await core.embedder.embed([request.query], lane="query"))[0]
+                vector = (await runtime.embedder.embed([request.query], lane="query"))[0]
         finally:
             keyword: list[Ranked] = await beside
         words = query_word_count(request.query)

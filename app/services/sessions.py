@@ -17,7 +17,7 @@ from sqlmodel import col, select
 
 from app.errors import Unauthorized
 from app.models import DashboardSession, User, utcnow
-from app.services.runtime import Core, Principal
+from app.services.runtime import Principal, Runtime
 
 #: How long a session lasts from sign-in, however active (the cookie has the same max-age).
 SESSION_TTL = timedelta(hours=8)
@@ -29,11 +29,11 @@ def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-async def start(*, core: Core, email: str) -> str:
+async def start(*, runtime: Runtime, email: str) -> str:
     """A new session for the user with `email`; returns the token to put in the cookie."""
     token = secrets.token_urlsafe(32)
     now = utcnow()
-    async with core.db.write() as session:
+    async with runtime.db.write() as session:
         user_id = (
             await session.execute(select(User.id).where(User.email == email.strip().lower()))
         ).scalar_one_or_none()
@@ -54,11 +54,11 @@ async def start(*, core: Core, email: str) -> str:
     return token
 
 
-async def signed_in_email(*, core: Core, token: object) -> str | None:
+async def signed_in_email(*, runtime: Runtime, token: object) -> str | None:
     """The email of the session's user, or None when `token` names no live session."""
     if not isinstance(token, str) or not token or len(token) > _TOKEN_MAX:
         return None
-    async with core.db.read() as session:
+    async with runtime.db.read() as session:
         email: str | None = (
             await session.execute(
                 select(User.email)
@@ -72,23 +72,23 @@ async def signed_in_email(*, core: Core, token: object) -> str | None:
     return email
 
 
-async def end(*, core: Core, token: object) -> None:
+async def end(*, runtime: Runtime, token: object) -> None:
     """End the session named by `token` (nothing happens when there is none)."""
     if not isinstance(token, str) or not token or len(token) > _TOKEN_MAX:
         return
-    async with core.db.write() as session:
+    async with runtime.db.write() as session:
         await session.execute(
             delete(DashboardSession).where(col(DashboardSession.token_hash) == _digest(token))
         )
 
 
-async def signed_in_principal(*, core: Core, token: object) -> Principal | None:
+async def signed_in_principal(*, runtime: Runtime, token: object) -> Principal | None:
     """The session's user as the services see a caller (their plan included), or None when
     `token` names no live session. The dashboard's pages read through the same service
     functions as the API, acting as this principal."""
     if not isinstance(token, str) or not token or len(token) > _TOKEN_MAX:
         return None
-    async with core.db.read() as session:
+    async with runtime.db.read() as session:
         row = (
             await session.execute(
                 select(User.id, User.email, User.plan_id)
@@ -102,4 +102,4 @@ async def signed_in_principal(*, core: Core, token: object) -> Principal | None:
     if row is None:
         return None
     user_id, email, plan_id = row
-    return Principal(user_id=user_id, email=email, plan=core.plan(plan_id))
+    return Principal(user_id=user_id, email=email, plan=runtime.plan(plan_id))

@@ -22,10 +22,10 @@ from app.models import (
     Used,
     UsedOfLimit,
 )
-from app.services.runtime import Core, Principal, current_period, period_key
+from app.services.runtime import Principal, Runtime, current_period, period_key
 
 
-async def get_subscription(*, core: Core, principal: Principal) -> SubscriptionPublic:
+async def get_subscription(*, runtime: Runtime, principal: Principal) -> SubscriptionPublic:
     start, end = current_period()
     plan = principal.plan
     return SubscriptionPublic(
@@ -37,12 +37,12 @@ async def get_subscription(*, core: Core, principal: Principal) -> SubscriptionP
     )
 
 
-async def get_usage(*, core: Core, principal: Principal) -> UsagePublic:
+async def get_usage(*, runtime: Runtime, principal: Principal) -> UsagePublic:
     start, end = current_period()
     period = period_key(start)
     limits = principal.plan.limits
     user_id = principal.user_id
-    async with core.db.read() as session:
+    async with runtime.db.read() as session:
         docs, chars = (
             await session.execute(
                 select(func.count(), func.coalesce(func.sum(KnowledgeDoc.char_count), 0)).where(
@@ -62,7 +62,7 @@ async def get_usage(*, core: Core, principal: Principal) -> UsagePublic:
                 )
             )
         ).scalar_one_or_none()
-        requests = await core.requests.total(session, user_id, period)
+        requests = await runtime.requests.total(session, user_id, period)
     return UsagePublic(
         period_start=start,
         period_end=end,

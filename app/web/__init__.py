@@ -30,7 +30,7 @@ from app.http.guard import Guard
 from app.services import accounts, sessions
 from app.settings import Settings
 from app.web import pages
-from app.web.common import core_of, csrf, form, no_api_keys, render, signed_in, to
+from app.web.common import csrf, form, no_api_keys, render, runtime_of, signed_in, to
 
 KEY_NAME_MAX = 100
 #: An email is at most 320 characters; longer input is not an account, and is not kept as one
@@ -56,9 +56,9 @@ async def login(request: Request) -> Response:
             address=guard.client_address(request), account=email.strip().lower()
         )
         user = await accounts.login(
-            core=core_of(request), email=email, password=fields.get("password", "")
+            runtime=runtime_of(request), email=email, password=fields.get("password", "")
         )
-        token = await sessions.start(core=core_of(request), email=user.email)
+        token = await sessions.start(runtime=runtime_of(request), email=user.email)
     except RateLimited as exc:
         retry = exc.headers.get("Retry-After", "60")
         return render(
@@ -84,7 +84,7 @@ async def login(request: Request) -> Response:
 
 async def logout(request: Request) -> Response:
     await form(request)
-    await sessions.end(core=core_of(request), token=request.session.get("sid"))
+    await sessions.end(runtime=runtime_of(request), token=request.session.get("sid"))
     request.session.clear()
     return to("/login")
 
@@ -96,7 +96,7 @@ async def keys_page(request: Request) -> Response:
         return to("/login")
     # Shown by this one response and gone from the cookie with it: a reload shows the list only.
     new_key = request.session.pop(_NEW_KEY, None)
-    keys = await accounts.list_keys(core=core_of(request), email=principal.email)
+    keys = await accounts.list_keys(runtime=runtime_of(request), email=principal.email)
     return render(
         "api_keys.html",
         principal=principal,
@@ -113,7 +113,7 @@ async def create_key(request: Request) -> Response:
     if principal is None:
         return to("/login")
     name = fields.get("name", "").strip()[:KEY_NAME_MAX] or "default"
-    created = await accounts.create_key(core=core_of(request), email=principal.email, name=name)
+    created = await accounts.create_key(runtime=runtime_of(request), email=principal.email, name=name)
     # Post/redirect/get: the key rides in the signed, HttpOnly, SameSite=Strict session cookie
     # to the page this redirects to, which takes it out again. The server keeps only its hash
     # (several server processes need no shared memory for it), and the cookie already carries
@@ -128,7 +128,7 @@ async def disable_key(request: Request) -> Response:
     if principal is None:
         return to("/login")
     prefix = request.path_params["prefix"]
-    await accounts.disable_key(core=core_of(request), prefix=prefix, email=principal.email)
+    await accounts.disable_key(runtime=runtime_of(request), prefix=prefix, email=principal.email)
     return to("/api-keys")
 
 
@@ -138,7 +138,7 @@ async def confirm_delete_key(request: Request) -> Response:
     if principal is None:
         return to("/login")
     prefix = request.path_params["prefix"]
-    keys = await accounts.list_keys(core=core_of(request), email=principal.email)
+    keys = await accounts.list_keys(runtime=runtime_of(request), email=principal.email)
     key = next((k for k in keys if k.prefix == prefix), None)
     if key is None:
         raise KeyNotFound(f"No API key starts with {prefix!r}.")
@@ -155,7 +155,7 @@ async def delete_key(request: Request) -> Response:
     prefix = request.path_params["prefix"]
     if fields.get("confirm") != "yes":  # not from the confirmation page: ask there first
         return to(f"/api-keys/{prefix}/delete")
-    await accounts.delete_key(core=core_of(request), prefix=prefix, email=principal.email)
+    await accounts.delete_key(runtime=runtime_of(request), prefix=prefix, email=principal.email)
     return to("/api-keys")
 
 

@@ -18,7 +18,7 @@ from app.errors import Forbidden, TooLarge, UnsupportedMediaType, ValidationFail
 from app.models.base import format_time
 from app.services import sessions
 from app.services.hashing import constant_time_equals
-from app.services.runtime import Core, Principal
+from app.services.runtime import Principal, Runtime
 
 #: The dashboard's forms are a few short fields; nothing bigger is read, let alone parsed.
 FORM_MAX_BYTES = 16 * 1024
@@ -66,9 +66,9 @@ def render(
     )
 
 
-def core_of(request: Request) -> Core:
-    core: Core = request.app.state.core
-    return core
+def runtime_of(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
 
 
 def csrf(request: Request) -> str:
@@ -124,7 +124,7 @@ async def _read_form(request: Request) -> dict[str, str]:
 async def signed_in(request: Request) -> Principal | None:
     """The signed-in user, if the cookie names a live session."""
     token = request.session.get("sid")
-    principal = await sessions.signed_in_principal(core=core_of(request), token=token)
+    principal = await sessions.signed_in_principal(runtime=runtime_of(request), token=token)
     if principal is None and token is not None:
         request.session.clear()  # ended or expired: drop the cookie too
     return principal

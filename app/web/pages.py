@@ -21,7 +21,7 @@ from app.models import SearchRequest
 from app.models.search import SEARCH_QUERY_MAX
 from app.services import knowledge, personas, search, subscription
 from app.services.runtime import Principal
-from app.web.common import core_of, csrf, no_api_keys, render, signed_in, to
+from app.web.common import csrf, no_api_keys, render, runtime_of, signed_in, to
 
 #: Rows per page of the documents and personas lists.
 PAGE_SIZE = 25
@@ -52,9 +52,9 @@ async def dashboard(request: Request) -> Response:
     principal = await _principal(request)
     if principal is None:
         return to("/login")
-    core = core_of(request)
-    plan = await subscription.get_subscription(core=core, principal=principal)
-    usage = await subscription.get_usage(core=core, principal=principal)
+    runtime = runtime_of(request)
+    plan = await subscription.get_subscription(runtime=runtime, principal=principal)
+    usage = await subscription.get_usage(runtime=runtime, principal=principal)
     return await _page(request, "usage.html", "usage", principal=principal, plan=plan, usage=usage)
 
 
@@ -62,15 +62,15 @@ async def documents(request: Request) -> Response:
     principal = await _principal(request)
     if principal is None:
         return to("/login")
-    core = core_of(request)
+    runtime = runtime_of(request)
     text = request.query_params.get("q", "").strip()[:FIND_MAX]
     if text:
         page = await knowledge.find_docs(
-            core=core, principal=principal, text=text, limit=PAGE_SIZE, cursor=_cursor(request)
+            runtime=runtime, principal=principal, text=text, limit=PAGE_SIZE, cursor=_cursor(request)
         )
     else:
         page = await knowledge.list_docs(
-            core=core, principal=principal, limit=PAGE_SIZE, cursor=_cursor(request)
+            runtime=runtime, principal=principal, limit=PAGE_SIZE, cursor=_cursor(request)
         )
     return await _page(
         request,
@@ -88,7 +88,7 @@ async def document(request: Request) -> Response:
     if principal is None:
         return to("/login")
     doc = await knowledge.get_doc(
-        core=core_of(request),
+        runtime=runtime_of(request),
         principal=principal,
         external_id=request.path_params["external_id"],
     )
@@ -100,7 +100,7 @@ async def persona_list(request: Request) -> Response:
     if principal is None:
         return to("/login")
     page = await personas.list_personas(
-        core=core_of(request), principal=principal, limit=PAGE_SIZE, cursor=_cursor(request)
+        runtime=runtime_of(request), principal=principal, limit=PAGE_SIZE, cursor=_cursor(request)
     )
     return await _page(request, "personas.html", "personas", principal=principal, page=page)
 
@@ -109,11 +109,11 @@ async def persona(request: Request) -> Response:
     principal = await _principal(request)
     if principal is None:
         return to("/login")
-    core = core_of(request)
+    runtime = runtime_of(request)
     persona_id = request.path_params["persona_id"]
-    found = await personas.get_persona(core=core, principal=principal, persona_id=persona_id)
+    found = await personas.get_persona(runtime=runtime, principal=principal, persona_id=persona_id)
     attached = await personas.knowledge_for_personas(
-        core=core,
+        runtime=runtime,
         principal=principal,
         persona_ids=[found.id],
         limit=PAGE_SIZE,
@@ -134,13 +134,13 @@ async def playground(request: Request) -> Response:
     principal = await _principal(request)
     if principal is None:
         return to("/login")
-    core = core_of(request)
+    runtime = runtime_of(request)
     params = request.query_params
     query = params.get("q", "")
     mode = params.get("mode", "hybrid")
     persona_id = params.get("persona", "")
     # The persona picker lists the first page of personas, as the personas page does.
-    choices = await personas.list_personas(core=core, principal=principal, limit=200)
+    choices = await personas.list_personas(runtime=runtime, principal=principal, limit=200)
     result = None
     if query.strip():
         try:
@@ -151,7 +151,7 @@ async def playground(request: Request) -> Response:
             raise from_validation_error(exc, parameter=True) from None
         guard = request.app.state.guard
         await guard.charge(principal, "search")
-        result = await search.search(core=core, principal=principal, request=wanted)
+        result = await search.search(runtime=runtime, principal=principal, request=wanted)
     return await _page(
         request,
         "search.html",

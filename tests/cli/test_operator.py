@@ -34,7 +34,7 @@ def one_error_line(r: object, status: int = 1) -> str:
     return stderr.strip()
 
 
-# Every command on data goes through one check (`run_with_core`); one or two per group.
+# Every command on data goes through one check (`run_with_runtime`); one or two per group.
 DATA_COMMANDS = [
     ["users", "create", "new@example.com"],
     ["users", "set-password", "new@example.com"],
@@ -111,7 +111,7 @@ async def test_set_password_lets_a_user_sign_in(tmp_path: Path, make_app: AppFac
 
     app = await make_app(data_dir=data)
     user = await accounts.login(
-        core=app.state.core, email="p@example.com", password="correct horse battery"
+        runtime=app.state.runtime, email="p@example.com", password="correct horse battery"
     )
     assert user.email == "p@example.com"
 
@@ -231,16 +231,16 @@ async def test_demo_restart_reuses_what_works(tmp_path: Path, make_app: AppFacto
     assert keys.stdout.count('"name": "demo"') == 1  # no new key per start
 
     app = await make_app(data_dir=data)
-    core = app.state.core
+    runtime = app.state.runtime
     assert (
-        await accounts.login(core=core, email=DEMO_EMAIL, password=password)
+        await accounts.login(runtime=runtime, email=DEMO_EMAIL, password=password)
     ).email == DEMO_EMAIL
     # The saved file gone (or its key disabled): reset, say so, and still one demo key.
     (data / CREDENTIALS_FILE).unlink()
-    reset = await ensure_demo_account(core, data / CREDENTIALS_FILE)
+    reset = await ensure_demo_account(runtime, data / CREDENTIALS_FILE)
     assert reset.how == "reset" and reset.key != key
-    await accounts.login(core=core, email=DEMO_EMAIL, password=reset.password)
-    assert [k.name for k in await accounts.list_keys(core=core, email=DEMO_EMAIL)] == ["demo"]
-    await accounts.disable_key(core=core, prefix=reset.key[:12])
-    again = await ensure_demo_account(core, data / CREDENTIALS_FILE)
-    assert again.how == "reset" and (await accounts.authenticate(core=core, api_key=again.key))
+    await accounts.login(runtime=runtime, email=DEMO_EMAIL, password=reset.password)
+    assert [k.name for k in await accounts.list_keys(runtime=runtime, email=DEMO_EMAIL)] == ["demo"]
+    await accounts.disable_key(runtime=runtime, prefix=reset.key[:12])
+    again = await ensure_demo_account(runtime, data / CREDENTIALS_FILE)
+    assert again.how == "reset" and (await accounts.authenticate(runtime=runtime, api_key=again.key))

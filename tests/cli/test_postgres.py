@@ -81,7 +81,7 @@ async def test_migrate_copies_a_sqlite_deployment_without_re_embedding(
     assert "counts match, searches agree for 1 users" in moved.stdout
 
     app = await make_app(database_url=target)
-    embedded = app.state.core.embedder.stats.texts
+    embedded = app.state.runtime.embedder.stats.texts
     async with client_for(app, **{"X-Api-Key": key}) as api:  # the same key works
         assert (await api.get("/api/knowledge/docs?include_content=true")).json() == before_docs
         assert (await api.get(f"/api/personas/{persona['id']}")).json() == before_persona
@@ -102,7 +102,7 @@ async def test_migrate_copies_a_sqlite_deployment_without_re_embedding(
         created = await api.post("/api/personas", json={"name": "Leo"})
         assert created.status_code == 201
     # Only the queries were embedded: no document was re-embedded.
-    assert app.state.core.embedder.stats.texts - embedded == len(queries)
+    assert app.state.runtime.embedder.stats.texts - embedded == len(queries)
     assert after_usage["embedded_chunks"] == before_usage["embedded_chunks"]
     assert after_usage["knowledge_docs"] == before_usage["knowledge_docs"]
 

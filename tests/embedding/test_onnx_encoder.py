@@ -198,7 +198,7 @@ async def test_an_app_on_the_onnx_encoder_serves_put_and_search(
         encoder_threads=2,
         encoder_query_threads=1,
     )
-    embedder = onnx_app.state.core.embedder
+    embedder = onnx_app.state.runtime.embedder
     await embedder.wait_ready()
     assert isinstance(embedder.model, OnnxModel), embedder.load_error
     assert not embedder.model.exported  # the run's cache was reused

@@ -60,7 +60,7 @@ async def test_without_a_valid_key_nothing_runs(app: Starlette, headers: dict[st
 
 async def test_a_disabled_key_is_refused(app: Starlette) -> None:
     key = await new_key(app)
-    await accounts.disable_key(core=app.state.core, prefix=key[:12])
+    await accounts.disable_key(runtime=app.state.runtime, prefix=key[:12])
     async with client_for(app, **{"X-Api-Key": key}) as client:
         refused(await gql(client, VIEWER), 401, "auth.unauthorized")
 

@@ -14,7 +14,7 @@ from starlette.applications import Starlette
 
 from app.models import KnowledgeDocItem, PersonaCreate
 from app.services import accounts, knowledge, personas
-from app.services.runtime import Core
+from app.services.runtime import Runtime
 from tests.conftest import client_for, new_key
 from tests.graphql.conftest import gql_data
 
@@ -37,7 +37,7 @@ query($first: Int!) {
 
 
 @contextmanager
-def counting(core: Core) -> Iterator[list[str]]:
+def counting(runtime: Runtime) -> Iterator[list[str]]:
     """Every statement run on the read engine while inside."""
     statements: list[str] = []
 
@@ -45,7 +45,7 @@ def counting(core: Core) -> Iterator[list[str]]:
         if args[2] != "BEGIN":  # a transaction per session, not a query
             statements.append(args[2])
 
-    engine = core.db.reader.sync_engine
+    engine = runtime.db.reader.sync_engine
     event.listen(engine, "before_cursor_execute", record)
     try:
         yield statements
@@ -55,19 +55,19 @@ def counting(core: Core) -> Iterator[list[str]]:
 
 async def make_personas(app: Starlette, key: str, n: int) -> None:
     """`n` personas; persona i has documents d0..d(i % 4) attached (some none)."""
-    core: Core = app.state.core
-    principal = await accounts.authenticate(core=core, api_key=key)
+    runtime: Runtime = app.state.runtime
+    principal = await accounts.authenticate(runtime=runtime, api_key=key)
     items = [
         KnowledgeDocItem(external_id=f"d{i}", title=None, content=f"Document {i}.")
         for i in range(4)
     ]
-    await knowledge.upsert_many(core=core, principal=principal, items=items)
+    await knowledge.upsert_many(runtime=runtime, principal=principal, items=items)
     for i in range(n):
         persona = await personas.create_persona(
-            core=core, principal=principal, body=PersonaCreate(name=f"P{i:02}")
+            runtime=runtime, principal=principal, body=PersonaCreate(name=f"P{i:02}")
         )
         await personas.set_knowledge(
-            core=core,
+            runtime=runtime,
             principal=principal,
             persona_id=persona.id,
             external_ids=[f"d{j}" for j in range(i % 4)],
@@ -75,7 +75,7 @@ async def make_personas(app: Starlette, key: str, n: int) -> None:
 
 
 async def statements_for(app: Starlette, api: httpx.AsyncClient, first: int) -> tuple[int, Any]:
-    with counting(app.state.core) as statements:
+    with counting(app.state.runtime) as statements:
         data = await gql_data(api, QUERY, {"first": first})
     return len(statements), data
 

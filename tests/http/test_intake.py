@@ -42,7 +42,7 @@ def nested(depth: int, leaf: Any = 1) -> Any:
 async def fingerprint(app: Starlette) -> list[tuple[Any, ...]]:
     """Every row a write could touch: equal fingerprints, nothing changed."""
     rows: list[tuple[Any, ...]] = []
-    async with app.state.core.db.read() as session:
+    async with app.state.runtime.db.read() as session:
         for table in ("knowledge_docs", "chunks", "personas", "persona_knowledge"):
             result = await session.execute(text(f"SELECT * FROM {table} ORDER BY 1, 2"))
             # PostgreSQL hands vectors back as numpy arrays, which do not compare as one value.

@@ -137,7 +137,7 @@ async def test_scrapes_count_what_is_stored_at_most_once_per_window(
         if "count(" in statement.lower():
             counts.append(statement)
 
-    engine = app.state.core.db.reader.sync_engine
+    engine = app.state.runtime.db.reader.sync_engine
     event.listen(engine, "before_cursor_execute", count)
     try:
         assert value(await scrape(anon), "personaizer_stored_documents") == 0

@@ -161,7 +161,7 @@ async def test_failed_authentication_never_refuses_a_valid_key(make_app: AppFact
         assert_problem(await shared.get(PERSONAS, headers={}), 429, "limits.rate_exceeded")
         # Other addresses have a count of their own.
         assert_problem(await elsewhere.get(PERSONAS, headers=BAD_KEY), 401, "auth.unauthorized")
-    assert [u.email for u in await accounts.list_users(core=app.state.core)] == [
+    assert [u.email for u in await accounts.list_users(runtime=app.state.runtime)] == [
         "owner@example.com"
     ]
 
@@ -222,7 +222,7 @@ async def test_plan_change_starts_a_fresh_window(make_app: AppFactory) -> None:
         for _ in range(2):
             assert (await api.delete(doc("x"))).status_code == 204
         assert_refused(await api.delete(doc("x")))
-        await accounts.set_plan(core=app.state.core, email="upgrader@example.com", plan_id="bigger")
+        await accounts.set_plan(runtime=app.state.runtime, email="upgrader@example.com", plan_id="bigger")
         for i in range(3):
             r = await api.delete(doc("x"))
             assert r.status_code == 204 and ratelimit(r)[1] == 2 - i

@@ -25,7 +25,7 @@ DOCS = "/api/knowledge/docs"
 async def test_every_auth_failure_is_the_same_401(app: Starlette, anon: httpx.AsyncClient) -> None:
     key = await new_key(app, email="k@example.com")
     disabled = await new_key(app, email="k@example.com")
-    await accounts.disable_key(core=app.state.core, prefix=disabled[:12])
+    await accounts.disable_key(runtime=app.state.runtime, prefix=disabled[:12])
     candidates: list[dict[str, str]] = [
         {},
         {"X-Api-Key": ""},
@@ -53,10 +53,10 @@ async def test_auth_comes_before_validation(anon: httpx.AsyncClient) -> None:
 
 
 async def test_last_used_at_is_recorded(app: Starlette, api: httpx.AsyncClient) -> None:
-    keys = await accounts.list_keys(core=app.state.core, email="owner@example.com")
+    keys = await accounts.list_keys(runtime=app.state.runtime, email="owner@example.com")
     assert keys[0].last_used_at is None
     await api.get(DOCS)
-    keys = await accounts.list_keys(core=app.state.core, email="owner@example.com")
+    keys = await accounts.list_keys(runtime=app.state.runtime, email="owner@example.com")
     assert keys[0].last_used_at is not None
 
 
@@ -242,7 +242,7 @@ async def test_healthz_reports_the_embedder_until_it_loads(model: Model, tmp_pat
         )
         assert_problem(r, 503, "server.unavailable")
         gate.set()
-        await app.state.core.embedder.wait_ready()
+        await app.state.runtime.embedder.wait_ready()
         r = await client.get("/healthz")
         assert r.status_code == 200
         assert r.json() == {"status": "ok", "database": "ok", "embedder": "ok"}
@@ -254,7 +254,7 @@ async def test_healthz_reports_a_failed_model(tmp_path: Path) -> None:
 
     app = create_app(Settings.for_tests(tmp_path / "d"), model=None, loader=broken_loader)
     async with app.router.lifespan_context(app), client_for(app) as client:
-        await app.state.core.embedder.wait_ready()
+        await app.state.runtime.embedder.wait_ready()
         body = assert_problem(await client.get("/healthz"), 503, "server.unavailable")
         assert body["embedder"] == "failed"
 

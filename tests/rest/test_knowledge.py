@@ -32,7 +32,7 @@ def item(external_id: str, content: str, **extra: Any) -> dict[str, Any]:
 async def test_batch_upsert_created_then_no_op_then_updated(
     app: Starlette, api: httpx.AsyncClient
 ) -> None:
-    stats = app.state.core.embedder.stats
+    stats = app.state.runtime.embedder.stats
     body = {
         "items": [
             item("b", "The lamp has a USB-C port."),

@@ -249,7 +249,7 @@ async def test_delete_is_idempotent_and_keeps_documents(
     assert_problem(await api.get(by_id(p["id"])), 404, "persona.not_found")
     assert (await api.get(f"{DOCS}/by-external-id/kept")).status_code == 200
     assert (await api.get(PERSONAS)).json()["total"] == 0
-    async with app.state.core.db.read() as session:  # the attachments went with it
+    async with app.state.runtime.db.read() as session:  # the attachments went with it
         rows = await session.execute(text("SELECT count(*) FROM persona_knowledge"))
         assert rows.scalar_one() == 0
 

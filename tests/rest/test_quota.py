@@ -158,7 +158,7 @@ async def test_a_write_over_the_character_quota_is_refused_before_anything_is_em
     plan = plan_config("chars", knowledge_chars=5000, doc_chars=20_000, personas=1)
     app = await make_app(plans={"chars": plan})
     key = await new_key(app, plan="chars")
-    stats = app.state.core.embedder.stats
+    stats = app.state.runtime.embedder.stats
     # Many distinct sentences: several chunks, each a text the model would embed.
     big = " ".join(f"Sentence {i} is about item {i * 7} in the catalogue." for i in range(300))
     assert 5000 < len(big) <= 20_000

@@ -145,15 +145,15 @@ async def test_requests_are_counted_per_user_across_keys(app: Starlette) -> None
 
 
 async def test_request_counts_are_flushed_not_lost(app: Starlette) -> None:
-    core = app.state.core
+    runtime = app.state.runtime
     async with client_for(app, **{"X-Api-Key": await new_key(app)}) as api:
         for _ in range(4):
             await api.get(PERSONAS)
         assert await requests_used(api) == 5
         # Nothing is written per request; the flush moves the count to the table.
         assert await stored_requests(app) == 0
-        assert await core.requests.flush(core.db) == 5
-        assert await core.requests.flush(core.db) == 0
+        assert await runtime.requests.flush(runtime.db) == 5
+        assert await runtime.requests.flush(runtime.db) == 0
         assert await stored_requests(app) == 5
         assert await requests_used(api) == 6
 
@@ -161,7 +161,7 @@ async def test_request_counts_are_flushed_not_lost(app: Starlette) -> None:
 async def stored_requests(app: Starlette) -> int:
     from sqlalchemy import text
 
-    async with app.state.core.db.read() as session:
+    async with app.state.runtime.db.read() as session:
         value = (await session.execute(text("SELECT sum(requests) FROM usage_counters"))).scalar()
     return int(value or 0)
 

@@ -15,7 +15,7 @@ from starlette.applications import Starlette
 from app.errors import KnowledgeQuotaExceeded
 from app.models import KnowledgeDocItem, PersonaCreate, SearchRequest
 from app.services import accounts, knowledge, personas, search
-from app.services.runtime import Core, Principal
+from app.services.runtime import Principal, Runtime
 from tests.conftest import new_key
 
 pytestmark = pytest.mark.anyio
@@ -29,7 +29,7 @@ PARAGRAPHS = [
 
 async def caller(app: Starlette, email: str, plan: str = "unlimited") -> Principal:
     key = await new_key(app, email, plan=plan)
-    return await accounts.authenticate(core=app.state.core, api_key=key)
+    return await accounts.authenticate(runtime=app.state.runtime, api_key=key)
 
 
 def doc(external_id: str, content: str, **fields: object) -> KnowledgeDocItem:
@@ -43,51 +43,51 @@ def long_text(n: int) -> str:
     return " ".join(f"Part {i}: {PARAGRAPHS[i % 3]}" for i in range(n))
 
 
-async def upsert(core: Core, who: Principal, *items: KnowledgeDocItem) -> list[str]:
-    result = await knowledge.upsert_many(core=core, principal=who, items=list(items))
+async def upsert(runtime: Runtime, who: Principal, *items: KnowledgeDocItem) -> list[str]:
+    result = await knowledge.upsert_many(runtime=runtime, principal=who, items=list(items))
     return [r.status for r in result.results]
 
 
 async def test_planning_embeds_only_what_changed(app: Starlette) -> None:
-    core: Core = app.state.core
+    runtime: Runtime = app.state.runtime
     me = await caller(app, "plan@example.com")
-    stats = core.embedder.stats
+    stats = runtime.embedder.stats
     content = long_text(60)
-    assert await upsert(core, me, doc("d", content, title="T")) == ["created"]
-    stored = await knowledge.get_doc(core=core, principal=me, external_id="d")
+    assert await upsert(runtime, me, doc("d", content, title="T")) == ["created"]
+    stored = await knowledge.get_doc(runtime=runtime, principal=me, external_id="d")
     assert stored.chunk_count >= 3
     first = stats.texts
     assert first == stored.chunk_count  # every chunk embedded once
 
     # Identical: nothing written, nothing embedded, updated_at unmoved.
-    assert await upsert(core, me, doc("d", content, title="T")) == ["no_op"]
-    again = await knowledge.get_doc(core=core, principal=me, external_id="d")
+    assert await upsert(runtime, me, doc("d", content, title="T")) == ["no_op"]
+    again = await knowledge.get_doc(runtime=runtime, principal=me, external_id="d")
     assert stats.texts == first and again.updated_at == stored.updated_at
 
     # Title or metadata only: updated, nothing re-embedded.
-    assert await upsert(core, me, doc("d", content, title="New", metadata={"a": 1})) == ["updated"]
+    assert await upsert(runtime, me, doc("d", content, title="New", metadata={"a": 1})) == ["updated"]
     assert stats.texts == first
 
     # Content changed at the end: the unchanged chunks keep their vectors. (The title is part
     # of what a chunk embeds, and the vectors still hold "T": with "New" all would re-embed.)
     changed = content + " A new closing sentence about gliders."
-    assert await upsert(core, me, doc("d", changed, title="T", metadata={"a": 1})) == ["updated"]
-    after = await knowledge.get_doc(core=core, principal=me, external_id="d")
+    assert await upsert(runtime, me, doc("d", changed, title="T", metadata={"a": 1})) == ["updated"]
+    after = await knowledge.get_doc(runtime=runtime, principal=me, external_id="d")
     re_embedded = stats.texts - first
     assert 1 <= re_embedded < after.chunk_count
 
 
 async def test_the_quota_is_checked_inside_the_write(app: Starlette) -> None:
-    core: Core = app.state.core
+    runtime: Runtime = app.state.runtime
     me = await caller(app, "quota@example.com", plan="free")  # 100 documents
     items = [doc(f"q{i}", f"Quota document {i}.") for i in range(100)]
-    await upsert(core, me, *items[:50])
-    await upsert(core, me, *items[50:])
+    await upsert(runtime, me, *items[:50])
+    await upsert(runtime, me, *items[50:])
     with pytest.raises(KnowledgeQuotaExceeded):
-        await upsert(core, me, doc("one-more", "Over the limit."))
+        await upsert(runtime, me, doc("one-more", "Over the limit."))
     # An update of an existing document still passes at the limit.
-    assert await upsert(core, me, doc("q0", "Quota document 0, edited.")) == ["updated"]
-    page = await knowledge.list_docs(core=core, principal=me, limit=1)
+    assert await upsert(runtime, me, doc("q0", "Quota document 0, edited.")) == ["updated"]
+    page = await knowledge.list_docs(runtime=runtime, principal=me, limit=1)
     assert page.total == 100
 
 
@@ -96,21 +96,21 @@ async def test_a_write_over_the_quota_is_refused_before_anything_is_embedded(
 ) -> None:
     """A user at its limit sending a large new document is refused at once: the model (shared
     by every tenant) never sees the text."""
-    core: Core = app.state.core
+    runtime: Runtime = app.state.runtime
     me = await caller(app, "full@example.com", plan="free")  # 100 documents
-    await upsert(core, me, *(doc(f"f{i}", "The same short text.") for i in range(100)))
-    before = core.embedder.stats.texts
+    await upsert(runtime, me, *(doc(f"f{i}", "The same short text.") for i in range(100)))
+    before = runtime.embedder.stats.texts
     with pytest.raises(KnowledgeQuotaExceeded):
-        await upsert(core, me, doc("big", long_text(400)))
-    assert core.embedder.stats.texts == before
+        await upsert(runtime, me, doc("big", long_text(400)))
+    assert runtime.embedder.stats.texts == before
 
 
 @contextlib.asynccontextmanager
-async def _tracking_writes(core: Core, before_first_write: Callable[[], Awaitable[None]]):  # type: ignore[no-untyped-def]
+async def _tracking_writes(runtime: Runtime, before_first_write: Callable[[], Awaitable[None]]):  # type: ignore[no-untyped-def]
     """Wrap the database's write transactions: run `before_first_write` once, before the first
     one begins, and record in `state["writing"]` whether one is open."""
     state = {"writing": False, "first": True}
-    real_write = core.db.write
+    real_write = runtime.db.write
 
     @contextlib.asynccontextmanager
     async def write(**kwargs: Any) -> AsyncIterator[Any]:
@@ -124,7 +124,7 @@ async def _tracking_writes(core: Core, before_first_write: Callable[[], Awaitabl
             finally:
                 state["writing"] = False
 
-    real_embed = core.embedder.embed
+    real_embed = runtime.embedder.embed
     under_lock: list[Sequence[str]] = []
 
     async def embed(texts: Sequence[str], **kwargs: Any) -> Any:
@@ -132,13 +132,13 @@ async def _tracking_writes(core: Core, before_first_write: Callable[[], Awaitabl
             under_lock.append(texts)
         return await real_embed(texts, **kwargs)
 
-    core.db.write = write  # type: ignore[method-assign]
-    core.embedder.embed = embed  # type: ignore[method-assign]
+    runtime.db.write = write  # type: ignore[method-assign]
+    runtime.embedder.embed = embed  # type: ignore[method-assign]
     try:
         yield under_lock
     finally:
-        core.db.write = real_write  # type: ignore[method-assign]
-        core.embedder.embed = real_embed  # type: ignore[method-assign]
+        runtime.db.write = real_write  # type: ignore[method-assign]
+        runtime.embedder.embed = real_embed  # type: ignore[method-assign]
 
 
 async def test_nothing_is_embedded_under_the_write_lock_when_a_writer_intervenes(
@@ -147,46 +147,46 @@ async def test_nothing_is_embedded_under_the_write_lock_when_a_writer_intervenes
     """The snapshot says: same content, new title (nothing to embed). Before the write, another
     writer changes the content; under the lock the document now needs its text embedded. That
     is done after rolling back, outside the lock, and the write then lands as asked."""
-    core: Core = app.state.core
+    runtime: Runtime = app.state.runtime
     me = await caller(app, "between@example.com")
     original = "Gliders stay aloft on rising air and lose height slowly."
-    await upsert(core, me, doc("g", original, title="Old"))
+    await upsert(runtime, me, doc("g", original, title="Old"))
 
     async def intervene() -> None:
-        await upsert(core, me, doc("g", "A different text about kites.", title="Old"))
+        await upsert(runtime, me, doc("g", "A different text about kites.", title="Old"))
 
-    async with _tracking_writes(core, intervene) as under_lock:
-        assert await upsert(core, me, doc("g", original, title="New")) == ["updated"]
+    async with _tracking_writes(runtime, intervene) as under_lock:
+        assert await upsert(runtime, me, doc("g", original, title="New")) == ["updated"]
     assert under_lock == []
-    final = await knowledge.get_doc(core=core, principal=me, external_id="g")
+    final = await knowledge.get_doc(runtime=runtime, principal=me, external_id="g")
     assert (final.content, final.title) == (original, "New")
-    hits = await find(core, me, query="gliders rising air", mode="keyword")
+    hits = await find(runtime, me, query="gliders rising air", mode="keyword")
     assert hits == ["g"]
 
 
 async def test_concurrent_upserts_of_one_document(app: Starlette) -> None:
-    core: Core = app.state.core
+    runtime: Runtime = app.state.runtime
     me = await caller(app, "race@example.com")
     contents = [f"Version {i} of the racing document." for i in range(6)]
-    statuses = await asyncio.gather(*(upsert(core, me, doc("race", c)) for c in contents))
+    statuses = await asyncio.gather(*(upsert(runtime, me, doc("race", c)) for c in contents))
     flat = sorted(s for (s,) in statuses)
     assert flat.count("created") == 1 and flat.count("created") + flat.count("updated") == 6
-    final = await knowledge.get_doc(core=core, principal=me, external_id="race")
+    final = await knowledge.get_doc(runtime=runtime, principal=me, external_id="race")
     assert final.content in contents and final.chunk_count == 1
 
 
-async def find(core: Core, who: Principal, **body: object) -> list[str]:
+async def find(runtime: Runtime, who: Principal, **body: object) -> list[str]:
     request = SearchRequest.model_validate({"k": 10, **body})
-    response = await search.search(core=core, principal=who, request=request)
+    response = await search.search(runtime=runtime, principal=who, request=request)
     return [h.external_id for h in response.results]
 
 
 async def test_search_scopes_on_both_engines(app: Starlette) -> None:
-    core: Core = app.state.core
+    runtime: Runtime = app.state.runtime
     me = await caller(app, "scopes@example.com")
     other = await caller(app, "other@example.com")
     await upsert(
-        core,
+        runtime,
         me,
         doc("jet", PARAGRAPHS[0], metadata={"kind": "aero", "rank": 3, "ok": True}),
         doc("bread", PARAGRAPHS[1], metadata={"kind": "food", "rank": 3.0, "ok": 1}),
@@ -194,33 +194,33 @@ async def test_search_scopes_on_both_engines(app: Starlette) -> None:
     )
     # The other tenant has documents with the same external_ids and better matches.
     await upsert(
-        core,
+        runtime,
         other,
         doc("jet", "Jet engines jet engines compress air and burn fuel: jet engines."),
         doc("other-only", "Jet engines and gas turbines."),
     )
     for mode in ("hybrid", "semantic", "keyword"):
-        everything = await find(core, me, query="jet engines burn fuel", mode=mode)
+        everything = await find(runtime, me, query="jet engines burn fuel", mode=mode)
         assert everything[0] == "jet" and "other-only" not in everything
         listed = await find(
-            core, me, query="jet engines", mode=mode, external_ids=["bread", "other-only"]
+            runtime, me, query="jet engines", mode=mode, external_ids=["bread", "other-only"]
         )
         assert set(listed) <= {"bread"}
-        assert await find(core, me, query="jet", mode=mode, external_ids=[]) == []
+        assert await find(runtime, me, query="jet", mode=mode, external_ids=[]) == []
 
     persona = await personas.create_persona(
-        core=core, principal=me, body=PersonaCreate(name="Baker")
+        runtime=runtime, principal=me, body=PersonaCreate(name="Baker")
     )
     await personas.set_knowledge(
-        core=core, principal=me, persona_id=persona.id, external_ids=["bread"]
+        runtime=runtime, principal=me, persona_id=persona.id, external_ids=["bread"]
     )
-    assert await find(core, me, query="jet engines", persona_id=persona.id, mode="semantic") == [
+    assert await find(runtime, me, query="jet engines", persona_id=persona.id, mode="semantic") == [
         "bread"
     ]
 
     async def matching(metadata: dict[str, object]) -> set[str]:
         return set(
-            await find(core, me, query="anything at all", mode="semantic", metadata=metadata)
+            await find(runtime, me, query="anything at all", mode="semantic", metadata=metadata)
         )
 
     # Numbers compare by value, `true` is not `1`, `"3"` is not `3`; keys must all match.
@@ -232,4 +232,4 @@ async def test_search_scopes_on_both_engines(app: Starlette) -> None:
     assert await matching({"tags": {"a": [1]}}) == {"chess"}
     assert await matching({"missing": None}) == set()
     # The other tenant's metadata never matches for me, nor mine for them.
-    assert "jet" not in await find(core, other, query="sourdough", metadata={"kind": "food"})
+    assert "jet" not in await find(runtime, other, query="sourdough", metadata={"kind": "food"})

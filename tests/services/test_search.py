@@ -15,7 +15,7 @@ from starlette.applications import Starlette
 from app.models import KnowledgeDocItem, SearchRequest, SearchResponse
 from app.services import accounts, knowledge
 from app.services import search as search_service
-from app.services.runtime import Core, Principal
+from app.services.runtime import Principal, Runtime
 from app.storage.index import Ranked, sqlite_keywords
 from app.storage.index import postgres as pg_index
 from app.storage.index import postgres_keywords as pg_keywords
@@ -25,14 +25,14 @@ from tests.conftest import new_key
 pytestmark = pytest.mark.anyio
 
 
-def index_module(core: Core) -> ModuleType:
+def index_module(runtime: Runtime) -> ModuleType:
     """The engine's index module, whose thresholds the tests shrink."""
-    return sqlite_index if core.db.dialect == "sqlite" else pg_index
+    return sqlite_index if runtime.db.dialect == "sqlite" else pg_index
 
 
-def shallow_keyword_pass(core: Core, m: pytest.MonkeyPatch) -> None:
+def shallow_keyword_pass(runtime: Runtime, m: pytest.MonkeyPatch) -> None:
     """The engine's unscoped keyword search reads one best chunk per wanted document first."""
-    if core.db.dialect == "sqlite":
+    if runtime.db.dialect == "sqlite":
         m.setattr(sqlite_keywords, "CHUNKS_PER_DOC", 1)
     else:
         m.setattr(pg_keywords, "CHUNKS_PER_DOC", 1)
@@ -134,10 +134,10 @@ def long_text(topic: str, n: int) -> str:
     return " ".join(f"Note {i}: {topic}, case {i} of the series." for i in range(n))
 
 
-async def setup_corpus(app: Starlette) -> tuple[Core, Principal]:
-    core: Core = app.state.core
+async def setup_corpus(app: Starlette) -> tuple[Runtime, Principal]:
+    runtime: Runtime = app.state.runtime
     key = await new_key(app, plan="unlimited")
-    principal = await accounts.authenticate(core=core, api_key=key)
+    principal = await accounts.authenticate(runtime=runtime, api_key=key)
     items = [
         KnowledgeDocItem(
             external_id=f"doc-{i}",
@@ -147,13 +147,13 @@ async def setup_corpus(app: Starlette) -> tuple[Core, Principal]:
         )
         for i, topic in enumerate(TOPICS)
     ]
-    await knowledge.upsert_many(core=core, principal=principal, items=items)
-    return core, principal
+    await knowledge.upsert_many(runtime=runtime, principal=principal, items=items)
+    return runtime, principal
 
 
-async def run_search(core: Core, principal: Principal, **body: Any) -> SearchResponse:
+async def run_search(runtime: Runtime, principal: Principal, **body: Any) -> SearchResponse:
     request = SearchRequest.model_validate(body)
-    return await search_service.search(core=core, principal=principal, request=request)
+    return await search_service.search(runtime=runtime, principal=principal, request=request)
 
 
 def pairs(response: SearchResponse) -> list[tuple[str, int, float]]:
@@ -164,15 +164,15 @@ QUERIES = ["rocket propulsion", "bread dough", "animal behaviour", "money"]
 
 
 async def test_multi_chunk_documents_exist(app: Starlette) -> None:
-    core, principal = await setup_corpus(app)
-    doc = await knowledge.get_doc(core=core, principal=principal, external_id="doc-1")
+    runtime, principal = await setup_corpus(app)
+    doc = await knowledge.get_doc(runtime=runtime, principal=principal, external_id="doc-1")
     assert doc.chunk_count >= 4
 
 
 async def test_two_stage_ranking_agrees_with_exact(
     app: Starlette, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    core, principal = await setup_corpus(app)
+    runtime, principal = await setup_corpus(app)
     scopes: list[dict[str, Any]] = [
         {},
         {"metadata": {"even": False}},
@@ -181,14 +181,14 @@ async def test_two_stage_ranking_agrees_with_exact(
     for scope in scopes:
         for query in QUERIES:
             body = {"query": query, "k": 3, "mode": "semantic", **scope}
-            exact = await run_search(core, principal, **body)  # scopes below 400 chunks: exact
+            exact = await run_search(runtime, principal, **body)  # scopes below 400 chunks: exact
             if not scope:
                 everything = [f"doc-{i}" for i in range(len(TOPICS))]
-                exact = await run_search(core, principal, **body, external_ids=everything)
+                exact = await run_search(runtime, principal, **body, external_ids=everything)
             with monkeypatch.context() as m:
-                m.setattr(index_module(core), "CANDIDATES_MIN", 0)
-                m.setattr(index_module(core), "CANDIDATES_PER_DOC", 8)
-                two_stage = await run_search(core, principal, **body)
+                m.setattr(index_module(runtime), "CANDIDATES_MIN", 0)
+                m.setattr(index_module(runtime), "CANDIDATES_PER_DOC", 8)
+                two_stage = await run_search(runtime, principal, **body)
             assert pairs(two_stage) == pairs(exact)
             assert len(exact.results) == 3
 
@@ -199,29 +199,29 @@ async def test_keyword_deepens_until_it_has_enough_documents(
     """Unscoped keyword search reads the best chunks only, deeper while they hold too few
     documents; scoped, it filters every match (SQLite) or reads the scope's best chunks
     (PostgreSQL, as deep as unscoped). All give the same ranking."""
-    core, principal = await setup_corpus(app)
+    runtime, principal = await setup_corpus(app)
     everything = [f"doc-{i}" for i in range(len(TOPICS))]
     queries = ["bread chess money", "magnetic field printing press", "puppy magma budget"]
     for query in queries:
         body = {"query": query, "k": 2, "mode": "keyword"}
-        scoped = await run_search(core, principal, external_ids=everything, **body)
+        scoped = await run_search(runtime, principal, external_ids=everything, **body)
         with monkeypatch.context() as m:
-            shallow_keyword_pass(core, m)
-            shallow = await run_search(core, principal, **body)
-            shallow_scoped = await run_search(core, principal, external_ids=everything, **body)
+            shallow_keyword_pass(runtime, m)
+            shallow = await run_search(runtime, principal, **body)
+            shallow_scoped = await run_search(runtime, principal, external_ids=everything, **body)
         assert pairs(shallow) == pairs(scoped) == pairs(shallow_scoped)
         assert len(scoped.results) == 2
 
 
 async def test_hybrid_fuses_the_two_modes(app: Starlette, monkeypatch: pytest.MonkeyPatch) -> None:
     """Without feedback, hybrid hits carry the scores the two other modes give, combined."""
-    core, principal = await setup_corpus(app)
+    runtime, principal = await setup_corpus(app)
     monkeypatch.setattr(search_service, "FEEDBACK_DOCS", 0)
     w = search_service.SEMANTIC_WEIGHT
     for query in [*QUERIES, "bread chess money"]:
-        hybrid = await run_search(core, principal, query=query, k=8)
-        semantic = await scores_of(core, principal, query=query, k=8, mode="semantic")
-        keyword = await scores_of(core, principal, query=query, k=8, mode="keyword")
+        hybrid = await run_search(runtime, principal, query=query, k=8)
+        semantic = await scores_of(runtime, principal, query=query, k=8, mode="semantic")
+        keyword = await scores_of(runtime, principal, query=query, k=8, mode="keyword")
         assert len(hybrid.results) == len(semantic) == 8  # every document, both ways
         for hit in hybrid.results:
             assert hit.semantic_score == pytest.approx(semantic[hit.external_id])
@@ -232,44 +232,44 @@ async def test_hybrid_fuses_the_two_modes(app: Starlette, monkeypatch: pytest.Mo
 
 
 async def test_hybrid_feedback_only_from_hits_above_the_junk_threshold(app: Starlette) -> None:
-    core, principal = await setup_corpus(app)
+    runtime, principal = await setup_corpus(app)
     threshold = search_service.JUNK_THRESHOLD
     # On topic: the best hits pass the threshold, the query moves towards them, and the
     # semantic part is the similarity to the moved query (higher for the top hit).
     body = {"query": "baking bread with sourdough starter", "k": 3}
-    hybrid = await run_search(core, principal, **body)
-    semantic = await scores_of(core, principal, **body, mode="semantic")
+    hybrid = await run_search(runtime, principal, **body)
+    semantic = await scores_of(runtime, principal, **body, mode="semantic")
     top = hybrid.results[0]
     assert top.external_id == "doc-1" and top.score >= threshold
     assert top.semantic_score is not None and top.semantic_score > semantic["doc-1"]
     # Off topic: nothing reaches the threshold, no feedback, the semantic parts are the
     # semantic mode's own.
     body = {"query": "chocolate cake recipe for a birthday", "k": 3}
-    junk = await run_search(core, principal, **body)
-    semantic = await scores_of(core, principal, **body, mode="semantic")
+    junk = await run_search(runtime, principal, **body)
+    semantic = await scores_of(runtime, principal, **body, mode="semantic")
     assert all(h.score < threshold for h in junk.results)
     assert {h.external_id: h.semantic_score for h in junk.results} == pytest.approx(
         {h.external_id: semantic[h.external_id] for h in junk.results}
     )
 
 
-async def scores_of(core: Core, principal: Principal, **body: Any) -> dict[str, float]:
-    return {h.external_id: h.score for h in (await run_search(core, principal, **body)).results}
+async def scores_of(runtime: Runtime, principal: Principal, **body: Any) -> dict[str, float]:
+    return {h.external_id: h.score for h in (await run_search(runtime, principal, **body)).results}
 
 
 async def test_a_shallow_first_pass_deepens_to_the_exact_ranking(
     app: Starlette, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    core, principal = await setup_corpus(app)
+    runtime, principal = await setup_corpus(app)
     everything = [f"doc-{i}" for i in range(len(TOPICS))]
     for query in QUERIES:
         body = {"query": query, "k": 6, "mode": "semantic"}
-        exact = await run_search(core, principal, external_ids=everything, **body)
+        exact = await run_search(runtime, principal, external_ids=everything, **body)
         with monkeypatch.context() as m:
             # The first pass keeps 6 chunks: the long documents fill it with repeats.
-            m.setattr(index_module(core), "CANDIDATES_MIN", 0)
-            m.setattr(index_module(core), "CANDIDATES_PER_DOC", 1)
-            grown = await run_search(core, principal, **body)
+            m.setattr(index_module(runtime), "CANDIDATES_MIN", 0)
+            m.setattr(index_module(runtime), "CANDIDATES_PER_DOC", 1)
+            grown = await run_search(runtime, principal, **body)
         # The same documents; a shallow pass may show a document's second-best chunk.
         assert [h.external_id for h in grown.results] == [h.external_id for h in exact.results]
         assert len(grown.results) == 6
@@ -279,17 +279,17 @@ async def test_identical_documents_tie_in_upload_order_with_equal_scores(app: St
     """Copies of one text have the same vector, hence the same score: they rank by chunk id
     (upload order) wherever they fall among the chunks scored, in the exact pass over a scope
     (the copies last, uploaded last) and in the coarse-then-exact pass alike."""
-    core: Core = app.state.core
-    principal = await accounts.authenticate(core=core, api_key=await new_key(app, plan="unlimited"))
+    runtime: Runtime = app.state.runtime
+    principal = await accounts.authenticate(runtime=runtime, api_key=await new_key(app, plan="unlimited"))
     copies = [f"copy-{i}" for i in range(5)]
     items = [
         KnowledgeDocItem(external_id=f"doc-{i}", title=None, content=TOPICS[i]) for i in range(2)
     ] + [KnowledgeDocItem(external_id=c, title=None, content=TOPICS[4]) for c in copies]
-    await knowledge.upsert_many(core=core, principal=principal, items=items)
+    await knowledge.upsert_many(runtime=runtime, principal=principal, items=items)
     everything = [item.external_id for item in items]
     for query in [*QUERIES, *TOPICS]:
         for scope in ({}, {"external_ids": everything}):
-            found = await run_search(core, principal, query=query, k=10, mode="semantic", **scope)
+            found = await run_search(runtime, principal, query=query, k=10, mode="semantic", **scope)
             hits = [h for h in found.results if h.external_id in copies]
             assert [h.external_id for h in hits] == copies, (query, scope)
             assert len({h.score for h in hits}) == 1, (query, scope, [h.score for h in hits])

@@ -22,7 +22,7 @@ from app.embedding.embedder import Embedder, Model
 from app.models import Chunk, KnowledgeDoc, KnowledgeDocItem, SearchRequest, User, utcnow
 from app.services import accounts, knowledge
 from app.services import search as search_service
-from app.services.runtime import Core, Principal
+from app.services.runtime import Principal, Runtime
 from app.settings import Settings
 from app.storage import migrations
 from app.storage.database import Database, SchemaError, async_url
@@ -380,11 +380,11 @@ async def test_postgres_unreachable_is_one_line(tmp_path: Path) -> None:
     await database.dispose()
 
 
-async def _searches(core: Core, principal: Principal) -> list[list[tuple[str, int, float]]]:
+async def _searches(runtime: Runtime, principal: Principal) -> list[list[tuple[str, int, float]]]:
     found = []
     for query in QUERIES:
         request = SearchRequest(query=query, mode="hybrid", k=5)
-        response = await search_service.search(core=core, principal=principal, request=request)
+        response = await search_service.search(runtime=runtime, principal=principal, request=request)
         found.append([(h.external_id, h.chunk_index, h.score) for h in response.results])
     return found
 
@@ -416,23 +416,23 @@ async def test_revision_0004_keeps_chunk_ids_and_never_hands_one_out_again(
     embedder = Embedder(model=model)
     await embedder.start()
     try:
-        core = Core(settings=settings, db=database, embedder=embedder)
-        await accounts.create_user(core=core, email="a@x.example", plan_id="unlimited")
-        key = (await accounts.create_key(core=core, email="a@x.example")).key
-        principal = await accounts.authenticate(core=core, api_key=key)
+        runtime = Runtime(settings=settings, db=database, embedder=embedder)
+        await accounts.create_user(runtime=runtime, email="a@x.example", plan_id="unlimited")
+        key = (await accounts.create_key(runtime=runtime, email="a@x.example")).key
+        principal = await accounts.authenticate(runtime=runtime, api_key=key)
         items = [_doc(f"doc-{i}", topic) for i, topic in enumerate(TOPICS)]
-        await knowledge.upsert_many(core=core, principal=principal, items=items)
+        await knowledge.upsert_many(runtime=runtime, principal=principal, items=items)
         # At 0003 the largest ids come back once their rows are gone.
         last = await _chunk_ids(database, "doc-7")
-        await knowledge.delete_doc(core=core, principal=principal, external_id="doc-7")
-        await knowledge.upsert_many(core=core, principal=principal, items=[items[7]])
+        await knowledge.delete_doc(runtime=runtime, principal=principal, external_id="doc-7")
+        await knowledge.upsert_many(runtime=runtime, principal=principal, items=[items[7]])
         assert await _chunk_ids(database, "doc-7") == last
-        before, ids = await _searches(core, principal), await _chunk_ids(database)
+        before, ids = await _searches(runtime, principal), await _chunk_ids(database)
         await database.dispose()
 
         database = Database(settings)
         assert (await database.migrate()).revision == "0003"
-        core = Core(settings=settings, db=database, embedder=embedder)
+        runtime = Runtime(settings=settings, db=database, embedder=embedder)
         assert await _chunk_ids(database) == ids
         async with database.read() as session:
             for table in ("SELECT chunk_id FROM chunk_vectors", "SELECT rowid FROM chunk_fts"):
@@ -440,10 +440,10 @@ async def test_revision_0004_keeps_chunk_ids_and_never_hands_one_out_again(
                 assert list(rows) == ids, table
             sequence = "SELECT seq FROM sqlite_sequence WHERE name = 'chunks'"
             assert (await session.execute(text(sequence))).scalar_one() == ids[-1]
-        assert await _searches(core, principal) == before
+        assert await _searches(runtime, principal) == before
 
-        await knowledge.delete_doc(core=core, principal=principal, external_id="doc-7")
-        await knowledge.upsert_many(core=core, principal=principal, items=[_doc("new", "tea")])
+        await knowledge.delete_doc(runtime=runtime, principal=principal, external_id="doc-7")
+        await knowledge.upsert_many(runtime=runtime, principal=principal, items=[_doc("new", "tea")])
         assert min(await _chunk_ids(database, "new")) == ids[-1] + 1
     finally:
         await embedder.stop()

@@ -126,7 +126,7 @@ async def test_a_read_only_disk_answers_503_and_recovers(
 ) -> None:
     app = await make_app(data_dir=small_disk)
     key = await new_key(app, plan="unlimited")
-    db = app.state.core.db
+    db = app.state.runtime.db
     async with client_for(app, **{"X-Api-Key": key}) as api:
         r = await api.put(DOC + "kept", json={"content": "Stored before the remount."})
         assert r.status_code == 201, r.text

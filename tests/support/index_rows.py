@@ -16,7 +16,7 @@ _TABLES = {
 
 async def index_counts(app: Starlette) -> dict[str, int]:
     """Rows of `knowledge_docs`, `chunks`, `vectors` and `keywords`."""
-    db = app.state.core.db
+    db = app.state.runtime.db
     tables = {"knowledge_docs": "knowledge_docs", "chunks": "chunks", **_TABLES[db.dialect]}
     async with db.read() as session:
         return {

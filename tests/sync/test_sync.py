@@ -157,10 +157,10 @@ async def test_resync_is_free_and_prune_stays_in_its_source(app: Starlette, tmp_
         report = await sync_folder(api, two)
         assert report.created == 2  # same relative paths, other source: other documents
 
-        embedded = app.state.core.embedder.stats.texts
+        embedded = app.state.runtime.embedder.stats.texts
         report = await sync_folder(api, one)
         assert (report.created, report.updated, report.no_op) == (0, 0, 2)
-        assert app.state.core.embedder.stats.texts == embedded
+        assert app.state.runtime.embedder.stats.texts == embedded
 
         # A file removed from `two`, a file grown too large in `two` (still there: kept).
         (two / "a.md").unlink()

@@ -26,7 +26,7 @@ def csrf_of(page: httpx.Response) -> str:
 
 @pytest.fixture
 async def browser(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
-    await accounts.create_user(core=app.state.core, email=EMAIL, password=PASSWORD)
+    await accounts.create_user(runtime=app.state.runtime, email=EMAIL, password=PASSWORD)
     async with client_for(app) as client:
         yield client
 
@@ -52,12 +52,12 @@ async def test_pages_need_a_session(browser: httpx.AsyncClient) -> None:
 async def test_api_keys_are_refused_on_dashboard_routes(
     app: Starlette, browser: httpx.AsyncClient
 ) -> None:
-    key = (await accounts.create_key(core=app.state.core, email=EMAIL)).key
+    key = (await accounts.create_key(runtime=app.state.runtime, email=EMAIL)).key
     headers = {"X-Api-Key": key}
     for method, path in (("GET", "/api-keys"), ("POST", "/api-keys"), ("GET", "/login")):
         r = await browser.request(method, path, headers=headers, data={"name": "x"})
         assert_problem(r, 403, "auth.forbidden")
-    assert len(await accounts.list_keys(core=app.state.core, email=EMAIL)) == 1
+    assert len(await accounts.list_keys(runtime=app.state.runtime, email=EMAIL)) == 1
 
 
 async def test_wrong_password_is_refused(browser: httpx.AsyncClient) -> None:
@@ -76,7 +76,7 @@ async def test_csrf_is_checked_on_every_form(app: Starlette, browser: httpx.Asyn
     await sign_in(browser)
     for data in ({"name": "x"}, {"name": "x", "csrf_token": "forged"}):
         assert_problem(await browser.post("/api-keys", data=data), 403, "auth.forbidden")
-    assert await accounts.list_keys(core=app.state.core, email=EMAIL) == []
+    assert await accounts.list_keys(runtime=app.state.runtime, email=EMAIL) == []
 
 
 async def test_key_rotation_through_the_dashboard(
@@ -92,7 +92,7 @@ async def test_key_rotation_through_the_dashboard(
     new_key = key.group(1)
     page = await browser.get("/api-keys")  # the reload: the list, and no key in full
     assert new_key not in page.text and new_key[:12] in page.text and "catalogue sync" in page.text
-    assert len(await accounts.list_keys(core=app.state.core, email=EMAIL)) == 1
+    assert len(await accounts.list_keys(runtime=app.state.runtime, email=EMAIL)) == 1
 
     async with client_for(app, **{"X-Api-Key": new_key}) as api:
         assert (await api.get("/api/knowledge/docs")).status_code == 200
@@ -102,25 +102,25 @@ async def test_key_rotation_through_the_dashboard(
         # A delete that did not come from the confirmation page asks there first.
         r = await browser.post(f"/api-keys/{new_key[:12]}/delete", data={"csrf_token": token})
         assert r.status_code == 303 and r.headers["location"] == f"/api-keys/{new_key[:12]}/delete"
-        assert len(await accounts.list_keys(core=app.state.core, email=EMAIL)) == 1
+        assert len(await accounts.list_keys(runtime=app.state.runtime, email=EMAIL)) == 1
         confirm = await browser.get(r.headers["location"])
         assert confirm.status_code == 200 and 'name="confirm" value="yes"' in confirm.text
         r = await browser.post(
             f"/api-keys/{new_key[:12]}/delete", data={"csrf_token": token, "confirm": "yes"}
         )
         assert r.status_code == 303 and r.headers["location"] == "/api-keys"
-    assert await accounts.list_keys(core=app.state.core, email=EMAIL) == []
+    assert await accounts.list_keys(runtime=app.state.runtime, email=EMAIL) == []
 
 
 async def test_users_cannot_touch_other_users_keys(
     app: Starlette, browser: httpx.AsyncClient
 ) -> None:
-    await accounts.create_user(core=app.state.core, email="other@example.com")
-    other = await accounts.create_key(core=app.state.core, email="other@example.com")
+    await accounts.create_user(runtime=app.state.runtime, email="other@example.com")
+    other = await accounts.create_key(runtime=app.state.runtime, email="other@example.com")
     token = await sign_in(browser)
     r = await browser.post(f"/api-keys/{other.prefix}/disable", data={"csrf_token": token})
     assert_problem(r, 404, "account.key_not_found")
-    keys = await accounts.list_keys(core=app.state.core, email="other@example.com")
+    keys = await accounts.list_keys(runtime=app.state.runtime, email="other@example.com")
     assert [k.status for k in keys] == ["active"]
 
 

@@ -46,7 +46,7 @@ def assert_dashboard_page(r: httpx.Response) -> None:
 
 
 async def test_html_pages_carry_security_headers(app: Starlette) -> None:
-    await accounts.create_user(core=app.state.core, email=EMAIL, password=PASSWORD)
+    await accounts.create_user(runtime=app.state.runtime, email=EMAIL, password=PASSWORD)
     async with client_for(app) as browser:
         login = await browser.get("/login")
         assert_dashboard_page(login)
@@ -107,7 +107,7 @@ async def test_local_session_cookie_works_over_plain_http(app: Starlette) -> Non
 
 
 async def test_dashboard_forms_are_bounded(app: Starlette) -> None:
-    await accounts.create_user(core=app.state.core, email=EMAIL, password=PASSWORD)
+    await accounts.create_user(runtime=app.state.runtime, email=EMAIL, password=PASSWORD)
     async with client_for(app) as browser:
         token = csrf_of(await browser.get("/login"))
         form = {"email": EMAIL, "password": PASSWORD, "csrf_token": token}

@@ -67,9 +67,9 @@ async def seed(api: httpx.AsyncClient, docs: list[dict[str, str]]) -> str:
 @pytest.fixture
 async def signed_in(app: Starlette) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient]]:
     """(a signed-in browser, an API client of the same user)."""
-    core = app.state.core
-    await accounts.create_user(core=core, email=EMAIL, password=PASSWORD, plan_id="unlimited")
-    key = (await accounts.create_key(core=core, email=EMAIL)).key
+    runtime = app.state.runtime
+    await accounts.create_user(runtime=runtime, email=EMAIL, password=PASSWORD, plan_id="unlimited")
+    key = (await accounts.create_key(runtime=runtime, email=EMAIL)).key
     async with client_for(app) as browser, client_for(app, **{"X-Api-Key": key}) as api:
         token = csrf_of(await browser.get("/login"))
         r = await browser.post(
@@ -176,9 +176,9 @@ async def test_personas_and_their_documents(
     assert attached == ["faq:returns", "faq:shipping"]
 
     # Another user's persona is not found, exactly like a missing one.
-    core = app.state.core
-    await accounts.create_user(core=core, email="else@example.com", plan_id="unlimited")
-    other_key = (await accounts.create_key(core=core, email="else@example.com")).key
+    runtime = app.state.runtime
+    await accounts.create_user(runtime=runtime, email="else@example.com", plan_id="unlimited")
+    other_key = (await accounts.create_key(runtime=runtime, email="else@example.com")).key
     async with client_for(app, **{"X-Api-Key": other_key}) as other:
         theirs = (await other.post("/api/personas", json={"name": "Theirs"})).json()["id"]
     r = await browser.get(f"/dashboard/personas/{theirs}")

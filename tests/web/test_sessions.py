@@ -41,7 +41,7 @@ def browser_at(app: Starlette, address: str = "127.0.0.1") -> httpx.AsyncClient:
 
 async def users(app: Starlette, *emails: str) -> None:
     for email in emails:
-        await accounts.create_user(core=app.state.core, email=email, password=PASSWORD)
+        await accounts.create_user(runtime=app.state.runtime, email=email, password=PASSWORD)
 
 
 async def attempt(browser: httpx.AsyncClient, email: str, password: str) -> httpx.Response:
@@ -78,7 +78,7 @@ async def test_sign_out_revokes_the_session(app: Starlette) -> None:
             assert r.status_code == 303 and r.headers["location"] == "/login"
             r = await thief.post("/api-keys", data={"name": "stolen", "csrf_token": token})
             assert r.status_code == 303 and r.headers["location"] == "/login"
-    assert await accounts.list_keys(core=app.state.core, email=EMAIL) == []
+    assert await accounts.list_keys(runtime=app.state.runtime, email=EMAIL) == []
 
 
 async def test_sessions_survive_restarts_and_are_shared_between_processes(
@@ -176,9 +176,9 @@ async def test_deleting_a_user_ends_their_sessions(app: Starlette) -> None:
     await users(app, EMAIL)
     async with browser_at(app) as browser:
         await sign_in(browser)
-        async with app.state.core.db.write() as session:
+        async with app.state.runtime.db.write() as session:
             await session.execute(delete(User).where(col(User.email) == EMAIL))
         r = await browser.get("/api-keys")
         assert r.status_code == 303 and r.headers["location"] == "/login"
-    async with app.state.core.db.read() as session:
+    async with app.state.runtime.db.read() as session:
         assert (await session.execute(select(DashboardSession))).first() is None

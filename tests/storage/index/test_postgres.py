@@ -19,7 +19,7 @@ from starlette.applications import Starlette
 
 from app.models import KnowledgeDocItem
 from app.services import accounts, knowledge
-from app.services.runtime import Core, Principal
+from app.services.runtime import Principal, Runtime
 from app.settings import Settings
 from app.storage import migrations
 from app.storage.database import Database
@@ -67,13 +67,13 @@ async def derived(session: AsyncSession) -> tuple[set[tuple[Any, ...]], set[tupl
     return postings, stats
 
 
-async def in_step(core: Core) -> tuple[set[tuple[Any, ...]], set[tuple[Any, ...]]]:
-    async with core.db.read() as session:
+async def in_step(runtime: Runtime) -> tuple[set[tuple[Any, ...]], set[tuple[Any, ...]]]:
+    async with runtime.db.read() as session:
         return await derived(session)
 
 
 async def user(app: Starlette, email: str) -> Principal:
-    return await accounts.authenticate(core=app.state.core, api_key=await new_key(app, email))
+    return await accounts.authenticate(runtime=app.state.runtime, api_key=await new_key(app, email))
 
 
 def item(external_id: str, content: str, title: str | None = None) -> KnowledgeDocItem:
@@ -81,10 +81,10 @@ def item(external_id: str, content: str, title: str | None = None) -> KnowledgeD
 
 
 async def test_postings_and_statistics_follow_every_change(app: Starlette) -> None:
-    core: Core = app.state.core
+    runtime: Runtime = app.state.runtime
     ann, bob = await user(app, "ann@example.com"), await user(app, "bob@example.com")
     await knowledge.upsert_many(
-        core=core,
+        runtime=runtime,
         principal=ann,
         items=[
             item("a", long_text(TOPICS[0], 30), title="Jet engines"),
@@ -92,35 +92,35 @@ async def test_postings_and_statistics_follow_every_change(app: Starlette) -> No
         ],
     )
     await knowledge.upsert_many(
-        core=core, principal=bob, items=[item("c", long_text(TOPICS[2], 3))]
+        runtime=runtime, principal=bob, items=[item("c", long_text(TOPICS[2], 3))]
     )
-    postings, stats = await in_step(core)
+    postings, stats = await in_step(runtime)
     assert {s[0] for s in stats} == {ann.user_id, bob.user_id}
     assert ("bread", 3) in {(p[1], p[3]) for p in postings if p[0] == ann.user_id}
 
     # A new title changes every chunk's terms and length; new content replaces the chunks.
     await knowledge.upsert_many(
-        core=core,
+        runtime=runtime,
         principal=ann,
         items=[
             item("a", long_text(TOPICS[0], 30), title="Turbofan propulsion explained"),
             item("b", "Sourdough starter, flour and water.", title="Baking"),
         ],
     )
-    postings, _ = await in_step(core)
+    postings, _ = await in_step(runtime)
     ann_terms = {p[1] for p in postings if p[0] == ann.user_id}
     assert {"turbofan", "sourdough"} <= ann_terms and "bread" not in ann_terms
 
-    await knowledge.delete_doc(core=core, principal=ann, external_id="b")
-    await in_step(core)
+    await knowledge.delete_doc(runtime=runtime, principal=ann, external_id="b")
+    await in_step(runtime)
     # A path that forgets the index (the cascade from knowledge_docs) is kept in step too.
-    async with core.db.write() as session:
+    async with runtime.db.write() as session:
         await session.execute(text("DELETE FROM knowledge_docs WHERE external_id = 'c'"))
-    postings, stats = await in_step(core)
+    postings, stats = await in_step(runtime)
     assert {p[0] for p in postings} == {s[0] for s in stats} == {ann.user_id}
 
-    await accounts.delete_user(core=core, email="ann@example.com")
-    assert await in_step(core) == (set(), set())
+    await accounts.delete_user(runtime=runtime, email="ann@example.com")
+    assert await in_step(runtime) == (set(), set())
 
 
 def same(got: list[Ranked], want: list[Ranked]) -> bool:
@@ -134,17 +134,17 @@ async def test_every_way_of_ranking_gives_the_same_ranking(
 ) -> None:
     """A shallow first pass deepened, and a scope applied by lookups or by a hash join, rank
     as the whole account ranked at once does."""
-    core: Core = app.state.core
+    runtime: Runtime = app.state.runtime
     owner = await user(app, "owner@example.com")
     items = [
         item(f"doc-{i}", long_text(topic, 12 if i % 2 else 1), title=f"Notes {i}")
         for i, topic in enumerate(TOPICS)
     ]
-    await knowledge.upsert_many(core=core, principal=owner, items=items)
-    index = core.index
+    await knowledge.upsert_many(runtime=runtime, principal=owner, items=items)
+    index = runtime.index
     queries = ["case series note", "bread chess money magma", "magnetic field press", "note 3"]
     scopes = [["doc-1", "doc-2"], [f"doc-{i}" for i in range(0, 8, 2)]]
-    async with core.db.read() as session:
+    async with runtime.db.read() as session:
         ids = dict(
             (await session.execute(text("SELECT external_id, id FROM knowledge_docs"))).all()
         )
@@ -219,19 +219,19 @@ async def reference(session: AsyncSession, user_id: int, query: str, depth: int)
 async def test_keyword_scores_are_bm25_over_the_users_chunks(app: Starlette) -> None:
     """FTS5's formula and constants over the user's own chunks (another tenant's chunks with
     the same words weigh nothing), computed here from the tsvectors in `chunk_terms`."""
-    core: Core = app.state.core
+    runtime: Runtime = app.state.runtime
     owner, other = await user(app, "owner@example.com"), await user(app, "other@example.com")
     items = [
         item(f"doc-{i}", long_text(topic, 12 if i % 2 else 1), title=f"Notes {i}")
         for i, topic in enumerate(TOPICS)
     ]
-    await knowledge.upsert_many(core=core, principal=owner, items=items)
-    await knowledge.upsert_many(core=core, principal=other, items=items[:3])
-    async with core.db.read() as session:
+    await knowledge.upsert_many(runtime=runtime, principal=owner, items=items)
+    await knowledge.upsert_many(runtime=runtime, principal=other, items=items[:3])
+    async with runtime.db.read() as session:
         for query in ["bread starter culture", "case series note", "the magnetic field 3"]:
             for depth in (1, 8):
                 want = await reference(session, owner.user_id, query, depth)
-                got = await core.index.keyword(
+                got = await runtime.index.keyword(
                     session, user_id=owner.user_id, query=query, depth=depth, within=None
                 )
                 assert want and same(got, want), query

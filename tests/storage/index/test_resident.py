@@ -12,7 +12,7 @@ import sqlean
 from starlette.applications import Starlette
 
 from app.embedding.embedder import DIMS
-from app.services.runtime import Core, Principal
+from app.services.runtime import Principal, Runtime
 from app.storage.index import resident as resident_module
 from app.storage.index.resident import PER_CHUNK_OVERHEAD, ResidentStore
 from app.storage.index.sqlite import SqliteIndex
@@ -24,39 +24,39 @@ from tests.storage.index.test_vector_cache import Hit, answers, hits, rewrite_co
 pytestmark = [pytest.mark.anyio, pytest.mark.engines("sqlite")]
 
 
-def store_of(core: Core) -> ResidentStore:
-    assert isinstance(core.index, SqliteIndex)
-    return core.index.residents
+def store_of(runtime: Runtime) -> ResidentStore:
+    assert isinstance(runtime.index, SqliteIndex)
+    return runtime.index.residents
 
 
 async def per_chunk(
-    core: Core, principal: Principal, monkeypatch: pytest.MonkeyPatch, **body: Any
+    runtime: Runtime, principal: Principal, monkeypatch: pytest.MonkeyPatch, **body: Any
 ) -> list[list[Hit]]:
     """The same searches with no user kept whole (nor its documents named from the kept matrix
     for the keyword ranking)."""
     with monkeypatch.context() as m:
         m.setattr(ResidentStore, "current", lambda *_args: None)
         m.setattr(ResidentStore, "latest", lambda *_args: None)
-        return await answers(core, principal, **body)
+        return await answers(runtime, principal, **body)
 
 
 async def test_a_kept_user_ranks_exactly_as_the_per_chunk_path(
     app: Starlette, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    core, principal = await setup_corpus(app)
-    store = store_of(core)
-    kept = await answers(core, principal)
+    runtime, principal = await setup_corpus(app)
+    store = store_of(runtime)
+    kept = await answers(runtime, principal)
     assert len(store) == 1 and store.builds == 1  # built once, then served
     assert store.hits > 0
-    assert kept == await per_chunk(core, principal, monkeypatch)
+    assert kept == await per_chunk(runtime, principal, monkeypatch)
     everything = [f"doc-{i}" for i in range(len(TOPICS))]
     for scope in (["doc-1", "doc-3"], everything):
-        assert await answers(core, principal, external_ids=scope) == await per_chunk(
-            core, principal, monkeypatch, external_ids=scope
+        assert await answers(runtime, principal, external_ids=scope) == await per_chunk(
+            runtime, principal, monkeypatch, external_ids=scope
         )
     # Deep passes (every chunk a candidate) rank the same too.
     monkeypatch.setattr("app.storage.index.sqlite.CANDIDATES_MIN", 10_000)
-    assert await answers(core, principal) == await per_chunk(core, principal, monkeypatch)
+    assert await answers(runtime, principal) == await per_chunk(runtime, principal, monkeypatch)
     assert store.builds == 1
 
 
@@ -66,11 +66,11 @@ async def test_writes_rebuild_the_kept_matrix_from_the_old_one(
     """A document replaced by other text (new chunk rows), one deleted, one added, after the
     user was kept: the next search sees other chunk ids, rebuilds (reading only the new chunks)
     and answers as the per-chunk path does."""
-    core, principal = await setup_corpus(app)
-    await answers(core, principal)
-    store = store_of(core)
+    runtime, principal = await setup_corpus(app)
+    await answers(runtime, principal)
+    store = store_of(runtime)
     builds = store.builds
-    await rewrite_corpus(core, principal)
+    await rewrite_corpus(runtime, principal)
     last = len(TOPICS) - 1
     read: list[int] = []
     original = resident_module.read_entries
@@ -80,9 +80,9 @@ async def test_writes_rebuild_the_kept_matrix_from_the_old_one(
         return original(conn, chunk_ids)
 
     monkeypatch.setattr(resident_module, "read_entries", counting)
-    after = await answers(core, principal)
+    after = await answers(runtime, principal)
     assert store.builds == builds + 1
-    async with core.db.read() as session:
+    async with runtime.db.read() as session:
         new = await run_on_connection(
             session,
             lambda conn: [
@@ -95,7 +95,7 @@ async def test_writes_rebuild_the_kept_matrix_from_the_old_one(
             ],
         )
     assert sorted(read) == sorted(new)  # only the new chunks were read
-    assert after == await per_chunk(core, principal, monkeypatch)
+    assert after == await per_chunk(runtime, principal, monkeypatch)
     assert not any(hit[0] == "doc-2" for answer in after for hit in answer)
 
 
@@ -106,16 +106,16 @@ async def test_keyword_rankings_name_documents_from_a_kept_matrix_of_any_snapsho
     join, even a matrix older than the search's snapshot (documents written since): the chunks
     it holds map right in every snapshot, the new ones are looked up. The same answers as the
     join, bit for bit."""
-    core, principal = await setup_corpus(app)
-    await answers(core, principal)
-    store = store_of(core)
+    runtime, principal = await setup_corpus(app)
+    await answers(runtime, principal)
+    store = store_of(runtime)
     old = store.latest(principal.user_id)
     assert old is not None
-    await rewrite_corpus(core, principal)  # new chunks the kept matrix lacks; no search since
+    await rewrite_corpus(runtime, principal)  # new chunks the kept matrix lacks; no search since
 
     async def keyword() -> list[list[Hit]]:
         return [
-            hits(await run_search(core, principal, query=q, mode="keyword", k=10, **body))
+            hits(await run_search(runtime, principal, query=q, mode="keyword", k=10, **body))
             for q in (*QUERIES, TOPICS[0], TOPICS[2], "doc")
             for body in ({}, {"external_ids": ["new", "doc-1", "doc-3"]})
         ]
@@ -133,10 +133,10 @@ async def test_keyword_rankings_name_documents_from_a_kept_matrix_of_any_snapsho
 
 
 async def test_the_store_keeps_to_its_bounds(app: Starlette) -> None:
-    core, principal = await setup_corpus(app)
+    runtime, principal = await setup_corpus(app)
 
     async def chunk_ids() -> np.ndarray:
-        async with core.db.read() as session:
+        async with runtime.db.read() as session:
             return await run_on_connection(
                 session, lambda conn: read_all_bits(conn, principal.user_id).ids
             )
@@ -145,7 +145,7 @@ async def test_the_store_keeps_to_its_bounds(app: Starlette) -> None:
     one_user = len(ids) * (DIMS * 4 + PER_CHUNK_OVERHEAD)
 
     async def current(store: ResidentStore, user_id: int) -> Any:
-        async with core.db.read() as session:
+        async with runtime.db.read() as session:
             return await run_on_connection(session, lambda conn: store.current(conn, user_id, ids))
 
     assert await current(ResidentStore(0), principal.user_id) is None

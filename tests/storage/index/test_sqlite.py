@@ -18,7 +18,7 @@ from starlette.applications import Starlette
 from app.embedding.embedder import DIMS
 from app.models import Chunk, KnowledgeDocItem
 from app.services import accounts, knowledge
-from app.services.runtime import Core
+from app.services.runtime import Runtime
 from app.storage.index import Ranked, sqlite_vectors
 from app.storage.index import sqlite as sqlite_index
 from app.storage.index.sqlite_keywords import match_expression
@@ -82,10 +82,10 @@ def test_equal_vectors_score_equal_wherever_they_sit() -> None:
 
 
 async def test_quantize_matches_sqlite_vec(app: Starlette) -> None:
-    core: Core = app.state.core
+    runtime: Runtime = app.state.runtime
     vectors = np.random.default_rng(3).standard_normal((5, DIMS)).astype(np.float32)
     vectors[0, :10] = 0.0  # zero is not positive
-    async with core.db.read() as session:
+    async with runtime.db.read() as session:
         for vector, bits in zip(vectors, quantize(vectors), strict=True):
             theirs = (
                 await session.execute(
@@ -98,19 +98,19 @@ async def test_quantize_matches_sqlite_vec(app: Starlette) -> None:
 async def test_the_bit_scan_agrees_with_vec0_knn(app: Starlette) -> None:
     """The coarse pass (`read_all_bits`, `nearest_bits`) reads vec0's blocks itself: same distances
     as vec0's own KNN (this fails first should an upgrade of sqlite-vec change its layout)."""
-    core, principal = await setup_corpus(app)
+    runtime, principal = await setup_corpus(app)
     other = await accounts.authenticate(
-        core=core, api_key=await new_key(app, email="o@example.com", plan="unlimited")
+        runtime=runtime, api_key=await new_key(app, email="o@example.com", plan="unlimited")
     )
     await knowledge.upsert_many(
-        core=core,
+        runtime=runtime,
         principal=other,
         items=[KnowledgeDocItem(external_id="x", title=None, content=long_text(TOPICS[0], 20))],
     )
-    await knowledge.delete_doc(core=core, principal=principal, external_id="doc-3")
-    vector = (await core.embedder.embed(["rocket propulsion"]))[0]
-    async with core.db.read() as session:
-        total = await core.index.vectors.count(session, user_id=principal.user_id)
+    await knowledge.delete_doc(runtime=runtime, principal=principal, external_id="doc-3")
+    vector = (await runtime.embedder.embed(["rocket propulsion"]))[0]
+    async with runtime.db.read() as session:
+        total = await runtime.index.vectors.count(session, user_id=principal.user_id)
         ids, eligible = await coarse_pass(session, principal.user_id, vector, n=total)
         rows = await session.execute(
             text(
@@ -159,7 +159,7 @@ async def coarse_pass(
 async def test_the_coarse_pass_grows_until_it_has_enough_documents(
     app: Starlette, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    core, principal = await setup_corpus(app)
+    runtime, principal = await setup_corpus(app)
     grew = 0
     passes: list[int] = []
 
@@ -170,14 +170,14 @@ async def test_the_coarse_pass_grows_until_it_has_enough_documents(
     everything = [f"doc-{i}" for i in range(len(TOPICS))]
     for query in QUERIES:
         body = {"query": query, "k": 6, "mode": "semantic"}
-        exact = await run_search(core, principal, external_ids=everything, **body)
+        exact = await run_search(runtime, principal, external_ids=everything, **body)
         with monkeypatch.context() as m:
             # The first pass keeps 6 chunks: the long documents fill it with repeats.
             m.setattr(sqlite_index, "CANDIDATES_MIN", 0)
             m.setattr(sqlite_index, "CANDIDATES_PER_DOC", 1)
             passes.clear()
             m.setattr(sqlite_index, "nearest_positions", spy)
-            grown = await run_search(core, principal, **body)
+            grown = await run_search(runtime, principal, **body)
         assert passes[0] == 6
         # The same documents; a shallow pass may show a document's second-best chunk.
         assert [h.external_id for h in grown.results] == [h.external_id for h in exact.results]
@@ -192,14 +192,14 @@ async def test_a_pass_over_more_candidates_than_kept_ranks_the_same_in_batches(
     """Past `KEEP_MAX` candidates a pass reads their vectors a batch at a time and keeps none:
     the same documents, chunks and scores as the pass that keeps them, deepened or not, and
     the feedback vectors are still read."""
-    core, principal = await setup_corpus(app)
+    runtime, principal = await setup_corpus(app)
     monkeypatch.setattr(sqlite_vectors, "_BATCH", 7)  # several batches over the corpus
     monkeypatch.setattr(sqlite_index, "CANDIDATES_MIN", 5)  # a first pass of 5 chunks, kept
     monkeypatch.setattr(sqlite_index, "CANDIDATES_PER_DOC", 0)
 
     async def rank(vector: np.ndarray, depth: int) -> tuple[list[Ranked], list[Ranked], int]:
-        async with core.db.read() as session:
-            ranker = core.index.ranker(session, user_id=principal.user_id, within=None)
+        async with runtime.db.read() as session:
+            ranker = runtime.index.ranker(session, user_id=principal.user_id, within=None)
             assert isinstance(ranker, sqlite_index.SqliteRanker)
             first = await ranker.rank(vector, depth)
             again = await ranker.rank(vector, depth)
@@ -208,7 +208,7 @@ async def test_a_pass_over_more_candidates_than_kept_ranks_the_same_in_batches(
             return first, again, len(ranker._vectors.rows)
 
     for query in QUERIES:
-        vector = (await core.embedder.embed([query], lane="query"))[0]
+        vector = (await runtime.embedder.embed([query], lane="query"))[0]
         for depth in (1, 3, 6, 100):
             expected, _, _ = await rank(vector, depth)
             with monkeypatch.context() as m:
@@ -225,7 +225,7 @@ async def test_the_bit_vectors_are_read_while_the_query_is_embedded(
     """A search reads its bit vectors (and finds the kept matrix) beside the embedding of its
     query, not after it: here the embedding cannot finish until they are read. Once per
     search, in every mode that ranks by meaning; not at all for a scope scored whole."""
-    core, principal = await setup_corpus(app)
+    runtime, principal = await setup_corpus(app)
     read = asyncio.Event()
     reads = 0
     read_all_bits = sqlite_index.read_all_bits
@@ -237,7 +237,7 @@ async def test_the_bit_vectors_are_read_while_the_query_is_embedded(
         core_loop.call_soon_threadsafe(read.set)
         return bits
 
-    embed = core.embedder.embed
+    embed = runtime.embedder.embed
 
     async def embed_after_the_read(texts: Any, **kwargs: Any) -> Any:
         await asyncio.wait_for(read.wait(), timeout=10)
@@ -245,13 +245,13 @@ async def test_the_bit_vectors_are_read_while_the_query_is_embedded(
 
     core_loop = asyncio.get_running_loop()
     monkeypatch.setattr(sqlite_index, "read_all_bits", reading)
-    monkeypatch.setattr(core.embedder, "embed", embed_after_the_read)
+    monkeypatch.setattr(runtime.embedder, "embed", embed_after_the_read)
     for mode in ("hybrid", "semantic"):
         read.clear()
         reads = 0
-        answer = await run_search(core, principal, query=QUERIES[0], mode=mode, k=3)
+        answer = await run_search(runtime, principal, query=QUERIES[0], mode=mode, k=3)
         assert answer.results and reads == 1, mode
     read.set()
     reads = 0
-    await run_search(core, principal, query=QUERIES[0], external_ids=["doc-1"], k=3)
+    await run_search(runtime, principal, query=QUERIES[0], external_ids=["doc-1"], k=3)
     assert reads == 0

@@ -13,7 +13,7 @@ from starlette.applications import Starlette
 
 from app.models import KnowledgeDocItem, SearchResponse
 from app.services import knowledge
-from app.services.runtime import Core, Principal
+from app.services.runtime import Principal, Runtime
 from app.storage.index import Ranked
 from app.storage.index.resident import ResidentStore
 from app.storage.index.sqlite import SqliteIndex
@@ -45,33 +45,33 @@ def hits(response: SearchResponse) -> list[Hit]:
     ]
 
 
-def cache_of(core: Core) -> VectorCache:
-    assert isinstance(core.index, SqliteIndex)
-    return core.index.vector_cache
+def cache_of(runtime: Runtime) -> VectorCache:
+    assert isinstance(runtime.index, SqliteIndex)
+    return runtime.index.vector_cache
 
 
-async def answers(core: Core, principal: Principal, **body: Any) -> list[list[Hit]]:
+async def answers(runtime: Runtime, principal: Principal, **body: Any) -> list[list[Hit]]:
     return [
-        hits(await run_search(core, principal, query=q, mode=mode, k=5, **body))
+        hits(await run_search(runtime, principal, query=q, mode=mode, k=5, **body))
         for q in QUERIES
         for mode in ("hybrid", "semantic")
     ]
 
 
 async def uncached(
-    core: Core, principal: Principal, monkeypatch: pytest.MonkeyPatch, **body: Any
+    runtime: Runtime, principal: Principal, monkeypatch: pytest.MonkeyPatch, **body: Any
 ) -> list[list[Hit]]:
     """The same searches with no cache at all: every vector read from the database."""
     with monkeypatch.context() as m:
-        m.setattr(core.index, "vector_cache", VectorCache(0))
-        return await answers(core, principal, **body)
+        m.setattr(runtime.index, "vector_cache", VectorCache(0))
+        return await answers(runtime, principal, **body)
 
 
-async def rewrite_corpus(core: Core, principal: Principal) -> None:
+async def rewrite_corpus(runtime: Runtime, principal: Principal) -> None:
     """The document holding the largest chunk ids (the last) replaced by other text (its chunks
     deleted, new rows written), "doc-2" deleted, "new" added."""
     await knowledge.upsert_many(
-        core=core,
+        runtime=runtime,
         principal=principal,
         items=[
             KnowledgeDocItem(
@@ -82,7 +82,7 @@ async def rewrite_corpus(core: Core, principal: Principal) -> None:
             KnowledgeDocItem(external_id="new", title=None, content=long_text(TOPICS[2], 5)),
         ],
     )
-    await knowledge.delete_doc(core=core, principal=principal, external_id="doc-2")
+    await knowledge.delete_doc(runtime=runtime, principal=principal, external_id="doc-2")
 
 
 def entry(n: int) -> tuple[int, tuple[str, bytes]]:
@@ -110,21 +110,21 @@ def test_the_lru_keeps_to_its_bound_and_evicts_the_least_recently_used() -> None
 async def test_repeated_searches_read_their_vectors_from_the_cache(
     app: Starlette, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    core, principal = await setup_corpus(app)
-    cache = cache_of(core)
-    assert cache.max_bytes == core.settings.vector_cache_mb * 1024 * 1024 > 0
-    first = await answers(core, principal)
+    runtime, principal = await setup_corpus(app)
+    cache = cache_of(runtime)
+    assert cache.max_bytes == runtime.settings.vector_cache_mb * 1024 * 1024 > 0
+    first = await answers(runtime, principal)
     read = cache.misses
     assert read > 0 and len(cache) == read  # each vector read once, then served from memory
     hits_before = cache.hits
-    again = await answers(core, principal)
+    again = await answers(runtime, principal)
     assert cache.misses == read  # nothing read from the database the second time
     assert cache.hits > hits_before
-    assert again == first == await uncached(core, principal, monkeypatch)
+    assert again == first == await uncached(runtime, principal, monkeypatch)
     # A scope scored exactly at once reads through the same cache.
-    scoped = await answers(core, principal, external_ids=["doc-1", "doc-3"])
+    scoped = await answers(runtime, principal, external_ids=["doc-1", "doc-3"])
     assert cache.misses == read
-    assert scoped == await uncached(core, principal, monkeypatch, external_ids=["doc-1", "doc-3"])
+    assert scoped == await uncached(runtime, principal, monkeypatch, external_ids=["doc-1", "doc-3"])
 
 
 async def test_replaced_and_deleted_documents_never_rank_by_their_old_vectors(
@@ -134,13 +134,13 @@ async def test_replaced_and_deleted_documents_never_rank_by_their_old_vectors(
     deleted, new rows written), another deleted and one added, all after every vector was
     cached: searches answer exactly as with no cache. (Were ids reused, the new chunks would
     take the old ones' ids and rank by the old, cached vectors.)"""
-    core, principal = await setup_corpus(app)
-    await answers(core, principal)
-    held = len(cache_of(core))
-    await rewrite_corpus(core, principal)
-    assert len(cache_of(core)) == held  # the old vectors are still cached
-    after = await answers(core, principal)
-    assert after == await uncached(core, principal, monkeypatch)
+    runtime, principal = await setup_corpus(app)
+    await answers(runtime, principal)
+    held = len(cache_of(runtime))
+    await rewrite_corpus(runtime, principal)
+    assert len(cache_of(runtime)) == held  # the old vectors are still cached
+    after = await answers(runtime, principal)
+    assert after == await uncached(runtime, principal, monkeypatch)
     assert any(h[0] == f"doc-{len(TOPICS) - 1}" for answer in after for h in answer)
     assert not any(h[0] == "doc-2" for answer in after for h in answer)
 
@@ -148,24 +148,24 @@ async def test_replaced_and_deleted_documents_never_rank_by_their_old_vectors(
 async def test_a_small_cache_evicts_and_ranks_the_same(
     app: Starlette, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    core, principal = await setup_corpus(app)
+    runtime, principal = await setup_corpus(app)
     small = VectorCache(10 * (VECTOR + ENTRY_OVERHEAD))
-    monkeypatch.setattr(core.index, "vector_cache", small)
-    first = await answers(core, principal)
+    monkeypatch.setattr(runtime.index, "vector_cache", small)
+    first = await answers(runtime, principal)
     assert len(small) == 10 and small.bytes <= small.max_bytes
     assert small.misses > 10  # vectors evicted were read again
-    assert first == await answers(core, principal)
-    assert first == await uncached(core, principal, monkeypatch)
+    assert first == await answers(runtime, principal)
+    assert first == await uncached(runtime, principal, monkeypatch)
 
 
 async def test_a_cache_of_0_mb_keeps_nothing(make_app: AppFactory) -> None:
     app = await make_app(vector_cache_mb=0)
-    core, principal = await setup_corpus(app)
-    cache = cache_of(core)
-    first = await answers(core, principal)
+    runtime, principal = await setup_corpus(app)
+    cache = cache_of(runtime)
+    first = await answers(runtime, principal)
     read = cache.misses
     assert read > 0 and len(cache) == 0 and cache.hits == 0
-    assert await answers(core, principal) == first
+    assert await answers(runtime, principal) == first
     assert cache.misses == 2 * read  # every vector read from the database again
 
 
@@ -176,23 +176,23 @@ async def test_concurrent_searches_share_the_cache_correctly(
     into and reading from the one cache: each ranks exactly as it does alone without a cache.
     (Ranked from query vectors embedded beforehand: queries embedded together, in one batch,
     differ from those embedded alone in their last bits.)"""
-    core, principal = await setup_corpus(app)
-    vectors = [(await core.embedder.embed([q], lane="query"))[0] for q in QUERIES]
+    runtime, principal = await setup_corpus(app)
+    vectors = [(await runtime.embedder.embed([q], lane="query"))[0] for q in QUERIES]
 
     async def rank(i: int) -> tuple[list[Ranked], list[Ranked]]:
-        async with core.db.read() as session:
-            ranker = core.index.ranker(session, user_id=principal.user_id, within=None)
+        async with runtime.db.read() as session:
+            ranker = runtime.index.ranker(session, user_id=principal.user_id, within=None)
             first = await ranker.rank(vectors[i % len(vectors)], 3 + i % 4)
             feedback = await ranker.vectors([r.chunk_id for r in first])
             return first, await ranker.rank(np.mean(feedback, axis=0), 3 + i % 4)
 
     with monkeypatch.context() as m:
-        m.setattr(core.index, "vector_cache", VectorCache(0))
+        m.setattr(runtime.index, "vector_cache", VectorCache(0))
         expected = [await rank(i) for i in range(24)]
     small = VectorCache(12 * (VECTOR + ENTRY_OVERHEAD))  # evicting while others read
-    for cache in (cache_of(core), small):
+    for cache in (cache_of(runtime), small):
         with monkeypatch.context() as m:
-            m.setattr(core.index, "vector_cache", cache)
+            m.setattr(runtime.index, "vector_cache", cache)
             for _ in range(2):
                 together = await asyncio.gather(*(rank(i) for i in range(24)))
                 assert together == expected
