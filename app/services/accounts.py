@@ -24,7 +24,7 @@ from app.models import (
     UserPublic,
     utcnow,
 )
-from app.services import hashing as security
+from app.services import hashing
 from app.services.runtime import Principal, Runtime
 
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -106,12 +106,12 @@ async def set_plan(*, runtime: Runtime, email: str, plan_id: str) -> UserPublic:
 async def create_key(*, runtime: Runtime, email: str, name: str = "default") -> ApiKeyCreated:
     user = await _get_user(runtime, email)
     assert user.id is not None
-    key = security.new_api_key()
+    key = hashing.new_api_key()
     row = ApiKey(
         user_id=user.id,
         name=name,
-        prefix=security.visible_prefix(key),
-        key_hash=security.hash_api_key(key),
+        prefix=hashing.visible_prefix(key),
+        key_hash=hashing.hash_api_key(key),
         status="active",
         created_at=utcnow(),
     )
@@ -179,22 +179,22 @@ async def login(*, runtime: Runtime, email: str, password: str) -> UserPublic:
 
 
 async def _hash_password(password: str) -> str:
-    return await asyncio.to_thread(security.hash_password, password)
+    return await asyncio.to_thread(hashing.hash_password, password)
 
 
 async def _verify_password(password: str, password_hash: str | None) -> bool:
-    return await asyncio.to_thread(security.verify_password, password, password_hash)
+    return await asyncio.to_thread(hashing.verify_password, password, password_hash)
 
 
 async def authenticate(*, runtime: Runtime, api_key: str | None) -> Principal:
     """The caller behind an `X-Api-Key`, or `Unauthorized`: one answer for every failure."""
-    if not api_key or not security.looks_like_api_key(api_key):
+    if not api_key or not hashing.looks_like_api_key(api_key):
         raise Unauthorized()
-    digest = security.hash_api_key(api_key)
+    digest = hashing.hash_api_key(api_key)
     row = await runtime.db.read_row(_KEY_LOOKUP, {"digest": digest})
     if row is None:
         raise Unauthorized()
-    if row["status"] != "active" or not security.constant_time_equals(row["key_hash"], digest):
+    if row["status"] != "active" or not hashing.constant_time_equals(row["key_hash"], digest):
         raise Unauthorized()
     now = utcnow()
     last_used = row["last_used_at"]
@@ -228,7 +228,7 @@ async def set_password(*, runtime: Runtime, email: str, password: str) -> UserPu
     """Set (or replace) a user's dashboard password; a user made without one can then sign in."""
     async with runtime.db.write() as session:
         user = await _user_in(session, email)
-        user.password_hash = security.hash_password(password)
+        user.password_hash = hashing.hash_password(password)
         session.add(user)
     return _user_public(user)
 

@@ -38,9 +38,7 @@ from sqlmodel import SQLModel
 from app.errors import Unavailable
 from app.files import prepare_sqlite_file
 from app.settings import Settings
-from app.storage import migrations
-from app.storage import postgres_driver as postgres
-from app.storage import sqlite_driver as sqlite
+from app.storage import migrations, postgres_driver, sqlite_driver
 from app.storage.migrations import SchemaError
 
 log = logging.getLogger(__name__)
@@ -101,11 +99,11 @@ class Database:
             # The writer holds no idle connection between writes so that other processes can
             # checkpoint; writes are rare next to the embedding work around them.
             self.writer = create_async_engine(self.url, poolclass=NullPool)
-            sqlite.install_pragmas(self.reader, busy_ms=busy_ms, begin="BEGIN")
-            sqlite.install_pragmas(self.writer, busy_ms=busy_ms, begin="BEGIN IMMEDIATE")
+            sqlite_driver.install_pragmas(self.reader, busy_ms=busy_ms, begin="BEGIN")
+            sqlite_driver.install_pragmas(self.writer, busy_ms=busy_ms, begin="BEGIN IMMEDIATE")
             self._write_lock = asyncio.Lock()
         else:
-            engine = postgres.create_engine(self.url, settings)
+            engine = postgres_driver.create_engine(self.url, settings)
             # Reads see one snapshot across their statements (a search runs several).
             self.reader = engine.execution_options(
                 isolation_level="REPEATABLE READ", postgresql_readonly=True
@@ -130,10 +128,10 @@ class Database:
     ) -> dict[str, Any] | None:
         """The first row of one typed text statement (`text(...).columns(...)`) as a dict, or
         None: a read of one statement, such as the key lookup of every request. On SQLite one
-        thread hop (`sqlite.first_row`)."""
+        thread hop (`sqlite_driver.first_row`)."""
         async with self.read() as session:
             if self.dialect == "sqlite":
-                return await sqlite.first_row(session, statement, params)
+                return await sqlite_driver.first_row(session, statement, params)
             row = (await session.execute(statement, params)).first()
             return None if row is None else dict(row._mapping)
 
@@ -149,7 +147,7 @@ class Database:
             else:
                 async with self._transaction() as session:
                     if user_id is not None:
-                        await postgres.lock_user(session, user_id)
+                        await postgres_driver.lock_user(session, user_id)
                     yield session
         except (DBAPIError, OSError) as exc:
             if (mapped := self._translate(exc, writing=True)) is None:
@@ -161,13 +159,13 @@ class Database:
         take writes), or None: a real error, raised as it is."""
         if writing and self.dialect == "sqlite" and isinstance(exc, OperationalError):
             # A full or read-only disk is the operator's to mend: 503 until then, not 500.
-            if sqlite.is_unwritable(exc):
+            if sqlite_driver.is_unwritable(exc):
                 return self._unwritable(exc)
-            if not sqlite.is_locked(exc):
+            if not sqlite_driver.is_locked(exc):
                 return None
         if isinstance(exc, OperationalError | InterfaceError | OSError):
             return self._unavailable(exc)
-        if exc.connection_invalidated or postgres.is_disconnect(exc):
+        if exc.connection_invalidated or postgres_driver.is_disconnect(exc):
             return self._unavailable(exc)
         return None
 
@@ -232,7 +230,7 @@ class Database:
             name = "v1" if found.legacy else found.revision
             backup = self.path.with_name(f"{self.path.name}.{name}.bak")
             log.warning("backing up %s to %s before upgrading its schema", self.path, backup)
-            await asyncio.to_thread(sqlite.vacuum_into, self.path, backup)
+            await asyncio.to_thread(sqlite_driver.vacuum_into, self.path, backup)
         async with self._write_lock, self.writer.connect() as conn:
             found = await conn.run_sync(migrations.upgrade, self.where)
             await conn.commit()
@@ -240,8 +238,8 @@ class Database:
 
     async def _migrate_postgres(self) -> migrations.State:
         async with self.writer.connect() as conn:
-            await postgres.lock_migrations(conn)
-            await postgres.check_vector_extension(conn, self.where)
+            await postgres_driver.lock_migrations(conn)
+            await postgres_driver.check_vector_extension(conn, self.where)
             found = await conn.run_sync(migrations.upgrade, self.where)
             await conn.commit()
         # Connections opened before the vector type existed lack its codec.

@@ -18,8 +18,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from app.embedding import embedder as embedding
 from app.embedding.embedder import PADDING_FLOOR, Embedder, LocalModel, Model, Vectors, _batches
-from app.embedding.embedder import embedder as embedding
 from app.errors import Unavailable
 
 pytestmark = pytest.mark.anyio

@@ -16,8 +16,7 @@ from sqlmodel import col, select
 from starlette.applications import Starlette
 
 from app.models import DashboardSession, User
-from app.services import accounts
-from app.services import hashing as security
+from app.services import accounts, hashing
 from tests.conftest import AppFactory, client_for
 
 pytestmark = pytest.mark.anyio
@@ -158,7 +157,7 @@ async def test_argon2_runs_off_the_event_loop(app: Starlette) -> None:
 
     sys.setprofile(watch)
     try:
-        security.verify_password("probe", None)  # the watch does see argon2 on this thread
+        hashing.verify_password("probe", None)  # the watch does see argon2 on this thread
         seen_directly = list(on_loop)
         on_loop.clear()
         await users(app, EMAIL)  # hashes
