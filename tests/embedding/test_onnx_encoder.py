@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 from starlette.applications import Starlette
 
-from app.embedding.embedder import LocalModel, Model, onnx_export
+from app.embedding import onnx_export
+from app.embedding.embedder import LocalModel, Model
 from app.embedding.onnx_encoder import OnnxModel
 from app.main import model_loader
 from app.settings import Settings, usable_cores
