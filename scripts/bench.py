@@ -73,7 +73,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import text
 
-from app.embedding.embedder import DIMS, Embedder, LocalModel, Vectors
+from app.embedding.embedder import DIMS, Embedder, LocalModel
 from app.models import (
     Chunk,
     KnowledgeDoc,
@@ -83,6 +83,7 @@ from app.models import (
     User,
     utcnow,
 )
+from app.models.knowledge import Vectors
 from app.services import search as search_service
 from app.services.runtime import Principal, Runtime
 from app.settings import Settings

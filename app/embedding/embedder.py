@@ -41,11 +41,10 @@ import numpy.typing as npt
 
 from app.embedding.chunking import model_path
 from app.errors import Unavailable
-from app.models.knowledge import EMBEDDING_DIMS
+from app.models.knowledge import EMBEDDING_DIMS, Vectors
 
 log = logging.getLogger(__name__)
 
-Vectors = npt.NDArray[np.float32]
 DIMS = EMBEDDING_DIMS
 
 

@@ -29,8 +29,9 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from app.embedding.chunking import model_path
-from app.embedding.embedder import DIMS, Vectors, _batches
+from app.embedding.embedder import DIMS, _batches
 from app.embedding.onnx_export import INPUTS, MAX_SEQ_LENGTH, OUTPUT, load_or_export, remove_cached
+from app.models.knowledge import Vectors
 
 log = logging.getLogger(__name__)
 

@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 from pydantic import BeforeValidator, ConfigDict, ValidationInfo
 from pydantic_core import PydanticCustomError
 from sqlalchemy import JSON, BigInteger, Column, Index, Integer, LargeBinary, UniqueConstraint
@@ -49,6 +50,8 @@ class KnowledgeDoc(SQLModel, table=True):
 
 #: Dimensions of the embedding model's vectors (all-MiniLM-L6-v2).
 EMBEDDING_DIMS = 384
+#: A batch of embeddings: one unit-length float32 row of `EMBEDDING_DIMS` per text.
+Vectors = npt.NDArray[np.float32]
 
 
 class _PgVector(UserDefinedType[Any]):

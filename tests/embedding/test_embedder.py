@@ -19,8 +19,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from app.embedding import embedder as embedding
-from app.embedding.embedder import PADDING_FLOOR, Embedder, LocalModel, Model, Vectors, _batches
+from app.embedding.embedder import PADDING_FLOOR, Embedder, LocalModel, Model, _batches
 from app.errors import Unavailable
+from app.models.knowledge import Vectors
 
 pytestmark = pytest.mark.anyio
 

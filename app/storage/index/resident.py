@@ -30,7 +30,7 @@ import numpy as np
 import numpy.typing as npt
 import sqlean
 
-from app.embedding.embedder import DIMS
+from app.models.knowledge import EMBEDDING_DIMS as DIMS
 from app.storage.index.sqlite_vectors import read_entries
 
 #: Users with more chunks than this are not kept whole.

@@ -38,7 +38,8 @@ import sqlean
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.embedding.embedder import DIMS, Vectors
+from app.models.knowledge import EMBEDDING_DIMS as DIMS
+from app.models.knowledge import Vectors
 from app.storage.index.vector_cache import Entry, VectorCache
 
 #: Bytes of one quantized vector; the scan reads them as `DIMS // 64` 64-bit words.
