@@ -7,20 +7,34 @@ override or extend with `PERSONAIZER_PLANS` (JSON) or a JSON/TOML file named by
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import tomllib
+from collections.abc import Iterable
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Any, Literal, Self, TypeAlias
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app.http.proxies import Network, parse_networks
-
 MiB = 1024 * 1024
 
+
+
+Network: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(values: Iterable[str]) -> tuple[Network, ...]:
+    """`"10.0.0.1"` or `"10.0.0.0/8"` (IPv6 alike) -> networks; ValueError names a bad entry."""
+    networks: list[Network] = []
+    for value in values:
+        try:
+            networks.append(ipaddress.ip_network(value.strip(), strict=False))
+        except ValueError as exc:
+            raise ValueError(f"{value!r} is not an IP address or CIDR network") from exc
+    return tuple(networks)
 
 class PlanLimits(BaseModel):
     """The limits of one plan; the field names are the contract's."""

@@ -7,16 +7,17 @@ have been written by the client itself. So the header is believed only when the 
 trusted proxy, and read from the right: the first entry that is not a trusted proxy is the
 client. Entries further left are never used, so a client cannot choose its own address.
 
-Pure functions, no I/O; `app.settings` validates the trusted set with them at start.
+Pure functions, no I/O; `app.settings` parses and validates the trusted set at start.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import TypeAlias
 
-Network: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
+from app.settings import Network
+
 Address: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 #: What a client without any address is counted as (a Unix socket, say).
@@ -24,17 +25,6 @@ UNKNOWN = "unknown"
 #: An unparsable header entry is used as it stands (it was written by a trusted proxy), but
 #: never at more than this length.
 _MAX_ENTRY = 64
-
-
-def parse_networks(values: Iterable[str]) -> tuple[Network, ...]:
-    """`"10.0.0.1"` or `"10.0.0.0/8"` (IPv6 alike) -> networks; ValueError names a bad entry."""
-    networks: list[Network] = []
-    for value in values:
-        try:
-            networks.append(ipaddress.ip_network(value.strip(), strict=False))
-        except ValueError as exc:
-            raise ValueError(f"{value!r} is not an IP address or CIDR network") from exc
-    return tuple(networks)
 
 
 def parse_address(value: str) -> Address | None:

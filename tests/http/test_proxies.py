@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from app.http.proxies import client_address, parse_address, parse_networks
+from app.http.proxies import client_address, parse_address
 from app.http.ratelimit import address_key
-from app.settings import Settings
+from app.settings import Settings, parse_networks
 
 TRUSTED = parse_networks(["10.0.0.0/8", "2001:db8:ffff::/48", "127.0.0.1"])
 
