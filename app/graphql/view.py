@@ -34,6 +34,7 @@ from app.graphql.errors import format_error, from_http_exception, request_error
 from app.graphql.schema import schema
 from app.graphql.variable_limits import refuse_long_lists
 from app.http import intake
+from app.models import strict_json
 from app.services.runtime import Principal
 from app.settings import Settings
 
@@ -122,7 +123,7 @@ class GraphQLView(GraphQL[Context, None]):
 
     def decode_json(self, data: str | bytes) -> object:
         # The JSON in a GET's query string (`variables`, `extensions`), as bounded as a body.
-        return intake.loads(data)
+        return strict_json.loads(data)
 
     async def get_context(self, request: Request | object, response: object) -> Context:
         assert isinstance(request, Request)

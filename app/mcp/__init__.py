@@ -104,8 +104,8 @@ POLICIES: dict[str, Policy] = {
     "get_persona": "reads",
 }
 
-#: JSON values and arrays in one MCP message, far below REST's (`intake.MAX_VALUES`,
-#: `intake.MAX_ARRAYS`): the SDK parses the bytes again, on the event loop, once the edge has let
+#: JSON values and arrays in one MCP message, far below REST's (`strict_json.MAX_VALUES`,
+#: `strict_json.MAX_ARRAYS`): the SDK parses the bytes again, on the event loop, once the edge has let
 #: them through, and within `mcp_max_body_bytes` REST's counts would still let 87,000 empty
 #: arrays reach it (measured: 10 ms of the loop per request warm, 50 ms cold, more when the
 #: allocations set off a full garbage collection). The largest real message is a search with 1000 external_ids and 8 KiB
@@ -176,7 +176,7 @@ class McpEdge:
 
     The body is read and parsed before it is charged, unlike REST, because the policy depends on
     the tool it calls; `mcp_max_body_bytes`, `MAX_VALUES` and `MAX_ARRAYS` keep that work small
-    (and it runs off the event loop past `intake.INLINE_BYTES`). A body refused there is still charged, as a read, as REST charges
+    (and it runs off the event loop past `offload.INLINE_BYTES`). A body refused there is still charged, as a read, as REST charges
     one."""
 
     def __init__(self, app: ASGIApp, settings: Settings) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.errors import AppError, InvalidCursor
-from app.http import intake
+from app.models import strict_json
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
@@ -53,7 +53,7 @@ def decode_cursor(cursor: str | None, *, keys: tuple[str, ...]) -> dict[str, Any
         raise InvalidCursor("The cursor does not decode.")
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
-        value = intake.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
+        value = strict_json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
     except (AppError, ValueError, binascii.Error) as exc:
         raise InvalidCursor("The cursor does not decode.") from exc
     if (

@@ -21,7 +21,6 @@ from sqlalchemy.orm import defer
 from sqlmodel import col, select
 
 from app.embedding.chunking import TextChunk, chunk_texts, embedding_title, join_title, sha256_hex
-from app.embedding.embedder import Vectors
 from app.errors import (
     BatchTooLarge,
     ContentTooLarge,
@@ -33,7 +32,6 @@ from app.errors import (
     Unavailable,
     ValidationFailed,
 )
-from app.http import intake
 from app.models import (
     EXTERNAL_ID_RE,
     BatchUpsertResponse,
@@ -49,7 +47,9 @@ from app.models import (
     UsageCounter,
     utcnow,
 )
+from app.models.knowledge import Vectors
 from app.models.pagination import decode_cursor, encode_cursor
+from app.services import offload
 from app.services.runtime import Principal, Runtime, period_key
 from app.storage.database import add_counts
 from app.storage.index import IndexedChunk
@@ -157,7 +157,7 @@ class _Texts:
 async def _texts(items: Sequence[KnowledgeDocItem]) -> _Texts:
     """The request's `_Texts`, hashed in a worker thread when there is much content (as the
     intake parses a large body)."""
-    return await intake.off_loop(sum(len(i.content) for i in items), lambda: _Texts(items))
+    return await offload.off_loop(sum(len(i.content) for i in items), lambda: _Texts(items))
 
 
 async def _plan(texts: _Texts, existing: dict[str, _Existing]) -> list[_Plan]:
@@ -170,7 +170,7 @@ async def _plan(texts: _Texts, existing: dict[str, _Existing]) -> list[_Plan]:
         if old is None or old.doc.content_sha256 != texts.content_shas[i]
     ]
     todo = texts.pending(rewrite)
-    await intake.off_loop(sum(len(texts.items[i].content) for i in todo), lambda: texts.chunk(todo))
+    await offload.off_loop(sum(len(texts.items[i].content) for i in todo), lambda: texts.chunk(todo))
     plans: list[_Plan] = []
     for i, (item, old, sha) in enumerate(zip(texts.items, olds, texts.content_shas, strict=True)):
         if old is None or old.doc.content_sha256 != sha:

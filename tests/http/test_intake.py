@@ -17,9 +17,9 @@ from sqlalchemy import text
 from starlette.applications import Starlette
 
 from app.http import intake
-from app.http.intake import MAX_ARRAYS, MAX_DEPTH, MAX_VALUES
-from app.models import METADATA_MAX_DEPTH, PERSONA_KNOWLEDGE_MAX
+from app.models import METADATA_MAX_DEPTH, PERSONA_KNOWLEDGE_MAX, strict_json
 from app.models.base import json_depth
+from app.models.strict_json import MAX_ARRAYS, MAX_DEPTH, MAX_VALUES
 from tests.conftest import AppFactory, assert_problem, client_for, new_key
 
 pytestmark = pytest.mark.anyio
@@ -284,11 +284,11 @@ def test_the_shape_is_read_exactly_from_the_bytes(value: Any, ascii_only: bool, 
     """The vectorised scan (which skips brackets inside strings, escaped quotes included) finds
     exactly the nesting and the arrays that parsing finds, however its work is split."""
     raw = json.dumps(value, ensure_ascii=ascii_only).encode()
-    saved, intake._CHUNK = intake._CHUNK, chunk
+    saved, strict_json._CHUNK = strict_json._CHUNK, chunk
     try:
-        kinds = intake._structure(raw).tobytes()
+        kinds = strict_json._structure(raw).tobytes()
     finally:
-        intake._CHUNK = saved
+        strict_json._CHUNK = saved
     depth = running = 0
     for mark in kinds:
         running += {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}.get(mark, 0)
@@ -312,22 +312,22 @@ def test_the_quick_count_passes_exactly_the_bodies_the_scan_passes(
     every bound; whatever the bounds, a body passes exactly when its real marks are within
     them."""
     raw = json.dumps(value).encode()
-    kinds = intake._structure(raw).tobytes()
+    kinds = strict_json._structure(raw).tobytes()
     arrays, objects = kinds.count(b"["), kinds.count(b"{")
     within = (
         json_depth(value) <= max_depth
         and arrays <= max_arrays
         and kinds.count(b",") + arrays + objects + 1 <= max_values
     )
-    saved, intake.MAX_DEPTH = intake.MAX_DEPTH, max_depth
+    saved, strict_json.MAX_DEPTH = strict_json.MAX_DEPTH, max_depth
     try:
-        intake._check_shape(raw, max_values=max_values, max_arrays=max_arrays)
+        strict_json._check_shape(raw, max_values=max_values, max_arrays=max_arrays)
     except (intake.MalformedJson, intake.TooLarge):
         passed = False
     else:
         passed = True
     finally:
-        intake.MAX_DEPTH = saved
+        strict_json.MAX_DEPTH = saved
     assert passed == within
 
 
