@@ -13,6 +13,9 @@ from app.models.base import PublicModel, Timestamp, time_field
 
 class User(SQLModel, table=True):
     __tablename__ = "users"
+    #: SQLite: ids are never reused (revision 0005): an id keys data, usage and rate windows,
+    #: and a deleted user's id must never name another account.
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: int | None = Field(default=None, primary_key=True)
     email: str = Field(sa_column=Column(String(320), unique=True, nullable=False))
@@ -23,6 +26,8 @@ class User(SQLModel, table=True):
 
 class ApiKey(SQLModel, table=True):
     __tablename__ = "api_keys"
+    #: SQLite: ids are never reused (revision 0005).
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: int | None = Field(default=None, primary_key=True)
     user_id: int = Field(foreign_key="users.id", ondelete="CASCADE", index=True)

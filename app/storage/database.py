@@ -35,7 +35,7 @@ from sqlalchemy.pool import NullPool
 from sqlalchemy.sql.selectable import TextualSelect
 from sqlmodel import SQLModel
 
-from app.errors import Unavailable
+from app.errors import Unauthorized, Unavailable
 from app.files import prepare_sqlite_file
 from app.settings import Settings
 from app.storage import migrations, postgres_driver, sqlite_driver
@@ -139,20 +139,41 @@ class Database:
     async def write(self, *, user_id: int | None = None) -> AsyncIterator[AsyncSession]:
         """A write transaction: committed when the block ends, rolled back if it raises.
         `user_id`: the user whose data it changes, whose other writes wait for it (PostgreSQL;
-        on SQLite every write waits for the one before)."""
+        on SQLite every write waits for the one before). The user must still exist, and is held
+        until the block ends (`Unauthorized` otherwise): see `_hold_user`."""
         try:
             if self._write_lock is not None:
                 async with self._write_lock, self._transaction() as session:
+                    if user_id is not None:
+                        await self._hold_user(session, user_id)
                     yield session
             else:
                 async with self._transaction() as session:
                     if user_id is not None:
                         await postgres_driver.lock_user(session, user_id)
+                        await self._hold_user(session, user_id)
                     yield session
         except (DBAPIError, OSError) as exc:
             if (mapped := self._translate(exc, writing=True)) is None:
                 raise
             raise mapped from exc
+
+    async def _hold_user(self, session: AsyncSession, user_id: int) -> None:
+        """Refuse a write for a user deleted since the request authenticated, and keep the user
+        from being deleted until this write commits.
+
+        A request authenticates, then embeds for as long as its batch takes, then writes: the
+        operator may delete the user in between. Without this check the write failed on the
+        foreign key (a 500), or, where an id was reused, landed in another user's account. The
+        user's row is read inside the write transaction: on SQLite that transaction holds the
+        only write lock, so no delete can come between the check and the commit; on PostgreSQL
+        `FOR KEY SHARE` makes a concurrent `users delete` wait for this write (whose rows it then
+        deletes with the rest), or makes this check wait for the delete and see no user."""
+        statement = "SELECT 1 FROM users WHERE id = :u"
+        if self.dialect == "postgresql":
+            statement += " FOR KEY SHARE"
+        if (await session.execute(text(statement), {"u": user_id})).first() is None:
+            raise Unauthorized()
 
     def _translate(self, exc: DBAPIError | OSError, *, writing: bool) -> Unavailable | None:
         """The 503 a database error means to a client (the database away, busy or unable to
@@ -232,8 +253,18 @@ class Database:
             log.warning("backing up %s to %s before upgrading its schema", self.path, backup)
             await asyncio.to_thread(sqlite_driver.vacuum_into, self.path, backup)
         async with self._write_lock, self.writer.connect() as conn:
-            found = await conn.run_sync(migrations.upgrade, self.where)
-            await conn.commit()
+            # A migration that rebuilds a table (SQLite cannot alter most things in place) drops
+            # the old one, and with foreign keys on, dropping `users` would cascade-delete every
+            # row that refers to it. SQLite's own procedure for such changes: foreign keys off,
+            # outside the transaction, checked by `migrations.upgrade` before it commits.
+            raw = (await conn.get_raw_connection()).driver_connection
+            assert raw is not None
+            await raw.execute("PRAGMA foreign_keys = OFF")
+            try:
+                found = await conn.run_sync(migrations.upgrade, self.where)
+                await conn.commit()
+            finally:
+                await raw.execute("PRAGMA foreign_keys = ON")
         return found
 
     async def _migrate_postgres(self) -> migrations.State:

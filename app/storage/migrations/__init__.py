@@ -120,6 +120,14 @@ def upgrade(conn: Connection, where: str) -> State:
         if found.revision is not None:
             log.warning("upgraded %s from schema revision %s to %s", where, found.revision, head())
     if conn.dialect.name == "sqlite":
+        # The caller runs migrations with foreign keys off (a table rebuild would cascade);
+        # what they did must still satisfy every foreign key before it commits.
+        broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+        if broken:
+            raise SchemaError(
+                f"upgrading {where} would leave {len(broken)} rows whose foreign key refers to "
+                f"nothing (first: {tuple(broken[0])}); the database was not changed"
+            )
         conn.exec_driver_sql(f"PRAGMA user_version = {SQLITE_USER_VERSION}")
     check_layout(conn, where)
     return found
