@@ -306,7 +306,7 @@ async def _write(
         await _check_quota(session, principal, plans)
         embedded = await _apply(runtime, session, principal, plans, fresh)
         if embedded:
-            await _count_embedded(runtime, session, principal.user_id, embedded)
+            await _count_embedded(session, principal.user_id, embedded)
     return plans
 
 
@@ -441,14 +441,9 @@ async def _apply(
     return embedded
 
 
-async def _count_embedded(runtime: Runtime, session: AsyncSession, user_id: int, n: int) -> None:
-    await session.execute(
-        add_counts(
-            runtime.db.dialect,
-            UsageCounter,
-            {"user_id": user_id, "period": period_key()},
-            embedded_chunks=n,
-        )
+async def _count_embedded(session: AsyncSession, user_id: int, n: int) -> None:
+    await add_counts(
+        session, UsageCounter, {"user_id": user_id, "period": period_key()}, embedded_chunks=n
     )
 
 
