@@ -93,7 +93,7 @@ def test_new_documents_are_created_and_embed_every_chunk() -> None:
 
     changes = upsert_plan.changes(plans)
     assert changes.writes == changes.rewritten == plans
-    assert changes.replaced == changes.retitled == []
+    assert changes.replaced == [] and changes.retitled == []
     assert changes.old_chunk_ids == [] and changes.reused == {}
     assert changes.newly_embedded == len(a.chunks) + len(b.chunks)
 
