@@ -21,16 +21,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterator
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
-from sqlalchemy import func
-from sqlmodel import select
 
-from app.embedding.embedder import Embedder
-from app.models import Chunk, KnowledgeDoc, Persona
 from app.services.runtime import Runtime
+from app.services.stats import stored_counts
 
 #: Seconds the stored counts are kept before a scrape reads them again: Prometheus's default
 #: scrape interval, so one scraper pays for each count about once.
@@ -41,11 +39,35 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
+class EmbedderCounts(Protocol):
+    """The embedder's running totals."""
+
+    @property
+    def texts(self) -> int: ...
+
+
+class EmbedderGauges(Protocol):
+    """What the metrics read of `Runtime.embedder` (and the one hook they set on it): this
+    door watches the embedder, it never drives it."""
+
+    @property
+    def queue_depth(self) -> int: ...
+
+    @property
+    def ready(self) -> bool: ...
+
+    @property
+    def stats(self) -> EmbedderCounts: ...
+
+    #: Called with the size of each batch the model encodes.
+    on_batch: Callable[[int], None] | None
+
+
 class _LiveCollector(Collector):
     """Values read when scraped rather than kept up to date: the embedder's own counters and
     queue, and the stored counts the last `Metrics.refresh` read."""
 
-    def __init__(self, embedder: Embedder) -> None:
+    def __init__(self, embedder: EmbedderGauges) -> None:
         self.embedder = embedder
         self.stored: dict[str, int] = {}
 
@@ -78,7 +100,7 @@ class Metrics:
 
     def __init__(
         self,
-        embedder: Embedder,
+        embedder: EmbedderGauges,
         *,
         clock: Callable[[], float] = time.monotonic,
         stored_counts_ttl_s: float = STORED_COUNTS_TTL_S,
@@ -125,18 +147,7 @@ class Metrics:
                 and self.clock() - self._counted_at < self.stored_counts_ttl_s
             ):
                 return
-            stored: dict[str, int] = {}
-            async with runtime.db.read() as session:
-                for name, table in (
-                    ("documents", KnowledgeDoc),
-                    ("chunks", Chunk),
-                    ("personas", Persona),
-                ):
-                    count = (
-                        await session.execute(select(func.count()).select_from(table))
-                    ).scalar_one()
-                    stored[name] = int(count)
-            self._live.stored = stored
+            self._live.stored = await stored_counts(runtime=runtime)
             self._counted_at = self.clock()
 
     def exposition(self) -> bytes:

@@ -6,13 +6,15 @@ the write transaction against the rows as they are then. When a concurrent write
 document in between, the second plan sees it, and only text that is still un-embedded (rare) is
 embedded under the lock. So two concurrent upserts of one external_id serialize cleanly: one
 creates, the other updates or is a no_op, and the document is never half of each.
+
+The planning itself (what each item does, which chunks go, which vectors are kept) is
+app/services/upsert_plan.py; this module reads the stored rows, embeds, and writes.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import delete, func, insert
@@ -20,7 +22,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 from sqlmodel import col, select
 
-from app.embedding.chunking import TextChunk, chunk_texts, embedding_title, join_title, sha256_hex
 from app.errors import (
     BatchTooLarge,
     ContentTooLarge,
@@ -49,8 +50,9 @@ from app.models import (
 )
 from app.models.knowledge import Vectors
 from app.models.pagination import decode_cursor, encode_cursor
-from app.services import offload
+from app.services import upsert_plan
 from app.services.runtime import Principal, Runtime, period_key
+from app.services.upsert_plan import Existing, ItemPlan, Texts
 from app.storage.database import add_counts
 from app.storage.index import IndexedChunk
 
@@ -105,97 +107,12 @@ def _check_sizes(principal: Principal, contents: Sequence[tuple[str, str]]) -> N
         )
 
 
-# --- planning ------------------------------------------------------------------------------
-
-
-@dataclass
-class _Existing:
-    doc: KnowledgeDoc
-    chunks: list[Chunk]
-
-
-@dataclass
-class _Plan:
-    item: KnowledgeDocItem
-    status: UpsertStatus
-    existing: _Existing | None
-    content_sha: str
-    #: Set when content changed (or is new): the new chunks and the hash of what each embeds.
-    chunks: list[TextChunk] | None = None
-    embed_shas: list[str] = field(default_factory=list)
-    embed_texts: list[str] = field(default_factory=list)
-    #: The document as stored once the upsert is done (its content not loaded).
-    doc: KnowledgeDoc | None = None
-
-
-class _Texts:
-    """What each item of a request makes: its content's hash and, only for content that is
-    new, its chunks and the text (and hash) each chunk embeds. Worked out once per request,
-    however many times it is planned."""
-
-    def __init__(self, items: Sequence[KnowledgeDocItem]) -> None:
-        self.items = items
-        self.content_shas = [sha256_hex(i.content) for i in items]
-        self._chunked: dict[int, tuple[list[TextChunk], list[str], list[str]]] = {}
-
-    def pending(self, indexes: Sequence[int]) -> list[int]:
-        return [i for i in dict.fromkeys(indexes) if i not in self._chunked]
-
-    def chunk(self, indexes: Sequence[int]) -> None:
-        todo = self.pending(indexes)
-        if not todo:
-            return
-        for i, chunks in zip(todo, chunk_texts([self.items[i].content for i in todo]), strict=True):
-            title = embedding_title(self.items[i].title)
-            texts = [join_title(title, c.text) for c in chunks]
-            self._chunked[i] = (chunks, texts, [sha256_hex(t) for t in texts])
-
-    def chunked(self, i: int) -> tuple[list[TextChunk], list[str], list[str]]:
-        return self._chunked[i]
-
-
-async def _texts(items: Sequence[KnowledgeDocItem]) -> _Texts:
-    """The request's `_Texts`, hashed in a worker thread when there is much content (as the
-    intake parses a large body)."""
-    return await offload.off_loop(sum(len(i.content) for i in items), lambda: _Texts(items))
-
-
-async def _plan(texts: _Texts, existing: dict[str, _Existing]) -> list[_Plan]:
-    """Each item's status against `existing`, with chunks for the content that changed (chunked
-    in a worker thread when there is much of it, a 10 MB batch being about a second of it)."""
-    olds = [existing.get(item.external_id) for item in texts.items]
-    rewrite = [
-        i
-        for i, old in enumerate(olds)
-        if old is None or old.doc.content_sha256 != texts.content_shas[i]
-    ]
-    todo = texts.pending(rewrite)
-    await offload.off_loop(sum(len(texts.items[i].content) for i in todo), lambda: texts.chunk(todo))
-    plans: list[_Plan] = []
-    for i, (item, old, sha) in enumerate(zip(texts.items, olds, texts.content_shas, strict=True)):
-        if old is None or old.doc.content_sha256 != sha:
-            chunks, embed_texts, embed_shas = texts.chunked(i)
-            status: UpsertStatus = "created" if old is None else "updated"
-            plans.append(
-                _Plan(
-                    item,
-                    status,
-                    old,
-                    sha,
-                    chunks=chunks,
-                    embed_texts=embed_texts,
-                    embed_shas=embed_shas,
-                )
-            )
-        else:
-            same = old.doc.title == item.title and old.doc.metadata_ == item.metadata
-            plans.append(_Plan(item, "no_op" if same else "updated", old, sha, doc=old.doc))
-    return plans
+# --- reading and embedding -----------------------------------------------------------------
 
 
 async def _load_existing(
-    session: AsyncSession, user_id: int, texts: _Texts
-) -> dict[str, _Existing]:
+    session: AsyncSession, user_id: int, texts: Texts
+) -> dict[str, Existing]:
     """The stored documents of these items, without their content (what is compared is its
     hash), and the chunks of only those that will be rewritten or retitled: a replay of
     unchanged documents reads one row each and no vectors."""
@@ -203,7 +120,7 @@ async def _load_existing(
         item.external_id: (item, sha)
         for item, sha in zip(texts.items, texts.content_shas, strict=True)
     }
-    out: dict[str, _Existing] = {}
+    out: dict[str, Existing] = {}
     ids = list(wanted)
     for start in range(0, len(ids), 500):
         docs = (
@@ -217,7 +134,7 @@ async def _load_existing(
             )
         ).scalars()
         for d in docs:
-            out[d.external_id] = _Existing(d, [])
+            out[d.external_id] = Existing(d, [])
     changing = {
         e.doc.id: e
         for e in out.values()
@@ -236,17 +153,6 @@ async def _load_existing(
         for c in chunks:
             changing[c.doc_id].chunks.append(c)
     return out
-
-
-def _needed(plans: Sequence[_Plan], have: set[str]) -> dict[str, str]:
-    """Hash -> text of everything the plans embed that no known vector covers."""
-    need: dict[str, str] = {}
-    for p in plans:
-        reusable = {c.embed_sha256 for c in p.existing.chunks} if p.existing else set()
-        for sha, t in zip(p.embed_shas, p.embed_texts, strict=True):
-            if sha not in have and sha not in reusable:
-                need[sha] = t
-    return need
 
 
 async def _embed(runtime: Runtime, need: dict[str, str]) -> dict[str, Vectors]:
@@ -269,22 +175,22 @@ class _ChangedMeanwhile(Exception):
 
 async def _upsert(
     runtime: Runtime, principal: Principal, items: Sequence[KnowledgeDocItem]
-) -> list[_Plan]:
+) -> list[ItemPlan]:
     """Plan against a read snapshot; refuse what the quota would refuse and finish what changes
     nothing there, before any embedding; embed outside the write lock; then write, re-planned
     against the rows as they are under the lock. When a concurrent writer changed a document in
     between so that its text needs embedding after all, the write is rolled back and the text
     embedded outside the lock again: nothing is ever embedded while holding it."""
-    texts = await _texts(items)
+    texts = await upsert_plan.texts_of(items)
     fresh: dict[str, Vectors] = {}
     for _ in range(MAX_PLANS):
         async with runtime.db.read() as session:
             snapshot = await _load_existing(session, principal.user_id, texts)
-            plans = await _plan(texts, snapshot)
+            plans = await upsert_plan.plan(texts, snapshot)
             if all(p.status == "no_op" for p in plans):
                 return plans
             await _check_quota(session, principal, plans)
-        fresh.update(await _embed(runtime, _needed(plans, set(fresh))))
+        fresh.update(await _embed(runtime, upsert_plan.needed(plans, set(fresh))))
         try:
             return await _write(runtime, principal, texts, fresh)
         except _ChangedMeanwhile:
@@ -296,21 +202,21 @@ async def _upsert(
 
 
 async def _write(
-    runtime: Runtime, principal: Principal, texts: _Texts, fresh: dict[str, Vectors]
-) -> list[_Plan]:
+    runtime: Runtime, principal: Principal, texts: Texts, fresh: dict[str, Vectors]
+) -> list[ItemPlan]:
     async with runtime.db.write(user_id=principal.user_id) as session:
         current = await _load_existing(session, principal.user_id, texts)
-        plans = await _plan(texts, current)
-        if _needed(plans, set(fresh)):
+        plans = await upsert_plan.plan(texts, current)
+        if upsert_plan.needed(plans, set(fresh)):
             raise _ChangedMeanwhile()
         await _check_quota(session, principal, plans)
         embedded = await _apply(runtime, session, principal, plans, fresh)
         if embedded:
-            await _count_embedded(runtime, session, principal.user_id, embedded)
+            await _count_embedded(session, principal.user_id, embedded)
     return plans
 
 
-async def _check_quota(session: AsyncSession, principal: Principal, plans: Sequence[_Plan]) -> None:
+async def _check_quota(session: AsyncSession, principal: Principal, plans: Sequence[ItemPlan]) -> None:
     """Refuse a write that would pass a limit; a write that does not grow a dimension passes
     even at (or over) the limit, so updates keep working on a full account."""
     add_docs = sum(1 for p in plans if p.existing is None)
@@ -347,44 +253,40 @@ async def _apply(
     runtime: Runtime,
     session: AsyncSession,
     principal: Principal,
-    plans: Sequence[_Plan],
+    plans: Sequence[ItemPlan],
     fresh: dict[str, Vectors],
 ) -> int:
     """Write the planned documents, a statement per kind of change for the whole batch rather
     than per document; returns how many chunk vectors were newly embedded."""
-    now = utcnow()
-    writes = [p for p in plans if p.status != "no_op"]
-    rewritten = [p for p in writes if p.chunks is not None]
-    replaced = [p.existing for p in rewritten if p.existing is not None]
-    # The old rows carry their vectors: a chunk whose text is unchanged keeps its vector.
-    reused = {c.embed_sha256: c.embedding for e in replaced for c in e.chunks}
-    old_ids = [c.id for e in replaced for c in e.chunks if c.id is not None]
-    if old_ids:
-        await runtime.index.delete(session, old_ids)
-    if replaced:
+    changes = upsert_plan.changes(plans)
+    await _delete_replaced_chunks(runtime, session, changes)
+    await _save_docs(session, principal, changes.writes)
+    await _retitle_kept_chunks(runtime, session, changes.retitled)
+    await _insert_new_chunks(runtime, session, principal, changes, fresh)
+    return changes.newly_embedded
+
+
+async def _delete_replaced_chunks(
+    runtime: Runtime, session: AsyncSession, changes: upsert_plan.Changes
+) -> None:
+    """The chunk rows (and index entries) of documents whose content changed; their vectors
+    are already in `changes.reused` for the new chunks that embed the same text."""
+    if changes.old_chunk_ids:
+        await runtime.index.delete(session, changes.old_chunk_ids)
+    if changes.replaced:
         await session.execute(
-            delete(Chunk).where(col(Chunk.doc_id).in_([e.doc.id for e in replaced]))
+            delete(Chunk).where(col(Chunk.doc_id).in_([e.doc.id for e in changes.replaced]))
         )
-    retitled: list[_Plan] = []
-    docs: dict[str, KnowledgeDoc] = {}
+
+
+async def _save_docs(
+    session: AsyncSession, principal: Principal, writes: Sequence[ItemPlan]
+) -> None:
+    """Create or update the document rows; each plan's `doc` is then the row as stored."""
+    now = utcnow()
     for p in writes:
         item = p.item
-        if p.existing is None:
-            doc = KnowledgeDoc(
-                id=uuid.uuid4().hex,
-                user_id=principal.user_id,
-                external_id=item.external_id,
-                created_at=now,
-                content="",
-                content_sha256="",
-                char_count=0,
-                chunk_count=0,
-                updated_at=now,
-            )
-        else:
-            doc = p.existing.doc
-            if p.chunks is None and doc.title != item.title:
-                retitled.append(p)
+        doc = p.existing.doc if p.existing is not None else _new_doc(principal, item, now)
         doc.title = item.title
         doc.metadata_ = item.metadata
         doc.updated_at = now
@@ -394,25 +296,53 @@ async def _apply(
             doc.char_count = len(item.content)
             doc.chunk_count = len(p.chunks)
         session.add(doc)
-        docs[item.external_id] = p.doc = doc
+        p.doc = doc
     await session.flush()  # the documents before the chunks that refer to them
+
+
+def _new_doc(principal: Principal, item: KnowledgeDocItem, now: datetime) -> KnowledgeDoc:
+    return KnowledgeDoc(
+        id=uuid.uuid4().hex,
+        user_id=principal.user_id,
+        external_id=item.external_id,
+        created_at=now,
+        content="",
+        content_sha256="",
+        char_count=0,
+        chunk_count=0,
+        updated_at=now,
+    )
+
+
+async def _retitle_kept_chunks(
+    runtime: Runtime, session: AsyncSession, retitled: Sequence[ItemPlan]
+) -> None:
+    """Documents with a new title and the same content keep their chunk rows (and vectors);
+    the index takes the new title."""
     for p in retitled:
         assert p.existing is not None
         await runtime.index.retitle(
             session, title=p.item.title, chunk_ids=[c.id for c in p.existing.chunks if c.id]
         )
+
+
+async def _insert_new_chunks(
+    runtime: Runtime,
+    session: AsyncSession,
+    principal: Principal,
+    changes: upsert_plan.Changes,
+    fresh: dict[str, Vectors],
+) -> None:
+    """The chunk rows of the rewritten documents, with their vectors (kept or fresh), and their
+    index entries."""
     rows: list[dict[str, object]] = []
     titled: list[tuple[str | None, list[tuple[str, Vectors]]]] = []
-    embedded = 0
-    for p in rewritten:
-        assert p.chunks is not None
-        own = {c.embed_sha256 for c in p.existing.chunks} if p.existing else set()
-        embedded += sum(1 for s in p.embed_shas if s not in own)
-        vectors = [reused[s] if s in reused else fresh[s] for s in p.embed_shas]
-        doc_id = docs[p.item.external_id].id
+    for p in changes.rewritten:
+        assert p.chunks is not None and p.doc is not None
+        vectors = changes.vectors(p, fresh)
         rows.extend(
             {
-                "doc_id": doc_id,
+                "doc_id": p.doc.id,
                 "user_id": principal.user_id,
                 "chunk_index": c.index,
                 "text": c.text,
@@ -423,7 +353,7 @@ async def _apply(
         )
         titled.append((p.item.title, [(c.text, v) for c, v in zip(p.chunks, vectors, strict=True)]))
     if not rows:
-        return embedded
+        return
     # One multi-row INSERT ... RETURNING for every new chunk (the ORM's bulk path: a tenth of
     # the unit of work's time on the event loop for a batch of 100 documents).
     inserted = await session.execute(
@@ -438,17 +368,11 @@ async def _apply(
             for title, chunks in titled
         ],
     )
-    return embedded
 
 
-async def _count_embedded(runtime: Runtime, session: AsyncSession, user_id: int, n: int) -> None:
-    await session.execute(
-        add_counts(
-            runtime.db.dialect,
-            UsageCounter,
-            {"user_id": user_id, "period": period_key()},
-            embedded_chunks=n,
-        )
+async def _count_embedded(session: AsyncSession, user_id: int, n: int) -> None:
+    await add_counts(
+        session, UsageCounter, {"user_id": user_id, "period": period_key()}, embedded_chunks=n
     )
 
 

@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 from app.embedding.embedder import Embedder
 from app.services.usage import RequestCounter
 from app.settings import MiB, Plan, Settings
-from app.storage.database import Database
-from app.storage.index import SearchIndex, for_dialect
+from app.storage.database import Database, search_index
+from app.storage.index import SearchIndex
 
 
 @dataclass
@@ -23,9 +23,7 @@ class Runtime:
     requests: RequestCounter = field(default_factory=RequestCounter)
 
     def __post_init__(self) -> None:
-        self.index = for_dialect(
-            self.db.dialect, vector_cache_bytes=self.settings.vector_cache_mb * MiB
-        )
+        self.index = search_index(self.db, vector_cache_bytes=self.settings.vector_cache_mb * MiB)
 
     def plan(self, plan_id: str) -> Plan:
         plans = self.settings.all_plans

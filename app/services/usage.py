@@ -61,7 +61,7 @@ class RequestCounter:
             try:
                 async with db.write() as session:
                     for (user_id, period), n in taken.items():
-                        await _add_requests(db, session, user_id, period, n)
+                        await _add_requests(session, user_id, period, n)
             except BaseException:
                 self._pending.update(taken)
                 raise
@@ -81,11 +81,7 @@ class RequestCounter:
             await self.flush_or_log(db)
 
 
-async def _add_requests(
-    db: Database, session: AsyncSession, user_id: int, period: str, n: int
-) -> None:
+async def _add_requests(session: AsyncSession, user_id: int, period: str, n: int) -> None:
     if await session.get(User, user_id) is None:  # deleted since: nothing to count against
         return
-    await session.execute(
-        add_counts(db.dialect, UsageCounter, {"user_id": user_id, "period": period}, requests=n)
-    )
+    await add_counts(session, UsageCounter, {"user_id": user_id, "period": period}, requests=n)

@@ -39,6 +39,7 @@ from app.errors import Unauthorized, Unavailable
 from app.files import prepare_sqlite_file
 from app.settings import Settings
 from app.storage import migrations, postgres_driver, sqlite_driver
+from app.storage.index import SearchIndex, for_dialect
 from app.storage.migrations import SchemaError
 
 log = logging.getLogger(__name__)
@@ -288,14 +289,26 @@ def _reason(exc: BaseException) -> str:
     return str(orig).strip().splitlines()[0] if str(orig).strip() else orig.__class__.__name__
 
 
-def add_counts(dialect: Dialect, table: type[SQLModel], keys: dict[str, Any], **add: int) -> Any:
-    """An INSERT that adds `add` to a counter row, creating it if missing: one statement, safe
-    when several processes count into the same row at once."""
+async def add_counts(
+    session: AsyncSession, table: type[SQLModel], keys: dict[str, Any], **add: int
+) -> None:
+    """Add `add` to a counter row, creating it if missing: one INSERT ... ON CONFLICT DO UPDATE,
+    safe when several processes count into the same row at once. The statement is the session's
+    engine's own, so a caller never names the engine."""
+    dialect = session.get_bind().dialect.name
     insert = sqlite_insert if dialect == "sqlite" else pg_insert
     columns = table.__table__.c  # type: ignore[attr-defined]
     zeros = {c.name: 0 for c in columns if c.name not in keys and c.name not in add}
     statement = insert(table).values(**keys, **zeros, **add)
-    return statement.on_conflict_do_update(
-        index_elements=list(keys),
-        set_={name: columns[name] + statement.excluded[name] for name in add},
+    await session.execute(
+        statement.on_conflict_do_update(
+            index_elements=list(keys),
+            set_={name: columns[name] + statement.excluded[name] for name in add},
+        )
     )
+
+
+def search_index(db: Database, *, vector_cache_bytes: int = 0) -> SearchIndex:
+    """The search index of `db`'s engine (`app.storage.index.for_dialect`), so the services
+    that keep one never name the engine."""
+    return for_dialect(db.dialect, vector_cache_bytes=vector_cache_bytes)
