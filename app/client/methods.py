@@ -11,7 +11,17 @@ from __future__ import annotations
 import inspect
 import types
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Self, TypeVar, get_args, overload
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Concatenate,
+    Generic,
+    ParamSpec,
+    Self,
+    TypeVar,
+    get_args,
+    overload,
+)
 
 from app.client.calls import Call, Pages, Program
 
@@ -40,6 +50,12 @@ class Operation(Generic[P, T]):
     @overload
     def __get__(self, client: Client, owner: type[Any]) -> Callable[P, T]: ...
     @overload
+    def __get__(
+        self, client: None, owner: type[AsyncClient]
+    ) -> Callable[Concatenate[AsyncClient, P], Coroutine[Any, Any, T]]: ...
+    @overload
+    def __get__(self, client: None, owner: type[Client]) -> Callable[Concatenate[Client, P], T]: ...
+    @overload
     def __get__(self, client: None, owner: type[Any]) -> Self: ...
     def __get__(self, client: object, owner: type[Any]) -> Any:
         return _unbound(self, client)
@@ -55,6 +71,14 @@ class Listing(Generic[P, T]):
     def __get__(self, client: AsyncClient, owner: type[Any]) -> Callable[P, AsyncIterator[T]]: ...
     @overload
     def __get__(self, client: Client, owner: type[Any]) -> Callable[P, Iterator[T]]: ...
+    @overload
+    def __get__(
+        self, client: None, owner: type[AsyncClient]
+    ) -> Callable[Concatenate[AsyncClient, P], AsyncIterator[T]]: ...
+    @overload
+    def __get__(
+        self, client: None, owner: type[Client]
+    ) -> Callable[Concatenate[Client, P], Iterator[T]]: ...
     @overload
     def __get__(self, client: None, owner: type[Any]) -> Self: ...
     def __get__(self, client: object, owner: type[Any]) -> Any:
