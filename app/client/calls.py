@@ -208,7 +208,9 @@ def search(
     persona_id: str | None = None,
     external_ids: Sequence[str] | None = None,
     metadata: Mapping[str, Any] | None = None,
+    min_score: float | None = None,
 ) -> Call[SearchResults]:
+    """The `k` best hits for `query`; `min_score` (0 to 1) leaves out the weaker ones."""
     body: dict[str, Any] = {"query": query, "k": k, "mode": mode}
     if persona_id is not None:
         body["persona_id"] = persona_id
@@ -216,6 +218,8 @@ def search(
         body["external_ids"] = list(external_ids)
     if metadata is not None:
         body["metadata"] = dict(metadata)
+    if min_score is not None:
+        body["min_score"] = min_score
     # A POST, but it only reads: safe to replay.
     return Call("POST", "/api/knowledge/search", _model(SearchResults), json=body)
 
