@@ -1,5 +1,5 @@
-"""What `Client` and `AsyncClient` share: configuration, headers, the retry loop, and dressing
-the list of operations (the builders of `app.client.calls`, made methods by `app.client.methods`).
+"""What `Client` and `AsyncClient` share: configuration, headers, the retry loop, and the one
+list of operations (the builders of `app.client.calls`, made methods by `app.client.methods`).
 
 The retry loop is written once, without I/O (`_exchange`): it yields what to do next (wait this
 long, then send this request) and is sent back what happened (the response, or the transport
