@@ -1,66 +1,55 @@
-"""`AsyncClient`: the asyncio client, on `httpx.AsyncClient`."""
+"""`AsyncClient`: the asyncio client, on `httpx.AsyncClient`.
+
+Its operations are listed once, in `ClientBase`; `_method` and `_iterator` make them methods of
+this client. Their parameters and docstrings are written in `app.client.calls`."""
 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from datetime import datetime
+from collections.abc import AsyncIterator, Callable, Coroutine
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Concatenate, ParamSpec, Self, TypeVar
 
 import httpx
 
-from app.client import calls
-from app.client.base import PAGE_SIZE, ClientBase
-from app.client.batching import DEFAULT_BATCH_CHARS, BatchDone, merge, plan_batches
-from app.client.calls import Call, DocItem
-from app.client.models import (
-    BatchResult,
-    Document,
-    Page,
-    Persona,
-    PersonaKnowledge,
-    PersonaSummary,
-    SearchResults,
-    SingleUpsert,
-    Subscription,
-    Usage,
-)
-from app.client.retry import OnRetry
+from app.client.base import ClientBase, Exchange, Outcome
+from app.client.calls import Call, Pages, Program
+from app.client.methods import dressed
+from app.client.models import Page
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 
-class AsyncClient(ClientBase):
+def _method(
+    build: Callable[P, Call[T] | Program[T]],
+) -> Callable[Concatenate[AsyncClient, P], Coroutine[Any, Any, T]]:
+    async def method(self: AsyncClient, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return await self._drive(self._perform(build(*args, **kwargs)))
+
+    return dressed(method, build)
+
+
+def _iterator(
+    build: Callable[P, Pages[T]],
+) -> Callable[Concatenate[AsyncClient, P], AsyncIterator[T]]:
+    def method(self: AsyncClient, /, *args: P.args, **kwargs: P.kwargs) -> AsyncIterator[T]:
+        return self._pages(build(*args, **kwargs))
+
+    return dressed(method, build, iterator=AsyncIterator)
+
+
+class AsyncClient(
+    ClientBase[httpx.AsyncBaseTransport, httpx.AsyncClient], method=_method, iterator=_iterator
+):
     """The PersonAIzer v1 API for asyncio. Use it as `async with` (or await `aclose()`).
 
     Errors come as `ApiError` (with `code`, `status`, `request_id`) or `TransportError`;
     429/503 are waited out as the server's `Retry-After` says, at most `max_retries` times."""
 
-    def __init__(
-        self,
-        base_url: str,
-        api_key: str,
-        *,
-        timeout: float = 120.0,
-        max_retries: int = 3,
-        max_wait: float = 60.0,
-        on_retry: OnRetry | None = None,
-        headers: dict[str, str] | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        super().__init__(
-            base_url,
-            api_key,
-            timeout=timeout,
-            max_retries=max_retries,
-            max_wait=max_wait,
-            on_retry=on_retry,
-            headers=headers,
-        )
-        self._http = httpx.AsyncClient(
-            base_url=self.base_url, headers=self.headers, timeout=timeout, transport=transport
+    def _connect(self, transport: httpx.AsyncBaseTransport | None) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            base_url=self.base_url, headers=self.headers, timeout=self.timeout, transport=transport
         )
 
     async def __aenter__(self) -> Self:
@@ -76,182 +65,28 @@ class AsyncClient(ClientBase):
 
     async def run(self, call: Call[T]) -> T:
         """Send one call, retrying as `RetryPolicy` allows."""
-        request_id = self._new_request_id()
-        attempt = 0
-        while True:
-            try:
-                response = await self._http.request(
-                    call.method, call.path, **self._request(call, request_id)
-                )
-            except httpx.TransportError as exc:
-                await asyncio.sleep(self._failed(call, exc, attempt))
-            else:
-                wait = self._wait_after(call, response, attempt)
-                if wait is None:
-                    return call.parse(response)
-                await asyncio.sleep(wait)
-            attempt += 1
+        return await self._drive(self._exchange(call))
 
-    async def _pages(self, first: Callable[[str | None], Call[Page[T]]]) -> AsyncIterator[T]:
-        cursor: str | None = None
-        while True:
-            page = await self.run(first(cursor))
+    async def _drive(self, exchange: Exchange[T]) -> T:
+        """Wait and send as `exchange` asks, until it has its result."""
+        try:
+            wait, request = next(exchange)
+            while True:
+                if wait:
+                    await asyncio.sleep(wait)
+                try:
+                    outcome: Outcome = await self._http.send(request)
+                except httpx.TransportError as exc:
+                    outcome = exc
+                wait, request = exchange.send(outcome)
+        except StopIteration as done:
+            result: T = done.value
+            return result
+
+    async def _pages(self, pages: Pages[T]) -> AsyncIterator[T]:
+        call: Call[Page[T]] | None = pages.first
+        while call is not None:
+            page = await self.run(call)
             for item in page.items:
                 yield item
-            if page.next_cursor is None:
-                return
-            cursor = page.next_cursor
-
-    # --- knowledge --------------------------------------------------------------------------
-
-    async def list_docs(
-        self,
-        *,
-        limit: int = 50,
-        cursor: str | None = None,
-        include_content: bool = False,
-        updated_since: datetime | None = None,
-    ) -> Page[Document]:
-        return await self.run(
-            calls.list_docs(
-                limit=limit,
-                cursor=cursor,
-                include_content=include_content,
-                updated_since=updated_since,
-            )
-        )
-
-    def iter_docs(
-        self, *, include_content: bool = False, updated_since: datetime | None = None
-    ) -> AsyncIterator[Document]:
-        """Every document, page after page, ordered by external_id."""
-        return self._pages(
-            lambda cursor: calls.list_docs(
-                limit=PAGE_SIZE,
-                cursor=cursor,
-                include_content=include_content,
-                updated_since=updated_since,
-            )
-        )
-
-    async def get_doc(self, external_id: str) -> Document:
-        return await self.run(calls.get_doc(external_id))
-
-    async def upsert_doc(
-        self,
-        external_id: str,
-        *,
-        content: str,
-        title: str | None = None,
-        metadata: Mapping[str, Any] | None = None,
-    ) -> SingleUpsert:
-        return await self.run(
-            calls.upsert_doc(external_id, content=content, title=title, metadata=metadata)
-        )
-
-    async def upsert_docs(self, items: Sequence[DocItem]) -> BatchResult:
-        """One batch request: all or nothing, at most the plan's `batch_items`."""
-        return await self.run(calls.upsert_docs(items))
-
-    async def upsert_docs_batched(
-        self,
-        items: Iterable[DocItem],
-        *,
-        batch_items: int | None = None,
-        max_chars: int = DEFAULT_BATCH_CHARS,
-        on_batch: Callable[[BatchDone], None] | None = None,
-    ) -> BatchResult:
-        """Upsert any number of documents in batches cut by count (`batch_items`, by default
-        the plan's) and by size (`max_chars`). Each batch commits on its own: after a failure,
-        the batches before it are stored, and running the same call again is safe (they are
-        no_ops)."""
-        if batch_items is None:
-            batch_items = (await self.subscription()).limits.batch_items
-        done: list[BatchResult] = []
-        docs = (calls.doc_input(i) for i in items)
-        for index, batch in enumerate(
-            plan_batches(docs, max_items=batch_items, max_chars=max_chars)
-        ):
-            started = time.monotonic()
-            result = await self.upsert_docs(batch)
-            done.append(result)
-            if on_batch is not None:
-                on_batch(BatchDone(index, batch, result, time.monotonic() - started))
-        return merge(done)
-
-    async def delete_doc(self, external_id: str) -> None:
-        """Delete a document; no error when it is already gone."""
-        await self.run(calls.delete_doc(external_id))
-
-    async def search(
-        self,
-        query: str,
-        *,
-        k: int = 5,
-        mode: str = "hybrid",
-        persona_id: str | None = None,
-        external_ids: Sequence[str] | None = None,
-        metadata: Mapping[str, Any] | None = None,
-    ) -> SearchResults:
-        return await self.run(
-            calls.search(
-                query,
-                k=k,
-                mode=mode,
-                persona_id=persona_id,
-                external_ids=external_ids,
-                metadata=metadata,
-            )
-        )
-
-    # --- personas ---------------------------------------------------------------------------
-
-    async def list_personas(
-        self, *, limit: int = 50, cursor: str | None = None
-    ) -> Page[PersonaSummary]:
-        return await self.run(calls.list_personas(limit=limit, cursor=cursor))
-
-    def iter_personas(self) -> AsyncIterator[PersonaSummary]:
-        """Every persona, page after page, in creation order."""
-        return self._pages(lambda cursor: calls.list_personas(limit=PAGE_SIZE, cursor=cursor))
-
-    async def get_persona(self, persona_id: str) -> Persona:
-        return await self.run(calls.get_persona(persona_id))
-
-    async def create_persona(
-        self,
-        *,
-        name: str,
-        description: str = "",
-        instructions: str = "",
-        greeting: str | None = None,
-        metadata: Mapping[str, Any] | None = None,
-    ) -> Persona:
-        return await self.run(
-            calls.create_persona(
-                name=name,
-                description=description,
-                instructions=instructions,
-                greeting=greeting,
-                metadata=metadata,
-            )
-        )
-
-    async def update_persona(self, persona_id: str, **changes: Any) -> Persona:
-        return await self.run(calls.update_persona(persona_id, changes))
-
-    async def delete_persona(self, persona_id: str) -> None:
-        await self.run(calls.delete_persona(persona_id))
-
-    async def set_persona_knowledge(
-        self, persona_id: str, external_ids: Sequence[str]
-    ) -> PersonaKnowledge:
-        return await self.run(calls.set_persona_knowledge(persona_id, external_ids))
-
-    # --- subscription -----------------------------------------------------------------------
-
-    async def subscription(self) -> Subscription:
-        return await self.run(calls.subscription())
-
-    async def usage(self) -> Usage:
-        return await self.run(calls.usage())
+            call = pages.after(page)

@@ -1,25 +1,49 @@
-"""What `Client` and `AsyncClient` share: configuration, headers, and turning answers and
-transport failures into results, retries or exceptions."""
+"""What `Client` and `AsyncClient` share: configuration, headers, the retry loop, and the one
+list of operations (the builders of `app.client.calls`, made methods by `app.client.methods`).
+
+The retry loop is written once, without I/O (`_exchange`): it yields what to do next (wait this
+long, then send this request) and is sent back what happened (the response, or the transport
+error). Each client only carries that out, blocking or awaiting (its `_drive`)."""
 
 from __future__ import annotations
 
 import secrets
-from typing import Any, TypeVar
+from collections.abc import Generator
+from typing import Any, Generic, TypeVar
 
 import httpx
 
-from app.client.calls import Call
+from app.client import calls
+from app.client.calls import Call, Program
 from app.client.errors import ApiError, ConnectionFailed, RequestTimeout, TransportError
+from app.client.methods import Dresser, Listing, Operation, dress
 from app.client.retry import OnRetry, RetryEvent, RetryPolicy, retry_after
 
 T = TypeVar("T")
+#: The transport a client may be given (`httpx.BaseTransport` or `httpx.AsyncBaseTransport`).
+Tr = TypeVar("Tr")
+#: The httpx client underneath.
+H = TypeVar("H", bound=httpx.Client | httpx.AsyncClient)
 
 USER_AGENT = "personaizer-client/1"
-#: Page size of the list iterators: the contract's largest.
-PAGE_SIZE = 200
+
+#: What happened to a request: its answer, or no answer.
+Outcome = httpx.Response | httpx.TransportError
+#: The I/O-free side of a call: yields (seconds to wait first, request to send), is sent the
+#: `Outcome`, returns the result.
+Exchange = Generator[tuple[float, httpx.Request], Outcome, T]
 
 
-class ClientBase:
+class ClientBase(Generic[Tr, H]):
+    def __init_subclass__(
+        cls, *, method: Dresser | None = None, iterator: Dresser | None = None, **kwargs: Any
+    ) -> None:
+        super().__init_subclass__(**kwargs)
+        # `Client` and `AsyncClient` say how they make their methods; a subclass of theirs
+        # inherits those methods as they are.
+        if method is not None and iterator is not None:
+            dress(cls, method=method, iterator=iterator)
+
     def __init__(
         self,
         base_url: str,
@@ -30,25 +54,78 @@ class ClientBase:
         max_wait: float = 60.0,
         on_retry: OnRetry | None = None,
         headers: dict[str, str] | None = None,
+        transport: Tr | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.policy = RetryPolicy(max_retries=max_retries, max_wait=max_wait)
         self.on_retry = on_retry
         self.headers = {"X-Api-Key": api_key, "User-Agent": USER_AGENT, **(headers or {})}
+        self._http = self._connect(transport)
 
-    def _request(self, call: Call[Any], request_id: str) -> dict[str, Any]:
+    # --- the operations: parameters and docstrings are in app.client.calls ------------------
+
+    list_docs = Operation(calls.list_docs)
+    iter_docs = Listing(calls.iter_docs)
+    get_doc = Operation(calls.get_doc)
+    upsert_doc = Operation(calls.upsert_doc)
+    upsert_docs = Operation(calls.upsert_docs)
+    upsert_docs_batched = Operation(calls.upsert_docs_batched)
+    delete_doc = Operation(calls.delete_doc)
+    search = Operation(calls.search)
+
+    list_personas = Operation(calls.list_personas)
+    iter_personas = Listing(calls.iter_personas)
+    get_persona = Operation(calls.get_persona)
+    create_persona = Operation(calls.create_persona)
+    update_persona = Operation(calls.update_persona)
+    delete_persona = Operation(calls.delete_persona)
+    set_persona_knowledge = Operation(calls.set_persona_knowledge)
+
+    subscription = Operation(calls.subscription)
+    usage = Operation(calls.usage)
+
+    # --- running them ---------------------------------------------------------------------
+
+    def _connect(self, transport: Tr | None) -> H:
+        """The httpx client the requests go through."""
+        raise NotImplementedError
+
+    def _exchange(self, call: Call[T]) -> Exchange[T]:
+        """One call, retried as `RetryPolicy` allows."""
         # One request id for every attempt of a call, so the server's log ties replays together.
+        request_id = f"pzc-{secrets.token_hex(8)}"
+        wait, attempt = 0.0, 0
+        while True:
+            outcome = yield wait, self._build(call, request_id)
+            if isinstance(outcome, httpx.TransportError):
+                wait = self._failed(call, outcome, attempt)
+            else:
+                retry = self._wait_after(call, outcome, attempt)
+                if retry is None:
+                    return call.parse(outcome)
+                wait = retry
+            attempt += 1
+
+    def _perform(self, work: Call[T] | Program[T]) -> Exchange[T]:
+        """A call, or each call of a program in turn."""
+        if isinstance(work, Call):
+            return (yield from self._exchange(work))
+        try:
+            call = next(work)
+            while True:
+                call = work.send((yield from self._exchange(call)))
+        except StopIteration as done:
+            result: T = done.value
+            return result
+
+    def _build(self, call: Call[Any], request_id: str) -> httpx.Request:
         kwargs: dict[str, Any] = {"headers": {"X-Request-Id": request_id}}
         if call.params:
             kwargs["params"] = call.params
         if call.json is not None:
             kwargs["json"] = call.json
-        return kwargs
-
-    @staticmethod
-    def _new_request_id() -> str:
-        return f"pzc-{secrets.token_hex(8)}"
+        return self._http.build_request(call.method, call.path, **kwargs)
 
     def _wait_after(self, call: Call[Any], response: httpx.Response, attempt: int) -> float | None:
         """None when the answer is a success; else the wait before retrying, or `ApiError`."""

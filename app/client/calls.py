@@ -1,11 +1,21 @@
 """The v1 operations as data: what to send and how to read the answer.
 
-Both clients (`Client`, `AsyncClient`) run these same `Call`s, so the two cannot drift: they
-differ only in how they wait (blocking or awaiting)."""
+This module is the one place an operation is written: its parameters, its docstring, the
+request it makes and the type it answers. `Client` and `AsyncClient` take each builder here as
+a method (`method(calls.get_doc)`), its signature and docstring included, so the two cannot
+drift: they differ only in how they wait (blocking or awaiting).
+
+A builder returns one of three things:
+- a `Call`: one request (most operations);
+- a `Program`: several requests in turn, each yielded as a `Call` and sent its result back
+  (`upsert_docs_batched`);
+- `Pages`: a list walked page after page (`iter_docs`, `iter_personas`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
@@ -14,6 +24,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import TypeAdapter
 
+from app.client.batching import DEFAULT_BATCH_CHARS, BatchDone, merge, plan_batches
 from app.client.models import (
     BatchResult,
     DocInput,
@@ -30,6 +41,9 @@ from app.client.models import (
 
 T = TypeVar("T")
 
+#: Page size of the list iterators: the contract's largest.
+PAGE_SIZE = 200
+
 
 @dataclass(frozen=True, slots=True)
 class Call(Generic[T]):
@@ -42,6 +56,25 @@ class Call(Generic[T]):
     params: dict[str, Any] = field(default_factory=dict)
     json: Any = None
     idempotent: bool = True
+
+
+#: Several calls in turn: the program yields each `Call` and is sent back what it answered.
+Program = Generator[Call[Any], Any, T]
+
+
+@dataclass(frozen=True, slots=True)
+class Pages(Generic[T]):
+    """A list read page after page: `page(cursor)` asks for the page after `cursor`."""
+
+    page: Callable[[str | None], Call[Page[T]]]
+
+    @property
+    def first(self) -> Call[Page[T]]:
+        return self.page(None)
+
+    def after(self, page: Page[T]) -> Call[Page[T]] | None:
+        """The call for the next page, or None when `page` was the last."""
+        return None if page.next_cursor is None else self.page(page.next_cursor)
 
 
 def _model(kind: type[T]) -> Callable[[httpx.Response], T]:
@@ -95,11 +128,26 @@ def list_docs(
     return Call("GET", "/api/knowledge/docs", _model(Page[Document]), params=params)
 
 
+def iter_docs(
+    *, include_content: bool = False, updated_since: datetime | None = None
+) -> Pages[Document]:
+    """Every document, page after page, ordered by external_id."""
+    return Pages(
+        lambda cursor: list_docs(
+            limit=PAGE_SIZE,
+            cursor=cursor,
+            include_content=include_content,
+            updated_since=updated_since,
+        )
+    )
+
+
 def get_doc(external_id: str) -> Call[Document]:
     return Call("GET", f"/api/knowledge/docs/by-external-id/{_id(external_id)}", _model(Document))
 
 
 def upsert_docs(items: Sequence[DocItem]) -> Call[BatchResult]:
+    """One batch request: all or nothing, at most the plan's `batch_items`."""
     body = {"items": [doc_input(i).model_dump(mode="json") for i in items]}
     # All-or-nothing and idempotent: a replay of a committed batch answers no_op for each item.
     return Call("PUT", "/api/knowledge/docs", _model(BatchResult), json=body)
@@ -121,7 +169,34 @@ def upsert_doc(
     )
 
 
+def upsert_docs_batched(
+    items: Iterable[DocItem],
+    *,
+    batch_items: int | None = None,
+    max_chars: int = DEFAULT_BATCH_CHARS,
+    on_batch: Callable[[BatchDone], None] | None = None,
+) -> Program[BatchResult]:
+    """Upsert any number of documents in batches cut by count (`batch_items`, by default
+    the plan's) and by size (`max_chars`). Each batch commits on its own: after a failure,
+    the batches before it are stored, and running the same call again is safe (they are
+    no_ops)."""
+    if batch_items is None:
+        plan: Subscription = yield subscription()
+        batch_items = plan.limits.batch_items
+    done: list[BatchResult] = []
+    docs = (doc_input(i) for i in items)
+    for index, batch in enumerate(plan_batches(docs, max_items=batch_items, max_chars=max_chars)):
+        # The program is suspended at `yield` while the client sends the batch: this times it.
+        started = time.monotonic()
+        result: BatchResult = yield upsert_docs(batch)
+        done.append(result)
+        if on_batch is not None:
+            on_batch(BatchDone(index, batch, result, time.monotonic() - started))
+    return merge(done)
+
+
 def delete_doc(external_id: str) -> Call[None]:
+    """Delete a document; no error when it is already gone."""
     return Call("DELETE", f"/api/knowledge/docs/by-external-id/{_id(external_id)}", _none)
 
 
@@ -133,7 +208,9 @@ def search(
     persona_id: str | None = None,
     external_ids: Sequence[str] | None = None,
     metadata: Mapping[str, Any] | None = None,
+    min_score: float | None = None,
 ) -> Call[SearchResults]:
+    """The `k` best hits for `query`; `min_score` (0 to 1) leaves out the weaker ones."""
     body: dict[str, Any] = {"query": query, "k": k, "mode": mode}
     if persona_id is not None:
         body["persona_id"] = persona_id
@@ -141,6 +218,8 @@ def search(
         body["external_ids"] = list(external_ids)
     if metadata is not None:
         body["metadata"] = dict(metadata)
+    if min_score is not None:
+        body["min_score"] = min_score
     # A POST, but it only reads: safe to replay.
     return Call("POST", "/api/knowledge/search", _model(SearchResults), json=body)
 
@@ -152,6 +231,11 @@ def list_personas(*, limit: int = 50, cursor: str | None = None) -> Call[Page[Pe
     return Call(
         "GET", "/api/personas", _model(Page[PersonaSummary]), params=_page_params(limit, cursor)
     )
+
+
+def iter_personas() -> Pages[PersonaSummary]:
+    """Every persona, page after page, in creation order."""
+    return Pages(lambda cursor: list_personas(limit=PAGE_SIZE, cursor=cursor))
 
 
 def get_persona(persona_id: str) -> Call[Persona]:
@@ -177,7 +261,7 @@ def create_persona(
     return Call("POST", "/api/personas", _model(Persona), json=body, idempotent=False)
 
 
-def update_persona(persona_id: str, changes: Mapping[str, Any]) -> Call[Persona]:
+def update_persona(persona_id: str, **changes: Any) -> Call[Persona]:
     """A partial update: only the fields in `changes` are sent, so only they change."""
     return Call("PATCH", f"/api/personas/{_id(persona_id)}", _model(Persona), json=dict(changes))
 

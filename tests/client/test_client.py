@@ -252,3 +252,40 @@ def test_unreachable_server_is_one_clear_error() -> None:
         api.subscription()
     message = str(caught.value)
     assert message.startswith(f"cannot reach {url}: ") and len(message) > len(url) + 16
+
+
+async def test_search_min_score_leaves_out_weaker_hits(app: Starlette) -> None:
+    key = await new_key(app, plan="unlimited")
+    async with asgi_client(app, key) as api:
+        await api.upsert_docs(
+            [
+                {"external_id": "ship", "content": "Orders ship within two days."},
+                {"external_id": "cat", "content": "Our office cat is named Biscuit."},
+            ]
+        )
+        every = await api.search("how long does shipping take", k=5)
+        scores = [hit.score for hit in every.results]
+        assert len(scores) == 2 and scores[0] > scores[1]
+        # A threshold between the two scores keeps the first hit only.
+        middle = (scores[0] + scores[1]) / 2
+        kept = await api.search("how long does shipping take", k=5, min_score=middle)
+        assert [hit.external_id for hit in kept.results] == ["ship"]
+        with pytest.raises(ApiError) as caught:
+            await api.search("shipping", min_score=1.5)
+        assert caught.value.status == 422
+        assert caught.value.errors[0]["pointer"] == "/min_score"
+
+
+def test_blocking_search_min_score_against_a_live_server(live_server: LiveServer) -> None:
+    key = live_server.new_key("client-min-score@example.com")
+    with Client(live_server.url, key) as api:
+        api.upsert_docs(
+            [
+                {"external_id": "ship", "content": "Orders ship within two days."},
+                {"external_id": "cat", "content": "Our office cat is named Biscuit."},
+            ]
+        )
+        every = api.search("how long does shipping take", k=5).results
+        assert [hit.external_id for hit in every] == ["ship", "cat"]
+        kept = api.search("how long does shipping take", k=5, min_score=every[0].score)
+        assert [hit.external_id for hit in kept.results] == ["ship"]
