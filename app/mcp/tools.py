@@ -16,7 +16,10 @@ from pydantic import BaseModel, Field
 
 from app.mcp.errors import answer, gate
 from app.models import (
+    METADATA_MAX_BYTES,
+    SEARCH_EXTERNAL_IDS_MAX,
     SEARCH_K_MAX,
+    SEARCH_METADATA_KEYS_MAX,
     SEARCH_QUERY_MAX,
     KnowledgeDocPublic,
     Page,
@@ -27,7 +30,7 @@ from app.models import (
     SearchResponse,
 )
 from app.models.base import JsonObject, PublicModel
-from app.models.pagination import MAX_LIMIT
+from app.models.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from app.services import knowledge, personas
 from app.services import search as search_service
 from app.services.runtime import Principal, Runtime
@@ -47,7 +50,7 @@ async def search_knowledge(
         Field(
             min_length=1,
             max_length=SEARCH_QUERY_MAX,
-            description="What to look for: free text; any characters are safe.",
+            description=SearchRequest.model_fields["query"].description,
         ),
     ],
     k: Annotated[int, Field(ge=1, le=SEARCH_K_MAX, description="How many documents.")] = 5,
@@ -60,14 +63,28 @@ async def search_knowledge(
     ] = None,
     external_ids: Annotated[
         list[str] | None,
-        Field(description="Only these documents (external_ids); unknown ones are ignored."),
+        Field(
+            description=(
+                f"Only these documents (at most {SEARCH_EXTERNAL_IDS_MAX} external_ids); unknown "
+                "ones are ignored."
+            )
+        ),
     ] = None,
     metadata: Annotated[
         JsonObject | None,
-        Field(description='Equality filters on top-level metadata keys, e.g. {"lang": "en"}.'),
+        Field(
+            description=(
+                f"Equality filters on at most {SEARCH_METADATA_KEYS_MAX} top-level metadata keys "
+                f"({METADATA_MAX_BYTES:,} bytes of JSON at most), e.g. "
+                '{"lang": "en"}.'
+            )
+        ),
     ] = None,
     min_score: Annotated[
-        float | None, Field(ge=0, le=1, description="Leave out hits scoring below this (0..1).")
+        float | None,
+        # The model's own text: it also gives the threshold (`SEARCH_JUNK_THRESHOLD`) below
+        # which a hit is most likely unrelated, which an agent can use as is.
+        Field(ge=0, le=1, description=SearchRequest.model_fields["min_score"].description),
     ] = None,
 ) -> Annotated[CallToolResult, SearchResponse]:
     """Search the user's knowledge documents. Best first, at most `k`, one hit per document (its
@@ -106,7 +123,9 @@ async def get_document(
 
 async def list_personas(
     ctx: Context,
-    limit: Annotated[int, Field(ge=1, le=MAX_LIMIT, description="Personas per page.")] = 50,
+    limit: Annotated[
+        int, Field(ge=1, le=MAX_LIMIT, description="Personas per page.")
+    ] = DEFAULT_LIMIT,
     cursor: Annotated[
         str | None, Field(description="The next_cursor of the previous page.")
     ] = None,
