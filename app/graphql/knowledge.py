@@ -11,6 +11,7 @@ from strawberry.scalars import JSON
 from strawberry.types.unset import UNSET
 
 from app.graphql.context import Info
+from app.graphql.descriptions import EXTERNAL_ID, METADATA, at_most
 from app.graphql.errors import given, located, validated
 from app.graphql.pages import (
     AFTER_DESCRIPTION,
@@ -21,6 +22,7 @@ from app.graphql.pages import (
     selects,
 )
 from app.models import (
+    TITLE_MAX,
     BatchUpsertResponse,
     KnowledgeDocBatch,
     KnowledgeDocBody,
@@ -132,11 +134,11 @@ class DeleteKnowledgeDocPayload:
 
 @strawberry.input(description="One document of a batch upsert.")
 class KnowledgeDocItemInput:
-    external_id: str = strawberry.field(description="1-128 characters of A-Z a-z 0-9 . _ : -")
-    title: str | None = strawberry.field(default=None, description="At most 512 characters.")
+    external_id: str = strawberry.field(description=EXTERNAL_ID)
+    title: str | None = strawberry.field(default=None, description=f"{at_most(TITLE_MAX)}.")
     content: str = strawberry.field(description="Not blank; at most the plan's doc_chars.")
     metadata: JSON | None = strawberry.field(
-        default=UNSET, description="A JSON object of at most 8 KiB; `{}` when left out."
+        default=UNSET, description=f"{METADATA}; `{{}}` when left out."
     )
 
 
@@ -144,10 +146,10 @@ class KnowledgeDocItemInput:
     description="A whole document; what is left out is reset (title null, metadata {})."
 )
 class KnowledgeDocInput:
-    title: str | None = strawberry.field(default=None, description="At most 512 characters.")
+    title: str | None = strawberry.field(default=None, description=f"{at_most(TITLE_MAX)}.")
     content: str = strawberry.field(description="Not blank; at most the plan's doc_chars.")
     metadata: JSON | None = strawberry.field(
-        default=UNSET, description="A JSON object of at most 8 KiB; `{}` when left out."
+        default=UNSET, description=f"{METADATA}; `{{}}` when left out."
     )
 
 

@@ -9,11 +9,11 @@ import strawberry
 from strawberry.types.nodes import SelectedField, Selection
 
 from app.graphql.errors import validated
-from app.models.pagination import DEFAULT_LIMIT, PageQuery
+from app.models.pagination import DEFAULT_LIMIT, MAX_LIMIT, PageQuery
 
 T = TypeVar("T")
 
-FIRST_DESCRIPTION = "Items per page, 1-200."
+FIRST_DESCRIPTION = f"Items per page, 1-{MAX_LIMIT}."
 AFTER_DESCRIPTION = "The `nextCursor` of the previous page."
 
 

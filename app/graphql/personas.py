@@ -12,6 +12,7 @@ from strawberry.scalars import JSON
 from strawberry.types.unset import UNSET
 
 from app.graphql.context import Info, KnowledgePageKey
+from app.graphql.descriptions import METADATA, at_most
 from app.graphql.errors import given, validated
 from app.graphql.knowledge import KnowledgeDocPage, doc_page, wants_content
 from app.graphql.pages import (
@@ -22,6 +23,10 @@ from app.graphql.pages import (
     page_query,
 )
 from app.models import (
+    PERSONA_DESCRIPTION_MAX,
+    PERSONA_GREETING_MAX,
+    PERSONA_INSTRUCTIONS_MAX,
+    PERSONA_NAME_MAX,
     PersonaCreate,
     PersonaKnowledgeBody,
     PersonaListItem,
@@ -111,18 +116,18 @@ class DeletePersonaPayload:
 
 @strawberry.input
 class PersonaCreateInput:
-    name: str = strawberry.field(description="1-120 characters.")
+    name: str = strawberry.field(description=f"1-{PERSONA_NAME_MAX} characters.")
     description: str | None = strawberry.field(
-        default=UNSET, description='At most 2000 characters; `""` when left out.'
+        default=UNSET, description=f'{at_most(PERSONA_DESCRIPTION_MAX)}; `""` when left out.'
     )
     instructions: str | None = strawberry.field(
-        default=UNSET, description='At most 20000 characters; `""` when left out.'
+        default=UNSET, description=f'{at_most(PERSONA_INSTRUCTIONS_MAX)}; `""` when left out.'
     )
     greeting: str | None = strawberry.field(
-        default=UNSET, description="At most 2000 characters, or null."
+        default=UNSET, description=f"{at_most(PERSONA_GREETING_MAX)}, or null."
     )
     metadata: JSON | None = strawberry.field(
-        default=UNSET, description="A JSON object of at most 8 KiB; `{}` when left out."
+        default=UNSET, description=f"{METADATA}; `{{}}` when left out."
     )
 
 
@@ -133,18 +138,20 @@ class PersonaCreateInput:
     )
 )
 class PersonaUpdateInput:
-    name: str | None = strawberry.field(default=UNSET, description="1-120 characters.")
+    name: str | None = strawberry.field(
+        default=UNSET, description=f"1-{PERSONA_NAME_MAX} characters."
+    )
     description: str | None = strawberry.field(
-        default=UNSET, description="At most 2000 characters."
+        default=UNSET, description=f"{at_most(PERSONA_DESCRIPTION_MAX)}."
     )
     instructions: str | None = strawberry.field(
-        default=UNSET, description="At most 20000 characters."
+        default=UNSET, description=f"{at_most(PERSONA_INSTRUCTIONS_MAX)}."
     )
     greeting: str | None = strawberry.field(
-        default=UNSET, description="At most 2000 characters, or null."
+        default=UNSET, description=f"{at_most(PERSONA_GREETING_MAX)}, or null."
     )
     metadata: JSON | None = strawberry.field(
-        default=UNSET, description="A JSON object of at most 8 KiB (replaced as a whole)."
+        default=UNSET, description=f"{METADATA} (replaced as a whole)."
     )
 
 
@@ -206,7 +213,14 @@ async def delete_persona(info: Info, id: strawberry.ID) -> DeletePersonaPayload:
 
 
 async def set_persona_knowledge(
-    info: Info, id: strawberry.ID, external_ids: list[str]
+    info: Info,
+    id: strawberry.ID,
+    external_ids: Annotated[
+        list[str],
+        strawberry.argument(
+            description=PersonaKnowledgeBody.model_fields["external_ids"].description
+        ),
+    ],
 ) -> PersonaKnowledgeResult:
     """Replace the attached documents with `externalIds` (a set); unknown ones are refused
     with `knowledge.unknown_external_ids` and nothing changes."""

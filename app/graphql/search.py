@@ -11,7 +11,14 @@ from strawberry.scalars import JSON
 
 from app.graphql.context import Info
 from app.graphql.errors import validated
-from app.models import SEARCH_K_MAX, SearchRequest, SearchResponse
+from app.models import (
+    SEARCH_EXTERNAL_IDS_MAX,
+    SEARCH_K_MAX,
+    SEARCH_METADATA_KEYS_MAX,
+    SEARCH_QUERY_MAX,
+    SearchRequest,
+    SearchResponse,
+)
 from app.models import SearchHit as SearchHitModel
 from app.services import search as search_service
 
@@ -73,7 +80,12 @@ class SearchResult:
 
 async def search(
     info: Info,
-    query: Annotated[str, strawberry.argument(description="What to look for: free text.")],
+    query: Annotated[
+        str,
+        strawberry.argument(
+            description=f"What to look for: free text, 1-{SEARCH_QUERY_MAX} characters."
+        ),
+    ],
     k: Annotated[
         int, strawberry.argument(description=f"How many documents to return, 1-{SEARCH_K_MAX}.")
     ] = 5,
@@ -84,12 +96,19 @@ async def search(
     ] = None,
     external_ids: Annotated[
         list[str] | None,
-        strawberry.argument(description="Only these documents; `[]` matches nothing."),
+        strawberry.argument(
+            description=(
+                f"Only these documents, at most {SEARCH_EXTERNAL_IDS_MAX}; `[]` matches nothing."
+            )
+        ),
     ] = None,
     metadata: Annotated[
         JSON | None,
         strawberry.argument(
-            description="Equality filters on top-level metadata keys (all must match)."
+            description=(
+                f"Equality filters on at most {SEARCH_METADATA_KEYS_MAX} top-level metadata "
+                "keys (all must match)."
+            )
         ),
     ] = None,
     min_score: Annotated[

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from app import mcp
+from app.mcp import edge
 from tests.conftest import AppFactory, assert_problem, client_for, new_key, plan_config
 
 pytestmark = pytest.mark.anyio
@@ -97,11 +97,11 @@ async def test_an_oversize_body_is_refused_before_anything_runs(
     r = await client.post("/mcp", content=streamed())
     assert_problem(r, 413, "request.too_large")
     # Small in bytes, but more values than any real message holds (REST's bound is 1,000,000).
-    ids = call(b'{"query": "x", "external_ids": [' + b'"a",' * mcp.MAX_VALUES + b'"a"]}')
+    ids = call(b'{"query": "x", "external_ids": [' + b'"a",' * edge.MAX_VALUES + b'"a"]}')
     assert len(ids) < 64 * 1024
     r = await client.post("/mcp", content=ids)
     assert "values" in assert_problem(r, 413, "request.too_large")["detail"]
-    arrays = call(b'{"query": "x", "metadata": {"a": [' + b"[]," * mcp.MAX_ARRAYS + b"[]]}}")
+    arrays = call(b'{"query": "x", "metadata": {"a": [' + b"[]," * edge.MAX_ARRAYS + b"[]]}}")
     r = await client.post("/mcp", content=arrays)
     assert "arrays" in assert_problem(r, 413, "request.too_large")["detail"]
     # Each refusal was charged as a read, as REST charges one; none reached the search.

@@ -1,0 +1,86 @@
+"""The MCP door's errors: every failure after the edge becomes a tool result, in one place.
+
+An `AppError` (and a validation error, and anything unexpected) is answered as a tool result with
+`isError: true` whose `structuredContent` is the problem body REST would answer (`code`,
+`status`, `detail`, `request_id`, and `errors` or `retry_after` where they apply), so an agent
+reads the same stable `code` either way. `gate`, an SDK middleware, does it for what the edge and
+the SDK refuse; `answer` for what a tool's work raises.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from mcp.server import ServerRequestContext
+from mcp.server.context import CallNext, HandlerResult
+from mcp.server.mcpserver import Context
+from mcp_types import CallToolResult, TextContent
+from pydantic import BaseModel, ValidationError
+
+from app.errors import AppError, InternalError, RouteNotFound, ValidationFailed
+from app.http.problems import problem_body
+from app.http.validation import from_validation_error
+from app.mcp.edge import PATH, POLICIES, caller_of
+from app.services.runtime import Principal, Runtime
+
+log = logging.getLogger(__name__)
+
+
+def error_result(exc: AppError) -> CallToolResult:
+    """An AppError as a tool result: the REST problem body as structured content."""
+    body = problem_body(exc, instance=PATH)
+    if "Retry-After" in exc.headers:
+        body["retry_after"] = int(exc.headers["Retry-After"])
+    return CallToolResult(
+        content=[TextContent(type="text", text=f"{exc.code}: {exc.detail}")],
+        structured_content=body,
+        is_error=True,
+    )
+
+
+async def gate(ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+    """SDK middleware: a `tools/call` the edge found over its limit is answered as a tool result
+    (so an agent reads `retry_after`), and the SDK's own refusals of a call get a code."""
+    if ctx.method != "tools/call" or ctx.request_id is None:
+        return await call_next(ctx)
+    name = str((ctx.params or {}).get("name"))
+    caller = caller_of(ctx.request)
+    if caller.refused is not None:  # the edge charges every message; this one was over
+        return error_result(caller.refused)
+    result = await call_next(ctx)
+    wire = result.model_dump(by_alias=True) if isinstance(result, BaseModel) else result
+    if isinstance(wire, dict) and wire.get("isError") and wire.get("structuredContent") is None:
+        # Every tool answers its own failures with a code, so an error without one is the SDK
+        # refusing the call before the tool ran: an unknown tool, or arguments off its schema.
+        text = "\n".join(c.get("text", "") for c in wire.get("content", []))
+        # Pydantic's text ends each error with a link to its website; the detail stays ours.
+        text = "\n".join(line for line in text.splitlines() if "errors.pydantic.dev" not in line)
+        if name not in POLICIES:
+            return error_result(RouteNotFound(f"No tool {name!r}."))
+        return error_result(ValidationFailed(text or "The arguments do not fit the tool."))
+    return result
+
+
+async def answer(
+    ctx: Context, work: Callable[[Runtime, Principal], Awaitable[BaseModel]]
+) -> CallToolResult:
+    """Run a tool's work for the caller: its result as structured content (and as JSON text for
+    clients that read only text), or its failure as an error result with the code."""
+    caller = caller_of(ctx.request_context.request)
+    try:
+        result = await work(caller.runtime, caller.principal)
+    except ValidationError as exc:
+        return error_result(from_validation_error(exc, where="arguments"))
+    except AppError as exc:
+        return error_result(exc)
+    except Exception:
+        log.exception("MCP tool failed")
+        return error_result(
+            InternalError("An unexpected error occurred; it has been logged with the request id.")
+        )
+    data = result.model_dump(mode="json")
+    text = json.dumps(data, ensure_ascii=False)
+    return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=data)

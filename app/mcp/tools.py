@@ -1,0 +1,193 @@
+"""The MCP door's tools: four read-only tools over the same service functions REST calls.
+
+The SDK checks a call's arguments against the tool's schema (built from the signature below);
+the tool then validates them with the REST request model and calls the service, through
+`app.mcp.errors.answer`, which turns its failures into tool results with the contract's codes.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from mcp.server import MCPServer
+from mcp.server.mcpserver import Context
+from mcp_types import CallToolResult, ToolAnnotations
+from pydantic import BaseModel, Field
+
+from app.mcp.errors import answer, gate
+from app.models import (
+    METADATA_MAX_BYTES,
+    SEARCH_EXTERNAL_IDS_MAX,
+    SEARCH_K_MAX,
+    SEARCH_METADATA_KEYS_MAX,
+    SEARCH_QUERY_MAX,
+    KnowledgeDocPublic,
+    Page,
+    PersonaListItem,
+    PersonaPublic,
+    SearchMode,
+    SearchRequest,
+    SearchResponse,
+)
+from app.models.base import JsonObject, PublicModel
+from app.models.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from app.services import knowledge, personas
+from app.services import search as search_service
+from app.services.runtime import Principal, Runtime
+
+INSTRUCTIONS = """\
+PersonAIzer knowledge: documents a user uploaded, and personas (assistants with instructions, \
+a greeting and attached documents). Use search_knowledge to find passages (scoped to a persona \
+with persona_id), get_document to read a whole document, list_personas and get_persona to learn \
+a persona's instructions. A failed call has isError and a stable `code` in structuredContent \
+(described at /problems/{code})."""
+
+
+async def search_knowledge(
+    ctx: Context,
+    query: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=SEARCH_QUERY_MAX,
+            description=SearchRequest.model_fields["query"].description,
+        ),
+    ],
+    k: Annotated[int, Field(ge=1, le=SEARCH_K_MAX, description="How many documents.")] = 5,
+    mode: Annotated[
+        SearchMode,
+        Field(description="`hybrid` (keyword and vector rankings fused), `semantic`, `keyword`."),
+    ] = "hybrid",
+    persona_id: Annotated[
+        str | None, Field(description="Only documents attached to this persona.")
+    ] = None,
+    external_ids: Annotated[
+        list[str] | None,
+        Field(
+            description=(
+                f"Only these documents (at most {SEARCH_EXTERNAL_IDS_MAX} external_ids); unknown "
+                "ones are ignored."
+            )
+        ),
+    ] = None,
+    metadata: Annotated[
+        JsonObject | None,
+        Field(
+            description=(
+                f"Equality filters on at most {SEARCH_METADATA_KEYS_MAX} top-level metadata keys "
+                f"({METADATA_MAX_BYTES:,} bytes of JSON at most), e.g. "
+                '{"lang": "en"}.'
+            )
+        ),
+    ] = None,
+    min_score: Annotated[
+        float | None,
+        # The model's own text: it also gives the threshold (`SEARCH_JUNK_THRESHOLD`) below
+        # which a hit is most likely unrelated, which an agent can use as is.
+        Field(ge=0, le=1, description=SearchRequest.model_fields["min_score"].description),
+    ] = None,
+) -> Annotated[CallToolResult, SearchResponse]:
+    """Search the user's knowledge documents. Best first, at most `k`, one hit per document (its
+    best-matching chunk: `text`, `chunk_index`); `score` is higher for better hits. Scopes
+    (persona_id, external_ids, metadata) combine: a hit matches every one given."""
+    arguments = {
+        "query": query,
+        "k": k,
+        "mode": mode,
+        "persona_id": persona_id,
+        "external_ids": external_ids,
+        "metadata": metadata,
+        "min_score": min_score,
+    }
+
+    async def work(runtime: Runtime, principal: Principal) -> BaseModel:
+        request = SearchRequest.model_validate(arguments)
+        return await search_service.search(runtime=runtime, principal=principal, request=request)
+
+    return await answer(ctx, work)
+
+
+async def get_document(
+    ctx: Context,
+    external_id: Annotated[str, Field(description="The document's external_id.")],
+) -> Annotated[CallToolResult, KnowledgeDocPublic]:
+    """One knowledge document with its whole content."""
+
+    async def work(runtime: Runtime, principal: Principal) -> BaseModel:
+        return await knowledge.get_doc(
+            runtime=runtime, principal=principal, external_id=external_id
+        )
+
+    return await answer(ctx, work)
+
+
+async def list_personas(
+    ctx: Context,
+    limit: Annotated[
+        int, Field(ge=1, le=MAX_LIMIT, description="Personas per page.")
+    ] = DEFAULT_LIMIT,
+    cursor: Annotated[
+        str | None, Field(description="The next_cursor of the previous page.")
+    ] = None,
+) -> Annotated[CallToolResult, Page[PersonaListItem]]:
+    """The user's personas, oldest first, with cursor pagination."""
+
+    async def work(runtime: Runtime, principal: Principal) -> BaseModel:
+        return await personas.list_personas(
+            runtime=runtime, principal=principal, limit=limit, cursor=cursor
+        )
+
+    return await answer(ctx, work)
+
+
+class AttachedDocument(PublicModel):
+    external_id: str
+    title: str | None
+    char_count: int
+
+
+class PersonaForAgent(PersonaPublic):
+    """A persona as `get_persona` answers it: with the titles of its attached documents."""
+
+    documents: list[AttachedDocument] = Field(
+        description=f"The attached documents by external_id, the first {MAX_LIMIT}."
+    )
+
+
+async def get_persona(
+    ctx: Context,
+    persona_id: Annotated[str, Field(description="The persona's id (per_...).")],
+) -> Annotated[CallToolResult, PersonaForAgent]:
+    """One persona: its instructions and greeting, and its attached documents (search within
+    them with search_knowledge's persona_id)."""
+
+    async def work(runtime: Runtime, principal: Principal) -> BaseModel:
+        persona = await personas.get_persona(
+            runtime=runtime, principal=principal, persona_id=persona_id
+        )
+        pages = await personas.knowledge_for_personas(
+            runtime=runtime, principal=principal, persona_ids=[persona.id], limit=MAX_LIMIT
+        )
+        documents = [
+            AttachedDocument(external_id=d.external_id, title=d.title, char_count=d.char_count)
+            for d in pages[persona.id].items
+        ]
+        return PersonaForAgent(**persona.model_dump(), documents=documents)
+
+    return await answer(ctx, work)
+
+
+_READ_ONLY = ToolAnnotations(read_only_hint=True, idempotent_hint=True, open_world_hint=False)
+
+
+def build_server() -> MCPServer:
+    server = MCPServer(
+        "personaizer",
+        title="PersonAIzer knowledge",
+        instructions=INSTRUCTIONS,
+        version="1",
+        middleware=[gate],
+    )
+    for tool in (search_knowledge, get_document, list_personas, get_persona):
+        server.add_tool(tool, annotations=_READ_ONLY)
+    return server
