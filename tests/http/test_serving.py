@@ -260,3 +260,22 @@ async def test_served_connections_send_without_waiting_for_acks() -> None:
         _, writer = await asyncio.open_connection(*sock.getsockname())
         assert await asyncio.wait_for(nodelay, 10) != 0
         writer.close()
+
+
+def test_access_log_lines_cannot_be_forged(server: Server) -> None:
+    """A path with an encoded line break (uvicorn decodes it into the path the access log
+    writes) or a terminal escape stays inside its own, escaped, log line."""
+    forged = "2000-01-01 00:00:00,000 INFO [-] personaizer.access: GET /forged 200 0.1ms"
+    target = "/nowhere%0d%0a" + forged.replace(" ", "%20") + "%e2%80%a8x%1b[2Jy%c2%85z"
+    with server.connect() as sock:
+        assert request(sock, get(target)).status == 404
+    deadline = time.monotonic() + SLACK_S
+    while "/nowhere" not in server.log.read_text():
+        assert time.monotonic() < deadline, server.log.read_text()
+        time.sleep(0.1)
+    text = server.log.read_text()
+    (line,) = [line for line in text.splitlines() if "/nowhere" in line]
+    assert "personaizer.access: GET /nowhere\\r\\n2000-01-01" in line
+    assert line.endswith(" 404 " + line.rsplit(" ", 1)[1])  # the status ends the same line
+    assert "\\u2028x\\x1b[2Jy\\x85z 404" in line
+    assert not any(other.startswith("2000-01-01") for other in text.splitlines())
