@@ -11,7 +11,8 @@
 - Beyond `max_connections` open connections or requests in flight, a request is answered 503
   `server.unavailable` as problem+json with `Retry-After` (uvicorn's own limit answers plain
   text) and its connection is closed.
-- A request line and headers over 16 KiB (`MAX_HEAD_BYTES`), an HTTP/1.1 request without Host,
+- A request line and headers over 16 KiB (`MAX_HEAD_BYTES`: checked as bytes arrive, so a header
+  line that never ends is refused as it passes the bound), an HTTP/1.1 request without Host,
   and whatever else the parser refuses are answered 400 `request.malformed` as problem+json
   (uvicorn answers plain text) and the connection is closed, before the app sees them.
 - uvicorn's proxy-header rewriting is off: who the client is behind proxies is decided in one
@@ -95,6 +96,11 @@ class DeadlineHttpProtocol(HttpToolsProtocol):
         #: Its request line and headers are whole; bytes of them so far.
         self._head_done = False
         self._head_bytes = 0
+        #: Bytes received while the head is not whole (the parser reports a header only once
+        #: its line ends, so `_head_bytes` alone would let a line that never ends grow).
+        self._unfinished_head_bytes = 0
+        #: The request began inside the bytes being parsed, after the one before it.
+        self._began_mid_chunk = False
         #: Why the request is refused, when it is this protocol that refuses it.
         self._refusal: str | None = None
 
@@ -111,7 +117,10 @@ class DeadlineHttpProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if data and not self._reading:
             self._begin_reading()
+        self._began_mid_chunk = False
         super().data_received(data)
+        if self._reading and not self._head_done and not self.transport.is_closing():
+            self._count_unfinished_head(len(data))
         if not self._reading or self.transport.is_closing():
             self._cancel_read_deadline()
 
@@ -120,6 +129,7 @@ class DeadlineHttpProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         if not self._reading:  # a pipelined request, in the same bytes as the one before
             self._begin_reading()
+            self._began_mid_chunk = True
         super().on_message_begin()
 
     def on_url(self, url: bytes) -> None:
@@ -169,6 +179,7 @@ class DeadlineHttpProtocol(HttpToolsProtocol):
         self._reading = True
         self._head_done = False
         self._head_bytes = 0
+        self._unfinished_head_bytes = 0
         if self.read_deadline is None:
             self.read_deadline = self.loop.call_later(self.read_timeout, self._read_timed_out)
 
@@ -178,6 +189,21 @@ class DeadlineHttpProtocol(HttpToolsProtocol):
         self._head_bytes += size
         if self._head_bytes > MAX_HEAD_BYTES:
             self._refuse(f"The request line and headers are over {MAX_HEAD_BYTES} bytes.")
+
+    def _count_unfinished_head(self, size: int) -> None:
+        """The bound as bytes arrive: `size` more bytes came and the head is still not whole.
+        llhttp keeps a header name or value that has no line end yet in a buffer that grows with
+        every byte; past the bound the same 400 as a complete head over it, and the close.
+
+        Every byte of a chunk that began this request, or that came while its head was unfinished,
+        belongs to the head. A pipelined request that began inside a chunk, after the one before
+        it, is counted from the next chunk: at most one read's worth more is held."""
+        if self._began_mid_chunk:
+            return
+        self._unfinished_head_bytes += size
+        if self._unfinished_head_bytes > MAX_HEAD_BYTES:
+            self._refusal = f"The request line and headers are over {MAX_HEAD_BYTES} bytes."
+            self.send_400_response(self._refusal)
 
     def _cancel_read_deadline(self) -> None:
         if self.read_deadline is not None:

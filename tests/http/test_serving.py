@@ -279,3 +279,44 @@ def test_access_log_lines_cannot_be_forged(server: Server) -> None:
     assert line.endswith(" 404 " + line.rsplit(" ", 1)[1])  # the status ends the same line
     assert "\\u2028x\\x1b[2Jy\\x85z 404" in line
     assert not any(other.startswith("2000-01-01") for other in text.splitlines())
+
+
+@pytest.mark.parametrize(
+    "start",
+    [
+        b"GET /problems HTTP/1.1\r\nHost: t\r\nX-Endless: ",  # a header value
+        b"GET /problems HTTP/1.1\r\nHost: t\r\nX-Endless",  # a header name
+        b"GET /problems",  # the request line
+    ],
+    ids=["value", "name", "request-line"],
+)
+def test_a_head_that_never_ends_is_refused_as_it_passes_the_bound(
+    server: Server, start: bytes
+) -> None:
+    """The 16 KiB bound holds while the head arrives, not only once a line ends: a header line
+    that never ends is answered 400 and closed as soon as it passes the bound, long before the
+    read deadline, instead of being buffered for as long as the client sends."""
+    with server.connect() as sock:
+        sock.sendall(start)
+        started = time.monotonic()
+        # 64 KiB in 4 KiB pieces, until the server answers: bytes still unread when it closes
+        # would make the close a reset, which may discard its answer before it is read.
+        received = b""
+        sock.settimeout(0.05)
+        for _ in range(16):
+            try:
+                sock.sendall(b"a" * 4096)
+                received = sock.recv(65536)
+            except TimeoutError:
+                continue
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            break
+        rest, _ = wait_closed(sock, trickle=None, within=SLACK_S)
+        received += rest
+        took = time.monotonic() - started
+    assert took < READ_TIMEOUT_S, took
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 "), received
+    assert b"application/problem+json" in head and b"Connection: close" in head
+    assert json.loads(body)["code"] == "request.malformed"
