@@ -320,3 +320,45 @@ def test_a_head_that_never_ends_is_refused_as_it_passes_the_bound(
     assert head.startswith(b"HTTP/1.1 400 "), received
     assert b"application/problem+json" in head and b"Connection: close" in head
     assert json.loads(body)["code"] == "request.malformed"
+
+
+#: A large response any client may ask for: the GraphQL explorer's script (3.5 MB).
+LARGE = "/static/graphiql/graphiql.min.js"
+
+
+def test_a_client_that_never_reads_its_response_is_cut_off(server: Server) -> None:
+    """A response the client does not take fills the socket's buffers, then the server's: past
+    the write deadline (`PERSONAIZER_REQUEST_READ_TIMEOUT_S` with nothing taken) the connection
+    is dropped, its buffer with it, rather than held for as long as the client likes. Others
+    are served meanwhile."""
+    size = len(httpx.get(f"http://127.0.0.1:{server.port}{LARGE}", timeout=10).content)
+    assert size > 1_000_000
+    sock = socket.socket()
+    # A small receive window: the response backs up into the server at once.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(10)
+    sock.connect(("127.0.0.1", server.port))
+    with sock:
+        sock.sendall(get(LARGE) * 3)
+        time.sleep(0.5)
+        with server.connect() as other:  # the stalled connection holds no one else up
+            assert request(other, get("/problems")).status == 200
+        time.sleep(READ_TIMEOUT_S + 1.5)
+        received = b""
+        sock.settimeout(0.5)
+        started = time.monotonic()
+        while time.monotonic() - started < SLACK_S:
+            try:
+                chunk = sock.recv(1 << 20)
+            except TimeoutError:
+                pytest.fail(f"still open; {len(received)} bytes of {3 * size} taken")
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            received += chunk
+    assert len(received) < size, len(received)
+    deadline = time.monotonic() + SLACK_S
+    while "took no part of its response" not in server.log.read_text():
+        assert time.monotonic() < deadline, server.log.read_text()[-2000:]
+        time.sleep(0.1)
