@@ -1,7 +1,7 @@
-"""Authentication and rate limiting for the doors that speak HTTP (REST and GraphQL).
+"""Authentication and rate limiting for the doors that speak HTTP (REST, GraphQL and MCP).
 
-Both doors call the same `Guard`, so a key, a limit and its headers behave identically whether a
-request arrives as REST or as a GraphQL operation.
+All three call the same `Guard`, so a key, a limit and its headers behave identically whether a
+request arrives as REST, as a GraphQL operation or as an MCP call.
 """
 
 from __future__ import annotations
@@ -29,14 +29,18 @@ class Guard:
         )
 
     async def authenticate(self, request: HTTPConnection) -> Principal:
-        """The caller behind `X-Api-Key`. A valid key is always accepted; a failure is counted
-        against the client address and, past the limit, answered 429 instead of 401."""
+        """The caller behind `X-Api-Key`. A valid key is always accepted; a wrong key is counted
+        against the client address and, past the limit, answered 429 instead of 401.
+
+        A missing (or empty) key is always 401 and never counted: it guesses nothing, so there
+        is nothing to slow down, and a keyless client (a browser, a probe, a fuzzer checking
+        that authentication is enforced) must be told 401, not 429."""
+        api_key = request.headers.get("x-api-key")
         try:
-            return await accounts.authenticate(
-                runtime=self.runtime, api_key=request.headers.get("x-api-key")
-            )
+            return await accounts.authenticate(runtime=self.runtime, api_key=api_key)
         except Unauthorized:
-            await self.limiter.failed_authentication(self.client_address(request))
+            if api_key:
+                await self.limiter.failed_authentication(self.client_address(request))
             raise
 
     async def charge(

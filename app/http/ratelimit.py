@@ -100,7 +100,8 @@ class RateLimiter:
         return headers
 
     async def failed_authentication(self, address: str) -> None:
-        """Count one failed authentication from the client `address`; past the limit, raise
+        """Count one failed authentication (a wrong key: a missing one is not counted) from the
+        client `address`; past the limit, raise
         `RateLimited` (429 in place of 401). Only failures are counted or refused: a valid key
         is accepted without coming here, so a broken client behind the same proxy or NAT
         cannot lock other users out. The count is one atomic check-and-add, so a burst of

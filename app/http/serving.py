@@ -8,10 +8,19 @@
   kept a connection (and, once its headers were in, a task) for as long as it liked. Past the
   deadline the connection is closed, after a 408 `request.timeout` when the headers were not
   complete (while the app reads a body, the response is the app's, so only the close remains).
+- A response must be taken: while the client leaves part of it in the server's buffer (its
+  socket's buffers full), each `response_write_timeout_s` must see some of it go, or the
+  connection is dropped, buffer and all (a close would wait to flush it for ever). Like nginx's
+  `send_timeout`, this bounds the pauses, not the whole response, which may be large and slow.
+  uvicorn has no such deadline: a client that never read held its connection, a task blocked on
+  the full buffer, and a place among `max_connections`, for as long as it liked. The deadline is
+  `request_read_timeout_s`: a client has as long to take each part of its answer as to send
+  its request.
 - Beyond `max_connections` open connections or requests in flight, a request is answered 503
   `server.unavailable` as problem+json with `Retry-After` (uvicorn's own limit answers plain
   text) and its connection is closed.
-- A request line and headers over 16 KiB (`MAX_HEAD_BYTES`), an HTTP/1.1 request without Host,
+- A request line and headers over 16 KiB (`MAX_HEAD_BYTES`: checked as bytes arrive, so a header
+  line that never ends is refused as it passes the bound), an HTTP/1.1 request without Host,
   and whatever else the parser refuses are answered 400 `request.malformed` as problem+json
   (uvicorn answers plain text) and the connection is closed, before the app sees them.
 - uvicorn's proxy-header rewriting is off: who the client is behind proxies is decided in one
@@ -54,6 +63,8 @@ class ServeConfig(Config):
 
     def __init__(self, app: ASGIApp | str, settings: Settings, **overrides: Any) -> None:
         self.request_read_timeout = settings.request_read_timeout_s
+        # The same bound both ways (see the module's docstring).
+        self.response_write_timeout = settings.request_read_timeout_s
         self.max_connections = settings.max_connections
         options: dict[str, Any] = {
             "host": settings.host,
@@ -89,12 +100,21 @@ class DeadlineHttpProtocol(HttpToolsProtocol):
         self.read_timeout: float = getattr(config, "request_read_timeout", 30.0)
         self.max_connections: int | None = getattr(config, "max_connections", None)
         self.read_deadline: asyncio.TimerHandle | None = None
+        self.write_timeout: float = getattr(config, "response_write_timeout", 30.0)
+        self.write_deadline: asyncio.TimerHandle | None = None
+        #: Bytes waiting in the transport's buffer when the write deadline was armed.
+        self._write_backlog = 0
         self._app = self.app
         #: A request has begun to arrive (any byte, even one the parser skips) and is not whole.
         self._reading = False
         #: Its request line and headers are whole; bytes of them so far.
         self._head_done = False
         self._head_bytes = 0
+        #: Bytes received while the head is not whole (the parser reports a header only once
+        #: its line ends, so `_head_bytes` alone would let a line that never ends grow).
+        self._unfinished_head_bytes = 0
+        #: The request began inside the bytes being parsed, after the one before it.
+        self._began_mid_chunk = False
         #: Why the request is refused, when it is this protocol that refuses it.
         self._refusal: str | None = None
 
@@ -106,12 +126,35 @@ class DeadlineHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_read_deadline()
+        self._cancel_write_deadline()
         super().connection_lost(exc)
+
+    # Flow control (the transport calls these as its write buffer passes its high and low marks).
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self._watch_writes()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        # The client took enough to drain the buffer below its low mark: a fresh deadline for
+        # what is left, if anything.
+        self._cancel_write_deadline()
+        self._watch_writes()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        # The whole response is written, not yet sent: the connection is not free until it is,
+        # and a close (keep-alive over, or `Connection: close`) waits for it.
+        self._watch_writes()
 
     def data_received(self, data: bytes) -> None:
         if data and not self._reading:
             self._begin_reading()
+        self._began_mid_chunk = False
         super().data_received(data)
+        if self._reading and not self._head_done and not self.transport.is_closing():
+            self._count_unfinished_head(len(data))
         if not self._reading or self.transport.is_closing():
             self._cancel_read_deadline()
 
@@ -120,6 +163,7 @@ class DeadlineHttpProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         if not self._reading:  # a pipelined request, in the same bytes as the one before
             self._begin_reading()
+            self._began_mid_chunk = True
         super().on_message_begin()
 
     def on_url(self, url: bytes) -> None:
@@ -169,6 +213,7 @@ class DeadlineHttpProtocol(HttpToolsProtocol):
         self._reading = True
         self._head_done = False
         self._head_bytes = 0
+        self._unfinished_head_bytes = 0
         if self.read_deadline is None:
             self.read_deadline = self.loop.call_later(self.read_timeout, self._read_timed_out)
 
@@ -179,10 +224,52 @@ class DeadlineHttpProtocol(HttpToolsProtocol):
         if self._head_bytes > MAX_HEAD_BYTES:
             self._refuse(f"The request line and headers are over {MAX_HEAD_BYTES} bytes.")
 
+    def _count_unfinished_head(self, size: int) -> None:
+        """The bound as bytes arrive: `size` more bytes came and the head is still not whole.
+        llhttp keeps a header name or value that has no line end yet in a buffer that grows with
+        every byte; past the bound the same 400 as a complete head over it, and the close.
+
+        Every byte of a chunk that began this request, or that came while its head was unfinished,
+        belongs to the head. A pipelined request that began inside a chunk, after the one before
+        it, is counted from the next chunk: at most one read's worth more is held."""
+        if self._began_mid_chunk:
+            return
+        self._unfinished_head_bytes += size
+        if self._unfinished_head_bytes > MAX_HEAD_BYTES:
+            self._refusal = f"The request line and headers are over {MAX_HEAD_BYTES} bytes."
+            self.send_400_response(self._refusal)
+
     def _cancel_read_deadline(self) -> None:
         if self.read_deadline is not None:
             self.read_deadline.cancel()
             self.read_deadline = None
+
+    def _watch_writes(self) -> None:
+        """Arm the write deadline, unless it is armed or nothing waits to be sent."""
+        if self.write_deadline is not None or self.transport.get_write_buffer_size() == 0:
+            return
+        self._write_backlog = self.transport.get_write_buffer_size()
+        self.write_deadline = self.loop.call_later(self.write_timeout, self._write_timed_out)
+
+    def _cancel_write_deadline(self) -> None:
+        if self.write_deadline is not None:
+            self.write_deadline.cancel()
+            self.write_deadline = None
+
+    def _write_timed_out(self) -> None:
+        self.write_deadline = None
+        waiting = self.transport.get_write_buffer_size()
+        if waiting < self._write_backlog:  # some went (or all): watch what is left
+            self._watch_writes()
+            return
+        client = f"{self.client[0]}:{self.client[1]}" if self.client else "a client"
+        log.info(
+            "dropping the connection of %s: it took no part of its response for %ss",
+            client,
+            self.write_timeout,
+        )
+        # Not `close`, which would wait to send the buffer first.
+        self.transport.abort()
 
     def _read_timed_out(self) -> None:
         self.read_deadline = None

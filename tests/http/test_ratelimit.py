@@ -147,9 +147,8 @@ async def test_failed_authentication_never_refuses_a_valid_key(make_app: AppFact
     app = await make_app(auth_failures_per_minute=5)
     key = {"X-Api-Key": await new_key(app)}
     async with client_at(app, "10.0.0.1") as shared, client_at(app, "10.0.0.2") as elsewhere:
-        for i in range(5):
-            headers = BAD_KEY if i % 2 else {}  # missing keys count as failures too
-            assert_problem(await shared.get(PERSONAS, headers=headers), 401, "auth.unauthorized")
+        for _ in range(5):
+            assert_problem(await shared.get(PERSONAS, headers=BAD_KEY), 401, "auth.unauthorized")
         # Past the limit, failures from this address answer 429 without saying anything about
         # the key; a successful request neither counts nor resets the count.
         for _ in range(3):
@@ -158,12 +157,48 @@ async def test_failed_authentication_never_refuses_a_valid_key(make_app: AppFact
             assert r.headers["retry-after"].isdigit() and int(r.headers["retry-after"]) >= 1
             # One broken client behind a shared proxy or NAT does not lock the others out.
             assert (await shared.get(PERSONAS, headers=key)).status_code == 200
-        assert_problem(await shared.get(PERSONAS, headers={}), 429, "limits.rate_exceeded")
+        # A request without a key is not a guess: still 401 (test_a_missing_key_is_not_a_failure).
+        assert_problem(await shared.get(PERSONAS, headers={}), 401, "auth.unauthorized")
         # Other addresses have a count of their own.
         assert_problem(await elsewhere.get(PERSONAS, headers=BAD_KEY), 401, "auth.unauthorized")
     assert [u.email for u in await accounts.list_users(runtime=app.state.runtime)] == [
         "owner@example.com"
     ]
+
+
+async def test_a_missing_key_is_not_a_failure(make_app: AppFactory) -> None:
+    """A request without a key (or with an empty one) guesses nothing: it is always 401, on
+    every door, and never counted toward the failed-authentication limit. Keyless clients (a
+    browser, a health probe, a fuzzer checking that auth is enforced) would otherwise be told
+    429 for what is plainly a 401. Wrong keys are still counted and refused past the limit."""
+    app = await make_app(auth_failures_per_minute=3, allowed_hosts=["testserver"])
+    mcp = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+    mcp_headers = {"Accept": "application/json, text/event-stream"}
+    async with client_at(app, "10.0.0.1") as client:
+
+        async def doors(headers: dict[str, str]) -> list[httpx.Response]:
+            return [
+                await client.get(PERSONAS, headers=headers),
+                await client.post(
+                    "/graphql", json={"query": "{ viewer { email } }"}, headers=headers
+                ),
+                await client.post("/mcp", json=mcp, headers={**headers, **mcp_headers}),
+            ]
+
+        for _ in range(10):
+            for headers in ({}, {"X-Api-Key": ""}):
+                rest, graphql, mcp_answer = await doors(headers)
+                assert_problem(rest, 401, "auth.unauthorized")
+                assert graphql.status_code == 401, graphql.text
+                assert graphql.json()["errors"][0]["extensions"]["code"] == "auth.unauthorized"
+                assert_problem(mcp_answer, 401, "auth.unauthorized")
+        # None of them were counted: three wrong keys are still answered 401, the fourth 429.
+        for _ in range(3):
+            assert_problem(await client.get(PERSONAS, headers=BAD_KEY), 401, "auth.unauthorized")
+        for r in await doors(BAD_KEY):
+            assert r.status_code == 429, r.text
+        # Past the limit, a missing key is still a plain 401.
+        assert_problem(await client.get(PERSONAS), 401, "auth.unauthorized")
 
 
 async def test_a_burst_of_failures_cannot_pass_the_limit(make_app: AppFactory) -> None:
@@ -222,7 +257,9 @@ async def test_plan_change_starts_a_fresh_window(make_app: AppFactory) -> None:
         for _ in range(2):
             assert (await api.delete(doc("x"))).status_code == 204
         assert_refused(await api.delete(doc("x")))
-        await accounts.set_plan(runtime=app.state.runtime, email="upgrader@example.com", plan_id="bigger")
+        await accounts.set_plan(
+            runtime=app.state.runtime, email="upgrader@example.com", plan_id="bigger"
+        )
         for i in range(3):
             r = await api.delete(doc("x"))
             assert r.status_code == 204 and ratelimit(r)[1] == 2 - i

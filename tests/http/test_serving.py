@@ -260,3 +260,105 @@ async def test_served_connections_send_without_waiting_for_acks() -> None:
         _, writer = await asyncio.open_connection(*sock.getsockname())
         assert await asyncio.wait_for(nodelay, 10) != 0
         writer.close()
+
+
+def test_access_log_lines_cannot_be_forged(server: Server) -> None:
+    """A path with an encoded line break (uvicorn decodes it into the path the access log
+    writes) or a terminal escape stays inside its own, escaped, log line."""
+    forged = "2000-01-01 00:00:00,000 INFO [-] personaizer.access: GET /forged 200 0.1ms"
+    target = "/nowhere%0d%0a" + forged.replace(" ", "%20") + "%e2%80%a8x%1b[2Jy%c2%85z"
+    with server.connect() as sock:
+        assert request(sock, get(target)).status == 404
+    deadline = time.monotonic() + SLACK_S
+    while "/nowhere" not in server.log.read_text():
+        assert time.monotonic() < deadline, server.log.read_text()
+        time.sleep(0.1)
+    text = server.log.read_text()
+    (line,) = [line for line in text.splitlines() if "/nowhere" in line]
+    assert "personaizer.access: GET /nowhere\\r\\n2000-01-01" in line
+    assert line.endswith(" 404 " + line.rsplit(" ", 1)[1])  # the status ends the same line
+    assert "\\u2028x\\x1b[2Jy\\x85z 404" in line
+    assert not any(other.startswith("2000-01-01") for other in text.splitlines())
+
+
+@pytest.mark.parametrize(
+    "start",
+    [
+        b"GET /problems HTTP/1.1\r\nHost: t\r\nX-Endless: ",  # a header value
+        b"GET /problems HTTP/1.1\r\nHost: t\r\nX-Endless",  # a header name
+        b"GET /problems",  # the request line
+    ],
+    ids=["value", "name", "request-line"],
+)
+def test_a_head_that_never_ends_is_refused_as_it_passes_the_bound(
+    server: Server, start: bytes
+) -> None:
+    """The 16 KiB bound holds while the head arrives, not only once a line ends: a header line
+    that never ends is answered 400 and closed as soon as it passes the bound, long before the
+    read deadline, instead of being buffered for as long as the client sends."""
+    with server.connect() as sock:
+        sock.sendall(start)
+        started = time.monotonic()
+        # 64 KiB in 4 KiB pieces, until the server answers: bytes still unread when it closes
+        # would make the close a reset, which may discard its answer before it is read.
+        received = b""
+        sock.settimeout(0.05)
+        for _ in range(16):
+            try:
+                sock.sendall(b"a" * 4096)
+                received = sock.recv(65536)
+            except TimeoutError:
+                continue
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            break
+        rest, _ = wait_closed(sock, trickle=None, within=SLACK_S)
+        received += rest
+        took = time.monotonic() - started
+    assert took < READ_TIMEOUT_S, took
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 "), received
+    assert b"application/problem+json" in head and b"Connection: close" in head
+    assert json.loads(body)["code"] == "request.malformed"
+
+
+#: A large response any client may ask for: the GraphQL explorer's script (3.5 MB).
+LARGE = "/static/graphiql/graphiql.min.js"
+
+
+def test_a_client_that_never_reads_its_response_is_cut_off(server: Server) -> None:
+    """A response the client does not take fills the socket's buffers, then the server's: past
+    the write deadline (`PERSONAIZER_REQUEST_READ_TIMEOUT_S` with nothing taken) the connection
+    is dropped, its buffer with it, rather than held for as long as the client likes. Others
+    are served meanwhile."""
+    size = len(httpx.get(f"http://127.0.0.1:{server.port}{LARGE}", timeout=10).content)
+    assert size > 1_000_000
+    sock = socket.socket()
+    # A small receive window: the response backs up into the server at once.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(10)
+    sock.connect(("127.0.0.1", server.port))
+    with sock:
+        sock.sendall(get(LARGE) * 3)
+        time.sleep(0.5)
+        with server.connect() as other:  # the stalled connection holds no one else up
+            assert request(other, get("/problems")).status == 200
+        time.sleep(READ_TIMEOUT_S + 1.5)
+        received = b""
+        sock.settimeout(0.5)
+        started = time.monotonic()
+        while time.monotonic() - started < SLACK_S:
+            try:
+                chunk = sock.recv(1 << 20)
+            except TimeoutError:
+                pytest.fail(f"still open; {len(received)} bytes of {3 * size} taken")
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            received += chunk
+    assert len(received) < size, len(received)
+    deadline = time.monotonic() + SLACK_S
+    while "took no part of its response" not in server.log.read_text():
+        assert time.monotonic() < deadline, server.log.read_text()[-2000:]
+        time.sleep(0.1)
