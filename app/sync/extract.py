@@ -12,6 +12,8 @@ from __future__ import annotations
 import codecs
 import logging
 import re
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,24 +81,57 @@ def extract(path: Path) -> Extracted:
         raise Unreadable(f"{size / 2**20:.0f} MB, over the {MAX_READ_BYTES // 2**20} MB read limit")
     suffix = path.suffix.lower()
     if suffix in TEXT_SUFFIXES or not suffix:
-        text = decode(path.read_bytes())
-        title = _markdown_title(text) if suffix in (".md", ".markdown") else None
-        if suffix == ".rst":
-            title = _rst_title(text)
-        found = Extracted(text, title)
+        kind, parse = "text", lambda: _text(path.read_bytes(), suffix)
     elif suffix in HTML_SUFFIXES:
-        found = _html(path.read_bytes())
+        kind, parse = "HTML", lambda: _html(path.read_bytes())
     elif suffix == ".pdf":
-        found = _pdf(path)
+        kind, parse = "PDF", lambda: _pdf(path)
     elif suffix == ".docx":
-        found = _docx(path)
+        kind, parse = "DOCX", lambda: _docx(path)
     else:
         raise Unreadable(f"unsupported type {suffix} (sync reads {SUPPORTED})")
+    found = _guarded(kind, parse)
     text = found.text.replace("\x00", "")
     if not text.strip():
         raise Unreadable("no text in it (a scanned PDF?)" if suffix == ".pdf" else "empty")
     title = (found.title or "").strip()[:512] or None
     return Extracted(text, title)
+
+
+def _guarded(kind: str, parse: Callable[[], Extracted]) -> Extracted:
+    """`parse()`, with whatever a parser raises on a damaged file as `Unreadable`.
+
+    pypdf, python-docx (lxml, zipfile), bs4 and charset-normalizer each fail in their own ways
+    (XMLSyntaxError, a zip with no Word document in it, struct.error on a truncated PDF,
+    RecursionError on absurd nesting): listing those would always miss one, and one bad file
+    must never abort the sync of a whole folder. OSError is left alone: the file could not be
+    read at all, which `collect` reports as such.
+    """
+    try:
+        # A damaged file makes parsers warn as well as fail; the skip reason says enough, and
+        # a warning must not turn into an error where warnings are errors.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return parse()
+    except (Unreadable, OSError):
+        raise
+    except Exception as exc:
+        detail = " ".join(str(exc).split())[:160]
+        name = exc.__class__.__name__
+        raise Unreadable(
+            f"not a readable {kind} ({name}: {detail})"
+            if detail
+            else f"not a readable {kind} ({name})"
+        ) from exc
+
+
+def _text(data: bytes, suffix: str) -> Extracted:
+    text = decode(data)
+    if suffix in (".md", ".markdown"):
+        return Extracted(text, _markdown_title(text))
+    if suffix == ".rst":
+        return Extracted(text, _rst_title(text))
+    return Extracted(text, None)
 
 
 def decode(data: bytes) -> str:
@@ -174,31 +209,21 @@ def _html(data: bytes) -> Extracted:
 
 def _pdf(path: Path) -> Extracted:
     from pypdf import PdfReader
-    from pypdf.errors import PyPdfError
 
     # pypdf logs every oddity of a damaged file as a warning; the skip reason says enough.
     logging.getLogger("pypdf").setLevel(logging.ERROR)
-    try:
-        reader = PdfReader(path)
-        if reader.is_encrypted and not reader.decrypt(""):
-            raise Unreadable("encrypted PDF")
-        pages = [page.extract_text() or "" for page in reader.pages]
-        title = reader.metadata.title if reader.metadata is not None else None
-    except (PyPdfError, ValueError, KeyError, OSError) as exc:
-        raise Unreadable(f"not a readable PDF ({exc.__class__.__name__}: {exc})") from exc
+    reader = PdfReader(path)
+    if reader.is_encrypted and not reader.decrypt(""):
+        raise Unreadable("encrypted PDF")
+    pages = [page.extract_text() or "" for page in reader.pages]
+    title = reader.metadata.title if reader.metadata is not None else None
     return Extracted(_tidy("\n\n".join(pages)), title)
 
 
 def _docx(path: Path) -> Extracted:
-    import zipfile
-
     import docx
-    from docx.opc.exceptions import PackageNotFoundError
 
-    try:
-        document = docx.Document(str(path))
-    except (PackageNotFoundError, zipfile.BadZipFile, KeyError, ValueError) as exc:
-        raise Unreadable(f"not a readable DOCX ({exc.__class__.__name__}: {exc})") from exc
+    document = docx.Document(str(path))
     parts = [p.text for p in document.paragraphs]
     for table in document.tables:
         for row in table.rows:

@@ -99,3 +99,17 @@ def mixed_folder(root: Path) -> Path:
     (root / "sub").mkdir(exist_ok=True)
     (root / "sub" / "deep.md").write_text("# Deep\n\nA nested file.\n", "utf-8")
     return root
+
+
+def break_docx(path: Path, source: Path) -> Path:
+    """A copy of the DOCX at `source` whose `word/document.xml` is cut in half: a real zip, a
+    real package, and XML that lxml refuses (the `XMLSyntaxError` of a half-written file)."""
+    import zipfile
+
+    with zipfile.ZipFile(source) as src, zipfile.ZipFile(path, "w") as out:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if item.filename == "word/document.xml":
+                data = data[: len(data) // 2]
+            out.writestr(item, data)
+    return path

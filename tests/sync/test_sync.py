@@ -17,7 +17,14 @@ from app.models.base import EXTERNAL_ID_RE
 from app.sync import SyncError, collect, external_id_for, sync_folder
 from app.sync.extract import Unreadable, decode, extract
 from tests.conftest import new_key
-from tests.support.documents import HTML_PAGE, LATIN1_TEXT, make_docx, make_pdf, mixed_folder
+from tests.support.documents import (
+    HTML_PAGE,
+    LATIN1_TEXT,
+    break_docx,
+    make_docx,
+    make_pdf,
+    mixed_folder,
+)
 from tests.support.live import LiveServer, free_port, personaizer
 
 # --- ids ----------------------------------------------------------------------------------
@@ -128,6 +135,35 @@ def test_collect_lists_every_skipped_file(tmp_path: Path) -> None:
     latin = next(d for d in folder.docs if d.metadata["path"] == "latin1.txt")
     assert latin.content == LATIN1_TEXT
     assert all(d.metadata["source"] == "kb" for d in folder.docs)
+
+
+def test_a_file_no_parser_can_read_is_a_skip_not_a_crash(tmp_path: Path) -> None:
+    root = tmp_path / "kb"
+    root.mkdir()
+    (root / "ok.md").write_text("# Fine\n\nStill uploaded.\n", "utf-8")
+    break_docx(root / "half.docx", make_docx(tmp_path / "whole.docx", "Spec", ["Body."]))
+    pdf = make_pdf(tmp_path / "whole.pdf", ["Some text"]).read_bytes()
+    (root / "truncated.pdf").write_bytes(pdf[: len(pdf) // 3])
+    (root / "zip.docx").write_bytes(_zip_of({"hello.txt": b"not a Word document"}))
+    folder = collect(root, source="kb")
+    assert [d.metadata["path"] for d in folder.docs] == ["ok.md"]
+    reasons = {s.path: s.reason for s in folder.skipped}
+    assert reasons["half.docx"].startswith("not a readable DOCX (XMLSyntaxError")
+    assert reasons["truncated.pdf"].startswith("not a readable PDF")
+    assert reasons["zip.docx"].startswith("not a readable DOCX")
+    # Still there, only unreadable today: --prune keeps their documents.
+    assert all(s.external_id is not None for s in folder.skipped)
+
+
+def _zip_of(files: dict[str, bytes]) -> bytes:
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+    return buffer.getvalue()
 
 
 # --- whole syncs through the library (the app over ASGI) ----------------------------------
