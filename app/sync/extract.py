@@ -10,12 +10,16 @@ are imported when first needed: a sync of Markdown never loads pypdf.
 from __future__ import annotations
 
 import codecs
+import errno
+import io
 import logging
+import os
 import re
+import stat
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 
 TEXT_SUFFIXES = frozenset({".md", ".markdown", ".txt", ".text", ".rst"})
 HTML_SUFFIXES = frozenset({".html", ".htm"})
@@ -75,19 +79,56 @@ class Extracted:
     title: str | None
 
 
-def extract(path: Path) -> Extracted:
-    size = path.stat().st_size
-    if size > MAX_READ_BYTES:
-        raise Unreadable(f"{size / 2**20:.0f} MB, over the {MAX_READ_BYTES // 2**20} MB read limit")
-    suffix = path.suffix.lower()
+def extract(path: Path, *, identity: tuple[int, int] | None = None) -> Extracted:
+    """The text and title of the file at `path`; `identity` (see `read_bytes`) if listed."""
+    return extract_data(path.name, read_bytes(path, identity=identity))
+
+
+def read_bytes(path: Path, *, identity: tuple[int, int] | None = None) -> bytes:
+    """The bytes of the regular file at `path`, never through a link.
+
+    `identity` is the file's `(st_dev, st_ino)` when it was listed: a file replaced since (by a
+    link to elsewhere, or under a folder swapped for a link, which O_NOFOLLOW alone does not
+    see) is refused rather than read, so a sync reads only what it listed inside its folder.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+    # Non-blocking: a file swapped for a FIFO must not hang the sync on open().
+    flags |= getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EMLINK):  # EMLINK: FreeBSD's O_NOFOLLOW answer
+            raise Unreadable("replaced by a link since it was listed, not followed") from exc
+        raise
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise Unreadable("not a regular file")
+        if identity is not None and (st.st_dev, st.st_ino) != identity:
+            raise Unreadable("replaced since it was listed, not read")
+        if st.st_size > MAX_READ_BYTES:
+            raise Unreadable(_too_large(st.st_size))
+        data = f.read(MAX_READ_BYTES + 1)
+    if len(data) > MAX_READ_BYTES:  # grown since fstat
+        raise Unreadable(_too_large(len(data)))
+    return data
+
+
+def _too_large(size: int) -> str:
+    return f"{size / 2**20:.0f} MB, over the {MAX_READ_BYTES // 2**20} MB read limit"
+
+
+def extract_data(name: str, data: bytes) -> Extracted:
+    """The text and title of `data`, the content of a file called `name`."""
+    suffix = PurePath(name).suffix.lower()
     if suffix in TEXT_SUFFIXES or not suffix:
-        kind, parse = "text", lambda: _text(path.read_bytes(), suffix)
+        kind, parse = "text", lambda: _text(data, suffix)
     elif suffix in HTML_SUFFIXES:
-        kind, parse = "HTML", lambda: _html(path.read_bytes())
+        kind, parse = "HTML", lambda: _html(data)
     elif suffix == ".pdf":
-        kind, parse = "PDF", lambda: _pdf(path)
+        kind, parse = "PDF", lambda: _pdf(data)
     elif suffix == ".docx":
-        kind, parse = "DOCX", lambda: _docx(path)
+        kind, parse = "DOCX", lambda: _docx(data)
     else:
         raise Unreadable(f"unsupported type {suffix} (sync reads {SUPPORTED})")
     found = _guarded(kind, parse)
@@ -104,8 +145,8 @@ def _guarded(kind: str, parse: Callable[[], Extracted]) -> Extracted:
     pypdf, python-docx (lxml, zipfile), bs4 and charset-normalizer each fail in their own ways
     (XMLSyntaxError, a zip with no Word document in it, struct.error on a truncated PDF,
     RecursionError on absurd nesting): listing those would always miss one, and one bad file
-    must never abort the sync of a whole folder. OSError is left alone: the file could not be
-    read at all, which `collect` reports as such.
+    must never abort the sync of a whole folder. The bytes are already read, so an OSError
+    here is a parser's too.
     """
     try:
         # A damaged file makes parsers warn as well as fail; the skip reason says enough, and
@@ -113,7 +154,7 @@ def _guarded(kind: str, parse: Callable[[], Extracted]) -> Extracted:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return parse()
-    except (Unreadable, OSError):
+    except Unreadable:
         raise
     except Exception as exc:
         detail = " ".join(str(exc).split())[:160]
@@ -207,12 +248,12 @@ def _html(data: bytes) -> Extracted:
     return Extracted(_tidy(soup.get_text()), title)
 
 
-def _pdf(path: Path) -> Extracted:
+def _pdf(data: bytes) -> Extracted:
     from pypdf import PdfReader
 
     # pypdf logs every oddity of a damaged file as a warning; the skip reason says enough.
     logging.getLogger("pypdf").setLevel(logging.ERROR)
-    reader = PdfReader(path)
+    reader = PdfReader(io.BytesIO(data))
     if reader.is_encrypted and not reader.decrypt(""):
         raise Unreadable("encrypted PDF")
     pages = [page.extract_text() or "" for page in reader.pages]
@@ -220,10 +261,10 @@ def _pdf(path: Path) -> Extracted:
     return Extracted(_tidy("\n\n".join(pages)), title)
 
 
-def _docx(path: Path) -> Extracted:
+def _docx(data: bytes) -> Extracted:
     import docx
 
-    document = docx.Document(str(path))
+    document = docx.Document(io.BytesIO(data))
     parts = [p.text for p in document.paragraphs]
     for table in document.tables:
         for row in table.rows:

@@ -155,6 +155,67 @@ def test_a_file_no_parser_can_read_is_a_skip_not_a_crash(tmp_path: Path) -> None
     assert all(s.external_id is not None for s in folder.skipped)
 
 
+def test_a_sync_never_reads_outside_its_folder(tmp_path: Path) -> None:
+    outside = tmp_path / "private"
+    outside.mkdir()
+    (outside / "secret.md").write_text("# Secret\n\nthe root password\n", "utf-8")
+    root = tmp_path / "kb"
+    (root / "sub").mkdir(parents=True)
+    (root / "ok.md").write_text("# Fine\n\nuploaded.\n", "utf-8")
+    (root / "sub" / "b.md").write_text("# B\n\nalso uploaded.\n", "utf-8")
+    (root / "leak.md").symlink_to(outside / "secret.md")
+    (root / "relative.md").symlink_to(Path("..") / "private" / "secret.md")
+    (root / "private").symlink_to(outside, target_is_directory=True)
+    (root / "alias.md").symlink_to("ok.md")  # inside: read once, at its own path
+    (root / "sub" / "again").symlink_to("..", target_is_directory=True)  # a cycle
+    (root / "gone.md").symlink_to("missing.md")
+    folder = collect(root, source="kb")
+    assert sorted(d.metadata["path"] for d in folder.docs) == ["ok.md", "sub/b.md"]
+    assert not any("root password" in d.content for d in folder.docs)
+    reasons = {s.path: s.reason for s in folder.skipped}
+    assert reasons == {
+        "leak.md": "link outside the folder",
+        "relative.md": "link outside the folder",
+        "private/": "link outside the folder",
+        "alias.md": "link to ok.md, not followed: it is read at its own path",
+        "sub/again/": "link to the folder itself, not followed",
+        "gone.md": "broken link",
+    }
+
+    # Given as a link itself, the folder is where the link points.
+    via = tmp_path / "via"
+    via.symlink_to(root, target_is_directory=True)
+    assert sorted(d.metadata["path"] for d in collect(via, source="kb").docs) == [
+        "ok.md",
+        "sub/b.md",
+    ]
+
+
+def test_a_file_swapped_for_a_link_while_syncing_is_not_followed(tmp_path: Path) -> None:
+    (tmp_path / "secret.txt").write_text("the root password", "utf-8")
+    root = tmp_path / "kb"
+    (root / "sub").mkdir(parents=True)
+    for name in ("a.txt", "b.txt", "sub/c.txt"):
+        (root / name).write_text(f"text of {name}", "utf-8")
+
+    def swap(done: int, total: int, path: str) -> None:
+        # Between the listing and the reading: a file, then a whole folder, become links out.
+        if path == "a.txt":
+            (root / "b.txt").unlink()
+            (root / "b.txt").symlink_to(tmp_path / "secret.txt")
+            # The listed c.txt is kept alive (moved), so the new one cannot reuse its inode.
+            (root / "sub").rename(tmp_path / "moved")
+            (tmp_path / "other").mkdir()
+            (tmp_path / "other" / "c.txt").write_text("the root password", "utf-8")
+            (root / "sub").symlink_to(tmp_path / "other", target_is_directory=True)
+
+    folder = collect(root, source="kb", on_file=swap)
+    assert [d.metadata["path"] for d in folder.docs] == ["a.txt"]
+    reasons = {s.path: s.reason for s in folder.skipped}
+    assert reasons["b.txt"] == "replaced by a link since it was listed, not followed"
+    assert reasons["sub/c.txt"] == "replaced since it was listed, not read"
+
+
 def _zip_of(files: dict[str, bytes]) -> bytes:
     import io
     import zipfile
