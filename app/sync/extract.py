@@ -20,6 +20,11 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePath
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bs4 import BeautifulSoup
+    from docx.document import Document
 
 TEXT_SUFFIXES = frozenset({".md", ".markdown", ".txt", ".text", ".rst"})
 HTML_SUFFIXES = frozenset({".html", ".htm"})
@@ -66,7 +71,20 @@ _BLOCKS = [
 _SPACES = re.compile(r"[ \t\f\v\r\u00a0]+")
 _BLANKS = re.compile(r"\n{3,}")
 _WESTERN = ("cp1252", "latin_1", "iso8859_15")
-_RST_RULE = re.compile(r"^([=\-~^\"'`#*+:.])\1{2,}\s*$")
+_RST_RULE = re.compile(r"^([=\-~^\"'`#*+:._<>!$%&,/;?@\\|])\1{2,}\s*$")
+_RST_TITLE_DIRECTIVE = re.compile(r"^\.\.\s+title::\s*(\S.*)$")
+_FRONT_TITLE = re.compile(r"^title\s*:\s*(.*?)\s*$", re.IGNORECASE)
+#: CommonMark: up to 3 spaces of indent; 4 make a code block.
+_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})(.*)$")
+_ATX = re.compile(r"^ {0,3}(#{1,6})(?:[ \t]+(.*?))??(?:[ \t]+#+)?[ \t]*$")
+_SETEXT = re.compile(r"^ {0,3}(=+|-+)[ \t]*$")
+#: A word broken at a line end by a hyphen, continued in lowercase: "recog-\nnition".
+_HYPHENATED = re.compile(r"(?<=[^\W\d_])-\n(?=[^\W\d_])")
+#: What PDF producers put in /Title when the author put nothing.
+_JUNK_PDF_TITLE = re.compile(
+    r"^(untitled.*|microsoft (word|powerpoint|excel) - .*|.*\.(docx?|pptx?|xlsx?|odt|tex|dvi|pdf|indd|qxd|rtf))$",
+    re.IGNORECASE,
+)
 
 
 class Unreadable(Exception):
@@ -169,9 +187,9 @@ def _guarded(kind: str, parse: Callable[[], Extracted]) -> Extracted:
 def _text(data: bytes, suffix: str) -> Extracted:
     text = decode(data)
     if suffix in (".md", ".markdown"):
-        return Extracted(text, _markdown_title(text))
+        return Extracted(text, markdown_title(text))
     if suffix == ".rst":
-        return Extracted(text, _rst_title(text))
+        return Extracted(text, rst_title(text))
     return Extracted(text, None)
 
 
@@ -202,25 +220,77 @@ def decode(data: bytes) -> str:
     return str(western or best)
 
 
-def _markdown_title(text: str) -> str | None:
-    for line in text.splitlines():
-        if line.startswith("# "):
-            return line[2:].strip()
-    return None
+def markdown_title(text: str) -> str | None:
+    """A YAML front matter's `title:`, else the first heading of the highest level (`#` or
+    `===` underline), never a `#` line of a fenced or indented code block (a shell comment)."""
+    lines = text.splitlines()
+    start = 0
+    if lines and lines[0].rstrip() == "---":
+        end = next((i for i in range(1, len(lines)) if lines[i].rstrip() in ("---", "...")), 0)
+        if end:
+            for line in lines[1:end]:
+                if m := _FRONT_TITLE.match(line):
+                    title = m.group(1).strip()
+                    if len(title) > 1 and title[0] == title[-1] and title[0] in "\"'":
+                        title = title[1:-1]
+                    if title and title not in ("|", ">"):
+                        return title
+            start = end + 1
+    best: tuple[int, str] | None = None
+    fence: str | None = None  # the opening fence while inside a fenced block
+    paragraph: str | None = None  # the paragraph line a setext underline would make a heading
+    for line in lines[start:]:
+        if fence is not None:
+            m = _FENCE.match(line)
+            closing = m and m.group(1)[0] == fence[0] and len(m.group(1)) >= len(fence)
+            if closing and m and not m.group(2).strip():
+                fence = None
+            continue
+        heading: tuple[int, str] | None = None
+        if (m := _FENCE.match(line)) and not (m.group(1)[0] == "`" and "`" in m.group(2)):
+            fence, paragraph = m.group(1), None
+            continue
+        if not line.strip():
+            paragraph = None
+            continue
+        if paragraph is None and (line.startswith("    ") or line.startswith("\t")):
+            continue  # indented code: only a paragraph continues onto an indented line
+        if m := _ATX.match(line):
+            heading = (len(m.group(1)), (m.group(2) or "").strip())
+        elif paragraph is not None and (m := _SETEXT.match(line)):
+            heading = (1 if m.group(1)[0] == "=" else 2, paragraph.strip())
+        else:
+            paragraph = line
+            continue
+        paragraph = None
+        level, title = heading
+        if title and (best is None or level < best[0]):
+            best = heading
+            if level == 1:
+                break
+    return best[1] if best is not None else None
 
 
-def _rst_title(text: str) -> str | None:
-    """The first section title: a line underlined (and maybe overlined) with punctuation."""
+def rst_title(text: str) -> str | None:
+    """A `.. title::` directive, else the first section title: an unindented line (indented
+    if overlined) underlined with punctuation at least as long, after a blank line. An
+    underline inside a literal block is indented, so not one."""
     lines = [line.rstrip() for line in text.splitlines()]
+    for line in lines:
+        if m := _RST_TITLE_DIRECTIVE.match(line):
+            return m.group(1).strip()
     for i in range(len(lines) - 1):
         line, under = lines[i], lines[i + 1]
         title = line.strip()
-        if (
-            title
-            and not _RST_RULE.match(line)
-            and _RST_RULE.match(under)
-            and len(under) >= len(title)
-        ):
+        if not title or _RST_RULE.match(line) or not _RST_RULE.match(under):
+            continue
+        above = lines[i - 1] if i > 0 else ""
+        overlined = bool(_RST_RULE.match(above)) and above[0] == under[0]
+        if above and not overlined:
+            continue  # the last line of a paragraph, not a title
+        if line[0].isspace() and not overlined:
+            continue
+        if len(under) >= len(title):
             return title
     return None
 
@@ -237,8 +307,7 @@ def _html(data: bytes) -> Extracted:
     soup = BeautifulSoup(data, "html.parser")
     for tag in soup(_DROP):
         tag.decompose()
-    title_tag = soup.find("title") or soup.find("h1")
-    title = title_tag.get_text(" ", strip=True) if title_tag is not None else None
+    title = html_title(soup)
     if soup.head is not None:
         soup.head.decompose()
     # Line breaks around block elements only, so `Hello <b>world</b>` stays one line.
@@ -246,6 +315,15 @@ def _html(data: bytes) -> Extracted:
         tag.insert_before("\n")
         tag.insert_after("\n")
     return Extracted(_tidy(soup.get_text()), title)
+
+
+def html_title(soup: BeautifulSoup) -> str | None:
+    """The page's `<title>` (of the document, not of an inline `<svg>`), else its first `<h1>`:
+    the first that has text."""
+    for tag in (soup.head.find("title") if soup.head is not None else None, soup.find("h1")):
+        if tag is not None and (title := tag.get_text(" ", strip=True)):
+            return title
+    return None
 
 
 def _pdf(data: bytes) -> Extracted:
@@ -257,8 +335,30 @@ def _pdf(data: bytes) -> Extracted:
     if reader.is_encrypted and not reader.decrypt(""):
         raise Unreadable("encrypted PDF")
     pages = [page.extract_text() or "" for page in reader.pages]
-    title = reader.metadata.title if reader.metadata is not None else None
-    return Extracted(_tidy("\n\n".join(pages)), title)
+    meta = reader.metadata.title if reader.metadata is not None else None
+    text = _HYPHENATED.sub(_join_hyphenated, _tidy("\n\n".join(pages)))
+    first = _HYPHENATED.sub(_join_hyphenated, _tidy(pages[0])) if pages else ""
+    return Extracted(text, pdf_title(meta, first))
+
+
+def _join_hyphenated(m: re.Match[str]) -> str:
+    # Only before a lowercase letter: "USB-\nC" is a hyphenated name, not a broken word.
+    return "" if m.string[m.end()].islower() else m.group(0)
+
+
+def pdf_title(meta: str | None, first_page: str) -> str | None:
+    """The metadata /Title unless a producer's placeholder (`Microsoft Word - x.docx`), else
+    the first page's first line if it reads like a heading: short, no sentence punctuation."""
+    meta = " ".join((meta or "").split())
+    if meta and not _JUNK_PDF_TITLE.match(meta):
+        return meta
+    first = next((line.strip() for line in first_page.splitlines() if line.strip()), "")
+    heading_like = (
+        3 <= len(first) <= 120
+        and any(c.isalpha() for c in first)
+        and not first.endswith((".", ",", ";", ":"))
+    )
+    return first if heading_like else None
 
 
 def _docx(data: bytes) -> Extracted:
@@ -269,12 +369,29 @@ def _docx(data: bytes) -> Extracted:
     for table in document.tables:
         for row in table.rows:
             parts.append(" | ".join(cell.text.strip() for cell in row.cells))
-    title = document.core_properties.title or next(
-        (
-            p.text
-            for p in document.paragraphs
-            if p.style is not None and p.style.name in ("Title", "Heading 1")
-        ),
-        None,
-    )
-    return Extracted(_tidy("\n".join(parts)), title)
+    return Extracted(_tidy("\n".join(parts)), docx_title(document))
+
+
+def docx_title(document: Document) -> str | None:
+    """The core properties' title, else the first paragraph styled Title, else the first of the
+    highest heading level."""
+    title = " ".join((document.core_properties.title or "").split())
+    if title:
+        return title
+    best: tuple[int, str] | None = None
+    for p in document.paragraphs:
+        name = p.style.name if p.style is not None else None
+        text = " ".join(p.text.split())
+        if not name or not text:
+            continue
+        level = 0 if name == "Title" else _heading_level(name)
+        if level is not None and (best is None or level < best[0]):
+            best = (level, text)
+            if level <= 1:
+                break
+    return best[1] if best is not None else None
+
+
+def _heading_level(style: str) -> int | None:
+    m = re.fullmatch(r"Heading ([1-9])", style)
+    return int(m.group(1)) if m else None

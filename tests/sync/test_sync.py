@@ -94,6 +94,79 @@ def test_extracts_every_supported_kind(tmp_path: Path) -> None:
     assert extract(tmp_path / "LICENSE").text == "Permission is granted.\n"
 
 
+def _title(path: Path, text: str) -> str | None:
+    path.write_text(text, "utf-8")
+    return extract(path).title
+
+
+def test_markdown_titles_come_from_its_structure(tmp_path: Path) -> None:
+    md = tmp_path / "a.md"
+    front = '---\nlayout: post\ntitle: "Install: the guide"\n---\n\n# Other heading\n'
+    assert _title(md, front) == "Install: the guide"
+    assert _title(md, "---\ntags: [a]\n---\n# After the front matter\n") == "After the front matter"
+    code = (
+        "```sh\n# install it first\npip install lamp\n```\n\n"
+        "~~~~\n# also code\n~~~~\n\n"
+        "    # indented code\n\n"
+        "Real title\n==========\n\nBody.\n"
+    )
+    assert _title(md, code) == "Real title"
+    assert _title(md, "Intro.\n\n## Section\n\n# Main topic #\n") == "Main topic"
+    assert _title(md, "## Only a section\n\ntext\n") == "Only a section"
+    assert _title(md, "```\n# a comment, in a fence never closed\n") is None
+    assert _title(md, "#hashtag, not a heading\n") is None
+
+
+def test_rst_titles_are_section_titles(tmp_path: Path) -> None:
+    rst = tmp_path / "a.rst"
+    literal = "Example::\n\n    Not a title\n    ===========\n\n"
+    assert _title(rst, literal + "=========\n Overlined\n=========\n") == "Overlined"
+    assert _title(rst, ".. title:: From the directive\n\nSection\n-------\n") == (
+        "From the directive"
+    )
+    assert _title(rst, "A paragraph\nof two lines.\n\nSecond\n~~~~~~\n") == "Second"
+    assert _title(rst, "Just text.\n") is None
+
+
+def test_html_title_then_h1(tmp_path: Path) -> None:
+    html = tmp_path / "a.html"
+    page = "<html><head><title> </title></head><body><svg><title>icon</title></svg>"
+    assert _title(html, page + "<h1>The <b>real</b> title</h1><p>x</p></body></html>") == (
+        "The real title"
+    )
+
+
+def test_pdf_titles_and_hyphenated_words(tmp_path: Path) -> None:
+    lines = ["Speech recognition", "Modern speech recog-", "nition works well."]
+    pdf = extract(make_pdf(tmp_path / "a.pdf", lines))
+    assert pdf.title == "Speech recognition"
+    assert pdf.text == "Speech recognition\nModern speech recognition works well."
+    junk = extract(make_pdf(tmp_path / "b.pdf", lines, "Microsoft Word - draft3.docx"))
+    assert junk.title == "Speech recognition"
+    long_first = extract(make_pdf(tmp_path / "c.pdf", ["This first line is a sentence."]))
+    assert long_first.title is None
+    # USB-C stays one word with its hyphen: only a lowercase continuation is joined.
+    assert (
+        extract(make_pdf(tmp_path / "d.pdf", ["Port: USB-", "C only"])).text == "Port: USB-\nC only"
+    )
+
+
+def test_docx_title_from_properties_then_first_heading(tmp_path: Path) -> None:
+    path = make_docx(tmp_path / "a.docx", "Lamp care", ["Dust it."], properties=False)
+    assert extract(path).title == "Lamp care"
+    path = make_docx(
+        tmp_path / "b.docx", "Cleaning", ["Dust it."], properties=False, heading_level=2
+    )
+    assert extract(path).title == "Cleaning"
+
+
+def test_a_file_without_a_title_is_named_after_the_file(tmp_path: Path) -> None:
+    root = tmp_path / "kb"
+    root.mkdir()
+    (root / "how-to.md").write_text("```\n# not this\n```\nJust text.\n", "utf-8")
+    assert [d.title for d in collect(root, source="kb").docs] == ["how-to"]
+
+
 def test_other_encodings_are_detected_not_refused() -> None:
     assert decode(LATIN1_TEXT.encode("latin-1")) == LATIN1_TEXT
     assert decode("Grüße aus München".encode("cp1252")) == "Grüße aus München"
