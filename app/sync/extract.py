@@ -1,5 +1,5 @@
-"""Text out of files: Markdown, plain text, reStructuredText, HTML, PDF, DOCX, and extensionless
-text files (`README`, `LICENSE`). A file that yields no text raises `Unreadable` with the reason
+"""Text out of files: Markdown, plain text, reStructuredText, HTML, PDF, DOCX, those gzipped
+(`notes.md.gz`), and any other file that holds text (`README`, `data.json`). A file that yields no text raises `Unreadable` with the reason
 the operator is shown.
 
 Plain text in UTF-8 (with or without a BOM) is read as such; anything else is given to
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import codecs
 import errno
+import functools
 import io
 import logging
 import os
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 
 TEXT_SUFFIXES = frozenset({".md", ".markdown", ".txt", ".text", ".rst"})
 HTML_SUFFIXES = frozenset({".html", ".htm"})
-SUPPORTED = "md, markdown, txt, text, rst, html, htm, pdf, docx, or no extension"
+SUPPORTED = "md, markdown, txt, text, rst, html, htm, pdf, docx, any .gz of those, or text"
 #: Files larger than this are not read at all: no plan takes a document that large.
 MAX_READ_BYTES = 64 * 1024 * 1024
 #: HTML elements whose text is not content.
@@ -68,6 +69,7 @@ _BLOCKS = [
     "details",
     "summary",
 ]
+_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1a\x1c-\x1f\x7f]")
 _SPACES = re.compile(r"[ \t\f\v\r\u00a0]+")
 _BLANKS = re.compile(r"\n{3,}")
 _WESTERN = ("cp1252", "latin_1", "iso8859_15")
@@ -137,24 +139,60 @@ def _too_large(size: int) -> str:
 
 
 def extract_data(name: str, data: bytes) -> Extracted:
-    """The text and title of `data`, the content of a file called `name`."""
+    """The text and title of `data`, the content of a file called `name`. `x.md.gz` is read as
+    the Markdown it holds. A known suffix picks the parser; any other file is read by what it
+    holds: a PDF by its signature, text if it is text, else it is an unsupported type."""
+    if name.lower().endswith(".gz"):
+        data, name = _gunzip(data), name[:-3]
     suffix = PurePath(name).suffix.lower()
-    if suffix in TEXT_SUFFIXES or not suffix:
+    if suffix in TEXT_SUFFIXES or (not suffix and not data.startswith(b"%PDF-")):
         kind, parse = "text", lambda: _text(data, suffix)
     elif suffix in HTML_SUFFIXES:
         kind, parse = "HTML", lambda: _html(data)
-    elif suffix == ".pdf":
+    elif suffix == ".pdf" or not suffix:
         kind, parse = "PDF", lambda: _pdf(data)
     elif suffix == ".docx":
         kind, parse = "DOCX", lambda: _docx(data)
+    elif (plain := _utf8_text(data)) is not None:
+        kind, parse = "text", functools.partial(Extracted, plain, None)
     else:
         raise Unreadable(f"unsupported type {suffix} (sync reads {SUPPORTED})")
     found = _guarded(kind, parse)
     text = found.text.replace("\x00", "")
     if not text.strip():
-        raise Unreadable("no text in it (a scanned PDF?)" if suffix == ".pdf" else "empty")
+        raise Unreadable("no text in it (a scanned PDF?)" if kind == "PDF" else "empty")
     title = (found.title or "").strip()[:512] or None
     return Extracted(text, title)
+
+
+def _gunzip(data: bytes) -> bytes:
+    """The content of a gzip file, at most the read limit of it (a small file can unpack to
+    gigabytes)."""
+    import gzip
+    import zlib
+
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(data)) as f:
+            inner = f.read(MAX_READ_BYTES + 1)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise Unreadable(f"not a readable gzip ({exc.__class__.__name__}: {exc})") from exc
+    if len(inner) > MAX_READ_BYTES:
+        raise Unreadable(f"over the {MAX_READ_BYTES // 2**20} MB read limit once uncompressed")
+    return inner
+
+
+def _utf8_text(data: bytes) -> str | None:
+    """`data` as text if it is UTF-8 (or has a UTF-16 BOM) without control characters.
+    Stricter than `decode`: with an unknown suffix, a few bytes of a binary format would
+    pass for Windows-1252."""
+    try:
+        if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+            text = data.decode("utf-16")
+        else:
+            text = data.removeprefix(codecs.BOM_UTF8).decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return None if _CONTROL.search(text) else text
 
 
 def _guarded(kind: str, parse: Callable[[], Extracted]) -> Extracted:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.client import DocInput
-from app.sync.extract import Unreadable, extract
+from app.sync.extract import Unreadable, extract_data, read_bytes
 from app.sync.ids import external_id_for
 
 #: `metadata.synced_by` of every document sync uploads; `--prune` touches no other document.
@@ -97,6 +98,26 @@ def _link(path: Path, real_root: Path) -> str:
     return f"link to {target.relative_to(real_root).as_posix()}, not followed: it is read at its own path"
 
 
+#: Files of a repository that are not its documentation: the name before the first dot.
+_BUILD_NAMES = frozenset({"makefile", "gnumakefile", "license", "licence", "copying", "cname"})
+_SHELL_SUFFIXES = frozenset({".sh", ".bash", ".zsh", ".ksh"})
+_SHELL_SHEBANG = re.compile(rb"#![ \t]*\S*/(?:env[ \t]+)?(?:ba|z|k|da|fi)?sh\b")
+
+
+def _build_file(name: str, data: bytes) -> bool:
+    """Makefiles, licences, a GitHub Pages CNAME and shell scripts: text, but nothing anyone
+    asks a persona about; now that any text file is read, they are left out by name."""
+    if name.split(".", 1)[0].lower() in _BUILD_NAMES:
+        return True
+    return Path(name).suffix.lower() in _SHELL_SUFFIXES or bool(_SHELL_SHEBANG.match(data))
+
+
+def _file_title(name: str) -> str:
+    """A title for a file that has none: its name without extensions (`notes.md.gz` -> notes)."""
+    stem = Path(name.removesuffix(".gz") if name.lower().endswith(".gz") else name).stem
+    return stem or name
+
+
 def _rel(path: Path, root: Path) -> str:
     return path.relative_to(root).as_posix()
 
@@ -124,7 +145,11 @@ def collect(
             raise SyncError(f"{seen[ext_id]} and {rel} both map to external_id {ext_id!r}")
         seen[ext_id] = rel
         try:
-            found = extract(path, identity=identity)
+            data = read_bytes(path, identity=identity)
+            if _build_file(path.name, data):
+                folder.skipped.append(Skipped(rel, "build or licence file", ext_id))
+                continue
+            found = extract_data(path.name, data)
         except Unreadable as exc:
             folder.skipped.append(Skipped(rel, str(exc), ext_id))
             continue
@@ -143,7 +168,7 @@ def collect(
         folder.docs.append(
             DocInput(
                 external_id=ext_id,
-                title=found.title or path.stem or path.name,
+                title=found.title or _file_title(path.name),
                 content=found.text,
                 metadata={"source": source, "path": rel, "synced_by": SYNCED_BY},
             )

@@ -289,6 +289,37 @@ def test_a_file_swapped_for_a_link_while_syncing_is_not_followed(tmp_path: Path)
     assert reasons["sub/c.txt"] == "replaced since it was listed, not read"
 
 
+def test_compressed_text_and_text_by_content(tmp_path: Path) -> None:
+    import gzip
+
+    root = tmp_path / "kb"
+    root.mkdir()
+    (root / "notes.md.gz").write_bytes(gzip.compress(b"# Notes\n\nKept compressed.\n"))
+    (root / "log.txt.gz").write_bytes(gzip.compress(b"plain, no title\n"))
+    (root / "cut.md.gz").write_bytes(gzip.compress(b"# x\n" * 100)[:20])
+    (root / "data.json").write_text('{"lamp": "Aurora"}\n', "utf-8")
+    (root / "blob.bin").write_bytes(bytes(range(1, 256)) * 4)
+    (root / "Makefile").write_text("all:\n\ttrue\n", "utf-8")
+    (root / "LICENSE").write_text("Permission is granted.\n", "utf-8")
+    (root / "COPYING.LESSER").write_text("GNU terms.\n", "utf-8")
+    (root / "CNAME").write_text("docs.example.com\n", "utf-8")
+    (root / "deploy.sh").write_text("echo deploy\n", "utf-8")
+    (root / "run").write_text("#!/usr/bin/env bash\necho run\n", "utf-8")
+    folder = collect(root, source="kb")
+    docs = {d.metadata["path"]: d for d in folder.docs}
+    assert docs.keys() == {"notes.md.gz", "log.txt.gz", "data.json"}
+    assert docs["notes.md.gz"].title == "Notes"
+    assert docs["notes.md.gz"].content == "# Notes\n\nKept compressed.\n"
+    assert docs["log.txt.gz"].title == "log" and docs["data.json"].title == "data"
+    reasons = {s.path: s.reason for s in folder.skipped}
+    assert reasons.pop("cut.md.gz").startswith("not a readable gzip")
+    assert reasons.pop("blob.bin").startswith("unsupported type .bin")
+    assert reasons == dict.fromkeys(
+        ["Makefile", "LICENSE", "COPYING.LESSER", "CNAME", "deploy.sh", "run"],
+        "build or licence file",
+    )
+
+
 def _zip_of(files: dict[str, bytes]) -> bytes:
     import io
     import zipfile
