@@ -4,8 +4,9 @@ It never opens the database, so it works against a remote server too. Each reada
 becomes one document of the *source* (`--source`, by default the folder's name):
 
 - `external_id` is `<source>:<path>` (app/sync/ids.py: readable, stable, collision-free);
-- `title` is the document's own (Markdown `# `, reStructuredText heading, HTML `<title>`, PDF or
-  DOCX properties), else the file name without its extension;
+- `title` is the document's own, one function per type in app/sync/extract.py (front matter
+  or heading outside code in Markdown, section title in reStructuredText, `<title>` then `<h1>`
+  in HTML, properties then a heading in PDF and DOCX), else the file name without extension;
 - `metadata` is `{"source": <source>, "path": <relative path>, "synced_by": "personaizer-sync"}`.
 
 Batches are cut by count and by characters, so no request embeds for minutes; each batch

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.client import DocInput
-from app.sync.extract import Unreadable, extract
+from app.sync.extract import Unreadable, extract_data, read_bytes
 from app.sync.ids import external_id_for
 
 #: `metadata.synced_by` of every document sync uploads; `--prune` touches no other document.
@@ -45,25 +47,75 @@ class Folder:
         }
 
 
-def _files(root: Path, skipped: list[Skipped]) -> list[Path]:
-    """Regular files under `root`, sorted; hidden ones (`.git/`, `.env`) are listed as skipped
-    once per hidden entry, not once per file inside it."""
-    found: list[Path] = []
-    for here, dirs, files in os.walk(root, onerror=None):
+def _files(root: Path, skipped: list[Skipped]) -> list[tuple[Path, tuple[int, int]]]:
+    """Regular files under `root`, sorted, each with its `(st_dev, st_ino)` (so that reading
+    can check it is still the file listed). Hidden entries (`.git/`, `.env`) are listed as
+    skipped once per entry, not once per file inside; so is every link (`_link`)."""
+    real_root = root.resolve()
+    found: list[tuple[Path, tuple[int, int]]] = []
+    # followlinks=False: a link to a folder is in `dirs` but never entered.
+    for here, dirs, files in os.walk(root):
         base = Path(here)
         for name in sorted(dirs):
+            path = base / name
             if name.startswith("."):
-                skipped.append(Skipped(_rel(base / name, root) + "/", "hidden folder, not read"))
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                skipped.append(Skipped(_rel(path, root) + "/", "hidden folder, not read"))
+            elif path.is_symlink():
+                skipped.append(Skipped(_rel(path, root) + "/", _link(path, real_root)))
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not (base / d).is_symlink())
         for name in files:
             path = base / name
             if name.startswith("."):
                 skipped.append(Skipped(_rel(path, root), "hidden file, not read"))
-            elif path.is_symlink() and not path.is_file():
-                skipped.append(Skipped(_rel(path, root), "broken link"))
-            elif path.is_file():
-                found.append(path)
+                continue
+            try:
+                st = path.lstat()
+            except FileNotFoundError:  # deleted since it was listed: nothing to sync
+                continue
+            if stat.S_ISLNK(st.st_mode):
+                skipped.append(Skipped(_rel(path, root), _link(path, real_root)))
+            elif stat.S_ISREG(st.st_mode):
+                found.append((path, (st.st_dev, st.st_ino)))
+            else:
+                skipped.append(Skipped(_rel(path, root), "not a regular file"))
     return sorted(found)
+
+
+def _link(path: Path, real_root: Path) -> str:
+    """Why the link at `path` is not followed. A link out of the folder would read (and upload)
+    whatever it points to; a link inside it would upload its target twice, or loop forever on
+    a cycle, while the target is read anyway at its own path."""
+    try:
+        target = path.resolve()
+    except (OSError, RuntimeError):  # RuntimeError: a link loop, before Python 3.13
+        return "link loop, not followed"
+    if not target.is_relative_to(real_root):
+        return "link outside the folder"
+    if not target.exists():
+        return "broken link"
+    if target == real_root:
+        return "link to the folder itself, not followed"
+    return f"link to {target.relative_to(real_root).as_posix()}, not followed: it is read at its own path"
+
+
+#: Files of a repository that are not its documentation: the name before the first dot.
+_BUILD_NAMES = frozenset({"makefile", "gnumakefile", "license", "licence", "copying", "cname"})
+_SHELL_SUFFIXES = frozenset({".sh", ".bash", ".zsh", ".ksh"})
+_SHELL_SHEBANG = re.compile(rb"#![ \t]*\S*/(?:env[ \t]+)?(?:ba|z|k|da|fi)?sh\b")
+
+
+def _build_file(name: str, data: bytes) -> bool:
+    """Makefiles, licences, a GitHub Pages CNAME and shell scripts: text, but nothing anyone
+    asks a persona about; now that any text file is read, they are left out by name."""
+    if name.split(".", 1)[0].lower() in _BUILD_NAMES:
+        return True
+    return Path(name).suffix.lower() in _SHELL_SUFFIXES or bool(_SHELL_SHEBANG.match(data))
+
+
+def _file_title(name: str) -> str:
+    """A title for a file that has none: its name without extensions (`notes.md.gz` -> notes)."""
+    stem = Path(name.removesuffix(".gz") if name.lower().endswith(".gz") else name).stem
+    return stem or name
 
 
 def _rel(path: Path, root: Path) -> str:
@@ -84,7 +136,7 @@ def collect(
     folder = Folder(root=root, source=source)
     files = _files(root, folder.skipped)
     seen: dict[str, str] = {}
-    for n, path in enumerate(files, 1):
+    for n, (path, identity) in enumerate(files, 1):
         rel = _rel(path, root)
         if on_file is not None:
             on_file(n, len(files), rel)
@@ -93,7 +145,11 @@ def collect(
             raise SyncError(f"{seen[ext_id]} and {rel} both map to external_id {ext_id!r}")
         seen[ext_id] = rel
         try:
-            found = extract(path)
+            data = read_bytes(path, identity=identity)
+            if _build_file(path.name, data):
+                folder.skipped.append(Skipped(rel, "build or licence file", ext_id))
+                continue
+            found = extract_data(path.name, data)
         except Unreadable as exc:
             folder.skipped.append(Skipped(rel, str(exc), ext_id))
             continue
@@ -112,7 +168,7 @@ def collect(
         folder.docs.append(
             DocInput(
                 external_id=ext_id,
-                title=found.title or path.stem or path.name,
+                title=found.title or _file_title(path.name),
                 content=found.text,
                 metadata={"source": source, "path": rel, "synced_by": SYNCED_BY},
             )

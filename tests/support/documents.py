@@ -45,12 +45,24 @@ def make_pdf(path: Path, lines: list[str], title: str | None = None) -> Path:
     return path
 
 
-def make_docx(path: Path, title: str, paragraphs: list[str]) -> Path:
+def make_docx(
+    path: Path,
+    title: str,
+    paragraphs: list[str],
+    *,
+    properties: bool = True,
+    heading_level: int = 1,
+) -> Path:
+    """A DOCX whose title is in its core properties (unless not `properties`) and in a heading
+    of `heading_level` before `paragraphs`, then a one-row table."""
     import docx
 
     document = docx.Document()
-    document.core_properties.title = title
-    document.add_heading(title, level=1)
+    if properties:
+        document.core_properties.title = title
+    else:
+        document.add_paragraph("A plain first paragraph, not a heading.")
+    document.add_heading(title, level=heading_level)
     for text in paragraphs:
         document.add_paragraph(text)
     table = document.add_table(rows=1, cols=2)
@@ -99,3 +111,17 @@ def mixed_folder(root: Path) -> Path:
     (root / "sub").mkdir(exist_ok=True)
     (root / "sub" / "deep.md").write_text("# Deep\n\nA nested file.\n", "utf-8")
     return root
+
+
+def break_docx(path: Path, source: Path) -> Path:
+    """A copy of the DOCX at `source` whose `word/document.xml` is cut in half: a real zip, a
+    real package, and XML that lxml refuses (the `XMLSyntaxError` of a half-written file)."""
+    import zipfile
+
+    with zipfile.ZipFile(source) as src, zipfile.ZipFile(path, "w") as out:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if item.filename == "word/document.xml":
+                data = data[: len(data) // 2]
+            out.writestr(item, data)
+    return path

@@ -17,7 +17,14 @@ from app.models.base import EXTERNAL_ID_RE
 from app.sync import SyncError, collect, external_id_for, sync_folder
 from app.sync.extract import Unreadable, decode, extract
 from tests.conftest import new_key
-from tests.support.documents import HTML_PAGE, LATIN1_TEXT, make_docx, make_pdf, mixed_folder
+from tests.support.documents import (
+    HTML_PAGE,
+    LATIN1_TEXT,
+    break_docx,
+    make_docx,
+    make_pdf,
+    mixed_folder,
+)
 from tests.support.live import LiveServer, free_port, personaizer
 
 # --- ids ----------------------------------------------------------------------------------
@@ -87,6 +94,79 @@ def test_extracts_every_supported_kind(tmp_path: Path) -> None:
     assert extract(tmp_path / "LICENSE").text == "Permission is granted.\n"
 
 
+def _title(path: Path, text: str) -> str | None:
+    path.write_text(text, "utf-8")
+    return extract(path).title
+
+
+def test_markdown_titles_come_from_its_structure(tmp_path: Path) -> None:
+    md = tmp_path / "a.md"
+    front = '---\nlayout: post\ntitle: "Install: the guide"\n---\n\n# Other heading\n'
+    assert _title(md, front) == "Install: the guide"
+    assert _title(md, "---\ntags: [a]\n---\n# After the front matter\n") == "After the front matter"
+    code = (
+        "```sh\n# install it first\npip install lamp\n```\n\n"
+        "~~~~\n# also code\n~~~~\n\n"
+        "    # indented code\n\n"
+        "Real title\n==========\n\nBody.\n"
+    )
+    assert _title(md, code) == "Real title"
+    assert _title(md, "Intro.\n\n## Section\n\n# Main topic #\n") == "Main topic"
+    assert _title(md, "## Only a section\n\ntext\n") == "Only a section"
+    assert _title(md, "```\n# a comment, in a fence never closed\n") is None
+    assert _title(md, "#hashtag, not a heading\n") is None
+
+
+def test_rst_titles_are_section_titles(tmp_path: Path) -> None:
+    rst = tmp_path / "a.rst"
+    literal = "Example::\n\n    Not a title\n    ===========\n\n"
+    assert _title(rst, literal + "=========\n Overlined\n=========\n") == "Overlined"
+    assert _title(rst, ".. title:: From the directive\n\nSection\n-------\n") == (
+        "From the directive"
+    )
+    assert _title(rst, "A paragraph\nof two lines.\n\nSecond\n~~~~~~\n") == "Second"
+    assert _title(rst, "Just text.\n") is None
+
+
+def test_html_title_then_h1(tmp_path: Path) -> None:
+    html = tmp_path / "a.html"
+    page = "<html><head><title> </title></head><body><svg><title>icon</title></svg>"
+    assert _title(html, page + "<h1>The <b>real</b> title</h1><p>x</p></body></html>") == (
+        "The real title"
+    )
+
+
+def test_pdf_titles_and_hyphenated_words(tmp_path: Path) -> None:
+    lines = ["Speech recognition", "Modern speech recog-", "nition works well."]
+    pdf = extract(make_pdf(tmp_path / "a.pdf", lines))
+    assert pdf.title == "Speech recognition"
+    assert pdf.text == "Speech recognition\nModern speech recognition works well."
+    junk = extract(make_pdf(tmp_path / "b.pdf", lines, "Microsoft Word - draft3.docx"))
+    assert junk.title == "Speech recognition"
+    long_first = extract(make_pdf(tmp_path / "c.pdf", ["This first line is a sentence."]))
+    assert long_first.title is None
+    # USB-C stays one word with its hyphen: only a lowercase continuation is joined.
+    assert (
+        extract(make_pdf(tmp_path / "d.pdf", ["Port: USB-", "C only"])).text == "Port: USB-\nC only"
+    )
+
+
+def test_docx_title_from_properties_then_first_heading(tmp_path: Path) -> None:
+    path = make_docx(tmp_path / "a.docx", "Lamp care", ["Dust it."], properties=False)
+    assert extract(path).title == "Lamp care"
+    path = make_docx(
+        tmp_path / "b.docx", "Cleaning", ["Dust it."], properties=False, heading_level=2
+    )
+    assert extract(path).title == "Cleaning"
+
+
+def test_a_file_without_a_title_is_named_after_the_file(tmp_path: Path) -> None:
+    root = tmp_path / "kb"
+    root.mkdir()
+    (root / "how-to.md").write_text("```\n# not this\n```\nJust text.\n", "utf-8")
+    assert [d.title for d in collect(root, source="kb").docs] == ["how-to"]
+
+
 def test_other_encodings_are_detected_not_refused() -> None:
     assert decode(LATIN1_TEXT.encode("latin-1")) == LATIN1_TEXT
     assert decode("Grüße aus München".encode("cp1252")) == "Grüße aus München"
@@ -128,6 +208,127 @@ def test_collect_lists_every_skipped_file(tmp_path: Path) -> None:
     latin = next(d for d in folder.docs if d.metadata["path"] == "latin1.txt")
     assert latin.content == LATIN1_TEXT
     assert all(d.metadata["source"] == "kb" for d in folder.docs)
+
+
+def test_a_file_no_parser_can_read_is_a_skip_not_a_crash(tmp_path: Path) -> None:
+    root = tmp_path / "kb"
+    root.mkdir()
+    (root / "ok.md").write_text("# Fine\n\nStill uploaded.\n", "utf-8")
+    break_docx(root / "half.docx", make_docx(tmp_path / "whole.docx", "Spec", ["Body."]))
+    pdf = make_pdf(tmp_path / "whole.pdf", ["Some text"]).read_bytes()
+    (root / "truncated.pdf").write_bytes(pdf[: len(pdf) // 3])
+    (root / "zip.docx").write_bytes(_zip_of({"hello.txt": b"not a Word document"}))
+    folder = collect(root, source="kb")
+    assert [d.metadata["path"] for d in folder.docs] == ["ok.md"]
+    reasons = {s.path: s.reason for s in folder.skipped}
+    assert reasons["half.docx"].startswith("not a readable DOCX (XMLSyntaxError")
+    assert reasons["truncated.pdf"].startswith("not a readable PDF")
+    assert reasons["zip.docx"].startswith("not a readable DOCX")
+    # Still there, only unreadable today: --prune keeps their documents.
+    assert all(s.external_id is not None for s in folder.skipped)
+
+
+def test_a_sync_never_reads_outside_its_folder(tmp_path: Path) -> None:
+    outside = tmp_path / "private"
+    outside.mkdir()
+    (outside / "secret.md").write_text("# Secret\n\nthe root password\n", "utf-8")
+    root = tmp_path / "kb"
+    (root / "sub").mkdir(parents=True)
+    (root / "ok.md").write_text("# Fine\n\nuploaded.\n", "utf-8")
+    (root / "sub" / "b.md").write_text("# B\n\nalso uploaded.\n", "utf-8")
+    (root / "leak.md").symlink_to(outside / "secret.md")
+    (root / "relative.md").symlink_to(Path("..") / "private" / "secret.md")
+    (root / "private").symlink_to(outside, target_is_directory=True)
+    (root / "alias.md").symlink_to("ok.md")  # inside: read once, at its own path
+    (root / "sub" / "again").symlink_to("..", target_is_directory=True)  # a cycle
+    (root / "gone.md").symlink_to("missing.md")
+    folder = collect(root, source="kb")
+    assert sorted(d.metadata["path"] for d in folder.docs) == ["ok.md", "sub/b.md"]
+    assert not any("root password" in d.content for d in folder.docs)
+    reasons = {s.path: s.reason for s in folder.skipped}
+    assert reasons == {
+        "leak.md": "link outside the folder",
+        "relative.md": "link outside the folder",
+        "private/": "link outside the folder",
+        "alias.md": "link to ok.md, not followed: it is read at its own path",
+        "sub/again/": "link to the folder itself, not followed",
+        "gone.md": "broken link",
+    }
+
+    # Given as a link itself, the folder is where the link points.
+    via = tmp_path / "via"
+    via.symlink_to(root, target_is_directory=True)
+    assert sorted(d.metadata["path"] for d in collect(via, source="kb").docs) == [
+        "ok.md",
+        "sub/b.md",
+    ]
+
+
+def test_a_file_swapped_for_a_link_while_syncing_is_not_followed(tmp_path: Path) -> None:
+    (tmp_path / "secret.txt").write_text("the root password", "utf-8")
+    root = tmp_path / "kb"
+    (root / "sub").mkdir(parents=True)
+    for name in ("a.txt", "b.txt", "sub/c.txt"):
+        (root / name).write_text(f"text of {name}", "utf-8")
+
+    def swap(done: int, total: int, path: str) -> None:
+        # Between the listing and the reading: a file, then a whole folder, become links out.
+        if path == "a.txt":
+            (root / "b.txt").unlink()
+            (root / "b.txt").symlink_to(tmp_path / "secret.txt")
+            # The listed c.txt is kept alive (moved), so the new one cannot reuse its inode.
+            (root / "sub").rename(tmp_path / "moved")
+            (tmp_path / "other").mkdir()
+            (tmp_path / "other" / "c.txt").write_text("the root password", "utf-8")
+            (root / "sub").symlink_to(tmp_path / "other", target_is_directory=True)
+
+    folder = collect(root, source="kb", on_file=swap)
+    assert [d.metadata["path"] for d in folder.docs] == ["a.txt"]
+    reasons = {s.path: s.reason for s in folder.skipped}
+    assert reasons["b.txt"] == "replaced by a link since it was listed, not followed"
+    assert reasons["sub/c.txt"] == "replaced since it was listed, not read"
+
+
+def test_compressed_text_and_text_by_content(tmp_path: Path) -> None:
+    import gzip
+
+    root = tmp_path / "kb"
+    root.mkdir()
+    (root / "notes.md.gz").write_bytes(gzip.compress(b"# Notes\n\nKept compressed.\n"))
+    (root / "log.txt.gz").write_bytes(gzip.compress(b"plain, no title\n"))
+    (root / "cut.md.gz").write_bytes(gzip.compress(b"# x\n" * 100)[:20])
+    (root / "data.json").write_text('{"lamp": "Aurora"}\n', "utf-8")
+    (root / "blob.bin").write_bytes(bytes(range(1, 256)) * 4)
+    (root / "Makefile").write_text("all:\n\ttrue\n", "utf-8")
+    (root / "LICENSE").write_text("Permission is granted.\n", "utf-8")
+    (root / "COPYING.LESSER").write_text("GNU terms.\n", "utf-8")
+    (root / "CNAME").write_text("docs.example.com\n", "utf-8")
+    (root / "deploy.sh").write_text("echo deploy\n", "utf-8")
+    (root / "run").write_text("#!/usr/bin/env bash\necho run\n", "utf-8")
+    folder = collect(root, source="kb")
+    docs = {d.metadata["path"]: d for d in folder.docs}
+    assert docs.keys() == {"notes.md.gz", "log.txt.gz", "data.json"}
+    assert docs["notes.md.gz"].title == "Notes"
+    assert docs["notes.md.gz"].content == "# Notes\n\nKept compressed.\n"
+    assert docs["log.txt.gz"].title == "log" and docs["data.json"].title == "data"
+    reasons = {s.path: s.reason for s in folder.skipped}
+    assert reasons.pop("cut.md.gz").startswith("not a readable gzip")
+    assert reasons.pop("blob.bin").startswith("unsupported type .bin")
+    assert reasons == dict.fromkeys(
+        ["Makefile", "LICENSE", "COPYING.LESSER", "CNAME", "deploy.sh", "run"],
+        "build or licence file",
+    )
+
+
+def _zip_of(files: dict[str, bytes]) -> bytes:
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+    return buffer.getvalue()
 
 
 # --- whole syncs through the library (the app over ASGI) ----------------------------------
