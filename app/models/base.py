@@ -23,6 +23,12 @@ from sqlalchemy import String, TypeDecorator
 from sqlalchemy.engine import Dialect
 from sqlmodel import Field
 
+#: Text compared and ordered byte by byte (code point order for UTF-8) on both engines. SQLite's
+#: default collation (BINARY) is that already; PostgreSQL's follows the database's locale, so
+#: its columns say `COLLATE "C"`: list order and keyset cursors do not depend on how the
+#: database was created (revision 0006).
+BYTE_ORDERED_TEXT = String().with_variant(String(collation="C"), "postgresql")
+
 EXTERNAL_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 #: Text is blank when it has no character outside this class, what a reader cannot see:
 #: whitespace (as `str.isspace()` has it), control and format characters (zero-width spaces and

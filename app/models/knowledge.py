@@ -16,6 +16,7 @@ from sqlalchemy.types import TypeDecorator, TypeEngine, UserDefinedType
 from sqlmodel import Field, SQLModel
 
 from app.models.base import (
+    BYTE_ORDERED_TEXT,
     Content,
     ExternalId,
     JsonObject,
@@ -37,7 +38,9 @@ class KnowledgeDoc(SQLModel, table=True):
 
     id: str = Field(primary_key=True)
     user_id: int = Field(foreign_key="users.id", ondelete="CASCADE")
-    external_id: str
+    #: Byte order on both engines (revision 0006): lists and cursors must not depend on the
+    #: database's collation.
+    external_id: str = Field(sa_type=BYTE_ORDERED_TEXT)
     title: str | None = None
     content: str
     metadata_: JsonObject = Field(default_factory=dict, sa_column=Column("metadata", JSON))

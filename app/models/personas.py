@@ -9,6 +9,7 @@ from sqlalchemy import JSON, Column, Index
 from sqlmodel import Field, SQLModel
 
 from app.models.base import (
+    BYTE_ORDERED_TEXT,
     ExternalId,
     JsonObject,
     Metadata,
@@ -24,7 +25,7 @@ class Persona(SQLModel, table=True):
     __table_args__ = (Index("ix_personas_user_id", "user_id", "id"),)
 
     #: `per_` + a ULID: sortable by creation, opaque to callers.
-    id: str = Field(primary_key=True)
+    id: str = Field(primary_key=True, sa_type=BYTE_ORDERED_TEXT)
     user_id: int = Field(foreign_key="users.id", ondelete="CASCADE")
     name: str
     description: str = ""
@@ -38,7 +39,9 @@ class Persona(SQLModel, table=True):
 class PersonaKnowledge(SQLModel, table=True):
     __tablename__ = "persona_knowledge"
 
-    persona_id: str = Field(foreign_key="personas.id", ondelete="CASCADE", primary_key=True)
+    persona_id: str = Field(
+        foreign_key="personas.id", ondelete="CASCADE", primary_key=True, sa_type=BYTE_ORDERED_TEXT
+    )
     doc_id: str = Field(
         foreign_key="knowledge_docs.id", ondelete="CASCADE", primary_key=True, index=True
     )
