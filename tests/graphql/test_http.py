@@ -66,11 +66,19 @@ async def test_a_disabled_key_is_refused(app: Starlette) -> None:
 
 
 async def test_failed_authentication_is_limited_per_address(anon: httpx.AsyncClient) -> None:
+    """Wrong keys are guesses, counted per address; a request with no key is not (401 always:
+    tests/http/test_ratelimit.py)."""
+    wrong = {"X-Api-Key": "pa_live_" + "x" * 40}
     for _ in range(30):
-        refused(await gql(anon, VIEWER), 401, "auth.unauthorized")
-    r = await gql(anon, VIEWER)
+        refused(
+            await anon.post(GRAPHQL, json={"query": VIEWER}, headers=wrong),
+            401,
+            "auth.unauthorized",
+        )
+    r = await anon.post(GRAPHQL, json={"query": VIEWER}, headers=wrong)
     refused(r, 429, "limits.rate_exceeded")
     assert int(r.headers["retry-after"]) >= 1
+    refused(await gql(anon, VIEWER), 401, "auth.unauthorized")
 
 
 async def test_request_id_is_echoed_in_extensions(api: httpx.AsyncClient) -> None:
