@@ -194,14 +194,21 @@ async def add_chunks(runtime: Runtime, user_id: int, corpus: Corpus, n_chunks: i
             ]
             session.add_all(chunks)
             await session.flush()
-            for i, doc in enumerate(docs):
-                own = chunks[i * CHUNKS_PER_DOC : (i + 1) * CHUNKS_PER_DOC]
-                await runtime.index.put(
-                    session,
-                    user_id=user_id,
-                    title=doc.title,
-                    chunks=[IndexedChunk(c.id, c.text, c.embedding) for c in own if c.id],
-                )
+            await runtime.index.put_many(
+                session,
+                user_id=user_id,
+                docs=[
+                    (
+                        doc.title,
+                        [
+                            IndexedChunk(c.id, c.text, c.embedding)
+                            for c in chunks[i * CHUNKS_PER_DOC : (i + 1) * CHUNKS_PER_DOC]
+                            if c.id
+                        ],
+                    )
+                    for i, doc in enumerate(docs)
+                ],
+            )
         corpus.docs += count
 
 

@@ -24,7 +24,7 @@ from sqlmodel import SQLModel, col
 
 from app.models import Chunk, KnowledgeDoc, User
 from app.storage.database import Database
-from app.storage.index import IndexedChunk, for_dialect
+from app.storage.index import IndexedChunk, TitledChunks, for_dialect
 
 log = logging.getLogger(__name__)
 
@@ -100,10 +100,12 @@ async def _index_chunks(reading: AsyncSession, writing: AsyncSession, target: Da
         by_doc: dict[str, list[IndexedChunk]] = {}
         for cid, doc_id, body, vector in chunks:
             by_doc.setdefault(doc_id, []).append(IndexedChunk(cid, body, vector))
+        by_user: dict[int, list[TitledChunks]] = {}
         for doc_id, user_id, title in docs:
-            own = by_doc.get(doc_id, [])
-            await index.put(writing, user_id=user_id, title=title, chunks=own)
-            done += len(own)
+            by_user.setdefault(user_id, []).append((title, by_doc.get(doc_id, [])))
+        for user_id, titled in by_user.items():
+            await index.put_many(writing, user_id=user_id, docs=titled)
+            done += sum(len(own) for _, own in titled)
         after = docs[-1].id
 
 

@@ -180,21 +180,12 @@ def _answer(
 
 
 class SearchIndex(Protocol):
-    async def put(
-        self,
-        session: AsyncSession,
-        *,
-        user_id: int,
-        title: str | None,
-        chunks: Sequence[IndexedChunk],
-    ) -> None:
-        """Index chunk rows written in this transaction (their vectors are in the rows)."""
-
     async def put_many(
         self, session: AsyncSession, *, user_id: int, docs: Sequence[TitledChunks]
     ) -> None:
-        """`put` for several documents at once (a batch upsert): a few statements in all rather
-        than a few per document."""
+        """Index the chunk rows of one user's documents, written in this transaction (their
+        vectors are in the rows), a (title, chunks) pair a document: a few statements in all,
+        whether one document or a batch."""
 
     async def retitle(
         self, session: AsyncSession, *, title: str | None, chunk_ids: Sequence[int]

@@ -30,7 +30,6 @@ from sqlmodel import col
 from app.models import Chunk, KnowledgeDoc
 from app.storage.index import (
     HitRow,
-    IndexedChunk,
     Plan,
     Ranked,
     Restriction,
@@ -72,16 +71,6 @@ class ScopeSql:
 
 
 class PostgresIndex:
-    async def put(
-        self,
-        session: AsyncSession,
-        *,
-        user_id: int,
-        title: str | None,
-        chunks: Sequence[IndexedChunk],
-    ) -> None:
-        await self.put_many(session, user_id=user_id, docs=[(title, chunks)])
-
     async def put_many(
         self, session: AsyncSession, *, user_id: int, docs: Sequence[TitledChunks]
     ) -> None:

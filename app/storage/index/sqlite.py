@@ -28,7 +28,6 @@ from sqlmodel import col, select
 from app.models import Chunk, KnowledgeDoc
 from app.storage.index import (
     HitRow,
-    IndexedChunk,
     Plan,
     Ranked,
     Restriction,
@@ -116,16 +115,6 @@ class SqliteIndex:
         self.vector_cache = VectorCache(vector_cache_bytes)
         #: Whole users' matrices, as much again (app/storage/index/resident.py).
         self.residents = ResidentStore(vector_cache_bytes)
-
-    async def put(
-        self,
-        session: AsyncSession,
-        *,
-        user_id: int,
-        title: str | None,
-        chunks: Sequence[IndexedChunk],
-    ) -> None:
-        await self.put_many(session, user_id=user_id, docs=[(title, chunks)])
 
     async def put_many(
         self, session: AsyncSession, *, user_id: int, docs: Sequence[TitledChunks]
