@@ -64,6 +64,8 @@ def serve(
     # Open (create, upgrade or refuse) the database before serving, so a file this build cannot
     # use is one line on stderr rather than a failed lifespan inside uvicorn.
     run_with_runtime(settings, lambda runtime: asyncio.sleep(0), create=True)
+    # Every process signs dashboard cookies with this one (and a restart keeps it).
+    settings = settings.model_copy(update={"session_secret": operations.session_secret(settings)})
     if workers > 1:
         _serve_workers(settings, workers, sock)
         return
@@ -87,11 +89,19 @@ _held = ExitStack()
 
 def _serve_workers(settings: Settings, workers: int, sock: socket.socket) -> None:
     """N processes on one port (uvicorn's supervisor): each builds its own app from the same
-    PERSONAIZER_* environment, so the options given here are passed on through it."""
+    PERSONAIZER_* environment, so what `serve` settled here is passed on through it: the
+    command-line options (the MCP door answers the Host it listens as) and the session secret
+    (a cookie signed by one worker must be good in every other)."""
     import os
 
-    os.environ["PERSONAIZER_DATA_DIR"] = str(settings.data_dir)
-    os.environ["PERSONAIZER_DATABASE_URL"] = settings.effective_database_url
+    passed = {
+        "DATA_DIR": str(settings.data_dir),
+        "DATABASE_URL": settings.effective_database_url,
+        "HOST": settings.host,
+        "PORT": str(settings.port),
+        "SESSION_SECRET": settings.session_secret,
+    }
+    os.environ.update({f"PERSONAIZER_{name}": value for name, value in passed.items()})
     host, port = settings.host, settings.port
     out.print(
         f"PersonAIzer listening on http://{host}:{port} with {workers} workers"

@@ -8,6 +8,8 @@ the storage layer's own failures into it, so the CLI needs to know nothing of st
 
 from __future__ import annotations
 
+import os
+import secrets
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractContextManager, asynccontextmanager, contextmanager, nullcontext
 from dataclasses import dataclass
@@ -16,7 +18,7 @@ from pathlib import Path
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.embedding.embedder import Embedder
-from app.files import private_dir
+from app.files import FILE_MODE, private_dir
 from app.services.runtime import Runtime
 from app.settings import Settings
 from app.storage import backup as backups
@@ -101,6 +103,47 @@ def serving_lock(settings: Settings) -> AbstractContextManager[None]:
         return nullcontext()
     private_dir(database.parent)
     return backups.server_lock(database)
+
+
+#: In the data dir: the dashboard's session secret when none is configured.
+SESSION_SECRET_FILE = "session-secret"
+#: Characters a kept secret has at least (what Settings asks of a configured one outside local use).
+SESSION_SECRET_MIN = 32
+
+
+def session_secret(settings: Settings) -> str:
+    """The secret that signs dashboard session cookies: the configured one, else the one kept
+    in the data dir (made on first use, 0600). Every worker of `serve --workers N` must sign
+    with the same secret, or a cookie set by one is refused by the others; kept in the data dir
+    it also survives restarts, as the sessions themselves do (they are rows in the database)."""
+    if settings.session_secret:
+        return settings.session_secret
+    path = settings.data_dir / SESSION_SECRET_FILE
+    try:
+        kept: str | None = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        kept = None
+    if kept is not None and len(kept) >= SESSION_SECRET_MIN:
+        return kept
+    private_dir(settings.data_dir)
+    fresh = secrets.token_urlsafe(32)
+    # Written whole under another name, then linked into place: two servers starting at once
+    # both end up with whichever secret was linked first, never a half-written one.
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(fresh + "\n")
+        if kept is not None:  # empty or too short to be one we made: replace it
+            tmp.replace(path)
+            return fresh
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return session_secret(settings)
+        return fresh
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def check_encoder(settings: Settings) -> None:
