@@ -148,3 +148,14 @@ def app_from_environment() -> Starlette:
     settings = Settings()
     logs.configure(settings.log_level, json_lines=settings.log_format == "json")
     return create_app(settings)
+
+
+def graphql_sdl() -> str:
+    """The GraphQL schema (SDL) the server serves, exactly as `schema.graphql` holds it (and as
+    `strawberry export-schema app.graphql.schema:schema` prints it), for `personaizer
+    export-schema`: the CLI reaches the GraphQL door only through this wiring."""
+    from strawberry.printer import print_schema
+
+    from app.graphql.schema import schema
+
+    return print_schema(schema) + "\n"

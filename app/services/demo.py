@@ -1,8 +1,10 @@
-"""`personaizer serve --demo`: a demo user, a key, and sample knowledge to try the API with."""
+"""`personaizer serve --demo`: a demo user, a key, and sample knowledge to try the API with.
+
+The CLI makes the account before the server starts (so it can print the key) and runs
+`load_samples` once the server is up."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
@@ -10,14 +12,10 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from rich.console import Console
-from starlette.applications import Starlette
-
 from app.errors import Unauthorized, UserExists
 from app.models import KnowledgeDocItem, PersonaCreate
 from app.services import accounts, knowledge, personas
 from app.services.runtime import Runtime
-from app.storage.database import Database
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +121,9 @@ async def ensure_demo_account(runtime: Runtime, saved_at: Path) -> DemoAccount:
     new key, so keys do not pile up one per start."""
     password = secrets.token_urlsafe(12)
     try:
-        await accounts.create_user(runtime=runtime, email=DEMO_EMAIL, plan_id="pro", password=password)
+        await accounts.create_user(
+            runtime=runtime, email=DEMO_EMAIL, plan_id="pro", password=password
+        )
     except UserExists:
         await accounts.set_plan(runtime=runtime, email=DEMO_EMAIL, plan_id="pro")
     else:
@@ -142,46 +142,20 @@ async def ensure_demo_account(runtime: Runtime, saved_at: Path) -> DemoAccount:
     return DemoAccount(password, key, "reset")
 
 
-def install_demo(app: Starlette, console: Console) -> None:
-    """Make (or reuse) the demo account now, so its key can be printed, and load the samples
-    once the model is ready."""
-    runtime: Runtime = app.state.runtime
-    saved_at = runtime.settings.data_dir / CREDENTIALS_FILE
-
-    async def make_account() -> DemoAccount:
-        db = Database(runtime.settings)
-        try:
-            await db.migrate()
-            boot = Runtime(settings=runtime.settings, db=db, embedder=runtime.embedder)
-            return await ensure_demo_account(boot, saved_at)
-        finally:
-            await db.dispose()
-
-    account = asyncio.run(make_account())
-    key = account.key
-    if account.how == "reused":
-        console.print(f"Demo user exists; its password and key are the ones saved in {saved_at}")
-    elif account.how == "reset":
-        console.print(
-            "Demo user exists but its saved credentials were missing or no longer work: "
-            "its password was reset and its demo key replaced"
+async def load_samples(runtime: Runtime, *, key: str) -> None:
+    """The sample documents and personas, for the demo user whose API key is `key`: run once the
+    server is up, as it waits for the model. A restart with --demo loads them again (unchanged
+    documents are no-ops) and keeps the personas made earlier."""
+    await runtime.embedder.wait_ready()
+    principal = await accounts.authenticate(runtime=runtime, api_key=key)
+    result = await knowledge.upsert_many(runtime=runtime, principal=principal, items=SAMPLE_DOCS)
+    existing = await personas.list_personas(runtime=runtime, principal=principal, limit=200)
+    names = {p.name for p in existing.items}
+    for sample, external_ids in SAMPLE_PERSONAS:
+        if sample.name in names:
+            continue
+        persona = await personas.create_persona(runtime=runtime, principal=principal, body=sample)
+        await personas.set_knowledge(
+            runtime=runtime, principal=principal, persona_id=persona.id, external_ids=external_ids
         )
-    console.print(f"Demo user: {DEMO_EMAIL}  password: {account.password}")
-    console.print(f"Demo API key: {key}")
-
-    async def load_samples(runtime: Runtime) -> None:
-        await runtime.embedder.wait_ready()
-        principal = await accounts.authenticate(runtime=runtime, api_key=key)
-        result = await knowledge.upsert_many(runtime=runtime, principal=principal, items=SAMPLE_DOCS)
-        existing = await personas.list_personas(runtime=runtime, principal=principal, limit=200)
-        names = {p.name for p in existing.items}
-        for sample, external_ids in SAMPLE_PERSONAS:
-            if sample.name in names:  # a restart with --demo keeps the earlier demo personas
-                continue
-            persona = await personas.create_persona(runtime=runtime, principal=principal, body=sample)
-            await personas.set_knowledge(
-                runtime=runtime, principal=principal, persona_id=persona.id, external_ids=external_ids
-            )
-        log.info("demo data loaded: %s", result.summary.model_dump())
-
-    app.state.startup_hooks.append(load_samples)
+    log.info("demo data loaded: %s", result.summary.model_dump())

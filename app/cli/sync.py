@@ -1,0 +1,86 @@
+"""`personaizer sync DIR`: upload a folder through the public API (the client in app.client)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from app.cli.common import DatabaseUrl, DataDir, Fail, err, out
+from app.client.batching import DEFAULT_BATCH_CHARS
+
+if TYPE_CHECKING:
+    from app.sync import SyncReport
+
+
+def sync(
+    directory: Annotated[Path, typer.Argument(metavar="DIR", help="The folder to upload.")],
+    api_key: Annotated[
+        str, typer.Option("--api-key", envvar="PERSONAIZER_API_KEY", help="The key to upload with.")
+    ],
+    url: Annotated[str, typer.Option(help="The server's base URL.")] = "http://127.0.0.1:8000",
+    source: Annotated[
+        str | None,
+        typer.Option(help="Name of what this folder syncs into [the folder's name]."),
+    ] = None,
+    prune: Annotated[
+        bool, typer.Option("--prune", help="Delete this source's documents whose file is gone.")
+    ] = False,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Fail, uploading nothing, if any file is skipped.")
+    ] = False,
+    batch_chars: Annotated[
+        int, typer.Option(min=1, help="Characters per upload request, at most.")
+    ] = DEFAULT_BATCH_CHARS,
+    timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds to wait for one request.")
+    ] = 300.0,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Upload a folder through the public API: Markdown, text, reStructuredText, HTML, PDF and
+    DOCX files (and text files without an extension). Unchanged files are no-ops. Every skipped
+    file is listed on stderr with its reason. --data-dir/--database-url are accepted for
+    uniformity and unused: sync only speaks HTTP."""
+    from app.client import AsyncClient, ClientError, RequestTimeout
+    from app.sync import SyncError, sync_folder
+    from app.sync.progress import BarProgress, LineProgress
+
+    progress: BarProgress | LineProgress = (
+        BarProgress(err) if err.is_terminal else LineProgress(err)
+    )
+
+    async def main() -> SyncReport:
+        async with AsyncClient(url, api_key, timeout=timeout, on_retry=progress.retrying) as api:
+            return await sync_folder(
+                api,
+                directory,
+                source=source,
+                prune=prune,
+                strict=strict,
+                max_chars=batch_chars,
+                progress=progress,
+            )
+
+    try:
+        if isinstance(progress, BarProgress):
+            with progress:
+                report = asyncio.run(main())
+        else:
+            report = asyncio.run(main())
+    except SyncError as exc:
+        raise Fail(str(exc)) from exc
+    except RequestTimeout as exc:
+        raise Fail(f"{exc}; re-run sync: finished documents are no-ops") from exc
+    except ClientError as exc:
+        raise Fail(str(exc)) from exc
+    for skipped in report.skipped:
+        err.print(f"skipped {skipped}", markup=False)
+    out.print(
+        f"{report.source}: created {report.created}, updated {report.updated}, "
+        f"unchanged {report.no_op}, deleted {report.deleted}, skipped {len(report.skipped)} "
+        f"({report.batches} requests, {report.seconds:.1f} s)",
+        markup=False,
+    )
