@@ -21,4 +21,6 @@ fi
 
 .venv/bin/ruff check app tests scripts
 .venv/bin/mypy app
+# The layer contract ([tool.importlinter] in pyproject.toml; docs/decisions.md, "The code's layout").
+.venv/bin/lint-imports --no-logo
 HF_HUB_OFFLINE=1 .venv/bin/python -m pytest "$@"
