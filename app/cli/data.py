@@ -46,12 +46,14 @@ def migrate(
 ) -> None:
     """Copy this deployment (users, keys, personas, documents, chunks with their vectors,
     usage) into an empty database, without re-embedding anything; then check the copy.
-    Stop the server first: writes made during the copy would not be in it."""
+    Stop the servers first: a SQLite source in use is refused, and a copy whose source changed
+    while it was copied is refused too (the target is left empty)."""
     source = load_settings(data_dir, database_url)
     target = load_settings(data_dir, to)
     done = run(operations.copy(source, target, progress=lambda line: out.print(line)))
+    moment = f" as of {done.as_of.isoformat(timespec='seconds')}" if done.as_of else ""
     out.print(
-        f"copied {done.rows} rows from {done.source} to {done.target}; counts match, "
+        f"copied {done.rows} rows from {done.source}{moment} to {done.target}; counts match, "
         f"searches agree for {done.users_checked} users"
     )
 

@@ -13,6 +13,7 @@ import secrets
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractContextManager, asynccontextmanager, contextmanager, nullcontext
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -190,6 +191,8 @@ class Copy:
     target: str
     rows: int
     users_checked: int
+    #: The moment of the source that the target holds.
+    as_of: datetime | None
 
 
 async def copy(
@@ -198,9 +201,15 @@ async def copy(
     *,
     progress: Callable[[str], None] = lambda _: None,
 ) -> Copy:
-    """Copy a deployment into an empty database and check the copy (`personaizer migrate`)."""
+    """Copy a deployment into an empty database and check the copy (`personaizer migrate`).
+
+    A copy made while a server writes would miss the writes acknowledged after its moment. A
+    SQLite source is refused while a server holds it (as `restore` is), and no server can start
+    on it until the copy ends; on PostgreSQL, where no lock tells, the copy is one snapshot and
+    is refused, leaving the target empty, if the source changed while it was copied."""
     check_database(source_settings, create=False)
-    with reported():
+    database = sqlite_file(source_settings)
+    with reported(), backups.no_server(database) if database is not None else nullcontext():
         source, target = Database(source_settings), Database(target_settings)
         if source.where == target.where:
             raise OperationError("the target is the source; name another database with --to")
@@ -216,6 +225,7 @@ async def copy(
         target=target.where,
         rows=sum(report.rows.values()),
         users_checked=report.users_checked,
+        as_of=report.as_of,
     )
 
 

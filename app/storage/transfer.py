@@ -17,12 +17,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Table, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import SQLModel, col
 
-from app.models import Chunk, KnowledgeDoc, User
+from app.models import Chunk, KnowledgeDoc, Persona, UsageCounter, User, utcnow
 from app.storage.database import Database
 from app.storage.index import IndexedChunk, TitledChunks, for_dialect
 
@@ -40,6 +42,8 @@ class TransferError(RuntimeError):
 class Report:
     rows: dict[str, int] = field(default_factory=dict)
     users_checked: int = 0
+    #: The moment of the source that was copied (its snapshot's start).
+    as_of: datetime | None = None
 
 
 async def copy_database(
@@ -54,6 +58,10 @@ async def copy_database(
     report = Report()
     tables = list(SQLModel.metadata.sorted_tables)
     async with source.read() as reading, target.write() as writing:
+        # The read session is one snapshot of the source (SQLite: one read transaction;
+        # PostgreSQL: REPEATABLE READ), taken at its first statement: this one.
+        before = await _fingerprint(reading)
+        report.as_of = utcnow()
         for table in tables:
             report.rows[table.name] = await _copy_table(reading, writing, table)
             progress(f"{table.name}: {report.rows[table.name]} rows")
@@ -61,8 +69,36 @@ async def copy_database(
         progress(f"search index: {indexed} chunks")
         if target.dialect == "postgresql":
             await _reset_sequences(writing, tables)
+        # A server still writing to the source (nothing can tell from here on PostgreSQL) would
+        # have its acknowledged writes missing from the copy: refuse it, before the target's
+        # transaction commits, so the target is left empty.
+        async with source.read() as now:
+            after = await _fingerprint(now)
+        if after != before:
+            changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+            raise TransferError(
+                f"the source changed while it was copied ({', '.join(changed)}): a server is "
+                "still writing to it, and its writes after the copy's moment would be missing; "
+                "stop every server and run migrate again (the target was left empty)"
+            )
     report.users_checked = await _verify(source, target, report)
     return report
+
+
+async def _fingerprint(session: AsyncSession) -> dict[str, Any]:
+    """What any write to a deployment moves: each table's row count, the newest document and
+    persona change, and the usage counters' sums (requests are flushed there)."""
+    out: dict[str, Any] = {}
+    for table in SQLModel.metadata.sorted_tables:
+        out[table.name] = (await session.execute(select(func.count()).select_from(table))).scalar_one()
+    for model in (KnowledgeDoc, Persona):
+        newest = await session.execute(select(func.max(col(model.updated_at))))
+        out[f"{model.__tablename__}.updated_at"] = newest.scalar_one()
+    sums = await session.execute(
+        select(func.sum(col(UsageCounter.requests)), func.sum(col(UsageCounter.embedded_chunks)))
+    )
+    out["usage_counters.sums"] = tuple(sums.one())
+    return out
 
 
 async def _copy_table(reading: AsyncSession, writing: AsyncSession, table: Table) -> int:

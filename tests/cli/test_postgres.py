@@ -8,9 +8,11 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 
 import pytest
+import sqlean
 
 from app.embedding.embedder import Model
 from app.main import create_app
+from app.services import operations
 from app.settings import Settings
 from tests.conftest import AppFactory, client_for, new_key
 from tests.support import pg, servers
@@ -109,3 +111,67 @@ async def test_migrate_copies_a_sqlite_deployment_without_re_embedding(
     again = servers.personaizer("migrate", "--to", target, env=env, timeout=300)
     assert again.returncode == 1
     assert "already holds data" in again.stderr and len(again.stderr.splitlines()) == 1
+
+
+async def test_migrate_refuses_while_a_server_serves_the_sqlite_file(
+    postgres: pg.PostgresServer, tmp_path: Path
+) -> None:
+    """A copy made beside a running server would miss the writes it acknowledges meanwhile:
+    refused, as `restore` is, and the target stays empty."""
+    env = servers.clean_env(data_dir=str(tmp_path / "data"))
+    assert servers.personaizer("init", env=env).returncode == 0
+    target = postgres.url(await postgres.new_database(template=None))
+    with servers.serve(env=env, log=tmp_path / "serve.log"):
+        moved = servers.personaizer("migrate", "--to", target, env=env, timeout=300)
+    assert moved.returncode == 1
+    assert moved.stderr.startswith("error:") and "a server is using" in moved.stderr
+    assert len(moved.stderr.strip().splitlines()) == 1
+    # The target was not touched: not even its schema was made.
+    untouched = servers.personaizer(
+        "users", "list", env=servers.clean_env(database_url=target, data_dir=str(tmp_path / "x"))
+    )
+    assert untouched.returncode == 1 and "no personaizer database yet" in untouched.stderr
+    # Once the server is gone the same copy goes through, and says which moment it copied.
+    moved = servers.personaizer("migrate", "--to", target, env=env, timeout=300)
+    assert moved.returncode == 0, moved.stderr
+    assert " as of 20" in moved.stdout
+
+
+async def test_migrate_refuses_a_source_that_changed_while_it_was_copied(
+    postgres: pg.PostgresServer, tmp_path: Path
+) -> None:
+    """Where no lock can tell (a PostgreSQL source, or a writer that holds none), the copy is
+    one snapshot; a source written meanwhile is refused before the target commits."""
+    source = Settings.for_tests(tmp_path / "data")
+    env = servers.clean_env(data_dir=str(tmp_path / "data"))
+    assert servers.personaizer("init", env=env).returncode == 0
+    assert servers.personaizer("users", "create", "w@example.com", env=env).returncode == 0
+    target_url = postgres.url(await postgres.new_database(template=None))
+    target = Settings.for_tests(tmp_path / "unused", database_url=target_url)
+    database = tmp_path / "data" / "personaizer.db"
+    written: list[str] = []
+
+    def write_beside(line: str) -> None:
+        # What a server still running does: a write of its own, acknowledged to its client.
+        if not written:
+            conn = sqlean.connect(str(database))
+            try:
+                conn.execute("UPDATE users SET plan_id = 'pro'")
+                conn.execute(
+                    "INSERT INTO usage_counters (user_id, period, embedded_chunks, requests)"
+                    " SELECT id, '2026-12', 0, 1 FROM users"
+                )
+                conn.commit()
+            finally:
+                conn.close()
+        written.append(line)
+
+    with pytest.raises(operations.OperationError, match="changed while it was copied"):
+        await operations.copy(source, target, progress=write_beside)
+    after = servers.personaizer(
+        "users",
+        "list",
+        "--json",
+        env=servers.clean_env(database_url=target_url, data_dir=str(tmp_path / "x")),
+    )
+    assert after.returncode == 0 and json.loads(after.stdout) == []
