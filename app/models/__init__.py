@@ -98,6 +98,18 @@ from app.models.knowledge import (
     KnowledgeDoc as KnowledgeDoc,
 )
 from app.models.knowledge import (
+    KnowledgeChange as KnowledgeChange,
+)
+from app.models.knowledge import (
+    KnowledgeChanges as KnowledgeChanges,
+)
+from app.models.knowledge import (
+    KnowledgeFeedState as KnowledgeFeedState,
+)
+from app.models.knowledge import (
+    KnowledgeTombstone as KnowledgeTombstone,
+)
+from app.models.knowledge import (
     KnowledgeDocBatch as KnowledgeDocBatch,
 )
 from app.models.knowledge import (

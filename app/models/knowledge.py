@@ -34,6 +34,7 @@ class KnowledgeDoc(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("user_id", "external_id"),
         Index("ix_knowledge_docs_user_updated", "user_id", "updated_at"),
+        Index("ix_knowledge_docs_user_change_seq", "user_id", "change_seq"),
     )
 
     id: str = Field(primary_key=True)
@@ -49,6 +50,39 @@ class KnowledgeDoc(SQLModel, table=True):
     chunk_count: int
     created_at: datetime = time_field()
     updated_at: datetime = time_field()
+    #: The user's change sequence number of the write that made this version (revision 0007):
+    #: assigned inside the write transaction, which holds the user's write lock, so a user's
+    #: seqs commit in order. The changes feed reads documents and tombstones above a token's seq.
+    change_seq: int = Field(default=0, sa_type=BigInteger, sa_column_kwargs={"server_default": "0"})
+
+
+class KnowledgeTombstone(SQLModel, table=True):
+    """A deleted document, for the changes feed: kept at least the retention period, and
+    removed as soon as the external_id is created again (the document's own seq then tells)."""
+
+    __tablename__ = "knowledge_tombstones"
+    __table_args__ = (Index("ix_knowledge_tombstones_user_seq", "user_id", "seq"),)
+
+    user_id: int = Field(foreign_key="users.id", ondelete="CASCADE", primary_key=True)
+    external_id: str = Field(sa_type=BYTE_ORDERED_TEXT, primary_key=True)
+    seq: int = Field(sa_type=BigInteger)
+    deleted_at: datetime = time_field()
+
+
+class KnowledgeFeedState(SQLModel, table=True):
+    """Per user: the last change seq handed out, and the highest seq of a purged tombstone (a
+    feed token at or above it has missed nothing)."""
+
+    __tablename__ = "knowledge_feeds"
+
+    user_id: int = Field(
+        foreign_key="users.id",
+        ondelete="CASCADE",
+        primary_key=True,
+        sa_column_kwargs={"autoincrement": False},
+    )
+    last_seq: int = Field(default=0, sa_type=BigInteger)
+    purged_seq: int = Field(default=0, sa_type=BigInteger)
 
 
 #: Dimensions of the embedding model's vectors (all-MiniLM-L6-v2).
@@ -245,3 +279,29 @@ class BatchUpsertResponse(PublicModel):
 class SingleUpsertResponse(PublicModel):
     status: UpsertStatus
     document: KnowledgeDocPublic
+
+
+ChangeOp = Literal["upsert", "delete"]
+
+
+class KnowledgeChange(PublicModel):
+    """One entry of the changes feed: a document as it is now, or its tombstone."""
+
+    external_id: str
+    op: ChangeOp
+    updated_at: Timestamp = Field(
+        description="When the document was last written, or deleted (`delete`)."
+    )
+    document: KnowledgeDocPublic | None = Field(
+        description="The document without its content (`upsert`); null for `delete`."
+    )
+
+
+class KnowledgeChanges(PublicModel):
+    """A page of the changes feed (API.md section 11)."""
+
+    changes: list[KnowledgeChange]
+    next_since: str = Field(
+        description="Pass as `since` next time: never older than the `since` sent."
+    )
+    has_more: bool = Field(description="More changes are already there: call again at once.")

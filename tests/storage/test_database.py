@@ -28,6 +28,7 @@ from app.storage import migrations
 from app.storage.database import Database, SchemaError, async_url
 from tests.services.test_search import QUERIES, TOPICS, long_text
 from tests.support import pg
+from tests.support.old_schema import add_newer_objects, drop_newer_objects
 
 pytestmark = pytest.mark.anyio
 
@@ -413,6 +414,7 @@ async def test_revision_0004_keeps_chunk_ids_and_never_hands_one_out_again(
     async with database.writer.connect() as conn:
         await conn.run_sync(lambda c: command.upgrade(migrations._config(c), "0003"))
         await conn.commit()
+    await add_newer_objects(database)
     embedder = Embedder(model=model)
     await embedder.start()
     try:
@@ -428,6 +430,7 @@ async def test_revision_0004_keeps_chunk_ids_and_never_hands_one_out_again(
         await knowledge.upsert_many(runtime=runtime, principal=principal, items=[items[7]])
         assert await _chunk_ids(database, "doc-7") == last
         before, ids = await _searches(runtime, principal), await _chunk_ids(database)
+        await drop_newer_objects(database)
         await database.dispose()
 
         database = Database(settings)
