@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
+from pydantic import BaseModel as PydanticBase
 from pydantic import BeforeValidator, ConfigDict, ValidationInfo
 from pydantic_core import PydanticCustomError
 from sqlalchemy import JSON, BigInteger, Column, Index, Integer, LargeBinary, UniqueConstraint
@@ -282,6 +283,30 @@ class SingleUpsertResponse(PublicModel):
 
 
 ChangeOp = Literal["upsert", "delete"]
+CHANGES_DEFAULT_LIMIT = 100
+CHANGES_MAX_LIMIT = 1000
+
+
+class ChangesQuery(PydanticBase):
+    """The query of the changes feed (API.md section 11): lax like every query string."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    limit: int = Field(
+        CHANGES_DEFAULT_LIMIT,
+        ge=1,
+        le=CHANGES_MAX_LIMIT,
+        description=f"Changes per call, 1-{CHANGES_MAX_LIMIT}.",
+    )
+    since: str | None = Field(
+        None,
+        description=(
+            "The `next_since` of the previous call, passed back unchanged (empty: from the "
+            "beginning of the retained history). Opaque: one that does not decode is 400 "
+            "`request.invalid_cursor`; one older than the retained history is 410 "
+            "`knowledge.changes_expired`."
+        ),
+    )
 
 
 class KnowledgeChange(PublicModel):

@@ -29,6 +29,7 @@ from sqlmodel import col, select
 
 from app.errors import ChangesExpired, InvalidCursor
 from app.models import (
+    CHANGES_DEFAULT_LIMIT,
     KnowledgeChange,
     KnowledgeChanges,
     KnowledgeDoc,
@@ -40,8 +41,6 @@ from app.models.pagination import decode_cursor, encode_cursor
 from app.services.runtime import Principal, Runtime
 from app.storage.database import add_count_returning
 
-DEFAULT_LIMIT = 100
-MAX_LIMIT = 1000
 #: The token layout's version: a future layout changes it, and old tokens are then refused
 #: (400) rather than misread.
 TOKEN_VERSION = "1"
@@ -147,7 +146,7 @@ async def list_changes(
     runtime: Runtime,
     principal: Principal,
     since: str | None = None,
-    limit: int = DEFAULT_LIMIT,
+    limit: int = CHANGES_DEFAULT_LIMIT,
     include_content: bool = False,
 ) -> KnowledgeChanges:
     """The user's changes after `since` (from the start of the retained history without it),

@@ -46,9 +46,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("user_id", "external_id"),
         _user_fk(),
     )
-    op.create_index(
-        "ix_knowledge_tombstones_user_seq", "knowledge_tombstones", ["user_id", "seq"]
-    )
+    op.create_index("ix_knowledge_tombstones_user_seq", "knowledge_tombstones", ["user_id", "seq"])
     op.create_table(
         "knowledge_feeds",
         sa.Column("user_id", sa.Integer(), autoincrement=False, nullable=False),
