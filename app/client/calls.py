@@ -159,9 +159,9 @@ def list_changes(*, since: str | None = None, limit: int = 100) -> Call[ChangesP
     return Call("GET", "/api/knowledge/changes", _model(ChangesPage), params=params)
 
 
-def iter_changes(since: str | None = None) -> Pages[ChangesPage]:
-    """The changes feed from `since` until it is caught up, one `ChangesPage` at a time (the
-    last one may hold no changes). Apply each page's `changes`, then store its `next_since`
+def iter_changes(since: str | None = None, *, limit: int = CHANGES_PAGE_SIZE) -> Pages[ChangesPage]:
+    """The changes feed from `since` until it is caught up, one `ChangesPage` (of at most
+    `limit` changes) at a time; the last one may hold no changes. Apply each page's `changes`, then store its `next_since`
     and pass it as `since` next time::
 
         for page in client.iter_changes(saved):
@@ -177,7 +177,7 @@ def iter_changes(since: str | None = None) -> Pages[ChangesPage]:
         return Page[ChangesPage](items=[page], next_cursor=following, total=1)
 
     def call(cursor: str | None) -> Call[Page[ChangesPage]]:
-        base = list_changes(since=cursor, limit=CHANGES_PAGE_SIZE)
+        base = list_changes(since=cursor, limit=limit)
         return Call(base.method, base.path, one, params=base.params)
 
     first = call(since)
