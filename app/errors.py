@@ -21,6 +21,7 @@
     ├── KnowledgeNotFound         knowledge.not_found            404
     ├── PersonaNotFound           persona.not_found              404
     ├── KnowledgeQuotaExceeded    knowledge.quota_exceeded       403
+    ├── ChangesExpired            knowledge.changes_expired      410
     ├── PersonaQuotaExceeded      persona.quota_exceeded         403
     ├── RateLimited               limits.rate_exceeded           429
     ├── Unavailable               server.unavailable             503
@@ -261,6 +262,18 @@ class KnowledgeQuotaExceeded(AppError):
     status = 403
     title = "Knowledge quota exceeded"
     description = "The write would pass the plan's knowledge_docs or knowledge_chars."
+
+
+class ChangesExpired(AppError):
+    code = "knowledge.changes_expired"
+    status = 410
+    title = "Changes expired"
+    description = (
+        "The changes feed's `since` token is older than the retained history (deleted "
+        "documents' tombstones are kept PERSONAIZER_CHANGES_RETENTION_DAYS, 30 by default): "
+        "changes after it may be gone. List every document again, then follow the feed from "
+        "a call without `since`."
+    )
 
 
 class PersonaQuotaExceeded(AppError):

@@ -146,6 +146,11 @@ class Settings(BaseSettings):
     plans: dict[str, Plan] = Field(default_factory=dict)
     plans_file: Path | None = None
     redis_url: str = ""
+    #: Days a deleted document's tombstone stays in the changes feed (API.md section 11) before
+    #: it may be purged; a feed token older than the purged history is 410
+    #: `knowledge.changes_expired`. Fractions are allowed (tests use tiny ones); 0 purges every
+    #: tombstone at the user's next delete.
+    changes_retention_days: float = Field(default=30.0, ge=0, le=36_500)
     #: Seconds to wait for a write lock held by another process before answering 503.
     busy_timeout_s: float = Field(default=10.0, gt=0)
     #: Load the sentence-transformers model; tests may share one loaded model instead.

@@ -22,6 +22,8 @@ from app.client.errors import (
 )
 from app.client.models import (
     BatchResult,
+    Change,
+    ChangesPage,
     DocInput,
     Document,
     Page,
@@ -43,6 +45,8 @@ __all__ = [
     "AsyncClient",
     "BatchDone",
     "BatchResult",
+    "Change",
+    "ChangesPage",
     "Client",
     "ClientError",
     "ConnectionFailed",

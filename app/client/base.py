@@ -67,6 +67,8 @@ class ClientBase(Generic[Tr, H]):
 
     list_docs = Operation(calls.list_docs)
     iter_docs = Listing(calls.iter_docs)
+    list_changes = Operation(calls.list_changes)
+    iter_changes = Listing(calls.iter_changes)
     get_doc = Operation(calls.get_doc)
     upsert_doc = Operation(calls.upsert_doc)
     upsert_docs = Operation(calls.upsert_docs)

@@ -9,7 +9,8 @@ A builder returns one of three things:
 - a `Call`: one request (most operations);
 - a `Program`: several requests in turn, each yielded as a `Call` and sent its result back
   (`upsert_docs_batched`);
-- `Pages`: a list walked page after page (`iter_docs`, `iter_personas`).
+- `Pages`: a list walked page after page (`iter_docs`, `iter_personas`; `iter_changes`, whose
+  "items" are the feed's pages themselves).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pydantic import TypeAdapter
 from app.client.batching import DEFAULT_BATCH_CHARS, BatchDone, merge, plan_batches
 from app.client.models import (
     BatchResult,
+    ChangesPage,
     DocInput,
     Document,
     Page,
@@ -140,6 +142,46 @@ def iter_docs(
             updated_since=updated_since,
         )
     )
+
+
+#: Changes per call of `iter_changes`: the feed's largest.
+CHANGES_PAGE_SIZE = 1000
+
+
+def list_changes(*, since: str | None = None, limit: int = 100) -> Call[ChangesPage]:
+    """One call of the changes feed: the writes after `since` (None: from the beginning of
+    the retained history), oldest first. A `since` older than the retained history raises
+    `ApiError` with code `knowledge.changes_expired` (410): list every document again, then
+    start over without `since`."""
+    params: dict[str, Any] = {"limit": limit}
+    if since is not None:
+        params["since"] = since
+    return Call("GET", "/api/knowledge/changes", _model(ChangesPage), params=params)
+
+
+def iter_changes(since: str | None = None, *, limit: int = CHANGES_PAGE_SIZE) -> Pages[ChangesPage]:
+    """The changes feed from `since` until it is caught up, one `ChangesPage` (of at most
+    `limit` changes) at a time; the last one may hold no changes. Apply each page's `changes`, then store its `next_since`
+    and pass it as `since` next time::
+
+        for page in client.iter_changes(saved):
+            mirror.apply(page.changes)
+            saved = page.next_since
+    """
+    parse = _model(ChangesPage)
+
+    def one(response: httpx.Response) -> Page[ChangesPage]:
+        # Walked as a list of pages: a page leads on while the server says there is more.
+        page = parse(response)
+        following = page.next_since if page.has_more else None
+        return Page[ChangesPage](items=[page], next_cursor=following, total=1)
+
+    def call(cursor: str | None) -> Call[Page[ChangesPage]]:
+        base = list_changes(since=cursor, limit=limit)
+        return Call(base.method, base.path, one, params=base.params)
+
+    first = call(since)
+    return Pages(lambda cursor: first if cursor is None else call(cursor))
 
 
 def get_doc(external_id: str) -> Call[Document]:

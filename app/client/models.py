@@ -38,6 +38,25 @@ class Document(Model):
     updated_at: datetime
 
 
+class Change(Model):
+    """One entry of the changes feed: `document` (without content) for `upsert`, None for
+    `delete`."""
+
+    external_id: str
+    op: Literal["upsert", "delete"]
+    updated_at: datetime
+    document: Document | None
+
+
+class ChangesPage(Model):
+    """One call's worth of the changes feed. Store `next_since` once its `changes` are
+    applied: the next call with it misses nothing."""
+
+    changes: list[Change]
+    next_since: str
+    has_more: bool
+
+
 class DocInput(Model):
     """One document to upsert."""
 

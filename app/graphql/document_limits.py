@@ -52,7 +52,7 @@ from strawberry.extensions import SchemaExtension
 from app.errors import QueryTooCostly
 from app.graphql.context import Context
 from app.graphql.directives import boolean_literal, is_left_out, possible_values
-from app.models import SEARCH_K_MAX
+from app.models import CHANGES_MAX_LIMIT, SEARCH_K_MAX
 from app.models.pagination import MAX_LIMIT
 from app.settings import Settings
 
@@ -63,6 +63,8 @@ MAX_DEPTH = 10
 MAX_ALIASES = 30
 #: Arguments that say how many items a field returns, with the most the resolver accepts.
 PAGE_ARGUMENTS: dict[str, int] = {"first": MAX_LIMIT, "k": SEARCH_K_MAX}
+#: Fields whose `first` goes further than a list's: the changes feed takes up to 1000.
+LARGER_PAGES: dict[str, int] = {"knowledgeChanges": CHANGES_MAX_LIMIT}
 #: Where counts stop growing: far above any limit, far below numbers that are slow to multiply.
 SATURATED = 10**15
 #: Integer literals longer than this are beyond every maximum.
@@ -188,6 +190,8 @@ class DocumentMeasure:
         if definition is None:
             return 1
         for name, most in PAGE_ARGUMENTS.items():
+            if name == "first":
+                most = LARGER_PAGES.get(node.name.value, most)
             argument = definition.args.get(name)
             if argument is None:
                 continue

@@ -22,14 +22,18 @@ from app.graphql.pages import (
     selects,
 )
 from app.models import (
+    CHANGES_DEFAULT_LIMIT,
+    CHANGES_MAX_LIMIT,
     TITLE_MAX,
     BatchUpsertResponse,
+    ChangesQuery,
+    KnowledgeChanges,
     KnowledgeDocBatch,
     KnowledgeDocBody,
     KnowledgeDocPublic,
 )
 from app.models import Page as PublicPage
-from app.services import knowledge
+from app.services import feed, knowledge
 
 
 @strawberry.enum(description="What an upsert did to one document.")
@@ -87,6 +91,49 @@ def doc_page(page: PublicPage[KnowledgeDocPublic]) -> KnowledgeDocPage:
 def wants_content(info: Info) -> bool:
     """Whether the documents' `content` is selected: only then is it worth loading."""
     return selects(info.selected_fields, "content")
+
+
+@strawberry.enum(description="What happened to a document: written (`UPSERT`) or deleted.")
+class ChangeOp(Enum):
+    UPSERT = "upsert"
+    DELETE = "delete"
+
+
+@strawberry.type(description="One entry of the changes feed.")
+class KnowledgeChange:
+    external_id: str
+    op: ChangeOp
+    updated_at: datetime = strawberry.field(
+        description="When the document was last written, or deleted (`DELETE`)."
+    )
+    document: KnowledgeDocType | None = strawberry.field(
+        description="The document as it is now (`UPSERT`); null for `DELETE`."
+    )
+
+
+@strawberry.type(description="A page of the changes feed, oldest change first.")
+class KnowledgeChangesPage:
+    changes: list[KnowledgeChange]
+    next_since: str = strawberry.field(
+        description="Pass as `since` next time: never older than the `since` sent."
+    )
+    has_more: bool = strawberry.field(description="More changes are already there.")
+
+    @classmethod
+    def of(cls, page: KnowledgeChanges) -> KnowledgeChangesPage:
+        return cls(
+            changes=[
+                KnowledgeChange(
+                    external_id=c.external_id,
+                    op=ChangeOp(c.op),
+                    updated_at=c.updated_at,
+                    document=None if c.document is None else KnowledgeDocType.of(c.document),
+                )
+                for c in page.changes
+            ],
+            next_since=page.next_since,
+            has_more=page.has_more,
+        )
 
 
 @strawberry.type
@@ -176,6 +223,31 @@ async def knowledge_docs(
         updated_since=updated_since,
     )
     return doc_page(result)
+
+
+async def knowledge_changes(
+    info: Info,
+    since: Annotated[
+        str | None,
+        strawberry.argument(
+            description="The `nextSince` of the previous call; null: from the beginning."
+        ),
+    ] = None,
+    first: Annotated[
+        int, strawberry.argument(description=f"Changes per call, 1-{CHANGES_MAX_LIMIT}.")
+    ] = CHANGES_DEFAULT_LIMIT,
+) -> KnowledgeChangesPage:
+    """Every write to the caller's documents after `since`, in commit order (the REST changes
+    feed): `knowledge.changes_expired` when `since` is older than the retained history."""
+    query = validated(ChangesQuery, {"limit": first, "since": since}, names={"limit": "first"})
+    page = await feed.list_changes(
+        runtime=info.context.runtime,
+        principal=info.context.principal,
+        since=query.since,
+        limit=query.limit,
+        include_content=wants_content(info),
+    )
+    return KnowledgeChangesPage.of(page)
 
 
 async def knowledge_doc(info: Info, external_id: str) -> KnowledgeDocType:

@@ -46,6 +46,9 @@ class Query:
     viewer: subscription_types.Viewer = _query(subscription_types.viewer)
     knowledge_docs: knowledge_types.KnowledgeDocPage = _query(knowledge_types.knowledge_docs)
     knowledge_doc: knowledge_types.KnowledgeDocType = _query(knowledge_types.knowledge_doc)
+    knowledge_changes: knowledge_types.KnowledgeChangesPage = _query(
+        knowledge_types.knowledge_changes
+    )
     personas: persona_types.PersonaPage = _query(persona_types.list_personas)
     persona: persona_types.PersonaType = _query(persona_types.persona)
     plan: subscription_types.SubscriptionInfo = _query(subscription_types.plan)

@@ -83,16 +83,31 @@ from app.models.base import (
     utcnow as utcnow,
 )
 from app.models.knowledge import (
+    CHANGES_DEFAULT_LIMIT as CHANGES_DEFAULT_LIMIT,
+)
+from app.models.knowledge import (
+    CHANGES_MAX_LIMIT as CHANGES_MAX_LIMIT,
+)
+from app.models.knowledge import (
     EMBEDDING_DIMS as EMBEDDING_DIMS,
 )
 from app.models.knowledge import (
     BatchUpsertResponse as BatchUpsertResponse,
 )
 from app.models.knowledge import (
+    ChangesQuery as ChangesQuery,
+)
+from app.models.knowledge import (
     Chunk as Chunk,
 )
 from app.models.knowledge import (
     Embedding as Embedding,
+)
+from app.models.knowledge import (
+    KnowledgeChange as KnowledgeChange,
+)
+from app.models.knowledge import (
+    KnowledgeChanges as KnowledgeChanges,
 )
 from app.models.knowledge import (
     KnowledgeDoc as KnowledgeDoc,
@@ -108,6 +123,12 @@ from app.models.knowledge import (
 )
 from app.models.knowledge import (
     KnowledgeDocPublic as KnowledgeDocPublic,
+)
+from app.models.knowledge import (
+    KnowledgeFeedState as KnowledgeFeedState,
+)
+from app.models.knowledge import (
+    KnowledgeTombstone as KnowledgeTombstone,
 )
 from app.models.knowledge import (
     SingleUpsertResponse as SingleUpsertResponse,

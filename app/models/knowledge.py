@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
+from pydantic import BaseModel as PydanticBase
 from pydantic import BeforeValidator, ConfigDict, ValidationInfo
 from pydantic_core import PydanticCustomError
 from sqlalchemy import JSON, BigInteger, Column, Index, Integer, LargeBinary, UniqueConstraint
@@ -34,6 +35,7 @@ class KnowledgeDoc(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("user_id", "external_id"),
         Index("ix_knowledge_docs_user_updated", "user_id", "updated_at"),
+        Index("ix_knowledge_docs_user_change_seq", "user_id", "change_seq"),
     )
 
     id: str = Field(primary_key=True)
@@ -49,6 +51,39 @@ class KnowledgeDoc(SQLModel, table=True):
     chunk_count: int
     created_at: datetime = time_field()
     updated_at: datetime = time_field()
+    #: The user's change sequence number of the write that made this version (revision 0007):
+    #: assigned inside the write transaction, which holds the user's write lock, so a user's
+    #: seqs commit in order. The changes feed reads documents and tombstones above a token's seq.
+    change_seq: int = Field(default=0, sa_type=BigInteger, sa_column_kwargs={"server_default": "0"})
+
+
+class KnowledgeTombstone(SQLModel, table=True):
+    """A deleted document, for the changes feed: kept at least the retention period, and
+    removed as soon as the external_id is created again (the document's own seq then tells)."""
+
+    __tablename__ = "knowledge_tombstones"
+    __table_args__ = (Index("ix_knowledge_tombstones_user_seq", "user_id", "seq"),)
+
+    user_id: int = Field(foreign_key="users.id", ondelete="CASCADE", primary_key=True)
+    external_id: str = Field(sa_type=BYTE_ORDERED_TEXT, primary_key=True)
+    seq: int = Field(sa_type=BigInteger)
+    deleted_at: datetime = time_field()
+
+
+class KnowledgeFeedState(SQLModel, table=True):
+    """Per user: the last change seq handed out, and the highest seq of a purged tombstone (a
+    feed token at or above it has missed nothing)."""
+
+    __tablename__ = "knowledge_feeds"
+
+    user_id: int = Field(
+        foreign_key="users.id",
+        ondelete="CASCADE",
+        primary_key=True,
+        sa_column_kwargs={"autoincrement": False},
+    )
+    last_seq: int = Field(default=0, sa_type=BigInteger)
+    purged_seq: int = Field(default=0, sa_type=BigInteger)
 
 
 #: Dimensions of the embedding model's vectors (all-MiniLM-L6-v2).
@@ -245,3 +280,53 @@ class BatchUpsertResponse(PublicModel):
 class SingleUpsertResponse(PublicModel):
     status: UpsertStatus
     document: KnowledgeDocPublic
+
+
+ChangeOp = Literal["upsert", "delete"]
+CHANGES_DEFAULT_LIMIT = 100
+CHANGES_MAX_LIMIT = 1000
+
+
+class ChangesQuery(PydanticBase):
+    """The query of the changes feed (API.md section 11): lax like every query string."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    limit: int = Field(
+        CHANGES_DEFAULT_LIMIT,
+        ge=1,
+        le=CHANGES_MAX_LIMIT,
+        description=f"Changes per call, 1-{CHANGES_MAX_LIMIT}.",
+    )
+    since: str | None = Field(
+        None,
+        description=(
+            "The `next_since` of the previous call, passed back unchanged (empty: from the "
+            "beginning of the retained history). Opaque: one that does not decode is 400 "
+            "`request.invalid_cursor`; one older than the retained history is 410 "
+            "`knowledge.changes_expired`."
+        ),
+    )
+
+
+class KnowledgeChange(PublicModel):
+    """One entry of the changes feed: a document as it is now, or its tombstone."""
+
+    external_id: str
+    op: ChangeOp
+    updated_at: Timestamp = Field(
+        description="When the document was last written, or deleted (`delete`)."
+    )
+    document: KnowledgeDocPublic | None = Field(
+        description="The document without its content (`upsert`); null for `delete`."
+    )
+
+
+class KnowledgeChanges(PublicModel):
+    """A page of the changes feed (API.md section 11)."""
+
+    changes: list[KnowledgeChange]
+    next_since: str = Field(
+        description="Pass as `since` next time: never older than the `since` sent."
+    )
+    has_more: bool = Field(description="More changes are already there: call again at once.")

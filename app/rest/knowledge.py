@@ -10,6 +10,7 @@ from starlette.responses import Response
 
 from app.errors import (
     BatchTooLarge,
+    ChangesExpired,
     ContentTooLarge,
     DuplicateExternalId,
     InvalidCursor,
@@ -19,7 +20,9 @@ from app.errors import (
 )
 from app.models import (
     BatchUpsertResponse,
+    ChangesQuery,
     ExternalId,
+    KnowledgeChanges,
     KnowledgeDocBatch,
     KnowledgeDocBody,
     KnowledgeDocPublic,
@@ -29,7 +32,7 @@ from app.models import (
 )
 from app.models.pagination import PageQuery
 from app.rest.operations import Call, Link, Operation, PathParam, json_response
-from app.services import knowledge
+from app.services import feed, knowledge
 
 EXTERNAL_ID_PARAM = {
     "external_id": PathParam(
@@ -99,6 +102,14 @@ async def list_docs(call: Call) -> Response:
     return json_response(body)
 
 
+async def list_changes(call: Call) -> Response:
+    q: ChangesQuery = call.query
+    changes = await feed.list_changes(
+        runtime=call.runtime, principal=call.principal, since=q.since, limit=q.limit
+    )
+    return json_response(changes, exclude={"changes": {"__all__": {"document": {"content"}}}})
+
+
 async def upsert_batch(call: Call) -> Response:
     batch: KnowledgeDocBatch = call.body
     result = await knowledge.upsert_many(
@@ -151,8 +162,11 @@ OPERATIONS = [
         description=(
             "The user's documents ordered by external_id (byte order, case-sensitive), with "
             "cursor pagination. `content` is left out unless `include_content=true`. "
-            "`updated_since` is inclusive, so passing back the newest `updated_at` seen never "
-            "misses a document."
+            "`updated_since` (inclusive) filters on the time of each document's last write at "
+            "the moment each page is read: pages are ordered by external_id, so a document "
+            "written after the listing paged past its external_id is not seen until the next "
+            "listing, and deletions never show. To mirror the documents, follow "
+            "`GET /api/knowledge/changes` instead."
         ),
         handler=list_docs,
         tag="KnowledgeDocs",
@@ -161,6 +175,30 @@ OPERATIONS = [
         query=DocListQuery,
         responses={200: (Page[KnowledgeDocPublic], "A page of documents.")},
         errors=(InvalidCursor,),
+    ),
+    Operation(
+        method="GET",
+        path="/api/knowledge/changes",
+        operation_id="listKnowledgeChanges",
+        summary="Follow the changes to knowledge documents",
+        description=(
+            "Every write to the user's documents after `since`, in commit order: `upsert` with "
+            "the document as it is now (without content), or `delete` (a tombstone, kept at "
+            "least PERSONAIZER_CHANGES_RETENTION_DAYS, 30 by default). Store `next_since` and "
+            "pass it back: no change is missed and none goes backwards, whatever is written "
+            "between or during the calls; a document written several times may appear once, "
+            "with its latest state. Without `since`: from the beginning of the retained "
+            "history. `has_more`: call again at once. A `since` older than the retained "
+            "history is 410 `knowledge.changes_expired`: list every document again, then "
+            "follow the feed from a call without `since`."
+        ),
+        handler=list_changes,
+        tag="KnowledgeDocs",
+        policy="reads",
+        idempotent=True,
+        query=ChangesQuery,
+        responses={200: (KnowledgeChanges, "The changes after `since`, oldest first.")},
+        errors=(InvalidCursor, ChangesExpired),
     ),
     Operation(
         method="PUT",

@@ -50,7 +50,7 @@ from app.models import (
 )
 from app.models.knowledge import Vectors
 from app.models.pagination import decode_cursor, encode_cursor
-from app.services import upsert_plan
+from app.services import feed, upsert_plan
 from app.services.runtime import Principal, Runtime, period_key
 from app.services.upsert_plan import Existing, ItemPlan, Texts
 from app.storage.database import add_counts
@@ -282,14 +282,24 @@ async def _delete_replaced_chunks(
 async def _save_docs(
     session: AsyncSession, principal: Principal, writes: Sequence[ItemPlan]
 ) -> None:
-    """Create or update the document rows; each plan's `doc` is then the row as stored."""
+    """Create or update the document rows; each plan's `doc` is then the row as stored. Each
+    takes the next number of the user's change sequence (app/services/feed.py)."""
     now = utcnow()
+    if not writes:
+        return
+    seq = await feed.take_seqs(session, user_id=principal.user_id, count=len(writes))
+    await feed.forget_tombstones(
+        session,
+        user_id=principal.user_id,
+        external_ids=[p.item.external_id for p in writes if p.existing is None],
+    )
     for p in writes:
         item = p.item
         doc = p.existing.doc if p.existing is not None else _new_doc(principal, item, now)
         doc.title = item.title
         doc.metadata_ = item.metadata
         doc.updated_at = now
+        doc.change_seq, seq = seq, seq + 1
         if p.chunks is not None:
             doc.content = item.content
             doc.content_sha256 = p.content_sha
@@ -492,6 +502,13 @@ async def delete_doc(*, runtime: Runtime, principal: Principal, external_id: str
         await runtime.index.delete(session, [i for i in chunk_ids if i is not None])
         # Chunks and persona attachments go by ON DELETE CASCADE.
         await session.delete(doc)
+        await feed.record_delete(
+            session,
+            user_id=principal.user_id,
+            external_id=external_id,
+            now=utcnow(),
+            retention_days=runtime.settings.changes_retention_days,
+        )
     return True
 
 

@@ -308,6 +308,22 @@ async def add_counts(
     )
 
 
+async def add_count_returning(
+    session: AsyncSession, table: type[SQLModel], keys: dict[str, Any], column: str, add: int
+) -> int:
+    """`add_counts` for one counter, answering its new value (`RETURNING`): a sequence kept
+    in a row, handed out inside the caller's transaction."""
+    dialect = session.get_bind().dialect.name
+    insert = sqlite_insert if dialect == "sqlite" else pg_insert
+    columns = table.__table__.c  # type: ignore[attr-defined]
+    zeros = {c.name: 0 for c in columns if c.name not in keys and c.name != column}
+    statement = insert(table).values(**keys, **zeros, **{column: add})
+    upsert = statement.on_conflict_do_update(
+        index_elements=list(keys), set_={column: columns[column] + statement.excluded[column]}
+    ).returning(columns[column])
+    return int((await session.execute(upsert)).scalar_one())
+
+
 def search_index(db: Database, *, vector_cache_bytes: int = 0) -> SearchIndex:
     """The search index of `db`'s engine (`app.storage.index.for_dialect`), so the services
     that keep one never name the engine."""

@@ -243,6 +243,50 @@ def test_blocking_client_against_a_live_server(live_server: LiveServer) -> None:
     assert caught.value.request_id
 
 
+async def test_async_iter_changes_follows_the_feed(app: Starlette) -> None:
+    key = await new_key(app, plan="unlimited")
+    async with asgi_client(app, key) as api:
+        pages = [page async for page in api.iter_changes()]
+        assert len(pages) == 1 and pages[0].changes == [] and not pages[0].has_more
+        since = pages[0].next_since
+        await api.upsert_docs(
+            [{"external_id": f"c{i}", "content": f"change {i}"} for i in range(5)]
+        )
+        await api.delete_doc("c1")
+        pages = [page async for page in api.iter_changes(since, limit=2)]
+        changes = [c for page in pages for c in page.changes]
+        assert [(c.external_id, c.op) for c in changes] == [
+            ("c0", "upsert"),
+            ("c2", "upsert"),
+            ("c3", "upsert"),
+            ("c4", "upsert"),
+            ("c1", "delete"),
+        ]
+        assert changes[0].document is not None and changes[-1].document is None
+        assert [p.has_more for p in pages] == [True, True, False]
+        # The last page's token: nothing new after it.
+        one = await api.list_changes(since=pages[-1].next_since)
+        assert one.changes == [] and one.next_since == pages[-1].next_since
+        with pytest.raises(ApiError) as caught:
+            await api.list_changes(since="not-a-token")
+        assert (caught.value.status, caught.value.code) == (400, "request.invalid_cursor")
+
+
+def test_blocking_iter_changes_against_a_live_server(live_server: LiveServer) -> None:
+    key = live_server.new_key("client-changes@example.com")
+    with Client(live_server.url, key) as api:
+        api.upsert_docs([{"external_id": f"c{i}", "content": f"change {i}"} for i in range(3)])
+        saved = None
+        seen: list[str] = []
+        for page in api.iter_changes(saved, limit=2):
+            seen += [c.external_id for c in page.changes]
+            saved = page.next_since
+        assert seen == ["c0", "c1", "c2"]
+        api.delete_doc("c0")
+        later = list(api.iter_changes(saved))
+        assert [(c.external_id, c.op) for p in later for c in p.changes] == [("c0", "delete")]
+
+
 def test_unreachable_server_is_one_clear_error() -> None:
     url = f"http://127.0.0.1:{free_port()}"
     with (

@@ -11,7 +11,7 @@ GRAPHQL = "/graphql"
 
 _CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
 #: GraphQL enums whose values are REST's strings in upper case.
-ENUM_FIELDS = {"status", "mode"}
+ENUM_FIELDS = {"status", "mode", "op"}
 
 
 async def gql(

@@ -151,6 +151,9 @@ HITS = (
     "mode tookMs"
 )
 
+#: A changes-feed token standing after the first change (seq 1).
+AFTER_FIRST = "eyJhZnRlciI6IjEiLCJmbG9vciI6IjAiLCJ2IjoiMSJ9"
+
 READS = [
     Case(
         "listKnowledgeDocs",
@@ -198,6 +201,23 @@ READS = [
             "0001-01-01T00:00:00+01:00",
             "9999-12-31T23:59:59-01:00",
         )
+    ),
+    Case(
+        "listKnowledgeChanges",
+        Rest("GET", "/api/knowledge/changes", params={"limit": 2}),
+        Gql(
+            f"{{ knowledgeChanges(first: 2) {{ changes {{ externalId op updatedAt "
+            f"document {{ {DOC_FIELDS} }} }} nextSince hasMore }} }}"
+        ),
+    ),
+    Case(
+        "listKnowledgeChanges",
+        Rest("GET", "/api/knowledge/changes", params={"since": AFTER_FIRST}),
+        Gql(
+            "query($since: String) { knowledgeChanges(since: $since) { changes { externalId op "
+            f"updatedAt document {{ {DOC_FIELDS} }} }} nextSince hasMore }} }}",
+            {"since": AFTER_FIRST},
+        ),
     ),
     Case(
         "getKnowledgeDoc",
@@ -600,6 +620,10 @@ BAD = [
         for since in BAD_TIMES
     ),
     Bad("listKnowledgeDocs", "request.validation_failed", Rest("GET", DOCS, params={"updated_since": "1700000000"}), list_docs(since=1700000000)),
+    Bad("listKnowledgeChanges", "request.invalid_cursor", Rest("GET", "/api/knowledge/changes", params={"since": "nope!"}), Gql('{ knowledgeChanges(since: "nope!") { hasMore } }')),
+    Bad("listKnowledgeChanges", "request.invalid_cursor", Rest("GET", "/api/knowledge/changes", params={"since": "eyJhZnRlciI6ImEifQ"}), Gql('{ knowledgeChanges(since: "eyJhZnRlciI6ImEifQ") { hasMore } }')),
+    Bad("listKnowledgeChanges", "request.validation_failed", Rest("GET", "/api/knowledge/changes", params={"limit": 1001}), Gql("{ knowledgeChanges(first: 1001) { hasMore } }")),
+    Bad("listKnowledgeChanges", "request.validation_failed", Rest("GET", "/api/knowledge/changes", params={"limit": 0}), Gql("{ knowledgeChanges(first: 0) { hasMore } }")),
     Bad("getKnowledgeDoc", "knowledge.invalid_external_id", Rest("GET", f"{DOCS}/by-external-id/bad%20id"), Gql('{ knowledgeDoc(externalId: "bad id") { title } }')),
     Bad("getKnowledgeDoc", "knowledge.not_found", Rest("GET", f"{DOCS}/by-external-id/zz"), Gql('{ knowledgeDoc(externalId: "zz") { title } }')),
     Bad("upsertKnowledgeDocs", "knowledge.invalid_external_id", *upsert_many({"external_id": "a b", "content": "x"})),

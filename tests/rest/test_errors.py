@@ -170,6 +170,7 @@ async def test_problem_types_are_described(anon: httpx.AsyncClient) -> None:
         "knowledge.not_found",
         "knowledge.unknown_external_ids",
         "knowledge.quota_exceeded",
+        "knowledge.changes_expired",
         "persona.not_found",
         "persona.quota_exceeded",
         "limits.rate_exceeded",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -20,7 +21,7 @@ from sqlmodel import SQLModel, select
 
 from app.embedding.embedder import Embedder, Model
 from app.models import Chunk, KnowledgeDoc, KnowledgeDocItem, SearchRequest, User, utcnow
-from app.services import accounts, knowledge
+from app.services import accounts, feed, knowledge
 from app.services import search as search_service
 from app.services.runtime import Principal, Runtime
 from app.settings import Settings
@@ -28,6 +29,7 @@ from app.storage import migrations
 from app.storage.database import Database, SchemaError, async_url
 from tests.services.test_search import QUERIES, TOPICS, long_text
 from tests.support import pg
+from tests.support.old_schema import add_newer_objects, drop_newer_objects
 
 pytestmark = pytest.mark.anyio
 
@@ -384,7 +386,9 @@ async def _searches(runtime: Runtime, principal: Principal) -> list[list[tuple[s
     found = []
     for query in QUERIES:
         request = SearchRequest(query=query, mode="hybrid", k=5)
-        response = await search_service.search(runtime=runtime, principal=principal, request=request)
+        response = await search_service.search(
+            runtime=runtime, principal=principal, request=request
+        )
         found.append([(h.external_id, h.chunk_index, h.score) for h in response.results])
     return found
 
@@ -413,6 +417,7 @@ async def test_revision_0004_keeps_chunk_ids_and_never_hands_one_out_again(
     async with database.writer.connect() as conn:
         await conn.run_sync(lambda c: command.upgrade(migrations._config(c), "0003"))
         await conn.commit()
+    await add_newer_objects(database)
     embedder = Embedder(model=model)
     await embedder.start()
     try:
@@ -428,6 +433,7 @@ async def test_revision_0004_keeps_chunk_ids_and_never_hands_one_out_again(
         await knowledge.upsert_many(runtime=runtime, principal=principal, items=[items[7]])
         assert await _chunk_ids(database, "doc-7") == last
         before, ids = await _searches(runtime, principal), await _chunk_ids(database)
+        await drop_newer_objects(database)
         await database.dispose()
 
         database = Database(settings)
@@ -443,8 +449,56 @@ async def test_revision_0004_keeps_chunk_ids_and_never_hands_one_out_again(
         assert await _searches(runtime, principal) == before
 
         await knowledge.delete_doc(runtime=runtime, principal=principal, external_id="doc-7")
-        await knowledge.upsert_many(runtime=runtime, principal=principal, items=[_doc("new", "tea")])
+        await knowledge.upsert_many(
+            runtime=runtime, principal=principal, items=[_doc("new", "tea")]
+        )
         assert min(await _chunk_ids(database, "new")) == ids[-1] + 1
+    finally:
+        await embedder.stop()
+        await database.dispose()
+
+
+async def test_revision_0007_numbers_existing_documents_in_update_order(
+    tmp_path: Path, model: Model
+) -> None:
+    """A SQLite file at 0006 with documents, upgraded: each user's documents get change seqs
+    1..n in updated_at order, the user's counter starts at n, and the feed from the beginning
+    lists them in that order and goes on with the next write."""
+    settings = Settings.for_tests(tmp_path)
+    database = Database(settings)
+    async with database.writer.connect() as conn:
+        await conn.run_sync(lambda c: command.upgrade(migrations._config(c), "0006"))
+        await conn.commit()
+    await add_newer_objects(database)
+    embedder = Embedder(model=model)
+    await embedder.start()
+    try:
+        runtime = Runtime(settings=settings, db=database, embedder=embedder)
+        await accounts.create_user(runtime=runtime, email="a@x.example", plan_id="unlimited")
+        key = (await accounts.create_key(runtime=runtime, email="a@x.example")).key
+        principal = await accounts.authenticate(runtime=runtime, api_key=key)
+        for name in ("c", "a", "b"):
+            await knowledge.upsert_many(
+                runtime=runtime, principal=principal, items=[_doc(name, f"tea {name} {len(name)}")]
+            )
+            await asyncio.sleep(0.002)  # distinct updated_at
+        # c created first, updated last: it comes after a and b.
+        await knowledge.upsert_many(
+            runtime=runtime, principal=principal, items=[_doc("c", "coffee")]
+        )
+        await drop_newer_objects(database)
+        await database.dispose()
+
+        database = Database(settings)
+        assert (await database.migrate()).revision == "0006"
+        runtime = Runtime(settings=settings, db=database, embedder=embedder)
+        page = await feed.list_changes(runtime=runtime, principal=principal)
+        assert [c.external_id for c in page.changes] == ["a", "b", "c"]
+        assert feed.decode_since(page.next_since) == (3, 0)
+        await knowledge.upsert_many(runtime=runtime, principal=principal, items=[_doc("d", "tea")])
+        later = await feed.list_changes(runtime=runtime, principal=principal, since=page.next_since)
+        assert [c.external_id for c in later.changes] == ["d"]
+        assert feed.decode_since(later.next_since)[0] == 4
     finally:
         await embedder.stop()
         await database.dispose()

@@ -23,6 +23,7 @@ from app.storage import migrations
 from app.storage.database import Database
 from tests.conftest import assert_problem, client_for, new_key
 from tests.services.test_search import TOPICS, long_text
+from tests.support.old_schema import add_newer_objects, drop_newer_objects
 
 pytestmark = pytest.mark.anyio
 
@@ -100,6 +101,7 @@ async def test_revision_0005_keeps_every_account_whole(tmp_path: Path, model: Mo
     async with database.writer.connect() as conn:
         await conn.run_sync(lambda c: command.upgrade(migrations._config(c), "0004"))
         await conn.commit()
+    await add_newer_objects(database)
     embedder = Embedder(model=model)
     await embedder.start()
     try:
@@ -116,6 +118,7 @@ async def test_revision_0005_keeps_every_account_whole(tmp_path: Path, model: Mo
         tables = ("users", "api_keys", "knowledge_docs", "chunks")
         before = {t: await count(runtime, t) for t in tables}
         ids = await user_ids(runtime)
+        await drop_newer_objects(database)
         await database.dispose()
 
         database = Database(settings)

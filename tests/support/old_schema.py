@@ -1,0 +1,44 @@
+"""Writing through today's services into a SQLite file at an older revision.
+
+Some upgrade tests fill a file at an old revision with the current services (there is no older
+build to run), then upgrade it. The services write what later revisions added, so for the
+setup the file gets those objects (the changes feed's, revision 0007) and loses them again
+before the upgrade, which then adds them as it would to a real old file. Only what the services
+write is added: no index, no backfill.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import text
+
+from app.storage.database import Database
+
+_ADD = (
+    "ALTER TABLE knowledge_docs ADD COLUMN change_seq BIGINT NOT NULL DEFAULT 0",
+    "CREATE TABLE knowledge_tombstones (user_id INTEGER NOT NULL, external_id VARCHAR NOT NULL,"
+    " seq BIGINT NOT NULL, deleted_at VARCHAR(24) NOT NULL, PRIMARY KEY (user_id, external_id))",
+    "CREATE TABLE knowledge_feeds (user_id INTEGER NOT NULL PRIMARY KEY,"
+    " last_seq BIGINT NOT NULL, purged_seq BIGINT NOT NULL)",
+)
+_DROP = (
+    "DROP TABLE knowledge_tombstones",
+    "DROP TABLE knowledge_feeds",
+    "ALTER TABLE knowledge_docs DROP COLUMN change_seq",
+)
+
+
+async def _run(database: Database, statements: tuple[str, ...]) -> None:
+    async with database.writer.connect() as conn:
+        for statement in statements:
+            await conn.execute(text(statement))
+        await conn.commit()
+
+
+async def add_newer_objects(database: Database) -> None:
+    """Give an old-revision SQLite file what today's services write beyond it."""
+    await _run(database, _ADD)
+
+
+async def drop_newer_objects(database: Database) -> None:
+    """Take them away again, so the file is as the old revision made it."""
+    await _run(database, _DROP)
