@@ -10,7 +10,7 @@ import numpy.typing as npt
 from pydantic import BaseModel as PydanticBase
 from pydantic import BeforeValidator, ConfigDict, ValidationInfo
 from pydantic_core import PydanticCustomError
-from sqlalchemy import JSON, BigInteger, Column, Index, Integer, LargeBinary, UniqueConstraint
+from sqlalchemy import BigInteger, Column, Index, Integer, LargeBinary, UniqueConstraint
 from sqlalchemy.dialects.postgresql.base import ischema_names
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator, TypeEngine, UserDefinedType
@@ -28,6 +28,7 @@ from app.models.base import (
     Title,
     time_field,
 )
+from app.models.json_equality import StoredJson
 
 
 class KnowledgeDoc(SQLModel, table=True):
@@ -45,7 +46,7 @@ class KnowledgeDoc(SQLModel, table=True):
     external_id: str = Field(sa_type=BYTE_ORDERED_TEXT)
     title: str | None = None
     content: str
-    metadata_: JsonObject = Field(default_factory=dict, sa_column=Column("metadata", JSON))
+    metadata_: JsonObject = Field(default_factory=dict, sa_column=Column("metadata", StoredJson))
     content_sha256: str
     char_count: int
     chunk_count: int

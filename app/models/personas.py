@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from pydantic import ConfigDict
-from sqlalchemy import JSON, Column, Index
+from sqlalchemy import Column, Index
 from sqlmodel import Field, SQLModel
 
 from app.models.base import (
@@ -18,6 +18,7 @@ from app.models.base import (
     Timestamp,
     time_field,
 )
+from app.models.json_equality import StoredJson
 
 
 class Persona(SQLModel, table=True):
@@ -31,7 +32,7 @@ class Persona(SQLModel, table=True):
     description: str = ""
     instructions: str = ""
     greeting: str | None = None
-    metadata_: JsonObject = Field(default_factory=dict, sa_column=Column("metadata", JSON))
+    metadata_: JsonObject = Field(default_factory=dict, sa_column=Column("metadata", StoredJson))
     created_at: datetime = time_field()
     updated_at: datetime = time_field()
 

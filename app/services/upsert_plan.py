@@ -1,8 +1,9 @@
 """The upsert planner: what a batch of documents does to what is stored, decided without writing.
 
 For each item, against the stored document of its external_id (if any): `created`, `updated`
-(new content, or the same content with a new title or metadata) or `no_op`; for content that is
-new, its chunks and the text each chunk embeds. Across the batch (`Changes`): which chunk rows
+(new content, or the same content with a new title or metadata, compared as JSON:
+app/models/json_equality.py) or `no_op`; for content that is new, its chunks and the text each
+chunk embeds. Across the batch (`Changes`): which chunk rows
 go, which of their vectors are kept for chunks whose embedded text is unchanged, which chunks
 only change title, and what still needs the model.
 
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 
 from app.embedding.chunking import TextChunk, chunk_texts, embedding_title, join_title, sha256_hex
 from app.models import Chunk, KnowledgeDoc, KnowledgeDocItem, UpsertStatus
+from app.models.json_equality import json_equal
 from app.models.knowledge import Vectors
 from app.services import offload
 
@@ -118,7 +120,9 @@ def decide(texts: Texts, existing: Mapping[str, Existing]) -> list[ItemPlan]:
                 )
             )
         else:
-            same = old.doc.title == item.title and old.doc.metadata_ == item.metadata
+            # JSON equality, not Python's `==` (for which `1 == True`): the one definition the
+            # search's metadata filter uses too.
+            same = old.doc.title == item.title and json_equal(old.doc.metadata_, item.metadata)
             plans.append(ItemPlan(item, "no_op" if same else "updated", old, sha, doc=old.doc))
     return plans
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
@@ -307,3 +308,87 @@ async def test_data_survives_restart(model: Model, tmp_path: Path) -> None:
             doc = (await api.get(by_id("durable"))).json()
         assert doc["content"] == "still here" and doc["title"] == "T"
         assert (await index_counts(app2))["vectors"] == 1
+
+
+# --- metadata equality (app/models/json_equality.py) -----------------------------------------
+
+#: (stored, sent) metadata that differ as JSON though Python's `==` calls them equal: the second
+#: upsert is an update, and the document then holds what was sent.
+METADATA_CHANGES = [
+    pytest.param({"flag": 1}, {"flag": True}, id="1-true"),
+    pytest.param({"flag": True}, {"flag": 1}, id="true-1"),
+    pytest.param({"flag": 0}, {"flag": False}, id="0-false"),
+    pytest.param({"flag": False}, {"flag": 0.0}, id="false-0.0"),
+    pytest.param({"flag": 1.0}, {"flag": True}, id="1.0-true"),
+    pytest.param({"a": {"b": [1, 0]}}, {"a": {"b": [True, False]}}, id="nested"),
+    pytest.param({"a": [1, 2]}, {"a": [2, 1]}, id="array-order"),
+    pytest.param({"a": None}, {"a": False}, id="null-false"),
+    pytest.param({"a": 1}, {"a": "1"}, id="1-string"),
+    pytest.param({"a": 2**60}, {"a": 2**60 + 1}, id="big-int"),
+    pytest.param({"a": "\u00e9"}, {"a": "e\u0301"}, id="unicode-not-normalized"),
+]
+#: Equal as JSON, however written: the second upsert is a no_op and the stored form stays.
+METADATA_SAME = [
+    pytest.param({"n": 1}, {"n": 1.0}, id="1-1.0"),
+    pytest.param({"n": 0}, {"n": -0.0}, id="0--0.0"),
+    pytest.param({"n": 10**30}, {"n": 1e30}, id="1e30"),
+    pytest.param({"a": 1, "b": [{"c": 2}]}, {"b": [{"c": 2.0}], "a": 1}, id="key-order"),
+]
+
+
+@pytest.mark.parametrize(("stored", "sent"), METADATA_CHANGES)
+async def test_single_upsert_tells_json_types_apart(
+    api: httpx.AsyncClient, stored: dict[str, Any], sent: dict[str, Any]
+) -> None:
+    r = await api.put(by_id("m"), json={"content": "Same text.", "metadata": stored})
+    assert r.status_code == 201
+    r = await api.put(by_id("m"), json={"content": "Same text.", "metadata": sent})
+    assert (r.status_code, r.json()["status"]) == (200, "updated")
+    metadata = (await api.get(by_id("m"))).json()["metadata"]
+    assert json.dumps(metadata) == json.dumps(sent)
+
+
+@pytest.mark.parametrize(("stored", "sent"), METADATA_SAME)
+async def test_single_upsert_of_equal_json_is_no_op(
+    api: httpx.AsyncClient, stored: dict[str, Any], sent: dict[str, Any]
+) -> None:
+    r = await api.put(by_id("m"), json={"content": "Same text.", "metadata": stored})
+    before = (await api.get(by_id("m"))).json()
+    r = await api.put(by_id("m"), json={"content": "Same text.", "metadata": sent})
+    assert (r.status_code, r.json()["status"]) == (200, "no_op")
+    assert (await api.get(by_id("m"))).json() == before
+
+
+async def test_batch_upsert_tells_json_types_apart(api: httpx.AsyncClient) -> None:
+    pairs = [p.values for p in METADATA_CHANGES] + [p.values for p in METADATA_SAME]
+    first = [item(f"m{i}", "Same text.", metadata=old) for i, (old, _) in enumerate(pairs)]
+    second = [item(f"m{i}", "Same text.", metadata=new) for i, (_, new) in enumerate(pairs)]
+    for start in range(0, len(pairs), 10):  # within the plan's batch_items
+        r = await api.put(DOCS, json={"items": first[start : start + 10]})
+        assert r.status_code == 200, r.text
+    statuses = []
+    for start in range(0, len(pairs), 10):
+        r = await api.put(DOCS, json={"items": second[start : start + 10]})
+        statuses += [x["status"] for x in r.json()["results"]]
+    assert statuses == ["updated"] * len(METADATA_CHANGES) + ["no_op"] * len(METADATA_SAME)
+    for i, (old, new) in enumerate(pairs):
+        metadata = (await api.get(by_id(f"m{i}"))).json()["metadata"]
+        assert json.dumps(metadata) == json.dumps(new if i < len(METADATA_CHANGES) else old)
+
+
+async def test_title_and_content_compare_exactly(api: httpx.AsyncClient) -> None:
+    """Title and content are strings compared code point by code point: a title differing only
+    in Unicode normalization, case or trailing space is a change, as is such content."""
+    await api.put(by_id("t"), json={"content": "Caf\u00e9 menu.", "title": "Caf\u00e9"})
+    for body in (
+        {"content": "Caf\u00e9 menu.", "title": "Cafe\u0301"},
+        {"content": "Caf\u00e9 menu.", "title": "cafe\u0301"},
+        {"content": "Caf\u00e9 menu.", "title": "cafe\u0301 "},
+        {"content": "Cafe\u0301 menu.", "title": "cafe\u0301 "},
+        {"content": "Cafe\u0301 menu. ", "title": "cafe\u0301 "},
+    ):
+        r = await api.put(by_id("t"), json=body)
+        assert r.json()["status"] == "updated", body
+        doc = (await api.get(by_id("t"))).json()
+        assert (doc["content"], doc["title"]) == (body["content"], body["title"])
+    assert (await api.put(by_id("t"), json=body)).json()["status"] == "no_op"

@@ -13,6 +13,7 @@ import pytest
 from starlette.applications import Starlette
 
 from app.models import KnowledgeDocItem, SearchRequest, SearchResponse
+from app.models.json_equality import json_equal
 from app.services import accounts, knowledge
 from app.services import search as search_service
 from app.services.runtime import Principal, Runtime
@@ -280,7 +281,9 @@ async def test_identical_documents_tie_in_upload_order_with_equal_scores(app: St
     (upload order) wherever they fall among the chunks scored, in the exact pass over a scope
     (the copies last, uploaded last) and in the coarse-then-exact pass alike."""
     runtime: Runtime = app.state.runtime
-    principal = await accounts.authenticate(runtime=runtime, api_key=await new_key(app, plan="unlimited"))
+    principal = await accounts.authenticate(
+        runtime=runtime, api_key=await new_key(app, plan="unlimited")
+    )
     copies = [f"copy-{i}" for i in range(5)]
     items = [
         KnowledgeDocItem(external_id=f"doc-{i}", title=None, content=TOPICS[i]) for i in range(2)
@@ -289,7 +292,78 @@ async def test_identical_documents_tie_in_upload_order_with_equal_scores(app: St
     everything = [item.external_id for item in items]
     for query in [*QUERIES, *TOPICS]:
         for scope in ({}, {"external_ids": everything}):
-            found = await run_search(runtime, principal, query=query, k=10, mode="semantic", **scope)
+            found = await run_search(
+                runtime, principal, query=query, k=10, mode="semantic", **scope
+            )
             hits = [h for h in found.results if h.external_id in copies]
             assert [h.external_id for h in hits] == copies, (query, scope)
             assert len({h.score for h in hits}) == 1, (query, scope, [h.score for h in hits])
+
+
+# --- the metadata filter's equality ----------------------------------------------------------
+
+#: Stored metadata values (under the key `v`) that Python's `==`, SQL or jsonb could confuse.
+FILTERED_VALUES: list[Any] = [
+    True,
+    1,
+    1.0,
+    0,
+    -0.0,
+    False,
+    None,
+    "1",
+    "",
+    0.5,
+    10**17,
+    1e17,
+    2**60,
+    1_152_921_504_606_847_000,  # 2**60 as the text Python writes for float(2**60)
+    float(2**60),
+    10**30,
+    1e30,
+    10**30 + 1,
+    2**63 - 1,
+    "\u00e9",
+    "e\u0301",
+    "nul \x00 inside",
+    "nul \uffff0 inside",  # what PostgreSQL's rewrite makes of U+0000 (app/storage/index/postgres.py)
+    "\uffff",
+    "\\u0000 is not a nul",
+    {"k\x00": "\x00", "k": 1},
+    {"a": 1, "b": [1, 2]},
+    {"b": [1.0, 2], "a": 1},
+    {"a": 1, "b": [2, 1]},
+    {"a": True, "b": [1, 2]},
+    {"\u00e9": {"": None}},
+    [1, 2],
+    [1.0, 2.0],
+    [True],
+    {},
+    [],
+]
+
+
+async def test_metadata_filter_is_json_equality(app: Starlette) -> None:
+    """A document matches `{"v": x}` exactly when its `v` is equal to `x` as JSON
+    (app/models/json_equality.py), on both engines: `true` is not `1`, `1` is `1.0`, objects
+    match in any key order, arrays in order only, and numbers by their exact value however
+    large."""
+    runtime: Runtime = app.state.runtime
+    key = await new_key(app, plan="unlimited")
+    principal = await accounts.authenticate(runtime=runtime, api_key=key)
+    items = [
+        KnowledgeDocItem(external_id=f"v{i}", content=f"Value {i}.", metadata={"v": v, "i": i})
+        for i, v in enumerate(FILTERED_VALUES)
+    ] + [KnowledgeDocItem(external_id="none", content="No value.", metadata={"i": -1})]
+    await knowledge.upsert_many(runtime=runtime, principal=principal, items=items)
+    filters = [v for v in FILTERED_VALUES if not isinstance(v, int) or -(2**63) <= v < 2**63]
+    for value in [*filters, 2.0, 1e-7, "missing"]:
+        found = await run_search(
+            runtime, principal, query="value", mode="semantic", k=50, metadata={"v": value}
+        )
+        expected = {f"v{i}" for i, v in enumerate(FILTERED_VALUES) if json_equal(v, value)}
+        assert {h.external_id for h in found.results} == expected, value
+    found = await run_search(runtime, principal, query="value", k=50, metadata={"v": True, "i": 0})
+    assert [h.external_id for h in found.results] == ["v0"]
+    # Spelled out, what the definition says for the question that started it.
+    assert json_equal(1, 1.0) and not json_equal(1, True) and not json_equal(0, False)

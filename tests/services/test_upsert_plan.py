@@ -6,12 +6,16 @@ chunk given an id and a vector of its own, so a kept vector is recognisable by i
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from app.models import Chunk, KnowledgeDoc, KnowledgeDocItem
+from app.models.json_equality import json_equal
 from app.models.knowledge import EMBEDDING_DIMS
 from app.services import upsert_plan
 from app.services.upsert_plan import Existing, ItemPlan, Texts
@@ -170,3 +174,54 @@ def test_the_same_texts_are_chunked_once_however_often_planned() -> None:
     again = upsert_plan.decide(texts, {})
     assert texts.pending([0]) == []
     assert first[0].chunks is again[0].chunks
+
+
+# --- metadata equality (app/models/json_equality.py) -----------------------------------------
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=6),
+    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=4), c, max_size=3),
+    max_leaves=10,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=_json)
+def test_json_equality_ignores_only_how_a_value_is_written(value: object) -> None:
+    """A value equals itself read back, with its keys reversed and its integers as floats; it
+    never equals itself with a boolean turned into a number."""
+    assert json_equal(value, json.loads(json.dumps(value)))
+
+    def rewritten(v: object) -> object:
+        if isinstance(v, dict):
+            return {k: rewritten(x) for k, x in reversed(v.items())}
+        if isinstance(v, list):
+            return [rewritten(x) for x in v]
+        if isinstance(v, int) and not isinstance(v, bool) and abs(v) < 2**53:
+            return float(v)
+        return v
+
+    def numbered(v: object) -> object:
+        if isinstance(v, bool):
+            return int(v)
+        if isinstance(v, dict):
+            return {k: numbered(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [numbered(x) for x in v]
+        return v
+
+    assert json_equal(value, rewritten(value))
+    assert json_equal(value, numbered(value)) == (json.dumps(value) == json.dumps(numbered(value)))
+
+
+def test_a_metadata_change_of_json_type_is_an_update() -> None:
+    first = [doc("a", "Same text.", metadata={"flag": 1, "n": 1})]
+    existing = stored(first)
+    for metadata, status in [
+        ({"flag": True, "n": 1}, "updated"),
+        ({"flag": 1, "n": 1.0}, "no_op"),
+        ({"n": 1, "flag": 1}, "no_op"),
+        ({"flag": "1", "n": 1}, "updated"),
+    ]:
+        (plan,) = upsert_plan.decide(Texts([doc("a", "Same text.", metadata=metadata)]), existing)
+        assert plan.status == status, metadata

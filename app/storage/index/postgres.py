@@ -22,8 +22,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
-from sqlalchemy import ColumnElement, bindparam, cast, column, select, text
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import ColumnElement, bindparam, column, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
@@ -52,11 +51,60 @@ _EF_SEARCH_MAX = 1000
 T = TypeVar("T")
 
 
+#: jsonb, which compares as app/models/json_equality.py defines JSON equality, cannot hold
+#: U+0000, which `json` (the column's type) and so stored metadata can (and `json`'s own
+#: operators refuse a document holding one). Such a document is mapped into jsonb by a
+#: one-to-one rewrite of its strings, U+FFFF to U+FFFF U+FFFF and U+0000 to U+FFFF "0", done on
+#: its JSON text in SQL (`_REWRITTEN`) and on the filter's key and value in Python (`_escaped`).
+#: Every other document is cast as it is.
+_ESCAPE, _NUL = "\uffff", "\x00"
+#: A JSON text that may hold U+0000 or U+FFFF (escaped, as Python's encoder writes them, or
+#: not); the rewrite of one that holds neither changes nothing.
+_MAY_NEED = r"\\u(0000|[fF]{4})|\uffff"
+#: The rewrite, in three passes over the text: an escaped backslash becomes `\u005c` (the same
+#: character), so that each `\u` left starts an escape; then U+FFFF doubles; then U+0000
+#: becomes U+FFFF "0". Patterns and replacements are bound as parameters.
+_REWRITTEN = (
+    "regexp_replace(regexp_replace(regexp_replace(knowledge_docs.metadata::text, :ra{i}, :rb{i}, "
+    "'g'), :rc{i}, :rd{i}, 'g'), :re{i}, :rf{i}, 'g')"
+)
+_REWRITE = {
+    "ra": r"\\\\",
+    "rb": r"\\u005c",
+    "rc": r"\\u[fF]{4}|\uffff",
+    "rd": r"\\uffff\\uffff",
+    "re": r"\\u0000",
+    "rf": r"\\uffff0",
+}
+
+
+def _escaped(value: Any) -> Any:
+    """`value` with the rewrite `_REWRITTEN` makes of a stored document applied to its strings."""
+    if isinstance(value, str):
+        return value.replace(_ESCAPE, _ESCAPE * 2).replace(_NUL, _ESCAPE + "0")
+    if isinstance(value, list):
+        return [_escaped(v) for v in value]
+    if isinstance(value, dict):
+        return {_escaped(k): _escaped(v) for k, v in value.items()}
+    return value
+
+
 def metadata_condition(i: int, key: str, value: Any) -> ColumnElement[bool]:
-    """`metadata -> key = value` as jsonb: numbers compare by value, `true` is not `1`, and a
-    missing key is not null. Objects compare as jsonb does (key order does not matter)."""
-    document = cast(col(KnowledgeDoc.metadata_), JSONB)
-    return document[bindparam(f"mk{i}", key)] == cast(bindparam(f"mv{i}", json.dumps(value)), JSONB)
+    """`metadata -> key = value` as jsonb: numbers compare by value, `true` is not `1`, a missing
+    key is not null, and objects compare in any key order: JSON equality as
+    app/models/json_equality.py defines it."""
+    document = (
+        f"(CASE WHEN knowledge_docs.metadata::text ~ :rx{i} THEN {_REWRITTEN.format(i=i)} "
+        "ELSE knowledge_docs.metadata::text END)::jsonb"
+    )
+    params: dict[str, object] = {
+        f"rx{i}": _MAY_NEED,
+        **{f"{name}{i}": pattern for name, pattern in _REWRITE.items()},
+        f"mk{i}": _escaped(key),
+        f"mv{i}": json.dumps(_escaped(value)),
+    }
+    sql = f"{document} -> :mk{i} = CAST(:mv{i} AS jsonb)"
+    return text(sql).bindparams(**params)  # type: ignore[return-value]
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
 from app.models import Chunk, KnowledgeDoc
+from app.models.json_equality import canonical_json, canonical_json_text
 from app.storage.index import (
     HitRow,
     Plan,
@@ -82,28 +83,64 @@ class ChunkIds:
         return not len(self.ids)
 
 
-def metadata_condition(i: int, key: str, value: Any) -> ColumnElement[bool]:
-    """SQL that holds when the document's metadata has `key` equal to the JSON `value`.
+#: The SQL function, installed on a connection by `install_canonical`, that writes a stored
+#: JSON value's text in canonical form (app/models/json_equality.py).
+CANONICAL_JSON = "personaizer_canonical_json"
+#: Numbers smaller than this compare exactly in SQL: SQLite holds every integer up to 2**63 and
+#: every double exactly, and compares the two kinds by value; up to 1e15 a double's JSON text
+#: (Python's repr) is its exact value too. Larger ones meet integers beyond 64 bits (which
+#: SQLite rounds to doubles) and doubles written as `1e+30` (whose value is 10**30, not the
+#: double's): they compare in canonical form.
+_EXACT_NUMBER = 10**15
 
-    `json_each` (not a JSON path) so that any key is safe, whatever characters it holds; the
-    JSON type is compared too, so `true` never equals `1` nor `"1"` equal `1`."""
+
+def _in_sql(value: Any) -> bool:
+    """Whether SQL alone compares `value` exactly as JSON equality does (see `metadata_condition`)."""
+    if value is None or isinstance(value, bool | str):
+        return True
+    return isinstance(value, int | float) and abs(value) < _EXACT_NUMBER
+
+
+def metadata_condition(i: int, key: str, value: Any) -> ColumnElement[bool]:
+    """SQL that holds when the document's metadata has `key` equal to the JSON `value`, equal as
+    app/models/json_equality.py defines it (as PostgreSQL's jsonb compares).
+
+    `json_each` (not a JSON path) so that any key is safe, whatever characters it holds. The
+    JSON type is compared first, so `true` never equals `1` nor `"1"` equal `1`. Null, booleans,
+    strings (byte by byte) and numbers below `_EXACT_NUMBER` (by value) are compared in SQL;
+    objects, arrays and large numbers by their canonical text, which the stored value's gets
+    from `CANONICAL_JSON` (a Python function: `SqliteIndex.restrict` installs it)."""
     base = f"SELECT 1 FROM json_each(knowledge_docs.metadata) AS m WHERE m.key = :mk{i}"
     params: dict[str, object] = {f"mk{i}": key}
     if value is None:
         cond = "m.type = 'null'"
     elif isinstance(value, bool):
         cond = "m.type = 'true'" if value else "m.type = 'false'"
-    elif isinstance(value, int | float):
-        cond = f"m.type IN ('integer', 'real') AND m.atom = :mv{i}"
+    elif _in_sql(value):
+        kind = "'text'" if isinstance(value, str) else "'integer', 'real'"
+        cond = f"m.type IN ({kind}) AND m.atom = :mv{i}"
         params[f"mv{i}"] = value
-    elif isinstance(value, str):
-        cond = f"m.type = 'text' AND m.atom = :mv{i}"
-        params[f"mv{i}"] = value
-    else:  # an object or array: compared as minified JSON text (object keys in stored order)
-        kind = "object" if isinstance(value, dict) else "array"
-        cond = f"m.type = '{kind}' AND m.value = json(:mv{i})"
-        params[f"mv{i}"] = json.dumps(value)
+    else:
+        if isinstance(value, dict):
+            kind = "'object'"
+        elif isinstance(value, list):
+            kind = "'array'"
+        else:
+            kind = "'integer', 'real'"
+        # `->` gives the value's JSON text as stored, its numbers' digits untouched.
+        stored = f"{CANONICAL_JSON}(knowledge_docs.metadata -> m.fullkey)"
+        cond = f"m.type IN ({kind}) AND {stored} = :mv{i}"
+        params[f"mv{i}"] = canonical_json(value)
     return text(f"EXISTS ({base} AND {cond})").bindparams(**params)  # type: ignore[return-value]
+
+
+def install_canonical(connection: sqlean.Connection) -> None:
+    """Make `CANONICAL_JSON` callable on `connection` (again is harmless)."""
+    connection.create_function(CANONICAL_JSON, 1, _canonical_or_null, deterministic=True)
+
+
+def _canonical_or_null(stored: str | None) -> str | None:
+    return None if stored is None else canonical_json_text(stored)
 
 
 class SqliteIndex:
@@ -151,6 +188,8 @@ class SqliteIndex:
             return None
         if scope.nothing:
             return ChunkIds(np.zeros(0, dtype=np.int64))
+        if not all(_in_sql(v) for v in scope.metadata.values()):
+            await run_on_connection(session, install_canonical)
         ids = (
             await session.execute(
                 select(func.group_concat(Chunk.id))
