@@ -33,6 +33,7 @@ from app.models import (
     PersonaUpdate,
     utcnow,
 )
+from app.models.json_equality import json_equal
 from app.models.pagination import decode_cursor, encode_cursor
 from app.services.runtime import Principal, Runtime
 
@@ -310,7 +311,14 @@ async def update_persona(
         for name in body.model_fields_set:
             attribute = "metadata_" if name == "metadata" else name
             value = getattr(body, name)
-            if getattr(persona, attribute) != value:
+            # One equality for every JSON value (app/models/json_equality.py): Python's `!=`
+            # calls {"flag": 1} and {"flag": true} equal, and the change would be dropped.
+            same = (
+                json_equal(persona.metadata_, value)
+                if name == "metadata"
+                else getattr(persona, attribute) == value
+            )
+            if not same:
                 setattr(persona, attribute, value)
                 changed = True
         if changed:

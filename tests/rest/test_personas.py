@@ -424,3 +424,19 @@ async def test_concurrent_creation_never_passes_the_quota(make_app: AppFactory) 
         assert page["total"] == 3 == len(page["items"])
         usage = (await api.get("/api/subscription/usage")).json()["usage"]["personas"]
         assert usage == {"used": 3, "limit": 3}
+
+
+@pytest.mark.parametrize(("before", "after"), [(1, True), (True, 1), (0, False), ("1", 1)])
+async def test_patching_metadata_to_another_json_type_is_a_change(
+    api: httpx.AsyncClient, before: object, after: object
+) -> None:
+    """`{"flag": 1}` then `{"flag": true}` is a change (JSON types differ), not a skipped one."""
+    made = (
+        await api.post("/api/personas", json={"name": "Ava", "metadata": {"flag": before}})
+    ).json()
+    r = await api.patch(f"/api/personas/{made['id']}", json={"metadata": {"flag": after}})
+    assert r.status_code == 200
+    assert r.json()["metadata"] == {"flag": after}
+    got = (await api.get(f"/api/personas/{made['id']}")).json()["metadata"]["flag"]
+    assert got == after and type(got) is type(after)
+    assert r.json()["updated_at"] > made["updated_at"]
