@@ -41,7 +41,7 @@ async def test_concurrent_clients_leave_a_serial_state(make_app: AppFactory, see
     key = await new_key(app, "model@example.com", plan="model")
     clients = [client_for(app, **{"X-Api-Key": key}) for _ in range(2)]
     try:
-        await model.run_model(clients, seed=seed, ops=40, doc_limit=DOC_LIMIT, feed=False)
+        await model.run_model(clients, seed=seed, ops=40, doc_limit=DOC_LIMIT)
     finally:
         for c in clients:
             await c.aclose()
@@ -90,7 +90,7 @@ async def test_two_servers_leave_a_serial_state(database_url: str, tmp_path: Pat
                 for url in (a, b)
             ]
             try:
-                await model.run_model(clients, seed=3, ops=40, doc_limit=DOC_LIMIT, feed=False)
+                await model.run_model(clients, seed=3, ops=40, doc_limit=DOC_LIMIT)
             finally:
                 for c in clients:
                     await c.aclose()
