@@ -244,7 +244,7 @@ async def test_served_connections_send_without_waiting_for_acks() -> None:
     ACK (~40 ms a request)."""
     import asyncio
 
-    from app.cli import listen_socket
+    from app.cli.serve import listen_socket
 
     nodelay: asyncio.Future[int] = asyncio.get_running_loop().create_future()
 
