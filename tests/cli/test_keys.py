@@ -44,3 +44,21 @@ def test_keys_create_with_restrictions_and_list_them(tmp_path: Path) -> None:
     r = run("keys", "list", "ops@example.com", data_dir=tmp_path)
     assert "origins=https://shop.example" in r.stdout.replace("\n", "") or "origins=" in r.stdout
     assert "rate=5" in r.stdout
+
+
+def test_tokens_mint_prints_a_token_for_the_key(tmp_path: Path) -> None:
+    import jwt
+
+    secret = "s" * 43
+    r = run(
+        "tokens", "mint", "--key", "pa_live_abcdEFGH" + "x" * 30, "--signing-secret", secret,
+        "--expires-in", "600", "--sub", "u1", "--personas", "per_A,per_B",
+        data_dir=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    claims = jwt.decode(r.stdout.strip().splitlines()[-1], secret, algorithms=["HS256"])
+    assert claims["kid"] == "pa_live_abcd" and claims["sub"] == "u1"
+    assert claims["persona_ids"] == ["per_A", "per_B"]
+    r = run("tokens", "mint", "--key", "k", "--signing-secret", secret, "--expires-in", "999999",
+            data_dir=tmp_path)  # fmt: skip
+    assert r.returncode != 0
