@@ -3,6 +3,8 @@
     AppError
     ├── Unauthorized              auth.unauthorized              401
     ├── Forbidden                 auth.forbidden                 403
+    ├── InsufficientScope         auth.insufficient_scope        403
+    ├── OriginNotAllowed          auth.origin_not_allowed        403
     ├── MalformedJson             request.malformed_json         400
     ├── InvalidCursor             request.invalid_cursor         400
     ├── ValidationFailed          request.validation_failed      422
@@ -107,6 +109,28 @@ class Forbidden(AppError):
     status = 403
     title = "Forbidden"
     description = "An API key on a browser-session-only route, or a CSRF check failed."
+
+
+class InsufficientScope(AppError):
+    code = "auth.insufficient_scope"
+    status = 403
+    title = "Insufficient scope"
+    description = (
+        "The key (or tenant token) is valid but restricted: the operation needs a scope it does "
+        "not have (docs:read, docs:write, personas:read, personas:write, search, usage:read), "
+        "or names a persona outside its persona_ids. A tenant token can only search and read "
+        "personas. Nothing was done."
+    )
+
+
+class OriginNotAllowed(AppError):
+    code = "auth.origin_not_allowed"
+    status = 403
+    title = "Origin not allowed"
+    description = (
+        "The request carries a browser Origin header and the key (or the tenant token's key) "
+        "lists allowed_origins that do not include it. Nothing was done."
+    )
 
 
 class MalformedJson(AppError):

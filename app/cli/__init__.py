@@ -18,7 +18,7 @@ from typing import NoReturn
 
 import typer
 
-from app.cli import data, keys, schema, serve, sync, users
+from app.cli import data, keys, schema, serve, sync, tokens, users
 from app.cli.common import Fail, err, out
 from app.errors import AppError
 from app.services.operations import OperationError
@@ -37,6 +37,7 @@ cli.command()(serve.serve)
 cli.command()(data.init)
 cli.add_typer(users.cli, name="users")
 cli.add_typer(keys.cli, name="keys")
+cli.add_typer(tokens.cli, name="tokens")
 cli.command()(sync.sync)
 cli.command("export-schema")(schema.export_schema)
 cli.add_typer(data.db_cli, name="db")

@@ -18,6 +18,7 @@ from app.client.calls import Call, Program
 from app.client.errors import ApiError, ConnectionFailed, RequestTimeout, TransportError
 from app.client.methods import Dresser, Listing, Operation, dress
 from app.client.retry import OnRetry, RetryEvent, RetryPolicy, retry_after
+from app.client.tokens import mint_token
 
 T = TypeVar("T")
 #: The transport a client may be given (`httpx.BaseTransport` or `httpx.AsyncBaseTransport`).
@@ -43,6 +44,10 @@ class ClientBase(Generic[Tr, H]):
         # inherits those methods as they are.
         if method is not None and iterator is not None:
             dress(cls, method=method, iterator=iterator)
+
+    #: Mint a tenant token offline (`app.client.tokens.mint_token`): `Client.mint_token(
+    #: key=..., signing_secret=..., expires_in=3600, sub=..., persona_ids=[...])`.
+    mint_token = staticmethod(mint_token)
 
     def __init__(
         self,

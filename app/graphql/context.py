@@ -102,6 +102,7 @@ async def get_context(request: Request) -> Context:
     runtime: Runtime = request.app.state.runtime
     guard: Guard = request.app.state.guard
     principal = await guard.authenticate(request)
+    guard.require_unrestricted(principal, "GraphQL")
     return Context(
         request=request,
         runtime=runtime,

@@ -150,6 +150,7 @@ class McpEdge:
                 )
             guard: Guard = request.app.state.guard
             principal = await guard.authenticate(request)
+            guard.require_unrestricted(principal, "MCP")
             raw, headers, refused = await self._take(request, guard, principal)
         except AppError as exc:
             await problem_response(exc, request)(scope, receive, send)

@@ -8,6 +8,12 @@ One module per area; everything is re-exported here, so `from app.models import 
 """
 
 from app.models.accounts import (
+    SCOPES as SCOPES,
+)
+from app.models.accounts import (
+    TOKEN_SCOPES as TOKEN_SCOPES,
+)
+from app.models.accounts import (
     ApiKey as ApiKey,
 )
 from app.models.accounts import (
@@ -18,6 +24,9 @@ from app.models.accounts import (
 )
 from app.models.accounts import (
     KeyStatus as KeyStatus,
+)
+from app.models.accounts import (
+    Scope as Scope,
 )
 from app.models.accounts import (
     User as User,

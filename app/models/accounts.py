@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from sqlalchemy import Column, String
+from sqlalchemy import Column, String, Text
 from sqlmodel import Field, SQLModel
 
 from app.models.base import PublicModel, Timestamp, time_field
@@ -37,6 +37,35 @@ class ApiKey(SQLModel, table=True):
     status: str = "active"
     created_at: datetime = time_field()
     last_used_at: datetime | None = time_field(nullable=True)
+    # Restrictions (revision 0007). NULL means "none": a key made before them keeps full access.
+    #: Space-separated scopes (`SCOPES`); NULL: all of them.
+    scopes: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    #: Space-separated persona ids the key may search and read; NULL: every persona.
+    persona_ids: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    #: Space-separated browser origins (`https://a.example`); NULL: no per-key CORS rule.
+    allowed_origins: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    expires_at: datetime | None = time_field(nullable=True)
+    #: Requests per minute and policy for this key alone, within the plan's; NULL: the plan's.
+    rate_limit: int | None = None
+    #: The HS256 secret of its tenant tokens (keys with the `search` scope), kept as-is: the
+    #: server must compute HMACs with it. Why that is acceptable: docs/security.md.
+    signing_secret: str | None = Field(default=None, sa_column=Column(String(64), nullable=True))
+
+
+Scope = Literal[
+    "docs:read", "docs:write", "personas:read", "personas:write", "search", "usage:read"
+]
+#: Every scope, in the order they are shown; a key made without `scopes` has all of them.
+SCOPES: tuple[Scope, ...] = (
+    "docs:read",
+    "docs:write",
+    "personas:read",
+    "personas:write",
+    "search",
+    "usage:read",
+)
+#: What a tenant token may ever do, whatever its key may: search, and read personas.
+TOKEN_SCOPES: frozenset[Scope] = frozenset({"search", "personas:read"})
 
 
 KeyStatus = Literal["active", "disabled"]
@@ -54,9 +83,20 @@ class ApiKeyPublic(PublicModel):
     status: KeyStatus
     created_at: Timestamp
     last_used_at: Timestamp | None
+    scopes: list[Scope]
+    #: null: every persona.
+    persona_ids: list[str] | None
+    #: null: no per-key origin rule (the server's PERSONAIZER_CORS_ORIGINS apply).
+    allowed_origins: list[str] | None
+    expires_at: Timestamp | None
+    #: Requests per minute and policy for this key, within the plan's; null: the plan's.
+    rate_limit: int | None
 
 
 class ApiKeyCreated(ApiKeyPublic):
-    """The only model that ever carries a full key: the answer to its creation."""
+    """The only model that ever carries a full key (and its signing secret): the answer to its
+    creation."""
 
     key: str
+    #: For minting tenant tokens; only keys with the `search` scope have one.
+    signing_secret: str | None

@@ -11,7 +11,9 @@ from pydantic.json_schema import models_json_schema
 from app import __version__
 from app.errors import (
     AppError,
+    InsufficientScope,
     MalformedJson,
+    OriginNotAllowed,
     RateLimited,
     RouteNotFound,
     TooLarge,
@@ -60,7 +62,15 @@ PROBLEM_SCHEMA: dict[str, Any] = {
 
 #: Errors any authenticated operation can answer, besides its own: authentication, the rate limit,
 #: and 503 (the rate-limit storage unreachable, the database busy, the model still loading).
-_COMMON: tuple[type[AppError], ...] = (Unauthorized, RateLimited, Unavailable)
+#: A restricted key (API.md section 12) is refused an operation outside its scopes or personas,
+#: and a browser origin outside its allowed origins.
+_COMMON: tuple[type[AppError], ...] = (
+    Unauthorized,
+    InsufficientScope,
+    OriginNotAllowed,
+    RateLimited,
+    Unavailable,
+)
 #: Errors of an operation that takes a body: how it is read and parsed.
 _BODY: tuple[type[AppError], ...] = (MalformedJson, UnsupportedMediaType, TooLarge)
 #: A path value with `/` in it (sent as `%2F`) matches no route at all.
@@ -247,7 +257,7 @@ def _operation(op: Operation, refs: dict[Any, Any]) -> dict[str, Any]:
         return dict(refs[(model, mode)])
 
     description = (
-        f"{op.description}\n\nRate-limit policy: `{op.policy}`. "
+        f"{op.description}\n\nRate-limit policy: `{op.policy}`. Key scope: `{op.scope}`. "
         f"Idempotent: {'yes' if op.idempotent else 'no'}."
     ).strip()
     out: dict[str, Any] = {
@@ -256,6 +266,7 @@ def _operation(op: Operation, refs: dict[Any, Any]) -> dict[str, Any]:
         "description": description,
         "tags": [op.tag],
         "x-ratelimit-policy": op.policy,
+        "x-required-scope": op.scope,
         "x-idempotent": op.idempotent,
         "parameters": [_path_parameter(n, p) for n, p in op.path_params.items()],
         "responses": {},

@@ -1,8 +1,10 @@
 """REST operations: one declaration per route, from which both the server and the OpenAPI
 document are built, so what is documented is what is validated.
 
-Every operation runs its checks in the contract's order (API.md section 3): authentication, rate
-limit, request shape and validation, then the handler (existence, quota).
+Every operation runs its checks in the contract's order (API.md section 3): authentication (with
+the key's origin rule), scope, rate limit, request shape and validation, then the handler
+(existence, quota). Each declares its rate-limit `policy` and the key `scope` it needs side by
+side, so the list of operations is the one table of both.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from app.http import intake
 from app.http.guard import Guard
 from app.http.ratelimit import Policy
 from app.http.validation import from_validation_error, validation_context
+from app.models import Scope
 from app.services.runtime import Principal, Runtime
 
 
@@ -91,6 +94,8 @@ class Operation:
     handler: Handler
     tag: str
     policy: Policy
+    #: The key scope it needs (API.md section 12); outside it: 403 auth.insufficient_scope.
+    scope: Scope
     idempotent: bool
     description: str = ""
     body: type[BaseModel] | None = None
@@ -120,6 +125,7 @@ class Operation:
         runtime: Runtime = state.runtime
         guard: Guard = state.guard
         principal = await guard.authenticate(request)
+        guard.require(principal, self.scope)
         headers = await guard.charge(principal, self.policy)
         try:
             query = _parse_query(self.query, request) if self.query else None

@@ -61,6 +61,7 @@ OPERATIONS = [
         handler=search,
         tag="KnowledgeDocs",
         policy="search",
+        scope="search",
         idempotent=True,
         body=SearchRequest,
         responses={200: (SearchResponse, "The hits, best first.")},

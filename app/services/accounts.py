@@ -4,22 +4,36 @@ from __future__ import annotations
 
 import asyncio
 import re
+import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit
 
 from sqlalchemy import Integer, String, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, func, select
 
-from app.errors import KeyNotFound, Unauthorized, UnknownPlan, UserExists, UserNotFound
+from app.errors import (
+    FieldError,
+    KeyNotFound,
+    Unauthorized,
+    UnknownPlan,
+    UserExists,
+    UserNotFound,
+    ValidationFailed,
+)
 from app.models import (
+    SCOPES,
     ApiKey,
     ApiKeyCreated,
     ApiKeyPublic,
     Chunk,
     KnowledgeDoc,
     Persona,
+    Scope,
     User,
     UserPublic,
     utcnow,
@@ -43,7 +57,69 @@ def _key_public(key: ApiKey) -> ApiKeyPublic:
         status="active" if key.status == "active" else "disabled",
         created_at=key.created_at,
         last_used_at=key.last_used_at,
+        scopes=list(key_scopes(key.scopes)),
+        persona_ids=_words(key.persona_ids),
+        allowed_origins=_words(key.allowed_origins),
+        expires_at=key.expires_at,
+        rate_limit=key.rate_limit,
     )
+
+
+def _words(stored: str | None) -> list[str] | None:
+    """A stored space-separated list; NULL (no restriction) stays None."""
+    return None if stored is None else stored.split()
+
+
+def key_scopes(stored: str | None) -> tuple[Scope, ...]:
+    """A key's scopes from its column: NULL (a key from before scopes) is all of them."""
+    if stored is None:
+        return SCOPES
+    have = set(stored.split())
+    return tuple(s for s in SCOPES if s in have)
+
+
+PERSONA_ID_RE = re.compile(r"^per_[0-9A-Za-z]{1,64}$")
+MAX_RESTRICTION_ITEMS = 100
+
+
+def _refuse(field: str, message: str) -> ValidationFailed:
+    return ValidationFailed(
+        message, errors=[FieldError(f"/{field}", "request.validation_failed", message)]
+    )
+
+
+def check_scopes(scopes: Sequence[str]) -> tuple[Scope, ...]:
+    unknown = [s for s in scopes if s not in SCOPES]
+    if unknown:
+        raise _refuse("scopes", f"Unknown scopes {unknown}; known: {', '.join(SCOPES)}.")
+    if not scopes:
+        raise _refuse("scopes", "A key needs at least one scope.")
+    return tuple(s for s in SCOPES if s in scopes)
+
+
+def check_origin(origin: str) -> str:
+    """A browser origin as browsers send it: scheme://host[:port], nothing else."""
+    parts = urlsplit(origin.strip())
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or port == -1
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+        or parts.username is not None
+    ):
+        raise _refuse("allowed_origins", f"{origin!r} is not an origin like https://a.example.")
+    return f"{parts.scheme}://{parts.netloc.lower()}"
+
+
+def _max_key_rate(runtime: Runtime, plan_id: str) -> int:
+    limits = runtime.plan(plan_id).limits
+    return max(limits.reads_per_minute, limits.writes_per_minute, limits.searches_per_minute)
 
 
 def _check_plan(runtime: Runtime, plan_id: str) -> None:
@@ -103,9 +179,49 @@ async def set_plan(*, runtime: Runtime, email: str, plan_id: str) -> UserPublic:
     return _user_public(db_user)
 
 
-async def create_key(*, runtime: Runtime, email: str, name: str = "default") -> ApiKeyCreated:
+async def create_key(
+    *,
+    runtime: Runtime,
+    email: str,
+    name: str = "default",
+    scopes: Sequence[str] | None = None,
+    persona_ids: Sequence[str] | None = None,
+    allowed_origins: Sequence[str] | None = None,
+    expires_at: datetime | None = None,
+    rate_limit: int | None = None,
+) -> ApiKeyCreated:
+    """A new key, with restrictions when given (API.md section 12). Without `scopes` it has all
+    of them. A key with the `search` scope also gets a signing secret for tenant tokens; both
+    are shown only in this answer."""
     user = await _get_user(runtime, email)
     assert user.id is not None
+    chosen = check_scopes(scopes) if scopes is not None else SCOPES
+    personas = list(dict.fromkeys(p.strip() for p in persona_ids)) if persona_ids else None
+    if persona_ids is not None and not personas:
+        raise _refuse("persona_ids", "Name at least one persona, or none to allow all.")
+    if personas is not None:
+        if len(personas) > MAX_RESTRICTION_ITEMS:
+            raise _refuse("persona_ids", f"At most {MAX_RESTRICTION_ITEMS} personas.")
+        bad = [p for p in personas if not PERSONA_ID_RE.match(p)]
+        if bad:
+            raise _refuse("persona_ids", f"Not persona ids: {bad}.")
+    origins = (
+        list(dict.fromkeys(check_origin(o) for o in allowed_origins)) if allowed_origins else None
+    )
+    if origins is not None and len(origins) > MAX_RESTRICTION_ITEMS:
+        raise _refuse("allowed_origins", f"At most {MAX_RESTRICTION_ITEMS} origins.")
+    if expires_at is not None:
+        if expires_at.tzinfo is None:
+            expires_at = expires_at.replace(tzinfo=UTC)
+        if expires_at <= utcnow():
+            raise _refuse("expires_at", "expires_at must be in the future.")
+    if rate_limit is not None:
+        most = _max_key_rate(runtime, user.plan_id)
+        if not 1 <= rate_limit <= most:
+            raise _refuse(
+                "rate_limit",
+                f"rate_limit must be 1..{most} requests per minute (the {user.plan_id} plan's).",
+            )
     key = hashing.new_api_key()
     row = ApiKey(
         user_id=user.id,
@@ -114,10 +230,32 @@ async def create_key(*, runtime: Runtime, email: str, name: str = "default") -> 
         key_hash=hashing.hash_api_key(key),
         status="active",
         created_at=utcnow(),
+        scopes=None if scopes is None else " ".join(chosen),
+        persona_ids=None if personas is None else " ".join(personas),
+        allowed_origins=None if origins is None else " ".join(origins),
+        expires_at=expires_at,
+        rate_limit=rate_limit,
+        signing_secret=secrets.token_urlsafe(32) if "search" in chosen else None,
     )
+    if personas is not None:
+        async with runtime.db.read() as session:
+            found = set(
+                (
+                    await session.execute(
+                        select(Persona.id).where(
+                            col(Persona.user_id) == user.id, col(Persona.id).in_(personas)
+                        )
+                    )
+                ).scalars()
+            )
+        missing = [p for p in personas if p not in found]
+        if missing:
+            raise _refuse("persona_ids", f"No such personas for {user.email}: {missing}.")
     async with runtime.db.write() as session:
         session.add(row)
-    return ApiKeyCreated(key=key, **_key_public(row).model_dump())
+    return ApiKeyCreated(
+        key=key, signing_secret=row.signing_secret, **_key_public(row).model_dump()
+    )
 
 
 async def list_keys(*, runtime: Runtime, email: str) -> list[ApiKeyPublic]:
@@ -187,9 +325,14 @@ async def _verify_password(password: str, password_hash: str | None) -> bool:
 
 
 async def authenticate(*, runtime: Runtime, api_key: str | None) -> Principal:
-    """The caller behind an `X-Api-Key`, or `Unauthorized`: one answer for every failure."""
-    if not api_key or not hashing.looks_like_api_key(api_key):
+    """The caller behind an `X-Api-Key` (a key or a tenant token), or `Unauthorized`: one
+    answer for every failure."""
+    if not api_key:
         raise Unauthorized()
+    if not hashing.looks_like_api_key(api_key):
+        from app.services import tokens  # tokens builds on this module
+
+        return await tokens.authenticate(runtime=runtime, token=api_key)
     digest = hashing.hash_api_key(api_key)
     row = await runtime.db.read_row(_KEY_LOOKUP, {"digest": digest})
     if row is None:
@@ -197,6 +340,8 @@ async def authenticate(*, runtime: Runtime, api_key: str | None) -> Principal:
     if row["status"] != "active" or not hashing.constant_time_equals(row["key_hash"], digest):
         raise Unauthorized()
     now = utcnow()
+    if row["expires_at"] is not None and row["expires_at"] <= now:
+        raise Unauthorized()
     last_used = row["last_used_at"]
     if last_used is None or now - last_used >= LAST_USED_RESOLUTION:
         async with runtime.db.write() as session:
@@ -204,14 +349,32 @@ async def authenticate(*, runtime: Runtime, api_key: str | None) -> Principal:
             if db_key is not None:
                 db_key.last_used_at = now
                 session.add(db_key)
-    return Principal(user_id=row["user_id"], email=row["email"], plan=runtime.plan(row["plan_id"]))
+    return principal_of(runtime, row)
+
+
+def principal_of(runtime: Runtime, row: Any) -> Principal:
+    """The caller a key's row (`_KEY_LOOKUP`'s columns) stands for, restrictions included."""
+    personas = _words(row["persona_ids"])
+    origins = _words(row["allowed_origins"])
+    return Principal(
+        user_id=row["user_id"],
+        email=row["email"],
+        plan=runtime.plan(row["plan_id"]),
+        key_id=row["key_id"],
+        scopes=frozenset(key_scopes(row["scopes"])),
+        persona_ids=None if personas is None else frozenset(personas),
+        allowed_origins=None if origins is None else tuple(origins),
+        rate_limit=row["rate_limit"],
+    )
 
 
 #: Every request's key lookup: the columns it needs, as a text statement (typed, so the time
 #: reads back as the ORM's would). Loading the two ORM objects cost ~0.5 ms a request more.
 _KEY_LOOKUP = text(
     "SELECT k.id AS key_id, k.status AS status, k.key_hash AS key_hash,"
-    " k.last_used_at AS last_used_at, u.id AS user_id, u.email AS email, u.plan_id AS plan_id"
+    " k.last_used_at AS last_used_at, u.id AS user_id, u.email AS email, u.plan_id AS plan_id,"
+    " k.scopes AS scopes, k.persona_ids AS persona_ids, k.allowed_origins AS allowed_origins,"
+    " k.expires_at AS expires_at, k.rate_limit AS rate_limit"
     " FROM api_keys AS k JOIN users AS u ON u.id = k.user_id WHERE k.key_hash = :digest"
 ).columns(
     key_id=Integer(),
@@ -221,7 +384,54 @@ _KEY_LOOKUP = text(
     user_id=Integer(),
     email=String(),
     plan_id=String(),
+    scopes=String(),
+    persona_ids=String(),
+    allowed_origins=String(),
+    expires_at=ApiKey.__table__.c.expires_at.type,  # type: ignore[attr-defined]
+    rate_limit=Integer(),
 )
+
+
+async def keys_by_prefix(*, runtime: Runtime, prefix: str) -> list[Any]:
+    """The keys (usually one) with this visible prefix, with what a tenant token needs."""
+    async with runtime.db.read() as session:
+        rows = (await session.execute(_PREFIX_LOOKUP, {"prefix": prefix})).mappings().all()
+    return [dict(r) for r in rows]
+
+
+_PREFIX_LOOKUP = text(
+    "SELECT k.id AS key_id, k.status AS status, k.signing_secret AS signing_secret,"
+    " u.id AS user_id, u.email AS email, u.plan_id AS plan_id,"
+    " k.scopes AS scopes, k.persona_ids AS persona_ids, k.allowed_origins AS allowed_origins,"
+    " k.expires_at AS expires_at, k.rate_limit AS rate_limit"
+    " FROM api_keys AS k JOIN users AS u ON u.id = k.user_id WHERE k.prefix = :prefix"
+).columns(
+    key_id=Integer(),
+    status=String(),
+    signing_secret=String(),
+    user_id=Integer(),
+    email=String(),
+    plan_id=String(),
+    scopes=String(),
+    persona_ids=String(),
+    allowed_origins=String(),
+    expires_at=ApiKey.__table__.c.expires_at.type,  # type: ignore[attr-defined]
+    rate_limit=Integer(),
+)
+
+
+async def allowed_origins_of_all_keys(*, runtime: Runtime) -> set[str]:
+    """Every origin some active key allows: the origins a CORS preflight may be answered for
+    (a preflight carries no key, so it cannot be told which)."""
+    async with runtime.db.read() as session:
+        stored = (
+            await session.execute(
+                select(ApiKey.allowed_origins).where(
+                    col(ApiKey.allowed_origins).is_not(None), ApiKey.status == "active"
+                )
+            )
+        ).scalars()
+        return {o for value in stored if value for o in value.split()}
 
 
 async def set_password(*, runtime: Runtime, email: str, password: str) -> UserPublic:

@@ -135,8 +135,11 @@ async def list_personas(
     *, runtime: Runtime, principal: Principal, limit: int, cursor: str | None = None
 ) -> Page[PersonaListItem]:
     """Ordered by creation (the ULID in the id)."""
+    principal.require("personas:read")
     position = decode_cursor(cursor, keys=("after",))
     mine = col(Persona.user_id) == principal.user_id
+    if principal.persona_ids is not None:  # a restricted key sees its personas only
+        mine = mine & col(Persona.id).in_(sorted(principal.persona_ids))
     async with runtime.db.read() as session:
         total = (
             await session.execute(select(func.count()).select_from(Persona).where(mine))
@@ -263,7 +266,9 @@ async def knowledge_for_personas(
     return pages
 
 
-async def create_persona(*, runtime: Runtime, principal: Principal, body: PersonaCreate) -> PersonaPublic:
+async def create_persona(
+    *, runtime: Runtime, principal: Principal, body: PersonaCreate
+) -> PersonaPublic:
     async with runtime.db.write(user_id=principal.user_id) as session:
         # Counted inside the write transaction: concurrent creations cannot pass the limit.
         count = (
@@ -296,6 +301,7 @@ async def create_persona(*, runtime: Runtime, principal: Principal, body: Person
 
 
 async def get_persona(*, runtime: Runtime, principal: Principal, persona_id: str) -> PersonaPublic:
+    principal.require_persona(persona_id)
     async with runtime.db.read() as session:
         persona = await _find(session, principal, persona_id)
         return await _load_public(session, persona)
@@ -305,6 +311,7 @@ async def update_persona(
     *, runtime: Runtime, principal: Principal, persona_id: str, body: PersonaUpdate
 ) -> PersonaPublic:
     """Change only the fields sent; `updated_at` moves only when a value actually changes."""
+    principal.require_persona(persona_id)
     async with runtime.db.write(user_id=principal.user_id) as session:
         persona = await _find(session, principal, persona_id)
         changed = False
@@ -330,6 +337,7 @@ async def update_persona(
 async def delete_persona(*, runtime: Runtime, principal: Principal, persona_id: str) -> bool:
     """Idempotent: returns whether there was something to delete. Attached documents stay;
     only the attachments go (ON DELETE CASCADE)."""
+    principal.require_persona(persona_id)
     if not PERSONA_ID_RE.match(persona_id):
         return False
     async with runtime.db.write(user_id=principal.user_id) as session:
@@ -346,6 +354,7 @@ async def set_knowledge(
 ) -> PersonaKnowledgeResult:
     """Replace the persona's attached documents with `external_ids` (a set). Unknown ones are
     refused all together, listed in `missing`, and nothing changes."""
+    principal.require_persona(persona_id)
     wanted = sorted(set(external_ids))
     async with runtime.db.write(user_id=principal.user_id) as session:
         persona = await _find(session, principal, persona_id)

@@ -83,9 +83,17 @@ class Scored:
     keyword: float | None
 
 
-async def search(*, runtime: Runtime, principal: Principal, request: SearchRequest) -> SearchResponse:
-    """The user's documents best matching `request.query`, best first, one hit per document."""
+async def search(
+    *, runtime: Runtime, principal: Principal, request: SearchRequest
+) -> SearchResponse:
+    """The user's documents best matching `request.query`, best first, one hit per document,
+    within what the caller's key or tenant token may see (`_within_restrictions`)."""
     started = time.perf_counter()
+    principal.require("search")
+    narrowed = await _within_restrictions(runtime, principal, request)
+    if narrowed is None:
+        return SearchResponse(results=[], mode=request.mode, took_ms=0)
+    request = narrowed
     user_id = principal.user_id
     depth = max(FUSION_DEPTH, request.k) if request.mode == "hybrid" else request.k
     scope = Scope(
@@ -243,6 +251,40 @@ def _floor(ranking: list[Scored], depth: int) -> float:
 
 
 # --- scope ---------------------------------------------------------------------------------
+
+
+async def _within_restrictions(
+    runtime: Runtime, principal: Principal, request: SearchRequest
+) -> SearchRequest | None:
+    """The request narrowed to the caller's personas and forced metadata; None when nothing can
+    match (the request's own metadata contradicts the token's). A request may narrow what its
+    key or token allows, never widen it."""
+    update: dict[str, Any] = {}
+    if principal.persona_ids is not None:
+        if request.persona_id is not None:
+            principal.require_persona(request.persona_id)
+        else:
+            from app.services.personas import attached_external_ids
+
+            attached = await attached_external_ids(
+                runtime=runtime, principal=principal, persona_ids=sorted(principal.persona_ids)
+            )
+            allowed = {e for ids in attached.values() for e in ids}
+            if request.external_ids is not None:
+                allowed &= set(request.external_ids)
+            update["external_ids"] = sorted(allowed)
+    if principal.metadata:
+        merged = dict(request.metadata or {})
+        for key, value in principal.metadata.items():
+            if key in merged and _canonical(merged[key]) != _canonical(value):
+                return None
+            merged[key] = value
+        update["metadata"] = merged
+    return request.model_copy(update=update) if update else request
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
 async def _check_persona(session: AsyncSession, user_id: int, persona_id: str) -> None:

@@ -18,6 +18,7 @@ own, since no script may ask.
 from __future__ import annotations
 
 import secrets
+from datetime import UTC, datetime
 
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
@@ -25,8 +26,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from app.errors import KeyNotFound, RateLimited, Unauthorized
+from app.errors import KeyNotFound, RateLimited, Unauthorized, ValidationFailed
 from app.http.guard import Guard
+from app.models import SCOPES
 from app.services import accounts, sessions
 from app.settings import Settings
 from app.web import pages
@@ -38,6 +40,7 @@ KEY_NAME_MAX = 100
 EMAIL_MAX = 320
 #: Where the key made by the last POST waits for the page it redirects to (see `create_key`).
 _NEW_KEY = "new_key"
+_NEW_SECRET = "new_signing_secret"
 
 
 async def login_page(request: Request) -> Response:
@@ -96,15 +99,23 @@ async def keys_page(request: Request) -> Response:
         return to("/login")
     # Shown by this one response and gone from the cookie with it: a reload shows the list only.
     new_key = request.session.pop(_NEW_KEY, None)
+    new_secret = request.session.pop(_NEW_SECRET, None)
     keys = await accounts.list_keys(runtime=runtime_of(request), email=principal.email)
     return render(
         "api_keys.html",
         principal=principal,
         section="keys",
         keys=keys,
+        scopes=SCOPES,
         new_key=new_key if isinstance(new_key, str) else None,
+        new_secret=new_secret if isinstance(new_secret, str) else None,
         csrf=csrf(request),
     )
+
+
+def _listed(value: str) -> list[str] | None:
+    items = [v.strip() for v in value.replace("\n", ",").split(",") if v.strip()]
+    return items or None
 
 
 async def create_key(request: Request) -> Response:
@@ -113,12 +124,48 @@ async def create_key(request: Request) -> Response:
     if principal is None:
         return to("/login")
     name = fields.get("name", "").strip()[:KEY_NAME_MAX] or "default"
-    created = await accounts.create_key(runtime=runtime_of(request), email=principal.email, name=name)
+    # The form lists every scope as a checkbox (all ticked at first); an older form without
+    # them makes a key with all scopes, as before.
+    scopes = [s for s in SCOPES if fields.get(f"scope.{s}")] if "scopes_form" in fields else None
+    rate = fields.get("rate_limit", "").strip()
+    expires = fields.get("expires_at", "").strip()
+    try:
+        try:
+            expires_at = datetime.fromisoformat(expires).replace(tzinfo=UTC) if expires else None
+            rate_limit = int(rate) if rate else None
+        except ValueError as exc:
+            raise ValidationFailed("expires_at or rate_limit is not valid.") from exc
+        created = await accounts.create_key(
+            runtime=runtime_of(request),
+            email=principal.email,
+            name=name,
+            scopes=scopes,
+            persona_ids=_listed(fields.get("persona_ids", "")),
+            allowed_origins=_listed(fields.get("allowed_origins", "")),
+            expires_at=expires_at,
+            rate_limit=rate_limit,
+        )
+    except ValidationFailed as exc:
+        keys = await accounts.list_keys(runtime=runtime_of(request), email=principal.email)
+        return render(
+            "api_keys.html",
+            status=422,
+            principal=principal,
+            section="keys",
+            keys=keys,
+            scopes=SCOPES,
+            new_key=None,
+            new_secret=None,
+            error=exc.detail,
+            csrf=csrf(request),
+        )
     # Post/redirect/get: the key rides in the signed, HttpOnly, SameSite=Strict session cookie
     # to the page this redirects to, which takes it out again. The server keeps only its hash
     # (several server processes need no shared memory for it), and the cookie already carries
     # the session token, which can mint keys: holding the key there for one redirect adds little.
     request.session[_NEW_KEY] = created.key
+    if created.signing_secret:
+        request.session[_NEW_SECRET] = created.signing_secret
     return to("/api-keys")
 
 

@@ -53,10 +53,10 @@ async def test_statuses_are_those_each_operation_can_answer(spec: dict[str, Any]
     def statuses(operation_id: str) -> set[str]:
         return {s for s in ops[operation_id]["responses"] if int(s) >= 400}
 
-    # No input at all: nothing to refuse but the caller.
-    assert statuses("getSubscription") == {"401", "429", "503"}
+    # No input at all: nothing to refuse but the caller (403: a restricted key, API.md 12).
+    assert statuses("getSubscription") == {"401", "403", "429", "503"}
     # A path value but no validation of it: 404 only.
-    assert statuses("getPersona") == {"401", "404", "429", "503"}
+    assert statuses("getPersona") == {"401", "403", "404", "429", "503"}
     # A body: how it is read (400, 413, 415) and what it says (422).
     assert {"400", "413", "415", "422"} <= statuses("createPersona")
     assert ops["listKnowledgeDocs"]["responses"]["400"]["x-error-codes"] == [

@@ -2,7 +2,8 @@
 
 Some upgrade tests fill a file at an old revision with the current services (there is no older
 build to run), then upgrade it. The services write what later revisions added, so for the
-setup the file gets those objects (the changes feed's, revision 0007) and loses them again
+setup the file gets those objects (the changes feed's, revision 0007; the key restrictions,
+0008) and loses them again
 before the upgrade, which then adds them as it would to a real old file. Only what the services
 write is added: no index, no backfill.
 """
@@ -13,17 +14,28 @@ from sqlalchemy import text
 
 from app.storage.database import Database
 
+#: Revision 0008's columns of api_keys.
+_KEY_COLUMNS = (
+    "scopes TEXT",
+    "persona_ids TEXT",
+    "allowed_origins TEXT",
+    "expires_at VARCHAR(24)",
+    "rate_limit INTEGER",
+    "signing_secret VARCHAR(64)",
+)
 _ADD = (
     "ALTER TABLE knowledge_docs ADD COLUMN change_seq BIGINT NOT NULL DEFAULT 0",
     "CREATE TABLE knowledge_tombstones (user_id INTEGER NOT NULL, external_id VARCHAR NOT NULL,"
     " seq BIGINT NOT NULL, deleted_at VARCHAR(24) NOT NULL, PRIMARY KEY (user_id, external_id))",
     "CREATE TABLE knowledge_feeds (user_id INTEGER NOT NULL PRIMARY KEY,"
     " last_seq BIGINT NOT NULL, purged_seq BIGINT NOT NULL)",
+    *(f"ALTER TABLE api_keys ADD COLUMN {column}" for column in _KEY_COLUMNS),
 )
 _DROP = (
     "DROP TABLE knowledge_tombstones",
     "DROP TABLE knowledge_feeds",
     "ALTER TABLE knowledge_docs DROP COLUMN change_seq",
+    *(f"ALTER TABLE api_keys DROP COLUMN {column.split()[0]}" for column in _KEY_COLUMNS),
 )
 
 
