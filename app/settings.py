@@ -151,6 +151,14 @@ class Settings(BaseSettings):
     #: `knowledge.changes_expired`. Fractions are allowed (tests use tiny ones); 0 purges every
     #: tombstone at the user's next delete.
     changes_retention_days: float = Field(default=30.0, ge=0, le=36_500)
+    #: With `redis_url`, while Redis cannot be reached: `open` keeps serving, each process
+    #: counting in its own memory at 1/`rate_limit_processes` of every budget until Redis answers
+    #: again (as Envoy's failure_mode_deny=false, Kong's fault_tolerant); `closed` refuses API
+    #: requests with 503 until then.
+    rate_limit_on_redis_failure: Literal["open", "closed"] = "open"
+    #: Server processes sharing `redis_url` (servers x workers each): while Redis is unreachable
+    #: under `open`, each process allows this share of a budget, so all together allow about one.
+    rate_limit_processes: int = Field(default=1, ge=1, le=100_000)
     #: Seconds to wait for a write lock held by another process before answering 503.
     busy_timeout_s: float = Field(default=10.0, gt=0)
     #: Load the sentence-transformers model; tests may share one loaded model instead.

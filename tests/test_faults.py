@@ -7,6 +7,7 @@ Each test runs its own embedded server (not the run's shared one) since it stops
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import pytest
 from starlette.applications import Starlette
 
 from tests.conftest import AppFactory, assert_problem, client_for, new_key
-from tests.support import pg
+from tests.support import pg, servers
 
 pytestmark = [pytest.mark.anyio, pytest.mark.engines("postgresql")]
 
@@ -98,3 +99,59 @@ async def test_a_write_cut_off_mid_transaction_is_not_applied(
         assert listed.json()["total"] == 0  # nothing of the batch, not three of eight
         r = await api.put("/api/knowledge/docs", json={"items": items})
         assert r.status_code == 200 and r.json()["summary"]["created"] == 8
+
+
+async def test_serve_started_while_postgresql_is_down_waits_for_it(
+    own_server: pg.PostgresServer, tmp_path: Path
+) -> None:
+    """`personaizer serve` does not exit for a PostgreSQL that is not up yet: it answers /livez
+    and a 503 /readyz, and becomes ready without a restart once PostgreSQL is (making the
+    schema in the still empty database then). A database that answers but is wrong still
+    stops it at once: tests/cli/test_cli.py::test_serve_refuses_a_newer_database_in_one_line."""
+    url = own_server.url(await own_server.new_database(template=None))
+    await asyncio.to_thread(own_server.stop, "fast")
+    env = servers.clean_env(data_dir=str(tmp_path / "data"), database_url=url)
+    port = servers.free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = tmp_path / "server.log"
+    process = _start_serve(port, env, log)
+    try:
+        async with httpx.AsyncClient(timeout=10) as http:
+
+            async def until(path: str, status: int) -> httpx.Response:
+                for _ in range(600):
+                    assert process.poll() is None, log.read_text()
+                    try:
+                        r = await http.get(f"{base}{path}")
+                        if r.status_code == status:
+                            return r
+                    except httpx.TransportError:
+                        pass
+                    await asyncio.sleep(0.1)
+                raise AssertionError(f"{path} never answered {status}:\n{log.read_text()}")
+
+            await until("/livez", 200)
+            body = assert_problem(await http.get(f"{base}/readyz"), 503, "server.unavailable")
+            assert body["checks"]["database"]["status"] == "failing"
+            assert body["checks"]["schema"]["reason"].startswith("waiting for the database")
+
+            await asyncio.to_thread(own_server.restart)
+            r = await until("/readyz", 200)
+            assert r.json()["status"] == "ok", r.text
+            assert process.poll() is None
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    text = log.read_text()
+    assert "serving anyway" in text
+    assert "Traceback" not in text
+
+
+def _start_serve(port: int, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("w") as sink:
+        return subprocess.Popen(
+            [str(servers.BIN), "serve", "--port", str(port)],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )

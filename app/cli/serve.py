@@ -13,7 +13,15 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 
-from app.cli.common import DatabaseUrl, DataDir, Fail, load_settings, out, run_with_runtime
+from app.cli.common import (
+    DatabaseUrl,
+    DataDir,
+    Fail,
+    err,
+    load_settings,
+    out,
+    run_with_runtime,
+)
 from app.services import demo as demos
 from app.services import operations
 from app.settings import Settings
@@ -62,8 +70,15 @@ def serve(
     port = sock.getsockname()[1]
     settings = settings.model_copy(update={"port": port})
     # Open (create, upgrade or refuse) the database before serving, so a file this build cannot
-    # use is one line on stderr rather than a failed lifespan inside uvicorn.
-    run_with_runtime(settings, lambda runtime: asyncio.sleep(0), create=True)
+    # use is one line on stderr rather than a failed lifespan inside uvicorn. A database server
+    # that cannot be reached yet (PostgreSQL starting or restarting) is not a reason to exit:
+    # the server starts, answers /livez and a 503 /readyz, and opens it once it answers.
+    try:
+        run_with_runtime(settings, lambda runtime: asyncio.sleep(0), create=True)
+    except operations.OperationError as exc:
+        if not getattr(exc.__cause__, "transient", False):
+            raise
+        err.print(f"warning: {exc}; serving anyway, the database opens once it answers")
     # Every process signs dashboard cookies with this one (and a restart keeps it).
     settings = settings.model_copy(update={"session_secret": operations.session_secret(settings)})
     if workers > 1:

@@ -25,7 +25,7 @@ class Guard:
     def __init__(self, runtime: Runtime, limiter: RateLimiter) -> None:
         self.runtime = runtime
         self.limiter = limiter
-        self.key_limiter = KeyLimiter(runtime.settings)
+        self.key_limiter = KeyLimiter(limiter)
 
     def client_address(self, request: HTTPConnection) -> str:
         """The client's address, seen through the configured trusted proxies."""

@@ -7,6 +7,8 @@ refuse a second set of the same names). What is counted:
   ...; `unmatched` for no route), method and status, and their latency per operation.
 - The embedder: jobs waiting in its queue, the size of each batch it encodes, texts embedded, and
   whether the model is loaded.
+- Whether rate limits are degraded: Redis configured but unreachable, so each process counts in
+  its own memory (or refuses, under `PERSONAIZER_RATE_LIMIT_ON_REDIS_FAILURE=closed`).
 - What is stored: documents, chunks and personas: three `count(*)`, each over a whole table,
   run by a scrape at most once per `STORED_COUNTS_TTL_S` per process. The endpoint is open to
   anyone on the network, so scraping it in a loop must not turn into a load on the database;
@@ -63,12 +65,20 @@ class EmbedderGauges(Protocol):
     on_batch: Callable[[int], None] | None
 
 
+class LimitGauges(Protocol):
+    """What the metrics read of the rate limiter."""
+
+    @property
+    def degraded(self) -> bool: ...
+
+
 class _LiveCollector(Collector):
     """Values read when scraped rather than kept up to date: the embedder's own counters and
-    queue, and the stored counts the last `Metrics.refresh` read."""
+    queue, the rate limiter's state, and the stored counts the last `Metrics.refresh` read."""
 
-    def __init__(self, embedder: EmbedderGauges) -> None:
+    def __init__(self, embedder: EmbedderGauges, limiter: LimitGauges | None) -> None:
         self.embedder = embedder
+        self.limiter = limiter
         self.stored: dict[str, int] = {}
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
@@ -88,6 +98,13 @@ class _LiveCollector(Collector):
             "Texts (chunks and queries) embedded since the process started.",
             value=embedder.stats.texts,
         )
+        if self.limiter is not None:
+            yield GaugeMetricFamily(
+                "personaizer_rate_limit_degraded",
+                "1 while the shared rate-limit storage (Redis) is unreachable: limits are "
+                "counted per process in memory, or API requests refused (policy closed).",
+                value=1 if self.limiter.degraded else 0,
+            )
         for name, value in self.stored.items():
             yield GaugeMetricFamily(
                 f"personaizer_stored_{name}", f"{name.capitalize()} stored, all users.", value=value
@@ -102,6 +119,7 @@ class Metrics:
         self,
         embedder: EmbedderGauges,
         *,
+        limiter: LimitGauges | None = None,
         clock: Callable[[], float] = time.monotonic,
         stored_counts_ttl_s: float = STORED_COUNTS_TTL_S,
     ) -> None:
@@ -130,7 +148,7 @@ class Metrics:
             buckets=BATCH_BUCKETS,
             registry=self.registry,
         )
-        self._live = _LiveCollector(embedder)
+        self._live = _LiveCollector(embedder, limiter)
         self.registry.register(self._live)
         embedder.on_batch = self.batch_size.observe
 

@@ -95,6 +95,111 @@ _RETRY_AFTER = {
 }
 
 
+_CHECK_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["status"],
+    "properties": {
+        "status": {"type": "string", "enum": ["ok", "degraded", "failing"]},
+        "reason": {"type": "string", "description": "Why it is not `ok`."},
+    },
+}
+_CHECKS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "Each check by name: `model`, `database`, `schema`, `rate_limits`.",
+    "additionalProperties": _CHECK_SCHEMA,
+}
+#: The health routes an orchestrator or load balancer polls (app/rest/system.py): no key, no
+#: rate limit. (`/healthz` predates them and stays as it was, undocumented here.)
+HEALTH_PATHS: dict[str, dict[str, Any]] = {
+    "/livez": {
+        "get": {
+            "operationId": "getLiveness",
+            "summary": "Whether the process answers",
+            "description": (
+                "Always 200 while the server's event loop runs: nothing else is checked, so an "
+                "outage of the database or Redis never gets a working process restarted. "
+                "No key, no rate limit."
+            ),
+            "tags": ["Health"],
+            "security": [],
+            "x-ratelimit-policy": "none",
+            "x-idempotent": True,
+            "responses": {
+                "200": {
+                    "description": "The process is alive.",
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["status"],
+                                "properties": {"status": {"type": "string", "const": "ok"}},
+                            }
+                        }
+                    },
+                }
+            },
+        }
+    },
+    "/readyz": {
+        "get": {
+            "operationId": "getReadiness",
+            "summary": "Whether the server should get traffic",
+            "description": (
+                "200 when the embedding model is loaded, the database answers (a ping reused "
+                "for a second), its schema is this build's, and rate limits work: Redis "
+                "answers, or is unreachable under `PERSONAIZER_RATE_LIMIT_ON_REDIS_FAILURE="
+                "open`, which is 200 with `status: degraded` and the reason in "
+                "`checks.rate_limits`. Otherwise 503, naming the failing checks. "
+                "No key, no rate limit."
+            ),
+            "tags": ["Health"],
+            "security": [],
+            "x-ratelimit-policy": "none",
+            "x-idempotent": True,
+            "responses": {
+                "200": {
+                    "description": "Ready (`ok`), or ready with a degraded dependency.",
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["status", "checks"],
+                                "properties": {
+                                    "status": {"type": "string", "enum": ["ok", "degraded"]},
+                                    "checks": _CHECKS_SCHEMA,
+                                },
+                            }
+                        }
+                    },
+                },
+                "503": {
+                    "description": (
+                        "Codes: `server.unavailable`. Not ready: the problem's `checks` names "
+                        "each check and why any fails."
+                    ),
+                    "x-error-codes": [Unavailable.code],
+                    "headers": {"X-Request-Id": _REQUEST_ID, "Retry-After": _RETRY_AFTER},
+                    "content": {
+                        "application/problem+json": {
+                            "schema": {
+                                "allOf": [
+                                    {"$ref": REF.format(model="Problem")},
+                                    {
+                                        "type": "object",
+                                        "required": ["checks"],
+                                        "properties": {"checks": _CHECKS_SCHEMA},
+                                    },
+                                ]
+                            }
+                        }
+                    },
+                },
+            },
+        }
+    },
+}
+
+
 def _models(operations: Sequence[Operation]) -> list[type[BaseModel]]:
     found: list[type[BaseModel]] = []
     for op in operations:
@@ -117,6 +222,7 @@ def build_openapi(operations: Sequence[Operation]) -> dict[str, Any]:
     for op in operations:
         path = op.path.replace(":str}", "}")
         paths.setdefault(path, {})[op.method.lower()] = _operation(op, refs)
+    paths.update(HEALTH_PATHS)
     return {
         "openapi": "3.1.0",
         "info": {

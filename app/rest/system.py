@@ -1,11 +1,25 @@
 """Unauthenticated routes: the landing page, health, the OpenAPI document and its rendering,
-problem types, and the operators' metrics."""
+problem types, and the operators' metrics.
+
+Health is three questions, none authenticated nor rate limited (docs/scaling.md has the table):
+
+- `GET /livez`: is the process alive (its event loop answers)? Always 200; a load balancer or
+  orchestrator restarts the process only when this fails.
+- `GET /readyz`: should it get traffic? 200 when the model is loaded, the database answers, its
+  schema is this build's, and rate limits work (Redis answers, or is down under the `open`
+  policy: 200 with `status: degraded` and the reason); 503 otherwise. Every check is named in
+  the body, with the reason of any that is not `ok`. The database ping is reused for
+  `PING_TTL_S`, so a poller in a loop costs the database at most one `SELECT 1` a second.
+- `GET /healthz`: the model and a database ping, as before (kept for existing probes).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markdown_it import MarkdownIt
@@ -17,6 +31,15 @@ from starlette.routing import Route
 
 from app.errors import ERRORS_BY_CODE, AppError, RouteNotFound, Unavailable
 from app.http.problems import problem_response
+from app.http.ratelimit import RateLimiter
+from app.services.runtime import Runtime
+
+#: Seconds /readyz reuses a database ping's outcome.
+PING_TTL_S = 1.0
+#: Seconds a /readyz database ping may take before it counts as a failure.
+PING_TIMEOUT_S = 2.0
+
+CheckStatus = Literal["ok", "degraded", "failing"]
 
 _templates = Environment(
     loader=FileSystemLoader(Path(__file__).parent / "templates"),
@@ -66,6 +89,87 @@ async def healthz(request: Request) -> Response:
     return problem_response(exc, request)
 
 
+class Readiness:
+    """What /readyz knows beyond a request: whether the lifespan has opened the database at
+    this build's schema (`schema`: None once it has, else why not), and the last database
+    ping. `clock` (monotonic seconds) is the tests' to turn."""
+
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.schema: str | None = "the database is not opened yet"
+        self._pinged: tuple[float, str | None] | None = None
+        # Probes arriving together wait for one ping instead of each running their own.
+        self._pinging = asyncio.Lock()
+
+    async def database(self, runtime: Runtime) -> str | None:
+        """None when the database answered a ping in the last `PING_TTL_S`, else why not."""
+        async with self._pinging:
+            if self._pinged is not None and self.clock() - self._pinged[0] < PING_TTL_S:
+                return self._pinged[1]
+            problem: str | None = None
+            try:
+                async with asyncio.timeout(PING_TIMEOUT_S):
+                    await runtime.db.ping()
+            except TimeoutError:
+                problem = f"no answer within {PING_TIMEOUT_S:g} s"
+            except Exception as exc:
+                problem = _reason(exc)
+            self._pinged = (self.clock(), problem)
+            return problem
+
+
+def _reason(exc: BaseException) -> str:
+    """The first line of what went wrong underneath (the driver's error, not only our 503)."""
+    cause = exc.__cause__ or exc
+    cause = getattr(cause, "orig", None) or cause
+    lines = str(cause).strip().splitlines() or [cause.__class__.__name__]
+    return lines[0]
+
+
+async def livez(request: Request) -> Response:
+    """The process answers: nothing else is checked, so a dependency's outage never gets a
+    healthy process restarted."""
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    state = request.app.state
+    runtime: Runtime = state.runtime
+    readiness: Readiness = state.readiness
+    limiter: RateLimiter = state.guard.limiter
+    checks: dict[str, dict[str, str]] = {}
+
+    def check(name: str, status: CheckStatus, reason: str | None = None) -> None:
+        checks[name] = (
+            {"status": status} if reason is None else {"status": status, "reason": reason}
+        )
+
+    embedder = runtime.embedder
+    if embedder.load_error is not None:
+        check("model", "failing", f"the model failed to load: {embedder.load_error}")
+    elif not embedder.ready:
+        check("model", "failing", "the model is loading")
+    else:
+        check("model", "ok")
+    problem = await readiness.database(runtime)
+    check("database", "ok" if problem is None else "failing", problem)
+    check("schema", "ok" if readiness.schema is None else "failing", readiness.schema)
+    limits = await limiter.check()
+    check("rate_limits", limits.status, limits.reason)
+
+    statuses = {c["status"] for c in checks.values()}
+    if "failing" not in statuses:
+        status = "degraded" if "degraded" in statuses else "ok"
+        return JSONResponse({"status": status, "checks": checks})
+    failing = "; ".join(
+        f"{name}: {c['reason']}" for name, c in checks.items() if c["status"] == "failing"
+    )
+    exc = Unavailable(
+        f"Not ready: {failing}.", extra={"checks": checks}, headers={"Retry-After": "5"}
+    )
+    return problem_response(exc, request)
+
+
 async def openapi_json(request: Request) -> Response:
     return JSONResponse(request.app.state.openapi)
 
@@ -81,6 +185,7 @@ async def metrics(request: Request) -> Response:
     state = request.app.state
     if not state.runtime.settings.metrics:
         return problem_response(RouteNotFound("Metrics are turned off on this server."), request)
+    await state.guard.limiter.check()  # the degraded gauge as of now, even with no traffic
     await state.metrics.refresh(state.runtime)
     return Response(state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
@@ -115,6 +220,8 @@ async def problem_index(request: Request) -> Response:
 ROUTES = [
     Route("/", index, methods=["GET"]),
     Route("/healthz", healthz, methods=["GET"]),
+    Route("/livez", livez, methods=["GET"]),
+    Route("/readyz", readyz, methods=["GET"]),
     Route("/metrics", metrics, methods=["GET"]),
     Route("/openapi.json", openapi_json, methods=["GET"]),
     Route("/docs", docs, methods=["GET"]),

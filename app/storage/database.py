@@ -44,12 +44,20 @@ from app.storage.migrations import SchemaError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Database", "Dialect", "SchemaError", "async_url"]
+__all__ = ["Database", "DatabaseUnreachable", "Dialect", "SchemaError", "async_url"]
 
 EMBEDDING_DIMS = 384
 Dialect = Literal["sqlite", "postgresql"]
 #: Seconds a client is asked to wait while the SQLite disk is full or read-only.
 UNWRITABLE_RETRY_AFTER_S = 5
+
+
+class DatabaseUnreachable(SchemaError):
+    """The database server cannot be reached (yet): refused, gone, starting up or full. A
+    server waits for it (`transient`, for callers that only see this error as a cause); a
+    database that answers but cannot be used stays a plain `SchemaError`, fatal at once."""
+
+    transient = True
 
 
 def async_url(url: str) -> URL:
@@ -240,8 +248,15 @@ class Database:
                 return await self._migrate_sqlite()
             return await self._migrate_postgres()
         except (OperationalError, InterfaceError, OSError) as exc:
-            raise SchemaError(f"cannot open the database {self.where}: {_reason(exc)}") from exc
+            # A PostgreSQL server may be down for a while; a SQLite file that cannot be opened
+            # (permissions, a folder in its place) will not mend itself.
+            error = DatabaseUnreachable if self.dialect == "postgresql" else SchemaError
+            raise error(f"cannot open the database {self.where}: {_reason(exc)}") from exc
         except DBAPIError as exc:
+            if self.dialect == "postgresql" and postgres_driver.is_disconnect(exc):
+                raise DatabaseUnreachable(
+                    f"cannot open the database {self.where}: {_reason(exc)}"
+                ) from exc
             raise SchemaError(f"{self.where} cannot be used as a database: {_reason(exc)}") from exc
 
     async def _migrate_sqlite(self) -> migrations.State:

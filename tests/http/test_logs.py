@@ -11,7 +11,13 @@ import json
 import logging
 import re
 
-from app.http.logs import JsonFormatter, RequestIdFilter, TextFormatter
+from app.http.logs import (
+    JsonFormatter,
+    RepeatFilter,
+    RepeatLimiter,
+    RequestIdFilter,
+    TextFormatter,
+)
 
 #: Every character str.splitlines() (and so many a log reader) takes for a line end, and more
 #: control characters a terminal acts on.
@@ -75,3 +81,39 @@ def test_json_lines_escape_every_line_break() -> None:
         line = json.loads(lines[0])
         assert HOSTILE in line["message"]
         assert not exc or HOSTILE in line["exception"]
+
+
+def test_a_repeated_warning_is_logged_once_per_window_with_a_count() -> None:
+    """The same logger, level and message (whatever its arguments) passes once per window;
+    the first after the window says how many were held back. Other messages, and INFO lines
+    (the access log), pass as they are."""
+    now = [0.0]
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(RepeatFilter(RepeatLimiter(every_s=10, clock=lambda: now[0])))
+    handler.addFilter(RequestIdFilter())
+    handler.setFormatter(TextFormatter())
+    logger = logging.getLogger("tests.http.test_logs.repeats")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    try:
+        for i in range(100):
+            logger.warning("database unavailable: %s", f"refused {i}")
+            logger.info("GET /api %d", i)
+        logger.warning("something else")
+        logger.error("database unavailable: %s", "an error is its own key")
+        now[0] = 10.0
+        logger.warning("database unavailable: %s", "still refused")
+        logger.warning("database unavailable: %s", "and again")
+    finally:
+        logger.removeHandler(handler)
+    lines = stream.getvalue().splitlines()
+    warnings = [line.split(": ", 1)[1] for line in lines if " INFO " not in line]
+    assert warnings == [
+        "database unavailable: refused 0",
+        "something else",
+        "database unavailable: an error is its own key",
+        "database unavailable: still refused (99 more like this suppressed since the last)",
+    ]
+    assert sum(" INFO " in line for line in lines) == 100

@@ -298,12 +298,34 @@ async def test_redis_shares_the_count_between_processes(
 
 
 @pytest.mark.redis
-async def test_redis_down_answers_503(make_app: AppFactory) -> None:
-    """A configured but unreachable Redis refuses requests rather than letting them through
-    unlimited."""
-    app = await make_app(redis_url=f"redis://127.0.0.1:{servers.free_port()}/0")
+async def test_redis_down_answers_503_when_the_policy_is_closed(make_app: AppFactory) -> None:
+    """Under PERSONAIZER_RATE_LIMIT_ON_REDIS_FAILURE=closed a configured but unreachable Redis
+    refuses requests rather than letting them through limited per process."""
+    app = await make_app(
+        redis_url=f"redis://127.0.0.1:{servers.free_port()}/0",
+        rate_limit_on_redis_failure="closed",
+    )
     key = await new_key(app)
     async with client_for(app, **{"X-Api-Key": key}) as api:
         r = await api.get(PERSONAS)
         assert_problem(r, 503, "server.unavailable")
         assert r.headers["retry-after"] == "5"
+
+
+@pytest.mark.redis
+async def test_redis_down_limits_each_process_at_its_share(make_app: AppFactory) -> None:
+    """By default (policy open) an unreachable Redis does not stop the API: each process counts
+    in memory at 1/PERSONAIZER_RATE_LIMIT_PROCESSES of the budget, and says so in its headers."""
+    app = await make_app(
+        redis_url=f"redis://127.0.0.1:{servers.free_port()}/0",
+        rate_limit_processes=2,
+        plans={"small": small_plan("small", writes=6)},
+    )
+    key = await new_key(app, plan="small")
+    async with client_for(app, **{"X-Api-Key": key}) as api:
+        for i in range(3):
+            r = await api.delete(doc("x"))
+            assert r.status_code == 204, r.text
+            assert r.headers["ratelimit-policy"] == '"writes";q=3;w=60'
+            assert ratelimit(r)[1] == 2 - i
+        assert_refused(await api.delete(doc("x")))
