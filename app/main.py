@@ -109,6 +109,7 @@ def model_loader(settings: Settings) -> Callable[[], Model]:
         return partial(
             OnnxModel,
             settings.encoder_cache_path,
+            model_dir=settings.encoder_model_dir,
             threads=settings.encoder_threads,
             urgent_threads=settings.encoder_query_thread_count,
         )

@@ -183,6 +183,10 @@ class Settings(BaseSettings):
     #: (`$XDG_CACHE_HOME/personaizer`, else `~/.cache/personaizer`), shared by every data dir,
     #: or `<data_dir>/cache` when that cannot be written.
     encoder_cache_dir: Path | None = None
+    #: An exported model made ahead of time (`python -m app.embedding.onnx_export DIR`): the onnx
+    #: encoder runs from it, checked and never exported, so neither torch nor a cache is needed
+    #: (the Docker image). Unset: a one-file build's own model, else the cache above.
+    encoder_model_dir: Path | None = None
     #: The onnx encoder's threads (0: one per physical core). One leaves the other cores to the
     #: event loop and measured fastest for single queries on 2 cores; more help bulk writes on
     #: larger machines. (The torch encoder follows torch's own setting, OMP_NUM_THREADS.)

@@ -24,3 +24,5 @@ fi
 # The layer contract ([tool.importlinter] in pyproject.toml; docs/decisions.md, "The code's layout").
 .venv/bin/lint-imports --no-logo
 HF_HUB_OFFLINE=1 .venv/bin/python -m pytest "$@"
+# The one-file binary, built and smoke-tested as a user runs it (bare environment, empty folder).
+bash scripts/test_binary.sh

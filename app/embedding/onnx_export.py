@@ -12,6 +12,13 @@ and L2 normalisation as one graph. That takes seconds, so the result is cached a
 - the file is written under a temporary name and renamed into place, so no process ever reads
   half of it; an exclusive lock keeps concurrent starts (`serve --workers N`) from exporting N
   times: the others wait, then read the one file.
+
+A model directory (`write_model_dir`, `python -m app.embedding.onnx_export DIR`) is the same
+graph made ahead of time, for a runtime without torch (the one-file binary, the Docker image):
+the graph, the tokenizer and a manifest naming the graph's sha256. It is read by
+`read_model_dir`, which checks the manifest and the digest and never exports: a damaged or
+mismatched directory is an error (`ModelDirError`), since where it is used there is nothing to
+export with.
 """
 
 from __future__ import annotations
@@ -21,15 +28,19 @@ import fcntl
 import functools
 import hashlib
 import importlib
+import json
 import logging
 import os
+import shutil
+import sys
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from app.embedding.chunking import model_path
+from app.embedding.chunking import bundled_model_dir, model_path, tokenizer_file
 from app.files import private_dir
 
 log = logging.getLogger(__name__)
@@ -45,6 +56,29 @@ INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 #: Not "embedding": the exporter names a node after BERT's embedding module, and an output of
 #: the same name makes a graph ONNX Runtime refuses.
 OUTPUT = "sentence_embedding"
+#: A model directory's manifest, graph and tokenizer file names.
+MANIFEST = "personaizer-model.json"
+GRAPH = "model.onnx"
+TOKENIZER = "tokenizer.json"
+#: The modules an export imports (none of them is needed to run an exported graph).
+EXPORT_MODULES = ("torch", "transformers", "onnx", "onnxscript")
+
+#: Where a loaded graph came from: a model directory made ahead of time, the cache, or an
+#: export by this very load.
+Source = Literal["bundled", "cache", "exported now"]
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedGraph:
+    data: bytes
+    source: Source
+    #: The file read (the model directory's graph, or the cache file; None: exported in memory).
+    path: Path | None
+
+
+class ModelDirError(RuntimeError):
+    """A model directory cannot be used: missing, damaged or made for another graph. The
+    message is one line for the operator."""
 
 
 def load_or_export(cache_dir: Path) -> tuple[bytes, bool]:
@@ -77,6 +111,92 @@ def load_or_export(cache_dir: Path) -> tuple[bytes, bool]:
         except OSError as exc:
             log.warning("could not cache the ONNX model in %s: %s", cache_dir, exc)
         return data, True
+
+
+def load_graph(cache_dir: Path, model_dir: Path | None) -> LoadedGraph:
+    """The graph from `model_dir` when given (checked, never exported), else from the cache
+    (exported into it when missing)."""
+    if model_dir is not None:
+        return LoadedGraph(read_model_dir(model_dir), "bundled", model_dir / GRAPH)
+    data, exported = load_or_export(cache_dir)
+    if exported:
+        return LoadedGraph(data, "exported now", _cached_path(cache_dir, data))
+    return LoadedGraph(data, "cache", _cached_path(cache_dir, data))
+
+
+def _cached_path(cache_dir: Path, data: bytes) -> Path | None:
+    path = cache_dir / f"{_prefix()}{hashlib.sha256(data).hexdigest()[:16]}.onnx"
+    return path if path.exists() else None
+
+
+def resolve_model_dir(configured: Path | None) -> Path | None:
+    """The model directory to run from: the configured one (`PERSONAIZER_ENCODER_MODEL_DIR`),
+    else a one-file build's own; None: the cache (and an export when it is empty)."""
+    return configured if configured is not None else bundled_model_dir()
+
+
+def read_model_dir(model_dir: Path) -> bytes:
+    """The graph of a model directory, after checking that it is whole and made for this
+    version's graph (`EXPORT_VERSION`). Raises `ModelDirError`."""
+    try:
+        manifest = json.loads((model_dir / MANIFEST).read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ModelDirError(f"no exported model in {model_dir} ({MANIFEST} is missing)") from exc
+    except (OSError, ValueError) as exc:
+        raise ModelDirError(
+            f"the model manifest {model_dir / MANIFEST} is unreadable: {exc}"
+        ) from exc
+    if not isinstance(manifest, dict) or manifest.get("export_version") != EXPORT_VERSION:
+        found = manifest.get("export_version") if isinstance(manifest, dict) else None
+        raise ModelDirError(
+            f"the model in {model_dir} was exported for graph version {found}, this build "
+            f"runs version {EXPORT_VERSION}: export it again (python -m app.embedding.onnx_export)"
+        )
+    if not (model_dir / TOKENIZER).is_file():
+        raise ModelDirError(f"the model in {model_dir} is damaged: {TOKENIZER} is missing")
+    try:
+        data = (model_dir / GRAPH).read_bytes()
+    except OSError as exc:
+        raise ModelDirError(
+            f"the model in {model_dir} is damaged: {GRAPH}: {exc.strerror or exc}"
+        ) from exc
+    if hashlib.sha256(data).hexdigest() != manifest.get("sha256"):
+        raise ModelDirError(
+            f"the model in {model_dir} is damaged: {GRAPH} does not match its recorded sha256"
+        )
+    return data
+
+
+def write_model_dir(target: Path) -> Path:
+    """Export the graph into `target` with the tokenizer and the manifest (what a torch-free
+    runtime loads with `read_model_dir`). The manifest is written last: a directory cut short
+    has none, and is refused rather than half-read."""
+    target.mkdir(parents=True, exist_ok=True)
+    (target / MANIFEST).unlink(missing_ok=True)
+    weights = model_path() / "model.safetensors"
+    data = export_onnx(model_path())
+    (target / GRAPH).write_bytes(data)
+    shutil.copyfile(tokenizer_file(), target / TOKENIZER)
+    manifest = {
+        "model": STEM,
+        "export_version": EXPORT_VERSION,
+        "opset": OPSET,
+        "source_key": source_key(weights),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "bytes": len(data),
+    }
+    (target / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    read_model_dir(target)
+    return target
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`python -m app.embedding.onnx_export DIR`: write a model directory (build time)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 1 or args[0].startswith("-"):
+        sys.exit("usage: python -m app.embedding.onnx_export TARGET_DIR")
+    target = write_model_dir(Path(args[0]))
+    print(f"exported {STEM} to {target} ({(target / GRAPH).stat().st_size / 1e6:.1f} MB)")
 
 
 def cached_files(cache_dir: Path) -> list[Path]:
@@ -236,3 +356,7 @@ def _quiet() -> Iterator[None]:
             logger.setLevel(level)
         if bars:
             hf_logging.enable_progress_bar()
+
+
+if __name__ == "__main__":
+    main()

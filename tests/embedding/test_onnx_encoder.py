@@ -250,7 +250,7 @@ def test_onnx_is_the_default_with_one_cache_for_every_data_dir(
     loader = model_loader(one)
     assert isinstance(loader, functools.partial) and loader.func is OnnxModel
     assert loader.args == (tmp_path / "xdg" / "personaizer",)
-    assert loader.keywords == {"threads": 1, "urgent_threads": usable_cores()}
+    assert loader.keywords == {"model_dir": None, "threads": 1, "urgent_threads": usable_cores()}
 
     # An explicit directory wins; torch is still one setting away.
     chosen = Settings(data_dir=tmp_path / "one", encoder_cache_dir=tmp_path / "mine")
@@ -397,3 +397,26 @@ def test_a_cache_for_other_weights_is_not_used(
     loaded = OnnxModel(cache)
     assert loaded.exported and export.calls == 1
     assert foreign.exists()
+
+
+# --- a model directory (the torch-free runtime) -------------------------------------------
+
+
+def test_a_model_directory_runs_without_exporting_and_refuses_damage(
+    onnx_model: OnnxModel, onnx_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Made ahead of time, it is read (never exported into, never the cache) and gives the
+    cache's vectors; a changed byte of the graph is refused in one line, not re-exported."""
+    monkeypatch.setattr(onnx_export, "export_onnx", CountingExport(onnx_cache))
+    made = onnx_export.write_model_dir(tmp_path / "model")
+    monkeypatch.setattr(onnx_export, "export_onnx", _refuse_export)
+    loaded = OnnxModel(tmp_path / "no-cache", model_dir=made)
+    assert loaded.source == "bundled" and not loaded.exported
+    assert not (tmp_path / "no-cache").exists()
+    assert np.allclose(loaded.encode(TEXTS[:8]), onnx_model.encode(TEXTS[:8]), atol=1e-6)
+    graph = made / onnx_export.GRAPH
+    data = bytearray(graph.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    graph.write_bytes(bytes(data))
+    with pytest.raises(onnx_export.ModelDirError, match="damaged"):
+        OnnxModel(tmp_path / "no-cache", model_dir=made)
