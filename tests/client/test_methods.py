@@ -38,6 +38,10 @@ def test_same_parameters_same_answers_each_in_its_own_kind() -> None:
         awaiting = getattr(AsyncClient, RENAMED.get(name, name))
         assert parameters(blocking) == parameters(awaiting), name
         assert inspect.getdoc(blocking) == inspect.getdoc(awaiting), name
+        if isinstance(inspect.getattr_static(Client, name), staticmethod):
+            # Offline helpers (mint_token) send nothing: the same function on both clients.
+            assert awaiting is blocking, name
+            continue
         assert not inspect.iscoroutinefunction(blocking), name
 
         answers = inspect.signature(blocking).return_annotation
