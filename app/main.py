@@ -20,6 +20,7 @@ from app.embedding.embedder import Embedder, LocalModel, Model
 from app.errors import Unavailable
 from app.graphql.view import explorer_routes, graphql_route
 from app.http.guard import Guard
+from app.http.keycors import KeyCorsMiddleware
 from app.http.metrics import Metrics
 from app.http.middleware import RequestContextMiddleware
 from app.http.problems import problem_response
@@ -212,6 +213,7 @@ def create_app(
         middleware=[
             Middleware(SecurityHeadersMiddleware),
             Middleware(RequestContextMiddleware, metrics=metrics),
+            Middleware(KeyCorsMiddleware, server_origins=settings.cors_origins),
             *_cors(settings),
             Middleware(UntilOpen, readiness=readiness),
         ],

@@ -98,11 +98,11 @@ Info: TypeAlias = strawberry.Info[Context, None]
 
 async def get_context(request: Request) -> Context:
     """Authenticate the caller (as REST does, before anything else) and set up the request's
-    loaders. Raises `Unauthorized` or `RateLimited` (too many failed attempts)."""
+    loaders. Raises `Unauthorized` or `RateLimited` (too many failed attempts). Scopes are
+    checked per field (`app.graphql.scopes`), not here."""
     runtime: Runtime = request.app.state.runtime
     guard: Guard = request.app.state.guard
     principal = await guard.authenticate(request)
-    guard.require_unrestricted(principal, "GraphQL")
     return Context(
         request=request,
         runtime=runtime,

@@ -22,6 +22,7 @@ from app.graphql.pages import (
     Page,
     page_query,
 )
+from app.graphql.scopes import NeedsScope
 from app.models import (
     PERSONA_DESCRIPTION_MAX,
     PERSONA_GREETING_MAX,
@@ -72,7 +73,9 @@ class PersonaType:
         description="The external_ids of the attached documents, sorted.",
     )
     knowledge: KnowledgeDocPage = strawberry.field(
-        resolver=_knowledge, description="The attached documents, ordered by external_id."
+        resolver=_knowledge,
+        description="The attached documents, ordered by external_id.",
+        extensions=[NeedsScope()],  # the documents themselves: docs:read
     )
 
     @classmethod

@@ -24,6 +24,7 @@ from app.graphql import subscription as subscription_types
 from app.graphql.document_limits import DocumentGuards
 from app.graphql.errors import is_unexpected
 from app.graphql.scalars import SCALARS
+from app.graphql.scopes import NeedsScope
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +34,17 @@ MAX_TOKENS = 5000
 
 
 def _query(resolver: Callable[..., Any]) -> Any:
-    # The resolver's docstring is the field's description in the SDL.
-    return strawberry.field(resolver=resolver, description=inspect.getdoc(resolver))
+    # The resolver's docstring is the field's description in the SDL; every root field checks
+    # the key scope `app.graphql.scopes.FIELD_SCOPES` gives it before it runs.
+    return strawberry.field(
+        resolver=resolver, description=inspect.getdoc(resolver), extensions=[NeedsScope()]
+    )
 
 
 def _mutation(resolver: Callable[..., Any]) -> Any:
-    return strawberry.mutation(resolver=resolver, description=inspect.getdoc(resolver))
+    return strawberry.mutation(
+        resolver=resolver, description=inspect.getdoc(resolver), extensions=[NeedsScope()]
+    )
 
 
 @strawberry.type

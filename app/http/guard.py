@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from starlette.requests import HTTPConnection
 
-from app.errors import InsufficientScope, OriginNotAllowed, Unauthorized
+from app.errors import OriginNotAllowed, Unauthorized
 from app.http.keylimits import KeyLimiter
 from app.http.proxies import client_address
 from app.http.ratelimit import Policy, RateLimiter
-from app.models import SCOPES, Scope
+from app.models import Scope
 from app.services import accounts
 from app.services.runtime import Principal, Runtime, period_key
 
@@ -61,16 +61,6 @@ class Guard:
         if origin.lower() not in principal.allowed_origins:
             raise OriginNotAllowed(f"This key may not be used from the origin {origin!r}.")
         request.scope.setdefault("state", {})[KEY_ORIGIN_STATE] = origin
-
-    def require_unrestricted(self, principal: Principal, door: str) -> None:
-        """Until GraphQL and MCP check scopes per field and per tool, a restricted key or a
-        tenant token is refused there as a whole (fail closed) rather than let through."""
-        if principal.via_token or principal.persona_ids is not None or principal.scopes != set(
-            SCOPES
-        ):
-            raise InsufficientScope(
-                f"Restricted keys and tenant tokens cannot use {door} yet; use the REST API."
-            )
 
     def require(self, principal: Principal, scope: Scope) -> None:
         """403 auth.insufficient_scope unless the key (or token) has `scope`."""

@@ -29,6 +29,7 @@ from app.http import intake
 from app.http.guard import Guard
 from app.http.problems import problem_response
 from app.http.ratelimit import Policy
+from app.models import Scope as KeyScope
 from app.services.runtime import Principal, Runtime
 from app.settings import Settings
 
@@ -64,6 +65,23 @@ POLICIES: dict[str, Policy] = {
     "list_personas": "reads",
     "get_persona": "reads",
 }
+
+#: Each tool's key scope: its REST twin's (API.md section 12). A tool outside the caller's scopes
+#: is left out of `tools/list` and refused if called (`app.mcp.errors.gate`); persona
+#: restrictions and a token's forced metadata are applied by the services the tools call.
+SCOPES: dict[str, KeyScope] = {
+    "search_knowledge": "search",
+    "get_document": "docs:read",
+    "list_personas": "personas:read",
+    "get_persona": "personas:read",
+}
+
+
+def may_use(principal: Principal, tool: str) -> bool:
+    """Whether the caller's scopes admit `tool` (an unknown tool: yes, the SDK refuses it)."""
+    scope = SCOPES.get(tool)
+    return scope is None or scope in principal.scopes
+
 
 #: JSON values and arrays in one MCP message, far below REST's (`strict_json.MAX_VALUES`,
 #: `strict_json.MAX_ARRAYS`): the SDK parses the bytes again, on the event loop, once the edge has let
@@ -150,7 +168,6 @@ class McpEdge:
                 )
             guard: Guard = request.app.state.guard
             principal = await guard.authenticate(request)
-            guard.require_unrestricted(principal, "MCP")
             raw, headers, refused = await self._take(request, guard, principal)
         except AppError as exc:
             await problem_response(exc, request)(scope, receive, send)

@@ -17,13 +17,19 @@ from typing import Any
 from mcp.server import ServerRequestContext
 from mcp.server.context import CallNext, HandlerResult
 from mcp.server.mcpserver import Context
-from mcp_types import CallToolResult, TextContent
+from mcp_types import CallToolResult, ListToolsResult, TextContent
 from pydantic import BaseModel, ValidationError
 
-from app.errors import AppError, InternalError, RouteNotFound, ValidationFailed
+from app.errors import (
+    AppError,
+    InsufficientScope,
+    InternalError,
+    RouteNotFound,
+    ValidationFailed,
+)
 from app.http.problems import problem_body
 from app.http.validation import from_validation_error
-from app.mcp.edge import PATH, POLICIES, caller_of
+from app.mcp.edge import PATH, POLICIES, SCOPES, caller_of, may_use
 from app.services.runtime import Principal, Runtime
 
 log = logging.getLogger(__name__)
@@ -43,13 +49,20 @@ def error_result(exc: AppError) -> CallToolResult:
 
 async def gate(ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
     """SDK middleware: a `tools/call` the edge found over its limit is answered as a tool result
-    (so an agent reads `retry_after`), and the SDK's own refusals of a call get a code."""
+    (so an agent reads `retry_after`), and the SDK's own refusals of a call get a code. The
+    caller's scopes decide which tools `tools/list` shows and which calls run."""
+    if ctx.method == "tools/list":
+        return _visible(caller_of(ctx.request).principal, await call_next(ctx))
     if ctx.method != "tools/call" or ctx.request_id is None:
         return await call_next(ctx)
     name = str((ctx.params or {}).get("name"))
     caller = caller_of(ctx.request)
     if caller.refused is not None:  # the edge charges every message; this one was over
         return error_result(caller.refused)
+    if not may_use(caller.principal, name):
+        return error_result(
+            InsufficientScope(f"This key does not have the {SCOPES[name]} scope for {name}.")
+        )
     result = await call_next(ctx)
     wire = result.model_dump(by_alias=True) if isinstance(result, BaseModel) else result
     if isinstance(wire, dict) and wire.get("isError") and wire.get("structuredContent") is None:
@@ -61,6 +74,23 @@ async def gate(ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> Hand
         if name not in POLICIES:
             return error_result(RouteNotFound(f"No tool {name!r}."))
         return error_result(ValidationFailed(text or "The arguments do not fit the tool."))
+    return result
+
+
+def _visible(principal: Principal, result: HandlerResult) -> HandlerResult:
+    """A `tools/list` answer without the tools the caller may not call: an agent is not
+    offered what would only be refused."""
+    if isinstance(result, ListToolsResult):
+        return result.model_copy(
+            update={"tools": [t for t in result.tools if may_use(principal, t.name)]}
+        )
+    if isinstance(result, dict) and isinstance(result.get("tools"), list):
+        tools = [
+            t
+            for t in result["tools"]
+            if not isinstance(t, dict) or may_use(principal, str(t.get("name")))
+        ]
+        return {**result, "tools": tools}
     return result
 
 

@@ -150,7 +150,10 @@ class PersonaForAgent(PersonaPublic):
     """A persona as `get_persona` answers it: with the titles of its attached documents."""
 
     documents: list[AttachedDocument] = Field(
-        description=f"The attached documents by external_id, the first {MAX_LIMIT}."
+        description=(
+            f"The attached documents by external_id, the first {MAX_LIMIT}; empty for a key "
+            "without docs:read (knowledge_external_ids still names them)."
+        )
     )
 
 
@@ -165,13 +168,16 @@ async def get_persona(
         persona = await personas.get_persona(
             runtime=runtime, principal=principal, persona_id=persona_id
         )
-        pages = await personas.knowledge_for_personas(
-            runtime=runtime, principal=principal, persona_ids=[persona.id], limit=MAX_LIMIT
-        )
-        documents = [
-            AttachedDocument(external_id=d.external_id, title=d.title, char_count=d.char_count)
-            for d in pages[persona.id].items
-        ]
+        documents: list[AttachedDocument] = []
+        # Titles and sizes are the documents' own data: REST shows them to docs:read only.
+        if "docs:read" in principal.scopes:
+            pages = await personas.knowledge_for_personas(
+                runtime=runtime, principal=principal, persona_ids=[persona.id], limit=MAX_LIMIT
+            )
+            documents = [
+                AttachedDocument(external_id=d.external_id, title=d.title, char_count=d.char_count)
+                for d in pages[persona.id].items
+            ]
         return PersonaForAgent(**persona.model_dump(), documents=documents)
 
     return await answer(ctx, work)

@@ -1,0 +1,99 @@
+"""Restricted keys and tenant tokens through MCP (API.md section 12): a tool outside the
+caller's scopes is not listed and is refused with the REST code if called anyway; persona
+restrictions and a token's forced metadata hold as in REST."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+
+from app.client import Client
+from app.mcp.edge import POLICIES, SCOPES
+from tests.conftest import AppFactory, client_for
+from tests.mcp.test_edge import HEADERS, LIST_TOOLS
+from tests.rest.test_scopes import restricted, seed
+
+pytestmark = pytest.mark.anyio
+
+ARGUMENTS: dict[str, dict[str, Any]] = {
+    "search_knowledge": {"query": "gardening", "mode": "keyword"},
+    "get_document": {"external_id": "doc-a"},
+    "list_personas": {},
+    "get_persona": {"persona_id": "set by the test"},
+}
+
+
+def test_every_tool_has_a_scope() -> None:
+    assert set(SCOPES) == set(POLICIES)
+
+
+async def tools(api: httpx.AsyncClient) -> set[str]:
+    r = await api.post("/mcp", json=LIST_TOOLS, headers=HEADERS)
+    assert r.status_code == 200, r.text
+    return {t["name"] for t in r.json()["result"]["tools"]}
+
+
+async def call(api: httpx.AsyncClient, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    message = {
+        "jsonrpc": "2.0",
+        "id": 2,
+        "method": "tools/call",
+        "params": {"name": name, "arguments": arguments},
+    }
+    r = await api.post("/mcp", json=message, headers=HEADERS)
+    assert r.status_code == 200, r.text
+    result: dict[str, Any] = r.json()["result"]
+    return result
+
+
+def refused(result: dict[str, Any]) -> bool:
+    return bool(result.get("isError")) and result["structuredContent"]["code"] == (
+        "auth.insufficient_scope"
+    )
+
+
+@pytest.fixture
+async def app(make_app: AppFactory) -> Starlette:
+    return await make_app(allowed_hosts=["testserver"])
+
+
+async def test_each_tool_needs_its_scope(app: Starlette) -> None:
+    a, _ = await seed(app)
+    arguments = {**ARGUMENTS, "get_persona": {"persona_id": a}}
+    for scope in ("docs:read", "personas:read", "search", "docs:write", "usage:read"):
+        key = (await restricted(app, scopes=[scope])).key
+        async with client_for(app, **{"X-Api-Key": key}) as api:
+            allowed = {t for t, s in SCOPES.items() if s == scope}
+            assert await tools(api) == allowed
+            for name, args in arguments.items():
+                result = await call(api, name, args)
+                if name in allowed:
+                    assert not result.get("isError"), (scope, name, result)
+                else:
+                    assert refused(result), (scope, name, result)
+
+
+async def test_persona_restrictions_and_token_metadata_hold(app: Starlette) -> None:
+    a, b = await seed(app)
+    key = await restricted(app, scopes=["search", "personas:read"], persona_ids=[a])
+    assert key.signing_secret
+    async with client_for(app, **{"X-Api-Key": key.key}) as api:
+        hits = (await call(api, "search_knowledge", ARGUMENTS["search_knowledge"]))
+        assert [h["external_id"] for h in hits["structuredContent"]["results"]] == ["doc-a"]
+        assert refused(await call(api, "get_persona", {"persona_id": b}))
+        persona = (await call(api, "get_persona", {"persona_id": a}))["structuredContent"]
+        assert persona["knowledge_external_ids"] == ["doc-a"]
+        assert persona["documents"] == []  # titles and sizes are docs:read
+        listed = (await call(api, "list_personas", {}))["structuredContent"]
+        assert [p["id"] for p in listed["items"]] == [a]
+    token = Client.mint_token(
+        key=key.key, signing_secret=key.signing_secret, metadata={"tenant": "nobody"}
+    )
+    async with client_for(app, **{"X-Api-Key": token}) as api:
+        assert await tools(api) == {"search_knowledge", "list_personas", "get_persona"}
+        hits = await call(api, "search_knowledge", ARGUMENTS["search_knowledge"])
+        assert hits["structuredContent"]["results"] == []  # the forced metadata matches nothing
+        assert refused(await call(api, "get_document", ARGUMENTS["get_document"]))
