@@ -12,6 +12,7 @@ from pathlib import Path
 from app.client import DocInput
 from app.sync.extract import Unreadable, extract_data, read_bytes
 from app.sync.ids import external_id_for
+from app.text import plural
 
 #: `metadata.synced_by` of every document sync uploads; `--prune` touches no other document.
 SYNCED_BY = "personaizer-sync"
@@ -27,9 +28,29 @@ class Skipped:
     reason: str
     #: The file is still there (too large, unreadable): `--prune` must keep its document.
     external_id: str | None = None
+    #: The reason without what is particular to this file (`detail`): what skips are grouped
+    #: by. None: the reason itself.
+    group: str | None = None
+    detail: str | None = None
 
     def __str__(self) -> str:
         return f"{self.path}: {self.reason}"
+
+
+def skip_groups(skipped: list[Skipped], *, names: int | None = 5) -> list[str]:
+    """The skipped files as one line per reason, most frequent first, each with its count and
+    the files (the first `names` of them; None: all). A long reason, such as the list of
+    supported types, is printed once, however many files it left out."""
+    groups: dict[str, list[Skipped]] = {}
+    for s in skipped:
+        groups.setdefault(s.group or s.reason, []).append(s)
+    lines = []
+    for reason, files in sorted(groups.items(), key=lambda g: -len(g[1])):
+        shown = [f"{s.path} ({s.detail})" if s.detail else s.path for s in files[:names]]
+        if len(files) > len(shown):
+            shown.append(f"and {len(files) - len(shown)} more")
+        lines.append(f"{reason} ({plural(len(files), 'file')}): {', '.join(shown)}")
+    return lines
 
 
 @dataclass
@@ -151,7 +172,7 @@ def collect(
                 continue
             found = extract_data(path.name, data)
         except Unreadable as exc:
-            folder.skipped.append(Skipped(rel, str(exc), ext_id))
+            folder.skipped.append(Skipped(rel, str(exc), ext_id, group=exc.group))
             continue
         except OSError as exc:
             folder.skipped.append(Skipped(rel, f"cannot read: {exc.strerror or exc}", ext_id))
@@ -162,6 +183,8 @@ def collect(
                     rel,
                     f"{len(found.text):,} characters, over the plan's doc_chars of {doc_chars:,}",
                     ext_id,
+                    group=f"over the plan's doc_chars of {doc_chars:,}",
+                    detail=f"{len(found.text):,} characters",
                 )
             )
             continue
