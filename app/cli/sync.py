@@ -35,6 +35,15 @@ def sync(
     batch_chars: Annotated[
         int, typer.Option(min=1, help="Characters per upload request, at most.")
     ] = DEFAULT_BATCH_CHARS,
+    exclude: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--exclude",
+            metavar="GLOB",
+            help="Leave out files matching GLOB (gitignore syntax; repeatable). A "
+            ".personaizerignore file at the folder's root is read too.",
+        ),
+    ] = None,
     verbose: Annotated[
         bool,
         typer.Option("--verbose", "-v", help="Name every changed document and skipped file."),
@@ -65,6 +74,7 @@ def sync(
                 source=source,
                 prune=prune,
                 strict=strict,
+                exclude=exclude or (),
                 max_chars=batch_chars,
                 progress=progress,
             )

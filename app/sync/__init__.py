@@ -7,6 +7,8 @@ becomes one document of the *source* (`--source`, by default the folder's name):
 - `title` is the document's own, one function per type in app/sync/extract.py (front matter
   or heading outside code in Markdown, section title in reStructuredText, `<title>` then `<h1>`
   in HTML, properties then a heading in PDF and DOCX), else the file name without extension;
+- files matching an `--exclude` glob or the folder's `.personaizerignore` (gitignore syntax)
+  are skipped, each with the rule that excluded it;
 - `metadata` is `{"source": <source>, "path": <relative path>, "synced_by": "personaizer-sync"}`.
 
 Batches are cut by count and by characters, so no request embeds for minutes; each batch
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -103,6 +105,7 @@ async def sync_folder(
     source: str | None = None,
     prune: bool = False,
     strict: bool = False,
+    exclude: Sequence[str] = (),
     max_chars: int = DEFAULT_BATCH_CHARS,
     progress: Progress | None = None,
 ) -> SyncReport:
@@ -113,6 +116,7 @@ async def sync_folder(
         root,
         source=name,
         doc_chars=limits.doc_chars,
+        exclude=exclude,
         on_file=progress.reading if progress is not None else None,
     )
     report = SyncReport(source=name, skipped=folder.skipped)

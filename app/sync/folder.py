@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import re
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import pathspec
 
 from app.client import DocInput
 from app.sync.extract import Unreadable, extract_data, read_bytes
@@ -68,26 +70,74 @@ class Folder:
         }
 
 
-def _files(root: Path, skipped: list[Skipped]) -> list[tuple[Path, tuple[int, int]]]:
+#: At the folder's root: files left out, in gitignore's syntax (globs, `**`, a trailing `/` for
+#: folders, `!` to take one back, `#` comments).
+IGNORE_FILE = ".personaizerignore"
+
+
+class Rules:
+    """What the operator left out: each `--exclude GLOB`, then the folder's IGNORE_FILE. Each
+    excluded path is reported with the rule that excluded it. An excluded folder is not entered
+    (as in git, a `!` cannot take back a file inside an excluded folder)."""
+
+    def __init__(self, root: Path, exclude: Sequence[str] = ()) -> None:
+        self.rules: list[tuple[str, pathspec.GitIgnoreSpec]] = []
+        for glob in exclude:
+            try:
+                spec = pathspec.GitIgnoreSpec.from_lines([glob])
+            except ValueError as exc:
+                raise SyncError(f"--exclude {glob!r}: {exc}") from exc
+            self.rules.append((f"excluded by --exclude {glob}", spec))
+        ignore = root / IGNORE_FILE
+        if ignore.is_file() and not ignore.is_symlink():
+            try:
+                lines = ignore.read_text("utf-8").splitlines()
+                spec = pathspec.GitIgnoreSpec.from_lines(lines)
+            except (OSError, UnicodeDecodeError, ValueError) as exc:
+                raise SyncError(f"{ignore}: {exc}") from exc
+            self.rules.append((f"excluded by {IGNORE_FILE}", spec))
+
+    def why(self, rel: str) -> str | None:
+        """Why `rel` (a folder's ends in `/`) is excluded, or None."""
+        for reason, spec in self.rules:
+            if spec.match_file(rel):
+                return reason
+        return None
+
+
+def _files(
+    root: Path, skipped: list[Skipped], rules: Rules
+) -> list[tuple[Path, tuple[int, int]]]:
     """Regular files under `root`, sorted, each with its `(st_dev, st_ino)` (so that reading
-    can check it is still the file listed). Hidden entries (`.git/`, `.env`) are listed as
-    skipped once per entry, not once per file inside; so is every link (`_link`)."""
+    can check it is still the file listed). Hidden entries (`.git/`, `.env`) and excluded ones
+    are listed as skipped once per entry, not once per file inside; so is every link (`_link`)."""
     real_root = root.resolve()
     found: list[tuple[Path, tuple[int, int]]] = []
     # followlinks=False: a link to a folder is in `dirs` but never entered.
     for here, dirs, files in os.walk(root):
         base = Path(here)
+        entered = []
         for name in sorted(dirs):
             path = base / name
+            rel = _rel(path, root) + "/"
             if name.startswith("."):
-                skipped.append(Skipped(_rel(path, root) + "/", "hidden folder, not read"))
+                skipped.append(Skipped(rel, "hidden folder, not read"))
+            elif (excluded := rules.why(rel)) is not None:
+                skipped.append(Skipped(rel, excluded))
             elif path.is_symlink():
-                skipped.append(Skipped(_rel(path, root) + "/", _link(path, real_root)))
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not (base / d).is_symlink())
+                skipped.append(Skipped(rel, _link(path, real_root)))
+            else:
+                entered.append(name)
+        dirs[:] = entered
         for name in files:
             path = base / name
+            if base == root and name == IGNORE_FILE:
+                continue  # the rules themselves, not a document nor a skip worth telling
             if name.startswith("."):
                 skipped.append(Skipped(_rel(path, root), "hidden file, not read"))
+                continue
+            if (excluded := rules.why(_rel(path, root))) is not None:
+                skipped.append(Skipped(_rel(path, root), excluded))
                 continue
             try:
                 st = path.lstat()
@@ -148,14 +198,16 @@ def collect(
     *,
     source: str,
     doc_chars: int | None = None,
+    exclude: Sequence[str] = (),
     on_file: Callable[[int, int, str], None] | None = None,
 ) -> Folder:
     """Read every file under `root` into a document of `source`. A file over `doc_chars`
-    characters (the plan's limit) is skipped with its reason."""
+    characters (the plan's limit) is skipped with its reason; so is one excluded by a glob of
+    `exclude` or by the folder's IGNORE_FILE (and, being excluded, its document is pruned)."""
     if not root.is_dir():
         raise SyncError(f"{root} is not a folder")
     folder = Folder(root=root, source=source)
-    files = _files(root, folder.skipped)
+    files = _files(root, folder.skipped, Rules(root, exclude))
     seen: dict[str, str] = {}
     for n, (path, identity) in enumerate(files, 1):
         rel = _rel(path, root)

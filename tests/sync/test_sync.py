@@ -225,6 +225,31 @@ def test_skips_are_grouped_by_reason_each_reason_once(tmp_path: Path) -> None:
     assert skip_groups(folder.skipped, names=2)[0].endswith("a.png, b.png, and 1 more")
 
 
+def test_exclude_globs_and_the_ignore_file(tmp_path: Path) -> None:
+    for rel in (
+        "keep.md", "debug.log", "keep.log", "build/out.md", "docs/guide.md",
+        "docs/drafts/wip.md", "docs/a/b/draft-1.md", "notes/private.md",
+    ):  # fmt: skip
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(f"text of {rel}", "utf-8")
+    (tmp_path / ".personaizerignore").write_text(
+        "# logs, but not this one\n*.log\n!keep.log\nbuild/\ndocs/**/draft-*\n", "utf-8"
+    )
+    folder = collect(tmp_path, source="kb", exclude=["drafts/", "notes/private.md"])
+    uploaded = sorted(d.metadata["path"] for d in folder.docs)
+    assert uploaded == ["docs/guide.md", "keep.log", "keep.md"]
+    reasons = {s.path: s.reason for s in folder.skipped}
+    assert reasons == {
+        "build/": "excluded by .personaizerignore",  # a folder: one entry, not entered
+        "debug.log": "excluded by .personaizerignore",
+        "docs/a/b/draft-1.md": "excluded by .personaizerignore",
+        "docs/drafts/": "excluded by --exclude drafts/",
+        "notes/private.md": "excluded by --exclude notes/private.md",
+    }
+    # Excluded files have no id to keep: --prune deletes what an earlier sync uploaded of them.
+    assert all(s.external_id is None for s in folder.skipped)
+
+
 def test_a_file_no_parser_can_read_is_a_skip_not_a_crash(tmp_path: Path) -> None:
     root = tmp_path / "kb"
     root.mkdir()
@@ -478,6 +503,8 @@ def test_cli_syncs_a_real_folder(live_server: LiveServer, tmp_path: Path) -> Non
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.txt").write_text("notes of another folder", "utf-8")
+    r = sync_cli(live_server, key, other, "--exclude", "*.txt")
+    assert r.returncode == 0 and "excluded by --exclude *.txt (1 file): notes.txt" in r.stderr
     r = sync_cli(live_server, key, other, "--prune")
     assert r.returncode == 0 and "other: created 1, updated 0, unchanged 0, deleted 0" in r.stdout
     r = sync_cli(live_server, key, root, "--prune")
