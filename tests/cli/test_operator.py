@@ -180,6 +180,8 @@ def test_serve_reports_a_busy_port_before_claiming_to_listen(tmp_path: Path) -> 
         f"error: port {port} on 127.0.0.1 is already in use (is another server running?)"
     )
     assert "listening" not in r.stdout
+    # Nothing was made for a server that never started: no empty data dir left behind.
+    assert not (tmp_path / "data").exists()
 
 
 def test_serve_on_onnx_without_its_packages_is_one_line(tmp_path: Path) -> None:
