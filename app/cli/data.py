@@ -11,6 +11,7 @@ import typer
 
 from app.cli.common import DatabaseUrl, DataDir, load_settings, out, run, run_with_runtime
 from app.services import operations
+from app.text import plural
 
 db_cli = typer.Typer(help="The database: schema upgrades.", no_args_is_help=True)
 
@@ -53,8 +54,8 @@ def migrate(
     done = run(operations.copy(source, target, progress=lambda line: out.print(line)))
     moment = f" as of {done.as_of.isoformat(timespec='seconds')}" if done.as_of else ""
     out.print(
-        f"copied {done.rows} rows from {done.source}{moment} to {done.target}; counts match, "
-        f"searches agree for {done.users_checked} users"
+        f"copied {plural(done.rows, 'row')} from {done.source}{moment} to {done.target}; "
+        f"counts match, searches agree for {plural(done.users_checked, 'user')}"
     )
 
 

@@ -66,9 +66,11 @@ def serve(
         )
     if workers > 1 and demo:
         raise Fail("--demo runs with one worker; start once with --demo, then with --workers")
+    # The port first: a busy one fails before anything is made (the lock below creates the
+    # data dir), so a server that never started leaves no empty data dir behind.
+    sock = listen_socket(host, port)
     # Held until the process ends: `personaizer restore` refuses while any server holds it.
     _held.enter_context(operations.serving_lock(settings))
-    sock = listen_socket(host, port)
     port = sock.getsockname()[1]
     settings = settings.model_copy(update={"port": port})
     # Open (create, upgrade or refuse) the database before serving, so a file this build cannot

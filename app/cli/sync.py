@@ -10,6 +10,7 @@ import typer
 
 from app.cli.common import DatabaseUrl, DataDir, Fail, err, out
 from app.client.batching import DEFAULT_BATCH_CHARS
+from app.text import plural
 
 if TYPE_CHECKING:
     from app.sync import SyncReport
@@ -34,6 +35,19 @@ def sync(
     batch_chars: Annotated[
         int, typer.Option(min=1, help="Characters per upload request, at most.")
     ] = DEFAULT_BATCH_CHARS,
+    exclude: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--exclude",
+            metavar="GLOB",
+            help="Leave out files matching GLOB (gitignore syntax; repeatable). A "
+            ".personaizerignore file at the folder's root is read too.",
+        ),
+    ] = None,
+    verbose: Annotated[
+        bool,
+        typer.Option("--verbose", "-v", help="Name every changed document and skipped file."),
+    ] = False,
     timeout: Annotated[
         float, typer.Option(min=0.1, help="Seconds to wait for one request.")
     ] = 300.0,
@@ -41,8 +55,8 @@ def sync(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Upload a folder through the public API: Markdown, text, reStructuredText, HTML, PDF and
-    DOCX files (and text files without an extension). Unchanged files are no-ops. Every skipped
-    file is listed on stderr with its reason. --data-dir/--database-url are accepted for
+    DOCX files (and text files without an extension). Only what the server does not already hold
+    is sent. What changed is named on stderr, and the skipped files are listed by reason. --data-dir/--database-url are accepted for
     uniformity and unused: sync only speaks HTTP."""
     from app.client import AsyncClient, ClientError, RequestTimeout
     from app.sync import SyncError, sync_folder
@@ -60,6 +74,7 @@ def sync(
                 source=source,
                 prune=prune,
                 strict=strict,
+                exclude=exclude or (),
                 max_chars=batch_chars,
                 progress=progress,
             )
@@ -76,11 +91,34 @@ def sync(
         raise Fail(f"{exc}; re-run sync: finished documents are no-ops") from exc
     except ClientError as exc:
         raise Fail(str(exc)) from exc
-    for skipped in report.skipped:
-        err.print(f"skipped {skipped}", markup=False)
+    tell(report, verbose=verbose)
     out.print(
         f"{report.source}: created {report.created}, updated {report.updated}, "
         f"unchanged {report.no_op}, deleted {report.deleted}, skipped {len(report.skipped)} "
-        f"({report.batches} requests, {report.seconds:.1f} s)",
+        f"({plural(report.batches, 'request')}, {report.seconds:.1f} s)",
         markup=False,
     )
+
+
+#: Created or updated documents named one by one, at most, without --verbose; past it, a count.
+NAMED = 10
+
+
+def tell(report: SyncReport, *, verbose: bool) -> None:
+    """What changed, by name, and what was skipped, by reason, on stderr: the summary line on
+    stdout stays the one line a script reads. Deletions are always named: they are what an
+    operator checks after a --prune."""
+    from app.sync import skip_groups
+
+    for verb, ids in (("created", report.created_ids), ("updated", report.updated_ids)):
+        if len(ids) > NAMED and not verbose:
+            err.print(f"{verb} {plural(len(ids), 'document')} (--verbose names them)")
+            continue
+        for external_id in ids:
+            err.print(f"{verb} {external_id}", markup=False)
+    for external_id in report.deleted_ids:
+        err.print(f"deleted {external_id}", markup=False)
+    if report.skipped:
+        err.print(f"skipped {plural(len(report.skipped), 'file')}:")
+        for line in skip_groups(report.skipped, names=None if verbose else 5):
+            err.print(f"  {line}", markup=False)

@@ -19,6 +19,7 @@ from app.cli.common import (
     run_with_runtime,
 )
 from app.services import accounts
+from app.text import plural
 
 cli = typer.Typer(help="Manage users.", no_args_is_help=True)
 
@@ -124,13 +125,19 @@ def users_delete(
             settings, lambda runtime: accounts.user_data(runtime=runtime, email=email)
         )
         raise Fail(
-            f"{held.email} has {held.keys} keys, {held.documents} documents and {held.personas} "
-            "personas; add --yes to delete the user with all of it"
+            f"{held.email} has {_owned(held.keys, held.documents, held.personas)}; "
+            "add --yes to delete the user with all of it"
         )
     gone = run_with_runtime(
         settings, lambda runtime: accounts.delete_user(runtime=runtime, email=email)
     )
     out.print(
-        f"deleted {gone.email} with {gone.keys} keys, {gone.documents} documents and "
-        f"{gone.personas} personas"
+        f"deleted {gone.email} with {_owned(gone.keys, gone.documents, gone.personas)}"
+    )
+
+
+def _owned(keys: int, documents: int, personas: int) -> str:
+    return (
+        f"{plural(keys, 'key')}, {plural(documents, 'document')} and "
+        f"{plural(personas, 'persona')}"
     )

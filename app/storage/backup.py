@@ -114,6 +114,11 @@ def backup(database: Path, destination: Path) -> Path:
         destination = destination / f"{database.stem}-{stamp}.db"
     if destination.exists():
         raise BackupError(f"{destination} exists already; name a new file")
+    if not destination.parent.is_dir():
+        # Checked here, or the copy fails naming its temporary `.x.db.partial` file.
+        raise BackupError(
+            f"{destination.parent} does not exist: create the folder first, or name another"
+        )
     if destination.resolve() == database.resolve():
         raise BackupError("the destination is the database itself")
     _copy(database, destination)

@@ -7,11 +7,14 @@ becomes one document of the *source* (`--source`, by default the folder's name):
 - `title` is the document's own, one function per type in app/sync/extract.py (front matter
   or heading outside code in Markdown, section title in reStructuredText, `<title>` then `<h1>`
   in HTML, properties then a heading in PDF and DOCX), else the file name without extension;
+- files matching an `--exclude` glob or the folder's `.personaizerignore` (gitignore syntax)
+  are skipped, each with the rule that excluded it;
 - `metadata` is `{"source": <source>, "path": <relative path>, "synced_by": "personaizer-sync"}`.
 
 Batches are cut by count and by characters, so no request embeds for minutes; each batch
-commits on its own, and a re-run sends everything again but the server answers `no_op` for what
-is unchanged (nothing is re-embedded). Files that cannot be uploaded (unsupported, unreadable,
+commits on its own. Before sending, sync lists the source's documents (their content's SHA-256,
+title and metadata, no content) and sends only the files the server does not already hold as
+they are: a re-run of an unchanged folder uploads nothing. Files that cannot be uploaded (unsupported, unreadable,
 empty, over the plan's `doc_chars`) are skipped and reported, or with `strict` fail the sync
 before anything is sent. `prune` deletes this source's synced documents whose file is gone;
 other sources' and other writers' documents are never touched.
@@ -19,13 +22,15 @@ other sources' and other writers' documents are never touched.
 
 from __future__ import annotations
 
+import hashlib
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from app.client import DEFAULT_BATCH_CHARS, AsyncClient, BatchDone
-from app.sync.folder import SYNCED_BY, Folder, Skipped, SyncError, collect
+from app.client import DEFAULT_BATCH_CHARS, AsyncClient, BatchDone, DocInput, Document
+from app.sync.folder import SYNCED_BY, Folder, Skipped, SyncError, collect, skip_groups
 from app.sync.ids import SOURCE_RE, default_source, external_id_for
 
 __all__ = [
@@ -37,6 +42,8 @@ __all__ = [
     "SyncReport",
     "collect",
     "external_id_for",
+    "held_as_is",
+    "skip_groups",
     "source_for",
     "sync_folder",
 ]
@@ -47,7 +54,7 @@ class Progress(Protocol):
 
     def reading(self, done: int, total: int, path: str) -> None: ...
 
-    def uploading(self, files: int, chars: int) -> None: ...
+    def uploading(self, files: int, chars: int, unchanged: int) -> None: ...
 
     def uploaded(self, batch: BatchDone, files_done: int) -> None: ...
 
@@ -62,6 +69,13 @@ class SyncReport:
     batches: int = 0
     skipped: list[Skipped] = field(default_factory=list)
     seconds: float = 0.0
+    #: The documents that changed, by external_id, in the order they were sent (deleted: in
+    #: external_id order): what the operator is told by name.
+    created_ids: list[str] = field(default_factory=list)
+    updated_ids: list[str] = field(default_factory=list)
+    deleted_ids: list[str] = field(default_factory=list)
+    #: Documents sent to the server: those not already held as they are.
+    sent: int = 0
 
 
 def source_for(root: Path, explicit: str | None) -> str:
@@ -72,6 +86,18 @@ def source_for(root: Path, explicit: str | None) -> str:
     return explicit
 
 
+def held_as_is(doc: DocInput, stored: Document | None) -> bool:
+    """Whether the server already holds `doc` exactly: content (by its SHA-256, as the server
+    hashes it), title and metadata. Then sending it would only be answered `no_op`; for a large
+    folder that is most of a re-sync's bytes and time."""
+    return (
+        stored is not None
+        and stored.content_sha256 == hashlib.sha256(doc.content.encode()).hexdigest()
+        and stored.title == doc.title
+        and stored.metadata == doc.metadata
+    )
+
+
 async def sync_folder(
     api: AsyncClient,
     root: Path,
@@ -79,6 +105,7 @@ async def sync_folder(
     source: str | None = None,
     prune: bool = False,
     strict: bool = False,
+    exclude: Sequence[str] = (),
     max_chars: int = DEFAULT_BATCH_CHARS,
     progress: Progress | None = None,
 ) -> SyncReport:
@@ -89,6 +116,7 @@ async def sync_folder(
         root,
         source=name,
         doc_chars=limits.doc_chars,
+        exclude=exclude,
         on_file=progress.reading if progress is not None else None,
     )
     report = SyncReport(source=name, skipped=folder.skipped)
@@ -101,42 +129,54 @@ async def sync_folder(
             f"{root} has no files: refusing to --prune every document of source {name!r}"
         )
 
+    # What the server holds of this source: one walk of the list (no content, its hash), both
+    # to leave out what is unchanged and to find what --prune deletes.
+    prefix = f"{name}:"
+    stored = {d.external_id: d async for d in api.iter_docs() if d.external_id.startswith(prefix)}
+    send = [d for d in folder.docs if not held_as_is(d, stored.get(d.external_id))]
+    report.no_op = len(folder.docs) - len(send)
+    report.sent = len(send)
+
     files_done = 0
     if progress is not None:
-        progress.uploading(len(folder.docs), sum(d.size for d in folder.docs))
+        progress.uploading(len(send), sum(d.size for d in send), report.no_op)
 
     def on_batch(batch: BatchDone) -> None:
         nonlocal files_done
         files_done += len(batch.items)
         report.batches += 1
+        for item in batch.result.results:
+            if item.status == "created":
+                report.created_ids.append(item.external_id)
+            elif item.status == "updated":
+                report.updated_ids.append(item.external_id)
         if progress is not None:
             progress.uploaded(batch, files_done)
 
-    if folder.docs:
+    if send:
         result = await api.upsert_docs_batched(
-            folder.docs, batch_items=limits.batch_items, max_chars=max_chars, on_batch=on_batch
+            send, batch_items=limits.batch_items, max_chars=max_chars, on_batch=on_batch
         )
         report.created = result.summary.created
         report.updated = result.summary.updated
-        report.no_op = result.summary.no_op
+        report.no_op += result.summary.no_op
     if prune:
-        report.deleted = await _prune(api, folder)
+        report.deleted_ids = await _prune(api, folder, stored.values())
+        report.deleted = len(report.deleted_ids)
     report.seconds = time.monotonic() - started
     return report
 
 
-async def _prune(api: AsyncClient, folder: Folder) -> int:
+async def _prune(api: AsyncClient, folder: Folder, stored: Iterable[Document]) -> list[str]:
     """Delete the source's synced documents whose file is gone (and only those)."""
     keep = folder.present_ids
-    prefix = f"{folder.source}:"
     gone = [
         doc.external_id
-        async for doc in api.iter_docs()
-        if doc.external_id.startswith(prefix)
-        and doc.metadata.get("synced_by") == SYNCED_BY
+        for doc in stored
+        if doc.metadata.get("synced_by") == SYNCED_BY
         and doc.metadata.get("source") == folder.source
         and doc.external_id not in keep
     ]
     for external_id in gone:
         await api.delete_doc(external_id)
-    return len(gone)
+    return gone

@@ -90,7 +90,13 @@ _JUNK_PDF_TITLE = re.compile(
 
 
 class Unreadable(Exception):
-    """The file has no text to upload; the message says why."""
+    """The file has no text to upload; the message says why. `group` is the message without
+    what is particular to this file, so that a report can list files by reason (a folder of
+    images gives one "unsupported type" line, not the list of supported types per image)."""
+
+    def __init__(self, message: str, *, group: str | None = None) -> None:
+        super().__init__(message)
+        self.group = group
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +162,10 @@ def extract_data(name: str, data: bytes) -> Extracted:
     elif (plain := _utf8_text(data)) is not None:
         kind, parse = "text", functools.partial(Extracted, plain, None)
     else:
-        raise Unreadable(f"unsupported type {suffix} (sync reads {SUPPORTED})")
+        raise Unreadable(
+            f"unsupported type {suffix} (sync reads {SUPPORTED})",
+            group=f"unsupported type (sync reads {SUPPORTED})",
+        )
     found = _guarded(kind, parse)
     text = found.text.replace("\x00", "")
     if not text.strip():

@@ -5,13 +5,16 @@ from __future__ import annotations
 import os
 import re
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import pathspec
 
 from app.client import DocInput
 from app.sync.extract import Unreadable, extract_data, read_bytes
 from app.sync.ids import external_id_for
+from app.text import plural
 
 #: `metadata.synced_by` of every document sync uploads; `--prune` touches no other document.
 SYNCED_BY = "personaizer-sync"
@@ -27,9 +30,29 @@ class Skipped:
     reason: str
     #: The file is still there (too large, unreadable): `--prune` must keep its document.
     external_id: str | None = None
+    #: The reason without what is particular to this file (`detail`): what skips are grouped
+    #: by. None: the reason itself.
+    group: str | None = None
+    detail: str | None = None
 
     def __str__(self) -> str:
         return f"{self.path}: {self.reason}"
+
+
+def skip_groups(skipped: list[Skipped], *, names: int | None = 5) -> list[str]:
+    """The skipped files as one line per reason, most frequent first, each with its count and
+    the files (the first `names` of them; None: all). A long reason, such as the list of
+    supported types, is printed once, however many files it left out."""
+    groups: dict[str, list[Skipped]] = {}
+    for s in skipped:
+        groups.setdefault(s.group or s.reason, []).append(s)
+    lines = []
+    for reason, files in sorted(groups.items(), key=lambda g: -len(g[1])):
+        shown = [f"{s.path} ({s.detail})" if s.detail else s.path for s in files[:names]]
+        if len(files) > len(shown):
+            shown.append(f"and {len(files) - len(shown)} more")
+        lines.append(f"{reason} ({plural(len(files), 'file')}): {', '.join(shown)}")
+    return lines
 
 
 @dataclass
@@ -47,26 +70,74 @@ class Folder:
         }
 
 
-def _files(root: Path, skipped: list[Skipped]) -> list[tuple[Path, tuple[int, int]]]:
+#: At the folder's root: files left out, in gitignore's syntax (globs, `**`, a trailing `/` for
+#: folders, `!` to take one back, `#` comments).
+IGNORE_FILE = ".personaizerignore"
+
+
+class Rules:
+    """What the operator left out: each `--exclude GLOB`, then the folder's IGNORE_FILE. Each
+    excluded path is reported with the rule that excluded it. An excluded folder is not entered
+    (as in git, a `!` cannot take back a file inside an excluded folder)."""
+
+    def __init__(self, root: Path, exclude: Sequence[str] = ()) -> None:
+        self.rules: list[tuple[str, pathspec.GitIgnoreSpec]] = []
+        for glob in exclude:
+            try:
+                spec = pathspec.GitIgnoreSpec.from_lines([glob])
+            except ValueError as exc:
+                raise SyncError(f"--exclude {glob!r}: {exc}") from exc
+            self.rules.append((f"excluded by --exclude {glob}", spec))
+        ignore = root / IGNORE_FILE
+        if ignore.is_file() and not ignore.is_symlink():
+            try:
+                lines = ignore.read_text("utf-8").splitlines()
+                spec = pathspec.GitIgnoreSpec.from_lines(lines)
+            except (OSError, UnicodeDecodeError, ValueError) as exc:
+                raise SyncError(f"{ignore}: {exc}") from exc
+            self.rules.append((f"excluded by {IGNORE_FILE}", spec))
+
+    def why(self, rel: str) -> str | None:
+        """Why `rel` (a folder's ends in `/`) is excluded, or None."""
+        for reason, spec in self.rules:
+            if spec.match_file(rel):
+                return reason
+        return None
+
+
+def _files(
+    root: Path, skipped: list[Skipped], rules: Rules
+) -> list[tuple[Path, tuple[int, int]]]:
     """Regular files under `root`, sorted, each with its `(st_dev, st_ino)` (so that reading
-    can check it is still the file listed). Hidden entries (`.git/`, `.env`) are listed as
-    skipped once per entry, not once per file inside; so is every link (`_link`)."""
+    can check it is still the file listed). Hidden entries (`.git/`, `.env`) and excluded ones
+    are listed as skipped once per entry, not once per file inside; so is every link (`_link`)."""
     real_root = root.resolve()
     found: list[tuple[Path, tuple[int, int]]] = []
     # followlinks=False: a link to a folder is in `dirs` but never entered.
     for here, dirs, files in os.walk(root):
         base = Path(here)
+        entered = []
         for name in sorted(dirs):
             path = base / name
+            rel = _rel(path, root) + "/"
             if name.startswith("."):
-                skipped.append(Skipped(_rel(path, root) + "/", "hidden folder, not read"))
+                skipped.append(Skipped(rel, "hidden folder, not read"))
+            elif (excluded := rules.why(rel)) is not None:
+                skipped.append(Skipped(rel, excluded))
             elif path.is_symlink():
-                skipped.append(Skipped(_rel(path, root) + "/", _link(path, real_root)))
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not (base / d).is_symlink())
+                skipped.append(Skipped(rel, _link(path, real_root)))
+            else:
+                entered.append(name)
+        dirs[:] = entered
         for name in files:
             path = base / name
+            if base == root and name == IGNORE_FILE:
+                continue  # the rules themselves, not a document nor a skip worth telling
             if name.startswith("."):
                 skipped.append(Skipped(_rel(path, root), "hidden file, not read"))
+                continue
+            if (excluded := rules.why(_rel(path, root))) is not None:
+                skipped.append(Skipped(_rel(path, root), excluded))
                 continue
             try:
                 st = path.lstat()
@@ -127,14 +198,16 @@ def collect(
     *,
     source: str,
     doc_chars: int | None = None,
+    exclude: Sequence[str] = (),
     on_file: Callable[[int, int, str], None] | None = None,
 ) -> Folder:
     """Read every file under `root` into a document of `source`. A file over `doc_chars`
-    characters (the plan's limit) is skipped with its reason."""
+    characters (the plan's limit) is skipped with its reason; so is one excluded by a glob of
+    `exclude` or by the folder's IGNORE_FILE (and, being excluded, its document is pruned)."""
     if not root.is_dir():
         raise SyncError(f"{root} is not a folder")
     folder = Folder(root=root, source=source)
-    files = _files(root, folder.skipped)
+    files = _files(root, folder.skipped, Rules(root, exclude))
     seen: dict[str, str] = {}
     for n, (path, identity) in enumerate(files, 1):
         rel = _rel(path, root)
@@ -151,7 +224,7 @@ def collect(
                 continue
             found = extract_data(path.name, data)
         except Unreadable as exc:
-            folder.skipped.append(Skipped(rel, str(exc), ext_id))
+            folder.skipped.append(Skipped(rel, str(exc), ext_id, group=exc.group))
             continue
         except OSError as exc:
             folder.skipped.append(Skipped(rel, f"cannot read: {exc.strerror or exc}", ext_id))
@@ -162,6 +235,8 @@ def collect(
                     rel,
                     f"{len(found.text):,} characters, over the plan's doc_chars of {doc_chars:,}",
                     ext_id,
+                    group=f"over the plan's doc_chars of {doc_chars:,}",
+                    detail=f"{len(found.text):,} characters",
                 )
             )
             continue

@@ -14,11 +14,20 @@ from rich.progress import (
 )
 
 from app.client import BatchDone, RetryEvent
+from app.text import plural
 
 
 def _outcome(batch: BatchDone) -> str:
     s = batch.result.summary
     return f"created {s.created}, updated {s.updated}, unchanged {s.no_op}"
+
+
+def _plan(files: int, chars: int, unchanged: int) -> str:
+    """What is about to be sent: nothing at all on a re-run of an unchanged folder."""
+    if files == 0:
+        return f"{unchanged:,} unchanged, nothing to upload"
+    kept = f"; {unchanged:,} unchanged" if unchanged else ""
+    return f"uploading {plural(files, 'document')} ({plural(chars, 'character')}){kept}"
 
 
 def _retry(event: RetryEvent) -> str:
@@ -33,16 +42,17 @@ class LineProgress:
 
     def reading(self, done: int, total: int, path: str) -> None:
         if done == total:
-            self.console.print(f"read {total} files")
+            self.console.print(f"read {plural(total, 'file')}")
 
-    def uploading(self, files: int, chars: int) -> None:
+    def uploading(self, files: int, chars: int, unchanged: int) -> None:
         self.total = files
-        self.console.print(f"uploading {files} documents ({chars:,} characters)")
+        self.console.print(_plan(files, chars, unchanged))
 
     def uploaded(self, batch: BatchDone, files_done: int) -> None:
         chars = sum(d.size for d in batch.items)
         self.console.print(
-            f"batch {batch.index + 1}: {len(batch.items)} documents, {chars:,} characters, "
+            f"batch {batch.index + 1}: {plural(len(batch.items), 'document')}, "
+            f"{plural(chars, 'character')}, "
             f"{batch.seconds:.1f} s: {_outcome(batch)} ({files_done}/{self.total})"
         )
 
@@ -78,9 +88,12 @@ class BarProgress:
             self._read = self.bar.add_task("reading", total=total, file="")
         self.bar.update(self._read, completed=done, file=path)
 
-    def uploading(self, files: int, chars: int) -> None:
+    def uploading(self, files: int, chars: int, unchanged: int) -> None:
         if self._read is not None:
             self.bar.update(self._read, file="")
+        if files == 0:
+            self.bar.console.print(_plan(files, chars, unchanged))
+            return
         self._upload = self.bar.add_task("uploading", total=files, file="")
 
     def uploaded(self, batch: BatchDone, files_done: int) -> None:

@@ -145,7 +145,7 @@ def test_users_delete_takes_their_data_and_only_theirs(live_server: LiveServer) 
 
     line = one_error_line(live_server.run("users", "delete", "leaving@example.com"))
     assert line == (
-        "error: leaving@example.com has 1 keys, 3 documents and 1 personas; "
+        "error: leaving@example.com has 1 key, 3 documents and 1 persona; "
         "add --yes to delete the user with all of it"
     )
     with Client(live_server.url, gone_key) as api:
@@ -153,7 +153,7 @@ def test_users_delete_takes_their_data_and_only_theirs(live_server: LiveServer) 
 
     r = live_server.run("users", "delete", "leaving@example.com", "--yes")
     assert r.returncode == 0, r.stderr
-    assert "deleted leaving@example.com with 1 keys, 3 documents and 1 personas" in r.stdout
+    assert "deleted leaving@example.com with 1 key, 3 documents and 1 persona" in r.stdout
     with Client(live_server.url, gone_key) as api, pytest.raises(ApiError) as caught:
         api.list_docs()
     assert caught.value.code == "auth.unauthorized"
@@ -180,6 +180,8 @@ def test_serve_reports_a_busy_port_before_claiming_to_listen(tmp_path: Path) -> 
         f"error: port {port} on 127.0.0.1 is already in use (is another server running?)"
     )
     assert "listening" not in r.stdout
+    # Nothing was made for a server that never started: no empty data dir left behind.
+    assert not (tmp_path / "data").exists()
 
 
 def test_serve_on_onnx_without_its_packages_is_one_line(tmp_path: Path) -> None:

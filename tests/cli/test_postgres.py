@@ -80,7 +80,7 @@ async def test_migrate_copies_a_sqlite_deployment_without_re_embedding(
     env = servers.clean_env(data_dir=str(source_dir))
     moved = servers.personaizer("migrate", "--to", target, env=env, timeout=300)
     assert moved.returncode == 0, moved.stderr
-    assert "counts match, searches agree for 1 users" in moved.stdout
+    assert "counts match, searches agree for 1 user" in moved.stdout
 
     app = await make_app(database_url=target)
     embedded = app.state.runtime.embedder.stats.texts

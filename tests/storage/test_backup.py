@@ -92,6 +92,13 @@ def test_backup_and_restore_refuse_what_they_cannot_do(tmp_path: Path) -> None:
     [made] = tmp_path.glob("personaizer-*.db")
     again = personaizer("backup", str(made), "--data-dir", str(data))
     assert again.returncode == 1 and "exists already" in again.stderr
+    # Into a folder that does not exist: that folder is named, not a temporary file.
+    nowhere = tmp_path / "no-such-folder"
+    lost = personaizer("backup", str(nowhere / "x.db"), "--data-dir", str(data))
+    assert lost.returncode == 1
+    assert lost.stderr.strip().splitlines() == [
+        f"error: {nowhere} does not exist: create the folder first, or name another"
+    ]
 
     junk = tmp_path / "junk.db"
     junk.write_text("not a database")

@@ -14,7 +14,7 @@ from starlette.applications import Starlette
 
 from app.client import AsyncClient, Client
 from app.models.base import EXTERNAL_ID_RE
-from app.sync import SyncError, collect, external_id_for, sync_folder
+from app.sync import SyncError, collect, external_id_for, skip_groups, sync_folder
 from app.sync.extract import Unreadable, decode, extract
 from tests.conftest import new_key
 from tests.support.documents import (
@@ -210,6 +210,46 @@ def test_collect_lists_every_skipped_file(tmp_path: Path) -> None:
     assert all(d.metadata["source"] == "kb" for d in folder.docs)
 
 
+def test_skips_are_grouped_by_reason_each_reason_once(tmp_path: Path) -> None:
+    for name in ("a.png", "b.png", "c.gif"):
+        (tmp_path / name).write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00binary")
+    (tmp_path / "empty.md").write_text("", "utf-8")
+    (tmp_path / "big.txt").write_text("x" * 50, "utf-8")
+    folder = collect(tmp_path, source="kb", doc_chars=10)
+    lines = skip_groups(folder.skipped)
+    assert lines[0].startswith("unsupported type (sync reads md, ")
+    assert lines[0].endswith("(3 files): a.png, b.png, c.gif")
+    assert "empty (1 file): empty.md" in lines
+    assert "over the plan's doc_chars of 10 (1 file): big.txt (50 characters)" in lines
+    assert sum("sync reads" in line for line in lines) == 1
+    assert skip_groups(folder.skipped, names=2)[0].endswith("a.png, b.png, and 1 more")
+
+
+def test_exclude_globs_and_the_ignore_file(tmp_path: Path) -> None:
+    for rel in (
+        "keep.md", "debug.log", "keep.log", "build/out.md", "docs/guide.md",
+        "docs/drafts/wip.md", "docs/a/b/draft-1.md", "notes/private.md",
+    ):  # fmt: skip
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(f"text of {rel}", "utf-8")
+    (tmp_path / ".personaizerignore").write_text(
+        "# logs, but not this one\n*.log\n!keep.log\nbuild/\ndocs/**/draft-*\n", "utf-8"
+    )
+    folder = collect(tmp_path, source="kb", exclude=["drafts/", "notes/private.md"])
+    uploaded = sorted(d.metadata["path"] for d in folder.docs)
+    assert uploaded == ["docs/guide.md", "keep.log", "keep.md"]
+    reasons = {s.path: s.reason for s in folder.skipped}
+    assert reasons == {
+        "build/": "excluded by .personaizerignore",  # a folder: one entry, not entered
+        "debug.log": "excluded by .personaizerignore",
+        "docs/a/b/draft-1.md": "excluded by .personaizerignore",
+        "docs/drafts/": "excluded by --exclude drafts/",
+        "notes/private.md": "excluded by --exclude notes/private.md",
+    }
+    # Excluded files have no id to keep: --prune deletes what an earlier sync uploaded of them.
+    assert all(s.external_id is None for s in folder.skipped)
+
+
 def test_a_file_no_parser_can_read_is_a_skip_not_a_crash(tmp_path: Path) -> None:
     root = tmp_path / "kb"
     root.mkdir()
@@ -362,6 +402,12 @@ async def test_resync_is_free_and_prune_stays_in_its_source(app: Starlette, tmp_
         report = await sync_folder(api, one)
         assert (report.created, report.updated, report.no_op) == (0, 0, 2)
         assert app.state.runtime.embedder.stats.texts == embedded
+        assert (report.sent, report.batches) == (0, 0)  # nothing even sent
+
+        # A new title (same content) is a change the listing sees: sent, and named.
+        (one / "a.md").write_text(f"# A2\nalpha of {one.name}", "utf-8")
+        report = await sync_folder(api, one)
+        assert (report.sent, report.updated_ids, report.no_op) == (1, ["one:a.md"], 1)
 
         # A file removed from `two`, a file grown too large in `two` (still there: kept).
         (two / "a.md").unlink()
@@ -369,6 +415,7 @@ async def test_resync_is_free_and_prune_stays_in_its_source(app: Starlette, tmp_
         (two / "c.md").write_text("gamma", "utf-8")
         report = await sync_folder(api, two, prune=True)
         assert (report.created, report.deleted) == (1, 1)
+        assert (report.created_ids, report.deleted_ids) == (["two:c.md"], ["two:a.md"])
         assert [s.path for s in report.skipped] == ["b.txt"]
         assert await _ids(api) == [
             "one:a.md", "one:b.txt", "one:manual", "two:b.txt", "two:c.md",
@@ -417,8 +464,15 @@ def test_cli_syncs_a_real_folder(live_server: LiveServer, tmp_path: Path) -> Non
     # Without a terminal: a line per batch (batches cut at 400 characters), then the skipped.
     batches = [line for line in r.stderr.splitlines() if line.startswith("batch ")]
     assert len(batches) >= 3 and batches[-1].endswith("(13/13)")
-    assert "skipped big.txt: 5,205,200 characters, over the plan's doc_chars of 500,000" in r.stderr
-    assert "skipped empty.txt: empty" in r.stderr and "skipped image.png: unsupported" in r.stderr
+    # Skips by reason, each reason once (the list of supported types is not repeated per file).
+    assert "skipped 3 files:" in r.stderr
+    assert (
+        "  over the plan's doc_chars of 500,000 (1 file): big.txt (5,205,200 characters)"
+        in r.stderr
+    )
+    assert "  empty (1 file): empty.txt" in r.stderr
+    assert "  unsupported type (sync reads md, " in r.stderr and "(1 file): image.png" in r.stderr
+    assert "created 13 documents (--verbose names them)" in r.stderr
 
     with Client(live_server.url, key) as api:
         docs = {d.metadata["path"]: d for d in api.iter_docs(include_content=True)}
@@ -434,15 +488,27 @@ def test_cli_syncs_a_real_folder(live_server: LiveServer, tmp_path: Path) -> Non
 
     r = sync_cli(live_server, key, root)
     assert r.returncode == 0 and "created 0, updated 0, unchanged 13" in r.stdout
+    # A re-run sends nothing: the server's hashes say every file is held as it is.
+    assert "13 unchanged, nothing to upload" in r.stderr and "uploading" not in r.stderr
+    assert "(0 requests," in r.stdout
+
+    # One file edited: it alone is sent, and named.
+    (root / "latin1.txt").write_text("crêpes au beurre, edited", "utf-8")
+    r = sync_cli(live_server, key, root)
+    assert r.returncode == 0 and "created 0, updated 1, unchanged 12" in r.stdout
+    assert "uploading 1 document (" in r.stderr and "; 12 unchanged" in r.stderr
+    assert "updated handbook:latin1.txt" in r.stderr
 
     (root / "notes.txt").unlink()
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.txt").write_text("notes of another folder", "utf-8")
+    r = sync_cli(live_server, key, other, "--exclude", "*.txt")
+    assert r.returncode == 0 and "excluded by --exclude *.txt (1 file): notes.txt" in r.stderr
     r = sync_cli(live_server, key, other, "--prune")
     assert r.returncode == 0 and "other: created 1, updated 0, unchanged 0, deleted 0" in r.stdout
     r = sync_cli(live_server, key, root, "--prune")
-    assert "deleted 1" in r.stdout
+    assert "deleted 1" in r.stdout and "deleted handbook:notes.txt" in r.stderr
     with Client(live_server.url, key) as api:
         ids = {d.external_id for d in api.iter_docs()}
     assert "other:notes.txt" in ids and "handbook:notes.txt" not in ids and len(ids) == 13
