@@ -21,6 +21,7 @@ pytestmark = pytest.mark.anyio
 ARGUMENTS: dict[str, dict[str, Any]] = {
     "search_knowledge": {"query": "gardening", "mode": "keyword"},
     "get_document": {"external_id": "doc-a"},
+    "list_documents": {},
     "list_personas": {},
     "get_persona": {"persona_id": "set by the test"},
 }
