@@ -17,7 +17,8 @@ from typing import Any
 from mcp.server import ServerRequestContext
 from mcp.server.context import CallNext, HandlerResult
 from mcp.server.mcpserver import Context
-from mcp_types import CallToolResult, ListToolsResult, TextContent
+from mcp.shared.exceptions import MCPError
+from mcp_types import INTERNAL_ERROR, INVALID_PARAMS, CallToolResult, ListToolsResult, TextContent
 from pydantic import BaseModel, ValidationError
 
 from app.errors import (
@@ -29,6 +30,7 @@ from app.errors import (
 )
 from app.http.problems import problem_body
 from app.http.validation import from_validation_error
+from app.mcp.catalog import EMPTY, METHODS
 from app.mcp.edge import PATH, POLICIES, SCOPES, caller_of, may_use
 from app.services.runtime import Principal, Runtime
 
@@ -65,6 +67,8 @@ class Gate:
     ) -> HandlerResult:
         if ctx.method == "tools/list":
             return _visible(caller_of(ctx.request).principal, await call_next(ctx))
+        if ctx.method in METHODS:
+            return await _serve(ctx)
         if ctx.method != "tools/call" or ctx.request_id is None:
             return await call_next(ctx)
         params = ctx.params or {}
@@ -99,6 +103,36 @@ class Gate:
         text = "\n".join(c.get("text", "") for c in wire.get("content", []))
         text = "\n".join(line for line in text.splitlines() if "errors.pydantic.dev" not in line)
         return ValidationFailed(text or "The arguments do not fit the tool.")
+
+
+async def _serve(ctx: ServerRequestContext[Any, Any]) -> HandlerResult:
+    """A prompts or resources method, answered for the caller (`app.mcp.catalog`): a failure
+    is a JSON-RPC error whose `data` is the problem body REST would answer."""
+    caller = caller_of(ctx.request)
+    scope, listing, handler = METHODS[ctx.method]
+    if scope not in caller.principal.scopes:
+        if listing:  # offered nothing, as tools/list leaves out what would be refused
+            return EMPTY[ctx.method]
+        raise _jsonrpc_error(
+            InsufficientScope(f"This key does not have the {scope} scope for {ctx.method}.")
+        )
+    try:
+        return await handler(caller.runtime, caller.principal, ctx.params or {})
+    except ValidationError as exc:
+        raise _jsonrpc_error(from_validation_error(exc, where="params")) from None
+    except AppError as exc:
+        raise _jsonrpc_error(exc) from None
+    except Exception:
+        log.exception("MCP %s failed", ctx.method)
+        raise _jsonrpc_error(
+            InternalError("An unexpected error occurred; it has been logged with the request id.")
+        ) from None
+
+
+def _jsonrpc_error(exc: AppError) -> MCPError:
+    body = problem_body(exc, instance=PATH)
+    code = INTERNAL_ERROR if exc.status >= 500 else INVALID_PARAMS
+    return MCPError(code=code, message=f"{exc.code}: {exc.detail}", data=body)
 
 
 def _visible(principal: Principal, result: HandlerResult) -> HandlerResult:

@@ -21,7 +21,7 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
-from mcp_types import CallToolResult
+from mcp_types import CallToolResult, TextContent, TextResourceContents
 
 from app.models import SEARCH_K_MAX
 from app.models.knowledge import DOC_PAGE_DEFAULT_CHARS, DOC_PAGE_MAX_CHARS
@@ -502,3 +502,55 @@ async def test_validation_errors_are_rests(server: Server) -> None:
         )
         assert [e["pointer"] for e in too_much["errors"]] == ["/max_chars"]
         assert "pydantic" not in too_much["detail"]
+
+
+async def test_personas_are_prompts(server: Server) -> None:
+    async with connect(f"{server.base}/mcp", server.key) as client:
+        prompts = (await client.list_prompts()).prompts
+        assert [(p.name, p.title) for p in prompts] == [(server.persona_id, "Ava")]
+        prompt = await client.get_prompt(server.persona_id)
+        roles = [m.role for m in prompt.messages]
+        texts = [m.content.text for m in prompt.messages if isinstance(m.content, TextContent)]
+        assert roles == ["user", "assistant"]
+        assert "Ava" in texts[0] and texts[0].endswith("Be kind.")
+        assert texts[1] == "Hi, I am Ava."
+        with pytest.raises(MCPError) as raised:
+            await client.get_prompt("per_01NOPE")
+        assert raised.value.data["code"] == "persona.not_found"
+
+
+async def test_documents_are_resources(server: Server) -> None:
+    async with connect(f"{server.base}/mcp", server.key) as client:
+        listed = await client.list_resources()
+        uris = [str(r.uri) for r in listed.resources]
+        assert uris == [
+            f"personaizer://docs/{d}" for d in ("faq-shipping", "lamp", "returns", "warranty")
+        ]
+        assert listed.next_cursor is None
+        (template,) = (await client.list_resource_templates()).resource_templates
+        assert template.uri_template.startswith("personaizer://docs/{external_id}")
+
+        lamp = (await client.read_resource("personaizer://docs/lamp")).contents
+        assert len(lamp) == 1 and isinstance(lamp[0], TextResourceContents)
+        assert lamp[0].text == DOCS[1]["content"]
+        # A long document is read a default page at a time, like get_document.
+        first = (await client.read_resource("personaizer://docs/warranty")).contents[0]
+        assert isinstance(first, TextResourceContents)
+        assert first.text == str(MANUAL["content"])[:DOC_PAGE_DEFAULT_CHARS]
+        assert first.meta is not None and first.meta["next_offset"] == DOC_PAGE_DEFAULT_CHARS
+        uri = f"personaizer://docs/warranty?offset={first.meta['next_offset']}"
+        second = (await client.read_resource(uri)).contents[0]
+        assert isinstance(second, TextResourceContents)
+        assert (
+            second.text == str(MANUAL["content"])[DOC_PAGE_DEFAULT_CHARS:][:DOC_PAGE_DEFAULT_CHARS]
+        )
+
+        for bad, code in [
+            ("personaizer://docs/nope", "knowledge.not_found"),
+            ("personaizer://docs/bad%20id", "knowledge.invalid_external_id"),
+            ("personaizer://docs/lamp?offset=-1", "request.validation_failed"),
+            ("personaizer://people/lamp", "request.not_found"),
+        ]:
+            with pytest.raises(MCPError) as raised:
+                await client.read_resource(bad)
+            assert raised.value.data["code"] == code, (bad, raised.value.data)
