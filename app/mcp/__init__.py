@@ -1,8 +1,9 @@
 """The MCP door: a Model Context Protocol server at `/mcp` for agents (streamable HTTP).
 
-The official SDK's `MCPServer` serves four read-only tools over the same service functions the
-REST door calls. The contract's gate runs in the same order as REST (API.md section 3), and
-everything the SDK would otherwise do on its own before a tool runs is done at the edge first:
+The official SDK's `MCPServer` serves five read-only tools over the same service functions the
+REST door calls, and the caller's personas as prompts and documents as resources (`catalog`).
+The contract's gate runs in the same order as REST (API.md section 3), and everything the SDK
+would otherwise do on its own before a tool runs is done at the edge first:
 
 1. `edge.McpEdge`, in front of the SDK's ASGI app, checks the Host and Origin (DNS rebinding:
    421, 403), the method (POST only: 405) and the `X-Api-Key` (401, limited per address). It

@@ -1,4 +1,4 @@
-"""The MCP door's tools: four read-only tools over the same service functions REST calls.
+"""The MCP door's tools: five read-only tools over the same service functions REST calls.
 
 The SDK checks a call's arguments against the tool's schema (built from the signature below);
 the tool then validates them with the REST request model and calls the service, through
@@ -39,12 +39,16 @@ from app.services import knowledge, personas
 from app.services import search as search_service
 from app.services.runtime import Principal, Runtime
 
-INSTRUCTIONS = """\
+INSTRUCTIONS = f"""\
 PersonAIzer knowledge: documents a user uploaded, and personas (assistants with instructions, \
 a greeting and attached documents). Use search_knowledge to find passages (scoped to a persona \
-with persona_id), get_document to read a whole document, list_personas and get_persona to learn \
-a persona's instructions. A failed call has isError and a stable `code` in structuredContent \
-(described at /problems/{code})."""
+with persona_id); get_document to read a document a page at a time ({DOC_PAGE_DEFAULT_CHARS:,} \
+characters by default: call again with offset=next_offset until it is null); list_documents to \
+see which documents there are; list_personas and get_persona to learn a persona's instructions. \
+Each persona is also a prompt (prompts/get: take it on), each document a resource \
+(personaizer://docs/{{external_id}}). A failed call has isError and a stable `code` in \
+structuredContent (described at /problems/{{code}}), with `errors[]` pointing at the arguments \
+at fault."""
 
 
 async def search_knowledge(
