@@ -1,8 +1,9 @@
 """The MCP door: a Model Context Protocol server at `/mcp` for agents (streamable HTTP).
 
-The official SDK's `MCPServer` serves four read-only tools over the same service functions the
-REST door calls. The contract's gate runs in the same order as REST (API.md section 3), and
-everything the SDK would otherwise do on its own before a tool runs is done at the edge first:
+The official SDK's `MCPServer` serves five read-only tools over the same service functions the
+REST door calls, and the caller's personas as prompts and documents as resources (`catalog`).
+The contract's gate runs in the same order as REST (API.md section 3), and everything the SDK
+would otherwise do on its own before a tool runs is done at the edge first:
 
 1. `edge.McpEdge`, in front of the SDK's ASGI app, checks the Host and Origin (DNS rebinding:
    421, 403), the method (POST only: 405) and the `X-Api-Key` (401, limited per address). It
@@ -12,9 +13,10 @@ everything the SDK would otherwise do on its own before a tool runs is done at t
    message, `initialize`, `ping` and `tools/list` included: 429), and only then replays the
    bytes to the SDK, adding the RateLimit fields to its answer. Each refusal there is
    problem+json, as REST answers it, before the SDK has seen a byte.
-2. `errors.gate`, an SDK middleware, answers a `tools/call` the edge found over its limit as a
+2. `errors.Gate`, an SDK middleware, answers a `tools/call` the edge found over its limit as a
    tool result (so an agent reads `retry_after`), and gives the SDK's own refusals a code.
-3. The SDK checks the arguments against the tool's schema; the tool (`tools`) validates them
+3. The SDK checks the arguments against the tool's schema (a refusal is validated again by the
+   gate, so it carries REST's `errors[]`); the tool (`tools`) validates them
    with the REST request model and calls the service (through `errors.answer`).
 
 Every failure after the edge is a tool result with `isError: true` whose `structuredContent` is

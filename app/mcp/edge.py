@@ -45,7 +45,7 @@ class Caller:
     guard: Guard
     principal: Principal
     #: The edge's refusal of a `tools/call` over its rate limit, for the gate
-    #: (`app.mcp.errors.gate`) to answer as a tool result; None when the call was charged.
+    #: (`app.mcp.errors.Gate`) to answer as a tool result; None when the call was charged.
     refused: RateLimited | None = None
 
 
@@ -62,16 +62,18 @@ def caller_of(request: object) -> Caller:
 POLICIES: dict[str, Policy] = {
     "search_knowledge": "search",
     "get_document": "reads",
+    "list_documents": "reads",
     "list_personas": "reads",
     "get_persona": "reads",
 }
 
 #: Each tool's key scope: its REST twin's (API.md section 12). A tool outside the caller's scopes
-#: is left out of `tools/list` and refused if called (`app.mcp.errors.gate`); persona
+#: is left out of `tools/list` and refused if called (`app.mcp.errors.Gate`); persona
 #: restrictions and a token's forced metadata are applied by the services the tools call.
 SCOPES: dict[str, KeyScope] = {
     "search_knowledge": "search",
     "get_document": "docs:read",
+    "list_documents": "docs:read",
     "list_personas": "personas:read",
     "get_persona": "personas:read",
 }

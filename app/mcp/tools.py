@@ -1,4 +1,4 @@
-"""The MCP door's tools: four read-only tools over the same service functions REST calls.
+"""The MCP door's tools: five read-only tools over the same service functions REST calls.
 
 The SDK checks a call's arguments against the tool's schema (built from the signature below);
 the tool then validates them with the REST request model and calls the service, through
@@ -7,40 +7,48 @@ the tool then validates them with the REST request model and calls the service, 
 
 from __future__ import annotations
 
-from typing import Annotated
+import inspect
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Annotated, Any, get_type_hints
 
 from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
 from mcp_types import CallToolResult, ToolAnnotations
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model, field_validator
 
-from app.mcp.errors import answer, gate
+from app.mcp.errors import Gate, answer
 from app.models import (
     METADATA_MAX_BYTES,
     SEARCH_EXTERNAL_IDS_MAX,
     SEARCH_K_MAX,
     SEARCH_METADATA_KEYS_MAX,
     SEARCH_QUERY_MAX,
-    KnowledgeDocPublic,
     Page,
     PersonaListItem,
     PersonaPublic,
     SearchMode,
     SearchRequest,
     SearchResponse,
+    parse_api_time,
 )
-from app.models.base import JsonObject, PublicModel
+from app.models.base import JsonObject, PublicModel, Timestamp
+from app.models.knowledge import DOC_PAGE_DEFAULT_CHARS, DOC_PAGE_MAX_CHARS, KnowledgeDocPage
 from app.models.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from app.services import knowledge, personas
 from app.services import search as search_service
 from app.services.runtime import Principal, Runtime
 
-INSTRUCTIONS = """\
+INSTRUCTIONS = f"""\
 PersonAIzer knowledge: documents a user uploaded, and personas (assistants with instructions, \
 a greeting and attached documents). Use search_knowledge to find passages (scoped to a persona \
-with persona_id), get_document to read a whole document, list_personas and get_persona to learn \
-a persona's instructions. A failed call has isError and a stable `code` in structuredContent \
-(described at /problems/{code})."""
+with persona_id); get_document to read a document a page at a time ({DOC_PAGE_DEFAULT_CHARS:,} \
+characters by default: call again with offset=next_offset until it is null); list_documents to \
+see which documents there are; list_personas and get_persona to learn a persona's instructions. \
+Each persona is also a prompt (prompts/get: take it on), each document a resource \
+(personaizer://docs/{{external_id}}). A failed call has isError and a stable `code` in \
+structuredContent (described at /problems/{{code}}), with `errors[]` pointing at the arguments \
+at fault."""
 
 
 async def search_knowledge(
@@ -110,15 +118,93 @@ async def search_knowledge(
 async def get_document(
     ctx: Context,
     external_id: Annotated[str, Field(description="The document's external_id.")],
-) -> Annotated[CallToolResult, KnowledgeDocPublic]:
-    """One knowledge document with its whole content."""
+    offset: Annotated[
+        int, Field(ge=0, description="Where to start, in characters: a page's next_offset.")
+    ] = 0,
+    max_chars: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=DOC_PAGE_MAX_CHARS,
+            description=f"Characters to return, at most {DOC_PAGE_MAX_CHARS:,}.",
+        ),
+    ] = DOC_PAGE_DEFAULT_CHARS,
+) -> Annotated[CallToolResult, KnowledgeDocPage]:
+    """One knowledge document, a page at a time: `content` holds the characters from `offset`
+    (at most `max_chars`), with the document's title, metadata and `total_chars`; call again
+    with `next_offset` until it is null."""
 
     async def work(runtime: Runtime, principal: Principal) -> BaseModel:
-        return await knowledge.get_doc(
-            runtime=runtime, principal=principal, external_id=external_id
-        )
+        doc = await knowledge.get_doc(runtime=runtime, principal=principal, external_id=external_id)
+        return KnowledgeDocPage.of(doc, offset=offset, max_chars=max_chars)
 
     return await answer(ctx, work)
+
+
+class DocumentListItem(PublicModel):
+    """A document as `list_documents` lists it: without its content."""
+
+    external_id: str
+    title: str | None
+    metadata: JsonObject
+    char_count: int
+    updated_at: Timestamp
+
+
+async def list_documents(
+    ctx: Context,
+    limit: Annotated[
+        int, Field(ge=1, le=MAX_LIMIT, description="Documents per page.")
+    ] = DEFAULT_LIMIT,
+    cursor: Annotated[
+        str | None, Field(description="The next_cursor of the previous page.")
+    ] = None,
+    updated_since: Annotated[
+        str | None,
+        Field(
+            description=(
+                "Only documents updated at or after this time: RFC 3339 with an offset "
+                "(e.g. 2026-11-29T10:00:00Z)."
+            )
+        ),
+    ] = None,
+) -> Annotated[CallToolResult, Page[DocumentListItem]]:
+    """The user's documents by external_id, without content, with cursor pagination (read one
+    with get_document)."""
+
+    async def work(runtime: Runtime, principal: Principal) -> BaseModel:
+        since = _ListDocsArguments.model_validate({"updated_since": updated_since})
+        page = await knowledge.list_docs(
+            runtime=runtime,
+            principal=principal,
+            limit=limit,
+            cursor=cursor,
+            updated_since=since.updated_since,
+        )
+        items = [
+            DocumentListItem(
+                external_id=d.external_id,
+                title=d.title,
+                metadata=d.metadata,
+                char_count=d.char_count,
+                updated_at=d.updated_at,
+            )
+            for d in page.items
+        ]
+        return Page[DocumentListItem](items=items, next_cursor=page.next_cursor, total=page.total)
+
+    return await answer(ctx, work)
+
+
+class _ListDocsArguments(BaseModel):
+    """`updated_since` parsed as REST's list parses it (the same parser for every door)."""
+
+    updated_since: datetime | None
+
+    @field_validator("updated_since", mode="before")
+    @classmethod
+    def _rfc3339(cls, value: object) -> object:
+        return None if value is None else parse_api_time(value, name="updated_since")
 
 
 async def list_personas(
@@ -186,14 +272,37 @@ async def get_persona(
 _READ_ONLY = ToolAnnotations(read_only_hint=True, idempotent_hint=True, open_world_hint=False)
 
 
+TOOLS: tuple[Callable[..., Awaitable[CallToolResult]], ...] = (
+    search_knowledge,
+    get_document,
+    list_documents,
+    list_personas,
+    get_persona,
+)
+
+
+def arguments_model(tool: Callable[..., object]) -> type[BaseModel]:
+    """A tool's arguments as a model of their own, from its signature: the same types, bounds
+    and defaults the SDK builds the tool's schema from (the context left out), for the gate to
+    say which arguments the SDK refused and why (`app.mcp.errors.Gate`)."""
+    hints = get_type_hints(tool, include_extras=True)
+    fields: dict[str, Any] = {
+        name: (hints[name], ... if p.default is p.empty else p.default)
+        for name, p in inspect.signature(tool).parameters.items()
+        if name != "ctx"
+    }
+    model: type[BaseModel] = create_model(f"{tool.__name__}_arguments", **fields)
+    return model
+
+
 def build_server() -> MCPServer:
     server = MCPServer(
         "personaizer",
         title="PersonAIzer knowledge",
         instructions=INSTRUCTIONS,
         version="1",
-        middleware=[gate],
+        middleware=[Gate({t.__name__: arguments_model(t) for t in TOOLS})],
     )
-    for tool in (search_knowledge, get_document, list_personas, get_persona):
+    for tool in TOOLS:
         server.add_tool(tool, annotations=_READ_ONLY)
     return server

@@ -262,6 +262,47 @@ class KnowledgeDocPublic(PublicModel):
         )
 
 
+#: A page of a document as the MCP door's `get_document` answers it, in characters (code
+#: points, as `char_count` counts them): the default is a few thousand tokens, which an agent's
+#: context takes without thinking; the maximum keeps one call far below a whole long document
+#: (a 70,000-character PDF is nine default pages, three maximal ones).
+DOC_PAGE_DEFAULT_CHARS = 8_000
+DOC_PAGE_MAX_CHARS = 32_000
+
+
+class KnowledgeDocPage(PublicModel):
+    """A slice of a document's content with the document's own fields: read on from
+    `next_offset` until it is null."""
+
+    external_id: str
+    title: str | None
+    metadata: JsonObject
+    content_sha256: str
+    char_count: int
+    chunk_count: int
+    created_at: Timestamp
+    updated_at: Timestamp
+    content: str = Field(description="The characters from `offset`, at most `max_chars` of them.")
+    offset: int = Field(description="Where `content` starts, in characters.")
+    total_chars: int = Field(description="The whole document's length in characters.")
+    next_offset: int | None = Field(
+        description="The offset of the next page; null when this page reaches the end."
+    )
+
+    @classmethod
+    def of(cls, doc: KnowledgeDocPublic, *, offset: int, max_chars: int) -> KnowledgeDocPage:
+        text = doc.content or ""
+        end = min(len(text), offset + max_chars)
+        fields = doc.model_dump(exclude={"content"})
+        return cls(
+            **fields,
+            content=text[offset:end],
+            offset=offset,
+            total_chars=len(text),
+            next_offset=end if end < len(text) else None,
+        )
+
+
 class UpsertResult(PublicModel):
     external_id: str
     status: UpsertStatus

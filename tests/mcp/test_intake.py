@@ -225,7 +225,7 @@ async def test_every_message_is_charged(tight: tuple[Starlette, httpx.AsyncClien
     r = await client.post("/mcp", content=message("ping"))
     assert r.json()["result"] == {} and charged(r) == ("reads", 1)
     r = await client.post("/mcp", content=message("tools/list"))
-    assert len(r.json()["result"]["tools"]) == 4 and charged(r) == ("reads", 0)
+    assert len(r.json()["result"]["tools"]) == 5 and charged(r) == ("reads", 0)
     for refused in (message("tools/list"), message("initialize", INITIALIZE), message("ping")):
         r = await client.post("/mcp", content=refused)
         body = assert_problem(r, 429, "limits.rate_exceeded")

@@ -21,8 +21,10 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
-from mcp_types import CallToolResult
+from mcp_types import CallToolResult, TextContent, TextResourceContents
 
+from app.models import SEARCH_K_MAX
+from app.models.knowledge import DOC_PAGE_DEFAULT_CHARS, DOC_PAGE_MAX_CHARS
 from tests.conftest import plan_config
 
 pytestmark = pytest.mark.anyio
@@ -62,6 +64,13 @@ DOCS = [
         "content": "Return any item within 30 days for a full refund.",
     },
 ]
+#: Longer than get_document's default page, so that reading it takes more than one call.
+MANUAL = {
+    "external_id": "warranty",
+    "title": "Warranty terms",
+    "content": "".join(f"Clause {i:04}: the warranty covers defects. " for i in range(400)),
+    "metadata": {"kind": "legal"},
+}
 
 
 @dataclass
@@ -119,7 +128,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             assert proc.poll() is None, "the server exited"
             time.sleep(0.3)
         h = {"X-Api-Key": key}
-        r = httpx.put(f"{base}/api/knowledge/docs", json={"items": DOCS}, headers=h, timeout=60)
+        r = httpx.put(
+            f"{base}/api/knowledge/docs", json={"items": [*DOCS, MANUAL]}, headers=h, timeout=60
+        )
         assert r.status_code == 200, r.text
         r = httpx.post(
             f"{base}/api/personas",
@@ -171,7 +182,13 @@ def problem(result: CallToolResult, code: str) -> dict[str, Any]:
 async def test_tools_over_http(server: Server, mode: str) -> None:
     async with connect(f"{server.base}/mcp", server.key, mode=mode) as client:
         tools = {t.name: t for t in (await client.list_tools()).tools}
-        assert set(tools) == {"search_knowledge", "get_document", "list_personas", "get_persona"}
+        assert set(tools) == {
+            "search_knowledge",
+            "get_document",
+            "list_documents",
+            "list_personas",
+            "get_persona",
+        }
         search = tools["search_knowledge"]
         assert set(search.input_schema["properties"]) == {
             "query",
@@ -217,6 +234,7 @@ async def test_tools_over_http(server: Server, mode: str) -> None:
         doc = data(await client.call_tool("get_document", {"external_id": "returns"}))
         assert doc["content"] == DOCS[2]["content"]
         assert doc["title"] == "Returns"
+        assert (doc["offset"], doc["total_chars"], doc["next_offset"]) == (0, 49, None)
 
         page = data(await client.call_tool("list_personas", {}))
         assert [p["name"] for p in page["items"]] == ["Ava"] and page["total"] == 1
@@ -364,3 +382,175 @@ def test_foreign_host_is_misdirected(server: Server) -> None:
     )
     assert r.status_code == 403
     assert r.json()["code"] == "auth.forbidden"
+
+
+async def test_documents_are_read_a_page_at_a_time(server: Server) -> None:
+    whole = str(MANUAL["content"])
+    assert len(whole) > DOC_PAGE_DEFAULT_CHARS
+    async with connect(f"{server.base}/mcp", server.key) as client:
+        first = data(await client.call_tool("get_document", {"external_id": "warranty"}))
+        assert first["content"] == whole[:DOC_PAGE_DEFAULT_CHARS]
+        assert first["total_chars"] == first["char_count"] == len(whole)
+        assert first["next_offset"] == DOC_PAGE_DEFAULT_CHARS
+        assert (first["title"], first["metadata"]) == ("Warranty terms", {"kind": "legal"})
+        # Following next_offset reads the whole document, and nothing twice.
+        text, offset, calls = "", 0, 0
+        while offset is not None:
+            page = data(
+                await client.call_tool(
+                    "get_document",
+                    {"external_id": "warranty", "offset": offset, "max_chars": 5000},
+                )
+            )
+            assert page["offset"] == offset and len(page["content"]) <= 5000
+            text += page["content"]
+            offset = page["next_offset"]
+            calls += 1
+        assert text == whole and calls == -(-len(whole) // 5000)
+        past = data(
+            await client.call_tool("get_document", {"external_id": "returns", "offset": 1000})
+        )
+        assert (past["content"], past["next_offset"]) == ("", None)
+
+
+async def test_documents_are_listed_without_content(server: Server) -> None:
+    async with connect(f"{server.base}/mcp", server.key) as client:
+        first = data(await client.call_tool("list_documents", {"limit": 3}))
+        assert first["total"] == 4 and first["next_cursor"]
+        rest = data(await client.call_tool("list_documents", {"cursor": first["next_cursor"]}))
+        items = first["items"] + rest["items"]
+        assert rest["next_cursor"] is None
+        assert [d["external_id"] for d in items] == ["faq-shipping", "lamp", "returns", "warranty"]
+        assert set(items[1]) == {"external_id", "title", "metadata", "char_count", "updated_at"}
+        assert items[1]["metadata"] == {"lang": "en"} and items[1]["char_count"] == 61
+        future = data(
+            await client.call_tool("list_documents", {"updated_since": "2999-01-01T00:00:00Z"})
+        )
+        assert (future["items"], future["total"]) == ([], 0)
+        # The same refusals as REST's list.
+        problem(
+            await client.call_tool("list_documents", {"updated_since": "yesterday"}),
+            "request.validation_failed",
+        )
+        problem(
+            await client.call_tool("list_documents", {"cursor": "%%%"}), "request.invalid_cursor"
+        )
+
+
+def _rest_problem(server: Server, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+    r = httpx.request(
+        method, f"{server.base}{path}", headers={"X-Api-Key": server.key}, timeout=60, **kwargs
+    )
+    assert r.status_code == 422, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+async def test_validation_errors_are_rests(server: Server) -> None:
+    """A bad argument is refused with REST's code and `errors[]` (pointer, code, message),
+    whether the SDK refused it against the tool's schema or the service did."""
+    async with connect(f"{server.base}/mcp", server.key) as client:
+        mcp_k = problem(
+            await client.call_tool("search_knowledge", {"query": "lamp", "k": 500}),
+            "request.validation_failed",
+        )
+        rest_k = _rest_problem(
+            server, "POST", "/api/knowledge/search", json={"query": "lamp", "k": 500}
+        )
+        assert (
+            mcp_k["errors"]
+            == rest_k["errors"]
+            == [
+                {
+                    "pointer": "/k",
+                    "code": "request.validation_failed",
+                    "message": f"Input should be less than or equal to {SEARCH_K_MAX}",
+                }
+            ]
+        )
+        assert mcp_k["status"] == rest_k["status"] == 422
+        assert mcp_k["detail"] == rest_k["detail"].replace("request body", "arguments")
+
+        mcp_id = problem(
+            await client.call_tool("get_document", {"external_id": "bad id"}),
+            "knowledge.invalid_external_id",
+        )
+        rest_id = _rest_problem(server, "GET", "/api/knowledge/docs/by-external-id/bad%20id")
+        assert {k: mcp_id.get(k) for k in ("code", "detail", "errors")} == {
+            k: rest_id.get(k) for k in ("code", "detail", "errors")
+        }
+
+        mcp_offset = problem(
+            await client.call_tool("get_document", {"external_id": "lamp", "offset": -1}),
+            "request.validation_failed",
+        )
+        # REST has no offset; its own bound on a number reads the same (limit=0 on a list).
+        rest_limit = _rest_problem(server, "GET", "/api/knowledge/docs", params={"limit": 0})
+        assert mcp_offset["errors"] == [
+            {
+                "pointer": "/offset",
+                "code": "request.validation_failed",
+                "message": "Input should be greater than or equal to 0",
+            }
+        ]
+        assert rest_limit["errors"][0]["message"] == "Input should be greater than or equal to 1"
+        too_much = problem(
+            await client.call_tool(
+                "get_document", {"external_id": "lamp", "max_chars": DOC_PAGE_MAX_CHARS + 1}
+            ),
+            "request.validation_failed",
+        )
+        assert [e["pointer"] for e in too_much["errors"]] == ["/max_chars"]
+        assert "pydantic" not in too_much["detail"]
+
+
+async def test_personas_are_prompts(server: Server) -> None:
+    async with connect(f"{server.base}/mcp", server.key) as client:
+        prompts = (await client.list_prompts()).prompts
+        assert [(p.name, p.title) for p in prompts] == [(server.persona_id, "Ava")]
+        prompt = await client.get_prompt(server.persona_id)
+        roles = [m.role for m in prompt.messages]
+        texts = [m.content.text for m in prompt.messages if isinstance(m.content, TextContent)]
+        assert roles == ["user", "assistant"]
+        assert "Ava" in texts[0] and texts[0].endswith("Be kind.")
+        assert texts[1] == "Hi, I am Ava."
+        with pytest.raises(MCPError) as raised:
+            await client.get_prompt("per_01NOPE")
+        assert raised.value.data["code"] == "persona.not_found"
+
+
+async def test_documents_are_resources(server: Server) -> None:
+    async with connect(f"{server.base}/mcp", server.key) as client:
+        listed = await client.list_resources()
+        uris = [str(r.uri) for r in listed.resources]
+        assert uris == [
+            f"personaizer://docs/{d}" for d in ("faq-shipping", "lamp", "returns", "warranty")
+        ]
+        assert listed.next_cursor is None
+        (template,) = (await client.list_resource_templates()).resource_templates
+        assert template.uri_template.startswith("personaizer://docs/{external_id}")
+
+        lamp = (await client.read_resource("personaizer://docs/lamp")).contents
+        assert len(lamp) == 1 and isinstance(lamp[0], TextResourceContents)
+        assert lamp[0].text == DOCS[1]["content"]
+        # A long document is read a default page at a time, like get_document.
+        first = (await client.read_resource("personaizer://docs/warranty")).contents[0]
+        assert isinstance(first, TextResourceContents)
+        assert first.text == str(MANUAL["content"])[:DOC_PAGE_DEFAULT_CHARS]
+        assert first.meta is not None and first.meta["next_offset"] == DOC_PAGE_DEFAULT_CHARS
+        uri = f"personaizer://docs/warranty?offset={first.meta['next_offset']}"
+        second = (await client.read_resource(uri)).contents[0]
+        assert isinstance(second, TextResourceContents)
+        assert (
+            second.text == str(MANUAL["content"])[DOC_PAGE_DEFAULT_CHARS:][:DOC_PAGE_DEFAULT_CHARS]
+        )
+
+        for bad, code in [
+            ("personaizer://docs/nope", "knowledge.not_found"),
+            ("personaizer://docs/bad%20id", "knowledge.invalid_external_id"),
+            ("personaizer://docs/lamp?offset=-1", "request.validation_failed"),
+            ("personaizer://people/lamp", "request.not_found"),
+        ]:
+            with pytest.raises(MCPError) as raised:
+                await client.read_resource(bad)
+            assert raised.value.data["code"] == code, (bad, raised.value.data)

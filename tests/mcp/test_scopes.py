@@ -21,6 +21,7 @@ pytestmark = pytest.mark.anyio
 ARGUMENTS: dict[str, dict[str, Any]] = {
     "search_knowledge": {"query": "gardening", "mode": "keyword"},
     "get_document": {"external_id": "doc-a"},
+    "list_documents": {},
     "list_personas": {},
     "get_persona": {"persona_id": "set by the test"},
 }
@@ -81,7 +82,7 @@ async def test_persona_restrictions_and_token_metadata_hold(app: Starlette) -> N
     key = await restricted(app, scopes=["search", "personas:read"], persona_ids=[a])
     assert key.signing_secret
     async with client_for(app, **{"X-Api-Key": key.key}) as api:
-        hits = (await call(api, "search_knowledge", ARGUMENTS["search_knowledge"]))
+        hits = await call(api, "search_knowledge", ARGUMENTS["search_knowledge"])
         assert [h["external_id"] for h in hits["structuredContent"]["results"]] == ["doc-a"]
         assert refused(await call(api, "get_persona", {"persona_id": b}))
         persona = (await call(api, "get_persona", {"persona_id": a}))["structuredContent"]
@@ -97,3 +98,36 @@ async def test_persona_restrictions_and_token_metadata_hold(app: Starlette) -> N
         hits = await call(api, "search_knowledge", ARGUMENTS["search_knowledge"])
         assert hits["structuredContent"]["results"] == []  # the forced metadata matches nothing
         assert refused(await call(api, "get_document", ARGUMENTS["get_document"]))
+
+
+async def rpc(api: httpx.AsyncClient, method: str, params: dict[str, Any]) -> dict[str, Any]:
+    message = {"jsonrpc": "2.0", "id": 3, "method": method, "params": params}
+    r = await api.post("/mcp", json=message, headers=HEADERS)
+    assert r.status_code == 200, r.text
+    answer: dict[str, Any] = r.json()
+    return answer
+
+
+async def test_prompts_and_resources_need_their_scopes(app: Starlette) -> None:
+    a, b = await seed(app)
+    for scope, prompts, resources in [
+        ("personas:read", True, False),
+        ("docs:read", False, True),
+        ("search", False, False),
+    ]:
+        key = (await restricted(app, scopes=[scope])).key
+        async with client_for(app, **{"X-Api-Key": key}) as api:
+            listed = (await rpc(api, "prompts/list", {}))["result"]["prompts"]
+            assert [p["name"] for p in listed] == ([a, b] if prompts else []), scope
+            got = await rpc(api, "prompts/get", {"name": a})
+            assert ("result" in got) is prompts, (scope, got)
+            if not prompts:
+                assert got["error"]["data"]["code"] == "auth.insufficient_scope"
+            docs = (await rpc(api, "resources/list", {}))["result"]["resources"]
+            assert bool(docs) is resources, scope
+            templates = (await rpc(api, "resources/templates/list", {}))["result"]
+            assert bool(templates["resourceTemplates"]) is resources, scope
+            read = await rpc(api, "resources/read", {"uri": "personaizer://docs/doc-a"})
+            assert ("result" in read) is resources, (scope, read)
+            if not resources:
+                assert read["error"]["data"]["code"] == "auth.insufficient_scope"

@@ -19,6 +19,7 @@ from app.models import (
     SEARCH_QUERY_MAX,
     SearchRequest,
 )
+from app.models.knowledge import DOC_PAGE_DEFAULT_CHARS, DOC_PAGE_MAX_CHARS
 from app.models.pagination import DEFAULT_LIMIT, MAX_LIMIT
 
 pytestmark = pytest.mark.anyio
@@ -45,9 +46,14 @@ async def test_bounds_are_the_models() -> None:
     search = tools["search_knowledge"][0]["properties"]
     assert search["query"]["maxLength"] == SEARCH_QUERY_MAX
     assert search["k"]["maximum"] == SEARCH_K_MAX
-    listing = tools["list_personas"][0]["properties"]
-    assert listing["limit"]["maximum"] == MAX_LIMIT
-    assert listing["limit"]["default"] == DEFAULT_LIMIT
+    for name in ("list_personas", "list_documents"):
+        listing = tools[name][0]["properties"]
+        assert listing["limit"]["maximum"] == MAX_LIMIT
+        assert listing["limit"]["default"] == DEFAULT_LIMIT
+    page = tools["get_document"][0]["properties"]
+    assert page["max_chars"]["maximum"] == DOC_PAGE_MAX_CHARS
+    assert page["max_chars"]["default"] == DOC_PAGE_DEFAULT_CHARS
+    assert states(page["max_chars"]["description"], f"{DOC_PAGE_MAX_CHARS:,}")
 
 
 @pytest.mark.parametrize(
