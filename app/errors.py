@@ -324,6 +324,20 @@ class Unavailable(AppError):
     description = "The server is overloaded or not ready yet; retry after Retry-After seconds."
 
 
+class PlanMissing(AppError):
+    """The caller's account is on a plan the `plans` table no longer has (deleted by hand):
+    refused rather than served some other plan's limits, which would be a guess about what the
+    operator meant. The operator restores the plan or moves the account."""
+
+    code = "account.plan_missing"
+    status = 403
+    title = "Plan missing"
+    description = (
+        "This account's plan does not exist on the server; the operator must restore the plan "
+        "or move the account to another one."
+    )
+
+
 class InternalError(AppError):
     pass
 
@@ -367,7 +381,7 @@ class UnknownPlan(AppError):
     code = "account.unknown_plan"
     status = 422
     title = "Unknown plan"
-    description = "No plan with that id is configured."
+    description = "No plan with that id is in the plans table."
 
 
 ERRORS_BY_CODE: dict[str, type[AppError]] = {cls.code: cls for cls in all_error_classes()}

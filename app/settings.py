@@ -1,8 +1,10 @@
 """Runtime configuration: one `Settings`, read from `PERSONAIZER_*` and validated at start.
 
-Plans live here too: the defaults of the contract (API.md section 7), which an operator can
+Plans start here: the defaults of the contract (API.md section 7), which an operator can
 override or extend with `PERSONAIZER_PLANS` (JSON) or a JSON/TOML file named by
-`PERSONAIZER_PLANS_FILE`. Tests build their settings through `Settings.for_tests` only.
+`PERSONAIZER_PLANS_FILE`. They are only the seed of the database's `plans` table (written when
+it is empty, or by `personaizer plans import`); servers read the table. Tests build their
+settings through `Settings.for_tests` only.
 """
 
 from __future__ import annotations
@@ -141,10 +143,15 @@ class Settings(BaseSettings):
     #: 1000 external_ids of 128 characters, is about 140 KB (with a 1000-character query and
     #: 8 KiB of metadata, every character escaped as `\\uXXXX`, under 200 KB).
     mcp_max_body_bytes: int = Field(default=256 * 1024, ge=1024)
+    #: The plan of a user created without one; it must be in the `plans` table then.
     default_plan: str = "free"
-    #: JSON object of plan id -> plan (merged over the defaults).
+    #: JSON object of plan id -> plan (merged over the defaults): the seed of the `plans`
+    #: table, not what servers read (docs/scaling.md, "Plans").
     plans: dict[str, Plan] = Field(default_factory=dict)
     plans_file: Path | None = None
+    #: Seconds a server keeps the `plans` table in memory: a change made by
+    #: `personaizer plans set` reaches every server within this, without a restart.
+    plans_refresh_s: float = Field(default=5.0, ge=0)
     redis_url: str = ""
     #: Days a deleted document's tombstone stays in the changes feed (API.md section 11) before
     #: it may be purged; a feed token older than the purged history is 410

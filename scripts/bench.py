@@ -222,7 +222,7 @@ async def setup(runtime: Runtime) -> Principal:
             id="per_bench", user_id=user.id, name="Bench", created_at=utcnow(), updated_at=utcnow()
         )
         session.add(persona)
-    return Principal(user_id=user.id, email=user.email, plan=runtime.plan("unlimited"))
+    return Principal(user_id=user.id, email=user.email, plan=await runtime.plan("unlimited"))
 
 
 async def attach_persona(runtime: Runtime, external_ids: Sequence[str]) -> None:

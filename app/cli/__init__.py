@@ -18,7 +18,7 @@ from typing import Annotated, NoReturn
 
 import typer
 
-from app.cli import data, keys, schema, serve, sync, tokens, users
+from app.cli import data, keys, plans, schema, serve, sync, tokens, users
 from app.cli.common import Fail, check_bundle, err, load_settings, out, version
 from app.errors import AppError
 from app.services import encoder
@@ -65,6 +65,7 @@ def _root(
 cli.command()(serve.serve)
 cli.command()(data.init)
 cli.add_typer(users.cli, name="users")
+cli.add_typer(plans.cli, name="plans")
 cli.add_typer(keys.cli, name="keys")
 cli.add_typer(tokens.cli, name="tokens")
 cli.command()(sync.sync)

@@ -26,6 +26,9 @@ from app.models.accounts import (
     KeyStatus as KeyStatus,
 )
 from app.models.accounts import (
+    PlanRow as PlanRow,
+)
+from app.models.accounts import (
     Scope as Scope,
 )
 from app.models.accounts import (

@@ -11,6 +11,19 @@ from sqlmodel import Field, SQLModel
 from app.models.base import PublicModel, Timestamp, time_field
 
 
+class PlanRow(SQLModel, table=True):
+    """A plan as every server reads it (revision 0009): the table, not the configuration, is
+    the truth once it holds a row (docs/scaling.md, "Plans")."""
+
+    __tablename__ = "plans"
+
+    id: str = Field(sa_column=Column(String(64), primary_key=True))
+    name: str = Field(sa_column=Column(Text, nullable=False))
+    #: The limits as a JSON object whose keys are `PlanLimits`' fields.
+    limits: str = Field(sa_column=Column(Text, nullable=False))
+    updated_at: datetime = time_field()
+
+
 class User(SQLModel, table=True):
     __tablename__ = "users"
     #: SQLite: ids are never reused (revision 0005): an id keys data, usage and rate windows,

@@ -117,16 +117,18 @@ def check_origin(origin: str) -> str:
     return f"{parts.scheme}://{parts.netloc.lower()}"
 
 
-def _max_key_rate(runtime: Runtime, plan_id: str) -> int:
-    limits = runtime.plan(plan_id).limits
+async def _max_key_rate(runtime: Runtime, plan_id: str) -> int:
+    limits = (await runtime.plan(plan_id)).limits
     return max(limits.reads_per_minute, limits.writes_per_minute, limits.searches_per_minute)
 
 
-def _check_plan(runtime: Runtime, plan_id: str) -> None:
-    if plan_id not in runtime.settings.all_plans:
-        raise UnknownPlan(
-            f"No plan {plan_id!r}; configured: {', '.join(sorted(runtime.settings.all_plans))}."
-        )
+async def _check_plan(runtime: Runtime, plan_id: str) -> None:
+    """Refuse, where it is set, a plan the `plans` table lacks (never a silent default)."""
+    # Read afresh: the operator may have just added the plan from another process.
+    runtime.forget_plans()
+    plans = await runtime.plans()
+    if plan_id not in plans:
+        raise UnknownPlan(f"No plan {plan_id!r}; the plans are: {', '.join(sorted(plans))}.")
 
 
 async def create_user(
@@ -136,7 +138,7 @@ async def create_user(
     if not EMAIL_RE.match(email):
         raise UserNotFound(f"{email!r} is not an email address.")
     plan_id = plan_id or runtime.settings.default_plan
-    _check_plan(runtime, plan_id)
+    await _check_plan(runtime, plan_id)
     user = User(
         email=email,
         plan_id=plan_id,
@@ -168,7 +170,7 @@ async def list_users(*, runtime: Runtime) -> list[UserPublic]:
 
 
 async def set_plan(*, runtime: Runtime, email: str, plan_id: str) -> UserPublic:
-    _check_plan(runtime, plan_id)
+    await _check_plan(runtime, plan_id)
     user = await _get_user(runtime, email)
     async with runtime.db.write() as session:
         db_user = await session.get(User, user.id)
@@ -216,7 +218,7 @@ async def create_key(
         if expires_at <= utcnow():
             raise _refuse("expires_at", "expires_at must be in the future.")
     if rate_limit is not None:
-        most = _max_key_rate(runtime, user.plan_id)
+        most = await _max_key_rate(runtime, user.plan_id)
         if not 1 <= rate_limit <= most:
             raise _refuse(
                 "rate_limit",
@@ -349,17 +351,17 @@ async def authenticate(*, runtime: Runtime, api_key: str | None) -> Principal:
             if db_key is not None:
                 db_key.last_used_at = now
                 session.add(db_key)
-    return principal_of(runtime, row)
+    return await principal_of(runtime, row)
 
 
-def principal_of(runtime: Runtime, row: Any) -> Principal:
+async def principal_of(runtime: Runtime, row: Any) -> Principal:
     """The caller a key's row (`_KEY_LOOKUP`'s columns) stands for, restrictions included."""
     personas = _words(row["persona_ids"])
     origins = _words(row["allowed_origins"])
     return Principal(
         user_id=row["user_id"],
         email=row["email"],
-        plan=runtime.plan(row["plan_id"]),
+        plan=await runtime.plan(row["plan_id"]),
         key_id=row["key_id"],
         scopes=frozenset(key_scopes(row["scopes"])),
         persona_ids=None if personas is None else frozenset(personas),

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlmodel import col, select
+
 from app.embedding.embedder import Embedder
-from app.errors import InsufficientScope
-from app.models import SCOPES, Scope
+from app.errors import InsufficientScope, PlanMissing
+from app.models import SCOPES, PlanRow, Scope
 from app.services.usage import RequestCounter
 from app.settings import MiB, Plan, Settings
+from app.storage import plan_rows
 from app.storage.database import Database, search_index
 from app.storage.index import SearchIndex
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -27,15 +35,61 @@ class Runtime:
     requests: RequestCounter = field(default_factory=RequestCounter)
     #: Keys by visible prefix for tenant tokens, briefly: prefix -> (loaded at, rows).
     token_keys: dict[str, tuple[float, list[Any]]] = field(default_factory=dict)
+    #: The `plans` table as last read, and when (monotonic); None: not read yet.
+    _plans: dict[str, Plan] | None = field(default=None, init=False, repr=False)
+    _plans_at: float = field(default=0.0, init=False, repr=False)
+    _plans_lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False, repr=False)
+    #: Plan ids met on an account but missing from the table, logged once each.
+    _missing_logged: set[str] = field(default_factory=set, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.index = search_index(self.db, vector_cache_bytes=self.settings.vector_cache_mb * MiB)
 
-    def plan(self, plan_id: str) -> Plan:
-        plans = self.settings.all_plans
-        # A plan removed from the configuration after users were put on it: fall back to the
-        # default rather than lock those users out.
-        return plans.get(plan_id) or plans[self.settings.default_plan]
+    async def plans(self) -> dict[str, Plan]:
+        """The `plans` table, read at most every `plans_refresh_s` seconds: every server
+        reads the same table, so a change reaches all of them within that, without a restart,
+        and a request costs no query for it."""
+        if (
+            self._plans is None
+            or time.monotonic() - self._plans_at >= self.settings.plans_refresh_s
+        ):
+            async with self._plans_lock:
+                # Another request may have reloaded it while this one waited.
+                if (
+                    self._plans is None
+                    or time.monotonic() - self._plans_at >= self.settings.plans_refresh_s
+                ):
+                    async with self.db.read() as session:
+                        rows = (
+                            await session.execute(select(PlanRow).order_by(col(PlanRow.id)))
+                        ).scalars()
+                        loaded = {r.id: plan_rows.plan_of(r.id, r.name, r.limits) for r in rows}
+                    self._plans, self._plans_at = loaded, time.monotonic()
+        return self._plans
+
+    def forget_plans(self) -> None:
+        """Read the table again at the next use (after this process changed it)."""
+        self._plans = None
+
+    async def plan(self, plan_id: str) -> Plan:
+        """An account's plan. One the table lacks (deleted by hand while accounts were on it)
+        refuses the account's requests (`account.plan_missing`), logged once per plan: serving
+        the default plan instead would silently change what those accounts may do."""
+        found = (await self.plans()).get(plan_id)
+        if found is None:
+            if plan_id not in self._missing_logged:
+                self._missing_logged.add(plan_id)
+                log.error(
+                    "accounts on plan %r are refused: the plans table has no such plan "
+                    "(`personaizer plans set %s ...` restores it; `personaizer users set-plan` "
+                    "moves an account)",
+                    plan_id,
+                    plan_id,
+                )
+            raise PlanMissing(
+                f"This account's plan {plan_id!r} does not exist on this server; ask the operator."
+            )
+        return found
 
 
 @dataclass(frozen=True, slots=True)

@@ -102,4 +102,4 @@ async def signed_in_principal(*, runtime: Runtime, token: object) -> Principal |
     if row is None:
         return None
     user_id, email, plan_id = row
-    return Principal(user_id=user_id, email=email, plan=runtime.plan(plan_id))
+    return Principal(user_id=user_id, email=email, plan=await runtime.plan(plan_id))

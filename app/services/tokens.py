@@ -69,7 +69,7 @@ async def authenticate(*, runtime: Runtime, token: str) -> Principal:
             )
         except jwt.PyJWTError:
             continue
-        return _principal(runtime, row, claims)
+        return await _principal(runtime, row, claims)
     raise Unauthorized()
 
 
@@ -85,7 +85,9 @@ async def _keys(runtime: Runtime, prefix: str) -> list[Any]:
     return rows
 
 
-def _principal(runtime: Runtime, row: Mapping[str, Any], claims: Mapping[str, Any]) -> Principal:
+async def _principal(
+    runtime: Runtime, row: Mapping[str, Any], claims: Mapping[str, Any]
+) -> Principal:
     now = utcnow()
     if row["expires_at"] is not None and row["expires_at"] <= now:
         raise Unauthorized()
@@ -94,7 +96,7 @@ def _principal(runtime: Runtime, row: Mapping[str, Any], claims: Mapping[str, An
         raise Unauthorized()
     if exp > now.timestamp() + MAX_LIFETIME.total_seconds() + LEEWAY_S:
         raise Unauthorized()
-    key = accounts.principal_of(runtime, row)
+    key = await accounts.principal_of(runtime, row)
     scopes = key.scopes & TOKEN_SCOPES
     if "search" not in key.scopes:
         raise Unauthorized()

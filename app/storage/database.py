@@ -28,7 +28,7 @@ from typing import Any, Literal
 from sqlalchemy import make_url, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 from sqlalchemy.pool import NullPool
@@ -38,7 +38,7 @@ from sqlmodel import SQLModel
 from app.errors import Unauthorized, Unavailable
 from app.files import prepare_sqlite_file
 from app.settings import Settings
-from app.storage import migrations, postgres_driver, sqlite_driver
+from app.storage import migrations, plan_rows, postgres_driver, sqlite_driver
 from app.storage.index import SearchIndex, for_dialect
 from app.storage.migrations import SchemaError
 
@@ -278,6 +278,7 @@ class Database:
             await raw.execute("PRAGMA foreign_keys = OFF")
             try:
                 found = await conn.run_sync(migrations.upgrade, self.where)
+                await conn.run_sync(self._seed_plans)
                 await conn.commit()
             finally:
                 await raw.execute("PRAGMA foreign_keys = ON")
@@ -288,10 +289,17 @@ class Database:
             await postgres_driver.lock_migrations(conn)
             await postgres_driver.check_vector_extension(conn, self.where)
             found = await conn.run_sync(migrations.upgrade, self.where)
+            await conn.run_sync(self._seed_plans)
             await conn.commit()
         # Connections opened before the vector type existed lack its codec.
         await self.writer.dispose()
         return found
+
+    def _seed_plans(self, conn: Connection) -> None:
+        # In the upgrade's own transaction: several servers starting at once seed it once.
+        written = plan_rows.seed_if_empty(conn, self.settings.all_plans)
+        if written:
+            log.info("plans table was empty: wrote the %d configured plans into it", written)
 
     async def is_empty(self) -> bool:
         """Whether the database holds no users (nor anything that belongs to one)."""

@@ -100,19 +100,22 @@ async def check_vector_extension(conn: AsyncConnection, where: str) -> None:
             f"PostgreSQL at {where} lacks the pgvector extension (`vector`): install pgvector "
             "0.8 or newer on the server (it is packaged for every PostgreSQL distribution)"
         )
-    allowed = (
-        await conn.execute(
-            text(
-                "SELECT rolsuper OR has_database_privilege(current_database(), 'CREATE')"
-                " FROM pg_roles WHERE rolname = current_user"
-            )
-        )
-    ).scalar_one()
-    if not allowed:
+    # pgvector is not a "trusted" extension: only a superuser may create it, or on a managed
+    # service a role the service allows (RDS's rds_superuser, Azure's azure.extensions list,
+    # Cloud SQL's cloudsqlsuperuser). Privileges cannot tell which, so try, in a savepoint.
+    try:
+        async with conn.begin_nested():
+            await conn.execute(text("CREATE EXTENSION IF NOT EXISTS vector"))
+    except DBAPIError as exc:
+        if is_disconnect(exc):
+            raise
+        names = (await conn.execute(text("SELECT current_database(), current_user"))).one()
         raise SchemaError(
-            f"PostgreSQL at {where} has pgvector but it is not enabled in this database, and "
-            "this role may not enable it: run `CREATE EXTENSION vector;` in it as its owner"
-        )
+            f"PostgreSQL at {where} has pgvector but it is not enabled in database {names[0]}, "
+            f"and role {names[1]} may not enable it; have a superuser run, once, in that "
+            "database: CREATE EXTENSION vector; (managed services: see docs/scaling.md, "
+            '"PostgreSQL privileges")'
+        ) from exc
 
 
 _DISCONNECTS = (

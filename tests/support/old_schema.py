@@ -3,7 +3,7 @@
 Some upgrade tests fill a file at an old revision with the current services (there is no older
 build to run), then upgrade it. The services write what later revisions added, so for the
 setup the file gets those objects (the changes feed's, revision 0007; the key restrictions,
-0008) and loses them again
+0008; the plans table, 0009) and loses them again
 before the upgrade, which then adds them as it would to a real old file. Only what the services
 write is added: no index, no backfill.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from sqlalchemy import text
 
+from app.storage import plan_rows
 from app.storage.database import Database
 
 #: Revision 0008's columns of api_keys.
@@ -30,12 +31,15 @@ _ADD = (
     "CREATE TABLE knowledge_feeds (user_id INTEGER NOT NULL PRIMARY KEY,"
     " last_seq BIGINT NOT NULL, purged_seq BIGINT NOT NULL)",
     *(f"ALTER TABLE api_keys ADD COLUMN {column}" for column in _KEY_COLUMNS),
+    "CREATE TABLE plans (id VARCHAR(64) NOT NULL PRIMARY KEY, name TEXT NOT NULL,"
+    " limits TEXT NOT NULL, updated_at VARCHAR(24) NOT NULL)",
 )
 _DROP = (
     "DROP TABLE knowledge_tombstones",
     "DROP TABLE knowledge_feeds",
     "ALTER TABLE knowledge_docs DROP COLUMN change_seq",
     *(f"ALTER TABLE api_keys DROP COLUMN {column.split()[0]}" for column in _KEY_COLUMNS),
+    "DROP TABLE plans",
 )
 
 
@@ -47,8 +51,12 @@ async def _run(database: Database, statements: tuple[str, ...]) -> None:
 
 
 async def add_newer_objects(database: Database) -> None:
-    """Give an old-revision SQLite file what today's services write beyond it."""
+    """Give an old-revision SQLite file what today's services write beyond it (and read: the
+    plans, seeded as an upgrade would)."""
     await _run(database, _ADD)
+    async with database.writer.connect() as conn:
+        await conn.run_sync(plan_rows.seed_if_empty, database.settings.all_plans)
+        await conn.commit()
 
 
 async def drop_newer_objects(database: Database) -> None:

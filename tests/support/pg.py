@@ -17,6 +17,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import asyncpg
+from sqlalchemy import text
 
 TEMPLATE = "personaizer_template"
 _names = itertools.count(1)
@@ -124,6 +125,11 @@ async def _make_template(server: PostgresServer) -> None:
     database = Database(Settings.for_tests(server.data_dir, database_url=server.url(TEMPLATE)))
     try:
         await database.migrate()
+        # A test's database starts as a new deployment's does: its plans seeded at its app's
+        # first start from that test's settings (`make_app(plans=...)`), not the template's.
+        async with database.writer.connect() as conn:
+            await conn.execute(text("DELETE FROM plans"))
+            await conn.commit()
     finally:
         await database.dispose()
 
