@@ -20,11 +20,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, func, insert, select, text
+from sqlalchemy import Table, delete, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import SQLModel, col
 
 from app.models import Chunk, KnowledgeDoc, Persona, UsageCounter, User, utcnow
+from app.models.accounts import PlanRow
 from app.storage.database import Database
 from app.storage.index import IndexedChunk, TitledChunks, for_dialect
 
@@ -62,6 +63,9 @@ async def copy_database(
         # PostgreSQL: REPEATABLE READ), taken at its first statement: this one.
         before = await _fingerprint(reading)
         report.as_of = utcnow()
+        # An empty target still holds the plans its schema upgrade seeded from this process's
+        # configuration; the source's plans are the deployment's, so they replace them.
+        await writing.execute(delete(SQLModel.metadata.tables[PlanRow.__tablename__]))
         for table in tables:
             report.rows[table.name] = await _copy_table(reading, writing, table)
             progress(f"{table.name}: {report.rows[table.name]} rows")
