@@ -31,6 +31,7 @@ from app.models import (
     KnowledgeDocBatch,
     KnowledgeDocBody,
     KnowledgeDocPublic,
+    PersonaKnowledgeDoc,
 )
 from app.models import Page as PublicPage
 from app.services import feed, knowledge
@@ -41,6 +42,12 @@ class UpsertStatus(Enum):
     CREATED = "created"
     UPDATED = "updated"
     NO_OP = "no_op"
+
+
+@strawberry.enum(description="How a document belongs to a persona's knowledge.")
+class KnowledgeVia(Enum):
+    ATTACHED = "attached"
+    FILTER = "filter"
 
 
 def _content(root: KnowledgeDocType) -> str:
@@ -61,6 +68,13 @@ class KnowledgeDocType:
     updated_at: datetime
     loaded_content: strawberry.Private[str | None]
     content: str = strawberry.field(resolver=_content, description="The document's text.")
+    via: KnowledgeVia | None = strawberry.field(
+        default=None,
+        description=(
+            "In a persona's `knowledge`: how the document belongs to it (`ATTACHED`, also when "
+            "its filter matches too, or `FILTER`); null elsewhere."
+        ),
+    )
 
     @classmethod
     def of(cls, doc: KnowledgeDocPublic) -> KnowledgeDocType:
@@ -74,6 +88,7 @@ class KnowledgeDocType:
             created_at=doc.created_at,
             updated_at=doc.updated_at,
             loaded_content=doc.content,
+            via=KnowledgeVia(doc.via) if isinstance(doc, PersonaKnowledgeDoc) else None,
         )
 
 

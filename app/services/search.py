@@ -45,6 +45,7 @@ from sqlmodel import select
 
 from app.errors import PersonaNotFound
 from app.models import (
+    KnowledgeFilter,
     Persona,
     SearchHit,
     SearchRequest,
@@ -96,15 +97,17 @@ async def search(
     request = narrowed
     user_id = principal.user_id
     depth = max(FUSION_DEPTH, request.k) if request.mode == "hybrid" else request.k
-    scope = Scope(
-        user_id=user_id,
-        persona_id=request.persona_id,
-        external_ids=request.external_ids,
-        metadata=request.metadata or {},
-    )
     async with runtime.db.read() as session:
+        rule = None
         if request.persona_id is not None:
-            await _check_persona(session, user_id, request.persona_id)
+            rule = await _persona_filter(session, user_id, request.persona_id)
+        scope = Scope(
+            user_id=user_id,
+            persona_id=request.persona_id,
+            persona_filter=rule,
+            external_ids=request.external_ids,
+            metadata=request.metadata or {},
+        )
         within = await runtime.index.restrict(session, scope)
         searchable = within is None or not within.empty
         ranker = runtime.index.ranker(session, user_id=user_id, within=within)
@@ -287,14 +290,21 @@ def _canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
-async def _check_persona(session: AsyncSession, user_id: int, persona_id: str) -> None:
+async def _persona_filter(
+    session: AsyncSession, user_id: int, persona_id: str
+) -> KnowledgeFilter | None:
+    """The persona's knowledge filter, read in the search's transaction (so the scope is the
+    persona's knowledge as of one moment); 404 when the persona is not the user's."""
     found = (
         await session.execute(
-            select(Persona.id).where(Persona.id == persona_id, Persona.user_id == user_id)
+            select(Persona.knowledge_filter).where(
+                Persona.id == persona_id, Persona.user_id == user_id
+            )
         )
     ).first()
     if found is None:
         raise PersonaNotFound(f"No persona {persona_id!r}.")
+    return KnowledgeFilter.from_stored(found[0])
 
 
 # --- the answer ----------------------------------------------------------------------------
