@@ -27,6 +27,7 @@ from app.models import (
     TITLE_MAX,
     BatchUpsertResponse,
     ChangesQuery,
+    DocFilters,
     KnowledgeChanges,
     KnowledgeDocBatch,
     KnowledgeDocBody,
@@ -226,9 +227,28 @@ async def knowledge_docs(
         datetime | None,
         strawberry.argument(description="Only documents updated at or after this time."),
     ] = None,
+    metadata: Annotated[
+        JSON | None,
+        strawberry.argument(
+            description=(
+                "Only documents whose metadata has each of these top-level keys with an equal "
+                "JSON value (`true` is not `1`, `1` is `1.0`); at most 32 keys."
+            )
+        ),
+    ] = None,
+    external_id_prefix: Annotated[
+        str | None,
+        strawberry.argument(
+            description="Only documents whose external_id starts with this (case-sensitive)."
+        ),
+    ] = None,
 ) -> KnowledgeDocPage:
-    """The caller's documents ordered by external_id (byte order)."""
+    """The caller's documents ordered by external_id (byte order). A cursor holds only where
+    its page ended, so it may be passed with other filters: the list goes on after it."""
     page = page_query(first, after)
+    filters = validated(
+        DocFilters, {"metadata": metadata, "external_id_prefix": external_id_prefix}
+    )
     result = await knowledge.list_docs(
         runtime=info.context.runtime,
         principal=info.context.principal,
@@ -236,6 +256,8 @@ async def knowledge_docs(
         cursor=page.cursor,
         include_content=wants_content(info),
         updated_since=updated_since,
+        metadata=filters.metadata,
+        external_id_prefix=filters.external_id_prefix,
     )
     return doc_page(result)
 

@@ -110,6 +110,9 @@ from app.models.knowledge import (
     Chunk as Chunk,
 )
 from app.models.knowledge import (
+    DocFilters as DocFilters,
+)
+from app.models.knowledge import (
     Embedding as Embedding,
 )
 from app.models.knowledge import (

@@ -15,6 +15,11 @@ is unchanged (nothing is re-embedded). Files that cannot be uploaded (unsupporte
 empty, over the plan's `doc_chars`) are skipped and reported, or with `strict` fail the sync
 before anything is sent. `prune` deletes this source's synced documents whose file is gone;
 other sources' and other writers' documents are never touched.
+
+`persona` sets that persona's knowledge filter to the source (`{"metadata": {"source":
+<source>}}`, API.md section 13), before anything is uploaded (an unknown persona fails the
+sync with nothing sent): the persona's knowledge is then every document of the source, those of
+later syncs too, with no further call. It replaces the persona's filter as a whole.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from app.client import DEFAULT_BATCH_CHARS, AsyncClient, BatchDone
 from app.sync.folder import SYNCED_BY, Folder, Skipped, SyncError, collect
@@ -37,6 +42,7 @@ __all__ = [
     "SyncReport",
     "collect",
     "external_id_for",
+    "source_filter",
     "source_for",
     "sync_folder",
 ]
@@ -62,6 +68,9 @@ class SyncReport:
     batches: int = 0
     skipped: list[Skipped] = field(default_factory=list)
     seconds: float = 0.0
+    #: The persona given and the knowledge filter it now has.
+    persona_id: str | None = None
+    knowledge_filter: dict[str, Any] | None = None
 
 
 def source_for(root: Path, explicit: str | None) -> str:
@@ -81,6 +90,7 @@ async def sync_folder(
     strict: bool = False,
     max_chars: int = DEFAULT_BATCH_CHARS,
     progress: Progress | None = None,
+    persona: str | None = None,
 ) -> SyncReport:
     started = time.monotonic()
     name = source_for(root, source)
@@ -99,6 +109,12 @@ async def sync_folder(
     if prune and not folder.present_ids:
         raise SyncError(
             f"{root} has no files: refusing to --prune every document of source {name!r}"
+        )
+    if persona is not None:
+        updated = await api.update_persona(persona, knowledge_filter=source_filter(name))
+        report.persona_id = updated.id
+        report.knowledge_filter = (
+            None if updated.knowledge_filter is None else updated.knowledge_filter.model_dump()
         )
 
     files_done = 0
@@ -125,13 +141,23 @@ async def sync_folder(
     return report
 
 
+def source_filter(source: str) -> dict[str, Any]:
+    """The knowledge filter that gives a persona every document of `source`."""
+    return {"metadata": {"source": source}}
+
+
 async def _prune(api: AsyncClient, folder: Folder) -> int:
     """Delete the source's synced documents whose file is gone (and only those)."""
     keep = folder.present_ids
     prefix = f"{folder.source}:"
+    # The server filters (API.md section 13); the same tests run here too, so that a server
+    # that ignores the filters (older than section 13) still has only these deleted.
+    listed = api.iter_docs(
+        metadata={"source": folder.source, "synced_by": SYNCED_BY}, external_id_prefix=prefix
+    )
     gone = [
         doc.external_id
-        async for doc in api.iter_docs()
+        async for doc in listed
         if doc.external_id.startswith(prefix)
         and doc.metadata.get("synced_by") == SYNCED_BY
         and doc.metadata.get("source") == folder.source

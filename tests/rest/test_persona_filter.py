@@ -274,3 +274,19 @@ async def test_list_filter_errors(api: httpx.AsyncClient, query: str, where: str
         "knowledge.invalid_external_id" if "prefix" in query else "request.validation_failed",
     )
     assert any(where in (e.get("parameter") or e["pointer"]) for e in body["errors"]), body
+
+
+async def test_graphql_knowledge_docs_filters(api: httpx.AsyncClient) -> None:
+    await put_docs(api, ("a", {"flag": True}), ("b", {"flag": 1}), ("kb-c", {"flag": True}))
+    query = """query($m: JSON, $p: String) { knowledgeDocs(metadata: $m, externalIdPrefix: $p)
+      { total items { externalId via } } }"""
+    data = await gql_data(api, query, {"m": {"flag": True}})
+    assert [i["externalId"] for i in data["knowledgeDocs"]["items"]] == ["a", "kb-c"]
+    assert data["knowledgeDocs"]["items"][0]["via"] is None
+    data = await gql_data(api, query, {"m": {"flag": True}, "p": "kb-"})
+    assert data["knowledgeDocs"]["total"] == 1
+    r = await api.post("/graphql", json={"query": query, "variables": {"p": "bad prefix"}})
+    error = r.json()["errors"][0]
+    assert error["extensions"]["code"] == "knowledge.invalid_external_id"
+    r = await api.post("/graphql", json={"query": query, "variables": {"m": "flag"}})
+    assert r.json()["errors"][0]["extensions"]["code"] == "request.validation_failed"

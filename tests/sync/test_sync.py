@@ -12,7 +12,7 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from app.client import AsyncClient, Client
+from app.client import ApiError, AsyncClient, Client
 from app.models.base import EXTERNAL_ID_RE
 from app.sync import SyncError, collect, external_id_for, sync_folder
 from app.sync.extract import Unreadable, decode, extract
@@ -398,6 +398,31 @@ async def test_strict_fails_before_uploading(app: Starlette, tmp_path: Path) -> 
         assert await _ids(api) == []
         report = await sync_folder(api, root)
         assert report.created == 1 and [s.path for s in report.skipped] == ["big.txt"]
+
+
+@pytest.mark.anyio
+async def test_persona_gets_the_source_by_filter(app: Starlette, tmp_path: Path) -> None:
+    key = await new_key(app, plan="pro")
+    root = tmp_path / "support"
+    root.mkdir()
+    (root / "a.md").write_text("# Returns\nReturns take a week.", "utf-8")
+    async with _client(app, key) as api:
+        persona = await api.create_persona(name="Support")
+        await api.upsert_doc("other", content="Returns elsewhere.", metadata={"source": "x"})
+        report = await sync_folder(api, root, persona=persona.id)
+        assert report.persona_id == persona.id
+        assert report.knowledge_filter == {
+            "metadata": {"source": "support"},
+            "external_id_prefixes": [],
+        }
+        # A file synced later joins the persona with no further call.
+        (root / "b.md").write_text("# Refunds\nRefunds take a week too.", "utf-8")
+        await sync_folder(api, root)
+        hits = await api.search("how long do returns and refunds take", k=10, persona_id=persona.id)
+        assert sorted(h.external_id for h in hits.results) == ["support:a.md", "support:b.md"]
+        assert (await api.get_persona(persona.id)).knowledge_count == 2
+        with pytest.raises(ApiError):
+            await sync_folder(api, root, persona="per_unknown")
 
 
 # --- the real CLI against a real server ---------------------------------------------------
