@@ -36,12 +36,13 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlmodel import select
+from sqlmodel import col, select
 
 from app.errors import PersonaNotFound
 from app.models import (
@@ -101,10 +102,14 @@ async def search(
         rule = None
         if request.persona_id is not None:
             rule = await _persona_filter(session, user_id, request.persona_id)
+        within_personas = None
+        if principal.persona_ids is not None and request.persona_id is None:
+            within_personas = await _persona_filters(session, user_id, principal.persona_ids)
         scope = Scope(
             user_id=user_id,
             persona_id=request.persona_id,
             persona_filter=rule,
+            within_personas=within_personas,
             external_ids=request.external_ids,
             metadata=request.metadata or {},
         )
@@ -263,19 +268,10 @@ async def _within_restrictions(
     match (the request's own metadata contradicts the token's). A request may narrow what its
     key or token allows, never widen it."""
     update: dict[str, Any] = {}
-    if principal.persona_ids is not None:
-        if request.persona_id is not None:
-            principal.require_persona(request.persona_id)
-        else:
-            from app.services.personas import attached_external_ids
-
-            attached = await attached_external_ids(
-                runtime=runtime, principal=principal, persona_ids=sorted(principal.persona_ids)
-            )
-            allowed = {e for ids in attached.values() for e in ids}
-            if request.external_ids is not None:
-                allowed &= set(request.external_ids)
-            update["external_ids"] = sorted(allowed)
+    # A key restricted to personas, searching without `persona_id`, searches their knowledge
+    # (attached or by filter): `Scope.within_personas`, set by `search`.
+    if principal.persona_ids is not None and request.persona_id is not None:
+        principal.require_persona(request.persona_id)
     if principal.metadata:
         merged = dict(request.metadata or {})
         for key, value in principal.metadata.items():
@@ -305,6 +301,19 @@ async def _persona_filter(
     if found is None:
         raise PersonaNotFound(f"No persona {persona_id!r}.")
     return KnowledgeFilter.from_stored(found[0])
+
+
+async def _persona_filters(
+    session: AsyncSession, user_id: int, persona_ids: Iterable[str]
+) -> dict[str, KnowledgeFilter | None]:
+    """Each of the user's personas among `persona_ids` with its knowledge filter (a persona
+    deleted since the key was made is left out: its knowledge is nothing)."""
+    rows = await session.execute(
+        select(Persona.id, Persona.knowledge_filter).where(
+            col(Persona.id).in_(sorted(persona_ids)), Persona.user_id == user_id
+        )
+    )
+    return {pid: KnowledgeFilter.from_stored(stored) for pid, stored in rows.all()}
 
 
 # --- the answer ----------------------------------------------------------------------------

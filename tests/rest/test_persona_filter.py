@@ -9,6 +9,7 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
+from app.services import accounts
 from tests.conftest import assert_problem, client_for, new_key
 from tests.graphql.conftest import gql_data
 
@@ -290,3 +291,25 @@ async def test_graphql_knowledge_docs_filters(api: httpx.AsyncClient) -> None:
     assert error["extensions"]["code"] == "knowledge.invalid_external_id"
     r = await api.post("/graphql", json={"query": query, "variables": {"m": "flag"}})
     assert r.json()["errors"][0]["extensions"]["code"] == "request.validation_failed"
+
+
+async def test_a_key_limited_to_a_persona_searches_its_knowledge_by_filter(
+    app: Starlette, api: httpx.AsyncClient
+) -> None:
+    await put_docs(api, ("att", {}), ("rule", {"team": "a"}), ("outside", {"team": "b"}))
+    p = await create(api, knowledge_filter={"metadata": {"team": "a"}})
+    await api.put(f"{PERSONAS}/{p['id']}/knowledge", json={"external_ids": ["att"]})
+    key = await accounts.create_key(
+        runtime=app.state.runtime,
+        email="owner@example.com",
+        scopes=["search"],
+        persona_ids=[p["id"]],
+    )
+    async with client_for(app, **{"X-Api-Key": key.key}) as limited:
+        r = await limited.post(SEARCH, json={"query": "shipping", "k": 50})
+        assert r.status_code == 200, r.text
+        assert sorted(h["external_id"] for h in r.json()["results"]) == ["att", "rule"]
+        r = await limited.post(
+            SEARCH, json={"query": "shipping", "k": 50, "external_ids": ["rule", "outside"]}
+        )
+        assert [h["external_id"] for h in r.json()["results"]] == ["rule"]

@@ -89,21 +89,32 @@ class Scope:
     persona_filter: KnowledgeFilter | None = None
     external_ids: Sequence[str] | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    #: Only the knowledge of these personas (id -> its filter): a key restricted to them,
+    #: searching without `persona_id`. `{}` matches nothing.
+    within_personas: Mapping[str, KnowledgeFilter | None] | None = None
 
     @property
     def everything(self) -> bool:
         """No condition beyond the user."""
-        return self.persona_id is None and self.external_ids is None and not self.metadata
+        return (
+            self.persona_id is None
+            and self.external_ids is None
+            and not self.metadata
+            and self.within_personas is None
+        )
 
     @property
     def nothing(self) -> bool:
         """Known to match no document without asking the database (`external_ids: []`)."""
-        return self.external_ids is not None and not self.external_ids
+        return (self.external_ids is not None and not self.external_ids) or (
+            self.within_personas is not None and not self.within_personas
+        )
 
     @property
     def metadata_values(self) -> list[Any]:
         """Every metadata value the scope compares, the persona filter's included."""
-        return [*self.metadata.values(), *filter_values([self.persona_filter])]
+        rules = [self.persona_filter, *(self.within_personas or {}).values()]
+        return [*self.metadata.values(), *filter_values(rules)]
 
     def conditions(self, metadata_condition: MetadataCondition) -> list[ColumnElement[bool]]:
         """Conditions on `knowledge_docs` rows."""
@@ -113,6 +124,16 @@ class Scope:
             where.append(
                 persona_knowledge(
                     self.persona_id, self.persona_filter, metadata_condition, positions
+                )
+            )
+        if self.within_personas is not None:
+            where.append(
+                or_(
+                    false(),
+                    *(
+                        persona_knowledge(pid, rule, metadata_condition, positions)
+                        for pid, rule in sorted(self.within_personas.items())
+                    ),
                 )
             )
         if self.external_ids is not None:
