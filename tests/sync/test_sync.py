@@ -538,3 +538,25 @@ async def test_a_terminal_gets_a_bar_over_files(app: Starlette, tmp_path: Path) 
     assert report.created == 3 and report.batches == 3
     final = screen.getvalue().rsplit("\r", 1)[-1]
     assert "reading" in final and "uploading" in final and final.count("3/3") == 2
+
+
+def test_cli_sync_sets_and_prints_the_persona_filter(
+    live_server: LiveServer, tmp_path: Path
+) -> None:
+    key = live_server.new_key("sync-persona@example.com", plan="pro")
+    root = tmp_path / "support"
+    root.mkdir()
+    (root / "a.md").write_text("# Returns\nReturns take a week.", "utf-8")
+    with Client(live_server.url, key) as api:
+        persona = api.create_persona(name="Support")
+        r = sync_cli(live_server, key, root, "--persona", persona.id)
+        assert r.returncode == 0, r.stderr
+        lines = r.stdout.strip().splitlines()
+        assert lines[0] == (
+            f'persona {persona.id}: knowledge_filter {{"metadata":{{"source":"support"}},'
+            '"external_id_prefixes":[]}'
+        )
+        assert lines[-1].startswith("support: created 1")
+        assert api.get_persona(persona.id).knowledge_count == 1
+        r = sync_cli(live_server, key, root, "--persona", "per_missing")
+        assert r.returncode != 0 and "persona.not_found" in r.stderr
