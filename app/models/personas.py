@@ -85,7 +85,15 @@ class KnowledgeFilter(RequestModel):
 
     model_config = ConfigDict(
         json_schema_extra={
-            "examples": [{"metadata": {"source": "support"}, "external_id_prefixes": ["faq-"]}]
+            "examples": [{"metadata": {"source": "support"}, "external_id_prefixes": ["faq-"]}],
+            # `_names_something`, stated in the schema: at least one of the two, not empty.
+            "anyOf": [
+                {"required": ["metadata"], "properties": {"metadata": {"minProperties": 1}}},
+                {
+                    "required": ["external_id_prefixes"],
+                    "properties": {"external_id_prefixes": {"minItems": 1}},
+                },
+            ],
         }
     )
 

@@ -271,7 +271,7 @@ OPERATIONS = [
         idempotent=True,
         query=DocListQuery,
         responses={200: (Page[KnowledgeDocPublic], "A page of documents.")},
-        errors=(InvalidCursor,),
+        errors=(InvalidCursor, InvalidExternalId),
     ),
     Operation(
         method="GET",
