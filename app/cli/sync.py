@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -29,6 +30,18 @@ def sync(
     prune: Annotated[
         bool, typer.Option("--prune", help="Delete this source's documents whose file is gone.")
     ] = False,
+    persona: Annotated[
+        str | None,
+        typer.Option(
+            "--persona",
+            metavar="ID",
+            help=(
+                "Set this persona's knowledge filter to the source (metadata.source), so its "
+                "knowledge is every document of the source, later syncs' too; replaces its "
+                "filter."
+            ),
+        ),
+    ] = None,
     strict: Annotated[
         bool, typer.Option("--strict", help="Fail, uploading nothing, if any file is skipped.")
     ] = False,
@@ -77,6 +90,7 @@ def sync(
                 exclude=exclude or (),
                 max_chars=batch_chars,
                 progress=progress,
+                persona=persona,
             )
 
     try:
@@ -92,6 +106,9 @@ def sync(
     except ClientError as exc:
         raise Fail(str(exc)) from exc
     tell(report, verbose=verbose)
+    if report.persona_id is not None:
+        rule = json.dumps(report.knowledge_filter, separators=(",", ":"))
+        out.print(f"persona {report.persona_id}: knowledge_filter {rule}", markup=False)
     out.print(
         f"{report.source}: created {report.created}, updated {report.updated}, "
         f"unchanged {report.no_op}, deleted {report.deleted}, skipped {len(report.skipped)} "

@@ -15,6 +15,7 @@ A builder returns one of three things:
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -121,25 +122,41 @@ def list_docs(
     cursor: str | None = None,
     include_content: bool = False,
     updated_since: datetime | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    external_id_prefix: str | None = None,
 ) -> Call[Page[Document]]:
+    """One page of documents, ordered by external_id. `metadata`: equality filters (JSON
+    equality: `True` is not `1`); `external_id_prefix`: case-sensitive."""
     params = _page_params(limit, cursor)
     if include_content:
         params["include_content"] = "true"
     if updated_since is not None:
         params["updated_since"] = _time(updated_since)
+    for key, value in (metadata or {}).items():
+        # Always as JSON text, strings quoted: the server reads unquoted text that is not
+        # JSON as a string, but `"true"` must stay a string and `007` is better unambiguous.
+        params[f"metadata.{key}"] = json.dumps(value, separators=(",", ":"))
+    if external_id_prefix is not None:
+        params["external_id_prefix"] = external_id_prefix
     return Call("GET", "/api/knowledge/docs", _model(Page[Document]), params=params)
 
 
 def iter_docs(
-    *, include_content: bool = False, updated_since: datetime | None = None
+    *,
+    include_content: bool = False,
+    updated_since: datetime | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    external_id_prefix: str | None = None,
 ) -> Pages[Document]:
-    """Every document, page after page, ordered by external_id."""
+    """Every document (matching the filters), page after page, ordered by external_id."""
     return Pages(
         lambda cursor: list_docs(
             limit=PAGE_SIZE,
             cursor=cursor,
             include_content=include_content,
             updated_since=updated_since,
+            metadata=metadata,
+            external_id_prefix=external_id_prefix,
         )
     )
 
@@ -291,14 +308,19 @@ def create_persona(
     instructions: str = "",
     greeting: str | None = None,
     metadata: Mapping[str, Any] | None = None,
+    knowledge_filter: Mapping[str, Any] | None = None,
 ) -> Call[Persona]:
-    body = {
+    """`knowledge_filter`: `{"metadata": {...}, "external_id_prefixes": [...]}`, knowledge by
+    rule (API.md section 13)."""
+    body: dict[str, Any] = {
         "name": name,
         "description": description,
         "instructions": instructions,
         "greeting": greeting,
         "metadata": dict(metadata or {}),
     }
+    if knowledge_filter is not None:
+        body["knowledge_filter"] = dict(knowledge_filter)
     # Not idempotent: a replay after a lost answer would make a second persona.
     return Call("POST", "/api/personas", _model(Persona), json=body, idempotent=False)
 

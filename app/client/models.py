@@ -92,6 +92,13 @@ class SingleUpsert(Model):
     document: Document
 
 
+class KnowledgeFilter(Model):
+    """Knowledge by rule: documents matching it belong to the persona (API.md section 13)."""
+
+    metadata: dict[str, Any]
+    external_id_prefixes: list[str]
+
+
 class PersonaSummary(Model):
     """A persona as lists show it (without its attached external_ids)."""
 
@@ -101,6 +108,8 @@ class PersonaSummary(Model):
     instructions: str
     greeting: str | None
     metadata: dict[str, Any]
+    #: None from a server before section 13, as from a persona without a rule.
+    knowledge_filter: KnowledgeFilter | None = None
     knowledge_count: int
     created_at: datetime
     updated_at: datetime

@@ -27,10 +27,12 @@ from app.models import (
     TITLE_MAX,
     BatchUpsertResponse,
     ChangesQuery,
+    DocFilters,
     KnowledgeChanges,
     KnowledgeDocBatch,
     KnowledgeDocBody,
     KnowledgeDocPublic,
+    PersonaKnowledgeDoc,
 )
 from app.models import Page as PublicPage
 from app.services import feed, knowledge
@@ -41,6 +43,12 @@ class UpsertStatus(Enum):
     CREATED = "created"
     UPDATED = "updated"
     NO_OP = "no_op"
+
+
+@strawberry.enum(description="How a document belongs to a persona's knowledge.")
+class KnowledgeVia(Enum):
+    ATTACHED = "attached"
+    FILTER = "filter"
 
 
 def _content(root: KnowledgeDocType) -> str:
@@ -61,6 +69,13 @@ class KnowledgeDocType:
     updated_at: datetime
     loaded_content: strawberry.Private[str | None]
     content: str = strawberry.field(resolver=_content, description="The document's text.")
+    via: KnowledgeVia | None = strawberry.field(
+        default=None,
+        description=(
+            "In a persona's `knowledge`: how the document belongs to it (`ATTACHED`, also when "
+            "its filter matches too, or `FILTER`); null elsewhere."
+        ),
+    )
 
     @classmethod
     def of(cls, doc: KnowledgeDocPublic) -> KnowledgeDocType:
@@ -74,6 +89,7 @@ class KnowledgeDocType:
             created_at=doc.created_at,
             updated_at=doc.updated_at,
             loaded_content=doc.content,
+            via=KnowledgeVia(doc.via) if isinstance(doc, PersonaKnowledgeDoc) else None,
         )
 
 
@@ -211,9 +227,28 @@ async def knowledge_docs(
         datetime | None,
         strawberry.argument(description="Only documents updated at or after this time."),
     ] = None,
+    metadata: Annotated[
+        JSON | None,
+        strawberry.argument(
+            description=(
+                "Only documents whose metadata has each of these top-level keys with an equal "
+                "JSON value (`true` is not `1`, `1` is `1.0`); at most 32 keys."
+            )
+        ),
+    ] = None,
+    external_id_prefix: Annotated[
+        str | None,
+        strawberry.argument(
+            description="Only documents whose external_id starts with this (case-sensitive)."
+        ),
+    ] = None,
 ) -> KnowledgeDocPage:
-    """The caller's documents ordered by external_id (byte order)."""
+    """The caller's documents ordered by external_id (byte order). A cursor holds only where
+    its page ended, so it may be passed with other filters: the list goes on after it."""
     page = page_query(first, after)
+    filters = validated(
+        DocFilters, {"metadata": metadata, "external_id_prefix": external_id_prefix}
+    )
     result = await knowledge.list_docs(
         runtime=info.context.runtime,
         principal=info.context.principal,
@@ -221,6 +256,8 @@ async def knowledge_docs(
         cursor=page.cursor,
         include_content=wants_content(info),
         updated_since=updated_since,
+        metadata=filters.metadata,
+        external_id_prefix=filters.external_id_prefix,
     )
     return doc_page(result)
 

@@ -24,6 +24,7 @@ from app.graphql.pages import (
 )
 from app.graphql.scopes import NeedsScope
 from app.models import (
+    KNOWLEDGE_FILTER_PREFIXES_MAX,
     PERSONA_DESCRIPTION_MAX,
     PERSONA_GREETING_MAX,
     PERSONA_INSTRUCTIONS_MAX,
@@ -34,7 +35,51 @@ from app.models import (
     PersonaPublic,
     PersonaUpdate,
 )
+from app.models import KnowledgeFilterPublic as KnowledgeFilterModel
 from app.services import personas
+
+_FILTER = (
+    "Knowledge by rule: every document matching it belongs to the persona besides the "
+    "attached ones, now and later. Metadata filters are AND'ed, prefixes OR'ed; with both, a "
+    "document must match the metadata and one prefix."
+)
+
+
+@strawberry.type(name="KnowledgeFilter", description=_FILTER)
+class KnowledgeFilterType:
+    metadata: JSON = strawberry.field(
+        description="Equality filters on top-level metadata keys (JSON equality: `true` is not `1`)."
+    )
+    external_id_prefixes: list[str] = strawberry.field(
+        description="A document matches when its external_id starts with any of these."
+    )
+
+    @classmethod
+    def of(cls, rule: KnowledgeFilterModel | None) -> KnowledgeFilterType | None:
+        if rule is None:
+            return None
+        return cls(metadata=JSON(rule.metadata), external_id_prefixes=rule.external_id_prefixes)
+
+
+@strawberry.input(description=_FILTER + " At least one of the two is given.")
+class KnowledgeFilterInput:
+    metadata: JSON | None = strawberry.field(
+        default=UNSET,
+        description="Equality filters on top-level metadata keys; `{}` when left out.",
+    )
+    external_id_prefixes: list[str] | None = strawberry.field(
+        default=UNSET,
+        description=f"At most {KNOWLEDGE_FILTER_PREFIXES_MAX} external_id prefixes; `[]` when left out.",
+    )
+
+
+def _with_filter(input: object) -> dict[str, object]:
+    """`given(input)` with its knowledge filter (a nested input) as the REST body has it."""
+    data = given(input)
+    rule = data.get("knowledge_filter")
+    if rule is not None and not isinstance(rule, dict):
+        data["knowledge_filter"] = given(rule)
+    return data
 
 
 async def _knowledge_external_ids(root: PersonaType, info: Info) -> list[str]:
@@ -62,7 +107,12 @@ class PersonaType:
     instructions: str
     greeting: str | None
     metadata: JSON
-    knowledge_count: int = strawberry.field(description="How many documents are attached.")
+    knowledge_filter: KnowledgeFilterType | None = strawberry.field(
+        description="Knowledge by rule, or null for none."
+    )
+    knowledge_count: int = strawberry.field(
+        description="How many documents the persona's knowledge holds: attached or by filter."
+    )
     created_at: datetime
     updated_at: datetime
     #: Known when the persona came from a single lookup; else loaded in a batch when asked for.
@@ -74,7 +124,10 @@ class PersonaType:
     )
     knowledge: KnowledgeDocPage = strawberry.field(
         resolver=_knowledge,
-        description="The attached documents, ordered by external_id.",
+        description=(
+            "The persona's knowledge (attached, or by its filter: see each document's `via`), "
+            "ordered by external_id."
+        ),
         extensions=[NeedsScope()],  # the documents themselves: docs:read
     )
 
@@ -87,6 +140,7 @@ class PersonaType:
             instructions=persona.instructions,
             greeting=persona.greeting,
             metadata=JSON(persona.metadata),
+            knowledge_filter=KnowledgeFilterType.of(persona.knowledge_filter),
             knowledge_count=persona.knowledge_count,
             created_at=persona.created_at,
             updated_at=persona.updated_at,
@@ -132,6 +186,9 @@ class PersonaCreateInput:
     metadata: JSON | None = strawberry.field(
         default=UNSET, description=f"{METADATA}; `{{}}` when left out."
     )
+    knowledge_filter: KnowledgeFilterInput | None = strawberry.field(
+        default=UNSET, description="Knowledge by rule; null (the default) for none."
+    )
 
 
 @strawberry.input(
@@ -155,6 +212,9 @@ class PersonaUpdateInput:
     )
     metadata: JSON | None = strawberry.field(
         default=UNSET, description=f"{METADATA} (replaced as a whole)."
+    )
+    knowledge_filter: KnowledgeFilterInput | None = strawberry.field(
+        default=UNSET, description="Knowledge by rule (replaced as a whole); null removes it."
     )
 
 
@@ -191,7 +251,7 @@ async def persona(info: Info, id: strawberry.ID) -> PersonaType:
 
 async def create_persona(info: Info, input: PersonaCreateInput) -> PersonaType:
     """Create a persona; `persona.quota_exceeded` past the plan's personas."""
-    body = validated(PersonaCreate, given(input), at=("input",))
+    body = validated(PersonaCreate, _with_filter(input), at=("input",))
     created = await personas.create_persona(
         runtime=info.context.runtime, principal=info.context.principal, body=body
     )
@@ -200,7 +260,7 @@ async def create_persona(info: Info, input: PersonaCreateInput) -> PersonaType:
 
 async def update_persona(info: Info, id: strawberry.ID, input: PersonaUpdateInput) -> PersonaType:
     """Change the fields given; `updatedAt` moves only when a value changes."""
-    body = validated(PersonaUpdate, given(input), at=("input",))
+    body = validated(PersonaUpdate, _with_filter(input), at=("input",))
     updated = await personas.update_persona(
         runtime=info.context.runtime, principal=info.context.principal, persona_id=id, body=body
     )

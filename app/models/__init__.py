@@ -113,6 +113,9 @@ from app.models.knowledge import (
     Chunk as Chunk,
 )
 from app.models.knowledge import (
+    DocFilters as DocFilters,
+)
+from app.models.knowledge import (
     Embedding as Embedding,
 )
 from app.models.knowledge import (
@@ -158,6 +161,9 @@ from app.models.pages import (
     Page as Page,
 )
 from app.models.personas import (
+    KNOWLEDGE_FILTER_PREFIXES_MAX as KNOWLEDGE_FILTER_PREFIXES_MAX,
+)
+from app.models.personas import (
     PERSONA_DESCRIPTION_MAX as PERSONA_DESCRIPTION_MAX,
 )
 from app.models.personas import (
@@ -173,6 +179,15 @@ from app.models.personas import (
     PERSONA_NAME_MAX as PERSONA_NAME_MAX,
 )
 from app.models.personas import (
+    KnowledgeFilter as KnowledgeFilter,
+)
+from app.models.personas import (
+    KnowledgeFilterPublic as KnowledgeFilterPublic,
+)
+from app.models.personas import (
+    KnowledgeVia as KnowledgeVia,
+)
+from app.models.personas import (
     Persona as Persona,
 )
 from app.models.personas import (
@@ -183,6 +198,9 @@ from app.models.personas import (
 )
 from app.models.personas import (
     PersonaKnowledgeBody as PersonaKnowledgeBody,
+)
+from app.models.personas import (
+    PersonaKnowledgeDoc as PersonaKnowledgeDoc,
 )
 from app.models.personas import (
     PersonaKnowledgeResult as PersonaKnowledgeResult,

@@ -7,8 +7,8 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, ValidationInfo
 from pydantic import BaseModel as PydanticBase
-from pydantic import BeforeValidator, ConfigDict, ValidationInfo
 from pydantic_core import PydanticCustomError
 from sqlalchemy import BigInteger, Column, Index, Integer, LargeBinary, UniqueConstraint
 from sqlalchemy.dialects.postgresql.base import ischema_names
@@ -29,6 +29,7 @@ from app.models.base import (
     time_field,
 )
 from app.models.json_equality import StoredJson
+from app.models.search import check_metadata_filter
 
 
 class KnowledgeDoc(SQLModel, table=True):
@@ -372,3 +373,11 @@ class KnowledgeChanges(PublicModel):
         description="Pass as `since` next time: never older than the `since` sent."
     )
     has_more: bool = Field(description="More changes are already there: call again at once.")
+
+
+class DocFilters(RequestModel):
+    """The knowledge list's filters, as GraphQL's `knowledgeDocs` takes them (REST reads them
+    from `metadata.<key>` query parameters, then checks them alike)."""
+
+    metadata: Annotated[JsonObject, AfterValidator(check_metadata_filter)] | None = None
+    external_id_prefix: ExternalId | None = None

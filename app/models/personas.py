@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated, Literal
 
-from pydantic import ConfigDict
+from pydantic import AfterValidator, ConfigDict, model_validator
+from pydantic_core import PydanticCustomError
 from sqlalchemy import Column, Index
 from sqlmodel import Field, SQLModel
 
@@ -19,6 +21,8 @@ from app.models.base import (
     time_field,
 )
 from app.models.json_equality import StoredJson
+from app.models.knowledge import KnowledgeDocPublic
+from app.models.search import check_metadata_filter
 
 
 class Persona(SQLModel, table=True):
@@ -33,6 +37,11 @@ class Persona(SQLModel, table=True):
     instructions: str = ""
     greeting: str | None = None
     metadata_: JsonObject = Field(default_factory=dict, sa_column=Column("metadata", StoredJson))
+    #: `KnowledgeFilter.stored()` or SQL NULL (no rule); revision 0010.
+    knowledge_filter: JsonObject | None = Field(
+        default=None,
+        sa_column=Column("knowledge_filter", StoredJson(none_as_null=True), nullable=True),
+    )
     created_at: datetime = time_field()
     updated_at: datetime = time_field()
 
@@ -55,6 +64,82 @@ PERSONA_GREETING_MAX = 2000
 #: Documents named in one `PUT /api/personas/{id}/knowledge`: the body (and any error naming
 #: the unknown ones) stays small, and it matches how many a search may name.
 PERSONA_KNOWLEDGE_MAX = 1000
+#: Prefixes in one knowledge filter: each is one range condition in every persona-scoped query.
+KNOWLEDGE_FILTER_PREFIXES_MAX = 20
+
+#: How a document belongs to a persona's knowledge: attached by `PUT .../knowledge`, or matching
+#: the persona's `knowledge_filter`. A document that is both is `attached`.
+KnowledgeVia = Literal["attached", "filter"]
+
+
+def _unique(prefixes: list[str]) -> list[str]:
+    return list(dict.fromkeys(prefixes))
+
+
+class KnowledgeFilter(RequestModel):
+    """A persona's knowledge by rule: every document of the user matching it belongs to the
+    persona, now and later. `metadata`'s filters are AND'ed (each key present with an equal
+    JSON value, as the search's `metadata` filter compares: `true` is not `1`); the prefixes
+    are OR'ed; with both, a document must match the metadata AND one of the prefixes. At least
+    one of the two must be given (an empty rule would take every document)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"metadata": {"source": "support"}, "external_id_prefixes": ["faq-"]}],
+            # `_names_something`, stated in the schema: at least one of the two, not empty.
+            "anyOf": [
+                {"required": ["metadata"], "properties": {"metadata": {"minProperties": 1}}},
+                {
+                    "required": ["external_id_prefixes"],
+                    "properties": {"external_id_prefixes": {"minItems": 1}},
+                },
+            ],
+        }
+    )
+
+    metadata: Annotated[JsonObject, AfterValidator(check_metadata_filter)] = Field(
+        default_factory=dict,
+        description=(
+            "Equality filters on top-level metadata keys, all of which must hold (JSON "
+            'equality: numbers by value, `true` is not `1`, `"1"` is not `1`).'
+        ),
+    )
+    external_id_prefixes: Annotated[list[ExternalId], AfterValidator(_unique)] = Field(
+        default_factory=list,
+        max_length=KNOWLEDGE_FILTER_PREFIXES_MAX,
+        description=(
+            f"At most {KNOWLEDGE_FILTER_PREFIXES_MAX} prefixes (case-sensitive, in the "
+            "external_id alphabet); a document matches when its external_id starts with any."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _names_something(self) -> KnowledgeFilter:
+        if not self.metadata and not self.external_id_prefixes:
+            raise PydanticCustomError(
+                "empty_filter",
+                "a knowledge_filter names metadata or external_id_prefixes (or is null)",
+            )
+        return self
+
+    def stored(self) -> JsonObject:
+        return {"metadata": self.metadata, "external_id_prefixes": self.external_id_prefixes}
+
+    @classmethod
+    def from_stored(cls, value: JsonObject | None) -> KnowledgeFilter | None:
+        """The stored rule, trusted (it was validated when it was set)."""
+        if value is None:
+            return None
+        return cls.model_construct(
+            metadata=dict(value.get("metadata") or {}),
+            external_id_prefixes=list(value.get("external_id_prefixes") or []),
+        )
+
+
+_FILTER_DESCRIPTION = (
+    "Knowledge by rule: every document matching it belongs to the persona besides the attached "
+    "ones, now and later; null (the default) for none."
+)
 
 
 class PersonaCreate(RequestModel):
@@ -75,6 +160,7 @@ class PersonaCreate(RequestModel):
     instructions: str = Field(default="", max_length=PERSONA_INSTRUCTIONS_MAX)
     greeting: str | None = Field(default=None, max_length=PERSONA_GREETING_MAX)
     metadata: Metadata = Field(default_factory=dict)
+    knowledge_filter: KnowledgeFilter | None = Field(default=None, description=_FILTER_DESCRIPTION)
 
 
 class PersonaUpdate(RequestModel):
@@ -89,6 +175,9 @@ class PersonaUpdate(RequestModel):
     instructions: str = Field(default=None, max_length=PERSONA_INSTRUCTIONS_MAX)
     greeting: str | None = Field(default=None, max_length=PERSONA_GREETING_MAX)
     metadata: Metadata = Field(default=None)
+    knowledge_filter: KnowledgeFilter | None = Field(
+        default=None, description=_FILTER_DESCRIPTION + " Null removes the rule."
+    )
 
 
 class PersonaKnowledgeBody(RequestModel):
@@ -97,6 +186,20 @@ class PersonaKnowledgeBody(RequestModel):
     external_ids: list[ExternalId] = Field(
         max_length=PERSONA_KNOWLEDGE_MAX,
         description=f"The whole attached set, at most {PERSONA_KNOWLEDGE_MAX} external_ids.",
+    )
+
+
+class KnowledgeFilterPublic(PublicModel):
+    metadata: JsonObject
+    external_id_prefixes: list[str]
+
+
+class PersonaKnowledgeDoc(KnowledgeDocPublic):
+    """A document of a persona's knowledge, and why it is there."""
+
+    via: KnowledgeVia = Field(
+        default="attached",
+        description="`attached` (also when the filter matches it too) or `filter`.",
     )
 
 
@@ -109,13 +212,18 @@ class PersonaListItem(PublicModel):
     instructions: str
     greeting: str | None
     metadata: JsonObject
-    knowledge_count: int
+    knowledge_filter: KnowledgeFilterPublic | None = Field(description=_FILTER_DESCRIPTION)
+    knowledge_count: int = Field(
+        description="How many documents the persona's knowledge holds: attached or by filter."
+    )
     created_at: Timestamp
     updated_at: Timestamp
 
 
 class PersonaPublic(PersonaListItem):
-    knowledge_external_ids: list[str] = Field(description="Sorted.")
+    knowledge_external_ids: list[str] = Field(
+        description="The attached set, sorted (documents by filter are not listed here)."
+    )
 
 
 class PersonaKnowledgeResult(PublicModel):

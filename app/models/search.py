@@ -36,7 +36,9 @@ def _query_not_blank(value: str) -> str:
     return value
 
 
-def _check_metadata_filter(value: JsonObject) -> JsonObject:
+def check_metadata_filter(value: JsonObject) -> JsonObject:
+    """A metadata equality filter (the search's, a persona's knowledge filter, the list's):
+    bounded in keys, and every value one a stored value could equal."""
     if len(value) > SEARCH_METADATA_KEYS_MAX:
         raise PydanticCustomError(
             "too_many_filters",
@@ -95,7 +97,7 @@ class SearchRequest(RequestModel):
         max_length=SEARCH_EXTERNAL_IDS_MAX,
         description="Only these documents; unknown ones are ignored, `[]` matches nothing.",
     )
-    metadata: Annotated[JsonObject, AfterValidator(_check_metadata_filter)] | None = Field(
+    metadata: Annotated[JsonObject, AfterValidator(check_metadata_filter)] | None = Field(
         None,
         description=(
             "Equality filters on top-level metadata keys: a document matches when each key is "

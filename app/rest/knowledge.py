@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
+from typing import Any
 from urllib.parse import quote
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 from starlette.responses import Response
 
 from app.errors import (
@@ -22,6 +25,7 @@ from app.models import (
     BatchUpsertResponse,
     ChangesQuery,
     ExternalId,
+    JsonObject,
     KnowledgeChanges,
     KnowledgeDocBatch,
     KnowledgeDocBody,
@@ -31,7 +35,15 @@ from app.models import (
     parse_api_time,
 )
 from app.models.pagination import PageQuery
-from app.rest.operations import Call, Link, Operation, PathParam, json_response
+from app.models.search import check_metadata_filter
+from app.rest.operations import (
+    DYNAMIC_PARAMETERS,
+    Call,
+    Link,
+    Operation,
+    PathParam,
+    json_response,
+)
 from app.services import feed, knowledge
 
 EXTERNAL_ID_PARAM = {
@@ -65,6 +77,45 @@ _BATCH_LINKS = {
 
 
 class DocListQuery(PageQuery):
+    """The list's query. `metadata.<key>=<value>` parameters (any number, each key once) are
+    gathered into `metadata` by `_metadata_parameters`; OpenAPI has no way to name such
+    parameters, so the operation's description documents them instead of a parameter."""
+
+    metadata: JsonObject | None = Field(
+        None,
+        description="Gathered from the `metadata.<key>=<value>` parameters.",
+        json_schema_extra={DYNAMIC_PARAMETERS: "metadata.<key>"},
+    )
+    external_id_prefix: ExternalId | None = Field(
+        None,
+        description=(
+            "Only documents whose external_id starts with this (case-sensitive; 1-128 of "
+            "A-Z a-z 0-9 . _ : -)."
+        ),
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _metadata_parameters(cls, data: object) -> object:
+        if not isinstance(data, dict) or "metadata" in data:
+            return data  # `metadata` itself is no parameter: ignored like any unknown one
+        gathered = {k: v for k, v in data.items() if isinstance(k, str) and k.startswith(_DOT)}
+        if not gathered:
+            return data
+        rest = {k: v for k, v in data.items() if k not in gathered}
+        return {**rest, "metadata": {k[len(_DOT) :]: v for k, v in gathered.items()}}
+
+    @field_validator("metadata", mode="before")
+    @classmethod
+    def _parsed(cls, value: object) -> object:
+        # Here, not above: an error is then located at the `metadata` parameters.
+        return metadata_parameters(value) if isinstance(value, dict) else value
+
+    @field_validator("metadata", mode="after")
+    @classmethod
+    def _bounded(cls, value: JsonObject | None) -> JsonObject | None:
+        return None if value is None else check_metadata_filter(value)
+
     include_content: bool = Field(False, description="Include each document's `content`.")
     updated_since: datetime | None = Field(
         None,
@@ -81,6 +132,38 @@ class DocListQuery(PageQuery):
         return None if value is None else parse_api_time(value, name="updated_since")
 
 
+_DOT = "metadata."
+
+
+def _not_a_constant(name: str) -> Any:
+    raise ValueError(name)  # NaN, Infinity: not JSON, so the text is a string
+
+
+def filter_value(text: str) -> Any:
+    """A `metadata.<key>` parameter's value: the JSON value it is the text of (`true`, `1`,
+    `null`, `"true"` for the string), else the text itself as a string (`en`, `007`)."""
+    try:
+        return json.loads(text, parse_constant=_not_a_constant)
+    except ValueError:
+        return text
+
+
+def metadata_parameters(parameters: dict[Any, Any]) -> dict[str, Any]:
+    """The `metadata.<key>` parameters (`{"lang": "en"}` for `metadata.lang=en`) as the filter
+    they stand for; a key is everything after the first dot (`metadata.a.b` is the top-level
+    key `a.b`). A key given twice (its values come as a list) or empty is refused."""
+    out: dict[str, Any] = {}
+    for key, text in parameters.items():
+        if not isinstance(text, str) or not key:
+            raise PydanticCustomError(
+                "invalid_metadata_parameter",
+                "metadata.{key}: each metadata.<key> parameter names a key, at most once",
+                {"key": key},
+            )
+        out[key] = filter_value(text)
+    return out
+
+
 def doc_location(external_id: str) -> str:
     return f"/api/knowledge/docs/by-external-id/{quote(external_id, safe='')}"
 
@@ -94,6 +177,8 @@ async def list_docs(call: Call) -> Response:
         cursor=q.cursor,
         include_content=q.include_content,
         updated_since=q.updated_since,
+        metadata=q.metadata,
+        external_id_prefix=q.external_id_prefix,
     )
     body = page.model_dump(mode="json")
     if not q.include_content:
@@ -166,7 +251,18 @@ OPERATIONS = [
             "the moment each page is read: pages are ordered by external_id, so a document "
             "written after the listing paged past its external_id is not seen until the next "
             "listing, and deletions never show. To mirror the documents, follow "
-            "`GET /api/knowledge/changes` instead."
+            "`GET /api/knowledge/changes` instead. "
+            "`metadata.<key>=<value>` (any number of keys, each at most once, at most 32): only "
+            "documents whose metadata has each key with an equal JSON value (`true` is not "
+            "`1`, `1` is `1.0`). The value is read as JSON when it is JSON text, else it is "
+            'the string as sent: `metadata.lang=en` is the string `"en"`, '
+            "`metadata.flag=true` is `true`, `metadata.n=1` the number 1, and "
+            '`metadata.flag=%22true%22` (JSON-quoted) the string `"true"`. The key is '
+            "everything after `metadata.` (`metadata.a.b` is the top-level key `a.b`). "
+            "`external_id_prefix`: only documents whose external_id starts with it. Filters "
+            "combine (all must hold) and `total` counts the filtered list. A cursor only says "
+            "where the previous page ended (after which external_id), so it may be passed "
+            "with other filters: the listing goes on after that external_id."
         ),
         handler=list_docs,
         tag="KnowledgeDocs",
@@ -175,7 +271,7 @@ OPERATIONS = [
         idempotent=True,
         query=DocListQuery,
         responses={200: (Page[KnowledgeDocPublic], "A page of documents.")},
-        errors=(InvalidCursor,),
+        errors=(InvalidCursor, InvalidExternalId),
     ),
     Operation(
         method="GET",

@@ -22,7 +22,7 @@ from app.errors import (
     UnsupportedMediaType,
     ValidationFailed,
 )
-from app.rest.operations import Operation, PathParam
+from app.rest.operations import DYNAMIC_PARAMETERS, Operation, PathParam
 
 REF = "#/components/schemas/{model}"
 
@@ -314,6 +314,7 @@ def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
             "schema": _parameter_schema(prop),
         }
         for name, prop in schema["properties"].items()
+        if DYNAMIC_PARAMETERS not in prop
     ]
 
 

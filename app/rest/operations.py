@@ -47,6 +47,11 @@ class RawConvertor(Convertor[str]):
 register_url_convertor("raw", RawConvertor())
 
 
+#: A query model field's JSON Schema key marking parameters OpenAPI cannot name one by one
+#: (`metadata.<key>`): left out of the parameters, documented in the operation's description.
+DYNAMIC_PARAMETERS = "x-dynamic-parameters"
+
+
 @dataclass
 class Call:
     """What a handler gets: the validated inputs of one request."""
@@ -161,9 +166,22 @@ def json_response(
     return JSONResponse(model, status_code=status, headers=dict(headers or {}))
 
 
+def _query_dict(request: Request) -> dict[str, Any]:
+    """The query parameters, each once (the last, as Starlette's dict has it), except that a
+    repeated `metadata.<key>` keeps all its values (a list): an equality filter given twice is
+    refused rather than decided by order."""
+    data: dict[str, Any] = dict(request.query_params)
+    for name in data:
+        if name.startswith("metadata."):
+            values = request.query_params.getlist(name)
+            if len(values) > 1:
+                data[name] = values
+    return data
+
+
 def _parse_query(model: type[BaseModel], request: Request) -> BaseModel:
     try:
-        return model.model_validate(dict(request.query_params))
+        return model.model_validate(_query_dict(request))
     except ValidationError as exc:
         raise from_validation_error(exc, parameter=True) from exc
 

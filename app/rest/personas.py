@@ -126,7 +126,7 @@ OPERATIONS = [
         body=PersonaCreate,
         status=201,
         responses={201: (PersonaPublic, "Created.")},
-        errors=(PersonaQuotaExceeded,),
+        errors=(PersonaQuotaExceeded, InvalidExternalId),
         links=_PERSONA_LINKS,
     ),
     Operation(
@@ -162,7 +162,7 @@ OPERATIONS = [
         body=PersonaUpdate,
         path_params=PERSONA_ID_PARAM,
         responses={200: (PersonaPublic, "The persona as updated.")},
-        errors=(PersonaNotFound,),
+        errors=(PersonaNotFound, InvalidExternalId),
     ),
     Operation(
         method="DELETE",

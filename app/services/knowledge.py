@@ -13,9 +13,11 @@ app/services/upsert_plan.py; this module reads the stored rows, embeds, and writ
 
 from __future__ import annotations
 
+import itertools
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import delete, func, insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -55,6 +57,7 @@ from app.services.runtime import Principal, Runtime, period_key
 from app.services.upsert_plan import Existing, ItemPlan, Texts
 from app.storage.database import add_counts
 from app.storage.index import IndexedChunk
+from app.storage.index.scope import metadata_conditions, prefix_condition
 
 # --- validation ----------------------------------------------------------------------------
 
@@ -458,13 +461,23 @@ async def list_docs(
     cursor: str | None = None,
     include_content: bool = False,
     updated_since: datetime | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    external_id_prefix: str | None = None,
 ) -> Page[KnowledgeDocPublic]:
-    """Ordered by external_id (binary, case-sensitive); `updated_since` is inclusive."""
+    """Ordered by external_id (binary, case-sensitive); `updated_since` is inclusive.
+    `metadata`: equality filters, all of which must hold (JSON equality, as the search's
+    `metadata` filter: app/storage/index/scope.py); `external_id_prefix`: case-sensitive. The
+    cursor holds only the last external_id, so it goes on under any filters."""
     position = decode_cursor(cursor, keys=("after",))
     where = [col(KnowledgeDoc.user_id) == principal.user_id]
     if updated_since is not None:
         where.append(col(KnowledgeDoc.updated_at) >= updated_since)
+    if external_id_prefix is not None:
+        where.append(prefix_condition(external_id_prefix))
     async with runtime.db.read() as session:
+        if metadata:
+            matching = await runtime.index.metadata_sql(session, metadata.values())
+            where.extend(metadata_conditions(metadata, matching, itertools.count()))
         total = (
             await session.execute(select(func.count()).select_from(KnowledgeDoc).where(*where))
         ).scalar_one()

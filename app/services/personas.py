@@ -7,6 +7,7 @@ not of the right shape.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import threading
@@ -14,7 +15,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import delete, func
+from sqlalchemy import Subquery, case, delete, func, literal, union_all
+from sqlalchemy import select as sa_select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 from sqlmodel import col, select
@@ -23,10 +25,13 @@ from app.errors import FieldError, PersonaNotFound, PersonaQuotaExceeded, Unknow
 from app.models import (
     KnowledgeDoc,
     KnowledgeDocPublic,
+    KnowledgeFilter,
+    KnowledgeFilterPublic,
     Page,
     Persona,
     PersonaCreate,
     PersonaKnowledge,
+    PersonaKnowledgeDoc,
     PersonaKnowledgeResult,
     PersonaListItem,
     PersonaPublic,
@@ -36,6 +41,13 @@ from app.models import (
 from app.models.json_equality import json_equal
 from app.models.pagination import decode_cursor, encode_cursor
 from app.services.runtime import Principal, Runtime
+from app.storage.index.scope import (
+    MetadataCondition,
+    attached_to,
+    filter_condition,
+    filter_values,
+    persona_knowledge,
+)
 
 PERSONA_PREFIX = "per_"
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -43,6 +55,9 @@ _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 PERSONA_ID_RE = re.compile(r"^per_[0-7][0-9A-HJKMNP-TV-Z]{25}$")
 #: Bound on SQL parameters per statement when resolving many external_ids.
 _IN_CHUNK = 500
+#: Personas per statement when their knowledge is read: each with a knowledge filter is one
+#: branch of a UNION ALL, and SQLite allows 500 branches.
+_PERSONA_CHUNK = 100
 
 
 # --- ids -----------------------------------------------------------------------------------
@@ -103,7 +118,88 @@ async def _attached(session: AsyncSession, persona_id: str) -> dict[str, str]:
     return {external_id: doc_id for external_id, doc_id in rows.all()}
 
 
+def _rule(persona: Persona) -> KnowledgeFilter | None:
+    return KnowledgeFilter.from_stored(persona.knowledge_filter)
+
+
+async def _knowledge_count(
+    session: AsyncSession, runtime: Runtime, persona: Persona, attached: int
+) -> int:
+    """How many documents the persona's knowledge holds (attached or by filter)."""
+    rule = _rule(persona)
+    if rule is None:
+        return attached
+    matching = await runtime.index.metadata_sql(session, filter_values([rule]))
+    return int(
+        (
+            await session.execute(
+                select(func.count())
+                .select_from(KnowledgeDoc)
+                .where(
+                    col(KnowledgeDoc.user_id) == persona.user_id,
+                    persona_knowledge(persona.id, rule, matching, itertools.count()),
+                )
+            )
+        ).scalar_one()
+    )
+
+
+async def _rules(
+    session: AsyncSession, principal: Principal, persona_ids: Sequence[str]
+) -> dict[str, KnowledgeFilter]:
+    """The knowledge filters of those of the caller's personas that have one."""
+    rows = await session.execute(
+        select(Persona.id, Persona.knowledge_filter).where(
+            col(Persona.id).in_(list(persona_ids)),
+            col(Persona.user_id) == principal.user_id,
+            col(Persona.knowledge_filter).is_not(None),
+        )
+    )
+    out: dict[str, KnowledgeFilter] = {}
+    for persona_id, stored in rows.all():
+        rule = KnowledgeFilter.from_stored(stored)
+        if rule is not None:
+            out[persona_id] = rule
+    return out
+
+
+def _membership(
+    persona_ids: Sequence[str],
+    rules: dict[str, KnowledgeFilter],
+    user_id: int,
+    matching: MetadataCondition,
+) -> Subquery:
+    """(persona_id, doc_id, via) of every document in each persona's knowledge: the attached
+    ones, then for each persona with a filter the matching ones not attached (so each
+    document is there once per persona, and `attached` wins)."""
+    positions = itertools.count()
+    parts: list[Any] = [
+        select(
+            col(PersonaKnowledge.persona_id).label("persona_id"),
+            col(PersonaKnowledge.doc_id).label("doc_id"),
+            literal("attached").label("via"),
+        ).where(col(PersonaKnowledge.persona_id).in_(list(persona_ids)))
+    ]
+    for persona_id, rule in rules.items():
+        parts.append(
+            select(
+                literal(persona_id).label("persona_id"),
+                col(KnowledgeDoc.id).label("doc_id"),
+                literal("filter").label("via"),
+            ).where(
+                col(KnowledgeDoc.user_id) == user_id,
+                filter_condition(rule, matching, positions),
+                ~attached_to(persona_id),
+            )
+        )
+    if len(parts) == 1:
+        members: Subquery = parts[0].subquery()
+        return members
+    return union_all(*parts).subquery()
+
+
 def _fields(persona: Persona) -> dict[str, Any]:
+    rule = _rule(persona)
     return {
         "id": persona.id,
         "name": persona.name,
@@ -111,21 +207,22 @@ def _fields(persona: Persona) -> dict[str, Any]:
         "instructions": persona.instructions,
         "greeting": persona.greeting,
         "metadata": persona.metadata_,
+        "knowledge_filter": None if rule is None else KnowledgeFilterPublic(**rule.stored()),
         "created_at": persona.created_at,
         "updated_at": persona.updated_at,
     }
 
 
-def _public(persona: Persona, external_ids: Sequence[str]) -> PersonaPublic:
+def _public(persona: Persona, external_ids: Sequence[str], count: int) -> PersonaPublic:
     return PersonaPublic(
-        **_fields(persona),
-        knowledge_external_ids=sorted(external_ids),
-        knowledge_count=len(external_ids),
+        **_fields(persona), knowledge_external_ids=sorted(external_ids), knowledge_count=count
     )
 
 
-async def _load_public(session: AsyncSession, persona: Persona) -> PersonaPublic:
-    return _public(persona, list(await _attached(session, persona.id)))
+async def _load_public(session: AsyncSession, runtime: Runtime, persona: Persona) -> PersonaPublic:
+    attached = list(await _attached(session, persona.id))
+    count = await _knowledge_count(session, runtime, persona, len(attached))
+    return _public(persona, attached, count)
 
 
 # --- the use cases -------------------------------------------------------------------------
@@ -154,10 +251,11 @@ async def list_personas(
         personas = personas[:limit]
         counts: dict[str, int] = {}
         if personas:
+            rules = {p.id: r for p in personas if (r := _rule(p)) is not None}
+            matching = await runtime.index.metadata_sql(session, filter_values(rules.values()))
+            members = _membership([p.id for p in personas], rules, principal.user_id, matching)
             rows = await session.execute(
-                select(PersonaKnowledge.persona_id, func.count())
-                .where(col(PersonaKnowledge.persona_id).in_([p.id for p in personas]))
-                .group_by(col(PersonaKnowledge.persona_id))
+                select(members.c.persona_id, func.count()).group_by(members.c.persona_id)
             )
             counts = {persona_id: n for persona_id, n in rows.all()}
     return Page[PersonaListItem](
@@ -202,65 +300,80 @@ async def knowledge_for_personas(
     cursor: str | None = None,
     include_content: bool = False,
 ) -> dict[str, Page[KnowledgeDocPublic]]:
-    """One page of the documents attached to each of many personas, ordered by external_id like
-    the knowledge list (its cursors work the same way): two statements per `_IN_CHUNK`
-    personas, however many there are. `total` counts each persona's whole attached set. An id
+    """One page of each of many personas' knowledge (attached, or by the persona's filter: each
+    item says which in `via`, a `PersonaKnowledgeDoc`), ordered by external_id like the
+    knowledge list (its cursors work the same way): two statements per `_PERSONA_CHUNK`
+    personas, however many there are. `total` counts each persona's whole knowledge. An id
     that is not one of the caller's personas gets an empty page."""
     position = decode_cursor(cursor, keys=("after",))
     ids = list(dict.fromkeys(persona_ids))
     totals: dict[str, int] = {}
-    docs: dict[str, list[KnowledgeDoc]] = {persona_id: [] for persona_id in ids}
+    docs: dict[str, list[tuple[KnowledgeDoc, str]]] = {persona_id: [] for persona_id in ids}
     async with runtime.db.read() as session:
-        for start in range(0, len(ids), _IN_CHUNK):
-            mine = [
-                col(PersonaKnowledge.persona_id).in_(ids[start : start + _IN_CHUNK]),
-                col(KnowledgeDoc.user_id) == principal.user_id,
-            ]
-            joined = col(KnowledgeDoc.id) == PersonaKnowledge.doc_id
-            counts = await session.execute(
-                select(PersonaKnowledge.persona_id, func.count())
-                .join(KnowledgeDoc, joined)
-                .where(*mine)
-                .group_by(col(PersonaKnowledge.persona_id))
+        for start in range(0, len(ids), _PERSONA_CHUNK):
+            chunk = ids[start : start + _PERSONA_CHUNK]
+            rules = await _rules(session, principal, chunk)
+            matching = await runtime.index.metadata_sql(session, filter_values(rules.values()))
+            members = _membership(chunk, rules, principal.user_id, matching)
+            joined = col(KnowledgeDoc.id) == members.c.doc_id
+            external_id = col(KnowledgeDoc.external_id)
+            persona = members.c.persona_id
+            # Each persona's documents ranked by external_id, with the persona's total and how
+            # many of them the cursor has passed; the page is then the next `limit + 1` (one
+            # more tells whether a next page exists), so the statement count does not grow
+            # with the number of personas, and the totals need no statement of their own.
+            passed = (
+                func.sum(case((external_id <= position["after"], 1), else_=0)).over(
+                    partition_by=persona
+                )
+                if position is not None
+                else literal(0)
             )
-            totals.update({persona_id: n for persona_id, n in counts.all()})
-            if position is not None:
-                mine.append(col(KnowledgeDoc.external_id) > position["after"])
-            # Each persona's first `limit + 1` documents (one more tells whether a next page
-            # exists), ranked within the persona, so the statement count does not grow with
-            # the number of personas.
             ranked = (
-                select(
-                    col(PersonaKnowledge.persona_id).label("persona_id"),
-                    col(KnowledgeDoc.id).label("doc_id"),
+                sa_select(
+                    members.c.persona_id,
+                    members.c.doc_id,
+                    members.c.via,
+                    external_id.label("external_id"),
                     func.row_number()
-                    .over(
-                        partition_by=col(PersonaKnowledge.persona_id),
-                        order_by=col(KnowledgeDoc.external_id),
-                    )
+                    .over(partition_by=persona, order_by=external_id)
                     .label("rank"),
+                    func.count().over(partition_by=persona).label("total"),
+                    passed.label("passed"),
                 )
                 .join(KnowledgeDoc, joined)
-                .where(*mine)
+                .where(col(KnowledgeDoc.user_id) == principal.user_id)
                 .subquery()
             )
+            on_page = ranked.c.rank <= ranked.c.passed + limit + 1
+            if position is not None:
+                on_page = on_page & (ranked.c.external_id > position["after"])
             query = (
-                select(ranked.c.persona_id, KnowledgeDoc)
+                select(ranked.c.persona_id, ranked.c.via, ranked.c.total, KnowledgeDoc)
                 .join(ranked, ranked.c.doc_id == col(KnowledgeDoc.id))
-                .where(ranked.c.rank <= limit + 1)
+                # The last document too, whatever the page, so that every persona's total is
+                # read, also when the cursor is past its end (it is left out of the page below).
+                .where(on_page | (ranked.c.rank == ranked.c.total))
                 .order_by(ranked.c.persona_id, ranked.c.rank)
             )
             if not include_content:
                 query = query.options(defer(KnowledgeDoc.content))  # type: ignore[arg-type]
-            for persona_id, doc in (await session.execute(query)).all():
-                docs[persona_id].append(doc)
+            for persona_id, via, total, doc in (await session.execute(query)).all():
+                totals[persona_id] = total
+                if position is None or doc.external_id > position["after"]:
+                    docs[persona_id].append((doc, via))
     pages: dict[str, Page[KnowledgeDocPublic]] = {}
     for persona_id, found in docs.items():
         more = len(found) > limit
         found = found[:limit]
         pages[persona_id] = Page[KnowledgeDocPublic](
-            items=[KnowledgeDocPublic.of(d, include_content=include_content) for d in found],
-            next_cursor=encode_cursor({"after": found[-1].external_id}) if more else None,
+            items=[
+                PersonaKnowledgeDoc.of(d, include_content=include_content).model_copy(
+                    update={"via": via}
+                )
+                for d, via in found
+            ],
+            next_cursor=encode_cursor({"after": found[-1][0].external_id}) if more else None,
             total=totals.get(persona_id, 0),
         )
     return pages
@@ -293,18 +406,22 @@ async def create_persona(
             instructions=body.instructions,
             greeting=body.greeting,
             metadata_=body.metadata,
+            knowledge_filter=None
+            if body.knowledge_filter is None
+            else body.knowledge_filter.stored(),
             created_at=now,
             updated_at=now,
         )
         session.add(persona)
-    return _public(persona, [])
+        count = await _knowledge_count(session, runtime, persona, 0)
+    return _public(persona, [], count)
 
 
 async def get_persona(*, runtime: Runtime, principal: Principal, persona_id: str) -> PersonaPublic:
     principal.require_persona(persona_id)
     async with runtime.db.read() as session:
         persona = await _find(session, principal, persona_id)
-        return await _load_public(session, persona)
+        return await _load_public(session, runtime, persona)
 
 
 async def update_persona(
@@ -318,11 +435,13 @@ async def update_persona(
         for name in body.model_fields_set:
             attribute = "metadata_" if name == "metadata" else name
             value = getattr(body, name)
+            if name == "knowledge_filter":
+                value = None if value is None else value.stored()
             # One equality for every JSON value (app/models/json_equality.py): Python's `!=`
             # calls {"flag": 1} and {"flag": true} equal, and the change would be dropped.
             same = (
-                json_equal(persona.metadata_, value)
-                if name == "metadata"
+                json_equal(getattr(persona, attribute), value)
+                if name in ("metadata", "knowledge_filter")
                 else getattr(persona, attribute) == value
             )
             if not same:
@@ -331,7 +450,7 @@ async def update_persona(
         if changed:
             persona.updated_at = utcnow()
             session.add(persona)
-        return await _load_public(session, persona)
+        return await _load_public(session, runtime, persona)
 
 
 async def delete_persona(*, runtime: Runtime, principal: Principal, persona_id: str) -> bool:

@@ -36,15 +36,17 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlmodel import select
+from sqlmodel import col, select
 
 from app.errors import PersonaNotFound
 from app.models import (
+    KnowledgeFilter,
     Persona,
     SearchHit,
     SearchRequest,
@@ -96,15 +98,21 @@ async def search(
     request = narrowed
     user_id = principal.user_id
     depth = max(FUSION_DEPTH, request.k) if request.mode == "hybrid" else request.k
-    scope = Scope(
-        user_id=user_id,
-        persona_id=request.persona_id,
-        external_ids=request.external_ids,
-        metadata=request.metadata or {},
-    )
     async with runtime.db.read() as session:
+        rule = None
         if request.persona_id is not None:
-            await _check_persona(session, user_id, request.persona_id)
+            rule = await _persona_filter(session, user_id, request.persona_id)
+        within_personas = None
+        if principal.persona_ids is not None and request.persona_id is None:
+            within_personas = await _persona_filters(session, user_id, principal.persona_ids)
+        scope = Scope(
+            user_id=user_id,
+            persona_id=request.persona_id,
+            persona_filter=rule,
+            within_personas=within_personas,
+            external_ids=request.external_ids,
+            metadata=request.metadata or {},
+        )
         within = await runtime.index.restrict(session, scope)
         searchable = within is None or not within.empty
         ranker = runtime.index.ranker(session, user_id=user_id, within=within)
@@ -260,19 +268,10 @@ async def _within_restrictions(
     match (the request's own metadata contradicts the token's). A request may narrow what its
     key or token allows, never widen it."""
     update: dict[str, Any] = {}
-    if principal.persona_ids is not None:
-        if request.persona_id is not None:
-            principal.require_persona(request.persona_id)
-        else:
-            from app.services.personas import attached_external_ids
-
-            attached = await attached_external_ids(
-                runtime=runtime, principal=principal, persona_ids=sorted(principal.persona_ids)
-            )
-            allowed = {e for ids in attached.values() for e in ids}
-            if request.external_ids is not None:
-                allowed &= set(request.external_ids)
-            update["external_ids"] = sorted(allowed)
+    # A key restricted to personas, searching without `persona_id`, searches their knowledge
+    # (attached or by filter): `Scope.within_personas`, set by `search`.
+    if principal.persona_ids is not None and request.persona_id is not None:
+        principal.require_persona(request.persona_id)
     if principal.metadata:
         merged = dict(request.metadata or {})
         for key, value in principal.metadata.items():
@@ -287,14 +286,34 @@ def _canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
-async def _check_persona(session: AsyncSession, user_id: int, persona_id: str) -> None:
+async def _persona_filter(
+    session: AsyncSession, user_id: int, persona_id: str
+) -> KnowledgeFilter | None:
+    """The persona's knowledge filter, read in the search's transaction (so the scope is the
+    persona's knowledge as of one moment); 404 when the persona is not the user's."""
     found = (
         await session.execute(
-            select(Persona.id).where(Persona.id == persona_id, Persona.user_id == user_id)
+            select(Persona.knowledge_filter).where(
+                Persona.id == persona_id, Persona.user_id == user_id
+            )
         )
     ).first()
     if found is None:
         raise PersonaNotFound(f"No persona {persona_id!r}.")
+    return KnowledgeFilter.from_stored(found[0])
+
+
+async def _persona_filters(
+    session: AsyncSession, user_id: int, persona_ids: Iterable[str]
+) -> dict[str, KnowledgeFilter | None]:
+    """Each of the user's personas among `persona_ids` with its knowledge filter (a persona
+    deleted since the key was made is left out: its knowledge is nothing)."""
+    rows = await session.execute(
+        select(Persona.id, Persona.knowledge_filter).where(
+            col(Persona.id).in_(sorted(persona_ids)), Persona.user_id == user_id
+        )
+    )
+    return {pid: KnowledgeFilter.from_stored(stored) for pid, stored in rows.all()}
 
 
 # --- the answer ----------------------------------------------------------------------------

@@ -18,6 +18,11 @@ they are: a re-run of an unchanged folder uploads nothing. Files that cannot be 
 empty, over the plan's `doc_chars`) are skipped and reported, or with `strict` fail the sync
 before anything is sent. `prune` deletes this source's synced documents whose file is gone;
 other sources' and other writers' documents are never touched.
+
+`persona` sets that persona's knowledge filter to the source (`{"metadata": {"source":
+<source>}}`, API.md section 13), before anything is uploaded (an unknown persona fails the
+sync with nothing sent): the persona's knowledge is then every document of the source, those of
+later syncs too, with no further call. It replaces the persona's filter as a whole.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from app.client import DEFAULT_BATCH_CHARS, AsyncClient, BatchDone, DocInput, Document
 from app.sync.folder import SYNCED_BY, Folder, Skipped, SyncError, collect, skip_groups
@@ -44,6 +49,7 @@ __all__ = [
     "external_id_for",
     "held_as_is",
     "skip_groups",
+    "source_filter",
     "source_for",
     "sync_folder",
 ]
@@ -76,6 +82,9 @@ class SyncReport:
     deleted_ids: list[str] = field(default_factory=list)
     #: Documents sent to the server: those not already held as they are.
     sent: int = 0
+    #: The persona given and the knowledge filter it now has.
+    persona_id: str | None = None
+    knowledge_filter: dict[str, Any] | None = None
 
 
 def source_for(root: Path, explicit: str | None) -> str:
@@ -108,6 +117,7 @@ async def sync_folder(
     exclude: Sequence[str] = (),
     max_chars: int = DEFAULT_BATCH_CHARS,
     progress: Progress | None = None,
+    persona: str | None = None,
 ) -> SyncReport:
     started = time.monotonic()
     name = source_for(root, source)
@@ -127,6 +137,12 @@ async def sync_folder(
     if prune and not folder.present_ids:
         raise SyncError(
             f"{root} has no files: refusing to --prune every document of source {name!r}"
+        )
+    if persona is not None:
+        updated = await api.update_persona(persona, knowledge_filter=source_filter(name))
+        report.persona_id = updated.id
+        report.knowledge_filter = (
+            None if updated.knowledge_filter is None else updated.knowledge_filter.model_dump()
         )
 
     # What the server holds of this source: one walk of the list (no content, its hash), both
@@ -165,6 +181,11 @@ async def sync_folder(
         report.deleted = len(report.deleted_ids)
     report.seconds = time.monotonic() - started
     return report
+
+
+def source_filter(source: str) -> dict[str, Any]:
+    """The knowledge filter that gives a persona every document of `source`."""
+    return {"metadata": {"source": source}}
 
 
 async def _prune(api: AsyncClient, folder: Folder, stored: Iterable[Document]) -> list[str]:

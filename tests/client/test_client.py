@@ -333,3 +333,30 @@ def test_blocking_search_min_score_against_a_live_server(live_server: LiveServer
         assert [hit.external_id for hit in every] == ["ship", "cat"]
         kept = api.search("how long does shipping take", k=5, min_score=every[0].score)
         assert [hit.external_id for hit in kept.results] == ["ship"]
+
+
+async def test_list_filters_and_persona_rules(app: Starlette) -> None:
+    key = await new_key(app, plan="unlimited")
+    async with asgi_client(app, key) as api:
+        await api.upsert_docs(
+            [
+                {"external_id": "a", "content": "one", "metadata": {"flag": True, "s": "true"}},
+                {"external_id": "b", "content": "two", "metadata": {"flag": 1, "s": "007"}},
+                {"external_id": "kb-c", "content": "three", "metadata": {"s": "true"}},
+            ]
+        )
+        # Values go as JSON text: the string "true" stays a string, True stays a boolean.
+        assert [d.external_id for d in (await api.list_docs(metadata={"flag": True})).items] == [
+            "a"
+        ]
+        strings = [d.external_id async for d in api.iter_docs(metadata={"s": "true"})]
+        assert strings == ["a", "kb-c"]
+        assert (await api.list_docs(metadata={"s": "007"})).total == 1
+        assert (await api.list_docs(external_id_prefix="kb-")).total == 1
+        persona = await api.create_persona(
+            name="Rule", knowledge_filter={"external_id_prefixes": ["kb-"]}
+        )
+        assert persona.knowledge_filter is not None and persona.knowledge_count == 1
+        assert persona.knowledge_filter.external_id_prefixes == ["kb-"]
+        cleared = await api.update_persona(persona.id, knowledge_filter=None)
+        assert cleared.knowledge_filter is None and cleared.knowledge_count == 0

@@ -48,6 +48,7 @@ PLANS = {
 DOC_FIELDS = "externalId title metadata contentSha256 charCount chunkCount createdAt updatedAt"
 PERSONA_FIELDS = (
     "id name description instructions greeting metadata knowledgeCount createdAt updatedAt"
+    " knowledgeFilter { metadata externalIdPrefixes }"
 )
 
 

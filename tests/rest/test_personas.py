@@ -80,6 +80,7 @@ async def test_create_and_get(api: httpx.AsyncClient) -> None:
         "instructions": "You are helpful.",
         "greeting": None,
         "metadata": {"team": "support"},
+        "knowledge_filter": None,  # section 13, additive
         "knowledge_external_ids": [],
         "knowledge_count": 0,
         "created_at": created["created_at"],

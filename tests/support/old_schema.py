@@ -3,7 +3,7 @@
 Some upgrade tests fill a file at an old revision with the current services (there is no older
 build to run), then upgrade it. The services write what later revisions added, so for the
 setup the file gets those objects (the changes feed's, revision 0007; the key restrictions,
-0008; the plans table, 0009) and loses them again
+0008; the plans table, 0009; the personas' knowledge filter, 0010) and loses them again
 before the upgrade, which then adds them as it would to a real old file. Only what the services
 write is added: no index, no backfill.
 """
@@ -33,12 +33,14 @@ _ADD = (
     *(f"ALTER TABLE api_keys ADD COLUMN {column}" for column in _KEY_COLUMNS),
     "CREATE TABLE plans (id VARCHAR(64) NOT NULL PRIMARY KEY, name TEXT NOT NULL,"
     " limits TEXT NOT NULL, updated_at VARCHAR(24) NOT NULL)",
+    "ALTER TABLE personas ADD COLUMN knowledge_filter JSON",
 )
 _DROP = (
     "DROP TABLE knowledge_tombstones",
     "DROP TABLE knowledge_feeds",
     "ALTER TABLE knowledge_docs DROP COLUMN change_seq",
     *(f"ALTER TABLE api_keys DROP COLUMN {column.split()[0]}" for column in _KEY_COLUMNS),
+    "ALTER TABLE personas DROP COLUMN knowledge_filter",
     "DROP TABLE plans",
 )
 

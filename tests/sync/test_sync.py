@@ -12,7 +12,7 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from app.client import AsyncClient, Client
+from app.client import ApiError, AsyncClient, Client
 from app.models.base import EXTERNAL_ID_RE
 from app.sync import SyncError, collect, external_id_for, skip_groups, sync_folder
 from app.sync.extract import Unreadable, decode, extract
@@ -447,6 +447,31 @@ async def test_strict_fails_before_uploading(app: Starlette, tmp_path: Path) -> 
         assert report.created == 1 and [s.path for s in report.skipped] == ["big.txt"]
 
 
+@pytest.mark.anyio
+async def test_persona_gets_the_source_by_filter(app: Starlette, tmp_path: Path) -> None:
+    key = await new_key(app, plan="pro")
+    root = tmp_path / "support"
+    root.mkdir()
+    (root / "a.md").write_text("# Returns\nReturns take a week.", "utf-8")
+    async with _client(app, key) as api:
+        persona = await api.create_persona(name="Support")
+        await api.upsert_doc("other", content="Returns elsewhere.", metadata={"source": "x"})
+        report = await sync_folder(api, root, persona=persona.id)
+        assert report.persona_id == persona.id
+        assert report.knowledge_filter == {
+            "metadata": {"source": "support"},
+            "external_id_prefixes": [],
+        }
+        # A file synced later joins the persona with no further call.
+        (root / "b.md").write_text("# Refunds\nRefunds take a week too.", "utf-8")
+        await sync_folder(api, root)
+        hits = await api.search("how long do returns and refunds take", k=10, persona_id=persona.id)
+        assert sorted(h.external_id for h in hits.results) == ["support:a.md", "support:b.md"]
+        assert (await api.get_persona(persona.id)).knowledge_count == 2
+        with pytest.raises(ApiError):
+            await sync_folder(api, root, persona="per_unknown")
+
+
 # --- the real CLI against a real server ---------------------------------------------------
 
 
@@ -579,3 +604,25 @@ async def test_a_terminal_gets_a_bar_over_files(app: Starlette, tmp_path: Path) 
     assert report.created == 3 and report.batches == 3
     final = screen.getvalue().rsplit("\r", 1)[-1]
     assert "reading" in final and "uploading" in final and final.count("3/3") == 2
+
+
+def test_cli_sync_sets_and_prints_the_persona_filter(
+    live_server: LiveServer, tmp_path: Path
+) -> None:
+    key = live_server.new_key("sync-persona@example.com", plan="pro")
+    root = tmp_path / "support"
+    root.mkdir()
+    (root / "a.md").write_text("# Returns\nReturns take a week.", "utf-8")
+    with Client(live_server.url, key) as api:
+        persona = api.create_persona(name="Support")
+        r = sync_cli(live_server, key, root, "--persona", persona.id)
+        assert r.returncode == 0, r.stderr
+        lines = r.stdout.strip().splitlines()
+        assert lines[0] == (
+            f'persona {persona.id}: knowledge_filter {{"metadata":{{"source":"support"}},'
+            '"external_id_prefixes":[]}'
+        )
+        assert lines[-1].startswith("support: created 1")
+        assert api.get_persona(persona.id).knowledge_count == 1
+        r = sync_cli(live_server, key, root, "--persona", "per_missing")
+        assert r.returncode != 0 and "persona.not_found" in r.stderr

@@ -175,6 +175,23 @@ async def test_personas_and_their_documents(
     attached = re.findall(r'<td data-label="external_id"><a [^>]*><code>([^<]+)</code>', page.text)
     assert attached == ["faq:returns", "faq:shipping"]
 
+    # Knowledge by rule shows beside the attached documents, each saying how it is there.
+    r = await api.patch(
+        f"/api/personas/{persona_id}",
+        json={"knowledge_filter": {"external_id_prefixes": ["guide"]}},
+    )
+    assert r.status_code == 200, r.text
+    page = await browser.get(f"/dashboard/personas/{persona_id}")
+    rows = re.findall(
+        r'<code>([^<]+)</code></a></td>\s*<td data-label="title">[^<]*</td>\s*'
+        r'<td data-label="via">(\w+)</td>',
+        page.text,
+    )
+    assert dict(rows) == {
+        "faq:returns": "attached", "faq:shipping": "attached", "guide_setup": "filter"
+    }  # fmt: skip
+    assert "external_id starts with <code>guide</code>" in page.text
+
     # Another user's persona is not found, exactly like a missing one.
     runtime = app.state.runtime
     await accounts.create_user(runtime=runtime, email="else@example.com", plan_id="unlimited")

@@ -16,14 +16,14 @@ the index's own queries, never a filter applied to a global top-k afterwards; `r
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.storage.index.scope import Scope
+from app.storage.index.scope import MetadataCondition, Scope
 
 if TYPE_CHECKING:
     from app.storage.database import Dialect
@@ -34,6 +34,7 @@ __all__ = [
     "HitRow",
     "HitRowsStep",
     "IndexedChunk",
+    "MetadataCondition",
     "Plan",
     "RankStep",
     "Ranked",
@@ -197,6 +198,11 @@ class SearchIndex(Protocol):
 
     async def restrict(self, session: AsyncSession, scope: Scope) -> Restriction | None:
         """The scope in the engine's form; None when it covers all of the user's documents."""
+
+    async def metadata_sql(self, session: AsyncSession, values: Iterable[Any]) -> MetadataCondition:
+        """The engine's metadata equality SQL (`Scope.conditions`' argument), for conditions on
+        `knowledge_docs` outside a search (a list's filter, a persona's knowledge), made
+        usable on the session's connection for every one of `values`."""
 
     def ranker(
         self, session: AsyncSession, *, user_id: int, within: Restriction | None

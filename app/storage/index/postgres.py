@@ -17,7 +17,7 @@ than by the cascade from `chunks`, which would run them once per chunk.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -38,7 +38,7 @@ from app.storage.index import (
 )
 from app.storage.index import postgres_keywords as keywords
 from app.storage.index.postgres_keywords import TS_CONFIG
-from app.storage.index.scope import Scope
+from app.storage.index.scope import MetadataCondition, Scope
 from app.storage.index.words import MAX_QUERY_TERMS, query_words, word_count
 
 #: Nearest chunks fetched per wanted document (documents of many chunks crowd the list), at
@@ -181,6 +181,10 @@ class PostgresIndex:
 
     async def restrict(self, session: AsyncSession, scope: Scope) -> ScopeSql | None:
         return None if scope.everything else ScopeSql(scope)
+
+    async def metadata_sql(self, session: AsyncSession, values: Iterable[Any]) -> MetadataCondition:
+        """`metadata_condition`: plain SQL, nothing to prepare."""
+        return metadata_condition
 
     def ranker(
         self, session: AsyncSession, *, user_id: int, within: Restriction | None

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -36,7 +36,7 @@ from app.storage.index import (
     drive_sync,
 )
 from app.storage.index.resident import Resident, ResidentStore
-from app.storage.index.scope import Scope
+from app.storage.index.scope import MetadataCondition, Scope
 from app.storage.index.sqlite_keywords import DocsOf, KeywordIndex, match_expression
 from app.storage.index.sqlite_vectors import (
     Bits,
@@ -188,8 +188,7 @@ class SqliteIndex:
             return None
         if scope.nothing:
             return ChunkIds(np.zeros(0, dtype=np.int64))
-        if not all(_in_sql(v) for v in scope.metadata.values()):
-            await run_on_connection(session, install_canonical)
+        await self.metadata_sql(session, scope.metadata_values)
         ids = (
             await session.execute(
                 select(func.group_concat(Chunk.id))
@@ -200,6 +199,13 @@ class SqliteIndex:
         if not ids:
             return ChunkIds(np.zeros(0, dtype=np.int64))
         return ChunkIds(np.sort(np.array(ids.split(","), dtype=np.int64)))
+
+    async def metadata_sql(self, session: AsyncSession, values: Iterable[Any]) -> MetadataCondition:
+        """`metadata_condition`, with `CANONICAL_JSON` installed on the session's connection
+        when one of `values` needs it."""
+        if not all(_in_sql(v) for v in values):
+            await run_on_connection(session, install_canonical)
+        return metadata_condition
 
     def ranker(
         self, session: AsyncSession, *, user_id: int, within: Restriction | None
