@@ -106,6 +106,18 @@ async def _send(
     return response
 
 
+async def _put_one(
+    index: int, api: httpx.AsyncClient, history: History, external_id: str, item: dict[str, Any]
+) -> None:
+    """PUT one document and record the write with the span it was in flight."""
+    write = Write(index, external_id, _value(item), time.monotonic())
+    r = await _send(
+        history, "put_one", api.put(f"/api/knowledge/docs/by-external-id/{external_id}", json=item)
+    )
+    write.end, write.status = time.monotonic(), r.status_code if r is not None else 0
+    history.writes.append(write)
+
+
 async def _client(
     index: int, api: httpx.AsyncClient, rng: random.Random, ops: int, history: History
 ) -> None:
@@ -118,14 +130,7 @@ async def _client(
             first, second = rng.choice([(1, True), (True, 1), (0, False), (1, 1.5), (1, "1")])
             for flag in (first, second):
                 item = {**base, "metadata": {"flag": flag}}
-                write = Write(index, external_id, _value(item), time.monotonic())
-                r = await _send(
-                    history,
-                    "put_one",
-                    api.put(f"/api/knowledge/docs/by-external-id/{external_id}", json=item),
-                )
-                write.end, write.status = time.monotonic(), r.status_code if r is not None else 0
-                history.writes.append(write)
+                await _put_one(index, api, history, external_id, item)
         elif roll < 0.40:  # one document
             external_id = rng.choice(SHARED)
             item = {
@@ -133,14 +138,7 @@ async def _client(
                 "title": rng.choice(TITLES),
                 "metadata": rng.choice(METADATA),
             }
-            write = Write(index, external_id, _value(item), time.monotonic())
-            r = await _send(
-                history,
-                "put_one",
-                api.put(f"/api/knowledge/docs/by-external-id/{external_id}", json=item),
-            )
-            write.end, write.status = time.monotonic(), r.status_code if r is not None else 0
-            history.writes.append(write)
+            await _put_one(index, api, history, external_id, item)
         elif roll < 0.55:  # a batch: all or nothing
             ids = rng.sample(SHARED, rng.randint(1, 4))
             items = [
