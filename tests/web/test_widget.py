@@ -129,8 +129,8 @@ def run_ok(cli: Cli, *args: str) -> str:
 @contextmanager
 def widget_for(api: str, cli: Cli, tmp: Path) -> Iterator[Setup]:
     """A user with DOCS attached to Ava and OTHER_DOC to Leo, a key that may only search and
-    read those two personas from the widget's origin, and mint.py serving the page for Ava,
-    set up with the three commands of examples/widget/README.md."""
+    read those two personas from the widget's origin (`keys create` as examples/widget/README.md
+    runs it), and mint.py serving the page for Ava with the key's prefix and signing secret."""
     email = f"widget-{uuid.uuid4().hex[:8]}@example.com"
     run_ok(cli, "users", "create", email, "--plan", "unlimited")
     owner_key = run_ok(cli, "keys", "create", email, "--name", "owner").strip().splitlines()[-1]
@@ -342,6 +342,10 @@ def test_the_page_greets_and_finds_the_right_document_as_one_types(
     assert title.inner_text() == DOCS[2]["title"]
     assert page.locator("#results img").count() == 0 and page.title() == "Ask our assistant"
 
+    # Nothing related: nothing shown, rather than the least unrelated documents.
+    assert ask(page, "what is the capital of France") == []
+    assert page.inner_text("#status") == "Nothing found."
+
     assert overflow(page) <= 0
     # Emptying the box empties the list.
     page.fill("#question", "")
@@ -481,3 +485,27 @@ def test_the_token_is_refused_from_another_origin(setup: Setup) -> None:
     r = httpx.post(f"{setup.api}/api/knowledge/search", json={"query": "shipping"}, headers=headers)
     assert r.status_code == 403 and r.json()["code"] == "auth.origin_not_allowed", r.text
     assert "access-control-allow-origin" not in r.headers
+
+
+def test_mint_py_says_what_is_missing_and_stops(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PERSONAIZER_", "WIDGET_"))}
+    for settings, said in (
+        ({}, "set WIDGET_KEY_PREFIX, WIDGET_SIGNING_SECRET, WIDGET_PERSONA_ID"),
+        (
+            {
+                "WIDGET_KEY_PREFIX": "sk_1234",
+                "WIDGET_SIGNING_SECRET": "s",
+                "WIDGET_PERSONA_ID": "p",
+            },
+            "is not a key prefix",
+        ),
+    ):
+        done = subprocess.run(
+            [sys.executable, str(MINT), "--port", str(servers.free_port())],
+            env={**env, **settings},
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert done.returncode == 2 and said in done.stderr, done.stderr
