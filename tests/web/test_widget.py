@@ -393,6 +393,37 @@ def test_a_late_answer_to_an_older_question_never_replaces_the_newer_one(
     assert console_errors == []
 
 
+@pytest.mark.engines("sqlite")  # the page's own logic; one engine is enough
+def test_the_page_gets_a_new_token_when_its_token_is_refused(
+    page: Page, console_errors: list[str], setup: Setup
+) -> None:
+    tokens: list[str] = []
+    page.on(
+        "response", lambda r: r.url == setup.page_url + "token" and tokens.append(r.json()["token"])
+    )
+    refused: list[int] = []
+
+    def expire_the_first_token(route: Route) -> None:
+        if "search(" in (route.request.post_data or "") and not refused:
+            # What the API answers a token that has expired (or whose key was disabled).
+            refused.append(len(tokens))
+            route.fulfill(
+                status=401,
+                content_type="application/problem+json",
+                headers={"Access-Control-Allow-Origin": setup.origin},
+                body=json.dumps({"code": "auth.unauthorized", "status": 401}),
+            )
+        else:
+            route.continue_()
+
+    page.route(f"{setup.api}/graphql", expire_the_first_token)
+    open_widget(page, setup)
+    assert ask(page, "how long until my parcel arrives")[0] == "faq:shipping"
+    # Refused while the page held its first token; answered after it asked for a second.
+    assert refused == [1] and len(tokens) == 2
+    assert [e for e in console_errors if "status of 401" not in e] == []
+
+
 def test_the_pages_token_is_refused_every_write(
     page: Page, console_errors: list[str], setup: Setup
 ) -> None:
