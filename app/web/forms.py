@@ -113,7 +113,9 @@ def json_object(text: str, *, pointer: str) -> dict[str, Any]:
     try:
         value = loads(text)
     except (MalformedJson, TooLarge) as exc:
-        problem = "not JSON (" + exc.detail.removeprefix("The body is not valid JSON: ") + ")"
+        problem = (
+            "not JSON (" + exc.detail.removeprefix("The body is not valid JSON: ").rstrip(".") + ")"
+        )
     else:
         if isinstance(value, dict):
             return value
