@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from app.errors import PersonaNotFound
 from app.http.validation import from_validation_error
 from app.models import PersonaCreate, PersonaKnowledgeBody, PersonaPublic, PersonaUpdate
 from app.models.personas import (
@@ -210,12 +211,20 @@ async def delete_persona(request: Request) -> Response:
     persona_id = request.path_params["persona_id"]
     if fields.get("confirm") != "yes":  # not from the confirmation page: ask there first
         return to(f"{persona_path(persona_id)}/delete")
-    found = await _persona(request, principal)
     await charge_write(request, principal)
-    await personas.delete_persona(
+    try:
+        name = (await _persona(request, principal)).name
+    except PersonaNotFound:  # deleted meanwhile (another tab): deleting is idempotent
+        name = None
+    deleted = await personas.delete_persona(
         runtime=runtime_of(request), principal=principal, persona_id=persona_id
     )
-    flash(request, f"Persona {found.name} deleted; its documents stay.")
+    flash(
+        request,
+        f"Persona {name} deleted; its documents stay."
+        if deleted and name is not None
+        else "That persona was already gone.",
+    )
     return to("/dashboard/personas")
 
 

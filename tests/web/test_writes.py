@@ -131,6 +131,9 @@ async def test_paste_edit_and_delete_a_document(dash: Dash) -> None:
     # The edit form shows the document as it is; sent back unchanged, nothing is written.
     edit = await dash.browser.get(f"{DOC}/faq:shipping/edit")
     assert edit.status_code == 200 and "Shipping times" in edit.text
+    # Like every dashboard page: no script, never stored.
+    assert "default-src 'none'" in edit.headers["content-security-policy"]
+    assert edit.headers["cache-control"] == "no-store"
     shown = re.search(r'<textarea id="content"[^>]*>\n(.*?)</textarea>', edit.text, re.S)
     assert shown and unescape(shown[1]) == SHIPPING
     unchanged = {
@@ -422,6 +425,9 @@ async def test_personas_create_edit_attach_filter_and_delete(dash: Dash) -> None
     r = await dash.post(f"{location}/delete", {"confirm": "yes"})
     page = await dash.followed(r, "/dashboard/personas")
     assert flash_of(page) == "Persona Ava B deleted; its documents stay."
+    r = await dash.post(f"{location}/delete", {"confirm": "yes"})  # from a second tab
+    page = await dash.followed(r, "/dashboard/personas")
+    assert flash_of(page) == "That persona was already gone."
     assert_problem(await dash.api.get(f"/api/personas/{persona_id}"), 404, "persona.not_found")
     assert len(await dash.docs()) == 3
 
@@ -467,6 +473,9 @@ async def test_every_form_checks_csrf_and_only_a_session_writes(dash: Dash) -> N
             path, data={**data, "csrf_token": dash.token}, headers={"X-Api-Key": key}
         )
         assert_problem(r, 403, "auth.forbidden")
+        if not path.endswith("/filter"):  # the one form without a page of its own
+            r = await dash.browser.get(path, headers={"X-Api-Key": key})
+            assert_problem(r, 403, "auth.forbidden")
     assert await _state(dash) == before
 
     # Signed out: the cookie (and its CSRF token) replayed writes nothing.
