@@ -4,7 +4,7 @@ CSRF-checked and bounded forms, and readable times."""
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -145,12 +145,12 @@ async def upload_form(request: Request, *, max_bytes: int) -> FormData:
         raise UnsupportedMediaType("A file is uploaded as multipart/form-data.")
     body = await read_body(request, max_bytes)
 
-    async def once() -> AsyncIterator[bytes]:
+    async def once() -> AsyncGenerator[bytes, None]:
         yield body
 
     parser = MultiPartParser(
         request.headers,
-        once(),  # type: ignore[arg-type]  # an async generator, as the parser takes
+        once(),
         max_files=1,
         max_fields=FORM_MAX_FIELDS,
         max_part_size=FORM_MAX_BYTES,

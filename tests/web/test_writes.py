@@ -510,3 +510,24 @@ async def test_writes_are_charged_to_the_writes_rate_limit(make_app: AppFactory)
         assert r.status_code == 429 and "Try again in" in r.text and 'value="kept"' in r.text
         assert int(r.headers["retry-after"]) >= 1
         assert len((await dash.api.get("/api/personas")).json()["items"]) == 2
+
+
+async def test_malformed_uploads_are_refused_not_failed(dash: Dash) -> None:
+    upload = "/dashboard/new-document/upload"
+    cases = [
+        ("multipart/form-data", b"no boundary at all"),
+        ("multipart/form-data; boundary=xyz", b"--xyz\r\ngarbage without headers"),
+        ("multipart/form-data; boundary=xyz", b"not multipart at all"),
+        ("text/plain", b"Text."),
+    ]
+    for content_type, body in cases:
+        r = await dash.browser.post(upload, content=body, headers={"content-type": content_type})
+        assert 400 <= r.status_code < 500, (content_type, body, r.status_code, r.text)
+    # Two files where one is taken.
+    r = await dash.browser.post(
+        upload,
+        data={"csrf_token": dash.token},
+        files=[("file", ("a.txt", b"One.")), ("file", ("b.txt", b"Two."))],
+    )
+    assert_problem(r, 422, "request.validation_failed")
+    assert await dash.docs() == []
