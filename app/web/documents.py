@@ -206,9 +206,9 @@ async def upload(request: Request) -> Response:
         except Unreadable as exc:
             raise _file_problem(f"{name}: {exc}") from None
         external_id = values.get("external_id", "").strip() or default_external_id(name)
-        values["external_id"] = external_id
-        values["title"] = values.get("title", "").strip() or found.title or file_title(name)
-        body = _doc_body(principal, values, found.text)
+        title = values.get("title", "").strip() or found.title or file_title(name)
+        # The form's own values stay as typed, for the form shown again if this is refused.
+        body = _doc_body(principal, {**values, "title": title}, found.text)
         return await _create(request, principal, external_id, body)
     except REFUSED as exc:
         refused = refusal(exc, _UPLOAD_FIELDS)
