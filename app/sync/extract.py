@@ -174,6 +174,12 @@ def extract_data(name: str, data: bytes) -> Extracted:
     return Extracted(text, title)
 
 
+def file_title(name: str) -> str:
+    """A title for a file that has none: its name without extensions (`notes.md.gz` -> notes)."""
+    stem = PurePath(name.removesuffix(".gz") if name.lower().endswith(".gz") else name).stem
+    return stem or name
+
+
 def _gunzip(data: bytes) -> bytes:
     """The content of a gzip file, at most the read limit of it (a small file can unpack to
     gigabytes)."""
