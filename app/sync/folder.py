@@ -105,9 +105,7 @@ class Rules:
         return None
 
 
-def _files(
-    root: Path, skipped: list[Skipped], rules: Rules
-) -> list[tuple[Path, tuple[int, int]]]:
+def _files(root: Path, skipped: list[Skipped], rules: Rules) -> list[tuple[Path, tuple[int, int]]]:
     """Regular files under `root`, sorted, each with its `(st_dev, st_ino)` (so that reading
     can check it is still the file listed). Hidden entries (`.git/`, `.env`) and excluded ones
     are listed as skipped once per entry, not once per file inside; so is every link (`_link`)."""

@@ -66,7 +66,11 @@ async def documents(request: Request) -> Response:
     text = request.query_params.get("q", "").strip()[:FIND_MAX]
     if text:
         page = await knowledge.find_docs(
-            runtime=runtime, principal=principal, text=text, limit=PAGE_SIZE, cursor=_cursor(request)
+            runtime=runtime,
+            principal=principal,
+            text=text,
+            limit=PAGE_SIZE,
+            cursor=_cursor(request),
         )
     else:
         page = await knowledge.list_docs(
