@@ -75,6 +75,25 @@ class Walk:
     folder: Path
     steps: list[Step]
     variables: dict[str, str]
+    #: The shell variables after the last step (`declare -p`), and the environment.
+    state: Path
+    env: dict[str, str]
+
+    def again(self, step: Step) -> Step:
+        """Run a step's command once more, as a reader would, with the variables as they are."""
+        script = f"set -o pipefail\nsource {shlex.quote(str(self.state))}\n{step.command}\n"
+        script = script.replace(README_URL, self.url)
+        done = subprocess.run(
+            ["bash", "-c", script],
+            cwd=self.folder,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, (step.command, done.stderr)
+        return Step(step.command, done.stdout, done.stderr)
 
 
 def _start(folder: Path, env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
@@ -167,7 +186,7 @@ def walk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Walk]:
             check=True,
         ).stdout
         known = dict(v.split("=", 1) for v in printed.split("\0") if "=" in v)
-        yield Walk(url, folder, steps, known)
+        yield Walk(url, folder, steps, known, state, env)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -195,6 +214,10 @@ def test_the_shell_walk_through_runs_as_written(walk: Walk) -> None:
     batch = _one(walk, 'PUT $U/api/knowledge/docs -H "$H" -H "$J" -d \'{"items"').json()
     assert batch["summary"] == {"created": 2, "updated": 0, "no_op": 0}
     assert [r["external_id"] for r in batch["results"]] == ["faq-shipping", "lamp"]
+    # "run it again: every item is a no_op"
+    step = _one(walk, 'PUT $U/api/knowledge/docs -H "$H" -H "$J" -d \'{"items"')
+    replay = walk.again(step).json()
+    assert replay["summary"] == {"created": 0, "updated": 0, "no_op": 2}
     single = _one(walk, "-X PUT $U/api/knowledge/docs/by-external-id/returns").json()
     assert single["status"] == "created" and single["document"]["title"] == "Returns"
     read = _one(walk, 'curl -s $U/api/knowledge/docs/by-external-id/returns -H "$H"').json()
