@@ -101,7 +101,9 @@ def _forgeries(prefix: str, secret: str, persona: str) -> st.SearchStrategy[str]
     claims = st.fixed_dictionaries(
         {},
         optional={
-            "kid": st.one_of(claim_values, st.sampled_from([prefix, prefix[:-1] + "Z", "pa_live_"])),
+            "kid": st.one_of(
+                claim_values, st.sampled_from([prefix, prefix[:-1] + "Z", "pa_live_"])
+            ),
             "exp": st.one_of(claim_values, st.sampled_from([now - 120, now + 90_000, now + 10**9])),
             "sub": st.one_of(claim_values, st.just("x" * 500)),
             "persona_ids": st.one_of(claim_values, st.just([persona, "per_OTHER"]), st.just([])),
