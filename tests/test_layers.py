@@ -76,6 +76,8 @@ def add_import(module: Path, line: str) -> None:
         ),
         # The client importing the server.
         ("client/errors.py", "import app.models", "app.client is not allowed to import app.models"),
+        # A door on the client side (file reading is shared through app.reading instead).
+        ("web/documents.py", "import app.sync.folder", "app.web is not allowed to import app.sync"),
     ],
 )
 def test_a_wrong_way_import_breaks_the_contract(

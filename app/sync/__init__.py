@@ -3,8 +3,8 @@
 It never opens the database, so it works against a remote server too. Each readable file
 becomes one document of the *source* (`--source`, by default the folder's name):
 
-- `external_id` is `<source>:<path>` (app/sync/ids.py: readable, stable, collision-free);
-- `title` is the document's own, one function per type in app/sync/extract.py (front matter
+- `external_id` is `<source>:<path>` (app/reading/ids.py: readable, stable, collision-free);
+- `title` is the document's own, one function per type in app/reading/extract.py (front matter
   or heading outside code in Markdown, section title in reStructuredText, `<title>` then `<h1>`
   in HTML, properties then a heading in PDF and DOCX), else the file name without extension;
 - files matching an `--exclude` glob or the folder's `.personaizerignore` (gitignore syntax)
@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from app.client import DEFAULT_BATCH_CHARS, AsyncClient, BatchDone, DocInput, Document
+from app.reading.ids import SOURCE_RE, default_source, external_id_for
 from app.sync.folder import SYNCED_BY, Folder, Skipped, SyncError, collect, skip_groups
-from app.sync.ids import SOURCE_RE, default_source, external_id_for
 
 __all__ = [
     "SYNCED_BY",

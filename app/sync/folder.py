@@ -12,8 +12,8 @@ from pathlib import Path
 import pathspec
 
 from app.client import DocInput
-from app.sync.extract import Unreadable, extract_data, file_title, read_bytes
-from app.sync.ids import external_id_for
+from app.reading.extract import Unreadable, extract_data, file_title, read_bytes
+from app.reading.ids import external_id_for
 from app.text import plural
 
 #: `metadata.synced_by` of every document sync uploads; `--prune` touches no other document.
@@ -206,7 +206,7 @@ def collect(
         if on_file is not None:
             on_file(n, len(files), rel)
         ext_id = external_id_for(source, rel)
-        if ext_id in seen:  # takes a 48-bit digest collision; see app/sync/ids.py
+        if ext_id in seen:  # takes a 48-bit digest collision; see app/reading/ids.py
             raise SyncError(f"{seen[ext_id]} and {rel} both map to external_id {ext_id!r}")
         seen[ext_id] = rel
         try:

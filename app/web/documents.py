@@ -4,7 +4,7 @@ Each write is the API's own: the body goes through `KnowledgeDocBody` and
 `knowledge.upsert_one` / `knowledge.delete_doc`, the functions REST and GraphQL call, so the
 same validation, plan limits, quotas, no_op and changes feed apply, and it is charged to the
 user's `writes` rate limit. A file is read with the text extraction `personaizer sync` uses
-(app/sync/extract.py: the same formats, titles and encodings), the whole upload at most the
+(app/reading/extract.py: the same formats, titles and encodings), the whole upload at most the
 API's body limit (`PERSONAIZER_MAX_BODY_BYTES`) and its text at most the plan's `doc_chars`.
 
 Forms post and redirect (303) to the document's page, which says once what happened; a
@@ -27,10 +27,10 @@ from starlette.routing import BaseRoute, Route
 from app.errors import FieldError, KnowledgeNotFound, TooLarge, ValidationFailed
 from app.http.validation import from_validation_error, validation_context
 from app.models import KnowledgeDocBody, KnowledgeDocPublic
+from app.reading.extract import Unreadable, extract_data, file_title
+from app.reading.ids import MAX_ID, id_part
 from app.services import knowledge
 from app.services.runtime import Principal
-from app.sync.extract import Unreadable, extract_data, file_title
-from app.sync.ids import MAX_ID, id_part
 from app.web.common import csrf, flash, form, render, runtime_of, to, upload_form
 from app.web.forms import (
     REFUSED,
@@ -176,7 +176,7 @@ def _file_name(upload: UploadFile) -> str:
 
 def default_external_id(name: str) -> str:
     """The external_id of an uploaded file left unnamed: its name, as sync names a file's part
-    (app/sync/ids.py: kept when it is in the alphabet, else a readable slug and a digest)."""
+    (app/reading/ids.py: kept when it is in the alphabet, else a readable slug and a digest)."""
     return id_part(name)[:MAX_ID]
 
 

@@ -95,7 +95,7 @@ def test_a_real_folder_synced_into_a_persona(live_server: LiveServer, tmp_path: 
             # No structure to take a title from: the file's name without its last suffix.
             "README.Debian": "README.Debian",
             "manual.rst": "Lamp manual",
-            "kept.log": "kept.log",
+            "kept.log": "kept",
         }
         assert api.get_doc(docs["notes.md.gz"].external_id).content == NOTES
 

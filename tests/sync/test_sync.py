@@ -14,8 +14,8 @@ from starlette.applications import Starlette
 
 from app.client import ApiError, AsyncClient, Client
 from app.models.base import EXTERNAL_ID_RE
+from app.reading.extract import Unreadable, decode, extract, file_title
 from app.sync import SyncError, collect, external_id_for, skip_groups, sync_folder
-from app.sync.extract import Unreadable, decode, extract, file_title
 from tests.conftest import new_key
 from tests.support.documents import (
     HTML_PAGE,
@@ -124,6 +124,7 @@ def test_a_title_from_the_file_name_drops_only_format_suffixes() -> None:
     assert file_title("README.Debian") == "README.Debian"
     assert file_title("changelog.Debian.gz") == "changelog.Debian"
     assert file_title("v1.2 release") == "v1.2 release"
+    assert file_title("data.json") == "data" and file_title("kept.log") == "kept"
     assert file_title(".md") == ".md"
 
 

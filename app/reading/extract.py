@@ -31,6 +31,8 @@ TEXT_SUFFIXES = frozenset({".md", ".markdown", ".txt", ".text", ".rst"})
 HTML_SUFFIXES = frozenset({".html", ".htm"})
 #: Suffixes that name a format (left out of a title taken from the file name).
 _KNOWN_SUFFIXES = TEXT_SUFFIXES | HTML_SUFFIXES | {".pdf", ".docx"}
+#: What else reads as a file type: short, lower case (`.json`, `.log`; not `.Debian`).
+_TYPE_SUFFIX = re.compile(r"\.[a-z0-9]{1,5}")
 SUPPORTED = "md, markdown, txt, text, rst, html, htm, pdf, docx, any .gz of those, or text"
 #: Files larger than this are not read at all: no plan takes a document that large.
 MAX_READ_BYTES = 64 * 1024 * 1024
@@ -177,11 +179,12 @@ def extract_data(name: str, data: bytes) -> Extracted:
 
 
 def file_title(name: str) -> str:
-    """A title for a file that has none: its name without the suffixes of a known format
-    (`notes.md.gz` -> notes); any other suffix is part of the name (`README.Debian`)."""
+    """A title for a file that has none: its name without its file-type suffix
+    (`notes.md.gz` -> notes, `data.json` -> data); a suffix that is part of the name rather
+    than a file type (`README.Debian`, `v1.2 release`) stays."""
     bare = name[:-3] if name.lower().endswith(".gz") else name
     path = PurePath(bare)
-    if path.suffix.lower() in _KNOWN_SUFFIXES:
+    if path.suffix.lower() in _KNOWN_SUFFIXES or _TYPE_SUFFIX.fullmatch(path.suffix):
         return path.stem or name
     return bare or name
 
