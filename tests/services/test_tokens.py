@@ -6,12 +6,15 @@ from __future__ import annotations
 import base64
 import json
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import jwt
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sqlalchemy import event
 from starlette.applications import Starlette
 
 from app.client import Client
@@ -78,16 +81,88 @@ def tokens_for(key: accounts.ApiKeyCreated, **claims: Any) -> str:
     return Client.mint_token(key=key.key, signing_secret=key.signing_secret, **claims)
 
 
-async def test_disabling_the_key_voids_its_tokens_within_the_cache_time(app: Starlette) -> None:
+async def test_disabling_or_deleting_the_key_voids_its_tokens_at_once(app: Starlette) -> None:
     await new_key(app, EMAIL)
-    key = await search_key(app, scopes=["search"])
-    token = tokens_for(key)
     runtime: Runtime = app.state.runtime
-    async with client_for(app, **{"X-Api-Key": token}) as api:
-        assert (await api.post(SEARCH, json={"query": "x"})).status_code == 200
-        await accounts.disable_key(runtime=runtime, prefix=key.prefix)
-        runtime.token_keys.clear()  # as if KEY_CACHE_S had passed
-        assert_problem(await api.post(SEARCH, json={"query": "x"}), 401, "auth.unauthorized")
+    for remove in ("disable", "delete"):
+        key = await search_key(app, scopes=["search"])
+        token = tokens_for(key)
+        async with client_for(app, **{"X-Api-Key": token}) as api:
+            assert (await api.post(SEARCH, json={"query": "x"})).status_code == 200
+            if remove == "disable":
+                await accounts.disable_key(runtime=runtime, prefix=key.prefix)
+            else:
+                await accounts.delete_key(runtime=runtime, prefix=key.prefix, email=EMAIL)
+            # No cache to wait for: the very next request reads the key as it is now.
+            assert_problem(await api.post(SEARCH, json={"query": "x"}), 401, "auth.unauthorized")
+
+
+@asynccontextmanager
+async def database_checkouts(runtime: Runtime) -> AsyncIterator[list[str]]:
+    """Every connection taken from the app's engines (reads and writes, both engines' paths,
+    the one-hop key lookup included) while the block runs. The request counts are flushed
+    first, so the background flush has nothing to write meanwhile."""
+    await runtime.requests.flush(runtime.db)
+    taken: list[str] = []
+    # PostgreSQL's reader is the writer with other options: one pool under both.
+    pools = {
+        id(e.sync_engine.pool): e.sync_engine.pool for e in (runtime.db.reader, runtime.db.writer)
+    }
+
+    def record(*_: object) -> None:
+        taken.append("checkout")
+
+    for pool in pools.values():
+        event.listen(pool, "checkout", record)
+    try:
+        yield taken
+    finally:
+        for pool in pools.values():
+            event.remove(pool, "checkout", record)
+
+
+async def test_a_forged_token_costs_no_database_call(app: Starlette) -> None:
+    a, _ = await seed(app)
+    key = await search_key(app, scopes=["search"], persona_ids=[a])
+    assert key.signing_secret
+    runtime: Runtime = app.state.runtime
+    now = int(time.time())
+    good = {"kid": key.prefix, "exp": now + 600}
+    valid = tokens_for(key)
+    forged = [
+        jwt.encode(good, key.signing_secret + "x", algorithm="HS256"),  # another secret
+        valid[:-3] + ("AAA" if not valid.endswith("AAA") else "BBB"),  # tampered signature
+        jwt.encode({**good, "exp": now + 90_000}, key.signing_secret, algorithm="HS256"),
+        jwt.encode({**good, "persona_ids": "per_x"}, key.signing_secret, algorithm="HS256"),
+        jwt.encode({"kid": key.prefix}, key.signing_secret, algorithm="HS256"),  # no exp
+        jwt.encode(good, key.signing_secret * 2, algorithm="HS512"),
+        f"{b64({'alg': 'none'})}.{b64(good)}.",
+        jwt.encode({**good, "pad": "x" * 5000}, key.signing_secret, algorithm="HS256"),
+        "e30." * 2000,
+        "not a token at all",
+    ]
+    async with client_for(app) as api:
+        # The first token of a prefix reads its keys' secrets once; a valid one reads its key.
+        async with database_checkouts(runtime) as taken:
+            ok = await api.post(SEARCH, json={"query": "x"}, headers={"X-Api-Key": valid})
+        assert ok.status_code == 200, ok.text
+        assert taken, "the valid token read its key"
+        async with database_checkouts(runtime) as taken:
+            for token in forged:
+                r = await api.post(SEARCH, json={"query": "x"}, headers={"X-Api-Key": token})
+                assert_problem(r, 401, "auth.unauthorized")
+        assert taken == []
+        # A prefix no key has is looked up once, then remembered for a while.
+        stranger = jwt.encode({"kid": "pa_live_zzzz", "exp": now + 60}, "s" * 32, algorithm="HS256")
+        async with database_checkouts(runtime) as taken:
+            for _ in range(5):
+                r = await api.post(SEARCH, json={"query": "x"}, headers={"X-Api-Key": stranger})
+                assert_problem(r, 401, "auth.unauthorized")
+        assert len(taken) == 1
+        # The valid token still reads its key on every request: that is what voids it at once.
+        async with database_checkouts(runtime) as taken:
+            await api.post(SEARCH, json={"query": "x"}, headers={"X-Api-Key": valid})
+        assert taken
 
 
 def _forgeries(prefix: str, secret: str, persona: str) -> st.SearchStrategy[str]:
@@ -101,7 +176,9 @@ def _forgeries(prefix: str, secret: str, persona: str) -> st.SearchStrategy[str]
     claims = st.fixed_dictionaries(
         {},
         optional={
-            "kid": st.one_of(claim_values, st.sampled_from([prefix, prefix[:-1] + "Z", "pa_live_"])),
+            "kid": st.one_of(
+                claim_values, st.sampled_from([prefix, prefix[:-1] + "Z", "pa_live_"])
+            ),
             "exp": st.one_of(claim_values, st.sampled_from([now - 120, now + 90_000, now + 10**9])),
             "sub": st.one_of(claim_values, st.just("x" * 500)),
             "persona_ids": st.one_of(claim_values, st.just([persona, "per_OTHER"]), st.just([])),
