@@ -45,6 +45,9 @@ SECRETS_TTL_S = 60.0
 #: How long a prefix that no key has is remembered: a key made since waits at most this long.
 MISSING_TTL_S = 5.0
 _CACHE_MAX = 10_000
+#: How many verified tokens a process keeps (each at most `MAX_TOKEN_BYTES`): only tokens
+#: signed with a key's secret get in, so only their minters can fill it.
+VERIFIED_MAX = 4096
 _JWT_RE = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$")
 _PREFIX_RE = re.compile(r"^pa_live_[A-Za-z0-9]{4}$")
 _SUB_MAX = 128
@@ -56,6 +59,21 @@ def looks_like_token(value: str) -> bool:
 
 
 async def authenticate(*, runtime: Runtime, token: str) -> Principal:
+    verified = runtime.verified_tokens.get(token)
+    if verified is None or verified.wanted.exp + LEEWAY_S < time.time():
+        verified = await _verify(runtime, token)
+    row = await accounts.token_key(runtime=runtime, key_id=verified.key_id)
+    # The same id with another secret: the key was deleted and its id given to a new one.
+    if row is None or not hmac.compare_digest(row["signing_secret"] or "", verified.secret):
+        raise Unauthorized()
+    return await _principal(runtime, row, verified.wanted)
+
+
+async def _verify(runtime: Runtime, token: str) -> _Verified:
+    """Step 1: the token on its own, without a database call once its prefix is known. A
+    token that passes is kept (`VERIFIED_MAX`): a browser sends the same one with every
+    request, and the next ones skip the parsing and the HMAC."""
+    runtime.verified_tokens.pop(token, None)
     if not looks_like_token(token):
         raise Unauthorized()
     try:
@@ -80,11 +98,11 @@ async def authenticate(*, runtime: Runtime, token: str) -> Principal:
             )
         except jwt.PyJWTError:
             continue
-        row = await accounts.token_key(runtime=runtime, key_id=key_id)
-        # The same id with another secret: the key was deleted and its id given to a new one.
-        if row is None or not hmac.compare_digest(row["signing_secret"] or "", secret):
-            raise Unauthorized()
-        return await _principal(runtime, row, wanted)
+        verified = _Verified(key_id=key_id, secret=secret, wanted=wanted)
+        if len(runtime.verified_tokens) >= VERIFIED_MAX:
+            runtime.verified_tokens.clear()
+        runtime.verified_tokens[token] = verified
+        return verified
     raise Unauthorized()
 
 
@@ -92,6 +110,7 @@ async def authenticate(*, runtime: Runtime, token: str) -> Principal:
 class _Wanted:
     """What a token's claims ask for, checked for type and size but not yet against its key."""
 
+    exp: float
     sub: str | None
     persona_ids: frozenset[str] | None
     metadata: dict[str, Any]
@@ -121,7 +140,16 @@ def _claims(claims: Mapping[str, Any]) -> _Wanted:
     metadata = claims.get("metadata", {})
     if not isinstance(metadata, dict) or len(metadata) > _METADATA_MAX_KEYS:
         raise Unauthorized()
-    return _Wanted(sub=sub, persona_ids=personas, metadata=metadata)
+    return _Wanted(exp=exp, sub=sub, persona_ids=personas, metadata=metadata)
+
+
+@dataclass(frozen=True, slots=True)
+class _Verified:
+    """A token whose signature holds: the key that signed it, and what it asks for."""
+
+    key_id: int
+    secret: str
+    wanted: _Wanted
 
 
 async def _secrets(runtime: Runtime, prefix: str) -> list[tuple[int, str]]:
