@@ -27,9 +27,11 @@ from datetime import timedelta
 from typing import Any
 
 import jwt
+from pydantic_core import PydanticCustomError
 
 from app.errors import Unauthorized
 from app.models import TOKEN_SCOPES, utcnow
+from app.models.search import check_metadata_filter
 from app.services import accounts
 from app.services.runtime import Principal, Runtime
 
@@ -124,7 +126,9 @@ def _claims(claims: Mapping[str, Any]) -> _Wanted:
     if exp > time.time() + MAX_LIFETIME.total_seconds() + LEEWAY_S:
         raise Unauthorized()
     sub = claims.get("sub")
-    if sub is not None and (not isinstance(sub, str) or not 1 <= len(sub) <= _SUB_MAX):
+    if sub is not None and (
+        not isinstance(sub, str) or not 1 <= len(sub) <= _SUB_MAX or not _unicode(sub)
+    ):
         raise Unauthorized()
     personas: frozenset[str] | None = None
     if "persona_ids" in claims:
@@ -133,13 +137,19 @@ def _claims(claims: Mapping[str, Any]) -> _Wanted:
             not isinstance(listed, list)
             or not listed
             or len(listed) > accounts.MAX_RESTRICTION_ITEMS
-            or not all(isinstance(p, str) for p in listed)
+            or not all(isinstance(p, str) and accounts.PERSONA_ID_RE.match(p) for p in listed)
         ):
             raise Unauthorized()
         personas = frozenset(listed)
     metadata = claims.get("metadata", {})
     if not isinstance(metadata, dict) or len(metadata) > _METADATA_MAX_KEYS:
         raise Unauthorized()
+    try:
+        # The search's own rule for a metadata filter: a token's is forced onto every search,
+        # so one the search would refuse (or could never match) is a wrong token, not a 422.
+        check_metadata_filter(metadata)
+    except PydanticCustomError as exc:
+        raise Unauthorized() from exc
     return _Wanted(exp=exp, sub=sub, persona_ids=personas, metadata=metadata)
 
 
@@ -150,6 +160,16 @@ class _Verified:
     key_id: int
     secret: str
     wanted: _Wanted
+
+
+def _unicode(text: str) -> bool:
+    """No lone surrogates (JSON's `\\ud800` escapes make them): such a `sub` could not be a
+    rate-limit key in Redis."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 async def _secrets(runtime: Runtime, prefix: str) -> list[tuple[int, str]]:
