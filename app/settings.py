@@ -24,7 +24,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 MiB = 1024 * 1024
 
 
-
 Network: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -37,6 +36,7 @@ def parse_networks(values: Iterable[str]) -> tuple[Network, ...]:
         except ValueError as exc:
             raise ValueError(f"{value!r} is not an IP address or CIDR network") from exc
     return tuple(networks)
+
 
 class PlanLimits(BaseModel):
     """The limits of one plan; the field names are the contract's."""

@@ -19,8 +19,8 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
   (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "warning: could not install chromium" >&2
 fi
 
-.venv/bin/ruff check app tests scripts
-.venv/bin/mypy app
+.venv/bin/ruff check app tests scripts examples
+.venv/bin/mypy app examples/widget/mint.py
 # The layer contract ([tool.importlinter] in pyproject.toml; docs/decisions.md, "The code's layout").
 .venv/bin/lint-imports --no-logo
 HF_HUB_OFFLINE=1 .venv/bin/python -m pytest "$@"

@@ -35,7 +35,9 @@ async def test_a_new_data_dir_and_database_are_private(
 ) -> None:
     data = tmp_path / "parent" / "data"
     app = await make_app(data_dir=data)
-    await accounts.create_user(runtime=app.state.runtime, email="a@example.com", password="pw123456")
+    await accounts.create_user(
+        runtime=app.state.runtime, email="a@example.com", password="pw123456"
+    )
     db = data / "personaizer.db"
     files = [db, db.with_name("personaizer.db-wal"), db.with_name("personaizer.db-shm")]
     assert all(f.exists() for f in files)  # a write happened: WAL and shared memory exist

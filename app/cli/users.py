@@ -131,13 +131,10 @@ def users_delete(
     gone = run_with_runtime(
         settings, lambda runtime: accounts.delete_user(runtime=runtime, email=email)
     )
-    out.print(
-        f"deleted {gone.email} with {_owned(gone.keys, gone.documents, gone.personas)}"
-    )
+    out.print(f"deleted {gone.email} with {_owned(gone.keys, gone.documents, gone.personas)}")
 
 
 def _owned(keys: int, documents: int, personas: int) -> str:
     return (
-        f"{plural(keys, 'key')}, {plural(documents, 'document')} and "
-        f"{plural(personas, 'persona')}"
+        f"{plural(keys, 'key')}, {plural(documents, 'document')} and {plural(personas, 'persona')}"
     )

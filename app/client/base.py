@@ -87,6 +87,8 @@ class ClientBase(Generic[Tr, H]):
     create_persona = Operation(calls.create_persona)
     update_persona = Operation(calls.update_persona)
     delete_persona = Operation(calls.delete_persona)
+    list_persona_knowledge = Operation(calls.list_persona_knowledge)
+    iter_persona_knowledge = Listing(calls.iter_persona_knowledge)
     set_persona_knowledge = Operation(calls.set_persona_knowledge)
 
     subscription = Operation(calls.subscription)

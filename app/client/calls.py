@@ -34,6 +34,7 @@ from app.client.models import (
     Document,
     Page,
     Persona,
+    PersonaDocument,
     PersonaKnowledge,
     PersonaSummary,
     SearchResults,
@@ -332,6 +333,24 @@ def update_persona(persona_id: str, **changes: Any) -> Call[Persona]:
 
 def delete_persona(persona_id: str) -> Call[None]:
     return Call("DELETE", f"/api/personas/{_id(persona_id)}", _none)
+
+
+def list_persona_knowledge(
+    persona_id: str, *, limit: int = 50, cursor: str | None = None
+) -> Call[Page[PersonaDocument]]:
+    """One page of the persona's knowledge, ordered by external_id, without content: attached
+    documents and those its `knowledge_filter` matches, each with `via` saying which."""
+    return Call(
+        "GET",
+        f"/api/personas/{_id(persona_id)}/knowledge",
+        _model(Page[PersonaDocument]),
+        params=_page_params(limit, cursor),
+    )
+
+
+def iter_persona_knowledge(persona_id: str) -> Pages[PersonaDocument]:
+    """Every document of the persona's knowledge, page after page, ordered by external_id."""
+    return Pages(lambda cursor: list_persona_knowledge(persona_id, limit=PAGE_SIZE, cursor=cursor))
 
 
 def set_persona_knowledge(persona_id: str, external_ids: Sequence[str]) -> Call[PersonaKnowledge]:

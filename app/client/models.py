@@ -38,6 +38,13 @@ class Document(Model):
     updated_at: datetime
 
 
+class PersonaDocument(Document):
+    """A document of a persona's knowledge: `via` is `attached` (also when its filter matches
+    it too) or `filter`."""
+
+    via: str
+
+
 class Change(Model):
     """One entry of the changes feed: `document` (without content) for `upsert`, None for
     `delete`."""

@@ -30,9 +30,6 @@ if TYPE_CHECKING:  # the doors pass one in; `loads` serves the services too (cur
 T = TypeVar("T")
 
 
-
-
-
 def is_json_media_type(content_type: str) -> bool:
     media = content_type.split(";", 1)[0].strip().lower()
     return media == "application/json" or (
@@ -96,23 +93,3 @@ async def parse(
             raise
 
     return await off_loop(len(raw), work)
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-

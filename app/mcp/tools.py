@@ -17,6 +17,7 @@ from mcp.server.mcpserver import Context
 from mcp_types import CallToolResult, ToolAnnotations
 from pydantic import BaseModel, Field, create_model, field_validator
 
+from app.errors import FieldError, ValidationFailed
 from app.mcp.errors import Gate, answer
 from app.models import (
     METADATA_MAX_BYTES,
@@ -33,9 +34,15 @@ from app.models import (
     parse_api_time,
 )
 from app.models.base import JsonObject, PublicModel, Timestamp
-from app.models.knowledge import DOC_PAGE_DEFAULT_CHARS, DOC_PAGE_MAX_CHARS, KnowledgeDocPage
+from app.models.knowledge import (
+    DOC_NEIGHBOURS_MAX,
+    DOC_PAGE_DEFAULT_CHARS,
+    DOC_PAGE_MAX_CHARS,
+    DocFilters,
+    KnowledgeDocPage,
+)
 from app.models.pagination import DEFAULT_LIMIT, MAX_LIMIT
-from app.services import knowledge, personas
+from app.services import knowledge, passages, personas
 from app.services import search as search_service
 from app.services.runtime import Principal, Runtime
 
@@ -43,8 +50,10 @@ INSTRUCTIONS = f"""\
 PersonAIzer knowledge: documents a user uploaded, and personas (assistants with instructions, \
 a greeting and attached documents). Use search_knowledge to find passages (scoped to a persona \
 with persona_id); get_document to read a document a page at a time ({DOC_PAGE_DEFAULT_CHARS:,} \
-characters by default: call again with offset=next_offset until it is null); list_documents to \
-see which documents there are; list_personas and get_persona to learn a persona's instructions. \
+characters by default: call again with offset=next_offset until it is null), or a hit's passage \
+with around_chunk=<the hit's chunk_index>; list_documents to see which documents there are (by \
+metadata, e.g. {{"source": ...}}, or external_id_prefix); list_personas and get_persona to learn \
+a persona's instructions. \
 Each persona is also a prompt (prompts/get: take it on), each document a resource \
 (personaizer://docs/{{external_id}}). A failed call has isError and a stable `code` in \
 structuredContent (described at /problems/{{code}}), with `errors[]` pointing at the arguments \
@@ -129,14 +138,54 @@ async def get_document(
             description=f"Characters to return, at most {DOC_PAGE_MAX_CHARS:,}.",
         ),
     ] = DOC_PAGE_DEFAULT_CHARS,
+    around_chunk: Annotated[
+        int | None,
+        Field(
+            ge=0,
+            description=(
+                "A search hit's chunk_index: read the passage around it (that chunk and "
+                "`neighbours` chunks on each side) instead of from `offset`."
+            ),
+        ),
+    ] = None,
+    neighbours: Annotated[
+        int,
+        Field(
+            ge=0,
+            le=DOC_NEIGHBOURS_MAX,
+            description=(
+                f"With around_chunk: chunks before and after the hit's, at most "
+                f"{DOC_NEIGHBOURS_MAX} (a chunk is about 200 tokens)."
+            ),
+        ),
+    ] = 1,
 ) -> Annotated[CallToolResult, KnowledgeDocPage]:
     """One knowledge document, a page at a time: `content` holds the characters from `offset`
     (at most `max_chars`), with the document's title, metadata and `total_chars`; call again
-    with `next_offset` until it is null."""
+    with `next_offset` until it is null. With `around_chunk` (a search hit's chunk_index), the
+    page is that chunk with its neighbours instead (`chunks` names them; still at most
+    `max_chars`), and `next_offset` reads on after it."""
 
     async def work(runtime: Runtime, principal: Principal) -> BaseModel:
-        doc = await knowledge.get_doc(runtime=runtime, principal=principal, external_id=external_id)
-        return KnowledgeDocPage.of(doc, offset=offset, max_chars=max_chars)
+        if around_chunk is None:
+            doc = await knowledge.get_doc(
+                runtime=runtime, principal=principal, external_id=external_id
+            )
+            return KnowledgeDocPage.of(doc, offset=offset, max_chars=max_chars)
+        if offset:
+            message = "give offset or around_chunk, not both"
+            raise ValidationFailed(
+                f"offset: {message}.",
+                errors=[FieldError("/offset", ValidationFailed.code, message)],
+            )
+        return await passages.read_around(
+            runtime=runtime,
+            principal=principal,
+            external_id=external_id,
+            around_chunk=around_chunk,
+            neighbours=neighbours,
+            max_chars=max_chars,
+        )
 
     return await answer(ctx, work)
 
@@ -168,18 +217,41 @@ async def list_documents(
             )
         ),
     ] = None,
+    metadata: Annotated[
+        JsonObject | None,
+        Field(
+            description=(
+                "Only documents whose metadata has each of these top-level keys with an equal "
+                f"JSON value (`true` is not `1`, `1` is `1.0`); at most {SEARCH_METADATA_KEYS_MAX} "
+                'keys, e.g. {"source": "handbook"}.'
+            )
+        ),
+    ] = None,
+    external_id_prefix: Annotated[
+        str | None,
+        Field(description="Only documents whose external_id starts with this (case-sensitive)."),
+    ] = None,
 ) -> Annotated[CallToolResult, Page[DocumentListItem]]:
     """The user's documents by external_id, without content, with cursor pagination (read one
-    with get_document)."""
+    with get_document). Filters combine (all must hold) and `total` counts the filtered list."""
 
     async def work(runtime: Runtime, principal: Principal) -> BaseModel:
-        since = _ListDocsArguments.model_validate({"updated_since": updated_since})
+        # One model for the three, so that every bad one is named at once, as REST does.
+        filters = _ListDocsArguments.model_validate(
+            {
+                "updated_since": updated_since,
+                "metadata": metadata,
+                "external_id_prefix": external_id_prefix,
+            }
+        )
         page = await knowledge.list_docs(
             runtime=runtime,
             principal=principal,
             limit=limit,
             cursor=cursor,
-            updated_since=since.updated_since,
+            updated_since=filters.updated_since,
+            metadata=filters.metadata,
+            external_id_prefix=filters.external_id_prefix,
         )
         items = [
             DocumentListItem(
@@ -196,10 +268,11 @@ async def list_documents(
     return await answer(ctx, work)
 
 
-class _ListDocsArguments(BaseModel):
-    """`updated_since` parsed as REST's list parses it (the same parser for every door)."""
+class _ListDocsArguments(DocFilters):
+    """The list's filters, checked as REST's and GraphQL's are (`DocFilters`), and
+    `updated_since` parsed as REST's list parses it (the same parser for every door)."""
 
-    updated_since: datetime | None
+    updated_since: datetime | None = None
 
     @field_validator("updated_since", mode="before")
     @classmethod

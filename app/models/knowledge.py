@@ -269,6 +269,8 @@ class KnowledgeDocPublic(PublicModel):
 #: (a 70,000-character PDF is nine default pages, three maximal ones).
 DOC_PAGE_DEFAULT_CHARS = 8_000
 DOC_PAGE_MAX_CHARS = 32_000
+#: How many chunks before and after a hit `get_document(around_chunk=...)` may add.
+DOC_NEIGHBOURS_MAX = 3
 
 
 class KnowledgeDocPage(PublicModel):
@@ -289,9 +291,23 @@ class KnowledgeDocPage(PublicModel):
     next_offset: int | None = Field(
         description="The offset of the next page; null when this page reaches the end."
     )
+    chunks: list[int] | None = Field(
+        default=None,
+        description=(
+            "Read around a chunk: the indexes of the chunks this page holds some of (the hit's "
+            "and its neighbours'); null for a page read by offset."
+        ),
+    )
 
     @classmethod
-    def of(cls, doc: KnowledgeDocPublic, *, offset: int, max_chars: int) -> KnowledgeDocPage:
+    def of(
+        cls,
+        doc: KnowledgeDocPublic,
+        *,
+        offset: int,
+        max_chars: int,
+        chunks: list[int] | None = None,
+    ) -> KnowledgeDocPage:
         text = doc.content or ""
         end = min(len(text), offset + max_chars)
         fields = doc.model_dump(exclude={"content"})
@@ -301,6 +317,7 @@ class KnowledgeDocPage(PublicModel):
             offset=offset,
             total_chars=len(text),
             next_offset=end if end < len(text) else None,
+            chunks=chunks,
         )
 
 

@@ -363,8 +363,9 @@ def _operation(op: Operation, refs: dict[Any, Any]) -> dict[str, Any]:
     def ref(model: type[BaseModel], mode: str) -> dict[str, Any]:
         return dict(refs[(model, mode)])
 
+    scopes = " and ".join(f"`{s}`" for s in (op.scope, *op.extra_scopes))
     description = (
-        f"{op.description}\n\nRate-limit policy: `{op.policy}`. Key scope: `{op.scope}`. "
+        f"{op.description}\n\nRate-limit policy: `{op.policy}`. Key scope: {scopes}. "
         f"Idempotent: {'yes' if op.idempotent else 'no'}."
     ).strip()
     out: dict[str, Any] = {
@@ -374,6 +375,7 @@ def _operation(op: Operation, refs: dict[Any, Any]) -> dict[str, Any]:
         "tags": [op.tag],
         "x-ratelimit-policy": op.policy,
         "x-required-scope": op.scope,
+        **({"x-also-required-scopes": list(op.extra_scopes)} if op.extra_scopes else {}),
         "x-idempotent": op.idempotent,
         "parameters": [_path_parameter(n, p) for n, p in op.path_params.items()],
         "responses": {},

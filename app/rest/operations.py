@@ -102,6 +102,8 @@ class Operation:
     #: The key scope it needs (API.md section 12); outside it: 403 auth.insufficient_scope.
     scope: Scope
     idempotent: bool
+    #: Scopes it needs besides `scope` (listing a persona's documents reads documents too).
+    extra_scopes: tuple[Scope, ...] = ()
     description: str = ""
     body: type[BaseModel] | None = None
     query: type[BaseModel] | None = None
@@ -130,7 +132,8 @@ class Operation:
         runtime: Runtime = state.runtime
         guard: Guard = state.guard
         principal = await guard.authenticate(request)
-        guard.require(principal, self.scope)
+        for scope in (self.scope, *self.extra_scopes):
+            guard.require(principal, scope)
         headers = await guard.charge(principal, self.policy)
         try:
             query = _parse_query(self.query, request) if self.query else None

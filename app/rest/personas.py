@@ -15,6 +15,7 @@ from app.models import (
     Page,
     PersonaCreate,
     PersonaKnowledgeBody,
+    PersonaKnowledgeDoc,
     PersonaKnowledgeResult,
     PersonaListItem,
     PersonaPublic,
@@ -75,6 +76,18 @@ async def delete_persona(call: Call) -> Response:
         runtime=call.runtime, principal=call.principal, persona_id=call.path("id")
     )
     return Response(status_code=204)
+
+
+async def list_knowledge(call: Call) -> Response:
+    q: PageQuery = call.query
+    page = await personas.list_knowledge(
+        runtime=call.runtime,
+        principal=call.principal,
+        persona_id=call.path("id"),
+        limit=q.limit,
+        cursor=q.cursor,
+    )
+    return json_response(page, exclude={"items": {"__all__": {"content"}}})
 
 
 async def set_knowledge(call: Call) -> Response:
@@ -180,6 +193,31 @@ OPERATIONS = [
         path_params=PERSONA_ID_PARAM,
         status=204,
         responses={204: (None, "Deleted, or there was nothing to delete.")},
+    ),
+    Operation(
+        method="GET",
+        path=f"{_BY_ID}/knowledge",
+        operation_id="listPersonaKnowledge",
+        summary="List a persona's knowledge",
+        description=(
+            "The documents the persona's searches see, ordered by external_id, without "
+            "content, with cursor pagination: those attached to it and those matching its "
+            "`knowledge_filter` (API.md section 13), each with `via` (`attached`, also when the "
+            "filter matches it too, or `filter`). `total` counts the whole knowledge. The "
+            "documents are the user's own data, so a key needs `docs:read` as well as "
+            "`personas:read` (as GraphQL's `Persona.knowledge`); a key restricted to other "
+            "personas is refused this one."
+        ),
+        handler=list_knowledge,
+        tag="Personas",
+        policy="reads",
+        scope="personas:read",
+        extra_scopes=("docs:read",),
+        idempotent=True,
+        query=PageQuery,
+        path_params=PERSONA_ID_PARAM,
+        responses={200: (Page[PersonaKnowledgeDoc], "A page of the persona's documents.")},
+        errors=(PersonaNotFound, InvalidCursor),
     ),
     Operation(
         method="PUT",

@@ -47,7 +47,9 @@ treated as plain words. A query without any word finds nothing in `keyword` mode
 
 async def search(call: Call) -> Response:
     body: SearchRequest = call.body
-    result = await search_service.search(runtime=call.runtime, principal=call.principal, request=body)
+    result = await search_service.search(
+        runtime=call.runtime, principal=call.principal, request=body
+    )
     return json_response(result)
 
 

@@ -16,7 +16,9 @@ async def get_subscription(call: Call) -> Response:
 
 
 async def get_usage(call: Call) -> Response:
-    return json_response(await subscription.get_usage(runtime=call.runtime, principal=call.principal))
+    return json_response(
+        await subscription.get_usage(runtime=call.runtime, principal=call.principal)
+    )
 
 
 OPERATIONS = [

@@ -113,9 +113,7 @@ def _check_sizes(principal: Principal, contents: Sequence[tuple[str, str]]) -> N
 # --- reading and embedding -----------------------------------------------------------------
 
 
-async def _load_existing(
-    session: AsyncSession, user_id: int, texts: Texts
-) -> dict[str, Existing]:
+async def _load_existing(session: AsyncSession, user_id: int, texts: Texts) -> dict[str, Existing]:
     """The stored documents of these items, without their content (what is compared is its
     hash), and the chunks of only those that will be rewritten or retitled: a replay of
     unchanged documents reads one row each and no vectors."""
@@ -219,7 +217,9 @@ async def _write(
     return plans
 
 
-async def _check_quota(session: AsyncSession, principal: Principal, plans: Sequence[ItemPlan]) -> None:
+async def _check_quota(
+    session: AsyncSession, principal: Principal, plans: Sequence[ItemPlan]
+) -> None:
     """Refuse a write that would pass a limit; a write that does not grow a dimension passes
     even at (or over) the limit, so updates keep working on a full account."""
     add_docs = sum(1 for p in plans if p.existing is None)
@@ -446,7 +446,9 @@ async def _find(session: AsyncSession, principal: Principal, external_id: str) -
     return doc
 
 
-async def get_doc(*, runtime: Runtime, principal: Principal, external_id: str) -> KnowledgeDocPublic:
+async def get_doc(
+    *, runtime: Runtime, principal: Principal, external_id: str
+) -> KnowledgeDocPublic:
     check_external_id(external_id)
     async with runtime.db.read() as session:
         doc = await _find(session, principal, external_id)

@@ -424,6 +424,34 @@ async def get_persona(*, runtime: Runtime, principal: Principal, persona_id: str
         return await _load_public(session, runtime, persona)
 
 
+async def list_knowledge(
+    *,
+    runtime: Runtime,
+    principal: Principal,
+    persona_id: str,
+    limit: int,
+    cursor: str | None = None,
+) -> Page[PersonaKnowledgeDoc]:
+    """One page of a persona's knowledge (attached, or matching its filter, as each item's
+    `via` says), ordered by external_id, without content. An unknown persona, or one outside a
+    restricted key's personas, is `persona.not_found` / `auth.insufficient_scope` as for
+    `get_persona`, not an empty page."""
+    principal.require_persona(persona_id)
+    async with runtime.db.read() as session:
+        await _find(session, principal, persona_id)
+    page = (
+        await knowledge_for_personas(
+            runtime=runtime,
+            principal=principal,
+            persona_ids=[persona_id],
+            limit=limit,
+            cursor=cursor,
+        )
+    )[persona_id]
+    items = [d for d in page.items if isinstance(d, PersonaKnowledgeDoc)]
+    return Page[PersonaKnowledgeDoc](items=items, next_cursor=page.next_cursor, total=page.total)
+
+
 async def update_persona(
     *, runtime: Runtime, principal: Principal, persona_id: str, body: PersonaUpdate
 ) -> PersonaPublic:

@@ -79,7 +79,9 @@ async def copy_database(
         async with source.read() as now:
             after = await _fingerprint(now)
         if after != before:
-            changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+            changed = sorted(
+                k for k in before.keys() | after.keys() if before.get(k) != after.get(k)
+            )
             raise TransferError(
                 f"the source changed while it was copied ({', '.join(changed)}): a server is "
                 "still writing to it, and its writes after the copy's moment would be missing; "
@@ -94,7 +96,9 @@ async def _fingerprint(session: AsyncSession) -> dict[str, Any]:
     persona change, and the usage counters' sums (requests are flushed there)."""
     out: dict[str, Any] = {}
     for table in SQLModel.metadata.sorted_tables:
-        out[table.name] = (await session.execute(select(func.count()).select_from(table))).scalar_one()
+        out[table.name] = (
+            await session.execute(select(func.count()).select_from(table))
+        ).scalar_one()
     for model in (KnowledgeDoc, Persona):
         newest = await session.execute(select(func.max(col(model.updated_at))))
         out[f"{model.__tablename__}.updated_at"] = newest.scalar_one()

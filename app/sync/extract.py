@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 
 TEXT_SUFFIXES = frozenset({".md", ".markdown", ".txt", ".text", ".rst"})
 HTML_SUFFIXES = frozenset({".html", ".htm"})
+#: Suffixes that name a format (left out of a title taken from the file name).
+_KNOWN_SUFFIXES = TEXT_SUFFIXES | HTML_SUFFIXES | {".pdf", ".docx"}
 SUPPORTED = "md, markdown, txt, text, rst, html, htm, pdf, docx, any .gz of those, or text"
 #: Files larger than this are not read at all: no plan takes a document that large.
 MAX_READ_BYTES = 64 * 1024 * 1024
@@ -172,6 +174,16 @@ def extract_data(name: str, data: bytes) -> Extracted:
         raise Unreadable("no text in it (a scanned PDF?)" if kind == "PDF" else "empty")
     title = (found.title or "").strip()[:512] or None
     return Extracted(text, title)
+
+
+def file_title(name: str) -> str:
+    """A title for a file that has none: its name without the suffixes of a known format
+    (`notes.md.gz` -> notes); any other suffix is part of the name (`README.Debian`)."""
+    bare = name[:-3] if name.lower().endswith(".gz") else name
+    path = PurePath(bare)
+    if path.suffix.lower() in _KNOWN_SUFFIXES:
+        return path.stem or name
+    return bare or name
 
 
 def _gunzip(data: bytes) -> bytes:

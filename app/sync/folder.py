@@ -12,7 +12,7 @@ from pathlib import Path
 import pathspec
 
 from app.client import DocInput
-from app.sync.extract import Unreadable, extract_data, read_bytes
+from app.sync.extract import Unreadable, extract_data, file_title, read_bytes
 from app.sync.ids import external_id_for
 from app.text import plural
 
@@ -105,9 +105,7 @@ class Rules:
         return None
 
 
-def _files(
-    root: Path, skipped: list[Skipped], rules: Rules
-) -> list[tuple[Path, tuple[int, int]]]:
+def _files(root: Path, skipped: list[Skipped], rules: Rules) -> list[tuple[Path, tuple[int, int]]]:
     """Regular files under `root`, sorted, each with its `(st_dev, st_ino)` (so that reading
     can check it is still the file listed). Hidden entries (`.git/`, `.env`) and excluded ones
     are listed as skipped once per entry, not once per file inside; so is every link (`_link`)."""
@@ -183,12 +181,6 @@ def _build_file(name: str, data: bytes) -> bool:
     return Path(name).suffix.lower() in _SHELL_SUFFIXES or bool(_SHELL_SHEBANG.match(data))
 
 
-def _file_title(name: str) -> str:
-    """A title for a file that has none: its name without extensions (`notes.md.gz` -> notes)."""
-    stem = Path(name.removesuffix(".gz") if name.lower().endswith(".gz") else name).stem
-    return stem or name
-
-
 def _rel(path: Path, root: Path) -> str:
     return path.relative_to(root).as_posix()
 
@@ -243,7 +235,7 @@ def collect(
         folder.docs.append(
             DocInput(
                 external_id=ext_id,
-                title=found.title or _file_title(path.name),
+                title=found.title or file_title(path.name),
                 content=found.text,
                 metadata={"source": source, "path": rel, "synced_by": SYNCED_BY},
             )

@@ -1,4 +1,5 @@
-"""The dashboard door: `/login`, `/api-keys` and the pages of app/web/pages.py, for people in a
+"""The dashboard door: `/login`, `/api-keys`, the pages of app/web/pages.py and the forms that
+write documents (app/web/documents.py) and personas (app/web/personas.py), for people in a
 browser (API.md section 2).
 
 Key management accepts only a browser session, never an API key: a request carrying `X-Api-Key`
@@ -31,7 +32,7 @@ from app.http.guard import Guard
 from app.models import SCOPES
 from app.services import accounts, sessions
 from app.settings import Settings
-from app.web import pages
+from app.web import documents, pages, personas
 from app.web.common import csrf, form, no_api_keys, render, runtime_of, signed_in, to
 
 KEY_NAME_MAX = 100
@@ -237,5 +238,8 @@ def routes(settings: Settings) -> list[BaseRoute]:
             "/api-keys/{prefix:str}/delete", confirm_delete_key, methods=["GET"], middleware=session
         ),
         Route("/api-keys/{prefix:str}/delete", delete_key, methods=["POST"], middleware=session),
+        # The writing routes first: `/dashboard/documents/{id}/edit` is not a document's page.
+        *documents.routes(session),
+        *personas.routes(session),
         *pages.routes(session),
     ]

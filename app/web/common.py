@@ -4,6 +4,7 @@ CSRF-checked and bounded forms, and readable times."""
 from __future__ import annotations
 
 import secrets
+from collections.abc import AsyncGenerator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -11,18 +12,26 @@ from urllib.parse import parse_qsl
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup, escape
+from starlette.datastructures import FormData, ImmutableMultiDict
+from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse
 
 from app.errors import Forbidden, TooLarge, UnsupportedMediaType, ValidationFailed
+from app.http.intake import read_body
 from app.models.base import format_time
 from app.services import sessions
 from app.services.hashing import constant_time_equals
 from app.services.runtime import Principal, Runtime
 
-#: The dashboard's forms are a few short fields; nothing bigger is read, let alone parsed.
+#: Most of the dashboard's forms are a few short fields; nothing bigger is read, let alone
+#: parsed. The forms that write documents and personas pass their own, larger bounds.
 FORM_MAX_BYTES = 16 * 1024
 FORM_MAX_FIELDS = 20
+#: The posted fields, a name possibly repeated (checkboxes); `.get` gives the last value.
+Form = ImmutableMultiDict[str, str]
+#: Where a one-time message waits for the page a POST redirects to (post/redirect/get).
+_FLASH = "flash"
 _CSP = (
     "default-src 'none'; style-src 'nonce-{nonce}'; img-src 'self'; form-action 'self'; "
     "frame-ancestors 'none'; base-uri 'none'"
@@ -86,20 +95,25 @@ def no_api_keys(request: Request) -> None:
         )
 
 
-async def form(request: Request) -> dict[str, str]:
+async def form(
+    request: Request, *, max_bytes: int = FORM_MAX_BYTES, max_fields: int = FORM_MAX_FIELDS
+) -> Form:
     """The posted form, bounded and after the CSRF check."""
     no_api_keys(request)
-    fields = await _read_form(request)
-    sent = fields.get("csrf_token")
+    fields = await _read_form(request, max_bytes=max_bytes, max_fields=max_fields)
+    check_csrf(request, fields.get("csrf_token"))
+    return fields
+
+
+def check_csrf(request: Request, sent: object) -> None:
     expected = request.session.get("csrf")
     if not isinstance(sent, str) or not isinstance(expected, str):
         raise Forbidden("The form's CSRF token is missing; reload the page and try again.")
     if not constant_time_equals(sent, expected):
         raise Forbidden("The form's CSRF token is wrong; reload the page and try again.")
-    return fields
 
 
-async def _read_form(request: Request) -> dict[str, str]:
+async def _read_form(request: Request, *, max_bytes: int, max_fields: int) -> Form:
     # Read by hand rather than with `request.form()`, which takes a urlencoded body of any size.
     media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
     if media_type != "application/x-www-form-urlencoded":
@@ -107,18 +121,61 @@ async def _read_form(request: Request) -> dict[str, str]:
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
-        if len(body) > FORM_MAX_BYTES:
-            raise TooLarge(f"A dashboard form is at most {FORM_MAX_BYTES} bytes.")
+        if len(body) > max_bytes:
+            raise TooLarge(f"A dashboard form is at most {max_bytes} bytes.")
     try:
         pairs = parse_qsl(
             body.decode("utf-8"),
             keep_blank_values=True,
             strict_parsing=False,
-            max_num_fields=FORM_MAX_FIELDS,
+            max_num_fields=max_fields,
         )
     except (UnicodeDecodeError, ValueError) as exc:
         raise ValidationFailed("The form is not UTF-8 or has too many fields.") from exc
-    return dict(pairs)
+    return ImmutableMultiDict(pairs)
+
+
+async def upload_form(request: Request, *, max_bytes: int) -> FormData:
+    """A posted `multipart/form-data` form with at most one file, the whole body at most
+    `max_bytes` (checked from its declared length, then as it streams in, before any of it is
+    parsed), after the CSRF check. The caller closes it (`await fields.close()`)."""
+    no_api_keys(request)
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type != "multipart/form-data":
+        raise UnsupportedMediaType("A file is uploaded as multipart/form-data.")
+    body = await read_body(request, max_bytes)
+
+    async def once() -> AsyncGenerator[bytes, None]:
+        yield body
+
+    parser = MultiPartParser(
+        request.headers,
+        once(),
+        max_files=1,
+        max_fields=FORM_MAX_FIELDS,
+        max_part_size=FORM_MAX_BYTES,
+    )
+    try:
+        fields = await parser.parse()
+    except MultiPartException as exc:
+        raise ValidationFailed(f"The form does not parse: {exc.message}") from exc
+    try:
+        check_csrf(request, fields.get("csrf_token"))
+    except Forbidden:
+        await fields.close()
+        raise
+    return fields
+
+
+def flash(request: Request, message: str) -> None:
+    """Say `message` once, on the page the current POST redirects to."""
+    request.session[_FLASH] = message
+
+
+def take_flash(request: Request) -> str | None:
+    """The message left by the last POST, gone from the cookie with this response."""
+    message = request.session.pop(_FLASH, None)
+    return message if isinstance(message, str) else None
 
 
 async def signed_in(request: Request) -> Principal | None:

@@ -1,9 +1,10 @@
 """The signed-in dashboard's reading pages: usage, documents, personas and a search playground.
 
 Every page reads through the service functions the API calls, acting as the session's user, so
-it shows exactly what that user's keys would get. Nothing here writes: the pages are GETs (their
-forms too), and the playground's search is charged to the user's search rate limit like an API
-search, since it embeds the query.
+it shows exactly what that user's keys would get. Nothing here writes (app/web/documents.py and
+app/web/personas.py do): the pages are GETs (their forms too), and the playground's search is
+charged to the user's search rate limit like an API search, since it embeds the query. A page
+says once what the POST that redirected to it did (`take_flash`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from app.models import SearchRequest
 from app.models.search import SEARCH_QUERY_MAX
 from app.services import knowledge, personas, search, subscription
 from app.services.runtime import Principal
-from app.web.common import csrf, no_api_keys, render, runtime_of, signed_in, to
+from app.web.common import csrf, no_api_keys, render, runtime_of, signed_in, take_flash, to
 
 #: Rows per page of the documents and personas lists.
 PAGE_SIZE = 25
@@ -35,7 +36,14 @@ async def _page(
     request: Request, name: str, section: str, *, principal: Principal, **context: Any
 ) -> Response:
     # `section` marks the current page in the navigation; the CSRF token is for sign-out.
-    return render(name, principal=principal, section=section, csrf=csrf(request), **context)
+    return render(
+        name,
+        principal=principal,
+        section=section,
+        csrf=csrf(request),
+        flash=take_flash(request),
+        **context,
+    )
 
 
 async def _principal(request: Request) -> Principal | None:
@@ -66,7 +74,11 @@ async def documents(request: Request) -> Response:
     text = request.query_params.get("q", "").strip()[:FIND_MAX]
     if text:
         page = await knowledge.find_docs(
-            runtime=runtime, principal=principal, text=text, limit=PAGE_SIZE, cursor=_cursor(request)
+            runtime=runtime,
+            principal=principal,
+            text=text,
+            limit=PAGE_SIZE,
+            cursor=_cursor(request),
         )
     else:
         page = await knowledge.list_docs(

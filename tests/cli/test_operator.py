@@ -245,4 +245,6 @@ async def test_demo_restart_reuses_what_works(tmp_path: Path, make_app: AppFacto
     assert [k.name for k in await accounts.list_keys(runtime=runtime, email=DEMO_EMAIL)] == ["demo"]
     await accounts.disable_key(runtime=runtime, prefix=reset.key[:12])
     again = await ensure_demo_account(runtime, data / CREDENTIALS_FILE)
-    assert again.how == "reset" and (await accounts.authenticate(runtime=runtime, api_key=again.key))
+    assert again.how == "reset" and (
+        await accounts.authenticate(runtime=runtime, api_key=again.key)
+    )

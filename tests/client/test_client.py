@@ -358,5 +358,14 @@ async def test_list_filters_and_persona_rules(app: Starlette) -> None:
         )
         assert persona.knowledge_filter is not None and persona.knowledge_count == 1
         assert persona.knowledge_filter.external_id_prefixes == ["kb-"]
+        await api.set_persona_knowledge(persona.id, ["a"])
+        page = await api.list_persona_knowledge(persona.id, limit=1)
+        assert [(d.external_id, d.via) for d in page.items] == [("a", "attached")]
+        assert page.total == 2 and page.next_cursor is not None
+        every = [(d.external_id, d.via) async for d in api.iter_persona_knowledge(persona.id)]
+        assert every == [("a", "attached"), ("kb-c", "filter")]
+        with pytest.raises(ApiError) as raised:
+            await api.list_persona_knowledge("per_01NOPE")
+        assert (raised.value.status, raised.value.code) == (404, "persona.not_found")
         cleared = await api.update_persona(persona.id, knowledge_filter=None)
-        assert cleared.knowledge_filter is None and cleared.knowledge_count == 0
+        assert cleared.knowledge_filter is None and cleared.knowledge_count == 1

@@ -37,6 +37,7 @@ PARAMETER_OF = {
     ("updatePersona", "id"): "persona_id",
     ("deletePersona", "id"): "persona_id",
     ("setPersonaKnowledge", "id"): "persona_id",
+    ("listPersonaKnowledge", "id"): "persona_id",
 }
 
 #: Operations whose body is taken as `**changes`, since only the fields sent change (PATCH).

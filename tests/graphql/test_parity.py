@@ -137,6 +137,14 @@ def _ids_and_total(r: Any, g: Any) -> tuple[Any, Any]:
     )
 
 
+def _persona_knowledge(r: Any, g: Any) -> tuple[Any, Any]:
+    # GraphQL's `via` is an enum (ATTACHED), REST's a string (attached).
+    page = g["knowledge"]
+    for item in page["items"]:
+        item["via"] = item["via"].lower()
+    return r, page
+
+
 def _one_more_request(r: Any, g: Any) -> tuple[Any, Any]:
     # The GraphQL request came second, and counts itself.
     r["usage"]["requests"]["used"] += 1
@@ -237,6 +245,23 @@ READS = [
             f"query($id: ID!) {{ persona(id: $id) {{ {PERSONA_FIELDS} knowledgeExternalIds }} }}",
             {"id": "{ava}"},
         ),
+    ),
+    *(
+        Case(
+            "listPersonaKnowledge",
+            Rest("GET", PERSONAS + "/{ava}/knowledge", params=params),
+            Gql(
+                "query($id: ID!, $first: Int, $after: String) { persona(id: $id) { knowledge("
+                f"first: $first, after: $after) {{ items {{ {DOC_FIELDS} via }} nextCursor total "
+                "} } }",
+                {"id": "{ava}", **variables},
+            ),
+            adjust=_persona_knowledge,
+        )
+        for params, variables in (
+            ({"limit": 1}, {"first": 1}),
+            ({"cursor": "eyJhZnRlciI6ImEifQ"}, {"after": "eyJhZnRlciI6ImEifQ"}),
+        )
     ),
     Case(
         "getSubscription",
@@ -654,6 +679,9 @@ BAD = [
     Bad("searchKnowledge", "persona.not_found", Rest("POST", "/api/knowledge/search", json={"query": "ship", "persona_id": _missing_persona}), Gql(SEARCH_BARE, search_vars(p=_missing_persona))),
     Bad("listPersonas", "request.validation_failed", Rest("GET", PERSONAS, params={"limit": 500}), Gql("{ personas(first: 500) { total } }")),
     Bad("listPersonas", "request.invalid_cursor", Rest("GET", PERSONAS, params={"cursor": "%%%"}), Gql('{ personas(after: "%%%") { total } }')),
+    Bad("listPersonaKnowledge", "persona.not_found", Rest("GET", f"{PERSONAS}/{_missing_persona}/knowledge"), Gql(f'{{ persona(id: "{_missing_persona}") {{ knowledge {{ total }} }} }}')),
+    Bad("listPersonaKnowledge", "request.invalid_cursor", Rest("GET", PERSONAS + "/{ava}/knowledge", params={"cursor": "%%%"}), Gql('query($id: ID!) { persona(id: $id) { knowledge(after: "%%%") { total } } }', {"id": "{ava}"})),
+    Bad("listPersonaKnowledge", "request.validation_failed", Rest("GET", PERSONAS + "/{ava}/knowledge", params={"limit": 500}), Gql('query($id: ID!) { persona(id: $id) { knowledge(first: 500) { total } } }', {"id": "{ava}"})),
     Bad("getPersona", "persona.not_found", Rest("GET", f"{PERSONAS}/{_missing_persona}"), Gql(f'{{ persona(id: "{_missing_persona}") {{ id }} }}')),
     Bad("getPersona", "persona.not_found", Rest("GET", f"{PERSONAS}/not-a-persona"), Gql('{ persona(id: "not-a-persona") { id } }')),
     Bad("createPersona", "persona.quota_exceeded", Rest("POST", PERSONAS, json={"name": "Dee"}), persona_input("createPersona", "PersonaCreateInput", {"name": "Dee"}, None)),

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.anyio
 
 #: One operation per scope, each selecting only fields of that scope.
 CALLS: dict[str, str] = {
-    "docs:read": "{ knowledgeDocs { total } knowledgeDoc(externalId: \"doc-a\") { title } "
+    "docs:read": '{ knowledgeDocs { total } knowledgeDoc(externalId: "doc-a") { title } '
     "knowledgeChanges { hasMore } }",
     "docs:write": 'mutation { upsertKnowledgeDoc(externalId: "doc-x", input: {content: "x"}) '
     "{ status } }",
@@ -47,7 +47,9 @@ def test_every_root_field_has_a_scope() -> None:
 
 
 def insufficient(body: dict[str, Any]) -> list[dict[str, Any]]:
-    return [e for e in body.get("errors", []) if e["extensions"]["code"] == "auth.insufficient_scope"]
+    return [
+        e for e in body.get("errors", []) if e["extensions"]["code"] == "auth.insufficient_scope"
+    ]
 
 
 async def test_each_field_is_refused_outside_its_scope(app: Starlette) -> None:
@@ -104,7 +106,7 @@ async def test_a_persona_restricted_key_sees_its_personas_only(app: Starlette) -
         assert [h["externalId"] for h in hits] == ["doc-a"]
         r = await gql(
             api,
-            "query($p: ID!) { search(query: \"gardening\", personaId: $p) { mode } }",
+            'query($p: ID!) { search(query: "gardening", personaId: $p) { mode } }',
             {"p": b},
         )
         assert single_error(r)["extensions"]["code"] == "auth.insufficient_scope"

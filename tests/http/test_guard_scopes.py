@@ -15,7 +15,7 @@ from tests.mcp.test_edge import HEADERS, LIST_TOOLS
 
 pytestmark = pytest.mark.anyio
 EMAIL = "owner@example.com"
-QUERY = {"query": "{ search(query: \"x\") { results { externalId } } }"}
+QUERY = {"query": '{ search(query: "x") { results { externalId } } }'}
 
 
 async def test_graphql_and_mcp_admit_restricted_callers_to_what_they_may_do(

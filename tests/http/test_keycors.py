@@ -41,7 +41,9 @@ async def test_a_key_origin_gets_preflight_and_cors_headers(
         assert pre.status_code == 200
         assert pre.headers["access-control-allow-origin"] == SHOP
         assert "POST" in pre.headers["access-control-allow-methods"]
-        allowed = {h.strip().lower() for h in pre.headers["access-control-allow-headers"].split(",")}
+        allowed = {
+            h.strip().lower() for h in pre.headers["access-control-allow-headers"].split(",")
+        }
         assert allowed >= {"x-api-key", "authorization", "content-type", "x-request-id"}
         assert "origin" in pre.headers["vary"].lower()
         # The server-wide origins keep Starlette's answer.
@@ -86,5 +88,3 @@ async def test_a_key_without_origins_keeps_the_server_rule(make_app: AppFactory)
         other = await api.get("/api/personas", headers={"Origin": "https://other.example"})
         assert other.status_code == 200
         assert "access-control-allow-origin" not in other.headers
-
-

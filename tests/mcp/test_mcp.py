@@ -23,8 +23,8 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp_types import CallToolResult, TextContent, TextResourceContents
 
-from app.models import SEARCH_K_MAX
-from app.models.knowledge import DOC_PAGE_DEFAULT_CHARS, DOC_PAGE_MAX_CHARS
+from app.models import SEARCH_K_MAX, SEARCH_METADATA_KEYS_MAX
+from app.models.knowledge import DOC_NEIGHBOURS_MAX, DOC_PAGE_DEFAULT_CHARS, DOC_PAGE_MAX_CHARS
 from tests.conftest import plan_config
 
 pytestmark = pytest.mark.anyio
@@ -554,3 +554,173 @@ async def test_documents_are_resources(server: Server) -> None:
             with pytest.raises(MCPError) as raised:
                 await client.read_resource(bad)
             assert raised.value.data["code"] == code, (bad, raised.value.data)
+
+
+async def test_documents_are_listed_by_metadata_and_prefix(server: Server) -> None:
+    async with connect(f"{server.base}/mcp", server.key) as client:
+
+        async def listed(**arguments: Any) -> list[str]:
+            page = data(await client.call_tool("list_documents", arguments))
+            assert page["total"] == len(page["items"])
+            return [d["external_id"] for d in page["items"]]
+
+        assert await listed(metadata={"lang": "en"}) == ["lamp"]
+        assert await listed(metadata={"kind": "legal"}) == ["warranty"]
+        assert await listed(metadata={"kind": "other"}) == []
+        assert await listed(external_id_prefix="faq-") == ["faq-shipping"]
+        assert await listed(external_id_prefix="l", metadata={"lang": "en"}) == ["lamp"]
+        assert await listed(external_id_prefix="w", metadata={"lang": "en"}) == []
+        # A cursor says where the last page ended, so it goes on under the filter.
+        first = data(
+            await client.call_tool("list_documents", {"limit": 1, "metadata": {"kind": "legal"}})
+        )
+        assert [d["external_id"] for d in first["items"]] == ["warranty"]
+        assert first["next_cursor"] is None
+        after_lamp = data(await client.call_tool("list_documents", {"limit": 2}))["next_cursor"]
+        rest = data(
+            await client.call_tool(
+                "list_documents", {"cursor": after_lamp, "metadata": {"lang": "en"}}
+            )
+        )
+        assert (rest["items"], rest["total"]) == ([], 1)
+
+
+async def test_list_filters_are_refused_as_rest_refuses_them(server: Server) -> None:
+    async with connect(f"{server.base}/mcp", server.key) as client:
+        bad_prefix = problem(
+            await client.call_tool("list_documents", {"external_id_prefix": "bad prefix"}),
+            "knowledge.invalid_external_id",
+        )
+        rest = _rest_problem(
+            server, "GET", "/api/knowledge/docs", params={"external_id_prefix": "bad prefix"}
+        )
+        assert rest["code"] == "knowledge.invalid_external_id"
+        assert [e["pointer"] for e in bad_prefix["errors"]] == ["/external_id_prefix"]
+        assert [e["parameter"] for e in rest["errors"]] == ["external_id_prefix"]
+        assert bad_prefix["errors"][0]["message"] == rest["errors"][0]["message"]
+
+        many = {f"k{i}": i for i in range(SEARCH_METADATA_KEYS_MAX + 1)}
+        too_many = problem(
+            await client.call_tool("list_documents", {"metadata": many}),
+            "request.validation_failed",
+        )
+        rest = _rest_problem(
+            server,
+            "GET",
+            "/api/knowledge/docs",
+            params={f"metadata.{k}": v for k, v in many.items()},
+        )
+        assert [e["pointer"] for e in too_many["errors"]] == ["/metadata"]
+        assert too_many["errors"][0]["message"] == rest["errors"][0]["message"]
+        # Both at once: each is named.
+        both = problem(
+            await client.call_tool(
+                "list_documents", {"metadata": many, "external_id_prefix": "bad prefix"}
+            ),
+            "request.validation_failed",
+        )
+        assert {e["pointer"] for e in both["errors"]} == {"/metadata", "/external_id_prefix"}
+
+
+async def test_a_hit_is_read_with_its_neighbours(server: Server) -> None:
+    whole = str(MANUAL["content"])
+    async with connect(f"{server.base}/mcp", server.key) as client:
+        found = data(
+            await client.call_tool(
+                "search_knowledge",
+                {"query": "Clause 0200", "mode": "keyword", "external_ids": ["warranty"]},
+            )
+        )
+        (hit,) = found["results"]
+        index = hit["chunk_index"]
+        doc = data(await client.call_tool("get_document", {"external_id": "warranty"}))
+        assert doc["chunk_count"] > index + 1 > 1  # a hit inside the document, not at an end
+
+        alone = data(
+            await client.call_tool(
+                "get_document", {"external_id": "warranty", "around_chunk": index, "neighbours": 0}
+            )
+        )
+        assert alone["content"] == hit["text"] and alone["chunks"] == [index]
+        assert whole[alone["offset"] :].startswith(hit["text"])
+
+        around = data(
+            await client.call_tool(
+                "get_document", {"external_id": "warranty", "around_chunk": index}
+            )
+        )
+        assert around["chunks"] == [index - 1, index, index + 1]
+        start, text = around["offset"], around["content"]
+        assert text == whole[start : start + len(text)]
+        assert start < alone["offset"] and hit["text"] in text
+        assert around["next_offset"] == start + len(text) < len(whole)
+        # Reading on from next_offset continues the document where the passage ends.
+        after = data(
+            await client.call_tool(
+                "get_document",
+                {"external_id": "warranty", "offset": around["next_offset"], "max_chars": 50},
+            )
+        )
+        assert after["content"] == whole[start + len(text) :][:50] and after["chunks"] is None
+
+        # Bounded by max_chars; the neighbours before the hit give way first.
+        short = data(
+            await client.call_tool(
+                "get_document",
+                {"external_id": "warranty", "around_chunk": index, "max_chars": len(hit["text"])},
+            )
+        )
+        assert short["content"] == hit["text"] and index in short["chunks"]
+        # The first and last chunks have neighbours on one side only.
+        first = data(
+            await client.call_tool(
+                "get_document",
+                {"external_id": "warranty", "around_chunk": 0, "neighbours": DOC_NEIGHBOURS_MAX},
+            )
+        )
+        assert first["offset"] == 0 and first["chunks"] == list(range(DOC_NEIGHBOURS_MAX + 1))
+        last = doc["chunk_count"] - 1
+        end = data(
+            await client.call_tool(
+                "get_document", {"external_id": "warranty", "around_chunk": last}
+            )
+        )
+        assert end["chunks"] == [last - 1, last] and end["next_offset"] is None
+        assert whole.endswith(end["content"])
+
+
+async def test_reading_around_a_chunk_refuses_what_it_cannot_do(server: Server) -> None:
+    async with connect(f"{server.base}/mcp", server.key) as client:
+        past = problem(
+            await client.call_tool("get_document", {"external_id": "lamp", "around_chunk": 1}),
+            "request.validation_failed",
+        )
+        assert [e["pointer"] for e in past["errors"]] == ["/around_chunk"]
+        assert "1 chunk(s), 0 to 0" in past["detail"]
+        both = problem(
+            await client.call_tool(
+                "get_document", {"external_id": "lamp", "around_chunk": 0, "offset": 5}
+            ),
+            "request.validation_failed",
+        )
+        assert [e["pointer"] for e in both["errors"]] == ["/offset"]
+        wide = problem(
+            await client.call_tool(
+                "get_document",
+                {"external_id": "lamp", "around_chunk": 0, "neighbours": DOC_NEIGHBOURS_MAX + 1},
+            ),
+            "request.validation_failed",
+        )
+        assert [e["pointer"] for e in wide["errors"]] == ["/neighbours"]
+        problem(
+            await client.call_tool("get_document", {"external_id": "lamp", "around_chunk": -1}),
+            "request.validation_failed",
+        )
+        problem(
+            await client.call_tool("get_document", {"external_id": "nope", "around_chunk": 0}),
+            "knowledge.not_found",
+        )
+        problem(
+            await client.call_tool("get_document", {"external_id": "bad id", "around_chunk": 0}),
+            "knowledge.invalid_external_id",
+        )

@@ -19,7 +19,7 @@ from app.models import (
     SEARCH_QUERY_MAX,
     SearchRequest,
 )
-from app.models.knowledge import DOC_PAGE_DEFAULT_CHARS, DOC_PAGE_MAX_CHARS
+from app.models.knowledge import DOC_NEIGHBOURS_MAX, DOC_PAGE_DEFAULT_CHARS, DOC_PAGE_MAX_CHARS
 from app.models.pagination import DEFAULT_LIMIT, MAX_LIMIT
 
 pytestmark = pytest.mark.anyio
@@ -54,6 +54,10 @@ async def test_bounds_are_the_models() -> None:
     assert page["max_chars"]["maximum"] == DOC_PAGE_MAX_CHARS
     assert page["max_chars"]["default"] == DOC_PAGE_DEFAULT_CHARS
     assert states(page["max_chars"]["description"], f"{DOC_PAGE_MAX_CHARS:,}")
+    assert page["neighbours"]["maximum"] == DOC_NEIGHBOURS_MAX
+    assert states(page["neighbours"]["description"], str(DOC_NEIGHBOURS_MAX))
+    listing = tools["list_documents"][0]["properties"]
+    assert states(listing["metadata"]["description"], str(SEARCH_METADATA_KEYS_MAX))
 
 
 @pytest.mark.parametrize(

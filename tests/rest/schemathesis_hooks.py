@@ -20,6 +20,7 @@ UNSTATABLE: dict[str, dict[int, dict[str, str | None]]] = {
     # A cursor is opaque: a string decodes or it does not.
     "listKnowledgeDocs": {400: {"request.invalid_cursor": None}},
     "listPersonas": {400: {"request.invalid_cursor": None}},
+    "listPersonaKnowledge": {400: {"request.invalid_cursor": None}},
     "listKnowledgeChanges": {400: {"request.invalid_cursor": None}},
     # JSON Schema's uniqueItems compares whole items, not one property of them.
     "upsertKnowledgeDocs": {422: {"knowledge.duplicate_external_id": None}},

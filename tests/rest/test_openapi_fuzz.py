@@ -150,6 +150,6 @@ def test_schemathesis_finds_nothing(server: tuple[str, Path], tmp_path: Path) ->
     # Every phase ran (none skipped for want of examples or links), on every operation.
     for phase in ("Examples", "Coverage", "Fuzzing", "Stateful"):
         assert f"✅ {phase}" in out, out
-    assert "Tested: 17" in out, out  # 15 API operations, /livez and /readyz
+    assert "Tested: 18" in out, out  # 16 API operations, /livez and /readyz
     links = out.split("API Links:", 1)[1].split("covered", 1)[0].strip()
     assert int(links) > 0, out

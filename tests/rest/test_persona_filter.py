@@ -313,3 +313,78 @@ async def test_a_key_limited_to_a_persona_searches_its_knowledge_by_filter(
             SEARCH, json={"query": "shipping", "k": 50, "external_ids": ["rule", "outside"]}
         )
         assert [h["external_id"] for h in r.json()["results"]] == ["rule"]
+
+
+# --- the persona's knowledge listing -------------------------------------------------------
+
+
+async def test_rest_lists_a_personas_knowledge_as_graphql_does(api: httpx.AsyncClient) -> None:
+    await put_docs(api, *((f"d{i}", {"s": 1}) for i in range(5)), ("z", {}), ("out", {"s": 2}))
+    p = await create(api, knowledge_filter={"metadata": {"s": 1}})
+    r = await api.put(f"{PERSONAS}/{p['id']}/knowledge", json={"external_ids": ["z", "d1"]})
+    assert r.status_code == 200, r.text
+    seen: list[tuple[str, str]] = []
+    url = f"{PERSONAS}/{p['id']}/knowledge?limit=3"
+    while True:
+        r = await api.get(url)
+        assert r.status_code == 200, r.text
+        assert r.headers["ratelimit-policy"].startswith('"reads"')
+        body = r.json()
+        assert body["total"] == 6 and len(body["items"]) <= 3
+        assert all("content" not in d for d in body["items"])
+        assert all(d["char_count"] > 0 and d["content_sha256"] for d in body["items"])
+        seen += [(d["external_id"], d["via"]) for d in body["items"]]
+        if body["next_cursor"] is None:
+            break
+        url = f"{PERSONAS}/{p['id']}/knowledge?limit=3&cursor={body['next_cursor']}"
+    # Attached wins when the filter matches too; "out" matches neither.
+    assert seen == [
+        ("d0", "filter"),
+        ("d1", "attached"),
+        ("d2", "filter"),
+        ("d3", "filter"),
+        ("d4", "filter"),
+        ("z", "attached"),
+    ]
+    data = await gql_data(api, KNOWLEDGE, {"id": p["id"], "first": 50})
+    graphql = [(i["externalId"], i["via"].lower()) for i in data["persona"]["knowledge"]["items"]]
+    assert graphql == seen
+    # A document synced later joins at once; a persona with nothing has an empty page.
+    await put_docs(api, ("d9", {"s": 1}))
+    body = (await api.get(f"{PERSONAS}/{p['id']}/knowledge")).json()
+    assert body["total"] == 7 and body["items"][-2]["external_id"] == "d9"
+    empty = await create(api)
+    body = (await api.get(f"{PERSONAS}/{empty['id']}/knowledge")).json()
+    assert body == {"items": [], "next_cursor": None, "total": 0}
+
+
+async def test_persona_knowledge_listing_refusals(app: Starlette, api: httpx.AsyncClient) -> None:
+    await put_docs(api, ("a", {}))
+    p = await create(api)
+    await api.put(f"{PERSONAS}/{p['id']}/knowledge", json={"external_ids": ["a"]})
+    other = await create(api)
+    knowledge = f"{PERSONAS}/{p['id']}/knowledge"
+    assert_problem(await api.get(f"{PERSONAS}/per_01NOPE/knowledge"), 404, "persona.not_found")
+    assert_problem(await api.get(f"{knowledge}?cursor=%%%"), 400, "request.invalid_cursor")
+    body = assert_problem(await api.get(f"{knowledge}?limit=0"), 422, "request.validation_failed")
+    assert body["errors"][0]["parameter"] == "limit"
+    # Another user's persona is not found, exactly as if it did not exist.
+    stranger = await new_key(app, email="stranger@example.com")
+    async with client_for(app, **{"X-Api-Key": stranger}) as them:
+        assert_problem(await them.get(knowledge), 404, "persona.not_found")
+    runtime = app.state.runtime
+    cases = [
+        (dict(scopes=["personas:read"]), 403, "auth.insufficient_scope"),  # no docs:read
+        (dict(scopes=["docs:read"]), 403, "auth.insufficient_scope"),  # no personas:read
+        (dict(persona_ids=[other["id"]]), 403, "auth.insufficient_scope"),  # another persona
+        (dict(scopes=["personas:read", "docs:read"], persona_ids=[p["id"]]), 200, None),
+    ]
+    for restrictions, status, code in cases:
+        key = await accounts.create_key(runtime=runtime, email="owner@example.com", **restrictions)
+        async with client_for(app, **{"X-Api-Key": key.key}) as limited:
+            r = await limited.get(knowledge)
+            if code is None:
+                assert r.status_code == status, r.text
+                assert [d["external_id"] for d in r.json()["items"]] == ["a"]
+            else:
+                assert_problem(r, status, code)

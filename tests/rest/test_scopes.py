@@ -34,7 +34,9 @@ async def seed(app: Starlette) -> tuple[str, str]:
             doc = {"external_id": f"doc-{name}", "content": f"Notes about {name} gardening."}
             assert (await api.put("/api/knowledge/docs", json={"items": [doc]})).status_code == 200
             p = (await api.post("/api/personas", json={"name": name})).json()
-            r = await api.put(f"/api/personas/{p['id']}/knowledge", json={"external_ids": [f"doc-{name}"]})
+            r = await api.put(
+                f"/api/personas/{p['id']}/knowledge", json={"external_ids": [f"doc-{name}"]}
+            )
             assert r.status_code == 200
             ids.append(p["id"])
     return ids[0], ids[1]
@@ -71,7 +73,11 @@ async def test_every_operation_is_refused_outside_its_scope(app: Starlette) -> N
     await seed(app)
     calls = {
         "docs:read": ("GET", "/api/knowledge/docs", None),
-        "docs:write": ("PUT", "/api/knowledge/docs", {"items": [{"external_id": "doc-x", "content": "x"}]}),
+        "docs:write": (
+            "PUT",
+            "/api/knowledge/docs",
+            {"items": [{"external_id": "doc-x", "content": "x"}]},
+        ),
         "personas:read": ("GET", "/api/personas", None),
         "personas:write": ("POST", "/api/personas", {"name": "x"}),
         "search": ("POST", "/api/knowledge/search", {"query": "garden"}),

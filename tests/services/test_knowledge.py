@@ -65,7 +65,9 @@ async def test_planning_embeds_only_what_changed(app: Starlette) -> None:
     assert stats.texts == first and again.updated_at == stored.updated_at
 
     # Title or metadata only: updated, nothing re-embedded.
-    assert await upsert(runtime, me, doc("d", content, title="New", metadata={"a": 1})) == ["updated"]
+    assert await upsert(runtime, me, doc("d", content, title="New", metadata={"a": 1})) == [
+        "updated"
+    ]
     assert stats.texts == first
 
     # Content changed at the end: the unchanged chunks keep their vectors. (The title is part

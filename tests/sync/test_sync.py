@@ -15,7 +15,7 @@ from starlette.applications import Starlette
 from app.client import ApiError, AsyncClient, Client
 from app.models.base import EXTERNAL_ID_RE
 from app.sync import SyncError, collect, external_id_for, skip_groups, sync_folder
-from app.sync.extract import Unreadable, decode, extract
+from app.sync.extract import Unreadable, decode, extract, file_title
 from tests.conftest import new_key
 from tests.support.documents import (
     HTML_PAGE,
@@ -115,6 +115,16 @@ def test_markdown_titles_come_from_its_structure(tmp_path: Path) -> None:
     assert _title(md, "## Only a section\n\ntext\n") == "Only a section"
     assert _title(md, "```\n# a comment, in a fence never closed\n") is None
     assert _title(md, "#hashtag, not a heading\n") is None
+
+
+def test_a_title_from_the_file_name_drops_only_format_suffixes() -> None:
+    assert file_title("notes.md") == "notes"
+    assert file_title("notes.md.gz") == "notes"
+    assert file_title("Guide.PDF") == "Guide"
+    assert file_title("README.Debian") == "README.Debian"
+    assert file_title("changelog.Debian.gz") == "changelog.Debian"
+    assert file_title("v1.2 release") == "v1.2 release"
+    assert file_title(".md") == ".md"
 
 
 def test_rst_titles_are_section_titles(tmp_path: Path) -> None:

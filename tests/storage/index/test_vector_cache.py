@@ -124,7 +124,9 @@ async def test_repeated_searches_read_their_vectors_from_the_cache(
     # A scope scored exactly at once reads through the same cache.
     scoped = await answers(runtime, principal, external_ids=["doc-1", "doc-3"])
     assert cache.misses == read
-    assert scoped == await uncached(runtime, principal, monkeypatch, external_ids=["doc-1", "doc-3"])
+    assert scoped == await uncached(
+        runtime, principal, monkeypatch, external_ids=["doc-1", "doc-3"]
+    )
 
 
 async def test_replaced_and_deleted_documents_never_rank_by_their_old_vectors(
