@@ -127,6 +127,8 @@ async def check_rest(
     refused = [
         await http.post(f"{base}{SEARCH}", json={**body, "persona_id": other}, headers=h),
         await http.get(f"{base}/api/personas/{other}", headers=h),
+        # A persona's knowledge listing names documents: docs:read, which the widget lacks.
+        await http.get(f"{base}/api/personas/{allowed}/knowledge", headers=h),
         await http.get(f"{base}/api/knowledge/docs", headers=h),
         await http.get(f"{base}/api/knowledge/docs/by-external-id/garden", headers=h),
         await http.get(f"{base}/api/knowledge/changes", headers=h),
