@@ -108,7 +108,10 @@ class Forbidden(AppError):
     code = "auth.forbidden"
     status = 403
     title = "Forbidden"
-    description = "An API key on a browser-session-only route, or a CSRF check failed."
+    description = (
+        "An API key on a browser-session-only route, a CSRF check failed, or a page from an "
+        "Origin the MCP door does not know called it with a key that lists no allowed_origins."
+    )
 
 
 class InsufficientScope(AppError):

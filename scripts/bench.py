@@ -17,9 +17,12 @@ metadata scope holding a quarter of the chunks (the coarse pass restricted to th
 
     .venv/bin/python scripts/bench.py [--sizes 10000,100000] [--repeat 20] [--no-model]
                                       [--plain-words] [--database-url postgresql://...]
+                                      [--auth-only] [--auth-repeat 2000]
 
 Prints p50 per scenario, size and engine (SQLite always; PostgreSQL too with --database-url, an
-empty database), and the ratio of the largest size's p50 to the smallest's.
+empty database), and the ratio of the largest size's p50 to the smallest's. Then what a tenant
+token adds to a request against its plain key, p50 of `--auth-repeat` alternating rounds in one
+run (scripts/bench_auth.py; target <= +0.2 ms); `--auth-only` prints that alone.
 
 Before the two-stage vector search and the per-user keyword index (float vec0 KNN; FTS5 over
 every user's rows, stopwords included; same machine, `--plain-words` corpus), p50 at 10,000 ->
@@ -400,6 +403,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="no function words in the corpus (its most common words are then content words)",
     )
+    parser.add_argument(
+        "--auth-repeat",
+        type=int,
+        default=2000,
+        help="rounds of the tenant token vs plain key figures (scripts/bench_auth.py)",
+    )
+    parser.add_argument(
+        "--auth-only", action="store_true", help="only the tenant token vs plain key figures"
+    )
     e2e = parser.add_argument_group("end-to-end mode (a real server over HTTP)")
     e2e.add_argument("--e2e", action="store_true", help="run the end-to-end mode")
     e2e.add_argument("--docs", type=int, default=600, help="batch-ingested abstracts (600)")
@@ -421,6 +433,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.e2e:
         return run_e2e(parser, args)
+    if args.auth_repeat < 1:
+        parser.error("--auth-repeat must be at least 1")
+    import bench_auth
+
+    engines = [None, args.database_url] if args.database_url else [None]
+    if args.auth_only:
+        asyncio.run(bench_auth.run(engines, RandomModel(), args.auth_repeat))
+        return 0
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     if not sizes or min(sizes) < CHUNKS_PER_DOC * 10 or args.repeat < 1:
         parser.error("sizes must be at least 40 chunks and --repeat at least 1")
@@ -433,6 +453,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             database_url=args.database_url,
         )
     )
+    asyncio.run(bench_auth.run(engines, RandomModel(), args.auth_repeat))
     return 0
 
 

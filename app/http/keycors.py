@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 #: How long the set of key origins is trusted for preflights.
 ORIGINS_TTL_S = 5.0
 ALLOW_METHODS = "GET, POST, PUT, PATCH, DELETE"
-ALLOW_HEADERS = "X-Api-Key, Authorization, Content-Type, X-Request-Id"
+ALLOW_HEADERS = "X-Api-Key, Authorization, Content-Type, X-Request-Id, Mcp-Protocol-Version"
 EXPOSE_HEADERS = "X-Request-Id, RateLimit, RateLimit-Policy, Retry-After, Location"
 MAX_AGE_S = "600"
 

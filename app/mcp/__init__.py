@@ -6,7 +6,8 @@ The contract's gate runs in the same order as REST (API.md section 3), and every
 would otherwise do on its own before a tool runs is done at the edge first:
 
 1. `edge.McpEdge`, in front of the SDK's ASGI app, checks the Host and Origin (DNS rebinding:
-   421, 403), the method (POST only: 405) and the `X-Api-Key` (401, limited per address). It
+   421, 403; a key's own `allowed_origins` pass, as in REST), the method (POST only: 405) and
+   the `X-Api-Key` (401, limited per address). It
    reads the body through the shared intake (`app.http.intake`: at most `mcp_max_body_bytes`,
    413; JSON that is bounded, finite and Unicode, 400; `application/json`, 415), charges the
    message to its rate-limit policy (`search` for `search_knowledge`, `reads` for every other

@@ -1,7 +1,8 @@
 """The MCP door's edge: the Starlette side of `/mcp`, in front of the SDK's ASGI app.
 
 `McpEdge` answers every refusal the contract defines for an HTTP request as a whole (Host and
-Origin, method, `X-Api-Key`, body, rate limit) in problem+json, before the SDK has seen a byte,
+Origin, the latter widened by a key's own `allowed_origins`; method, `X-Api-Key`, body, rate
+limit) in problem+json, before the SDK has seen a byte,
 and leaves the authenticated caller in the request's scope (`caller_of`) for the gate and the
 tools. `mcp_route` mounts the SDK's streamable HTTP app behind it.
 """
@@ -159,8 +160,14 @@ class McpEdge:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
         try:
-            self._check_host_and_origin(request)
+            self._check_host(request)
+            origin = request.headers.get("origin")
+            # An Origin outside the server's list may still be one the caller's key allows
+            # (API.md section 12): that is known only once the key is read.
+            foreign = origin is not None and not self._origin_allowed(origin)
             if request.method != "POST":
+                if foreign:
+                    raise _foreign(origin)
                 # Stateless: no session to DELETE, and no server-initiated messages to GET (the
                 # SDK would hold a GET open, an event stream that never carries anything). The
                 # spec's answer for a server without that stream is 405.
@@ -169,7 +176,12 @@ class McpEdge:
                     headers={"Allow": "POST"},
                 )
             guard: Guard = request.app.state.guard
+            # A key with allowed_origins is refused from any other Origin here (403
+            # auth.origin_not_allowed, as in REST), and one of its own is recorded for the
+            # answer's CORS headers (app/http/keycors.py).
             principal = await guard.authenticate(request)
+            if foreign and principal.allowed_origins is None:
+                raise _foreign(origin)
             raw, headers, refused = await self._take(request, guard, principal)
         except AppError as exc:
             await problem_response(exc, request)(scope, receive, send)
@@ -178,18 +190,20 @@ class McpEdge:
         # A copy: the SDK's Starlette app rewrites `app` and `route` in the scope it is given,
         # and the outer middleware reads the route (for metrics) after the response.
         inner = {**scope, _CALLER: caller}
+        if foreign:
+            # A key's own origin, accepted above: the SDK's DNS-rebinding check knows only the
+            # server's fixed list and would refuse it, so it is not shown the header it has no
+            # say over (the Host is still its to check).
+            inner["headers"] = [(k, v) for k, v in scope["headers"] if k != b"origin"]
         await self.app(inner, _replay(raw, receive), _with_headers(send, headers))
 
-    def _check_host_and_origin(self, request: Request) -> None:
+    def _check_host(self, request: Request) -> None:
         host = request.headers.get("host", "")
         if _without_port(host) not in self.hosts:
             raise MisdirectedRequest(
                 f"This server does not answer MCP for the host {host!r}; its operator can "
                 "allow it with PERSONAIZER_ALLOWED_HOSTS."
             )
-        origin = request.headers.get("origin")
-        if origin is not None and not self._origin_allowed(origin):
-            raise Forbidden(f"Pages from {origin!r} may not call this server's MCP door.")
 
     def _origin_allowed(self, origin: str) -> bool:
         scheme, _, authority = origin.partition("://")
@@ -227,6 +241,13 @@ class McpEdge:
                 f"Send MCP messages as application/json, not {content_type!r}."
             )
         return await intake.read_json_body(request, self.max_body_bytes)
+
+
+def _foreign(origin: str | None) -> Forbidden:
+    return Forbidden(
+        f"Pages from {origin!r} may not call this server's MCP door; a key may allow its own "
+        "origins (allowed_origins)."
+    )
 
 
 def _replay(raw: bytes, receive: Receive) -> Receive:

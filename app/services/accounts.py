@@ -370,7 +370,7 @@ async def principal_of(runtime: Runtime, row: Any) -> Principal:
     )
 
 
-#: What both key lookups read of a key and its user to make a Principal (`_principal`): one
+#: What both key lookups read of a key and its user to make a Principal (`principal_of`): one
 #: list, so the two cannot drift apart.
 _PRINCIPAL_SQL = (
     "k.id AS key_id, k.status AS status, u.id AS user_id, u.email AS email,"
@@ -403,16 +403,31 @@ _KEY_LOOKUP = text(
 )
 
 
-async def keys_by_prefix(*, runtime: Runtime, prefix: str) -> list[Any]:
-    """The keys (usually one) with this visible prefix, with what a tenant token needs."""
+async def signing_secrets(*, runtime: Runtime, prefix: str) -> list[tuple[int, str]]:
+    """The ids and signing secrets of the keys (usually one, or none) with this visible prefix:
+    what checking a tenant token's signature needs. A key's secret never changes, so a caller
+    may keep the answer; whether the key may still be used is `token_key`'s to say."""
     async with runtime.db.read() as session:
-        rows = (await session.execute(_PREFIX_LOOKUP, {"prefix": prefix})).mappings().all()
-    return [dict(r) for r in rows]
+        rows = (
+            await session.execute(
+                select(ApiKey.id, ApiKey.signing_secret).where(
+                    ApiKey.prefix == prefix, col(ApiKey.signing_secret).is_not(None)
+                )
+            )
+        ).all()
+    return [(key_id, secret) for key_id, secret in rows if key_id is not None and secret]
 
 
-_PREFIX_LOOKUP = text(
+async def token_key(*, runtime: Runtime, key_id: int) -> dict[str, Any] | None:
+    """A tenant token's key as it is now (`_PRINCIPAL_SQL`'s columns and its signing secret),
+    or None once deleted: read for every request, in the plain key's one hop, so disabling or
+    deleting a key voids its tokens at once on every process."""
+    return await runtime.db.read_row(_TOKEN_KEY_LOOKUP, {"key_id": key_id})
+
+
+_TOKEN_KEY_LOOKUP = text(
     f"SELECT {_PRINCIPAL_SQL}, k.signing_secret AS signing_secret"
-    " FROM api_keys AS k JOIN users AS u ON u.id = k.user_id WHERE k.prefix = :prefix"
+    " FROM api_keys AS k JOIN users AS u ON u.id = k.user_id WHERE k.id = :key_id"
 ).columns(**_PRINCIPAL_TYPES, signing_secret=String())
 
 

@@ -33,8 +33,10 @@ class Runtime:
     index: SearchIndex = field(init=False)
     #: Authenticated requests counted in memory, flushed to the usage table in the background.
     requests: RequestCounter = field(default_factory=RequestCounter)
-    #: Keys by visible prefix for tenant tokens, briefly: prefix -> (loaded at, rows).
-    token_keys: dict[str, tuple[float, list[Any]]] = field(default_factory=dict)
+    #: Tenant tokens' signing secrets by key prefix: prefix -> (loaded at, [(key id, secret)]).
+    token_keys: dict[str, tuple[float, list[tuple[int, str]]]] = field(default_factory=dict)
+    #: Tenant tokens whose signature held, by the token itself (app/services/tokens.py).
+    verified_tokens: dict[str, Any] = field(default_factory=dict)
     #: The `plans` table as last read, and when (monotonic); None: not read yet.
     _plans: dict[str, Plan] | None = field(default=None, init=False, repr=False)
     _plans_at: float = field(default=0.0, init=False, repr=False)

@@ -11,6 +11,7 @@ import pytest
 from starlette.applications import Starlette
 
 from app.client import Client
+from app.http import keycors
 from app.mcp.edge import POLICIES, SCOPES
 from tests.conftest import AppFactory, client_for
 from tests.mcp.test_edge import HEADERS, LIST_TOOLS
@@ -131,3 +132,48 @@ async def test_prompts_and_resources_need_their_scopes(app: Starlette) -> None:
             assert ("result" in read) is resources, (scope, read)
             if not resources:
                 assert read["error"]["data"]["code"] == "auth.insufficient_scope"
+
+
+SHOP = "https://shop.example"
+
+
+async def test_a_key_origin_may_call_mcp_from_the_browser(
+    app: Starlette, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SDK's DNS-rebinding check knows the server's origins only; a key's own (API.md
+    section 12) is answered as REST answers it: preflight, CORS headers, and 403 from others."""
+    monkeypatch.setattr(keycors, "ORIGINS_TTL_S", 0.0)  # no waiting in a test
+    a, _ = await seed(app)
+    key = await restricted(app, scopes=["search"], persona_ids=[a], allowed_origins=[SHOP])
+    assert key.signing_secret
+    token = Client.mint_token(key=key.key, signing_secret=key.signing_secret)
+    async with client_for(app) as anon:
+        pre = await anon.options(
+            "/mcp",
+            headers={
+                "Origin": SHOP,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "x-api-key, content-type, mcp-protocol-version",
+            },
+        )
+        assert pre.status_code == 200 and pre.headers["access-control-allow-origin"] == SHOP
+        asked = {h.strip().lower() for h in pre.headers["access-control-allow-headers"].split(",")}
+        assert {"x-api-key", "content-type", "mcp-protocol-version"} <= asked
+    for credential in (key.key, token):
+        async with client_for(app, **{"X-Api-Key": credential, "Origin": SHOP}) as api:
+            r = await api.post("/mcp", json=LIST_TOOLS, headers=HEADERS)
+            assert r.status_code == 200, r.text
+            assert r.headers["access-control-allow-origin"] == SHOP
+            assert {t["name"] for t in r.json()["result"]["tools"]} == {"search_knowledge"}
+            hits = await call(api, "search_knowledge", ARGUMENTS["search_knowledge"])
+            assert [h["external_id"] for h in hits["structuredContent"]["results"]] == ["doc-a"]
+        for origin in ("https://evil.example", "http://testserver"):  # foreign, the server's own
+            async with client_for(app, **{"X-Api-Key": credential, "Origin": origin}) as api:
+                r = await api.post("/mcp", json=LIST_TOOLS, headers=HEADERS)
+                assert r.status_code == 403 and r.json()["code"] == "auth.origin_not_allowed"
+                assert "access-control-allow-origin" not in r.headers
+    # A key without origins from a foreign page: the DNS-rebinding refusal, as before.
+    plain = (await restricted(app, scopes=["search"])).key
+    async with client_for(app, **{"X-Api-Key": plain, "Origin": SHOP}) as api:
+        r = await api.post("/mcp", json=LIST_TOOLS, headers=HEADERS)
+        assert r.status_code == 403 and r.json()["code"] == "auth.forbidden"
