@@ -63,10 +63,10 @@ BATCH_SIZE = 32
 #: characters 27.4 docs/s and 0.54 GB: a batch of long texts spends its time moving activations
 #: (a [32, 12, 256, 256] attention tensor is 100 MB) rather than computing.
 BATCH_CHARS = 1_500
-#: ONNX Runtime's intra-op threads (`PERSONAIZER_ENCODER_THREADS`). On the shared 2-core machine
-#: one thread answered single queries fastest in every run; two embedded documents 1.5x faster
-#: in one run and 1.2x slower in another, as other work took the second core
-#: (scripts/bench_encoder.py). A server's event loop wants a core too.
+#: ONNX Runtime's intra-op threads when none are given (a server passes its settings'). On the
+#: shared 2-core machine one thread answered single queries fastest in every run; two embedded
+#: documents 1.5x faster in one run and 1.2x slower in another, as other work took the second
+#: core (scripts/bench_encoder.py). A server's event loop wants a core too.
 DEFAULT_THREADS = 1
 
 

@@ -251,7 +251,15 @@ def test_onnx_is_the_default_with_one_cache_for_every_data_dir(
     loader = model_loader(one)
     assert isinstance(loader, functools.partial) and loader.func is OnnxModel
     assert loader.args == (tmp_path / "xdg" / "personaizer",)
-    assert loader.keywords == {"model_dir": None, "threads": 1, "urgent_threads": usable_cores()}
+    # One session for queries and documents alike, on every core (a second one, for documents
+    # alone, holds another copy of the weights: PERSONAIZER_ENCODER_THREADS asks for it).
+    cores = usable_cores()
+    assert loader.keywords == {"model_dir": None, "threads": cores, "urgent_threads": cores}
+    assert model_loader(Settings(data_dir=tmp_path, encoder_threads=1)).keywords == {
+        "model_dir": None,
+        "threads": 1,
+        "urgent_threads": cores,
+    }
 
     # An explicit directory wins; torch is still one setting away.
     chosen = Settings(data_dir=tmp_path / "one", encoder_cache_dir=tmp_path / "mine")
