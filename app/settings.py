@@ -24,7 +24,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 MiB = 1024 * 1024
 
 
-
 Network: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -37,6 +36,7 @@ def parse_networks(values: Iterable[str]) -> tuple[Network, ...]:
         except ValueError as exc:
             raise ValueError(f"{value!r} is not an IP address or CIDR network") from exc
     return tuple(networks)
+
 
 class PlanLimits(BaseModel):
     """The limits of one plan; the field names are the contract's."""
@@ -135,6 +135,11 @@ class Settings(BaseSettings):
     database_url: str = ""
     #: PostgreSQL: connections per server process (and as many more under load).
     database_pool_size: int = Field(default=10, ge=1, le=1000)
+    #: PostgreSQL reached through a pooler: `transaction` for PgBouncer's (or another pooler's)
+    #: transaction pooling, where consecutive transactions of one connection may run on
+    #: different server connections: statements are then never kept prepared across
+    #: transactions (docs/scaling.md, "Connections"). `none`: a direct connection.
+    database_pooler: Literal["none", "transaction"] = "none"
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     max_body_bytes: int = Field(default=10 * MiB, ge=1024)
