@@ -107,12 +107,15 @@ def model_loader(settings: Settings) -> Callable[[], Model]:
     if settings.encoder == "onnx":
         from app.embedding.onnx_encoder import OnnxModel
 
+        queries = settings.encoder_query_thread_count
+        # One session unless documents are given threads of their own: a session holds its
+        # copy of the weights (~90 MB a process).
         return partial(
             OnnxModel,
             settings.encoder_cache_path,
             model_dir=settings.encoder_model_dir,
-            threads=settings.encoder_threads,
-            urgent_threads=settings.encoder_query_thread_count,
+            threads=queries if settings.encoder_threads is None else settings.encoder_threads,
+            urgent_threads=queries,
         )
     return LocalModel
 

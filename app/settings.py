@@ -135,6 +135,11 @@ class Settings(BaseSettings):
     database_url: str = ""
     #: PostgreSQL: connections per server process (and as many more under load).
     database_pool_size: int = Field(default=10, ge=1, le=1000)
+    #: PostgreSQL reached through a pooler: `transaction` for PgBouncer's (or another pooler's)
+    #: transaction pooling, where consecutive transactions of one connection may run on
+    #: different server connections: statements are then never kept prepared across
+    #: transactions (docs/scaling.md, "Connections"). `none`: a direct connection.
+    database_pooler: Literal["none", "transaction"] = "none"
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     max_body_bytes: int = Field(default=10 * MiB, ge=1024)
@@ -194,14 +199,15 @@ class Settings(BaseSettings):
     #: encoder runs from it, checked and never exported, so neither torch nor a cache is needed
     #: (the Docker image). Unset: a one-file build's own model, else the cache above.
     encoder_model_dir: Path | None = None
-    #: The onnx encoder's threads (0: one per physical core). One leaves the other cores to the
-    #: event loop and measured fastest for single queries on 2 cores; more help bulk writes on
-    #: larger machines. (The torch encoder follows torch's own setting, OMP_NUM_THREADS.)
-    encoder_threads: int = Field(default=1, ge=0, le=256)
     #: The onnx encoder's threads for a search's query, which someone waits for (0: every core
-    #: this process may run on): a second session over the same graph when it differs from
-    #: `encoder_threads` (app/embedding/onnx_encoder.py).
+    #: this process may run on), in the one ONNX Runtime session documents are encoded on too.
     encoder_query_threads: int = Field(default=0, ge=0, le=256)
+    #: Unset: documents are encoded on that same session, one call per bulk worker side by side
+    #: (each call takes the session's threads as they are free). Set: a second session over the
+    #: same graph with these threads a call (0: one per physical core) for documents alone:
+    #: about 90 MB more memory per process, for the isolation of queries from documents on a
+    #: machine with cores to spare (app/embedding/onnx_encoder.py, docs/scaling.md).
+    encoder_threads: int | None = Field(default=None, ge=0, le=256)
     log_level: str = "INFO"
     #: Where the operator runs it: "local" allows development defaults such as a generated
     #: session secret; anything else requires explicit secrets.

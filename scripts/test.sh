@@ -13,6 +13,10 @@ PY=${PYTHON:-python3}
 if ! command -v redis-server >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   (apt-get update -qq && apt-get install -y -qq redis-server >/dev/null) || echo "warning: could not install redis-server" >&2
 fi
+# The PgBouncer test (tests/test_pgbouncer.py) starts its own pgbouncer in transaction mode.
+if ! command -v pgbouncer >/dev/null 2>&1 && [ ! -x /usr/sbin/pgbouncer ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  (apt-get update -qq && apt-get install -y -qq pgbouncer >/dev/null) || echo "warning: could not install pgbouncer" >&2
+fi
 # The dashboard's browser tests drive Debian's chromium through Playwright (never a downloaded
 # browser: `playwright install` is not used); without it they skip.
 if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

@@ -292,7 +292,9 @@ class Embedder:
         try:
             # On the query lane's thread, not a bulk worker's: threads a model starts while
             # loading (ONNX Runtime's pools) inherit its CPU priority, and the bulk workers'
-            # is lowered (`_yield_cpu`).
+            # is lowered (`_yield_cpu`). With one session for both lanes (the onnx default) a
+            # bulk call's share handed to the pool runs at that normal priority too; the calls
+            # themselves stay on the lowered bulk threads.
             self.model = await loop.run_in_executor(self._query_pool, self.loader)
             # The model is most of the heap (half a million objects) and lives as long as the
             # process: out of the collector's sight, a full collection no longer walks it

@@ -36,6 +36,7 @@ from app.embedding.onnx_export import (
     MAX_SEQ_LENGTH,
     OUTPUT,
     TOKENIZER,
+    LoadedGraph,
     Source,
     load_graph,
     remove_cached,
@@ -62,10 +63,10 @@ BATCH_SIZE = 32
 #: characters 27.4 docs/s and 0.54 GB: a batch of long texts spends its time moving activations
 #: (a [32, 12, 256, 256] attention tensor is 100 MB) rather than computing.
 BATCH_CHARS = 1_500
-#: ONNX Runtime's intra-op threads (`PERSONAIZER_ENCODER_THREADS`). On the shared 2-core machine
-#: one thread answered single queries fastest in every run; two embedded documents 1.5x faster
-#: in one run and 1.2x slower in another, as other work took the second core
-#: (scripts/bench_encoder.py). A server's event loop wants a core too.
+#: ONNX Runtime's intra-op threads when none are given (a server passes its settings'). On the
+#: shared 2-core machine one thread answered single queries fastest in every run; two embedded
+#: documents 1.5x faster in one run and 1.2x slower in another, as other work took the second
+#: core (scripts/bench_encoder.py). A server's event loop wants a core too.
 DEFAULT_THREADS = 1
 
 
@@ -146,12 +147,20 @@ class OnnxModel:
             made.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
             return made
 
-        def session(data: bytes, intra_op: int) -> Any:
-            return ort.InferenceSession(data, options(intra_op), providers=["CPUExecutionProvider"])
+        def session(graph: LoadedGraph, intra_op: int) -> Any:
+            # The file just checked by its digest, by path when there is one: a session made
+            # from bytes keeps them for as long as it lives (onnxruntime's Python wrapper holds
+            # them to re-create itself), 87 MB of RSS for nothing. The file is written once
+            # under a temporary name and renamed into place (the cache) or shipped read-only
+            # (a model directory), so what the runtime reads is what was checked.
+            source = str(graph.path) if graph.path is not None else graph.data
+            return ort.InferenceSession(
+                source, options(intra_op), providers=["CPUExecutionProvider"]
+            )
 
         graph = load_graph(cache_dir, model_dir)
         try:
-            main = session(graph.data, threads)
+            main = session(graph, threads)
         except Exception:
             if graph.source != "cache":
                 raise
@@ -160,7 +169,7 @@ class OnnxModel:
             log.warning("the cached ONNX model does not load; exporting it again", exc_info=True)
             remove_cached(cache_dir)
             graph = load_graph(cache_dir, None)
-            main = session(graph.data, threads)
+            main = session(graph, threads)
         urgent_threads = threads if urgent_threads is None else urgent_threads
         #: Where the graph came from (`personaizer --version` and the start's log say it).
         self.source: Source = graph.source
@@ -168,7 +177,7 @@ class OnnxModel:
         #: True when this load exported the graph (there was no valid cached file).
         self.exported = graph.source == "exported now"
         self._session = main
-        self._urgent = main if urgent_threads == threads else session(graph.data, urgent_threads)
+        self._urgent = main if urgent_threads == threads else session(graph, urgent_threads)
         self._tokenizer = load_tokenizer(model_dir / TOKENIZER if model_dir else None)
         log.info("embedding model: onnx, %s (%s)", graph.source, graph.path or "in memory")
         self._tokenizer_lock = threading.Lock()

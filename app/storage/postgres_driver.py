@@ -46,7 +46,26 @@ async def register_vector(conn: asyncpg.Connection) -> None:
     )
 
 
+#: Behind a transaction-pooling PgBouncer (`PERSONAIZER_DATABASE_POOLER=transaction`): a
+#: statement prepared in one transaction may be looked for on another server connection in the
+#: next, and asyncpg's names (`__asyncpg_stmt_1__`, counted per client connection) collide
+#: between clients sharing a server connection. So nothing is cached (asyncpg's statement
+#: cache, SQLAlchemy's), and every statement is the unnamed one, which lives until the next
+#: statement of the same transaction replaces it: nothing is left behind on a server
+#: connection (uuid names, SQLAlchemy's suggestion, would pile up there until it closes).
+#: The cost is a parse per statement. PgBouncer 1.21+ with `max_prepared_statements` tracks
+#: named statements itself and needs none of this.
+TRANSACTION_POOLER_ARGS: dict[str, Any] = {
+    "statement_cache_size": 0,
+    "prepared_statement_cache_size": 0,
+    "prepared_statement_name_func": lambda: "",
+}
+
+
 def create_engine(url: URL, settings: Settings) -> AsyncEngine:
+    connect_args: dict[str, Any] = {"timeout": settings.busy_timeout_s}
+    if settings.database_pooler == "transaction":
+        connect_args.update(TRANSACTION_POOLER_ARGS)
     engine = create_async_engine(
         url,
         pool_size=settings.database_pool_size,
@@ -55,7 +74,7 @@ def create_engine(url: URL, settings: Settings) -> AsyncEngine:
         # it is handed out, rather than failing the request that drew it.
         pool_pre_ping=True,
         pool_timeout=settings.busy_timeout_s,
-        connect_args={"timeout": settings.busy_timeout_s},
+        connect_args=connect_args,
     )
 
     @event.listens_for(engine.sync_engine, "connect")

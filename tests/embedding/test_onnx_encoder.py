@@ -13,6 +13,7 @@ import shutil
 import stat
 import threading
 import time
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 
@@ -250,7 +251,15 @@ def test_onnx_is_the_default_with_one_cache_for_every_data_dir(
     loader = model_loader(one)
     assert isinstance(loader, functools.partial) and loader.func is OnnxModel
     assert loader.args == (tmp_path / "xdg" / "personaizer",)
-    assert loader.keywords == {"model_dir": None, "threads": 1, "urgent_threads": usable_cores()}
+    # One session for queries and documents alike, on every core (a second one, for documents
+    # alone, holds another copy of the weights: PERSONAIZER_ENCODER_THREADS asks for it).
+    cores = usable_cores()
+    assert loader.keywords == {"model_dir": None, "threads": cores, "urgent_threads": cores}
+    assert model_loader(Settings(data_dir=tmp_path, encoder_threads=1)).keywords == {
+        "model_dir": None,
+        "threads": 1,
+        "urgent_threads": cores,
+    }
 
     # An explicit directory wins; torch is still one setting away.
     chosen = Settings(data_dir=tmp_path / "one", encoder_cache_dir=tmp_path / "mine")
@@ -304,6 +313,24 @@ def test_a_second_load_reuses_the_cache(
     assert not again.exported
     assert onnx_export.cached_files(onnx_cache) == [cached]
     np.testing.assert_array_equal(again.encode(TEXTS[:5]), onnx_model.encode(TEXTS[:5]))
+
+
+def test_a_loaded_model_keeps_no_copy_of_the_graph(onnx_model: OnnxModel, onnx_cache: Path) -> None:
+    """The runtime reads the file just checked by its digest itself: once loaded, nothing of the
+    graph (87 MB) stays on Python's heap. A session made from the bytes would keep them for as
+    long as it lives (onnxruntime's wrapper holds them to re-create itself)."""
+    (cached,) = onnx_export.cached_files(onnx_cache)
+    size = cached.stat().st_size
+    tracemalloc.start()
+    try:
+        loaded = OnnxModel(onnx_cache)
+        held, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert not loaded.exported and loaded.path == cached
+    assert peak >= size  # the digest check read the whole file on Python's heap
+    assert held < size / 10, f"{held / 2**20:.1f} MB still held after loading"
+    np.testing.assert_array_equal(loaded.encode(TEXTS[:3]), onnx_model.encode(TEXTS[:3]))
 
 
 @pytest.mark.parametrize("damage", ["truncated", "empty", "garbage", "not-a-model"])

@@ -1,5 +1,5 @@
-"""Real processes for tests that cross process boundaries: a private redis-server, and
-`personaizer serve` started as an operator would, each on a free loopback port."""
+"""Real processes for tests that cross process boundaries: a private redis-server, a private
+PgBouncer, and `personaizer serve` started as an operator would, each on a free loopback port."""
 
 from __future__ import annotations
 
@@ -74,6 +74,64 @@ def redis_server(workdir: Path) -> Iterator[str]:
                 raise RuntimeError(f"redis-server did not start on port {port}")
             time.sleep(0.05)
         yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextmanager
+def pgbouncer(workdir: Path, *, socket_dir: str, database: str, pool_size: int) -> Iterator[str]:
+    """A private PgBouncer in transaction pooling mode in `workdir`, in front of the PostgreSQL
+    listening on `socket_dir`, with at most `pool_size` server connections for `database`;
+    yields a URL for it, stops it afterwards. PgBouncer refuses to run as root: as root it runs
+    as the embedded PostgreSQL's own user, who may read that server's socket."""
+    binary = shutil.which("pgbouncer") or next(
+        (p for p in ("/usr/sbin/pgbouncer",) if os.access(p, os.X_OK)), None
+    )
+    if binary is None:
+        pytest.skip("pgbouncer is not installed (Debian: apt-get install pgbouncer)")
+    port = free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = workdir / "pgbouncer.ini"
+    config.write_text(
+        "[databases]\n"
+        f"{database} = host={socket_dir} dbname={database} user=postgres\n"
+        "[pgbouncer]\n"
+        f"listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
+        "auth_type = trust\n"
+        f"auth_file = {workdir / 'users.txt'}\n"
+        "pool_mode = transaction\n"
+        f"default_pool_size = {pool_size}\nmax_client_conn = 500\n"
+        f"logfile = {workdir / 'pgbouncer.log'}\n"
+    )
+    (workdir / "users.txt").write_text('"postgres" ""\n')
+    command = [binary, str(config)]
+    if os.geteuid() == 0:
+        for path in (workdir, *workdir.parents):
+            path.chmod(path.stat().st_mode | 0o005)  # others may traverse (and read workdir)
+        workdir.chmod(0o777)
+        command[1:1] = ["-u", "embedded_postgres"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    break
+            except OSError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                log = workdir / "pgbouncer.log"
+                raise RuntimeError(
+                    f"pgbouncer did not start on port {port}: "
+                    f"{log.read_text() if log.exists() else process.returncode}"
+                )
+            time.sleep(0.05)
+        yield f"postgresql://postgres@127.0.0.1:{port}/{database}"
     finally:
         process.terminate()
         try:
