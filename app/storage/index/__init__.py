@@ -247,6 +247,25 @@ def for_dialect(dialect: Dialect, *, vector_cache_bytes: int = 0) -> SearchIndex
     return PostgresIndex()
 
 
+#: Keyword scores equal to this many decimals tie: the engines add up a chunk's parts in
+#: different orders, so an equal score may differ in its last bits from one engine to the other.
+TIE_DECIMALS = 9
+
+
+def best_chunks_per_doc(rows: Iterable[tuple[str, int, float]], depth: int) -> list[Ranked]:
+    """(document, chunk, score) rows, higher scores better -> documents by their best chunk,
+    best first, at most `depth`; scores equal to `TIE_DECIMALS` tie and go to the lower chunk
+    id (which follows upload order), on both engines alike."""
+    ordered = sorted(rows, key=lambda r: (-round(r[2], TIE_DECIMALS), r[1]))
+    best: dict[str, Ranked] = {}
+    for doc, chunk_id, score in ordered:
+        if doc not in best:
+            best[doc] = Ranked(doc, chunk_id, score)
+            if len(best) == depth:
+                break
+    return list(best.values())
+
+
 def collapse(scored: Sequence[tuple[int, str, float]], depth: int) -> list[Ranked]:
     """(chunk, doc, cosine distance) triples -> documents by their nearest chunk, nearest
     first, ties by chunk id (which follows upload order), at most `depth`."""

@@ -7,8 +7,8 @@ for a large one, with pgvector's iterative scan so that the user and scope condi
 inside the index scan rather than to a global top-k. Chunks are collapsed to documents by their
 nearest chunk, as on SQLite, deepening while too few documents come back.
 
-Keywords: `chunk_terms` holds each chunk's `tsvector` (title and text, the `english`
-configuration) and its length in words; triggers derive from it per-user postings and
+Keywords: `chunk_terms` holds each chunk's terms (title and text, as `words.terms` makes them
+for both engines) and its length; triggers derive from it per-user postings and
 statistics, from which `postgres_keywords` ranks by BM25 as FTS5 computes it. A chunk's terms
 are written in one statement per call (the triggers run once for it), and deleted here rather
 than by the cascade from `chunks`, which would run them once per chunk.
@@ -33,13 +33,13 @@ from app.storage.index import (
     Ranked,
     Restriction,
     TitledChunks,
+    best_chunks_per_doc,
     collapse,
     drive,
 )
 from app.storage.index import postgres_keywords as keywords
-from app.storage.index.postgres_keywords import TS_CONFIG
 from app.storage.index.scope import MetadataCondition, Scope
-from app.storage.index.words import MAX_QUERY_TERMS, query_words, word_count
+from app.storage.index.words import query_terms, terms
 
 #: Nearest chunks fetched per wanted document (documents of many chunks crowd the list), at
 #: least `CANDIDATES_MIN`; deepened four-fold while too few documents come back.
@@ -124,23 +124,18 @@ class PostgresIndex:
     ) -> None:
         # The vectors are the chunk rows' own column, which the HNSW index follows. One
         # statement for all the chunks of all the documents: the postings triggers run once.
-        rows = [(title or "", c) for title, chunks in docs for c in chunks]
+        titled = [(_terms(title), chunks) for title, chunks in docs]
+        rows = [(title, c) for title, chunks in titled for c in chunks]
         if not rows:
             return
         await session.execute(
             text(
                 "INSERT INTO chunk_terms (chunk_id, user_id, terms, length)"
-                f" SELECT x.c, :u, to_tsvector('{TS_CONFIG}', x.title || ' ' || x.t), x.n"
-                " FROM unnest(CAST(:c AS bigint[]), CAST(:title AS text[]),"
-                " CAST(:t AS text[]), CAST(:n AS integer[])) AS x(c, title, t, n)"
+                " SELECT x.c, :u, string_to_array(x.t, ' '), x.n"
+                " FROM unnest(CAST(:c AS bigint[]), CAST(:t AS text[]), CAST(:n AS integer[]))"
+                " AS x(c, t, n)"
             ),
-            {
-                "u": user_id,
-                "c": [c.id for _, c in rows],
-                "title": [title for title, _ in rows],
-                "t": [c.text for _, c in rows],
-                "n": [word_count(title) + word_count(c.text) for title, c in rows],
-            },
+            _term_rows([(c.id, title + _terms(c.text)) for title, c in rows], u=user_id),
         )
 
     async def retitle(
@@ -154,20 +149,14 @@ class PostgresIndex:
                 {"ids": list(chunk_ids)},
             )
         ).all()
-        title_words = word_count(title or "")
+        title_terms = _terms(title)
         await session.execute(
             text(
-                f"UPDATE chunk_terms SET terms = to_tsvector('{TS_CONFIG}', :title || ' ' || x.t),"
-                " length = x.n"
+                "UPDATE chunk_terms SET terms = string_to_array(x.t, ' '), length = x.n"
                 " FROM unnest(CAST(:c AS bigint[]), CAST(:t AS text[]), CAST(:n AS integer[]))"
                 " AS x(c, t, n) WHERE chunk_terms.chunk_id = x.c"
             ),
-            {
-                "title": title or "",
-                "c": [cid for cid, _ in rows],
-                "t": [body for _, body in rows],
-                "n": [title_words + word_count(body) for _, body in rows],
-            },
+            _term_rows([(cid, title_terms + _terms(body)) for cid, body in rows]),
         )
 
     async def delete(self, session: AsyncSession, chunk_ids: Sequence[int]) -> None:
@@ -239,8 +228,8 @@ class PostgresIndex:
         """The best `CHUNKS_PER_DOC * depth` chunks by BM25 (see `postgres_keywords`),
         collapsed to documents by their best chunk, deepened four-fold while they hold too few
         documents: only those few chunks are joined to their documents, never every match."""
-        words = query_words(query)[:MAX_QUERY_TERMS]
-        if not words:
+        wanted = query_terms(query)
+        if not wanted:
             return []
         scope = _scope(within)
         statement = _scoped(
@@ -248,20 +237,16 @@ class PostgresIndex:
             scope,
             ("doc_id", "chunk_id", "score"),
         )
-        params = keywords.parameters(" ".join(words), user_id)
+        params = keywords.parameters(wanted, user_id)
         n = keywords.CHUNKS_PER_DOC * depth
         while True:
             rows = (await session.execute(statement, {**params, "n": n})).all()
-            # Sorted here: a scoped statement is wrapped in a SELECT that need not keep the
-            # order. A document's first chunk in this order is its best.
-            ranked = sorted(
-                ((float(s), int(c), str(d)) for d, c, s in rows), key=lambda r: (-r[0], r[1])
+            # Ordered here: a scoped statement is wrapped in a SELECT that need not keep it.
+            ranked = best_chunks_per_doc(
+                [(str(d), int(c), float(s)) for d, c, s in rows], len(rows)
             )
-            best: dict[str, Ranked] = {}
-            for score, cid, doc in ranked:
-                best.setdefault(doc, Ranked(doc, cid, score))
-            if len(best) >= depth or len(rows) < n:
-                return list(best.values())[:depth]
+            if len(ranked) >= depth or len(rows) < n:
+                return ranked[:depth]
             n *= 4
 
     async def count(self, session: AsyncSession, *, user_id: int) -> int:
@@ -314,6 +299,22 @@ _HIT_ROWS = text(
     " FROM chunks AS c JOIN knowledge_docs AS d ON d.id = c.doc_id"
     " WHERE c.id IN :ids"
 ).bindparams(bindparam("ids", expanding=True))
+
+
+def _terms(text: str | None) -> list[str]:
+    return terms(text or "")
+
+
+def _term_rows(chunks: Sequence[tuple[int, list[str]]], **extra: object) -> dict[str, object]:
+    """Parameters of a statement over `unnest(:c, :t, :n)`: each chunk's id, its terms
+    space-separated (`string_to_array` splits them again; a term has no space), and its length
+    as FTS5 counts it (`keywords.length`)."""
+    return {
+        **extra,
+        "c": [cid for cid, _ in chunks],
+        "t": [" ".join(found) for _, found in chunks],
+        "n": [keywords.length(len(found)) for _, found in chunks],
+    }
 
 
 def _scope(within: Restriction | None) -> Scope | None:
