@@ -236,15 +236,16 @@ class SearchIndex(Protocol):
 
 
 def for_dialect(dialect: Dialect, *, vector_cache_bytes: int = 0) -> SearchIndex:
-    """The engine's index; SQLite's keeps up to `vector_cache_bytes` of float vectors across
-    searches (app/storage/index/vector_cache.py; PostgreSQL scores in SQL and keeps none)."""
+    """The engine's index; it keeps up to `vector_cache_bytes` of float vectors across searches
+    (SQLite: app/storage/index/vector_cache.py and resident.py; PostgreSQL: small users' whole
+    matrices, postgres_vectors.py)."""
     if dialect == "sqlite":
         from app.storage.index.sqlite import SqliteIndex
 
         return SqliteIndex(vector_cache_bytes=vector_cache_bytes)
     from app.storage.index.postgres import PostgresIndex
 
-    return PostgresIndex()
+    return PostgresIndex(vector_cache_bytes=vector_cache_bytes)
 
 
 #: Keyword scores equal to this many decimals tie: the engines add up a chunk's parts in

@@ -38,6 +38,8 @@ from app.storage.index import (
     drive,
 )
 from app.storage.index import postgres_keywords as keywords
+from app.storage.index.postgres_vectors import ResidentVectors, in_scope, nearest
+from app.storage.index.resident import Resident
 from app.storage.index.scope import MetadataCondition, Scope
 from app.storage.index.words import query_terms, terms
 
@@ -119,6 +121,10 @@ class ScopeSql:
 
 
 class PostgresIndex:
+    def __init__(self, *, vector_cache_bytes: int = 0) -> None:
+        #: Small users' matrices, kept across searches (app/storage/index/postgres_vectors.py).
+        self.residents = ResidentVectors(vector_cache_bytes)
+
     async def put_many(
         self, session: AsyncSession, *, user_id: int, docs: Sequence[TitledChunks]
     ) -> None:
@@ -189,6 +195,18 @@ class PostgresIndex:
         depth: int,
         within: Restriction | None,
     ) -> list[Ranked]:
+        return await self.ranker(session, user_id=user_id, within=within).rank(vector, depth)
+
+    async def semantic_sql(
+        self,
+        session: AsyncSession,
+        *,
+        user_id: int,
+        vector: np.ndarray,
+        depth: int,
+        within: Restriction | None,
+    ) -> list[Ranked]:
+        """`semantic` in SQL (pgvector), for a user whose matrix is not kept."""
         scope = _scope(within)
         in_scope = "" if scope is None else "AND c.doc_id IN (SELECT id FROM scope_docs)"
         n = max(CANDIDATES_MIN, CANDIDATES_PER_DOC * depth)
@@ -259,25 +277,49 @@ class PostgresIndex:
         )
 
 
-@dataclass(frozen=True, slots=True)
 class PostgresRanker:
-    """Each pass is one ranking statement (the HNSW walk or the exact scan); the feedback
-    vectors are read by id."""
+    """One search's semantic passes: from the user's kept matrix when there is one (read on the
+    first pass, or by `prepare` while the query is embedded; a scope is then the rows of its
+    documents, found in one statement), else one ranking statement each (the HNSW walk or the
+    exact scan) with the feedback vectors read by id."""
 
-    index: PostgresIndex
-    session: AsyncSession
-    user_id: int
-    within: Restriction | None
+    def __init__(
+        self, index: PostgresIndex, session: AsyncSession, user_id: int, within: Restriction | None
+    ) -> None:
+        self.index = index
+        self.session = session
+        self.user_id = user_id
+        self.within = within
+        self._loaded = False
+        self._resident: Resident | None = None
+        self._rows: np.ndarray | None = None
 
     async def prepare(self, depth: int) -> None:
-        """Nothing to read ahead: each pass is one statement."""
+        await self._load()
+
+    async def _load(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True
+        resident = await self.index.residents.current(self.session, self.user_id)
+        scope = _scope(self.within)
+        if resident is not None and scope is not None:
+            docs = select(col(KnowledgeDoc.id)).where(*scope.conditions(metadata_condition))
+            found = (await self.session.execute(docs)).scalars().all()
+            self._rows = in_scope(resident, found)
+        self._resident = resident
 
     async def rank(self, vector: np.ndarray, depth: int) -> list[Ranked]:
-        return await self.index.semantic(
+        await self._load()
+        if self._resident is not None:
+            return nearest(self._resident, self._rows, vector, depth)
+        return await self.index.semantic_sql(
             self.session, user_id=self.user_id, vector=vector, depth=depth, within=self.within
         )
 
     async def vectors(self, chunk_ids: Sequence[int]) -> list[np.ndarray]:
+        if self._resident is not None:
+            return self._resident.vectors(chunk_ids)
         rows = await self.session.execute(
             select(col(Chunk.embedding)).where(col(Chunk.id).in_(list(chunk_ids)))
         )
