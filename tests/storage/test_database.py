@@ -149,6 +149,21 @@ async def test_read_row_reads_typed_values_as_a_session_would(settings: Settings
         await database.dispose()
 
 
+@pytest.mark.engines("postgresql")
+async def test_read_row_is_one_round_trip_on_postgres(settings: Settings) -> None:
+    """On PostgreSQL `read_row` sends its statement alone, outside a transaction block: no
+    BEGIN before it (which would have made its transaction REPEATABLE READ, as a read session's
+    is) nor ROLLBACK after it."""
+    database = await opened(settings)
+    level = text("SELECT current_setting('transaction_isolation') AS level").columns(level=String())
+    try:
+        assert await database.read_row(level, {}) == {"level": "read committed"}
+        async with database.read() as session:
+            assert (await session.execute(level)).scalar_one() == "repeatable read"
+    finally:
+        await database.dispose()
+
+
 async def test_vectors_round_trip(settings: Settings) -> None:
     database = await opened(settings)
     vector = np.linspace(-1, 1, 384, dtype=np.float32)
