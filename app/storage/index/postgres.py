@@ -38,7 +38,12 @@ from app.storage.index import (
     drive,
 )
 from app.storage.index import postgres_keywords as keywords
-from app.storage.index.postgres_vectors import ResidentVectors, in_scope, nearest
+from app.storage.index.postgres_vectors import (
+    ResidentVectors,
+    in_scope,
+    nearest,
+    remember_version,
+)
 from app.storage.index.resident import Resident
 from app.storage.index.scope import MetadataCondition, Scope
 from app.storage.index.words import query_terms, terms
@@ -253,15 +258,17 @@ class PostgresIndex:
         statement = _scoped(
             keywords.UNSCOPED if scope is None else keywords.SCOPED,
             scope,
-            ("doc_id", "chunk_id", "score"),
+            ("doc_id", "chunk_id", "score", "version"),
         )
         params = keywords.parameters(wanted, user_id)
         n = keywords.CHUNKS_PER_DOC * depth
         while True:
             rows = (await session.execute(statement, {**params, "n": n})).all()
+            if rows:
+                remember_version(session, user_id, rows[0][3])
             # Ordered here: a scoped statement is wrapped in a SELECT that need not keep it.
             ranked = best_chunks_per_doc(
-                [(str(d), int(c), float(s)) for d, c, s in rows], len(rows)
+                [(str(d), int(c), float(s)) for d, c, s, _ in rows], len(rows)
             )
             if len(ranked) >= depth or len(rows) < n:
                 return ranked[:depth]

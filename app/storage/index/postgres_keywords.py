@@ -100,10 +100,14 @@ _TAIL = (
     "  FROM matches AS m CROSS JOIN stats AS s"
     "  GROUP BY m.chunk_id ORDER BY score DESC, m.chunk_id LIMIT :n"
     ")"
-    " SELECT c.doc_id, b.chunk_id, b.score FROM best AS b JOIN chunks AS c ON c.id = b.chunk_id"
+    " SELECT c.doc_id, b.chunk_id, b.score,"
+    "  (SELECT version FROM vector_versions WHERE user_id = :u) AS version"
+    " FROM best AS b JOIN chunks AS c ON c.id = b.chunk_id"
 )
 
-#: The user's `:n` best chunks for `:terms`: (doc_id, chunk_id, score) rows.
+#: The user's `:n` best chunks for `:terms`: (doc_id, chunk_id, score, version) rows; `version`
+#: is the user's `vector_versions` row (postgres_vectors.py), read here so that a hybrid search
+#: needs no round trip of its own for it.
 UNSCOPED = f"{_HEAD}, matches AS ({_EVERY_MATCH}){_TAIL}"
 #: The same within the documents of `scope_docs`.
 SCOPED = f"{_HEAD}{_SCOPED_MATCHES}{_TAIL}"

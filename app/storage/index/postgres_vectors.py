@@ -33,6 +33,17 @@ _VERSION = text("SELECT version FROM vector_versions WHERE user_id = :u")
 _CHUNKS = text("SELECT id, doc_id FROM chunks WHERE user_id = :u ORDER BY id")
 _VECTORS = text("SELECT id, embedding FROM chunks WHERE id = ANY(:ids)")
 
+#: `session.info` key of a user's version read by another statement of the session's snapshot.
+_VERSION_KEY = "personaizer.vector_version"
+
+
+def remember_version(session: AsyncSession, user_id: int, version: int | None) -> None:
+    """`version`, the user's `vector_versions` row read in this session's snapshot by another
+    statement (the keyword ranking's), for `ResidentVectors.current` to use instead of reading
+    it again. Only a read session's snapshot keeps it true for the rest of the session."""
+    session.info[(_VERSION_KEY, user_id)] = version
+
+
 #: What the store keeps of a user: the version and the matrix (None: too large at that version).
 _Kept = tuple[int, Resident | None]
 
@@ -54,7 +65,11 @@ class ResidentVectors:
         is too large, or nothing is kept)."""
         if not self.max_bytes:
             return None
-        found = (await session.execute(_VERSION, {"u": user_id})).scalar_one_or_none()
+        key = (_VERSION_KEY, user_id)
+        if key in session.info:
+            found = session.info[key]
+        else:
+            found = (await session.execute(_VERSION, {"u": user_id})).scalar_one_or_none()
         version = -1 if found is None else int(found)
         kept = self._entries.get(user_id)
         if kept is not None and kept[0] == version:
