@@ -5,7 +5,9 @@ search asks for the user's (and the scope's) nearest chunks in one statement; th
 a small user or scope exactly (through `ix_chunks_user_id` and a sort) and walks the HNSW graph
 for a large one, with pgvector's iterative scan so that the user and scope conditions are applied
 inside the index scan rather than to a global top-k. Chunks are collapsed to documents by their
-nearest chunk, as on SQLite, deepening while too few documents come back.
+nearest chunk, as on SQLite, deepening while too few documents come back. A user small enough
+is scored from a matrix the process keeps instead, checked against the user's version in the
+search's snapshot (postgres_vectors.py): no statement per pass.
 
 Keywords: `chunk_terms` holds each chunk's terms (title and text, as `words.terms` makes them
 for both engines) and its length; triggers derive from it per-user postings and
