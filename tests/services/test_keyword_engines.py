@@ -110,10 +110,12 @@ async def _answers(engine: Engine, docs: list[dict[str, Any]], queries: list[str
                 )
                 assert r.status_code in (200, 201), r.text
             answers = []
-            for query in queries:
-                r = await client.post(
-                    "/api/knowledge/search", json={"query": query, "mode": "keyword", "k": 50}
-                )
+            # Each query over every document, and within some (a scope's own statements).
+            for query, scope in itertools.product(queries, (None, ["d0", "d2", "d4"])):
+                body = {"query": query, "mode": "keyword", "k": 50}
+                if scope is not None:
+                    body["external_ids"] = scope
+                r = await client.post("/api/knowledge/search", json=body)
                 assert r.status_code == 200, r.text
                 answers.append(
                     [
@@ -137,7 +139,8 @@ async def test_keyword_rankings_and_scores_are_the_same_on_both_engines(
     engines: list[Engine], docs: list[dict[str, Any]], queries: list[str]
 ) -> None:
     sqlite, postgres = [await _answers(engine, docs, queries) for engine in engines]
-    for query, got, want in zip(queries, postgres, sqlite, strict=True):
+    asked = itertools.product(queries, ("all", "scoped"))
+    for query, got, want in zip(asked, postgres, sqlite, strict=True):
         assert [h[:2] for h in got] == [h[:2] for h in want], query
         for (_, _, score), (_, _, expected) in zip(got, want, strict=True):
             assert score == pytest.approx(expected, rel=1e-9, abs=1e-12), query
@@ -153,7 +156,8 @@ async def test_the_engines_agree_on_a_known_case(engines: list[Engine]) -> None:
     ]
     queries = ["gas flowing nozzle", "cafe naif zurich", "what is"]
     sqlite, postgres = [await _answers(engine, docs, queries) for engine in engines]
-    assert [[h[0] for h in hits] for hits in sqlite] == [["a"], ["b"], ["c"]]
+    # Every document, then none (the scope names documents this user lacks).
+    assert [[h[0] for h in hits] for hits in sqlite] == [["a"], [], ["b"], [], ["c"], []]
     for got, want in zip(postgres, sqlite, strict=True):
         assert [h[:2] for h in got] == [h[:2] for h in want]
         assert [h[2] for h in got] == pytest.approx([h[2] for h in want], rel=1e-9)
