@@ -51,8 +51,9 @@ def _stem(words: list[str]) -> list[str]:
     stemmer = getattr(_local, "stemmer", None)
     if stemmer is None:
         stemmer = _local.stemmer = Stemmer.Stemmer(STEMMER)
+    # Porter stems a lone "s" to nothing: a term is never empty, the word stays as it is.
     stems: list[str] = stemmer.stemWords(words)
-    return stems
+    return [stem or word for stem, word in zip(stems, words, strict=True)]
 
 
 def fold(text: str) -> str:

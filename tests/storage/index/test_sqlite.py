@@ -55,6 +55,7 @@ def test_match_expression_leaves_out_stopwords_unless_they_are_all() -> None:
 def test_match_expression_drops_repeats_and_caps_terms() -> None:
     assert match_expression("x X x b") == '"x" OR "b"'
     assert match_expression("connected connections") == '"connect"'  # one stem, asked once
+    assert match_expression("cat's") == '"cat" OR "s"'  # a lone "s" stays a term (Porter: "")
     many = match_expression(" ".join(f"w{i}" for i in range(200)))
     assert many is not None and many.count(" OR ") == MAX_QUERY_TERMS - 1
 
