@@ -34,6 +34,11 @@ matching chunk's tsvector; same machine, busy, two runs each), p50 at 10,000 -> 
 was: keyword 18-22 -> 229-317 ms, frequent words only 60-94 -> 757-1156 ms, hybrid 56-69 ->
 260-358 ms; with postings 3-4 -> 6-9 ms, 6-8 -> 17-21 ms and 28-34 -> 80 ms.
 
+Engines mode (`--engines --database-url postgresql://...`, scripts/bench_engines.py): a server
+on SQLite and one on PostgreSQL, the same Cranfield abstracts on each, p50 over HTTP per mode on
+both in one run and PostgreSQL's over SQLite's (target <= 1.3x), and how many keyword answers
+are equal on both.
+
 End-to-end mode (`--e2e`, scripts/bench_e2e.py, whose docstring says what each figure means and
 why it is measured so): a real `personaizer serve` process (scripts/local_server.py, as
 scripts/eval_cranfield.py starts one) measured over HTTP on Cranfield abstracts, each figure a
@@ -430,9 +435,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     e2e.add_argument("--data", type=Path, help="the Cranfield folder (as eval_cranfield.py)")
     e2e.add_argument("--no-chroma", action="store_true", help="skip the Chroma peer")
     e2e.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
+    both = parser.add_argument_group(
+        "engines mode (SQLite and PostgreSQL over HTTP in one run; --queries, --data as above)"
+    )
+    both.add_argument(
+        "--engines", action="store_true", help="p50 per mode on both engines and their ratio"
+    )
+    both.add_argument(
+        "--engine-docs", type=int, default=1398, help="abstracts on each engine (all 1,398)"
+    )
     args = parser.parse_args(argv)
     if args.e2e:
         return run_e2e(parser, args)
+    if args.engines:
+        return run_engines(parser, args)
     if args.auth_repeat < 1:
         parser.error("--auth-repeat must be at least 1")
     import bench_auth
@@ -493,6 +509,28 @@ def run_e2e(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         return bench_e2e.run(options)
     except bench_e2e.SizeError as exc:
         parser.error(str(exc))
+
+
+def run_engines(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """--engines: scripts/bench_engines.py."""
+    import bench_engines
+    import eval_cranfield
+
+    if not args.database_url:
+        parser.error("--engines needs --database-url (an empty PostgreSQL database)")
+    if args.engine_docs < 1 or (args.queries is not None and args.queries < 1):
+        parser.error("--engine-docs and --queries must be at least 1")
+    data_dir: Path = args.data or eval_cranfield.DEFAULT_DATA_DIR
+    if not (data_dir / "cran.all.1400").is_file():
+        parser.error(f"no cran.all.1400 in {data_dir} (--data)")
+    return bench_engines.run(
+        bench_engines.Options(
+            docs=args.engine_docs,
+            queries=args.queries,
+            data_dir=data_dir,
+            database_url=args.database_url,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ from app.models import (
 from app.models.search import SEARCH_JUNK_THRESHOLD
 from app.services.runtime import Principal, Runtime
 from app.storage.index import HitRow, HitRowsStep, Plan, Ranked, RankStep, Scope, VectorsStep
-from app.storage.index.words import MAX_QUERY_TERMS, query_words
+from app.storage.index.words import query_terms
 
 log = logging.getLogger(__name__)
 
@@ -156,8 +156,9 @@ async def search(
 
 
 def query_word_count(query: str) -> int:
-    """How many words of `query` the keyword index looks for (at least 1)."""
-    return max(1, len(query_words(query)[:MAX_QUERY_TERMS]))
+    """How many terms of `query` the keyword index looks for (at least 1): BM25 sums one part
+    per distinct term, so two words of one stem count once."""
+    return max(1, len(query_terms(query)))
 
 
 def semantic_scored(ranked: Ranked) -> Scored:

@@ -25,8 +25,9 @@ from app.services import accounts, feed, knowledge
 from app.services import search as search_service
 from app.services.runtime import Principal, Runtime
 from app.settings import Settings
-from app.storage import migrations
+from app.storage import migrations, plan_rows
 from app.storage.database import Database, SchemaError, async_url
+from app.storage.index.words import terms
 from tests.services.test_search import QUERIES, TOPICS, long_text
 from tests.support import pg
 from tests.support.old_schema import add_newer_objects, drop_newer_objects
@@ -144,6 +145,21 @@ async def test_read_row_reads_typed_values_as_a_session_would(settings: Settings
         async with database.write() as session:
             session.add(User(email="s@x.example", plan_id="free", created_at=utcnow()))
         assert await database.read_row(statement, {"email": "s@x.example"}) is not None
+    finally:
+        await database.dispose()
+
+
+@pytest.mark.engines("postgresql")
+async def test_read_row_is_one_round_trip_on_postgres(settings: Settings) -> None:
+    """On PostgreSQL `read_row` sends its statement alone, outside a transaction block: no
+    BEGIN before it (which would have made its transaction REPEATABLE READ, as a read session's
+    is) nor ROLLBACK after it."""
+    database = await opened(settings)
+    level = text("SELECT current_setting('transaction_isolation') AS level").columns(level=String())
+    try:
+        assert await database.read_row(level, {}) == {"level": "read committed"}
+        async with database.read() as session:
+            assert (await session.execute(level)).scalar_one() == "repeatable read"
     finally:
         await database.dispose()
 
@@ -499,6 +515,63 @@ async def test_revision_0007_numbers_existing_documents_in_update_order(
         later = await feed.list_changes(runtime=runtime, principal=principal, since=page.next_since)
         assert [c.external_id for c in later.changes] == ["d"]
         assert feed.decode_since(later.next_since)[0] == 4
+    finally:
+        await embedder.stop()
+        await database.dispose()
+
+
+async def test_revision_0011_rederives_the_keyword_terms_without_embedding(
+    tmp_path: Path, model: Model
+) -> None:
+    """A SQLite file at 0010, its FTS5 rows as 0010 wrote them (title and text as they are,
+    for `porter unicode61`), upgraded: FTS5 holds each chunk's `words.terms`, the vectors are
+    the same bytes, and keyword search finds through the shared terms (an accent folded, an
+    inflection stemmed)."""
+    settings = Settings.for_tests(tmp_path)
+    database = Database(settings)
+    async with database.writer.connect() as conn:
+        await conn.run_sync(lambda c: command.upgrade(migrations._config(c), "0010"))
+        await conn.run_sync(plan_rows.seed_if_empty, settings.all_plans)
+        await conn.commit()
+    embedder = Embedder(model=model)
+    await embedder.start()
+    rows = (
+        "SELECT c.id, c.embedding, d.title, c.text FROM chunks AS c"
+        " JOIN knowledge_docs AS d ON d.id = c.doc_id ORDER BY c.id"
+    )
+    try:
+        runtime = Runtime(settings=settings, db=database, embedder=embedder)
+        await accounts.create_user(runtime=runtime, email="a@x.example", plan_id="unlimited")
+        key = (await accounts.create_key(runtime=runtime, email="a@x.example")).key
+        principal = await accounts.authenticate(runtime=runtime, api_key=key)
+        items = [_doc(f"doc-{i}", topic) for i, topic in enumerate(TOPICS)]
+        items.append(KnowledgeDocItem(external_id="cafe", title="Cafés", content="Naïve flows."))
+        await knowledge.upsert_many(runtime=runtime, principal=principal, items=items)
+        async with database.write() as session:
+            before = (await session.execute(text(rows))).all()
+            for chunk_id, _, title, body in before:
+                await session.execute(
+                    text("UPDATE chunk_fts SET title = :ti, text = :t WHERE rowid = :c"),
+                    {"ti": title or "", "t": body, "c": chunk_id},
+                )
+        await database.dispose()
+
+        database = Database(settings)
+        assert (await database.migrate()).revision == "0010"
+        runtime = Runtime(settings=settings, db=database, embedder=embedder)
+        async with database.read() as session:
+            after = (await session.execute(text(rows))).all()
+            fts = (
+                await session.execute(text("SELECT rowid, title, text FROM chunk_fts ORDER BY 1"))
+            ).all()
+        assert [(r[0], r[1]) for r in after] == [(r[0], r[1]) for r in before]
+        assert [tuple(r) for r in fts] == [
+            (cid, " ".join(terms(title or "")), " ".join(terms(body)))
+            for cid, _, title, body in after
+        ]
+        request = SearchRequest(query="CAFE naive flowing", mode="keyword", k=5)
+        found = await search_service.search(runtime=runtime, principal=principal, request=request)
+        assert [h.external_id for h in found.results] == ["cafe"]
     finally:
         await embedder.stop()
         await database.dispose()

@@ -6,8 +6,12 @@ search needs beyond the `chunks` table, and both rank documents by their best ch
 - SQLite (`sqlite.py`): sign-bit vectors in a sqlite-vec `vec0` table for a coarse pass, exact
   cosine rescoring from the float vectors in `chunks.embedding`; FTS5 with BM25 for keywords.
 - PostgreSQL (`postgres.py`): pgvector's HNSW index over `chunks.embedding` (exact scans for
-  small users and scopes); a tsvector per chunk, per-user postings derived from it by triggers,
-  and BM25 computed in SQL from the postings for keywords (`postgres_keywords.py`).
+  small scopes), small users' matrices kept in memory (`postgres_vectors.py`); each chunk's
+  terms, per-user postings derived from them by triggers, and BM25 computed in SQL from the
+  postings for keywords (`postgres_keywords.py`).
+
+Both keyword indexes hold the terms `words.terms` makes, and score them with FTS5's BM25, so
+the engines give the same keyword answers for the same data.
 
 Scopes (a persona, listed external_ids, metadata equality) and the user are conditions inside
 the index's own queries, never a filter applied to a global top-k afterwards; `restrict` turns a
@@ -236,15 +240,35 @@ class SearchIndex(Protocol):
 
 
 def for_dialect(dialect: Dialect, *, vector_cache_bytes: int = 0) -> SearchIndex:
-    """The engine's index; SQLite's keeps up to `vector_cache_bytes` of float vectors across
-    searches (app/storage/index/vector_cache.py; PostgreSQL scores in SQL and keeps none)."""
+    """The engine's index; it keeps up to `vector_cache_bytes` of float vectors across searches
+    (SQLite: app/storage/index/vector_cache.py and resident.py; PostgreSQL: small users' whole
+    matrices, postgres_vectors.py)."""
     if dialect == "sqlite":
         from app.storage.index.sqlite import SqliteIndex
 
         return SqliteIndex(vector_cache_bytes=vector_cache_bytes)
     from app.storage.index.postgres import PostgresIndex
 
-    return PostgresIndex()
+    return PostgresIndex(vector_cache_bytes=vector_cache_bytes)
+
+
+#: Keyword scores equal to this many decimals tie: the engines add up a chunk's parts in
+#: different orders, so an equal score may differ in its last bits from one engine to the other.
+TIE_DECIMALS = 9
+
+
+def best_chunks_per_doc(rows: Iterable[tuple[str, int, float]], depth: int) -> list[Ranked]:
+    """(document, chunk, score) rows, higher scores better -> documents by their best chunk,
+    best first, at most `depth`; scores equal to `TIE_DECIMALS` tie and go to the lower chunk
+    id (which follows upload order), on both engines alike."""
+    ordered = sorted(rows, key=lambda r: (-round(r[2], TIE_DECIMALS), r[1]))
+    best: dict[str, Ranked] = {}
+    for doc, chunk_id, score in ordered:
+        if doc not in best:
+            best[doc] = Ranked(doc, chunk_id, score)
+            if len(best) == depth:
+                break
+    return list(best.values())
 
 
 def collapse(scored: Sequence[tuple[int, str, float]], depth: int) -> list[Ranked]:

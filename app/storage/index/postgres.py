@@ -5,10 +5,12 @@ search asks for the user's (and the scope's) nearest chunks in one statement; th
 a small user or scope exactly (through `ix_chunks_user_id` and a sort) and walks the HNSW graph
 for a large one, with pgvector's iterative scan so that the user and scope conditions are applied
 inside the index scan rather than to a global top-k. Chunks are collapsed to documents by their
-nearest chunk, as on SQLite, deepening while too few documents come back.
+nearest chunk, as on SQLite, deepening while too few documents come back. A user small enough
+is scored from a matrix the process keeps instead, checked against the user's version in the
+search's snapshot (postgres_vectors.py): no statement per pass.
 
-Keywords: `chunk_terms` holds each chunk's `tsvector` (title and text, the `english`
-configuration) and its length in words; triggers derive from it per-user postings and
+Keywords: `chunk_terms` holds each chunk's terms (title and text, as `words.terms` makes them
+for both engines) and its length; triggers derive from it per-user postings and
 statistics, from which `postgres_keywords` ranks by BM25 as FTS5 computes it. A chunk's terms
 are written in one statement per call (the triggers run once for it), and deleted here rather
 than by the cascade from `chunks`, which would run them once per chunk.
@@ -33,13 +35,20 @@ from app.storage.index import (
     Ranked,
     Restriction,
     TitledChunks,
+    best_chunks_per_doc,
     collapse,
     drive,
 )
 from app.storage.index import postgres_keywords as keywords
-from app.storage.index.postgres_keywords import TS_CONFIG
+from app.storage.index.postgres_vectors import (
+    ResidentVectors,
+    in_scope,
+    nearest,
+    remember_version,
+)
+from app.storage.index.resident import Resident
 from app.storage.index.scope import MetadataCondition, Scope
-from app.storage.index.words import MAX_QUERY_TERMS, query_words, word_count
+from app.storage.index.words import query_terms, terms
 
 #: Nearest chunks fetched per wanted document (documents of many chunks crowd the list), at
 #: least `CANDIDATES_MIN`; deepened four-fold while too few documents come back.
@@ -119,28 +128,27 @@ class ScopeSql:
 
 
 class PostgresIndex:
+    def __init__(self, *, vector_cache_bytes: int = 0) -> None:
+        #: Small users' matrices, kept across searches (app/storage/index/postgres_vectors.py).
+        self.residents = ResidentVectors(vector_cache_bytes)
+
     async def put_many(
         self, session: AsyncSession, *, user_id: int, docs: Sequence[TitledChunks]
     ) -> None:
         # The vectors are the chunk rows' own column, which the HNSW index follows. One
         # statement for all the chunks of all the documents: the postings triggers run once.
-        rows = [(title or "", c) for title, chunks in docs for c in chunks]
+        titled = [(_terms(title), chunks) for title, chunks in docs]
+        rows = [(title, c) for title, chunks in titled for c in chunks]
         if not rows:
             return
         await session.execute(
             text(
                 "INSERT INTO chunk_terms (chunk_id, user_id, terms, length)"
-                f" SELECT x.c, :u, to_tsvector('{TS_CONFIG}', x.title || ' ' || x.t), x.n"
-                " FROM unnest(CAST(:c AS bigint[]), CAST(:title AS text[]),"
-                " CAST(:t AS text[]), CAST(:n AS integer[])) AS x(c, title, t, n)"
+                " SELECT x.c, :u, string_to_array(x.t, ' '), x.n"
+                " FROM unnest(CAST(:c AS bigint[]), CAST(:t AS text[]), CAST(:n AS integer[]))"
+                " AS x(c, t, n)"
             ),
-            {
-                "u": user_id,
-                "c": [c.id for _, c in rows],
-                "title": [title for title, _ in rows],
-                "t": [c.text for _, c in rows],
-                "n": [word_count(title) + word_count(c.text) for title, c in rows],
-            },
+            _term_rows([(c.id, title + _terms(c.text)) for title, c in rows], u=user_id),
         )
 
     async def retitle(
@@ -154,20 +162,14 @@ class PostgresIndex:
                 {"ids": list(chunk_ids)},
             )
         ).all()
-        title_words = word_count(title or "")
+        title_terms = _terms(title)
         await session.execute(
             text(
-                f"UPDATE chunk_terms SET terms = to_tsvector('{TS_CONFIG}', :title || ' ' || x.t),"
-                " length = x.n"
+                "UPDATE chunk_terms SET terms = string_to_array(x.t, ' '), length = x.n"
                 " FROM unnest(CAST(:c AS bigint[]), CAST(:t AS text[]), CAST(:n AS integer[]))"
                 " AS x(c, t, n) WHERE chunk_terms.chunk_id = x.c"
             ),
-            {
-                "title": title or "",
-                "c": [cid for cid, _ in rows],
-                "t": [body for _, body in rows],
-                "n": [title_words + word_count(body) for _, body in rows],
-            },
+            _term_rows([(cid, title_terms + _terms(body)) for cid, body in rows]),
         )
 
     async def delete(self, session: AsyncSession, chunk_ids: Sequence[int]) -> None:
@@ -200,6 +202,18 @@ class PostgresIndex:
         depth: int,
         within: Restriction | None,
     ) -> list[Ranked]:
+        return await self.ranker(session, user_id=user_id, within=within).rank(vector, depth)
+
+    async def semantic_sql(
+        self,
+        session: AsyncSession,
+        *,
+        user_id: int,
+        vector: np.ndarray,
+        depth: int,
+        within: Restriction | None,
+    ) -> list[Ranked]:
+        """`semantic` in SQL (pgvector), for a user whose matrix is not kept."""
         scope = _scope(within)
         in_scope = "" if scope is None else "AND c.doc_id IN (SELECT id FROM scope_docs)"
         n = max(CANDIDATES_MIN, CANDIDATES_PER_DOC * depth)
@@ -239,29 +253,27 @@ class PostgresIndex:
         """The best `CHUNKS_PER_DOC * depth` chunks by BM25 (see `postgres_keywords`),
         collapsed to documents by their best chunk, deepened four-fold while they hold too few
         documents: only those few chunks are joined to their documents, never every match."""
-        words = query_words(query)[:MAX_QUERY_TERMS]
-        if not words:
+        wanted = query_terms(query)
+        if not wanted:
             return []
         scope = _scope(within)
         statement = _scoped(
             keywords.UNSCOPED if scope is None else keywords.SCOPED,
             scope,
-            ("doc_id", "chunk_id", "score"),
+            ("doc_id", "chunk_id", "score", "version"),
         )
-        params = keywords.parameters(" ".join(words), user_id)
+        params = keywords.parameters(wanted, user_id)
         n = keywords.CHUNKS_PER_DOC * depth
         while True:
             rows = (await session.execute(statement, {**params, "n": n})).all()
-            # Sorted here: a scoped statement is wrapped in a SELECT that need not keep the
-            # order. A document's first chunk in this order is its best.
-            ranked = sorted(
-                ((float(s), int(c), str(d)) for d, c, s in rows), key=lambda r: (-r[0], r[1])
+            if rows:
+                remember_version(session, user_id, rows[0][3])
+            # Ordered here: a scoped statement is wrapped in a SELECT that need not keep it.
+            ranked = best_chunks_per_doc(
+                [(str(d), int(c), float(s)) for d, c, s, _ in rows], len(rows)
             )
-            best: dict[str, Ranked] = {}
-            for score, cid, doc in ranked:
-                best.setdefault(doc, Ranked(doc, cid, score))
-            if len(best) >= depth or len(rows) < n:
-                return list(best.values())[:depth]
+            if len(ranked) >= depth or len(rows) < n:
+                return ranked[:depth]
             n *= 4
 
     async def count(self, session: AsyncSession, *, user_id: int) -> int:
@@ -274,25 +286,49 @@ class PostgresIndex:
         )
 
 
-@dataclass(frozen=True, slots=True)
 class PostgresRanker:
-    """Each pass is one ranking statement (the HNSW walk or the exact scan); the feedback
-    vectors are read by id."""
+    """One search's semantic passes: from the user's kept matrix when there is one (read on the
+    first pass, or by `prepare` while the query is embedded; a scope is then the rows of its
+    documents, found in one statement), else one ranking statement each (the HNSW walk or the
+    exact scan) with the feedback vectors read by id."""
 
-    index: PostgresIndex
-    session: AsyncSession
-    user_id: int
-    within: Restriction | None
+    def __init__(
+        self, index: PostgresIndex, session: AsyncSession, user_id: int, within: Restriction | None
+    ) -> None:
+        self.index = index
+        self.session = session
+        self.user_id = user_id
+        self.within = within
+        self._loaded = False
+        self._resident: Resident | None = None
+        self._rows: np.ndarray | None = None
 
     async def prepare(self, depth: int) -> None:
-        """Nothing to read ahead: each pass is one statement."""
+        await self._load()
+
+    async def _load(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True
+        resident = await self.index.residents.current(self.session, self.user_id)
+        scope = _scope(self.within)
+        if resident is not None and scope is not None:
+            docs = select(col(KnowledgeDoc.id)).where(*scope.conditions(metadata_condition))
+            found = (await self.session.execute(docs)).scalars().all()
+            self._rows = in_scope(resident, found)
+        self._resident = resident
 
     async def rank(self, vector: np.ndarray, depth: int) -> list[Ranked]:
-        return await self.index.semantic(
+        await self._load()
+        if self._resident is not None:
+            return nearest(self._resident, self._rows, vector, depth)
+        return await self.index.semantic_sql(
             self.session, user_id=self.user_id, vector=vector, depth=depth, within=self.within
         )
 
     async def vectors(self, chunk_ids: Sequence[int]) -> list[np.ndarray]:
+        if self._resident is not None:
+            return self._resident.vectors(chunk_ids)
         rows = await self.session.execute(
             select(col(Chunk.embedding)).where(col(Chunk.id).in_(list(chunk_ids)))
         )
@@ -314,6 +350,22 @@ _HIT_ROWS = text(
     " FROM chunks AS c JOIN knowledge_docs AS d ON d.id = c.doc_id"
     " WHERE c.id IN :ids"
 ).bindparams(bindparam("ids", expanding=True))
+
+
+def _terms(text: str | None) -> list[str]:
+    return terms(text or "")
+
+
+def _term_rows(chunks: Sequence[tuple[int, list[str]]], **extra: object) -> dict[str, object]:
+    """Parameters of a statement over `unnest(:c, :t, :n)`: each chunk's id, its terms
+    space-separated (`string_to_array` splits them again; a term has no space), and its length
+    as FTS5 counts it (`keywords.length`)."""
+    return {
+        **extra,
+        "c": [cid for cid, _ in chunks],
+        "t": [" ".join(found) for _, found in chunks],
+        "n": [keywords.length(len(found)) for _, found in chunks],
+    }
 
 
 def _scope(within: Restriction | None) -> Scope | None:

@@ -1,15 +1,16 @@
 """PostgreSQL's keyword ranking: BM25 as SQLite's FTS5 computes it, read from per-user postings.
 
 The score is FTS5's formula and constants (k1 = 1.2, b = 0.75, idf = ln((N - n + 0.5) /
-(n + 0.5)), at least 1e-6, tf the term's count in the chunk, lengths in words), with N, n and the
-mean length taken over the user's own chunks: the fused hybrid ranking then means the same on
+(n + 0.5)), 1e-6 where that is not positive, tf the term's count in the chunk, a chunk's length
+its number of terms plus the one token of FTS5's `owner` column, which FTS5 counts too), over
+the same terms (`words.terms`, revision 0011), with N, n and the mean length taken over the
+user's own chunks: the fused hybrid ranking then means the same on
 both engines, and one tenant's statistics never leak into another's scores (a scope restricts
 the matches, not the statistics). PostgreSQL's own `ts_rank` has no inverse document frequency.
 
 What is read (tables of revision 0003, kept in step with `chunk_terms` by triggers):
 
-- the query's lexemes: `to_tsvector` of its words, so stemmed and stopwords gone as the chunks'
-  were, each once;
+- the query's terms (`words.query_terms`), each once;
 - `keyword_stats`: N and the total length, one row per user;
 - `chunk_postings`: per (user, term) the chunks holding the term with tf and the chunk's length,
   all in the primary key, so each lexeme's postings are one index-only range scan; n is its
@@ -34,8 +35,9 @@ from __future__ import annotations
 #: BM25 constants, as FTS5's.
 K1 = 1.2
 B = 0.75
-#: Text search configuration (stemming and stopwords) of the keyword index.
-TS_CONFIG = "english"
+#: What FTS5 counts in a row's length besides its terms: the `owner` column's one token
+#: (app/storage/index/sqlite_keywords.py). Counted here too, so the lengths are equal.
+OWNER_TOKENS = 1
 #: The first pass of a keyword search reads this many best chunks per wanted document.
 CHUNKS_PER_DOC = 4
 #: A scope's chunks are looked up lexeme by lexeme while there are at most 1/PROBE_COST as
@@ -43,16 +45,17 @@ CHUNKS_PER_DOC = 4
 #: ~0.7 us, measured at 100,000 chunks).
 PROBE_COST = 4
 
-# The mean length is numeric division, as `avg` over the lengths gave it. MATERIALIZED keeps
+# The mean length is a division of doubles, as FTS5's. MATERIALIZED keeps
 # each lexeme's count to one run (inlined, the planner may repeat it per scope chunk).
 _HEAD = (
     "WITH lexemes AS ("
-    f"  SELECT lexeme FROM unnest(to_tsvector('{TS_CONFIG}', :words))"
+    "  SELECT lexeme FROM unnest(CAST(:terms AS text[])) AS t(lexeme)"
     "), stats AS ("
-    "  SELECT chunks::float8 AS n, (words::numeric / chunks)::float8 AS mean"
+    "  SELECT chunks::float8 AS n, words::float8 / chunks AS mean"
     "  FROM keyword_stats WHERE user_id = :u AND chunks > 0"
     "), weights AS MATERIALIZED ("
-    "  SELECT l.lexeme, f.n AS df, greatest(ln((s.n - f.n + 0.5) / (f.n + 0.5)), 1e-6) AS idf"
+    "  SELECT l.lexeme, f.n AS df, CASE WHEN ln((s.n - f.n + 0.5) / (f.n + 0.5)) > 0"
+    "    THEN ln((s.n - f.n + 0.5) / (f.n + 0.5)) ELSE 1e-6 END AS idf"
     "  FROM lexemes AS l CROSS JOIN stats AS s CROSS JOIN LATERAL ("
     "    SELECT count(*)::float8 AS n FROM chunk_postings AS p"
     "    WHERE p.user_id = :u AND p.term = l.lexeme) AS f"
@@ -97,18 +100,27 @@ _TAIL = (
     "  FROM matches AS m CROSS JOIN stats AS s"
     "  GROUP BY m.chunk_id ORDER BY score DESC, m.chunk_id LIMIT :n"
     ")"
-    " SELECT c.doc_id, b.chunk_id, b.score FROM best AS b JOIN chunks AS c ON c.id = b.chunk_id"
+    " SELECT c.doc_id, b.chunk_id, b.score,"
+    "  (SELECT version FROM vector_versions WHERE user_id = :u) AS version"
+    " FROM best AS b JOIN chunks AS c ON c.id = b.chunk_id"
 )
 
-#: The user's `:n` best chunks for `:words`: (doc_id, chunk_id, score) rows.
+#: The user's `:n` best chunks for `:terms`: (doc_id, chunk_id, score, version) rows; `version`
+#: is the user's `vector_versions` row (postgres_vectors.py), read here so that a hybrid search
+#: needs no round trip of its own for it.
 UNSCOPED = f"{_HEAD}, matches AS ({_EVERY_MATCH}){_TAIL}"
 #: The same within the documents of `scope_docs`.
 SCOPED = f"{_HEAD}{_SCOPED_MATCHES}{_TAIL}"
 
 
-def parameters(words: str, user_id: int) -> dict[str, object]:
+def length(terms: int) -> int:
+    """A chunk's length for BM25, as FTS5 counts it, from its number of terms."""
+    return terms + OWNER_TOKENS
+
+
+def parameters(terms: list[str], user_id: int) -> dict[str, object]:
     return {
-        "words": words,
+        "terms": terms,
         "u": user_id,
         "k1": K1,
         "k1p1": K1 + 1,

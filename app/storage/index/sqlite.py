@@ -255,8 +255,7 @@ class SqliteIndex:
                 raise
             log.warning("keyword search skipped, FTS5 refused %r: %s", match, exc.orig)
             return []
-        # bm25() is lower for better matches; the API's scores are higher-is-better.
-        return [Ranked(doc, chunk_id, -score) for doc, chunk_id, score in rows]
+        return rows
 
     def _docs_of(self, user_id: int) -> DocsOf | None:
         """The document of each chunk from the user's kept matrix, whichever snapshot it was

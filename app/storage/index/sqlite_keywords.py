@@ -1,4 +1,9 @@
-"""SQLite's chunk keyword index (FTS5, porter stemming, BM25), kept in step with the chunks.
+"""SQLite's chunk keyword index (FTS5, BM25), kept in step with the chunks.
+
+FTS5 holds each chunk's terms as `words.terms` makes them (stemmed, folded), space-separated, and
+splits them with its `ascii` tokenizer, which keeps such a term whole and as it is (it breaks only
+at ASCII characters other than letters and digits, and lowercases nothing a term still has): the
+terms PostgreSQL's postings hold, so both engines count and score the same (revision 0011).
 
 Its rowid is the chunk id; the title is a column of its own so a title change is a cheap update
 here even though it re-embeds nothing. The `owner` column holds one token, `u<user id>`: every
@@ -24,7 +29,8 @@ import sqlean
 from sqlalchemy import bindparam, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.storage.index.words import MAX_QUERY_TERMS, query_words
+from app.storage.index import TIE_DECIMALS, Ranked, best_chunks_per_doc
+from app.storage.index.words import query_terms, terms
 
 #: The document ids of chunks (ids of this connection's snapshot), in their order; None for a
 #: chunk that is gone.
@@ -39,10 +45,16 @@ CHUNKS_PER_DOC = 4
 
 
 def match_expression(query: str) -> str | None:
-    """A MATCH expression that is safe for any text: every word quoted (so `AND`, `NEAR`, `*`,
-    `:`, `^`, quotes and parentheses are only text) and the words OR-ed, as BM25 ranking wants,
-    stopwords left out unless they are all there is. None when the text has no word at all."""
-    return " OR ".join(f'"{w}"' for w in query_words(query)[:MAX_QUERY_TERMS]) or None
+    """A MATCH expression that is safe for any text: the query's terms (`words.query_terms`:
+    stemmed, stopwords left out unless they are all there is) each quoted (so `AND`, `NEAR`,
+    `*`, `:`, `^`, quotes and parentheses are only text), OR-ed as BM25 ranking wants. None when
+    the text has no word at all."""
+    return " OR ".join(f'"{t}"' for t in query_terms(query)) or None
+
+
+def indexed(text: str | None) -> str:
+    """What FTS5 holds of `text`: its terms, space-separated."""
+    return " ".join(terms(text or ""))
 
 
 def owner_token(user_id: int) -> str:
@@ -60,7 +72,7 @@ class KeywordIndex:
         await session.execute(
             text("INSERT INTO chunk_fts(rowid, owner, title, text) VALUES (:c, :o, :title, :t)"),
             [
-                {"c": cid, "o": owner_token(user_id), "title": title or "", "t": body}
+                {"c": cid, "o": owner_token(user_id), "title": indexed(title), "t": indexed(body)}
                 for cid, title, body in chunks
             ],
         )
@@ -74,7 +86,7 @@ class KeywordIndex:
                 text("UPDATE chunk_fts SET title = :title WHERE rowid IN :ids").bindparams(
                     bindparam("ids", expanding=True)
                 ),
-                {"title": title or "", "ids": ids},
+                {"title": indexed(title), "ids": ids},
             )
 
     def best_per_doc(
@@ -86,9 +98,9 @@ class KeywordIndex:
         limit: int,
         chunk_ids: Sequence[int] | None = None,
         docs_of: DocsOf | None = None,
-    ) -> list[tuple[str, int, float]]:
-        """The user's `limit` best-matching documents, each with its best chunk: (doc id, chunk
-        id, bm25), best first (bm25 is lower for better matches). `chunk_ids` restricts the
+    ) -> list[Ranked]:
+        """The user's `limit` best-matching documents, each with its best chunk, best first,
+        scored by BM25 (higher is better: FTS5's bm25() negated). `chunk_ids` restricts the
         search to those chunks. Run on the connection's own thread (`run_on_connection`).
 
         Unscoped, FTS5 hands over only the best `CHUNKS_PER_DOC * limit` chunks (a bounded sort
@@ -111,15 +123,21 @@ class KeywordIndex:
         if chunk_ids is not None:
             if not chunk_ids:
                 return []
+            # Each document's best chunk, ties as `best_chunks_per_doc` breaks them.
             scoped = conn.execute(
-                f"{fts})"
-                " SELECT c.doc_id, f.chunk_id, min(f.score) AS best"
+                f"{fts}), s AS ("
+                " SELECT c.doc_id, f.chunk_id, f.score, round(f.score, :tie) AS rounded,"
+                " row_number() OVER (PARTITION BY c.doc_id"
+                "  ORDER BY round(f.score, :tie), f.chunk_id) AS nth"
                 " FROM f JOIN chunks AS c ON c.id = f.chunk_id"
-                " WHERE f.chunk_id IN (SELECT value FROM json_each(:ids))"
-                " GROUP BY c.doc_id ORDER BY best, c.doc_id LIMIT :n",
-                {**params, "ids": json.dumps(list(chunk_ids)), "n": limit},
+                " WHERE f.chunk_id IN (SELECT value FROM json_each(:ids)))"
+                " SELECT doc_id, chunk_id, score FROM s WHERE nth = 1"
+                " ORDER BY rounded, chunk_id LIMIT :n",
+                {**params, "ids": json.dumps(list(chunk_ids)), "tie": TIE_DECIMALS, "n": limit},
             ).fetchall()
-            return [(str(doc), int(cid), float(score)) for doc, cid, score in scoped]
+            return best_chunks_per_doc(
+                [(str(doc), int(cid), -float(score)) for doc, cid, score in scoped], limit
+            )
         n = CHUNKS_PER_DOC * limit
         while True:
             if docs_of is None:
@@ -135,16 +153,16 @@ class KeywordIndex:
                 ).fetchall()
                 docs = docs_of(conn, [cid for cid, _ in found])
                 rows = [(doc, cid, score) for doc, (cid, score) in zip(docs, found, strict=True)]
-            best: dict[str, tuple[float, int]] = {}
-            for doc, cid, score in rows:
-                if doc is None:
-                    continue
-                key = (float(score), int(cid))
-                if doc not in best or key < best[doc]:
-                    best[str(doc)] = key
-            if len(best) >= limit or len(rows) < n:
-                ranked = sorted(best.items(), key=lambda item: (item[1][0], item[0]))
-                return [(doc, cid, score) for doc, (score, cid) in ranked[:limit]]
+            ranked = best_chunks_per_doc(
+                [
+                    (str(doc), int(cid), -float(score))
+                    for doc, cid, score in rows
+                    if doc is not None
+                ],
+                limit,
+            )
+            if len(ranked) >= limit or len(rows) < n:
+                return ranked
             n *= 4
 
     async def delete(self, session: AsyncSession, chunk_ids: Iterable[int]) -> None:

@@ -1,7 +1,7 @@
 """PostgreSQL's keyword index internals: the postings and statistics that revision 0003 derives
 from `chunk_terms` stay equal to what `chunk_terms` holds through every kind of change, the
-migration back-fills them, the scores read from them are BM25 over the tsvectors (computed here
-in Python), and every way of reading them (a shallow pass deepened, a scope applied by lookups
+migrations back-fill them (revision 0011 from the terms of `words.terms`), the scores read from
+them are BM25 over the terms (computed here in Python), and every way of reading them (a shallow pass deepened, a scope applied by lookups
 or by a hash join) gives the same ranking."""
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from app.storage.index import Ranked, for_dialect
 from app.storage.index import postgres_keywords as keywords
 from app.storage.index.postgres import ScopeSql
 from app.storage.index.scope import Scope
-from app.storage.index.words import query_words
+from app.storage.index.words import query_terms
 from tests.conftest import new_key
 from tests.services.test_search import TOPICS, long_text
 from tests.support import pg
@@ -47,8 +47,9 @@ async def derived(session: AsyncSession) -> tuple[set[tuple[Any, ...]], set[tupl
         tuple(r)
         for r in await session.execute(
             text(
-                "SELECT t.user_id, e.lexeme, t.chunk_id, cardinality(e.positions), t.length"
-                " FROM chunk_terms AS t, unnest(t.terms) AS e"
+                "SELECT t.user_id, e.term, t.chunk_id, count(*), t.length"
+                " FROM chunk_terms AS t, unnest(t.terms) AS e(term)"
+                " GROUP BY t.user_id, e.term, t.chunk_id, t.length"
             )
         )
     }
@@ -182,7 +183,8 @@ def bm25(rows: list[tuple[int, str, str, int, int]], words: str) -> dict[int, fl
         tf[lexeme][chunk] = count
     scores: dict[int, float] = defaultdict(float)
     for lexeme in words.split():
-        idf = max(math.log((n - len(tf[lexeme]) + 0.5) / (len(tf[lexeme]) + 0.5)), 1e-6)
+        idf = math.log((n - len(tf[lexeme]) + 0.5) / (len(tf[lexeme]) + 0.5))
+        idf = idf if idf > 0 else 1e-6
         for chunk, count in tf[lexeme].items():
             norm = 1 - keywords.B + keywords.B * lengths[chunk] / mean
             scores[chunk] += idf * count * (keywords.K1 + 1) / (count + keywords.K1 * norm)
@@ -190,20 +192,16 @@ def bm25(rows: list[tuple[int, str, str, int, int]], words: str) -> dict[int, fl
 
 
 async def reference(session: AsyncSession, user_id: int, query: str, depth: int) -> list[Ranked]:
-    """The ranking by BM25 over the tsvectors, documents by their best chunk."""
-    lexemes = (
-        await session.execute(
-            text("SELECT string_agg(lexeme, ' ') FROM unnest(to_tsvector('english', :q))"),
-            {"q": " ".join(query_words(query))},
-        )
-    ).scalar_one()
+    """The ranking by BM25 over the terms in `chunk_terms`, documents by their best chunk."""
+    lexemes = " ".join(query_terms(query))
     rows = [
         (int(c), str(d), str(lexeme), int(tf), int(length))
         for c, d, lexeme, tf, length in await session.execute(
             text(
-                "SELECT t.chunk_id, c.doc_id, e.lexeme, cardinality(e.positions), t.length"
+                "SELECT t.chunk_id, c.doc_id, e.term, count(*), t.length"
                 " FROM chunk_terms AS t JOIN chunks AS c ON c.id = t.chunk_id,"
-                " unnest(t.terms) AS e WHERE t.user_id = :u"
+                " unnest(t.terms) AS e(term) WHERE t.user_id = :u"
+                " GROUP BY t.chunk_id, c.doc_id, e.term, t.length"
             ),
             {"u": user_id},
         )
@@ -218,7 +216,7 @@ async def reference(session: AsyncSession, user_id: int, query: str, depth: int)
 
 async def test_keyword_scores_are_bm25_over_the_users_chunks(app: Starlette) -> None:
     """FTS5's formula and constants over the user's own chunks (another tenant's chunks with
-    the same words weigh nothing), computed here from the tsvectors in `chunk_terms`."""
+    the same words weigh nothing), computed here from the terms in `chunk_terms`."""
     runtime: Runtime = app.state.runtime
     owner, other = await user(app, "owner@example.com"), await user(app, "other@example.com")
     items = [
@@ -240,7 +238,8 @@ async def test_keyword_scores_are_bm25_over_the_users_chunks(app: Starlette) -> 
 async def test_the_migration_back_fills_postings_and_statistics(
     postgres: pg.PostgresServer, tmp_path: Path
 ) -> None:
-    """A database of revision 0002 with indexed chunks upgrades to postings that agree."""
+    """A database of revision 0002 with indexed chunks upgrades to postings that agree, of the
+    terms `words.terms` makes (revision 0011: no stopword dropped, lengths as FTS5's)."""
     name = await postgres.new_database(template=None)
     settings = Settings.for_tests(tmp_path, database_url=postgres.url(name))
     database = Database(settings)
@@ -288,8 +287,10 @@ async def test_the_migration_back_fills_postings_and_statistics(
         assert found.revision == "0002"
         async with database.read() as session:
             postings, stats = await derived(session)
-            assert stats == {(1, 2, 8), (2, 1, 3)}
-            assert (1, "bread", 1, 2, 5) in postings
+            # Lengths count the terms and FTS5's owner token: 5 + 1 and 3 + 1; 3 + 1.
+            assert stats == {(1, 2, 10), (2, 1, 4)}
+            assert (1, "bread", 1, 2, 6) in postings
+            assert (2, "and", 3, 1, 4) in postings
             hits = await for_dialect(database.dialect).keyword(
                 session, user_id=1, query="bread", depth=5, within=None
             )

@@ -40,12 +40,13 @@ def test_match_expression_quotes_and_ors_every_word() -> None:
         '"near" OR "x" OR "y" OR "c" OR "d" OR "col" OR "e" OR "f"'
     )
     assert match_expression("snake_case x") == '"snake" OR "case" OR "x"'
-    assert match_expression("Straße ÜBER 42") == '"straße" OR "über" OR "42"'
+    # Folded (case, diacritics, compatibility forms) and stemmed: `words.terms`.
+    assert match_expression("Straße ÜBER 42 ﬁnding") == '"strass" OR "uber" OR "42" OR "find"'
 
 
 def test_match_expression_leaves_out_stopwords_unless_they_are_all() -> None:
     assert match_expression("What is the flow of a gas in the nozzle?") == (
-        '"flow" OR "gas" OR "nozzle"'
+        '"flow" OR "ga" OR "nozzl"'
     )
     assert match_expression("The Who") == '"the" OR "who"'
     assert match_expression("OR OR AND") == '"or" OR "and"'
@@ -53,6 +54,8 @@ def test_match_expression_leaves_out_stopwords_unless_they_are_all() -> None:
 
 def test_match_expression_drops_repeats_and_caps_terms() -> None:
     assert match_expression("x X x b") == '"x" OR "b"'
+    assert match_expression("connected connections") == '"connect"'  # one stem, asked once
+    assert match_expression("cat's") == '"cat" OR "s"'  # a lone "s" stays a term (Porter: "")
     many = match_expression(" ".join(f"w{i}" for i in range(200)))
     assert many is not None and many.count(" OR ") == MAX_QUERY_TERMS - 1
 
