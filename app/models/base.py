@@ -213,6 +213,20 @@ def is_blank(value: str) -> bool:
     return NOT_BLANK_RE.search(value) is None
 
 
+def _no_nul(value: str | None) -> str | None:
+    """Text the API stores holds no U+0000: PostgreSQL's `text` cannot, so both engines refuse
+    it alike (metadata can: it is JSON, see storage/index/postgres.py)."""
+    if value is not None and "\x00" in value:
+        raise PydanticCustomError("text_nul", "text must not contain U+0000 (NUL)")
+    return value
+
+
+#: A stored text field: any string but one holding U+0000 (`_no_nul`).
+NO_NUL = AfterValidator(_no_nul)
+#: The string type of every stored text field of a request.
+StoredText = Annotated[str, NO_NUL]
+
+
 def _not_blank(value: str) -> str:
     if is_blank(value):
         raise PydanticCustomError("blank", "content must not be blank")
@@ -230,10 +244,11 @@ ExternalId = Annotated[
 Metadata = Annotated[JsonObject, AfterValidator(check_metadata)]
 Content = Annotated[
     str,
+    NO_NUL,
     AfterValidator(_not_blank),
     WithJsonSchema({"type": "string", "pattern": NOT_BLANK_PATTERN}),
 ]
-Title = Annotated[str | None, Field(default=None, max_length=TITLE_MAX)]
+Title = Annotated[StoredText | None, Field(default=None, max_length=TITLE_MAX)]
 
 
 class RequestModel(BaseModel):

@@ -17,6 +17,7 @@ from app.models.base import (
     Metadata,
     PublicModel,
     RequestModel,
+    StoredText,
     Timestamp,
     time_field,
 )
@@ -155,10 +156,10 @@ class PersonaCreate(RequestModel):
         }
     )
 
-    name: str = Field(min_length=1, max_length=PERSONA_NAME_MAX)
-    description: str = Field(default="", max_length=PERSONA_DESCRIPTION_MAX)
-    instructions: str = Field(default="", max_length=PERSONA_INSTRUCTIONS_MAX)
-    greeting: str | None = Field(default=None, max_length=PERSONA_GREETING_MAX)
+    name: StoredText = Field(min_length=1, max_length=PERSONA_NAME_MAX)
+    description: StoredText = Field(default="", max_length=PERSONA_DESCRIPTION_MAX)
+    instructions: StoredText = Field(default="", max_length=PERSONA_INSTRUCTIONS_MAX)
+    greeting: StoredText | None = Field(default=None, max_length=PERSONA_GREETING_MAX)
     metadata: Metadata = Field(default_factory=dict)
     knowledge_filter: KnowledgeFilter | None = Field(default=None, description=_FILTER_DESCRIPTION)
 
@@ -170,10 +171,10 @@ class PersonaUpdate(RequestModel):
 
     model_config = ConfigDict(json_schema_extra={"examples": [{"greeting": None}]})
 
-    name: str = Field(default=None, min_length=1, max_length=PERSONA_NAME_MAX)
-    description: str = Field(default=None, max_length=PERSONA_DESCRIPTION_MAX)
-    instructions: str = Field(default=None, max_length=PERSONA_INSTRUCTIONS_MAX)
-    greeting: str | None = Field(default=None, max_length=PERSONA_GREETING_MAX)
+    name: StoredText = Field(default=None, min_length=1, max_length=PERSONA_NAME_MAX)
+    description: StoredText = Field(default=None, max_length=PERSONA_DESCRIPTION_MAX)
+    instructions: StoredText = Field(default=None, max_length=PERSONA_INSTRUCTIONS_MAX)
+    greeting: StoredText | None = Field(default=None, max_length=PERSONA_GREETING_MAX)
     metadata: Metadata = Field(default=None)
     knowledge_filter: KnowledgeFilter | None = Field(
         default=None, description=_FILTER_DESCRIPTION + " Null removes the rule."

@@ -195,6 +195,8 @@ async def create_key(
     """A new key, with restrictions when given (API.md section 12). Without `scopes` it has all
     of them. A key with the `search` scope also gets a signing secret for tenant tokens; both
     are shown only in this answer."""
+    if "\x00" in name:  # PostgreSQL's text cannot hold it; refused on both engines
+        raise _refuse("name", "A key name must not contain U+0000 (NUL).")
     user = await _get_user(runtime, email)
     assert user.id is not None
     chosen = check_scopes(scopes) if scopes is not None else SCOPES

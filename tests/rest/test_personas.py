@@ -110,6 +110,11 @@ async def test_create_ignores_unknown_fields(api: httpx.AsyncClient) -> None:
         ({"name": "A", "greeting": "g" * 2001}, "/greeting"),
         ({"name": "A", "metadata": {"k": "v" * 9000}}, "/metadata"),
         ({"name": "A", "metadata": ["not", "an", "object"]}, "/metadata"),
+        # U+0000: PostgreSQL's text cannot hold it, so both engines refuse it (was a 500 there).
+        ({"name": "A\x00"}, "/name"),
+        ({"name": "A", "description": "\x00"}, "/description"),
+        ({"name": "A", "instructions": "be\x00"}, "/instructions"),
+        ({"name": "A", "greeting": "\x00hi"}, "/greeting"),
     ],
 )
 async def test_create_validation(

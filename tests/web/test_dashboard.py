@@ -112,6 +112,13 @@ async def test_key_rotation_through_the_dashboard(
     assert await accounts.list_keys(runtime=app.state.runtime, email=EMAIL) == []
 
 
+async def test_a_key_name_with_nul_is_refused(app: Starlette, browser: httpx.AsyncClient) -> None:
+    token = await sign_in(browser)
+    r = await browser.post("/api-keys", data={"name": "a\x00b", "csrf_token": token})
+    assert r.status_code == 422 and "U+0000" in r.text  # PostgreSQL's text cannot hold it
+    assert await accounts.list_keys(runtime=app.state.runtime, email=EMAIL) == []
+
+
 async def test_users_cannot_touch_other_users_keys(
     app: Starlette, browser: httpx.AsyncClient
 ) -> None:
