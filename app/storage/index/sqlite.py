@@ -35,6 +35,7 @@ from app.storage.index import (
     TitledChunks,
     drive_sync,
 )
+from app.storage.index.partition import Partition, PartitionStore, snapshot_key
 from app.storage.index.resident import Resident, ResidentStore
 from app.storage.index.scope import MetadataCondition, Scope
 from app.storage.index.sqlite_keywords import DocsOf, KeywordIndex, match_expression
@@ -144,7 +145,13 @@ def _canonical_or_null(stored: str | None) -> str | None:
 
 
 class SqliteIndex:
-    def __init__(self, *, vector_cache_bytes: int = 0) -> None:
+    def __init__(
+        self,
+        *,
+        vector_cache_bytes: int = 0,
+        partition_bytes: int = 0,
+        partition_min_chunks: int = 50_000,
+    ) -> None:
         self.vectors = VectorIndex()
         self.keywords = KeywordIndex()
         #: Float vectors kept across searches, for every search on this index (this database,
@@ -152,6 +159,8 @@ class SqliteIndex:
         self.vector_cache = VectorCache(vector_cache_bytes)
         #: Whole users' matrices, as much again (app/storage/index/resident.py).
         self.residents = ResidentStore(vector_cache_bytes)
+        #: Large users' bit vectors in lists (app/storage/index/partition.py).
+        self.partitions = PartitionStore(partition_bytes, partition_min_chunks)
 
     async def put_many(
         self, session: AsyncSession, *, user_id: int, docs: Sequence[TitledChunks]
@@ -210,7 +219,9 @@ class SqliteIndex:
     def ranker(
         self, session: AsyncSession, *, user_id: int, within: Restriction | None
     ) -> SqliteRanker:
-        return SqliteRanker(session, user_id, _ids(within), self.vector_cache, self.residents)
+        return SqliteRanker(
+            session, user_id, _ids(within), self.vector_cache, self.residents, self.partitions
+        )
 
     async def semantic(
         self,
@@ -316,6 +327,7 @@ class SqliteRanker:
         scope: np.ndarray | None,
         cache: VectorCache | None = None,
         residents: ResidentStore | None = None,
+        partitions: PartitionStore | None = None,
     ) -> None:
         self._session = session
         self._user_id = user_id
@@ -326,9 +338,12 @@ class SqliteRanker:
         #: The user's kept matrix, when there is one, and the row of each of `_bits`.
         self._resident: Resident | None = None
         self._rows: np.ndarray | None = None
+        self._partitions = partitions
+        #: The user's partition, when the user is large enough for one (then `_bits` is None).
+        self._partition: Partition | None = None
 
     async def prepare(self, depth: int) -> None:
-        if self._bits is None and not self._scope_alone(depth):
+        if self._bits is None and self._partition is None and not self._scope_alone(depth):
             await run_on_connection(self._session, self._read_bits)
 
     async def rank(self, vector: np.ndarray, depth: int) -> list[Ranked]:
@@ -375,8 +390,10 @@ class SqliteRanker:
             assert self._scope is not None
             return self._exact(conn, self._scope, vector, depth)
         n = _candidates(depth)
-        if self._bits is None:
+        if self._bits is None and self._partition is None:
             self._read_bits(conn)
+        if self._partition is not None:
+            return self._rank_lists(conn, self._partition, vector, depth)
         assert self._bits is not None
         while True:
             positions = nearest_positions(self._bits, vector, n)
@@ -389,10 +406,38 @@ class SqliteRanker:
                 return ranked
             n *= 4
 
+    def _rank_lists(
+        self, conn: sqlean.Connection, partition: Partition, vector: np.ndarray, depth: int
+    ) -> list[Ranked]:
+        """`_rank` over the chunks of the lists nearest `vector` (the scope's, if any),
+        probing four times as many lists while too few documents come back."""
+        n = _candidates(depth)
+        probes = partition.probes
+        while True:
+            bits, everything = partition.gather(vector, probes, n, self._scope)
+            ids = bits.ids[nearest_positions(bits, vector, n)]
+            ranked = self._exact(conn, ids, vector, depth)
+            if len(ranked) >= depth or (everything and len(ids) >= len(bits.ids)):
+                return ranked
+            n *= 4
+            probes *= 4
+
     def _read_bits(self, conn: sqlean.Connection) -> None:
         """The bit vectors the passes rank (the user's, or the scope's), and the user's kept
-        matrix when the user is small enough, checked against this snapshot's chunks."""
+        matrix when the user is small enough, checked against this snapshot's chunks; or,
+        for a user large enough, the user's partition (kept while the snapshot's key is the
+        same: no bits read at all)."""
+        key = None
+        if self._partitions is not None:
+            key = snapshot_key(conn, self._user_id)
+            self._partition = self._partitions.kept(self._user_id, key)
+            if self._partition is not None:
+                return
         bits = read_all_bits(conn, self._user_id)
+        if self._partitions is not None and key is not None:
+            self._partition = self._partitions.current(conn, self._user_id, key, bits)
+            if self._partition is not None:
+                return
         if self._residents is not None:
             self._resident = self._residents.current(conn, self._user_id, bits.ids)
         rows = np.arange(len(bits.ids), dtype=np.intp)
