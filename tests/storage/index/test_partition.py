@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from starlette.applications import Starlette
 
 from app.embedding.embedder import DIMS
 from app.models import Chunk, KnowledgeDoc, KnowledgeDocItem, utcnow
@@ -174,9 +173,7 @@ async def add_clustered(
         await runtime.index.put_many(
             session,
             user_id=user_id,
-            docs=[
-                (None, [IndexedChunk(c.id, c.text, c.embedding) for c in chunks if c.id])
-            ],
+            docs=[(None, [IndexedChunk(c.id, c.text, c.embedding) for c in chunks if c.id])],
         )
 
 
@@ -238,4 +235,3 @@ def _fixed(vector: np.ndarray) -> Any:
 def test_lists_are_sized_from_the_number_of_chunks() -> None:
     assert partition_module.list_count(1_000) == partition_module.MIN_LISTS
     assert partition_module.list_count(1_000_000) == 1_000_000 // partition_module.LIST_SIZE
-
