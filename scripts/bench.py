@@ -353,7 +353,7 @@ async def bulk_load(db: Database) -> AsyncIterator[None]:
         await session.execute(text("DROP INDEX IF EXISTS ix_chunks_embedding_hnsw"))
     yield
     async with db.write() as session:
-        await session.execute(text("SET LOCAL maintenance_work_mem = '512MB'"))
+        await session.execute(text("SET LOCAL maintenance_work_mem = '3GB'"))
         await session.execute(
             text(
                 "CREATE INDEX ix_chunks_embedding_hnsw ON chunks"
@@ -370,6 +370,7 @@ async def bench(
     plain: bool,
     database_url: str | None,
     keep: Path | None = None,
+    sqlite: bool = True,
 ) -> None:
     engines: dict[str, dict[tuple[str, int], list[float]]] = {}
     with tempfile.TemporaryDirectory(prefix="personaizer-bench-") as tmp:
@@ -388,7 +389,10 @@ async def bench(
                 url = await _database_for(database_url, size)
             return Settings.for_tests(Path(tmp), database_url=url)
 
-        engines["sqlite"] = await bench_engine(sqlite_for, sizes, repeat, plain, keep is not None)
+        if sqlite:
+            engines["sqlite"] = await bench_engine(
+                sqlite_for, sizes, repeat, plain, keep is not None
+            )
         if database_url:
             engines["postgresql"] = await bench_engine(
                 postgres_for, sizes, repeat, plain, keep is not None
@@ -468,6 +472,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "(PostgreSQL), built only the first time: measure again without rebuilding",
     )
     parser.add_argument(
+        "--no-sqlite", action="store_true", help="PostgreSQL only (with --database-url)"
+    )
+    parser.add_argument(
         "--plain-words",
         action="store_true",
         help="no function words in the corpus (its most common words are then content words)",
@@ -504,6 +511,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             plain=args.plain_words,
             database_url=args.database_url,
             keep=args.keep,
+            sqlite=not args.no_sqlite,
         )
     )
     return 0
