@@ -38,6 +38,7 @@ from app.storage.index import (
 from app.storage.index.partition import Partition, PartitionStore, snapshot_key
 from app.storage.index.resident import Resident, ResidentStore
 from app.storage.index.scope import MetadataCondition, Scope
+from app.storage.index.scope_cache import ScopeCache
 from app.storage.index.sqlite_keywords import DocsOf, KeywordIndex, match_expression
 from app.storage.index.sqlite_vectors import (
     Bits,
@@ -161,6 +162,9 @@ class SqliteIndex:
         self.residents = ResidentStore(vector_cache_bytes)
         #: Large users' bit vectors in lists (app/storage/index/partition.py).
         self.partitions = PartitionStore(partition_bytes, partition_min_chunks)
+        #: Resolved scopes of document conditions, per snapshot (app/storage/index/scope_cache.py),
+        #: bounded as the vector cache.
+        self.scopes = ScopeCache(vector_cache_bytes)
 
     async def put_many(
         self, session: AsyncSession, *, user_id: int, docs: Sequence[TitledChunks]
@@ -197,6 +201,20 @@ class SqliteIndex:
             return None
         if scope.nothing:
             return ChunkIds(np.zeros(0, dtype=np.int64))
+        name = None
+        if scope.persona_id is None and scope.within_personas is None:
+            key = await run_on_connection(session, lambda c: snapshot_key(c, scope.user_id))
+            listed = None if scope.external_ids is None else tuple(sorted(set(scope.external_ids)))
+            name = (scope.user_id, key, listed, canonical_json(dict(scope.metadata)))
+            held = self.scopes.get(name)
+            if held is not None:
+                return ChunkIds(held)
+        found = await self._resolve(session, scope)
+        if name is not None:
+            self.scopes.put(name, found)
+        return ChunkIds(found)
+
+    async def _resolve(self, session: AsyncSession, scope: Scope) -> np.ndarray:
         await self.metadata_sql(session, scope.metadata_values)
         ids = (
             await session.execute(
@@ -206,8 +224,8 @@ class SqliteIndex:
             )
         ).scalar_one()
         if not ids:
-            return ChunkIds(np.zeros(0, dtype=np.int64))
-        return ChunkIds(np.sort(np.array(ids.split(","), dtype=np.int64)))
+            return np.zeros(0, dtype=np.int64)
+        return np.sort(np.array(ids.split(","), dtype=np.int64))
 
     async def metadata_sql(self, session: AsyncSession, values: Iterable[Any]) -> MetadataCondition:
         """`metadata_condition`, with `CANONICAL_JSON` installed on the session's connection

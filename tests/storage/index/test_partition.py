@@ -235,3 +235,36 @@ def _fixed(vector: np.ndarray) -> Any:
 def test_lists_are_sized_from_the_number_of_chunks() -> None:
     assert partition_module.list_count(1_000) == partition_module.MIN_LISTS
     assert partition_module.list_count(1_000_000) == 1_000_000 // partition_module.LIST_SIZE
+
+
+async def test_a_resolved_scope_is_kept_until_a_write_changes_the_snapshot(
+    make_app: AppFactory,
+) -> None:
+    """Metadata scopes are resolved once per snapshot (app/storage/index/scope_cache.py): the
+    same scope again is served from the cache, and a document whose metadata changed is in
+    (or out of) the scope at the next search."""
+    app = await make_app()
+    runtime, principal = await setup_corpus(app)
+    assert isinstance(runtime.index, SqliteIndex)
+    scopes = runtime.index.scopes
+    body = {"query": "bread dough", "mode": "hybrid", "k": 20, "metadata": {"even": True}}
+    first = await run_search(runtime, principal, **body)
+    again = await run_search(runtime, principal, **body)
+    assert scopes.hits == 1 and len(scopes) == 1
+    assert [h.external_id for h in again.results] == [h.external_id for h in first.results]
+    assert "doc-1" not in {h.external_id for h in first.results}
+    await knowledge.upsert_many(
+        runtime=runtime,
+        principal=principal,
+        items=[
+            KnowledgeDocItem(
+                external_id="doc-1",
+                title=None,
+                content=long_text(TOPICS[1], 40),
+                metadata={"even": True},
+            )
+        ],
+    )
+    moved = await run_search(runtime, principal, **body)
+    assert "doc-1" in {h.external_id for h in moved.results}
+    assert scopes.hits == 1  # resolved again: the snapshot's key changed
