@@ -40,7 +40,7 @@ import numpy.typing as npt
 import sqlean
 
 from app.models.knowledge import EMBEDDING_DIMS as DIMS
-from app.storage.index.sqlite_vectors import Bits, read_entries
+from app.storage.index.sqlite_vectors import Bits
 
 #: About this many chunks a list (at least `MIN_LISTS` lists).
 LIST_SIZE = 4096
@@ -110,20 +110,24 @@ class Partition:
         order = np.argsort(-scores, kind="stable")
         taken = 0
         found = 0
-        parts: list[npt.NDArray[np.intp]] = []
+        ids: list[npt.NDArray[np.int64]] = []
+        words: list[npt.NDArray[np.uint64]] = []
         step = max(1, probes)
         while taken < len(order) and (taken < probes or found < want):
-            lists = order[taken : taken + step]
-            taken += len(lists)
-            rows = np.concatenate(
-                [np.arange(self.offsets[i], self.offsets[i + 1], dtype=np.intp) for i in lists]
-            )
-            if within is not None:
-                rows = rows[_members(self.bits.ids[rows], within)]
-            parts.append(rows)
-            found += len(rows)
-        rows = np.concatenate(parts) if parts else np.zeros(0, dtype=np.intp)
-        return Bits(self.bits.ids[rows], self.bits.words[rows]), taken >= len(order)
+            for i in order[taken : taken + step].tolist():
+                # A list is a contiguous run of rows: slices, no gather of scattered rows.
+                start, end = int(self.offsets[i]), int(self.offsets[i + 1])
+                part_ids, part_words = self.bits.ids[start:end], self.bits.words[start:end]
+                if within is not None:
+                    keep = _members(part_ids, within)
+                    part_ids, part_words = part_ids[keep], part_words[keep]
+                ids.append(part_ids)
+                words.append(part_words)
+                found += len(part_ids)
+            taken += step
+        if not ids:
+            return Bits(self.bits.ids[:0], self.bits.words[:0]), True
+        return Bits(np.concatenate(ids), np.concatenate(words)), taken >= len(order)
 
 
 def _members(ids: np.ndarray, within: np.ndarray) -> npt.NDArray[np.bool_]:
@@ -135,11 +139,10 @@ def _members(ids: np.ndarray, within: np.ndarray) -> npt.NDArray[np.bool_]:
     return hit
 
 
-def build(
-    conn: sqlean.Connection, bits: Bits, key: Key, old: Partition | None, seed: int
-) -> Partition:
+def build(bits: Bits, key: Key, old: Partition | None, seed: int) -> Partition:
     """The partition of `bits` (a snapshot's, named `key`), keeping `old`'s lists and centroids
-    for the chunks it holds unless half of `bits` are new to it."""
+    for the chunks it holds unless half of `bits` are new to it. Needs no connection (it may run
+    on a thread of its own): the centroids are trained on the chunks' sign vectors."""
     n = len(bits.ids)
     lists = np.full(n, -1, dtype=np.int32)
     if old is not None and len(old.sorted_ids):
@@ -150,7 +153,7 @@ def build(
         if fresh * 2 > n:
             old = None
     if old is None:
-        centroids = _train(conn, bits, seed)
+        centroids = _train(bits, seed)
         lists[:] = -1
         trained_on = 0
     else:
@@ -178,15 +181,13 @@ def list_count(n: int) -> int:
     return max(MIN_LISTS, n // LIST_SIZE)
 
 
-def _train(conn: sqlean.Connection, bits: Bits, seed: int) -> npt.NDArray[np.float32]:
-    """Spherical k-means centroids (unit rows) of a sample of the chunks' float vectors."""
+def _train(bits: Bits, seed: int) -> npt.NDArray[np.float32]:
+    """Spherical k-means centroids (unit rows) of a sample of the chunks' sign vectors."""
     rng = np.random.default_rng(seed)
     k = list_count(len(bits.ids))
     size = min(len(bits.ids), k * TRAIN_PER_LIST)
-    sample = np.sort(rng.choice(bits.ids, size=size, replace=False))
-    entries = read_entries(conn, sample.tolist())
-    matrix = np.frombuffer(b"".join(e[1] for e in entries.values()), dtype=np.float32)
-    matrix = matrix.reshape(-1, DIMS)
+    sample = np.sort(rng.choice(len(bits.ids), size=size, replace=False))
+    matrix = _unit(_signs(bits.words[sample]))
     if len(matrix) <= k:
         # Fewer vectors than lists: each its own centroid, the rest random directions.
         extra = _unit(rng.standard_normal((k - len(matrix), DIMS)).astype(np.float32))
@@ -201,14 +202,21 @@ def _train(conn: sqlean.Connection, bits: Bits, seed: int) -> npt.NDArray[np.flo
     return centroids
 
 
+def _signs(words: npt.NDArray[np.uint64]) -> npt.NDArray[np.float32]:
+    """Each sign vector as +1/-1 floats."""
+    block = np.ascontiguousarray(words).view(np.uint8)
+    signs: npt.NDArray[np.float32] = np.unpackbits(block, axis=1, bitorder="little").astype(
+        np.float32
+    )
+    return signs * 2 - 1
+
+
 def _nearest_list(words: npt.NDArray[np.uint64], centroids: np.ndarray) -> npt.NDArray[np.int32]:
     """The list of each sign vector: its nearest centroid by dot product with +1/-1 signs."""
     out = np.empty(len(words), dtype=np.int32)
     for start in range(0, len(words), _ASSIGN_BATCH):
-        block = np.ascontiguousarray(words[start : start + _ASSIGN_BATCH]).view(np.uint8)
-        signs = np.unpackbits(block, axis=1, bitorder="little").astype(np.float32)
-        signs = signs * 2 - 1
-        out[start : start + len(block)] = np.argmax(signs @ centroids.T, axis=1)
+        signs = _signs(words[start : start + _ASSIGN_BATCH])
+        out[start : start + len(signs)] = np.argmax(signs @ centroids.T, axis=1)
     return out
 
 
@@ -219,8 +227,13 @@ def _unit(matrix: np.ndarray) -> npt.NDArray[np.float32]:
 
 
 class PartitionStore:
-    """Users' partitions, least recently used out beyond `max_bytes`; thread-safe. `builds`
-    counts partitions made or updated, `hits` passes served by a kept one (for tests)."""
+    """Users' partitions, least recently used out beyond `max_bytes`; thread-safe. A partition
+    is built or updated on a thread of its own (seconds for a million chunks: training and
+    assigning every chunk), while the user's searches take the pass over all their bits, so no
+    search waits for it; `background = False` builds it inside the search instead (tests).
+    `builds` counts partitions made or updated, `hits` passes served by a kept one."""
+
+    background = True
 
     def __init__(self, max_bytes: int, min_chunks: int) -> None:
         self.max_bytes = max(0, max_bytes)
@@ -230,6 +243,7 @@ class PartitionStore:
         self.hits = 0
         self.builds = 0
         self._entries: OrderedDict[int, Partition] = OrderedDict()
+        self._building: dict[int, threading.Thread] = {}
         self._lock = threading.Lock()
 
     def kept(self, user_id: int, key: Key) -> Partition | None:
@@ -242,11 +256,11 @@ class PartitionStore:
             self.hits += 1
             return held
 
-    def current(
-        self, conn: sqlean.Connection, user_id: int, key: Key, bits: Bits
-    ) -> Partition | None:
-        """A partition of `bits` (the user's, in the snapshot `key` names): kept, updated
-        from the kept one, or new; None when the user is too small or too large to keep."""
+    def current(self, user_id: int, key: Key, bits: Bits) -> Partition | None:
+        """A partition of `bits` (the user's, in the snapshot `key` names) if one is kept;
+        else None, with one made or updated from the kept one (in the background unless
+        `background` is off, then returned). None too when the user is too small or too large
+        to keep."""
         if len(bits.ids) < self.min_chunks or not self.max_bytes:
             return None
         # ids, words, sorted ids and lists: what a partition costs a chunk, besides centroids.
@@ -254,20 +268,51 @@ class PartitionStore:
             return None
         with self._lock:
             old = self._entries.get(user_id)
-        if old is not None and old.key == key:
-            return old
-        fresh = build(conn, bits, key, old, seed=user_id)
-        with self._lock:
-            self.builds += 1
-            replaced = self._entries.pop(user_id, None)
-            if replaced is not None:
-                self.bytes -= replaced.nbytes
-            self._entries[user_id] = fresh
-            self.bytes += fresh.nbytes
-            while self.bytes > self.max_bytes and self._entries:
-                _, evicted = self._entries.popitem(last=False)
-                self.bytes -= evicted.nbytes
-        return fresh
+            if old is not None and old.key == key:
+                return old
+            if user_id in self._building:
+                return None
+            if self.background:
+                thread = threading.Thread(
+                    target=self._build,
+                    args=(user_id, key, bits, old),
+                    name=f"partition-{user_id}",
+                    daemon=True,
+                )
+                self._building[user_id] = thread
+                thread.start()
+                return None
+        return self._build(user_id, key, bits, old)
+
+    def wait(self) -> None:
+        """Until no build runs (tests)."""
+        while True:
+            with self._lock:
+                threads = list(self._building.values())
+            if not threads:
+                return
+            for thread in threads:
+                thread.join()
+
+    def _build(self, user_id: int, key: Key, bits: Bits, old: Partition | None) -> Partition:
+        try:
+            fresh = build(bits, key, old, seed=user_id)
+            with self._lock:
+                self.builds += 1
+                replaced = self._entries.pop(user_id, None)
+                if replaced is not None:
+                    self.bytes -= replaced.nbytes
+                # A build for an older snapshot than the one kept meanwhile is still exact for
+                # its own key: kept, the next pass compares keys anyway.
+                self._entries[user_id] = fresh
+                self.bytes += fresh.nbytes
+                while self.bytes > self.max_bytes and self._entries:
+                    _, evicted = self._entries.popitem(last=False)
+                    self.bytes -= evicted.nbytes
+            return fresh
+        finally:
+            with self._lock:
+                self._building.pop(user_id, None)
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -453,7 +453,7 @@ class SqliteRanker:
                 return
         bits = read_all_bits(conn, self._user_id)
         if self._partitions is not None and key is not None:
-            self._partition = self._partitions.current(conn, self._user_id, key, bits)
+            self._partition = self._partitions.current(self._user_id, key, bits)
             if self._partition is not None:
                 return
         if self._residents is not None:

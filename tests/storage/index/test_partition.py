@@ -36,6 +36,13 @@ def no_resident(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ResidentStore, "latest", lambda *_args: None)
 
 
+@pytest.fixture(autouse=True)
+def inline_builds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Partitions built inside the search that needs them, so that each test knows which
+    search uses one (the background build has its own test)."""
+    monkeypatch.setattr(PartitionStore, "background", False)
+
+
 def store_of(runtime: Runtime) -> PartitionStore:
     assert isinstance(runtime.index, SqliteIndex)
     return runtime.index.partitions
@@ -268,3 +275,18 @@ async def test_a_resolved_scope_is_kept_until_a_write_changes_the_snapshot(
     moved = await run_search(runtime, principal, **body)
     assert "doc-1" in {h.external_id for h in moved.results}
     assert scopes.hits == 1  # resolved again: the snapshot's key changed
+
+
+async def test_a_partition_is_built_in_the_background_while_searches_go_on(
+    make_app: AppFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(PartitionStore, "background", True)
+    app = await make_app(partition_min_chunks=1)
+    runtime, principal = await setup_corpus(app)
+    store = store_of(runtime)
+    first = await answers(runtime, principal)  # the full pass, while the partition is built
+    store.wait()
+    assert store.builds == 1 and len(store) == 1
+    hits_before = store.hits
+    assert await answers(runtime, principal) == first
+    assert store.hits > hits_before
