@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,6 +52,8 @@ PROBE_MIN = 4
 #: The centroids are trained on this many sampled float vectors a list, for this many rounds.
 TRAIN_PER_LIST = 64
 ROUNDS = 8
+#: A scope's membership is a bitmap when its span of ids is at most this (or 16x its size).
+_BITMAP_MIN = 1 << 20
 #: Sign vectors are assigned to lists this many at a time (a float32 block of ~50 MB).
 _ASSIGN_BATCH = 32768
 
@@ -110,6 +113,7 @@ class Partition:
         order = np.argsort(-scores, kind="stable")
         taken = 0
         found = 0
+        member = None if within is None else _membership(within)
         ids: list[npt.NDArray[np.int64]] = []
         words: list[npt.NDArray[np.uint64]] = []
         step = max(1, probes)
@@ -118,8 +122,8 @@ class Partition:
                 # A list is a contiguous run of rows: slices, no gather of scattered rows.
                 start, end = int(self.offsets[i]), int(self.offsets[i + 1])
                 part_ids, part_words = self.bits.ids[start:end], self.bits.words[start:end]
-                if within is not None:
-                    keep = _members(part_ids, within)
+                if member is not None:
+                    keep = member(part_ids)
                     part_ids, part_words = part_ids[keep], part_words[keep]
                 ids.append(part_ids)
                 words.append(part_words)
@@ -130,13 +134,31 @@ class Partition:
         return Bits(np.concatenate(ids), np.concatenate(words)), taken >= len(order)
 
 
-def _members(ids: np.ndarray, within: np.ndarray) -> npt.NDArray[np.bool_]:
-    """Which of `ids` are in `within` (sorted)."""
+def _membership(within: np.ndarray) -> Callable[[np.ndarray], npt.NDArray[np.bool_]]:
+    """A test of which of some chunk ids are in `within` (sorted ids): a bitmap over the span
+    of `within` when that is not much larger than it (one lookup an id: a quarter of a
+    million-chunk user took ~30 ms a pass by binary search, ~1 ms so), else binary search."""
     if not len(within):
-        return np.zeros(len(ids), dtype=bool)
-    at = np.minimum(np.searchsorted(within, ids), len(within) - 1)
-    hit: npt.NDArray[np.bool_] = within[at] == ids
-    return hit
+        return lambda ids: np.zeros(len(ids), dtype=bool)
+    low, high = int(within[0]), int(within[-1])
+    if high - low <= max(_BITMAP_MIN, 16 * len(within)):
+        bitmap = np.zeros(high - low + 1, dtype=bool)
+        bitmap[within - low] = True
+
+        def in_bitmap(ids: np.ndarray) -> npt.NDArray[np.bool_]:
+            inside = (ids >= low) & (ids <= high)
+            hit = np.zeros(len(ids), dtype=bool)
+            hit[inside] = bitmap[ids[inside] - low]
+            return hit
+
+        return in_bitmap
+
+    def searched(ids: np.ndarray) -> npt.NDArray[np.bool_]:
+        at = np.minimum(np.searchsorted(within, ids), len(within) - 1)
+        hit: npt.NDArray[np.bool_] = within[at] == ids
+        return hit
+
+    return searched
 
 
 def build(bits: Bits, key: Key, old: Partition | None, seed: int) -> Partition:
@@ -162,7 +184,8 @@ def build(bits: Bits, key: Key, old: Partition | None, seed: int) -> Partition:
     new = np.flatnonzero(lists < 0)
     if len(new):
         lists[new] = _nearest_list(bits.words[new], centroids)
-    order = np.argsort(lists, kind="stable")
+    # By list, and by id within a list: a scope's membership test then walks both in order.
+    order = np.lexsort((bits.ids, lists))
     counts = np.bincount(lists, minlength=len(centroids))
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.intp)
     by_id = np.argsort(bits.ids, kind="stable")

@@ -290,3 +290,13 @@ async def test_a_partition_is_built_in_the_background_while_searches_go_on(
     hits_before = store.hits
     assert await answers(runtime, principal) == first
     assert store.hits > hits_before
+
+
+@pytest.mark.parametrize("span", [1_000, 10**12])
+def test_scope_membership_by_bitmap_or_by_search_agrees(span: int) -> None:
+    rng = np.random.default_rng(span % 97)
+    within = np.unique(rng.integers(5, 5 + span, 3_000)).astype(np.int64)
+    ids = np.concatenate([within[::3], rng.integers(0, 10 + span, 2_000)]).astype(np.int64)
+    got = partition_module._membership(within)(ids)
+    assert got.tolist() == np.isin(ids, within).tolist()
+    assert not partition_module._membership(within[:0])(ids).any()
