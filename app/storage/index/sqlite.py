@@ -5,7 +5,9 @@ the scope's) by Hamming distance of their sign bits and keeps `_candidates(depth
 those are scored exactly with their float vectors. A scope no larger than that is scored exactly
 at once. The coarse pass is approximate; on Cranfield the two-stage ranking scores the same
 nDCG@10 as exact scoring (scripts/eval_cranfield.py), and `CANDIDATES_MIN` keeps oversampling
-high where it is cheap. Keyword search runs FTS5 within the user's rows (sqlite_keywords.py).
+high where it is cheap. A user of many chunks (`Settings.partition_min_chunks`) has their bit
+vectors kept in lists in memory (partition.py), and the coarse pass ranks only the lists
+nearest the query. Keyword search runs FTS5 within the user's rows (sqlite_keywords.py).
 
 A scope is resolved once to its chunk ids, sorted, which both rankings use.
 """
