@@ -186,6 +186,15 @@ class Settings(BaseSettings):
     #: scoring then reads from the database only the vectors no recent search read; as much
     #: again for whole users of up to 10,000 chunks (app/storage/index/resident.py). 0: none.
     vector_cache_mb: int = Field(default=64, ge=0, le=1_000_000)
+    #: SQLite: a user with at least this many chunks is searched through a partition of their
+    #: bit vectors into lists, kept in memory (app/storage/index/partition.py): a pass ranks the
+    #: lists nearest the query instead of every chunk, approximate but fast at a million chunks
+    #: (docs/scaling.md). Smaller users keep the pass over all their chunks.
+    partition_min_chunks: int = Field(default=50_000, ge=1)
+    #: SQLite: megabytes of partitions each server process keeps (~70 bytes a chunk: 70 MB for
+    #: a user of 1,000,000 chunks; least recently used out). 0: none, every user is searched
+    #: by the pass over all their chunks.
+    partition_cache_mb: int = Field(default=256, ge=0, le=1_000_000)
     #: What runs the embedding model: `onnx` (ONNX Runtime; the graph is exported from the
     #: bundled weights once, ~10 s, and cached) or `torch` (sentence-transformers). Both give the
     #: same vectors, so either reads the other's index. onnx is the default: it encodes a query

@@ -17,7 +17,14 @@ metadata scope holding a quarter of the chunks (the coarse pass restricted to th
 
     .venv/bin/python scripts/bench.py [--sizes 10000,100000] [--repeat 20] [--no-model]
                                       [--plain-words] [--database-url postgresql://...]
+                                      [--keep DIR] [--no-sqlite]
                                       [--auth-only] [--auth-repeat 2000]
+
+A million chunks (`--sizes 10000,100000,1000000`, outside CI: about half an hour to write on
+SQLite, an hour on PostgreSQL) is what `--keep DIR` is for: one database per size, built the
+first time and measured again as it is after that. A SQLite user large enough for a partition
+(app/storage/index/partition.py) has it built before the timing starts. Figures:
+docs/scaling.md.
 
 Prints p50 per scenario, size and engine (SQLite always; PostgreSQL too with --database-url, an
 empty database), and the ratio of the largest size's p50 to the smallest's. Then what a tenant
@@ -80,6 +87,7 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import text
+from sqlmodel import col, select
 
 from app.embedding.embedder import DIMS, Embedder, LocalModel
 from app.models import (
@@ -220,22 +228,33 @@ async def add_chunks(runtime: Runtime, user_id: int, corpus: Corpus, n_chunks: i
         corpus.docs += count
 
 
-async def setup(runtime: Runtime) -> Principal:
+async def setup(runtime: Runtime) -> tuple[Principal, int]:
+    """The bench user (made, with its persona, on a new database) and its chunk count (kept
+    from an earlier run with `--keep`)."""
     async with runtime.db.write() as session:
-        user = User(email="bench@example.com", plan_id="unlimited", created_at=utcnow())
-        session.add(user)
-        await session.flush()
+        user = (
+            await session.execute(select(User).where(User.email == "bench@example.com"))
+        ).scalar_one_or_none()
+        if user is None:
+            user = User(email="bench@example.com", plan_id="unlimited", created_at=utcnow())
+            session.add(user)
+            await session.flush()
+            assert user.id is not None
+            persona = Persona(
+                id="per_bench",
+                user_id=user.id,
+                name="Bench",
+                created_at=utcnow(),
+                updated_at=utcnow(),
+            )
+            session.add(persona)
         assert user.id is not None
-        persona = Persona(
-            id="per_bench", user_id=user.id, name="Bench", created_at=utcnow(), updated_at=utcnow()
-        )
-        session.add(persona)
-    return Principal(user_id=user.id, email=user.email, plan=await runtime.plan("unlimited"))
+        have = await runtime.index.count(session, user_id=user.id)
+    plan = await runtime.plan("unlimited")
+    return Principal(user_id=user.id, email=user.email, plan=plan), have
 
 
 async def attach_persona(runtime: Runtime, external_ids: Sequence[str]) -> None:
-    from sqlmodel import col, select
-
     async with runtime.db.write() as session:
         rows = await session.execute(
             select(KnowledgeDoc.id).where(col(KnowledgeDoc.external_id).in_(list(external_ids)))
@@ -276,9 +295,25 @@ SCENARIOS: list[tuple[str, dict[str, Any]]] = [
 
 
 async def bench_engine(
+    settings_for: Callable[[int | None], Awaitable[Settings]],
+    sizes: Sequence[int],
+    repeat: int,
+    plain: bool,
+    keep: bool,
+) -> dict[tuple[str, int], list[float]]:
+    """Time every scenario at each size: on one database grown size by size, or (`keep`) on
+    one database per size (`settings_for(size)`), built only when it holds fewer chunks."""
+    results: dict[tuple[str, int], list[float]] = {}
+    if keep:
+        for size in sorted(sizes):
+            results.update(await _bench_sizes(await settings_for(size), [size], repeat, plain))
+        return results
+    return await _bench_sizes(await settings_for(None), sizes, repeat, plain)
+
+
+async def _bench_sizes(
     settings: Settings, sizes: Sequence[int], repeat: int, plain: bool
 ) -> dict[tuple[str, int], list[float]]:
-    """Build the corpus size by size on one database and time every scenario at each size."""
     db = Database(settings)
     await db.migrate()
     embedder = Embedder(model=RandomModel())
@@ -286,21 +321,23 @@ async def bench_engine(
     runtime = Runtime(settings=settings, db=db, embedder=embedder)
     results: dict[tuple[str, int], list[float]] = {}
     try:
-        principal = await setup(runtime)
+        principal, have = await setup(runtime)
         corpus = Corpus(plain=plain)
-        have = 0
+        corpus.docs = have // CHUNKS_PER_DOC
         for size in sorted(sizes):
             started = time.perf_counter()
-            async with bulk_load(db):
-                await add_chunks(runtime, principal.user_id, corpus, size - have)
-            if not have:
-                await attach_persona(runtime, ["doc-1", "doc-2", "doc-3"])
-            have = size
+            if size > have:
+                async with bulk_load(db):
+                    await add_chunks(runtime, principal.user_id, corpus, size - have)
+                if not have:
+                    await attach_persona(runtime, ["doc-1", "doc-2", "doc-3"])
+                have = size
             print(
-                f"{db.dialect}: {size:>7} chunks ({corpus.docs} documents) written in "
+                f"{db.dialect}: {have:>7} chunks ({corpus.docs} documents) written in "
                 f"{time.perf_counter() - started:.1f} s",
                 file=sys.stderr,
             )
+            await warm_partitions(runtime, principal)
             for name, scenario in SCENARIOS:
                 body = {k: v for k, v in scenario.items() if k != "query_kind"}
                 kind = scenario.get("query_kind", "mixed")
@@ -321,6 +358,21 @@ async def bench_engine(
     return results
 
 
+async def warm_partitions(runtime: Runtime, principal: Principal) -> None:
+    """SQLite: a user large enough for a partition (app/storage/index/partition.py) gets it
+    built in the background after a first search; wait for it, as a server's searches after
+    its first few seconds would, and say how long it took."""
+    partitions = getattr(runtime.index, "partitions", None)
+    if partitions is None:
+        return
+    started = time.perf_counter()
+    request = SearchRequest.model_validate({"query": "warm", "k": 10, "mode": "semantic"})
+    await search_service.search(runtime=runtime, principal=principal, request=request)
+    await asyncio.to_thread(partitions.wait)
+    if len(partitions):
+        print(f"partition built in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+
+
 @contextlib.asynccontextmanager
 async def bulk_load(db: Database) -> AsyncIterator[None]:
     """PostgreSQL: build the HNSW index once after a bulk load rather than row by row (what an
@@ -332,7 +384,7 @@ async def bulk_load(db: Database) -> AsyncIterator[None]:
         await session.execute(text("DROP INDEX IF EXISTS ix_chunks_embedding_hnsw"))
     yield
     async with db.write() as session:
-        await session.execute(text("SET LOCAL maintenance_work_mem = '512MB'"))
+        await session.execute(text("SET LOCAL maintenance_work_mem = '3GB'"))
         await session.execute(
             text(
                 "CREATE INDEX ix_chunks_embedding_hnsw ON chunks"
@@ -343,14 +395,38 @@ async def bulk_load(db: Database) -> AsyncIterator[None]:
 
 
 async def bench(
-    sizes: Sequence[int], repeat: int, real_model: bool, plain: bool, database_url: str | None
+    sizes: Sequence[int],
+    repeat: int,
+    real_model: bool,
+    plain: bool,
+    database_url: str | None,
+    keep: Path | None = None,
+    sqlite: bool = True,
 ) -> None:
     engines: dict[str, dict[tuple[str, int], list[float]]] = {}
     with tempfile.TemporaryDirectory(prefix="personaizer-bench-") as tmp:
-        engines["sqlite"] = await bench_engine(Settings.for_tests(Path(tmp)), sizes, repeat, plain)
+
+        async def sqlite_for(size: int | None) -> Settings:
+            if keep is None or size is None:
+                return Settings.for_tests(Path(tmp))
+            folder = keep / f"sqlite-{size}"
+            folder.mkdir(parents=True, exist_ok=True)
+            return Settings.for_tests(folder)
+
+        async def postgres_for(size: int | None) -> Settings:
+            assert database_url is not None
+            url = database_url
+            if keep is not None and size is not None:
+                url = await _database_for(database_url, size)
+            return Settings.for_tests(Path(tmp), database_url=url)
+
+        if sqlite:
+            engines["sqlite"] = await bench_engine(
+                sqlite_for, sizes, repeat, plain, keep is not None
+            )
         if database_url:
             engines["postgresql"] = await bench_engine(
-                Settings.for_tests(Path(tmp), database_url=database_url), sizes, repeat, plain
+                postgres_for, sizes, repeat, plain, keep is not None
             )
 
     embed_ms: list[float] = []
@@ -387,6 +463,23 @@ async def bench(
         )
 
 
+async def _database_for(database_url: str, size: int) -> str:
+    """`database_url` with `_<size>` after its database name; that database made if missing."""
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    url = make_url(database_url)
+    name = f"{url.database}_{size}"
+    dsn = url.set(drivername="postgresql", database="postgres")
+    conn = await asyncpg.connect(dsn.render_as_string(hide_password=False))
+    try:
+        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+            await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return url.set(database=name).render_as_string(hide_password=False)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -402,6 +495,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--database-url",
         help="also run on this empty database (postgresql://...), beside SQLite in the table; "
         "with --e2e, the server runs on it instead of SQLite",
+    )
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        help="one database per size, kept in this folder (SQLite) or as <database>_<size> "
+        "(PostgreSQL), built only the first time: measure again without rebuilding",
+    )
+    parser.add_argument(
+        "--no-sqlite", action="store_true", help="PostgreSQL only (with --database-url)"
     )
     parser.add_argument(
         "--plain-words",
@@ -467,6 +569,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             real_model=not args.no_model,
             plain=args.plain_words,
             database_url=args.database_url,
+            keep=args.keep,
+            sqlite=not args.no_sqlite,
         )
     )
     asyncio.run(bench_auth.run(engines, RandomModel(), args.auth_repeat))

@@ -45,7 +45,12 @@ class Runtime:
     _missing_logged: set[str] = field(default_factory=set, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.index = search_index(self.db, vector_cache_bytes=self.settings.vector_cache_mb * MiB)
+        self.index = search_index(
+            self.db,
+            vector_cache_bytes=self.settings.vector_cache_mb * MiB,
+            partition_bytes=self.settings.partition_cache_mb * MiB,
+            partition_min_chunks=self.settings.partition_min_chunks,
+        )
 
     async def plans(self) -> dict[str, Plan]:
         """The `plans` table, read at most every `plans_refresh_s` seconds: every server

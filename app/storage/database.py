@@ -357,7 +357,18 @@ async def add_count_returning(
     return int((await session.execute(upsert)).scalar_one())
 
 
-def search_index(db: Database, *, vector_cache_bytes: int = 0) -> SearchIndex:
+def search_index(
+    db: Database,
+    *,
+    vector_cache_bytes: int = 0,
+    partition_bytes: int = 0,
+    partition_min_chunks: int = 50_000,
+) -> SearchIndex:
     """The search index of `db`'s engine (`app.storage.index.for_dialect`), so the services
     that keep one never name the engine."""
-    return for_dialect(db.dialect, vector_cache_bytes=vector_cache_bytes)
+    return for_dialect(
+        db.dialect,
+        vector_cache_bytes=vector_cache_bytes,
+        partition_bytes=partition_bytes,
+        partition_min_chunks=partition_min_chunks,
+    )

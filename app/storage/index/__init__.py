@@ -239,14 +239,25 @@ class SearchIndex(Protocol):
         """How many chunks of the user the index holds."""
 
 
-def for_dialect(dialect: Dialect, *, vector_cache_bytes: int = 0) -> SearchIndex:
+def for_dialect(
+    dialect: Dialect,
+    *,
+    vector_cache_bytes: int = 0,
+    partition_bytes: int = 0,
+    partition_min_chunks: int = 50_000,
+) -> SearchIndex:
     """The engine's index; it keeps up to `vector_cache_bytes` of float vectors across searches
     (SQLite: app/storage/index/vector_cache.py and resident.py; PostgreSQL: small users' whole
-    matrices, postgres_vectors.py)."""
+    matrices, postgres_vectors.py). SQLite also keeps `partition_bytes` of large users' bit
+    vectors in lists (app/storage/index/partition.py)."""
     if dialect == "sqlite":
         from app.storage.index.sqlite import SqliteIndex
 
-        return SqliteIndex(vector_cache_bytes=vector_cache_bytes)
+        return SqliteIndex(
+            vector_cache_bytes=vector_cache_bytes,
+            partition_bytes=partition_bytes,
+            partition_min_chunks=partition_min_chunks,
+        )
     from app.storage.index.postgres import PostgresIndex
 
     return PostgresIndex(vector_cache_bytes=vector_cache_bytes)

@@ -5,7 +5,9 @@ the scope's) by Hamming distance of their sign bits and keeps `_candidates(depth
 those are scored exactly with their float vectors. A scope no larger than that is scored exactly
 at once. The coarse pass is approximate; on Cranfield the two-stage ranking scores the same
 nDCG@10 as exact scoring (scripts/eval_cranfield.py), and `CANDIDATES_MIN` keeps oversampling
-high where it is cheap. Keyword search runs FTS5 within the user's rows (sqlite_keywords.py).
+high where it is cheap. A user of many chunks (`Settings.partition_min_chunks`) has their bit
+vectors kept in lists in memory (partition.py), and the coarse pass ranks only the lists
+nearest the query. Keyword search runs FTS5 within the user's rows (sqlite_keywords.py).
 
 A scope is resolved once to its chunk ids, sorted, which both rankings use.
 """
@@ -35,8 +37,10 @@ from app.storage.index import (
     TitledChunks,
     drive_sync,
 )
+from app.storage.index.partition import Partition, PartitionStore, snapshot_key
 from app.storage.index.resident import Resident, ResidentStore
 from app.storage.index.scope import MetadataCondition, Scope
+from app.storage.index.scope_cache import ScopeCache
 from app.storage.index.sqlite_keywords import DocsOf, KeywordIndex, match_expression
 from app.storage.index.sqlite_vectors import (
     Bits,
@@ -144,7 +148,13 @@ def _canonical_or_null(stored: str | None) -> str | None:
 
 
 class SqliteIndex:
-    def __init__(self, *, vector_cache_bytes: int = 0) -> None:
+    def __init__(
+        self,
+        *,
+        vector_cache_bytes: int = 0,
+        partition_bytes: int = 0,
+        partition_min_chunks: int = 50_000,
+    ) -> None:
         self.vectors = VectorIndex()
         self.keywords = KeywordIndex()
         #: Float vectors kept across searches, for every search on this index (this database,
@@ -152,6 +162,11 @@ class SqliteIndex:
         self.vector_cache = VectorCache(vector_cache_bytes)
         #: Whole users' matrices, as much again (app/storage/index/resident.py).
         self.residents = ResidentStore(vector_cache_bytes)
+        #: Large users' bit vectors in lists (app/storage/index/partition.py).
+        self.partitions = PartitionStore(partition_bytes, partition_min_chunks)
+        #: Resolved scopes of document conditions, per snapshot (app/storage/index/scope_cache.py),
+        #: bounded as the vector cache.
+        self.scopes = ScopeCache(vector_cache_bytes)
 
     async def put_many(
         self, session: AsyncSession, *, user_id: int, docs: Sequence[TitledChunks]
@@ -188,6 +203,20 @@ class SqliteIndex:
             return None
         if scope.nothing:
             return ChunkIds(np.zeros(0, dtype=np.int64))
+        name = None
+        if scope.persona_id is None and scope.within_personas is None:
+            key = await run_on_connection(session, lambda c: snapshot_key(c, scope.user_id))
+            listed = None if scope.external_ids is None else tuple(sorted(set(scope.external_ids)))
+            name = (scope.user_id, key, listed, canonical_json(dict(scope.metadata)))
+            held = self.scopes.get(name)
+            if held is not None:
+                return ChunkIds(held)
+        found = await self._resolve(session, scope)
+        if name is not None:
+            self.scopes.put(name, found)
+        return ChunkIds(found)
+
+    async def _resolve(self, session: AsyncSession, scope: Scope) -> np.ndarray:
         await self.metadata_sql(session, scope.metadata_values)
         ids = (
             await session.execute(
@@ -197,8 +226,8 @@ class SqliteIndex:
             )
         ).scalar_one()
         if not ids:
-            return ChunkIds(np.zeros(0, dtype=np.int64))
-        return ChunkIds(np.sort(np.array(ids.split(","), dtype=np.int64)))
+            return np.zeros(0, dtype=np.int64)
+        return np.sort(np.array(ids.split(","), dtype=np.int64))
 
     async def metadata_sql(self, session: AsyncSession, values: Iterable[Any]) -> MetadataCondition:
         """`metadata_condition`, with `CANONICAL_JSON` installed on the session's connection
@@ -210,7 +239,9 @@ class SqliteIndex:
     def ranker(
         self, session: AsyncSession, *, user_id: int, within: Restriction | None
     ) -> SqliteRanker:
-        return SqliteRanker(session, user_id, _ids(within), self.vector_cache, self.residents)
+        return SqliteRanker(
+            session, user_id, _ids(within), self.vector_cache, self.residents, self.partitions
+        )
 
     async def semantic(
         self,
@@ -315,6 +346,7 @@ class SqliteRanker:
         scope: np.ndarray | None,
         cache: VectorCache | None = None,
         residents: ResidentStore | None = None,
+        partitions: PartitionStore | None = None,
     ) -> None:
         self._session = session
         self._user_id = user_id
@@ -325,9 +357,12 @@ class SqliteRanker:
         #: The user's kept matrix, when there is one, and the row of each of `_bits`.
         self._resident: Resident | None = None
         self._rows: np.ndarray | None = None
+        self._partitions = partitions
+        #: The user's partition, when the user is large enough for one (then `_bits` is None).
+        self._partition: Partition | None = None
 
     async def prepare(self, depth: int) -> None:
-        if self._bits is None and not self._scope_alone(depth):
+        if self._bits is None and self._partition is None and not self._scope_alone(depth):
             await run_on_connection(self._session, self._read_bits)
 
     async def rank(self, vector: np.ndarray, depth: int) -> list[Ranked]:
@@ -374,8 +409,10 @@ class SqliteRanker:
             assert self._scope is not None
             return self._exact(conn, self._scope, vector, depth)
         n = _candidates(depth)
-        if self._bits is None:
+        if self._bits is None and self._partition is None:
             self._read_bits(conn)
+        if self._partition is not None:
+            return self._rank_lists(conn, self._partition, vector, depth)
         assert self._bits is not None
         while True:
             positions = nearest_positions(self._bits, vector, n)
@@ -388,10 +425,38 @@ class SqliteRanker:
                 return ranked
             n *= 4
 
+    def _rank_lists(
+        self, conn: sqlean.Connection, partition: Partition, vector: np.ndarray, depth: int
+    ) -> list[Ranked]:
+        """`_rank` over the chunks of the lists nearest `vector` (the scope's, if any),
+        probing four times as many lists while too few documents come back."""
+        n = _candidates(depth)
+        probes = partition.probes
+        while True:
+            bits, everything = partition.gather(vector, probes, n, self._scope)
+            ids = bits.ids[nearest_positions(bits, vector, n)]
+            ranked = self._exact(conn, ids, vector, depth)
+            if len(ranked) >= depth or (everything and len(ids) >= len(bits.ids)):
+                return ranked
+            n *= 4
+            probes *= 4
+
     def _read_bits(self, conn: sqlean.Connection) -> None:
         """The bit vectors the passes rank (the user's, or the scope's), and the user's kept
-        matrix when the user is small enough, checked against this snapshot's chunks."""
+        matrix when the user is small enough, checked against this snapshot's chunks; or,
+        for a user large enough, the user's partition (kept while the snapshot's key is the
+        same: no bits read at all)."""
+        key = None
+        if self._partitions is not None:
+            key = snapshot_key(conn, self._user_id)
+            self._partition = self._partitions.kept(self._user_id, key)
+            if self._partition is not None:
+                return
         bits = read_all_bits(conn, self._user_id)
+        if self._partitions is not None and key is not None:
+            self._partition = self._partitions.current(self._user_id, key, bits)
+            if self._partition is not None:
+                return
         if self._residents is not None:
             self._resident = self._residents.current(conn, self._user_id, bits.ids)
         rows = np.arange(len(bits.ids), dtype=np.intp)
