@@ -13,12 +13,14 @@ from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
+    GetJsonSchemaHandler,
     PlainSerializer,
     TypeAdapter,
     ValidationError,
     WithJsonSchema,
 )
-from pydantic_core import PydanticCustomError
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, PydanticCustomError
 from sqlalchemy import String, TypeDecorator
 from sqlalchemy.engine import Dialect
 from sqlmodel import Field
@@ -221,10 +223,32 @@ def _no_nul(value: str | None) -> str | None:
     return value
 
 
-#: A stored text field: any string but one holding U+0000 (`_no_nul`).
+#: JSON Schema for "no U+0000" (linear to check; a schema-valid body is then never refused).
+NO_NUL_PATTERN = "^[^\\x00]*$"
+
+
+class _NoNulInSchema:
+    """States `_no_nul` in the JSON Schema: the string (or the string branch of an optional
+    one) gets `NO_NUL_PATTERN`."""
+
+    def __get_pydantic_json_schema__(
+        self, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        schema = handler(core_schema)
+        for branch in [schema, *schema.get("anyOf", [])]:
+            if branch.get("type") == "string" and "pattern" not in branch:
+                branch["pattern"] = NO_NUL_PATTERN
+        return schema
+
+
+#: A stored text field: any string but one holding U+0000 (`_no_nul`), said in the schema too.
 NO_NUL = AfterValidator(_no_nul)
-#: The string type of every stored text field of a request.
-StoredText = Annotated[str, NO_NUL]
+NO_NUL_SCHEMA = _NoNulInSchema()
+#: The string type of every stored text field of a request (constraints such as `max_length`
+#: go in its `Field`; an optional one is `OptionalStoredText`, not `StoredText | None`, whose
+#: length errors would count items).
+StoredText = Annotated[str, NO_NUL, NO_NUL_SCHEMA]
+OptionalStoredText = Annotated[str | None, NO_NUL, NO_NUL_SCHEMA]
 
 
 def _not_blank(value: str) -> str:
@@ -246,9 +270,11 @@ Content = Annotated[
     str,
     NO_NUL,
     AfterValidator(_not_blank),
+    # Not U+0000 either (`NO_NUL` above), said in the API's description: see
+    # tests/rest/schemathesis_hooks.py for why not in this schema.
     WithJsonSchema({"type": "string", "pattern": NOT_BLANK_PATTERN}),
 ]
-Title = Annotated[StoredText | None, Field(default=None, max_length=TITLE_MAX)]
+Title = Annotated[str | None, Field(default=None, max_length=TITLE_MAX), NO_NUL, NO_NUL_SCHEMA]
 
 
 class RequestModel(BaseModel):

@@ -15,6 +15,7 @@ from app.models.base import (
     ExternalId,
     JsonObject,
     Metadata,
+    OptionalStoredText,
     PublicModel,
     RequestModel,
     StoredText,
@@ -159,7 +160,7 @@ class PersonaCreate(RequestModel):
     name: StoredText = Field(min_length=1, max_length=PERSONA_NAME_MAX)
     description: StoredText = Field(default="", max_length=PERSONA_DESCRIPTION_MAX)
     instructions: StoredText = Field(default="", max_length=PERSONA_INSTRUCTIONS_MAX)
-    greeting: StoredText | None = Field(default=None, max_length=PERSONA_GREETING_MAX)
+    greeting: OptionalStoredText = Field(default=None, max_length=PERSONA_GREETING_MAX)
     metadata: Metadata = Field(default_factory=dict)
     knowledge_filter: KnowledgeFilter | None = Field(default=None, description=_FILTER_DESCRIPTION)
 
@@ -174,7 +175,7 @@ class PersonaUpdate(RequestModel):
     name: StoredText = Field(default=None, min_length=1, max_length=PERSONA_NAME_MAX)
     description: StoredText = Field(default=None, max_length=PERSONA_DESCRIPTION_MAX)
     instructions: StoredText = Field(default=None, max_length=PERSONA_INSTRUCTIONS_MAX)
-    greeting: StoredText | None = Field(default=None, max_length=PERSONA_GREETING_MAX)
+    greeting: OptionalStoredText = Field(default=None, max_length=PERSONA_GREETING_MAX)
     metadata: Metadata = Field(default=None)
     knowledge_filter: KnowledgeFilter | None = Field(
         default=None, description=_FILTER_DESCRIPTION + " Null removes the rule."

@@ -31,6 +31,26 @@ UNSTATABLE: dict[str, dict[int, dict[str, str | None]]] = {
 }
 
 
+#: U+0000 in a document's content: refused (PostgreSQL's text cannot hold it), stated in the
+#: description, not in the content's schema: its pattern already says "not blank", and every way
+#: of saying both there (one anchored pattern, or `not`) makes schemathesis 4.32.5's coverage
+#: phase fail inside hypothesis (SystemError: AST constructor recursion depth mismatch). Titles
+#: and persona texts state it with a pattern.
+CONTENT_NUL = {"upsertKnowledgeDocs", "upsertKnowledgeDoc"}
+NUL_MESSAGE = "text must not contain U+0000 (NUL)"
+
+
+def _only_content_nul(response: Any) -> bool:
+    try:
+        errors = json.loads(response.content).get("errors", [])
+    except ValueError:
+        return False
+    return bool(errors) and all(
+        e.get("message") == NUL_MESSAGE and str(e.get("pointer", "")).endswith("/content")
+        for e in errors
+    )
+
+
 def _problem_code(response: Any) -> str | None:
     if not response.headers.get("content-type", [""])[0].startswith("application/problem+json"):
         return None
@@ -68,6 +88,8 @@ def schema_valid_refusals_are_stated(ctx: Any, response: Any, case: Any) -> bool
     if response.status_code not in (400, 422):
         return None
     operation_id = case.operation.definition.raw.get("operationId", "")
+    if operation_id in CONTENT_NUL and response.status_code == 422 and _only_content_nul(response):
+        return None
     allowed = UNSTATABLE.get(operation_id, {}).get(response.status_code, {})
     code = _problem_code(response)
     if code not in allowed:
