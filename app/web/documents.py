@@ -36,6 +36,7 @@ from app.web.forms import (
     REFUSED,
     Refusal,
     charge_write,
+    form_page,
     json_object,
     pretty_json,
     refusal,
@@ -88,16 +89,14 @@ def _new_page(
     values: dict[str, str] | None = None,
     refused: Refusal | None = None,
 ) -> Response:
-    return render(
+    return form_page(
+        request,
         "document_new.html",
-        status=refused.status if refused else 200,
-        headers=refused.headers if refused else None,
         principal=principal,
         section="documents",
-        csrf=csrf(request),
+        refused=refused,
         active=active,
         values=values or {},
-        refused=refused,
         limit_bytes=_body_limit(request),
         doc_chars=principal.plan.limits.doc_chars,
     )
@@ -229,16 +228,14 @@ def _edit_page(
     values: dict[str, str],
     refused: Refusal | None = None,
 ) -> Response:
-    return render(
+    return form_page(
+        request,
         "document_edit.html",
-        status=refused.status if refused else 200,
-        headers=refused.headers if refused else None,
         principal=principal,
         section="documents",
-        csrf=csrf(request),
+        refused=refused,
         doc=doc,
         values=values,
-        refused=refused,
         doc_chars=principal.plan.limits.doc_chars,
     )
 

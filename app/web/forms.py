@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.requests import Request
+from starlette.responses import Response
 
 from app.errors import (
     AppError,
@@ -32,7 +33,7 @@ from app.errors import (
 from app.http.guard import Guard
 from app.models.strict_json import loads
 from app.services.runtime import Principal
-from app.web.common import no_api_keys, signed_in
+from app.web.common import csrf, no_api_keys, render, signed_in
 
 #: What a writing form answers with the form again rather than with a problem page: the
 #: caller can mend each of these by changing what they typed (or by waiting).
@@ -55,6 +56,28 @@ class Refusal:
     fields: dict[str, str] = field(default_factory=dict)
     #: `Retry-After` for the rate limit, as the API sends it.
     headers: dict[str, str] = field(default_factory=dict)
+
+
+def form_page(
+    request: Request,
+    name: str,
+    *,
+    principal: Principal,
+    section: str,
+    refused: Refusal | None,
+    **context: Any,
+) -> Response:
+    """A form page: 200, or a refused form's status and headers, with the CSRF token."""
+    return render(
+        name,
+        status=refused.status if refused else 200,
+        headers=refused.headers if refused else None,
+        principal=principal,
+        section=section,
+        csrf=csrf(request),
+        refused=refused,
+        **context,
+    )
 
 
 async def writer(request: Request) -> Principal | None:

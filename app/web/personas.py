@@ -38,6 +38,7 @@ from app.web.forms import (
     REFUSED,
     Refusal,
     charge_write,
+    form_page,
     json_object,
     listed,
     pretty_json,
@@ -102,16 +103,14 @@ def _form_page(
     values: dict[str, str],
     refused: Refusal | None = None,
 ) -> Response:
-    return render(
+    return form_page(
+        request,
         "persona_form.html",
-        status=refused.status if refused else 200,
-        headers=refused.headers if refused else None,
         principal=principal,
         section="personas",
-        csrf=csrf(request),
+        refused=refused,
         persona=persona,
         values=values,
-        refused=refused,
         limits=LIMITS,
     )
 
@@ -252,13 +251,12 @@ async def _knowledge_page(
             "filter_metadata": pretty_json(rule.metadata if rule else None),
             "filter_prefixes": "\n".join(rule.external_id_prefixes) if rule else "",
         }
-    return render(
+    return form_page(
+        request,
         "persona_knowledge.html",
-        status=refused.status if refused else 200,
-        headers=refused.headers if refused else None,
         principal=principal,
         section="personas",
-        csrf=csrf(request),
+        refused=refused,
         persona=persona,
         attached=attached,
         titles={d.external_id: d.title for d in page.items},
@@ -267,7 +265,6 @@ async def _knowledge_page(
         checked=set(attached if checked is None else checked),
         q=text,
         filter_values=filter_values,
-        refused=refused,
     )
 
 
