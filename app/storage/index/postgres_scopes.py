@@ -3,7 +3,8 @@ ranked from those ids rather than from SQL conditions in every ranking statement
 
 A metadata scope used to be a subquery inside each ranking statement: the jsonb test on every
 document of the user, then the HNSW walk (or the exact scan) filtered by its documents. At
-100,000 chunks that took ~700 ms a search against ~200 ms unscoped. Now:
+100,000 chunks that took 113-179 ms a search against 34-42 ms unscoped, 1.7-2.1 s against
+68-88 ms at a million (docs/scaling.md). Now:
 
 - **Resolved once per key** (scope_cache.py): the scope's chunk ids, sorted, and the user's
   chunk count, kept until the key of the user's data changes. The key is read in the search's

@@ -2,7 +2,7 @@
 
 Resolving a metadata scope is SQL over every document of the user (SQLite's `json_each` test,
 PostgreSQL's jsonb test, per document, then the join to its chunks): ~30 ms at 100,000 chunks
-on SQLite, ~700 ms on PostgreSQL, more than the whole unscoped search. Callers repeat their
+on SQLite, ~150 ms on PostgreSQL, more than the whole unscoped search. Callers repeat their
 scopes (an application's filter, a source), so the ids are kept, named by the user, the scope
 and the snapshot's key (SQLite: partition.py's `snapshot_key`; PostgreSQL:
 postgres_scopes.py's): a scope of document conditions alone (external ids, metadata) selects
