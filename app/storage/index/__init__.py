@@ -15,7 +15,9 @@ the engines give the same keyword answers for the same data.
 
 Scopes (a persona, listed external_ids, metadata equality) and the user are conditions inside
 the index's own queries, never a filter applied to a global top-k afterwards; `restrict` turns a
-`Scope` into whatever form the engine uses (SQLite: the scope's chunk ids; PostgreSQL: SQL).
+`Scope` into whatever form the engine uses (SQLite: the scope's chunk ids; PostgreSQL: SQL, and
+for a scope of document conditions its chunk ids too, which filter a walk of the user's own
+nearest chunks deepened until it holds enough of the scope's).
 """
 
 from __future__ import annotations

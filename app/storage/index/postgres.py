@@ -1,13 +1,15 @@
 """The PostgreSQL search index: pgvector (HNSW, cosine) and full-text search with BM25.
 
 Vectors: `chunks.embedding` is a `vector(384)` with an HNSW index (`vector_cosine_ops`). A
-search asks for the user's (and the scope's) nearest chunks in one statement; the planner scans
-a small user or scope exactly (through `ix_chunks_user_id` and a sort) and walks the HNSW graph
-for a large one, with pgvector's iterative scan so that the user and scope conditions are applied
-inside the index scan rather than to a global top-k. Chunks are collapsed to documents by their
-nearest chunk, as on SQLite, deepening while too few documents come back. A user small enough
-is scored from a matrix the process keeps instead, checked against the user's version in the
-search's snapshot (postgres_vectors.py): no statement per pass.
+search asks for the user's nearest chunks in one statement; the planner scans a small user
+exactly (through `ix_chunks_user_id` and a sort) and walks the HNSW graph for a large one, with
+pgvector's iterative scan so that the user's condition is applied inside the index scan rather
+than to a global top-k. Chunks are collapsed to documents by their nearest chunk, as on SQLite,
+deepening while too few documents come back. A user small enough is scored from a matrix the
+process keeps instead, checked against the user's version in the search's snapshot
+(postgres_vectors.py): no statement per pass. A scope of document conditions (metadata, listed
+external ids) is resolved to its chunk ids once per key of the user's data and ranked from them
+(postgres_scopes.py); a persona scope is a subquery inside the statement.
 
 Keywords: `chunk_terms` holds each chunk's terms (title and text, as `words.terms` makes them
 for both engines) and its length; triggers derive from it per-user postings and
@@ -40,6 +42,13 @@ from app.storage.index import (
     drive,
 )
 from app.storage.index import postgres_keywords as keywords
+from app.storage.index.postgres_scopes import (
+    Resolved,
+    cacheable,
+    nearest_in,
+    resolve,
+    scope_name,
+)
 from app.storage.index.postgres_vectors import (
     ResidentVectors,
     in_scope,
@@ -48,6 +57,7 @@ from app.storage.index.postgres_vectors import (
 )
 from app.storage.index.resident import Resident
 from app.storage.index.scope import MetadataCondition, Scope
+from app.storage.index.scope_cache import ScopeCache
 from app.storage.index.words import query_terms, terms
 
 #: Nearest chunks fetched per wanted document (documents of many chunks crowd the list), at
@@ -118,19 +128,25 @@ def metadata_condition(i: int, key: str, value: Any) -> ColumnElement[bool]:
 
 @dataclass(frozen=True, slots=True)
 class ScopeSql:
-    """A scope as a subquery of document ids, used inside the index's statements."""
+    """A scope as a subquery of document ids, used inside the keyword statements; a scope of
+    document conditions alone also as its chunk ids (`resolved`), which the semantic passes
+    rank from (postgres_scopes.py)."""
 
     scope: Scope
+    resolved: Resolved | None = None
 
     @property
     def empty(self) -> bool:
-        return self.scope.nothing
+        return self.scope.nothing or (self.resolved is not None and not len(self.resolved.ids))
 
 
 class PostgresIndex:
     def __init__(self, *, vector_cache_bytes: int = 0) -> None:
         #: Small users' matrices, kept across searches (app/storage/index/postgres_vectors.py).
         self.residents = ResidentVectors(vector_cache_bytes)
+        #: Resolved scopes of document conditions, per key of the user's data
+        #: (app/storage/index/postgres_scopes.py), bounded as the matrices.
+        self.scopes: ScopeCache[Resolved] = ScopeCache(vector_cache_bytes)
 
     async def put_many(
         self, session: AsyncSession, *, user_id: int, docs: Sequence[TitledChunks]
@@ -182,7 +198,18 @@ class PostgresIndex:
             )
 
     async def restrict(self, session: AsyncSession, scope: Scope) -> ScopeSql | None:
-        return None if scope.everything else ScopeSql(scope)
+        """The scope's SQL; for a scope of document conditions, also its chunk ids, kept until
+        the key of the user's data changes (postgres_scopes.py)."""
+        if scope.everything:
+            return None
+        if scope.nothing or not cacheable(scope):
+            return ScopeSql(scope)
+        name = await scope_name(session, scope)
+        resolved = self.scopes.get(name)
+        if resolved is None:
+            resolved = await resolve(session, scope, metadata_condition)
+            self.scopes.put(name, resolved)
+        return ScopeSql(scope, resolved)
 
     async def metadata_sql(self, session: AsyncSession, values: Iterable[Any]) -> MetadataCondition:
         """`metadata_condition`: plain SQL, nothing to prepare."""
@@ -213,30 +240,30 @@ class PostgresIndex:
         depth: int,
         within: Restriction | None,
     ) -> list[Ranked]:
-        """`semantic` in SQL (pgvector), for a user whose matrix is not kept."""
+        """`semantic` in SQL (pgvector), for a user whose matrix is not kept. A scope with its
+        chunk ids is ranked from them (`postgres_scopes.nearest_in`: exactly, or from the
+        user's own walk filtered here); a persona scope by its SQL inside the statement."""
+        q = np.asarray(vector, dtype=np.float32)
+        resolved = None if within is None else _resolved(within)
+
+        async def walk(n: int) -> list[tuple[int, str, float]]:
+            return await _nearest_chunks(session, user_id, q, n, None)
+
+        if resolved is not None:
+            return await nearest_in(
+                session,
+                resolved,
+                q,
+                depth,
+                least=CANDIDATES_MIN,
+                per_doc=CANDIDATES_PER_DOC,
+                walk=walk,
+            )
         scope = _scope(within)
-        in_scope = "" if scope is None else "AND c.doc_id IN (SELECT id FROM scope_docs)"
         n = max(CANDIDATES_MIN, CANDIDATES_PER_DOC * depth)
         while True:
-            await session.execute(
-                text(
-                    "SELECT set_config('hnsw.ef_search', :ef, true),"
-                    " set_config('hnsw.iterative_scan', 'relaxed_order', true)"
-                ),
-                {"ef": str(min(n, _EF_SEARCH_MAX))},
-            )
-            rows = (
-                await session.execute(
-                    _scoped(
-                        "SELECT c.id, c.doc_id, c.embedding <=> :q AS d FROM chunks AS c"
-                        f" WHERE c.user_id = :u {in_scope} ORDER BY c.embedding <=> :q LIMIT :n",
-                        scope,
-                        ("id", "doc_id", "d"),
-                    ),
-                    {"q": np.asarray(vector, dtype=np.float32), "u": user_id, "n": n},
-                )
-            ).all()
-            ranked = collapse([(int(c), str(doc), float(d)) for c, doc, d in rows], depth)
+            rows = await _nearest_chunks(session, user_id, q, n, scope)
+            ranked = collapse(rows, depth)
             if len(ranked) >= depth or len(rows) < n:
                 return ranked
             n *= 4
@@ -312,7 +339,10 @@ class PostgresRanker:
         self._loaded = True
         resident = await self.index.residents.current(self.session, self.user_id)
         scope = _scope(self.within)
-        if resident is not None and scope is not None:
+        resolved = None if self.within is None else _resolved(self.within)
+        if resident is not None and resolved is not None:
+            self._rows = resident.rows_of(resolved.ids)
+        elif resident is not None and scope is not None:
             docs = select(col(KnowledgeDoc.id)).where(*scope.conditions(metadata_condition))
             found = (await self.session.execute(docs)).scalars().all()
             self._rows = in_scope(resident, found)
@@ -373,6 +403,36 @@ def _scope(within: Restriction | None) -> Scope | None:
         return None
     assert isinstance(within, ScopeSql)
     return within.scope
+
+
+def _resolved(within: Restriction) -> Resolved | None:
+    assert isinstance(within, ScopeSql)
+    return within.resolved
+
+
+async def _nearest_chunks(
+    session: AsyncSession, user_id: int, q: np.ndarray, n: int, scope: Scope | None
+) -> list[tuple[int, str, float]]:
+    """The user's (the scope's) `n` chunks nearest to `q` as (chunk, document, cosine
+    distance): an HNSW walk with iterative scans, or an exact scan, as the planner chooses."""
+    in_scope = "" if scope is None else "AND c.doc_id IN (SELECT id FROM scope_docs)"
+    await session.execute(
+        text(
+            "SELECT set_config('hnsw.ef_search', :ef, true),"
+            " set_config('hnsw.iterative_scan', 'relaxed_order', true)"
+        ),
+        {"ef": str(min(n, _EF_SEARCH_MAX))},
+    )
+    rows = await session.execute(
+        _scoped(
+            "SELECT c.id, c.doc_id, c.embedding <=> :q AS d FROM chunks AS c"
+            f" WHERE c.user_id = :u {in_scope} ORDER BY c.embedding <=> :q LIMIT :n",
+            scope,
+            ("id", "doc_id", "d"),
+        ),
+        {"q": q, "u": user_id, "n": n},
+    )
+    return [(int(c), str(doc), float(d)) for c, doc, d in rows]
 
 
 def _scoped(sql: str, scope: Scope | None, columns: Sequence[str]) -> Any:

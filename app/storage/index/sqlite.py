@@ -166,7 +166,7 @@ class SqliteIndex:
         self.partitions = PartitionStore(partition_bytes, partition_min_chunks)
         #: Resolved scopes of document conditions, per snapshot (app/storage/index/scope_cache.py),
         #: bounded as the vector cache.
-        self.scopes = ScopeCache(vector_cache_bytes)
+        self.scopes: ScopeCache[np.ndarray] = ScopeCache(vector_cache_bytes)
 
     async def put_many(
         self, session: AsyncSession, *, user_id: int, docs: Sequence[TitledChunks]
