@@ -11,7 +11,7 @@ search's snapshot (postgres_vectors.py): no statement per pass.
 
 Keywords: `chunk_terms` holds each chunk's terms (title and text, as `words.terms` makes them
 for both engines) and its length; triggers derive from it per-user postings and
-statistics, from which `postgres_keywords` ranks by BM25 as FTS5 computes it. A chunk's terms
+statistics, which `keywords.rank` reads best first (`postgres_keywords` answers its reads). A chunk's terms
 are written in one statement per call (the triggers run once for it), and deleted here rather
 than by the cascade from `chunks`, which would run them once per chunk.
 """
@@ -35,11 +35,11 @@ from app.storage.index import (
     Ranked,
     Restriction,
     TitledChunks,
-    best_chunks_per_doc,
     collapse,
     drive,
 )
-from app.storage.index import postgres_keywords as keywords
+from app.storage.index import keywords as kw
+from app.storage.index import postgres_keywords as keyword_reads
 from app.storage.index.postgres_vectors import (
     ResidentVectors,
     in_scope,
@@ -250,31 +250,32 @@ class PostgresIndex:
         depth: int,
         within: Restriction | None,
     ) -> list[Ranked]:
-        """The best `CHUNKS_PER_DOC * depth` chunks by BM25 (see `postgres_keywords`),
-        collapsed to documents by their best chunk, deepened four-fold while they hold too few
-        documents: only those few chunks are joined to their documents, never every match."""
+        """`keywords.rank` over the user's postings (reads: `postgres_keywords`); a scope is
+        first resolved to its chunk ids."""
         wanted = query_terms(query)
         if not wanted:
             return []
         scope = _scope(within)
-        statement = _scoped(
-            keywords.UNSCOPED if scope is None else keywords.SCOPED,
-            scope,
-            ("doc_id", "chunk_id", "score", "version"),
-        )
-        params = keywords.parameters(wanted, user_id)
-        n = keywords.CHUNKS_PER_DOC * depth
-        while True:
-            rows = (await session.execute(statement, {**params, "n": n})).all()
-            if rows:
-                remember_version(session, user_id, rows[0][3])
-            # Ordered here: a scoped statement is wrapped in a SELECT that need not keep it.
-            ranked = best_chunks_per_doc(
-                [(str(d), int(c), float(s)) for d, c, s, _ in rows], len(rows)
+        ids = None if scope is None else await self.scope_chunks(session, scope)
+
+        async def answer(step: kw.Step) -> object:
+            if isinstance(step, kw.Start):
+                stats, postings, version = await keyword_reads.start(session, user_id, step)
+                remember_version(session, user_id, version)
+                return stats, postings
+            return await keyword_reads.answer(session, user_id, step)
+
+        return await kw.run_async(kw.rank(wanted, depth, ids), answer)
+
+    async def scope_chunks(self, session: AsyncSession, scope: Scope) -> np.ndarray:
+        """The chunk ids of the scope's documents, sorted."""
+        docs = select(col(KnowledgeDoc.id)).where(*scope.conditions(metadata_condition))
+        found = (
+            await session.execute(
+                select(col(Chunk.id)).where(col(Chunk.doc_id).in_(docs)).order_by(col(Chunk.id))
             )
-            if len(ranked) >= depth or len(rows) < n:
-                return ranked[:depth]
-            n *= 4
+        ).scalars()
+        return np.fromiter(found, dtype=np.int64)
 
     async def count(self, session: AsyncSession, *, user_id: int) -> int:
         return int(
@@ -359,12 +360,12 @@ def _terms(text: str | None) -> list[str]:
 def _term_rows(chunks: Sequence[tuple[int, list[str]]], **extra: object) -> dict[str, object]:
     """Parameters of a statement over `unnest(:c, :t, :n)`: each chunk's id, its terms
     space-separated (`string_to_array` splits them again; a term has no space), and its length
-    as FTS5 counts it (`keywords.length`)."""
+    for BM25 (`keywords.length`)."""
     return {
         **extra,
         "c": [cid for cid, _ in chunks],
         "t": [" ".join(found) for _, found in chunks],
-        "n": [keywords.length(len(found)) for _, found in chunks],
+        "n": [kw.length(len(found)) for _, found in chunks],
     }
 
 

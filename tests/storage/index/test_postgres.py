@@ -239,7 +239,8 @@ async def test_the_migration_back_fills_postings_and_statistics(
     postgres: pg.PostgresServer, tmp_path: Path
 ) -> None:
     """A database of revision 0002 with indexed chunks upgrades to postings that agree, of the
-    terms `words.terms` makes (revision 0011: no stopword dropped, lengths as FTS5's)."""
+    terms `words.terms` makes (revision 0011: no stopword dropped; 0013: a length is the number
+    of terms, document frequencies per user)."""
     name = await postgres.new_database(template=None)
     settings = Settings.for_tests(tmp_path, database_url=postgres.url(name))
     database = Database(settings)
@@ -287,10 +288,12 @@ async def test_the_migration_back_fills_postings_and_statistics(
         assert found.revision == "0002"
         async with database.read() as session:
             postings, stats = await derived(session)
-            # Lengths count the terms and FTS5's owner token: 5 + 1 and 3 + 1; 3 + 1.
-            assert stats == {(1, 2, 10), (2, 1, 4)}
-            assert (1, "bread", 1, 2, 6) in postings
-            assert (2, "and", 3, 1, 4) in postings
+            # Lengths count the terms: 5 and 3; 3.
+            assert stats == {(1, 2, 8), (2, 1, 3)}
+            assert (1, "bread", 1, 2, 5) in postings
+            assert (2, "and", 3, 1, 3) in postings
+            df = (await session.execute(text("SELECT user_id, term, df FROM keyword_df"))).all()
+            assert (1, "bread", 1) in df and (2, "bread", 1) in df and (1, "engin", 1) in df
             hits = await for_dialect(database.dialect).keyword(
                 session, user_id=1, query="bread", depth=5, within=None
             )
