@@ -18,6 +18,23 @@ def impact(tf: int, length: int) -> float:
     return float(tf) / (tf + K1 * (1 - B) + K1 * B / IMPACT_MEAN * length)
 
 
+def _terms(stored: Any) -> list[str]:
+    """A `chunk_terms.terms` value as a list: SQLite holds a JSON array, PostgreSQL a text[]."""
+    return json.loads(stored) if isinstance(stored, str) else list(stored)
+
+
+async def stored_terms(session: AsyncSession, user_id: int) -> dict[int, tuple[str, list[str]]]:
+    """The user's chunks: chunk id -> (its document's id, its terms as `chunk_terms` holds them)."""
+    rows = await session.execute(
+        text(
+            "SELECT t.chunk_id, c.doc_id, t.terms FROM chunk_terms AS t"
+            " JOIN chunks AS c ON c.id = t.chunk_id WHERE t.user_id = :u"
+        ),
+        {"u": user_id},
+    )
+    return {int(c): (str(d), _terms(t)) for c, d, t in rows}
+
+
 async def assert_keyword_tables_derived(session: AsyncSession) -> dict[str, Any]:
     """Assert that postings, document frequencies and totals are exactly those of
     `chunk_terms`; return them (`postings`: (user, term, chunk, tf, length, impact) rows,
@@ -30,7 +47,7 @@ async def assert_keyword_tables_derived(session: AsyncSession) -> dict[str, Any]
     chunks: Counter[int] = Counter()
     words: Counter[int] = Counter()
     for chunk_id, user_id, stored, length in records:
-        found = json.loads(stored) if isinstance(stored, str) else list(stored)
+        found = _terms(stored)
         assert length == len(found)
         for term, tf in Counter(found).items():
             postings.add((user_id, term, chunk_id, tf, length, impact(tf, length)))

@@ -141,10 +141,11 @@ def rank(
     depth: int,
     scope: np.ndarray | None = None,
     *,
-    champions: int = CHAMPIONS,
+    champions: int | None = None,
 ) -> KeywordPlan:
     """The `depth` documents that best match `terms` (distinct), each with its best chunk,
-    best first; within `scope` (sorted chunk ids) when given."""
+    best first; within `scope` (sorted chunk ids) when given. `champions` postings of each
+    term are read first (`CHAMPIONS` unless given)."""
     wanted = list(terms)
     if not wanted or depth <= 0 or (scope is not None and len(scope) == 0):
         return []
@@ -155,9 +156,8 @@ def rank(
             return []
         rows = yield Lookup(list(weights), [int(c) for c in scope])
         ids, scores = score(rows, weights, stats)
-        ranked, _ = yield from _collapse(ids, scores, depth)
-        return ranked
-    limit = champions
+        return (yield from _collapse(ids, scores, depth))
+    limit = champions or CHAMPIONS
     stats, rows = yield Start(wanted, limit)
     weights = _weights(stats, wanted)
     if not weights:
@@ -169,8 +169,8 @@ def rank(
         ids, scores = score(rows, weights, stats)
         if cut and len(ids):
             ids, scores = yield from _rescore(rows, ids, scores, cut, weights, stats)
-        ranked, complete = yield from _collapse(ids, scores, depth)
-        if complete or not cut:
+        ranked = yield from _collapse(ids, scores, depth)
+        if len(ranked) >= depth or not cut:
             return ranked
         limit *= 4
         rows = yield Best(list(weights), limit)
@@ -248,9 +248,9 @@ def _rescore(
 
 def _collapse(
     ids: np.ndarray, scores: np.ndarray, depth: int
-) -> Generator[Step, Any, tuple[list[Ranked], bool]]:
-    """Documents by their best chunk, best first, at most `depth`, and whether every scored
-    chunk was considered (more cannot come from these scores)."""
+) -> Generator[Step, Any, list[Ranked]]:
+    """Documents by their best chunk, best first, at most `depth`: the best chunks' documents
+    read, more of them while they hold too few documents."""
     ordered = _order(ids, scores)
     n = CHUNKS_PER_DOC * depth
     while True:
@@ -265,7 +265,7 @@ def _collapse(
             depth,
         )
         if len(ranked) >= depth or n >= len(ordered):
-            return ranked, n >= len(ordered)
+            return ranked
         n *= 4
 
 

@@ -130,7 +130,7 @@ class KeywordIndex:
         depth: int,
         scope: np.ndarray | None = None,
         docs_of: DocsOf | None = None,
-        champions: int = kw.CHAMPIONS,
+        champions: int | None = None,
     ) -> list[Ranked]:
         """`keywords.rank` on this connection (run on its own thread: `run_on_connection`);
         `docs_of`, when given, names the chunks' documents instead of a read of `chunks`."""
