@@ -82,6 +82,8 @@ async def answer(session: AsyncSession, user_id: int, step: kw.Step) -> Any:
         )
     else:
         assert isinstance(step, kw.Docs)
-        found = dict((await session.execute(_DOCS, {"ids": step.chunk_ids})).all())
+        found: dict[int, str] = {
+            int(c): str(d) for c, d in await session.execute(_DOCS, {"ids": step.chunk_ids})
+        }
         return [found.get(i) for i in step.chunk_ids]
     return [(str(t), int(c), int(f), int(n)) for t, c, f, n in rows]
