@@ -104,7 +104,7 @@ from app.services import search as search_service
 from app.services.runtime import Principal, Runtime
 from app.settings import Settings
 from app.storage.database import Database
-from app.storage.index import IndexedChunk, keywords
+from app.storage.index import IndexedChunk, keywords, sqlite_keywords
 
 CHUNKS_PER_DOC = 4
 WORDS_PER_CHUNK = 100
@@ -404,10 +404,21 @@ async def warm_partitions(runtime: Runtime, principal: Principal) -> None:
 
 @contextlib.asynccontextmanager
 async def bulk_load(db: Database) -> AsyncIterator[None]:
-    """PostgreSQL: build the HNSW index once after a bulk load rather than row by row (what an
-    operator importing a large corpus would do too); SQLite's indexes need nothing."""
+    """Build the indexes once after a bulk load rather than row by row (what an operator
+    importing a large corpus would do too): PostgreSQL's HNSW index; SQLite's keyword postings,
+    derived from `chunk_terms` in key order (app/storage/index/sqlite_keywords.py)."""
     if db.dialect != "postgresql":
+        async with db.write() as session:
+            for statement in sqlite_keywords.DERIVATIONS:
+                await session.execute(text(statement))
         yield
+        async with db.write() as session:
+            for statement in (
+                *sqlite_keywords.DERIVE,
+                sqlite_keywords.IMPACT_INDEX,
+                *sqlite_keywords.TRIGGERS,
+            ):
+                await session.execute(text(statement))
         return
     async with db.write() as session:
         await session.execute(text("DROP INDEX IF EXISTS ix_chunks_embedding_hnsw"))

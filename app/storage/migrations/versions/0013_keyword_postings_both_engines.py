@@ -28,7 +28,7 @@ import sqlalchemy as sa
 from alembic import op
 
 from app.storage.index.keywords import IMPACT_SQL
-from app.storage.index.sqlite_keywords import IMPACT_INDEX, TABLES, TRIGGERS
+from app.storage.index.sqlite_keywords import DERIVE, IMPACT_INDEX, TABLES, TRIGGERS
 from app.storage.index.words import terms
 
 revision = "0013"
@@ -144,22 +144,8 @@ def _sqlite(conn: sa.Connection) -> None:
             ),
             [{"c": c, "u": u, "t": json.dumps(found), "n": len(found)} for c, u, found in batch],
         )
-    op.execute(
-        "INSERT INTO chunk_postings (user_id, term, chunk_id, tf, length, impact)"
-        f" SELECT user_id, term, chunk_id, tf, length, {IMPACT_SQL} FROM ("
-        "  SELECT t.user_id AS user_id, j.value AS term, t.chunk_id AS chunk_id,"
-        "   count(*) AS tf, t.length AS length"
-        "  FROM chunk_terms AS t CROSS JOIN json_each(t.terms) AS j"
-        "  GROUP BY t.chunk_id, j.value)"
-    )
-    op.execute(
-        "INSERT INTO keyword_df (user_id, term, df)"
-        " SELECT user_id, term, count(*) FROM chunk_postings GROUP BY user_id, term"
-    )
-    op.execute(
-        "INSERT INTO keyword_stats (user_id, chunks, words)"
-        " SELECT user_id, count(*), sum(length) FROM chunk_terms GROUP BY user_id"
-    )
+    for statement in DERIVE:
+        op.execute(statement)
     op.execute(IMPACT_INDEX)
     for statement in TRIGGERS:
         op.execute(statement)
