@@ -104,7 +104,7 @@ from app.services import search as search_service
 from app.services.runtime import Principal, Runtime
 from app.settings import Settings
 from app.storage.database import Database
-from app.storage.index import IndexedChunk, keywords, sqlite_keywords
+from app.storage.index import IndexedChunk, keywords, postgres_keywords, sqlite_keywords
 
 CHUNKS_PER_DOC = 4
 WORDS_PER_CHUNK = 100
@@ -405,8 +405,9 @@ async def warm_partitions(runtime: Runtime, principal: Principal) -> None:
 @contextlib.asynccontextmanager
 async def bulk_load(db: Database) -> AsyncIterator[None]:
     """Build the indexes once after a bulk load rather than row by row (what an operator
-    importing a large corpus would do too): PostgreSQL's HNSW index; SQLite's keyword postings,
-    derived from `chunk_terms` in key order (app/storage/index/sqlite_keywords.py)."""
+    importing a large corpus would do too): the keyword postings, derived from `chunk_terms` in
+    key order (app/storage/index/sqlite_keywords.py, postgres_keywords.py), and PostgreSQL's
+    HNSW index."""
     if db.dialect != "postgresql":
         async with db.write() as session:
             for statement in sqlite_keywords.DERIVATIONS:
@@ -422,9 +423,13 @@ async def bulk_load(db: Database) -> AsyncIterator[None]:
         return
     async with db.write() as session:
         await session.execute(text("DROP INDEX IF EXISTS ix_chunks_embedding_hnsw"))
+        for statement in postgres_keywords.DERIVATIONS:
+            await session.execute(text(statement))
     yield
     async with db.write() as session:
         await session.execute(text("SET LOCAL maintenance_work_mem = '3GB'"))
+        for statement in postgres_keywords.DERIVE:
+            await session.execute(text(statement))
         await session.execute(
             text(
                 "CREATE INDEX ix_chunks_embedding_hnsw ON chunks"

@@ -15,6 +15,38 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.storage.index import keywords as kw
+from app.storage.index.keywords import IMPACT_SQL
+
+#: The impact index (revision 0013): a term's postings best first, their counts included.
+IMPACT_INDEX = (
+    "CREATE INDEX ix_chunk_postings_impact"
+    " ON chunk_postings (user_id, term, impact DESC, chunk_id) INCLUDE (tf, length)"
+)
+
+#: What keeps the derived tables in step row by row, off for a bulk load (the writer alone),
+#: and the derived tables refilled from `chunk_terms` after it, in key order, the impact index
+#: built once over them, the triggers on again.
+DERIVATIONS = (
+    "ALTER TABLE chunk_terms DISABLE TRIGGER USER",
+    "DROP INDEX IF EXISTS ix_chunk_postings_impact",
+)
+DERIVE = (
+    "TRUNCATE chunk_postings, keyword_df, keyword_stats",
+    "INSERT INTO chunk_postings (user_id, term, chunk_id, tf, length, impact)"
+    f" SELECT user_id, term, chunk_id, tf, length, {IMPACT_SQL} FROM ("
+    "  SELECT t.user_id, e.term, t.chunk_id, count(*) AS tf, t.length"
+    "  FROM chunk_terms AS t CROSS JOIN LATERAL unnest(t.terms) AS e(term)"
+    "  GROUP BY t.user_id, e.term, t.chunk_id, t.length) AS x"
+    " ORDER BY user_id, term, chunk_id",
+    "INSERT INTO keyword_df (user_id, term, df)"
+    " SELECT user_id, term, count(*) FROM chunk_postings GROUP BY user_id, term",
+    "INSERT INTO keyword_stats (user_id, chunks, words)"
+    " SELECT user_id, count(*), sum(length) FROM chunk_terms GROUP BY user_id",
+    IMPACT_INDEX,
+    "ALTER TABLE chunk_terms ENABLE TRIGGER USER",
+    "ANALYZE chunk_postings",
+    "ANALYZE keyword_df",
+)
 
 # Rows of three kinds (the first column): 0 the statistics and version, 1 a term's document
 # frequency, 2 a posting. `:limit` 0 reads no postings.

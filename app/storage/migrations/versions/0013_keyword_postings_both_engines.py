@@ -27,6 +27,7 @@ from collections.abc import Iterator
 import sqlalchemy as sa
 from alembic import op
 
+from app.storage.index import postgres_keywords
 from app.storage.index.keywords import IMPACT_SQL
 from app.storage.index.sqlite_keywords import DERIVE, IMPACT_INDEX, TABLES, TRIGGERS
 from app.storage.index.words import terms
@@ -178,10 +179,7 @@ def _postgres() -> None:
         "ALTER TABLE chunk_postings ADD CONSTRAINT chunk_postings_pkey"
         " PRIMARY KEY (user_id, term, chunk_id) INCLUDE (tf, length)"
     )
-    op.execute(
-        "CREATE INDEX ix_chunk_postings_impact"
-        " ON chunk_postings (user_id, term, impact DESC, chunk_id) INCLUDE (tf, length)"
-    )
+    op.execute(postgres_keywords.IMPACT_INDEX)
     op.execute(
         "INSERT INTO keyword_df (user_id, term, df)"
         " SELECT user_id, term, count(*) FROM chunk_postings GROUP BY user_id, term"
