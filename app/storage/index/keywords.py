@@ -199,15 +199,13 @@ def score(
     mean = stats.words / stats.chunks
     idfs = np.fromiter(weights.values(), dtype=np.float64, count=len(weights))[term]
     parts = idfs * (tf * (K1 + 1)) / (tf + K1 * (1 - B + B * size / mean))
-    ids, row = np.unique(chunk, return_inverse=True)
-    table = np.zeros((len(ids), len(weights)))
-    table[row, term] = parts
-    # Added term by term in the query's order (a missing part adds 0.0, which changes
-    # nothing): the same double on both engines whatever order the rows came in.
-    sums = np.zeros(len(ids))
-    for column in table.T:
-        sums = sums + column
-    return ids, sums
+    # Summed in (chunk, term) order, whatever order the rows came in: the same doubles on both
+    # engines for the same rows.
+    by = np.lexsort((term, chunk))
+    chunk, parts = chunk[by], parts[by]
+    starts = np.flatnonzero(np.r_[True, chunk[1:] != chunk[:-1]])
+    sums: np.ndarray = np.add.reduceat(parts, starts)
+    return chunk[starts], sums
 
 
 def _within(rows: Sequence[Posting], scope: np.ndarray) -> np.ndarray:
