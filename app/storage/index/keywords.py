@@ -17,19 +17,23 @@ The score is BM25 with FTS5's constants and arithmetic (k1 = 1.2, b = 0.75, idf 
 user's own chunks: one tenant's documents never move another's scores, and both engines score
 the same rows with the same arithmetic here in Python, so they give the same answers to the bit.
 
-Cost that does not grow with the user. Scoring every chunk that holds a query word grows with
+Cost bounded whatever the user's size. Scoring every chunk that holds a query word grows with
 the corpus: at a million chunks a frequent word is in 30,000-170,000 of them (0.3-1 s a search,
 FTS5 and PostgreSQL alike). So each word's postings are read best first, at most `CHAMPIONS` of
-them (its "champion list", Manning et al., Introduction to Information Retrieval, 7.1.3): a
-word in fewer chunks is read whole, and its part of every score is exact; a longer list is cut.
-A chunk's partial score is then what its words' read postings give; the best `RESCORED` chunks
-by it have the postings of the cut words looked up (one probe each) and are ranked by their
-exact scores. Approximate only where a list was cut: a chunk none of whose postings made a
-champion list is not found, and one outside the rescored few keeps its partial score. A word in
-more than `CHAMPIONS` of the user's chunks is common (its idf is low), so what it adds is small
-next to the rarer words, which are read whole. Up to `CHAMPIONS` chunks per word every answer
-is exact (Cranfield: 2,090 chunks, every answer exact); `scripts/bench.py` states the overlap
-with the exact answer at each size.
+them at first (its "champion list", Manning et al., Introduction to Information Retrieval,
+7.1.3): a word in fewer chunks is read whole, and its part of every score is exact; a longer
+list is cut. A chunk's partial score is what its read postings give; the best `RESCORED`
+chunks by it have the postings of the cut words looked up (one probe each) and are ranked by
+their exact scores. The answer is then exact when no chunk left out could reach the last
+document's score: what a cut list's unread postings can add is bounded by the impact of its
+last posting read (the threshold algorithm's test, Fagin et al. 2001). When that is not shown,
+the lists are read four times deeper, while the read stays within `BUDGET` postings in all;
+beyond it the answer is kept as it is, approximate: a chunk none of whose postings was read
+is not found, one outside the rescored few keeps its partial score. Up to `CHAMPIONS` chunks
+per word every answer is exact (Cranfield: 2,090 chunks, every answer exact); with longer lists
+most answers are still shown exact, those of several frequent words alone are the ones that
+stop at the budget. `scripts/bench.py` states at each size how much of the exact top 10 an
+answer shares.
 
 A posting's impact is its BM25 part at a fixed mean length (`IMPACT_MEAN`): the order of a
 term's postings (more occurrences, in a shorter chunk, first) must not change with every write,
@@ -68,6 +72,9 @@ IMPACT_SQL = (
 CHAMPIONS = 1000
 #: Chunks whose cut words' postings are looked up to score them exactly.
 RESCORED = 200
+#: A cut answer that cannot be shown exact reads deeper (four times the postings per word)
+#: while the deeper read would hold at most this many postings in all.
+BUDGET = 16_000
 #: A scope of at most this many chunks has its postings looked up instead of filtered.
 SCOPE_PROBED = 2000
 #: The first pass collapses this many best chunks per wanted document.
@@ -163,17 +170,49 @@ def rank(
     if not weights:
         return []
     while True:
+        cut = [t for t in weights if stats.df[t] > limit]
+        unseen = _unseen_bound(rows, cut, weights, stats)
         if scope is not None:
             rows = [r for r, inside in zip(rows, _within(rows, scope), strict=True) if inside]
-        cut = [t for t in weights if stats.df[t] > limit]
         ids, scores = score(rows, weights, stats)
+        outside = 0.0
         if cut and len(ids):
-            ids, scores = yield from _rescore(rows, ids, scores, cut, weights, stats)
+            ids, scores, outside = yield from _rescore(rows, ids, scores, cut, weights, stats)
         ranked = yield from _collapse(ids, scores, depth)
-        if len(ranked) >= depth or not cut:
+        if not cut:
             return ranked
+        if len(ranked) >= depth:
+            # Exact when no chunk left unscored could reach the last document's score: one in
+            # none of the lists read (at most `unseen`), one scored from part of its postings
+            # (at most its partial score, `outside` at best, plus `unseen`).
+            if ranked[-1].score > max(unseen, outside + unseen):
+                return ranked
+            if sum(min(stats.df[t], 4 * limit) for t in weights) > BUDGET:
+                return ranked
         limit *= 4
         rows = yield Best(list(weights), limit)
+
+
+def impact(tf: int, length: int) -> float:
+    """`IMPACT_SQL` in Python (the same operations in the same order)."""
+    return tf / (tf + K1 * (1 - B) + K1 * B / IMPACT_MEAN * length)
+
+
+def _unseen_bound(
+    rows: Sequence[Posting], cut: list[str], weights: dict[str, float], stats: Statistics
+) -> float:
+    """The most a chunk can get from the postings of the `cut` terms not among `rows`: each
+    such posting's impact is at most its list's last one read, and a score part is bounded by
+    an impact (`IMPACT_MEAN` against the user's mean length: a shorter mean weighs length more,
+    which only lowers the part; a longer one can raise it, by at most the ratio)."""
+    if not cut:
+        return 0.0
+    last = dict.fromkeys(cut, math.inf)
+    for term, _, tf, size in rows:
+        if term in last:
+            last[term] = min(last[term], impact(tf, size))
+    ratio = min(1.0, IMPACT_MEAN / (stats.words / stats.chunks))
+    return sum(weights[t] * (K1 + 1) / (1 + ratio * (1 / last[t] - 1)) for t in cut if last[t] > 0)
 
 
 def _weights(stats: Statistics, wanted: list[str]) -> dict[str, float]:
@@ -229,10 +268,13 @@ def _rescore(
     cut: list[str],
     weights: dict[str, float],
     stats: Statistics,
-) -> Generator[Step, Any, tuple[np.ndarray, np.ndarray]]:
+) -> Generator[Step, Any, tuple[np.ndarray, np.ndarray, float]]:
     """The best `RESCORED` chunks by partial score, scored exactly (their postings of the cut
-    terms looked up); the others keep their partial scores."""
-    best = ids[_order(ids, scores)[:RESCORED]]
+    terms looked up); the others keep their partial scores, the best of which comes back too
+    (0 when every chunk was rescored)."""
+    order = _order(ids, scores)
+    best = ids[order[:RESCORED]]
+    outside = float(scores[order[RESCORED]]) if len(order) > RESCORED else 0.0
     found: list[Posting] = yield Lookup(cut, best.tolist())
     chosen = set(best.tolist())
     held = {(r[0], r[1]) for r in rows if r[1] in chosen}
@@ -241,7 +283,7 @@ def _rescore(
     at = np.searchsorted(ids, exact_ids)
     scores = scores.copy()
     scores[at] = exact
-    return ids, scores
+    return ids, scores, outside
 
 
 def _collapse(

@@ -214,9 +214,10 @@ async def test_keyword_scores_are_bm25_over_the_users_chunks(app: Starlette) -> 
 async def test_cut_champion_lists_rank_by_exact_scores_and_deepen(
     app: Starlette, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With lists cut at a few postings, every document returned carries its best chunk's
-    exact BM25 score, best first; a search that finds too few documents reads deeper until
-    it has every matching document; lists no longer than the cut give the exact answer."""
+    """With lists cut at a few postings and no budget to read deeper, every document returned
+    carries its best chunk's exact BM25 score, best first, and a search that finds too few
+    documents still reads deeper until it has every matching document; with the budget, the
+    lists are read deeper until the answer is shown exact."""
     runtime: Runtime = app.state.runtime
     owner = await user(app, "owner@example.com")
     items = [
@@ -227,6 +228,7 @@ async def test_cut_champion_lists_rank_by_exact_scores_and_deepen(
     queries = ["case series note", "notes bread magma", "magnetic field press 2"]
     async with runtime.db.read() as session:
         chunks = await stored_terms(session, owner.user_id)
+        monkeypatch.setattr(keywords, "BUDGET", 0)
         for query in queries:
             exact = bm25(chunks, query)
             matching = {chunks[c][0] for c in exact}
@@ -242,12 +244,17 @@ async def test_cut_champion_lists_rank_by_exact_scores_and_deepen(
                         assert hit.score == pytest.approx(exact[hit.chunk_id], rel=1e-12)
                     scores = [round(h.score, TIE_DECIMALS) for h in got]
                     assert scores == sorted(scores, reverse=True)
-            monkeypatch.setattr(keywords, "CHAMPIONS", len(chunks))
             want = await reference(session, owner.user_id, query, 5)
-            got = await runtime.index.keyword(
-                session, user_id=owner.user_id, query=query, depth=5, within=None
-            )
-            assert same(got, want), query
+            # Read deeper until shown exact (the threshold test: a bound too low would stop
+            # early, on an answer that is not this one), or whole lists.
+            monkeypatch.setattr(keywords, "BUDGET", 10**9)
+            for cut in (1, 2, 3, 10, len(chunks)):
+                monkeypatch.setattr(keywords, "CHAMPIONS", cut)
+                got = await runtime.index.keyword(
+                    session, user_id=owner.user_id, query=query, depth=5, within=None
+                )
+                assert same(got, want), (query, cut)
+            monkeypatch.setattr(keywords, "BUDGET", 0)
 
 
 async def test_the_migration_back_fills_postings_and_statistics(
