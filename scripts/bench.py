@@ -106,7 +106,7 @@ from app.services import search as search_service
 from app.services.runtime import Principal, Runtime
 from app.settings import Settings
 from app.storage.database import Database
-from app.storage.index import IndexedChunk
+from app.storage.index import IndexedChunk, keywords, postgres_keywords, sqlite_keywords
 
 CHUNKS_PER_DOC = 4
 WORDS_PER_CHUNK = 100
@@ -354,10 +354,39 @@ async def _bench_sizes(
                     )
 
                 results[(name, size)] = await timed(run, repeat)
+            for kind in ("mixed", "frequent"):
+                AGREEMENT[(db.dialect, kind, size)] = await keyword_agreement(
+                    runtime, principal, [corpus.query(kind) for _ in range(repeat)]
+                )
     finally:
         await embedder.stop()
         await db.dispose()
     return results
+
+
+#: (engine, query kind, size) -> the share of the top 10 keyword documents that exact scoring
+#: of every posting also ranks in its top 10, averaged over the queries.
+AGREEMENT: dict[tuple[str, str, int], float] = {}
+
+
+async def keyword_agreement(runtime: Runtime, principal: Principal, queries: list[str]) -> float:
+    """How much of the top 10 of keyword search (champion lists, app/storage/index/keywords.py)
+    the exact ranking of every matching chunk shares, on average over `queries`."""
+    shared = []
+    for query in queries:
+        request = SearchRequest.model_validate({"query": query, "k": 10, "mode": "keyword"})
+        tops = []
+        for champions in (keywords.CHAMPIONS, 10**9):
+            saved, keywords.CHAMPIONS = keywords.CHAMPIONS, champions
+            try:
+                found = await search_service.search(
+                    runtime=runtime, principal=principal, request=request
+                )
+            finally:
+                keywords.CHAMPIONS = saved
+            tops.append({h.external_id for h in found.results})
+        shared.append(len(tops[0] & tops[1]) / max(1, len(tops[1])))
+    return statistics.mean(shared)
 
 
 async def warm_partitions(runtime: Runtime, principal: Principal) -> None:
@@ -377,16 +406,32 @@ async def warm_partitions(runtime: Runtime, principal: Principal) -> None:
 
 @contextlib.asynccontextmanager
 async def bulk_load(db: Database) -> AsyncIterator[None]:
-    """PostgreSQL: build the HNSW index once after a bulk load rather than row by row (what an
-    operator importing a large corpus would do too); SQLite's indexes need nothing."""
+    """Build the indexes once after a bulk load rather than row by row (what an operator
+    importing a large corpus would do too): the keyword postings, derived from `chunk_terms` in
+    key order (app/storage/index/sqlite_keywords.py, postgres_keywords.py), and PostgreSQL's
+    HNSW index."""
     if db.dialect != "postgresql":
+        async with db.write() as session:
+            for statement in sqlite_keywords.DERIVATIONS:
+                await session.execute(text(statement))
         yield
+        async with db.write() as session:
+            for statement in (
+                *sqlite_keywords.DERIVE,
+                sqlite_keywords.IMPACT_INDEX,
+                *sqlite_keywords.TRIGGERS,
+            ):
+                await session.execute(text(statement))
         return
     async with db.write() as session:
         await session.execute(text("DROP INDEX IF EXISTS ix_chunks_embedding_hnsw"))
+        for statement in postgres_keywords.DERIVATIONS:
+            await session.execute(text(statement))
     yield
     async with db.write() as session:
         await session.execute(text("SET LOCAL maintenance_work_mem = '3GB'"))
+        for statement in postgres_keywords.DERIVE:
+            await session.execute(text(statement))
         await session.execute(
             text(
                 "CREATE INDEX ix_chunks_embedding_hnsw ON chunks"
@@ -458,6 +503,10 @@ async def bench(
                 first, last = results[(name, ordered[0])], results[(name, ordered[-1])]
                 line += f"{statistics.median(last) / statistics.median(first):>6.1f}x"
         print(line)
+    if AGREEMENT:
+        print("\nkeyword top 10 shared with exact scoring of every posting (champion lists)")
+        for (engine, kind, size), share in sorted(AGREEMENT.items()):
+            print(f"{engine:<12}{kind:<10}{size:>10,} chunks: {share:.1%}")
     if embed_ms:
         print(
             f"\nreal model, one query embedding: p50 {pct(embed_ms, 50):.1f} ms, "

@@ -30,7 +30,9 @@ SEARCH_FIELD = "search"
 class SearchMode(Enum):
     HYBRID = strawberry.enum_value("hybrid", description="Keyword and vector rankings fused.")
     SEMANTIC = strawberry.enum_value("semantic", description="Cosine similarity of embeddings.")
-    KEYWORD = strawberry.enum_value("keyword", description="FTS5 BM25 over the words.")
+    KEYWORD = strawberry.enum_value(
+        "keyword", description="BM25 over the words (each user's own statistics)."
+    )
 
 
 @strawberry.type

@@ -145,7 +145,7 @@ class Chunk(SQLModel, table=True):
     #: the search's vector cache relies on (app/storage/index/vector_cache.py).
     __table_args__ = {"sqlite_autoincrement": True}
 
-    #: SQLite: INTEGER PRIMARY KEY AUTOINCREMENT, the rowid its vec0 and FTS5 rows share.
+    #: SQLite: INTEGER PRIMARY KEY AUTOINCREMENT, the rowid its vec0 row shares.
     id: int | None = Field(
         default=None,
         sa_column=Column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True),

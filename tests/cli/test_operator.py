@@ -160,7 +160,8 @@ def test_users_delete_takes_their_data_and_only_theirs(live_server: LiveServer) 
     for table in ("knowledge_docs", "personas", "api_keys", "chunks"):
         assert _rows(db, f"SELECT count(*) FROM {table} WHERE user_id = ?", user_id) == 0
     assert _rows(db, "SELECT count(*) FROM chunk_vectors WHERE user_id = ?", user_id) == 0
-    assert _rows(db, "SELECT count(*) FROM chunk_fts WHERE owner = ?", f"u{user_id}") == 0
+    for table in ("chunk_terms", "chunk_postings", "keyword_df", "keyword_stats"):
+        assert _rows(db, f"SELECT count(*) FROM {table} WHERE user_id = ?", user_id) == 0
 
     with Client(live_server.url, kept_key) as api:
         assert api.list_docs().total == 3

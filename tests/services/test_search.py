@@ -17,9 +17,8 @@ from app.models.json_equality import json_equal
 from app.services import accounts, knowledge
 from app.services import search as search_service
 from app.services.runtime import Principal, Runtime
-from app.storage.index import Ranked, sqlite_keywords
+from app.storage.index import Ranked, keywords
 from app.storage.index import postgres as pg_index
-from app.storage.index import postgres_keywords as pg_keywords
 from app.storage.index import sqlite as sqlite_index
 from tests.conftest import new_key
 
@@ -33,10 +32,7 @@ def index_module(runtime: Runtime) -> ModuleType:
 
 def shallow_keyword_pass(runtime: Runtime, m: pytest.MonkeyPatch) -> None:
     """The engine's unscoped keyword search reads one best chunk per wanted document first."""
-    if runtime.db.dialect == "sqlite":
-        m.setattr(sqlite_keywords, "CHUNKS_PER_DOC", 1)
-    else:
-        m.setattr(pg_keywords, "CHUNKS_PER_DOC", 1)
+    m.setattr(keywords, "CHUNKS_PER_DOC", 1)
 
 
 # --- scores and fusion ---------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -30,7 +31,13 @@ from app.storage.database import Database, SchemaError, async_url
 from app.storage.index.words import terms
 from tests.services.test_search import QUERIES, TOPICS, long_text
 from tests.support import pg
-from tests.support.old_schema import add_newer_objects, drop_newer_objects
+from tests.support.keyword_tables import assert_keyword_tables_derived
+from tests.support.old_schema import (
+    add_keyword_tables,
+    add_newer_objects,
+    drop_keyword_tables,
+    drop_newer_objects,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -300,7 +307,7 @@ def _schema(path: Path) -> list[str]:
     try:
         rows = conn.execute(
             "SELECT sql FROM sqlite_master WHERE sql IS NOT NULL AND name NOT LIKE 'chunk_vectors_%'"
-            " AND name NOT LIKE 'chunk_fts_%' AND name NOT IN ('sqlite_sequence', 'alembic_version')"
+            " AND name NOT IN ('sqlite_sequence', 'alembic_version')"
             " ORDER BY name"
         )
         return sorted(" ".join(r[0].split()) for r in rows)
@@ -425,7 +432,7 @@ async def test_revision_0004_keeps_chunk_ids_and_never_hands_one_out_again(
     tmp_path: Path, model: Model
 ) -> None:
     """A SQLite file at 0003 with documents, upgraded: every chunk keeps its id, the vec0 and
-    FTS5 rows (keyed by it) still agree with the chunks, searches answer exactly the same; and
+    keyword rows (keyed by it) still agree with the chunks, searches answer exactly the same; and
     the largest id, deleted, is not handed out again, as it was at 0003 (the vector cache keys
     vectors by chunk id)."""
     settings = Settings.for_tests(tmp_path)
@@ -457,7 +464,7 @@ async def test_revision_0004_keeps_chunk_ids_and_never_hands_one_out_again(
         runtime = Runtime(settings=settings, db=database, embedder=embedder)
         assert await _chunk_ids(database) == ids
         async with database.read() as session:
-            for table in ("SELECT chunk_id FROM chunk_vectors", "SELECT rowid FROM chunk_fts"):
+            for table in ("SELECT chunk_id FROM chunk_vectors", "SELECT chunk_id FROM chunk_terms"):
                 rows = (await session.execute(text(f"{table} ORDER BY 1"))).scalars()
                 assert list(rows) == ids, table
             sequence = "SELECT seq FROM sqlite_sequence WHERE name = 'chunks'"
@@ -520,19 +527,21 @@ async def test_revision_0007_numbers_existing_documents_in_update_order(
         await database.dispose()
 
 
-async def test_revision_0011_rederives_the_keyword_terms_without_embedding(
+async def test_revisions_0011_and_0013_rederive_the_keyword_terms_without_embedding(
     tmp_path: Path, model: Model
 ) -> None:
-    """A SQLite file at 0010, its FTS5 rows as 0010 wrote them (title and text as they are,
-    for `porter unicode61`), upgraded: FTS5 holds each chunk's `words.terms`, the vectors are
-    the same bytes, and keyword search finds through the shared terms (an accent folded, an
-    inflection stemmed)."""
+    """A SQLite file at 0010 with documents (its FTS5 rows as 0010 wrote them: title and text as
+    they are, for `porter unicode61`), upgraded: FTS5 is gone, `chunk_terms` holds each chunk's
+    `words.terms` (title then text) with their count, the postings, document frequencies and
+    totals agree with it, the vectors are the same bytes, and keyword search finds through the
+    shared terms (an accent folded, an inflection stemmed)."""
     settings = Settings.for_tests(tmp_path)
     database = Database(settings)
     async with database.writer.connect() as conn:
         await conn.run_sync(lambda c: command.upgrade(migrations._config(c), "0010"))
         await conn.run_sync(plan_rows.seed_if_empty, settings.all_plans)
         await conn.commit()
+    await add_keyword_tables(database)
     embedder = Embedder(model=model)
     await embedder.start()
     rows = (
@@ -551,9 +560,12 @@ async def test_revision_0011_rederives_the_keyword_terms_without_embedding(
             before = (await session.execute(text(rows))).all()
             for chunk_id, _, title, body in before:
                 await session.execute(
-                    text("UPDATE chunk_fts SET title = :ti, text = :t WHERE rowid = :c"),
+                    text(
+                        "INSERT INTO chunk_fts (rowid, owner, title, text) VALUES (:c, 'u1', :ti, :t)"
+                    ),
                     {"ti": title or "", "t": body, "c": chunk_id},
                 )
+        await drop_keyword_tables(database)
         await database.dispose()
 
         database = Database(settings)
@@ -561,13 +573,22 @@ async def test_revision_0011_rederives_the_keyword_terms_without_embedding(
         runtime = Runtime(settings=settings, db=database, embedder=embedder)
         async with database.read() as session:
             after = (await session.execute(text(rows))).all()
-            fts = (
-                await session.execute(text("SELECT rowid, title, text FROM chunk_fts ORDER BY 1"))
+            stored = (
+                await session.execute(
+                    text("SELECT chunk_id, terms, length FROM chunk_terms ORDER BY 1")
+                )
             ).all()
+            tables = (
+                await session.execute(
+                    text("SELECT name FROM sqlite_master WHERE name = 'chunk_fts'")
+                )
+            ).all()
+            await assert_keyword_tables_derived(session)
+        assert tables == []
         assert [(r[0], r[1]) for r in after] == [(r[0], r[1]) for r in before]
-        assert [tuple(r) for r in fts] == [
-            (cid, " ".join(terms(title or "")), " ".join(terms(body)))
-            for cid, _, title, body in after
+        expected = [(cid, terms(title or "") + terms(body)) for cid, _, title, body in after]
+        assert [(c, json.loads(t), n) for c, t, n in stored] == [
+            (cid, found, len(found)) for cid, found in expected
         ]
         request = SearchRequest(query="CAFE naive flowing", mode="keyword", k=5)
         found = await search_service.search(runtime=runtime, principal=principal, request=request)

@@ -6,10 +6,10 @@ from __future__ import annotations
 from sqlalchemy import text
 from starlette.applications import Starlette
 
-#: Per engine: the tables behind each name (SQLite keeps vectors and keywords in virtual tables
-#: of their own; PostgreSQL keeps vectors in the chunk rows and keywords in chunk_terms).
+#: Per engine: the tables behind each name (SQLite keeps vectors in a virtual table of its own,
+#: PostgreSQL in the chunk rows; both keep keywords in chunk_terms).
 _TABLES = {
-    "sqlite": {"vectors": "chunk_vectors", "keywords": "chunk_fts"},
+    "sqlite": {"vectors": "chunk_vectors", "keywords": "chunk_terms"},
     "postgresql": {"vectors": "chunks WHERE embedding IS NOT NULL", "keywords": "chunk_terms"},
 }
 

@@ -4,14 +4,13 @@ Both keep, in the caller's transaction (so they commit or roll back with the chu
 search needs beyond the `chunks` table, and both rank documents by their best chunk:
 
 - SQLite (`sqlite.py`): sign-bit vectors in a sqlite-vec `vec0` table for a coarse pass, exact
-  cosine rescoring from the float vectors in `chunks.embedding`; FTS5 with BM25 for keywords.
+  cosine rescoring from the float vectors in `chunks.embedding`.
 - PostgreSQL (`postgres.py`): pgvector's HNSW index over `chunks.embedding` (exact scans for
-  small scopes), small users' matrices kept in memory (`postgres_vectors.py`); each chunk's
-  terms, per-user postings derived from them by triggers, and BM25 computed in SQL from the
-  postings for keywords (`postgres_keywords.py`).
+  small scopes), small users' matrices kept in memory (`postgres_vectors.py`).
 
-Both keyword indexes hold the terms `words.terms` makes, and score them with FTS5's BM25, so
-the engines give the same keyword answers for the same data.
+Keywords are one index on both (`keywords.py`): the same tables of per-user postings, read best
+first, scored by BM25 in Python; each engine only answers its reads (`sqlite_keywords.py`,
+`postgres_keywords.py`), so the engines give the same keyword answers for the same data.
 
 Scopes (a persona, listed external_ids, metadata equality) and the user are conditions inside
 the index's own queries, never a filter applied to a global top-k afterwards; `restrict` turns a

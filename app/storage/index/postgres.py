@@ -12,10 +12,11 @@ external ids) is resolved to its chunk ids once per key of the user's data and r
 (postgres_scopes.py); a persona scope is a subquery inside the statement.
 
 Keywords: `chunk_terms` holds each chunk's terms (title and text, as `words.terms` makes them
-for both engines) and its length; triggers derive from it per-user postings and
-statistics, from which `postgres_keywords` ranks by BM25 as FTS5 computes it. A chunk's terms
-are written in one statement per call (the triggers run once for it), and deleted here rather
-than by the cascade from `chunks`, which would run them once per chunk.
+for both engines) and its length; triggers derive from it per-user postings and statistics,
+which `keywords.rank` reads best first (`postgres_keywords` answers its reads), a scope as its
+chunk ids. A chunk's terms are written in one statement per call (the triggers run once for
+it), and deleted here rather than by the cascade from `chunks`, which would run them once per
+chunk.
 """
 
 from __future__ import annotations
@@ -37,11 +38,11 @@ from app.storage.index import (
     Ranked,
     Restriction,
     TitledChunks,
-    best_chunks_per_doc,
     collapse,
     drive,
 )
-from app.storage.index import postgres_keywords as keywords
+from app.storage.index import keywords as kw
+from app.storage.index import postgres_keywords as keyword_reads
 from app.storage.index.postgres_scopes import (
     Resolved,
     cacheable,
@@ -128,9 +129,9 @@ def metadata_condition(i: int, key: str, value: Any) -> ColumnElement[bool]:
 
 @dataclass(frozen=True, slots=True)
 class ScopeSql:
-    """A scope as a subquery of document ids, used inside the keyword statements; a scope of
+    """A scope as a subquery of document ids, used inside the semantic statements; a scope of
     document conditions alone also as its chunk ids (`resolved`), which the semantic passes
-    rank from (postgres_scopes.py)."""
+    and the keyword ranking use instead (postgres_scopes.py)."""
 
     scope: Scope
     resolved: Resolved | None = None
@@ -277,31 +278,37 @@ class PostgresIndex:
         depth: int,
         within: Restriction | None,
     ) -> list[Ranked]:
-        """The best `CHUNKS_PER_DOC * depth` chunks by BM25 (see `postgres_keywords`),
-        collapsed to documents by their best chunk, deepened four-fold while they hold too few
-        documents: only those few chunks are joined to their documents, never every match."""
+        """`keywords.rank` over the user's postings (reads: `postgres_keywords`); a scope as
+        its chunk ids (kept ones when `restrict` resolved them, else read now)."""
         wanted = query_terms(query)
         if not wanted:
             return []
-        scope = _scope(within)
-        statement = _scoped(
-            keywords.UNSCOPED if scope is None else keywords.SCOPED,
-            scope,
-            ("doc_id", "chunk_id", "score", "version"),
-        )
-        params = keywords.parameters(wanted, user_id)
-        n = keywords.CHUNKS_PER_DOC * depth
-        while True:
-            rows = (await session.execute(statement, {**params, "n": n})).all()
-            if rows:
-                remember_version(session, user_id, rows[0][3])
-            # Ordered here: a scoped statement is wrapped in a SELECT that need not keep it.
-            ranked = best_chunks_per_doc(
-                [(str(d), int(c), float(s)) for d, c, s, _ in rows], len(rows)
+        ids = None
+        if isinstance(within, ScopeSql):
+            ids = (
+                within.resolved.ids
+                if within.resolved is not None
+                else await self.scope_chunks(session, within.scope)
             )
-            if len(ranked) >= depth or len(rows) < n:
-                return ranked[:depth]
-            n *= 4
+
+        async def answer(step: kw.Step) -> object:
+            if isinstance(step, kw.Start):
+                stats, postings, version = await keyword_reads.start(session, user_id, step)
+                remember_version(session, user_id, version)
+                return stats, postings
+            return await keyword_reads.answer(session, user_id, step)
+
+        return await kw.run_async(kw.rank(wanted, depth, ids), answer)
+
+    async def scope_chunks(self, session: AsyncSession, scope: Scope) -> np.ndarray:
+        """The chunk ids of the scope's documents, sorted."""
+        docs = select(col(KnowledgeDoc.id)).where(*scope.conditions(metadata_condition))
+        found = (
+            await session.execute(
+                select(col(Chunk.id)).where(col(Chunk.doc_id).in_(docs)).order_by(col(Chunk.id))
+            )
+        ).scalars()
+        return np.fromiter(found, dtype=np.int64)
 
     async def count(self, session: AsyncSession, *, user_id: int) -> int:
         return int(
@@ -389,12 +396,12 @@ def _terms(text: str | None) -> list[str]:
 def _term_rows(chunks: Sequence[tuple[int, list[str]]], **extra: object) -> dict[str, object]:
     """Parameters of a statement over `unnest(:c, :t, :n)`: each chunk's id, its terms
     space-separated (`string_to_array` splits them again; a term has no space), and its length
-    as FTS5 counts it (`keywords.length`)."""
+    for BM25 (`keywords.length`)."""
     return {
         **extra,
         "c": [cid for cid, _ in chunks],
         "t": [" ".join(found) for _, found in chunks],
-        "n": [keywords.length(len(found)) for _, found in chunks],
+        "n": [kw.length(len(found)) for _, found in chunks],
     }
 
 

@@ -1,4 +1,4 @@
-"""The SQLite search index: sign-bit vectors (vec0) with exact rescoring, and FTS5 keywords.
+"""The SQLite search index: sign-bit vectors (vec0) with exact rescoring, and keyword postings.
 
 Semantic ranking is two-stage (see sqlite_vectors.py): a coarse pass ranks the user's chunks (or
 the scope's) by Hamming distance of their sign bits and keeps `_candidates(depth)` of them;
@@ -7,7 +7,8 @@ at once. The coarse pass is approximate; on Cranfield the two-stage ranking scor
 nDCG@10 as exact scoring (scripts/eval_cranfield.py), and `CANDIDATES_MIN` keeps oversampling
 high where it is cheap. A user of many chunks (`Settings.partition_min_chunks`) has their bit
 vectors kept in lists in memory (partition.py), and the coarse pass ranks only the lists
-nearest the query. Keyword search runs FTS5 within the user's rows (sqlite_keywords.py).
+nearest the query. Keyword search reads the user's postings best first (keywords.py,
+sqlite_keywords.py).
 
 A scope is resolved once to its chunk ids, sorted, which both rankings use.
 """
@@ -15,7 +16,6 @@ A scope is resolved once to its chunk ids, sorted, which both rankings use.
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -23,7 +23,6 @@ from typing import Any, TypeVar
 import numpy as np
 import sqlean
 from sqlalchemy import ColumnElement, func, text
-from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
@@ -41,7 +40,7 @@ from app.storage.index.partition import Partition, PartitionStore, snapshot_key
 from app.storage.index.resident import Resident, ResidentStore
 from app.storage.index.scope import MetadataCondition, Scope
 from app.storage.index.scope_cache import ScopeCache
-from app.storage.index.sqlite_keywords import DocsOf, KeywordIndex, match_expression
+from app.storage.index.sqlite_keywords import DocsOf, KeywordIndex
 from app.storage.index.sqlite_vectors import (
     Bits,
     FloatVectors,
@@ -54,9 +53,8 @@ from app.storage.index.sqlite_vectors import (
     similarities,
 )
 from app.storage.index.vector_cache import VectorCache
+from app.storage.index.words import query_terms
 from app.storage.sqlite_driver import run_on_connection
-
-log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -263,30 +261,21 @@ class SqliteIndex:
         depth: int,
         within: Restriction | None,
     ) -> list[Ranked]:
-        match = match_expression(query)
-        if match is None:
+        wanted = query_terms(query)
+        if not wanted:
             return []
         scope = _ids(within)
-        try:
-            rows = await run_on_connection(
-                session,
-                lambda conn: self.keywords.best_per_doc(
-                    conn,
-                    user_id=user_id,
-                    match=match,
-                    limit=depth,
-                    chunk_ids=None if scope is None else scope.tolist(),
-                    docs_of=self._docs_of(user_id),
-                ),
-            )
-        except OperationalError as exc:
-            # `match_expression` quotes every word, so this is not expected; should FTS5 still
-            # refuse an expression, the search answers without keyword hits rather than a 500.
-            if "fts5" not in str(exc.orig) and "syntax" not in str(exc.orig):
-                raise
-            log.warning("keyword search skipped, FTS5 refused %r: %s", match, exc.orig)
-            return []
-        return rows
+        return await run_on_connection(
+            session,
+            lambda conn: self.keywords.rank(
+                conn,
+                user_id=user_id,
+                wanted=wanted,
+                depth=depth,
+                scope=scope,
+                docs_of=self._docs_of(user_id),
+            ),
+        )
 
     def _docs_of(self, user_id: int) -> DocsOf | None:
         """The document of each chunk from the user's kept matrix, whichever snapshot it was

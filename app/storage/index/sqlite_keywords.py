@@ -1,23 +1,9 @@
-"""SQLite's chunk keyword index (FTS5, BM25), kept in step with the chunks.
+"""SQLite's keyword index: the tables of `keywords` (revision 0013), kept by triggers on
+`chunk_terms`, and the reads `keywords.rank` asks for.
 
-FTS5 holds each chunk's terms as `words.terms` makes them (stemmed, folded), space-separated, and
-splits them with its `ascii` tokenizer, which keeps such a term whole and as it is (it breaks only
-at ASCII characters other than letters and digits, and lowercases nothing a term still has): the
-terms PostgreSQL's postings hold, so both engines count and score the same (revision 0011).
-
-Its rowid is the chunk id; the title is a column of its own so a title change is a cheap update
-here even though it re-embeds nothing. The `owner` column holds one token, `u<user id>`: every
-MATCH is `owner:u<id> AND {title text}:(...)`, so FTS5 walks only that user's rows (the AND
-skips through the term lists by rowid) instead of every user's matches before a per-user filter.
-Measured with 100,000 chunks of one user and 20,000 of another: the smaller user's keyword
-search went from ~90 ms (all matches of both users scored, then filtered) to ~2 ms; the owner
-term costs the large user ~3 ms (bm25 counts its rows to weigh it, though its weight is 0).
-
-Costs are dominated by how many rows match: BM25 scores every row holding any query word, so a
-word found in most rows ("the", "of", "what") makes a query score most of the index, ~40 ms per
-100,000 rows, while such a word's IDF is about zero (FTS5 clamps it to 1e-6 once a word is in
-half the rows), so it hardly moves the ranking. `match_expression` leaves out English stopwords
-(a short fixed list), unless the query has no other word.
+A chunk's terms are stored as a JSON array (the triggers split it with `json_each`, the one
+splitter SQLite's triggers have). Every read is a range or a probe of `chunk_postings`' two
+B-trees within one user's keys, so one user's size never slows another's search.
 """
 
 from __future__ import annotations
@@ -25,40 +11,107 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Sequence
 
+import numpy as np
 import sqlean
 from sqlalchemy import bindparam, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.storage.index import TIE_DECIMALS, Ranked, best_chunks_per_doc
-from app.storage.index.words import query_terms, terms
+from app.storage.index import Ranked
+from app.storage.index import keywords as kw
+from app.storage.index.keywords import IMPACT_SQL
+from app.storage.index.words import terms
+
+#: The tables (revision 0013; app/storage/index/keywords.py says what each holds).
+TABLES = (
+    # The record; the triggers below derive the rest from it. Replaced, never updated.
+    "CREATE TABLE chunk_terms ("
+    " chunk_id INTEGER NOT NULL PRIMARY KEY REFERENCES chunks (id) ON DELETE CASCADE,"
+    " user_id INTEGER NOT NULL, terms TEXT NOT NULL, length INTEGER NOT NULL)",
+    "CREATE TABLE chunk_postings ("
+    " user_id INTEGER NOT NULL, term TEXT NOT NULL, chunk_id INTEGER NOT NULL,"
+    " tf INTEGER NOT NULL, length INTEGER NOT NULL, impact REAL NOT NULL,"
+    " PRIMARY KEY (user_id, term, chunk_id)) WITHOUT ROWID",
+    "CREATE TABLE keyword_df ("
+    " user_id INTEGER NOT NULL, term TEXT NOT NULL, df INTEGER NOT NULL,"
+    " PRIMARY KEY (user_id, term)) WITHOUT ROWID",
+    "CREATE TABLE keyword_stats ("
+    " user_id INTEGER NOT NULL PRIMARY KEY, chunks INTEGER NOT NULL, words INTEGER NOT NULL)",
+)
+
+IMPACT_INDEX = (
+    "CREATE INDEX ix_chunk_postings_impact"
+    " ON chunk_postings (user_id, term, impact DESC, chunk_id, tf, length)"
+)
+
+TRIGGERS = (
+    f"""CREATE TRIGGER chunk_terms_add AFTER INSERT ON chunk_terms BEGIN
+    INSERT INTO chunk_postings (user_id, term, chunk_id, tf, length, impact)
+        SELECT user_id, term, chunk_id, tf, length, {IMPACT_SQL} FROM (
+            SELECT NEW.user_id AS user_id, value AS term, NEW.chunk_id AS chunk_id,
+                count(*) AS tf, NEW.length AS length
+            FROM json_each(NEW.terms) GROUP BY value);
+    INSERT INTO keyword_df (user_id, term, df)
+        SELECT NEW.user_id, value, 1 FROM json_each(NEW.terms) WHERE true GROUP BY value
+        ON CONFLICT (user_id, term) DO UPDATE SET df = df + 1;
+    INSERT INTO keyword_stats (user_id, chunks, words) VALUES (NEW.user_id, 1, NEW.length)
+        ON CONFLICT (user_id) DO UPDATE SET chunks = chunks + 1, words = words + excluded.words;
+END""",
+    """CREATE TRIGGER chunk_terms_remove AFTER DELETE ON chunk_terms BEGIN
+    DELETE FROM chunk_postings WHERE user_id = OLD.user_id AND chunk_id = OLD.chunk_id
+        AND term IN (SELECT value FROM json_each(OLD.terms));
+    UPDATE keyword_df SET df = df - 1
+        WHERE user_id = OLD.user_id AND term IN (SELECT value FROM json_each(OLD.terms));
+    DELETE FROM keyword_df WHERE user_id = OLD.user_id AND df <= 0
+        AND term IN (SELECT value FROM json_each(OLD.terms));
+    UPDATE keyword_stats SET chunks = chunks - 1, words = words - OLD.length
+        WHERE user_id = OLD.user_id;
+    DELETE FROM keyword_stats WHERE user_id = OLD.user_id AND chunks <= 0;
+END""",
+    # An update would need both of the above: the index replaces rows instead, and any other
+    # writer is told so rather than leaving the postings behind.
+    """CREATE TRIGGER chunk_terms_no_update BEFORE UPDATE ON chunk_terms BEGIN
+    SELECT RAISE(ABORT, 'chunk_terms rows are deleted and inserted, never updated');
+END""",
+)
+
+#: The derived tables emptied and refilled from `chunk_terms` in their keys' order (sorted once
+#: and appended, several times faster than the triggers' row by row). For the migration and bulk
+#: loads, with the triggers and the impact index dropped (`DERIVATIONS`), the writer alone.
+DERIVE = (
+    "DELETE FROM chunk_postings",
+    "DELETE FROM keyword_df",
+    "DELETE FROM keyword_stats",
+    "INSERT INTO chunk_postings (user_id, term, chunk_id, tf, length, impact)"
+    f" SELECT user_id, term, chunk_id, tf, length, {IMPACT_SQL} FROM ("
+    "  SELECT t.user_id AS user_id, j.value AS term, t.chunk_id AS chunk_id,"
+    "   count(*) AS tf, t.length AS length"
+    "  FROM chunk_terms AS t CROSS JOIN json_each(t.terms) AS j"
+    "  GROUP BY t.user_id, j.value, t.chunk_id) ORDER BY user_id, term, chunk_id",
+    "INSERT INTO keyword_df (user_id, term, df)"
+    " SELECT user_id, term, count(*) FROM chunk_postings GROUP BY user_id, term",
+    "INSERT INTO keyword_stats (user_id, chunks, words)"
+    " SELECT user_id, count(*), sum(length) FROM chunk_terms GROUP BY user_id",
+)
+
+#: What keeps the derived tables in step row by row, dropped for a bulk load and made again
+#: (`IMPACT_INDEX`, `TRIGGERS`) after `DERIVE`.
+DERIVATIONS = (
+    "DROP TRIGGER IF EXISTS chunk_terms_add",
+    "DROP TRIGGER IF EXISTS chunk_terms_remove",
+    "DROP TRIGGER IF EXISTS chunk_terms_no_update",
+    "DROP INDEX IF EXISTS ix_chunk_postings_impact",
+)
 
 #: The document ids of chunks (ids of this connection's snapshot), in their order; None for a
 #: chunk that is gone.
 DocsOf = Callable[[sqlean.Connection, list[int]], list[str | None]]
 
-#: bm25 column weights (title, text): measured on Cranfield, see scripts/eval_cranfield.py.
-TITLE_WEIGHT = 1.0
-TEXT_WEIGHT = 1.0
 
-#: The first pass of an unscoped search reads this many best chunks per wanted document.
-CHUNKS_PER_DOC = 4
+def _row(chunk_id: int, user_id: int, found: list[str]) -> dict[str, object]:
+    return {"c": chunk_id, "u": user_id, "t": json.dumps(found), "n": kw.length(len(found))}
 
 
-def match_expression(query: str) -> str | None:
-    """A MATCH expression that is safe for any text: the query's terms (`words.query_terms`:
-    stemmed, stopwords left out unless they are all there is) each quoted (so `AND`, `NEAR`,
-    `*`, `:`, `^`, quotes and parentheses are only text), OR-ed as BM25 ranking wants. None when
-    the text has no word at all."""
-    return " OR ".join(f'"{t}"' for t in query_terms(query)) or None
-
-
-def indexed(text: str | None) -> str:
-    """What FTS5 holds of `text`: its terms, space-separated."""
-    return " ".join(terms(text or ""))
-
-
-def owner_token(user_id: int) -> str:
-    return f"u{user_id}"
+_INSERT = text("INSERT INTO chunk_terms (chunk_id, user_id, terms, length) VALUES (:c, :u, :t, :n)")
 
 
 class KeywordIndex:
@@ -67,110 +120,117 @@ class KeywordIndex:
     ) -> None:
         """Index new chunks (ids not indexed yet, as for the vectors), of one document or
         several: (chunk id, its document's title, text)."""
-        if not chunks:
-            return
-        await session.execute(
-            text("INSERT INTO chunk_fts(rowid, owner, title, text) VALUES (:c, :o, :title, :t)"),
-            [
-                {"c": cid, "o": owner_token(user_id), "title": indexed(title), "t": indexed(body)}
-                for cid, title, body in chunks
-            ],
-        )
+        if chunks:
+            await session.execute(
+                _INSERT,
+                [
+                    _row(cid, user_id, terms(title or "") + terms(body))
+                    for cid, title, body in chunks
+                ],
+            )
 
     async def retitle(
         self, session: AsyncSession, *, title: str | None, chunk_ids: Iterable[int]
     ) -> None:
         ids = list(chunk_ids)
-        if ids:
+        if not ids:
+            return
+        rows = (
             await session.execute(
-                text("UPDATE chunk_fts SET title = :title WHERE rowid IN :ids").bindparams(
+                text("SELECT id, user_id, text FROM chunks WHERE id IN :ids").bindparams(
                     bindparam("ids", expanding=True)
                 ),
-                {"title": indexed(title), "ids": ids},
+                {"ids": ids},
             )
+        ).all()
+        title_terms = terms(title or "")
+        await self.delete(session, ids)
+        await session.execute(
+            _INSERT, [_row(cid, uid, title_terms + terms(body)) for cid, uid, body in rows]
+        )
 
-    def best_per_doc(
+    def rank(
         self,
         conn: sqlean.Connection,
         *,
         user_id: int,
-        match: str,
-        limit: int,
-        chunk_ids: Sequence[int] | None = None,
+        wanted: list[str],
+        depth: int,
+        scope: np.ndarray | None = None,
         docs_of: DocsOf | None = None,
+        champions: int | None = None,
     ) -> list[Ranked]:
-        """The user's `limit` best-matching documents, each with its best chunk, best first,
-        scored by BM25 (higher is better: FTS5's bm25() negated). `chunk_ids` restricts the
-        search to those chunks. Run on the connection's own thread (`run_on_connection`).
+        """`keywords.rank` on this connection (run on its own thread: `run_on_connection`);
+        `docs_of`, when given, names the chunks' documents instead of a read of `chunks`."""
 
-        Unscoped, FTS5 hands over only the best `CHUNKS_PER_DOC * limit` chunks (a bounded sort
-        of the user's matches; the rest are never joined), deepened while they hold too few
-        documents; `docs_of`, when given, names their documents instead of a join to `chunks`
-        (a third of the statement's time). Scoped, every match of the user is filtered in SQL:
-        an FTS5 query constrained by `rowid IN (...)` is re-run per rowid, milliseconds each.
-        MATERIALIZED keeps `bm25()` inside the FTS scan (SQLite refuses it once the subquery is
-        flattened)."""
-        params: dict[str, object] = {
-            "m": f'owner : "{owner_token(user_id)}" AND {{title text}} : ({match})',
-            "tw": TITLE_WEIGHT,
-            "xw": TEXT_WEIGHT,
-        }
-        fts = (
-            "WITH f AS MATERIALIZED ("
-            " SELECT rowid AS chunk_id, bm25(chunk_fts, 0, :tw, :xw) AS score"
-            " FROM chunk_fts WHERE chunk_fts MATCH :m"
-        )
-        if chunk_ids is not None:
-            if not chunk_ids:
-                return []
-            # Each document's best chunk, ties as `best_chunks_per_doc` breaks them.
-            scoped = conn.execute(
-                f"{fts}), s AS ("
-                " SELECT c.doc_id, f.chunk_id, f.score, round(f.score, :tie) AS rounded,"
-                " row_number() OVER (PARTITION BY c.doc_id"
-                "  ORDER BY round(f.score, :tie), f.chunk_id) AS nth"
-                " FROM f JOIN chunks AS c ON c.id = f.chunk_id"
-                " WHERE f.chunk_id IN (SELECT value FROM json_each(:ids)))"
-                " SELECT doc_id, chunk_id, score FROM s WHERE nth = 1"
-                " ORDER BY rounded, chunk_id LIMIT :n",
-                {**params, "ids": json.dumps(list(chunk_ids)), "tie": TIE_DECIMALS, "n": limit},
-            ).fetchall()
-            return best_chunks_per_doc(
-                [(str(doc), int(cid), -float(score)) for doc, cid, score in scoped], limit
-            )
-        n = CHUNKS_PER_DOC * limit
-        while True:
-            if docs_of is None:
-                rows = conn.execute(
-                    f"{fts} ORDER BY score LIMIT :n)"
-                    " SELECT c.doc_id, f.chunk_id, f.score"
-                    " FROM f JOIN chunks AS c ON c.id = f.chunk_id",
-                    {**params, "n": n},
-                ).fetchall()
-            else:
-                found = conn.execute(
-                    f"{fts} ORDER BY score LIMIT :n) SELECT * FROM f", {**params, "n": n}
-                ).fetchall()
-                docs = docs_of(conn, [cid for cid, _ in found])
-                rows = [(doc, cid, score) for doc, (cid, score) in zip(docs, found, strict=True)]
-            ranked = best_chunks_per_doc(
-                [
-                    (str(doc), int(cid), -float(score))
-                    for doc, cid, score in rows
-                    if doc is not None
-                ],
-                limit,
-            )
-            if len(ranked) >= limit or len(rows) < n:
-                return ranked
-            n *= 4
+        def answer(step: kw.Step) -> object:
+            if isinstance(step, kw.Start):
+                stats = _statistics(conn, user_id, step.terms)
+                return stats, [] if step.limit is None else _best(
+                    conn, user_id, step.terms, step.limit
+                )
+            if isinstance(step, kw.Best):
+                return _best(conn, user_id, step.terms, step.limit)
+            if isinstance(step, kw.Lookup):
+                return _lookup(conn, user_id, step.terms, step.chunk_ids)
+            return (docs_of or _docs)(conn, step.chunk_ids)
+
+        return kw.run_sync(kw.rank(wanted, depth, scope, champions=champions), answer)
 
     async def delete(self, session: AsyncSession, chunk_ids: Iterable[int]) -> None:
         ids = list(chunk_ids)
         for start in range(0, len(ids), 500):
             await session.execute(
-                text("DELETE FROM chunk_fts WHERE rowid IN :ids").bindparams(
+                text("DELETE FROM chunk_terms WHERE chunk_id IN :ids").bindparams(
                     bindparam("ids", expanding=True)
                 ),
                 {"ids": ids[start : start + 500]},
             )
+
+
+def _statistics(conn: sqlean.Connection, user_id: int, wanted: list[str]) -> kw.Statistics:
+    found = conn.execute(
+        "SELECT chunks, words FROM keyword_stats WHERE user_id = ?", (user_id,)
+    ).fetchone()
+    df = conn.execute(
+        "SELECT d.term, d.df FROM json_each(?) AS t"
+        " CROSS JOIN keyword_df AS d ON d.user_id = ? AND d.term = t.value",
+        (json.dumps(wanted), user_id),
+    ).fetchall()
+    chunks, words = found if found is not None else (0, 0)
+    return kw.Statistics(int(chunks), int(words), {str(t): int(n) for t, n in df})
+
+
+def _best(conn: sqlean.Connection, user_id: int, wanted: list[str], limit: int) -> list[kw.Posting]:
+    rows: list[kw.Posting] = []
+    for term in wanted:
+        rows += conn.execute(
+            "SELECT term, chunk_id, tf, length FROM chunk_postings"
+            " INDEXED BY ix_chunk_postings_impact"
+            " WHERE user_id = ? AND term = ? ORDER BY impact DESC, chunk_id LIMIT ?",
+            (user_id, term, limit),
+        ).fetchall()
+    return rows
+
+
+def _lookup(
+    conn: sqlean.Connection, user_id: int, wanted: list[str], chunk_ids: list[int]
+) -> list[kw.Posting]:
+    found: list[kw.Posting] = conn.execute(
+        "SELECT p.term, p.chunk_id, p.tf, p.length FROM json_each(?) AS t"
+        " CROSS JOIN json_each(?) AS c"
+        " CROSS JOIN chunk_postings AS p"
+        " ON p.user_id = ? AND p.term = t.value AND p.chunk_id = c.value",
+        (json.dumps(wanted), json.dumps(chunk_ids), user_id),
+    ).fetchall()
+    return found
+
+
+def _docs(conn: sqlean.Connection, chunk_ids: list[int]) -> list[str | None]:
+    found = dict(
+        conn.execute(
+            "SELECT c.id, c.doc_id FROM json_each(?) AS j CROSS JOIN chunks AS c ON c.id = j.value",
+            (json.dumps(chunk_ids),),
+        ).fetchall()
+    )
+    return [found.get(i) for i in chunk_ids]

@@ -7,7 +7,7 @@ least recently used first out, bounded in bytes (`Settings.vector_cache_mb`).
 
 Why a cached vector is always the one the search's own snapshot holds:
 
-- the candidate ids a search scores come from its own snapshot (the bit vectors, the FTS5 rows,
+- the candidate ids a search scores come from its own snapshot (the bit vectors, the postings,
   the scope's chunk ids, all read in the search's read transaction), so they name chunks that
   exist in that snapshot, committed (no search runs inside a write transaction, so a vector a
   rolled-back write inserted is never read, and its id, which SQLite may hand out again, is

@@ -1,4 +1,4 @@
-"""SQLite's index internals: the safe FTS5 expression, and the bit scan checked against
+"""SQLite's index internals: a query's terms, and the bit scan checked against
 sqlite-vec's own quantizer and KNN (this fails first should an upgrade of sqlite-vec change its
 storage layout)."""
 
@@ -21,9 +21,8 @@ from app.services import accounts, knowledge
 from app.services.runtime import Runtime
 from app.storage.index import Ranked, sqlite_vectors
 from app.storage.index import sqlite as sqlite_index
-from app.storage.index.sqlite_keywords import match_expression
 from app.storage.index.sqlite_vectors import nearest_bits, quantize, similarities, to_blob
-from app.storage.index.words import MAX_QUERY_TERMS
+from app.storage.index.words import MAX_QUERY_TERMS, query_terms
 from app.storage.sqlite_driver import run_on_connection
 from tests.conftest import new_key
 from tests.services.test_search import QUERIES, TOPICS, long_text, run_search, setup_corpus
@@ -31,38 +30,35 @@ from tests.services.test_search import QUERIES, TOPICS, long_text, run_search, s
 pytestmark = [pytest.mark.anyio, pytest.mark.engines("sqlite")]
 
 
-# --- the FTS expression --------------------------------------------------------------------
+# --- the query's terms ----------------------------------------------------------------------
 
 
-def test_match_expression_quotes_and_ors_every_word() -> None:
-    assert match_expression("Hello, world!") == '"hello" OR "world"'
-    assert match_expression('NEAR(x y) AND "c" OR d* col:e ^f') == (
-        '"near" OR "x" OR "y" OR "c" OR "d" OR "col" OR "e" OR "f"'
-    )
-    assert match_expression("snake_case x") == '"snake" OR "case" OR "x"'
+def test_query_terms_are_every_word_folded_and_stemmed() -> None:
+    assert query_terms("Hello, world!") == ["hello", "world"]
+    assert query_terms('NEAR(x y) AND "c" OR d* col:e ^f') == [
+        "near", "x", "y", "c", "d", "col", "e", "f"
+    ]  # fmt: skip
+    assert query_terms("snake_case x") == ["snake", "case", "x"]
     # Folded (case, diacritics, compatibility forms) and stemmed: `words.terms`.
-    assert match_expression("Straße ÜBER 42 ﬁnding") == '"strass" OR "uber" OR "42" OR "find"'
+    assert query_terms("Straße ÜBER 42 ﬁnding") == ["strass", "uber", "42", "find"]
 
 
-def test_match_expression_leaves_out_stopwords_unless_they_are_all() -> None:
-    assert match_expression("What is the flow of a gas in the nozzle?") == (
-        '"flow" OR "ga" OR "nozzl"'
-    )
-    assert match_expression("The Who") == '"the" OR "who"'
-    assert match_expression("OR OR AND") == '"or" OR "and"'
+def test_query_terms_leave_out_stopwords_unless_they_are_all() -> None:
+    assert query_terms("What is the flow of a gas in the nozzle?") == ["flow", "ga", "nozzl"]
+    assert query_terms("The Who") == ["the", "who"]
+    assert query_terms("OR OR AND") == ["or", "and"]
 
 
-def test_match_expression_drops_repeats_and_caps_terms() -> None:
-    assert match_expression("x X x b") == '"x" OR "b"'
-    assert match_expression("connected connections") == '"connect"'  # one stem, asked once
-    assert match_expression("cat's") == '"cat" OR "s"'  # a lone "s" stays a term (Porter: "")
-    many = match_expression(" ".join(f"w{i}" for i in range(200)))
-    assert many is not None and many.count(" OR ") == MAX_QUERY_TERMS - 1
+def test_query_terms_drop_repeats_and_are_capped() -> None:
+    assert query_terms("x X x b") == ["x", "b"]
+    assert query_terms("connected connections") == ["connect"]  # one stem, asked once
+    assert query_terms("cat's") == ["cat", "s"]  # a lone "s" stays a term (Porter: "")
+    assert len(query_terms(" ".join(f"w{i}" for i in range(200)))) == MAX_QUERY_TERMS
 
 
 @pytest.mark.parametrize("query", ["", "   ", "?!", '"" ()', "___", "*:^"])
-def test_match_expression_without_words_is_none(query: str) -> None:
-    assert match_expression(query) is None
+def test_a_query_without_words_has_no_terms(query: str) -> None:
+    assert query_terms(query) == []
 
 
 def test_equal_vectors_score_equal_wherever_they_sit() -> None:

@@ -27,13 +27,16 @@ from collections.abc import Iterator
 import sqlalchemy as sa
 from alembic import op
 
-from app.storage.index.postgres_keywords import length
 from app.storage.index.words import terms
 
 revision = "0011"
 down_revision = "0010"
 branch_labels = None
 depends_on = None
+
+#: What FTS5 counted in a row's length besides its terms, the `owner` column's one token:
+#: PostgreSQL's lengths counted it too at this revision (revision 0013 drops it with FTS5).
+_OWNER_TOKENS = 1
 
 #: Chunks read, and written back, per statement.
 _BATCH = 2000
@@ -134,7 +137,7 @@ def _postgres(conn: sa.Connection) -> None:
                 "c": [cid for cid, *_ in batch],
                 "u": [uid for _, uid, *_ in batch],
                 "t": [" ".join(title + body) for _, _, title, body in batch],
-                "n": [length(len(title) + len(body)) for _, _, title, body in batch],
+                "n": [len(title) + len(body) + _OWNER_TOKENS for _, _, title, body in batch],
             },
         )
     op.execute("ALTER TABLE chunk_postings DROP CONSTRAINT chunk_postings_pkey")

@@ -1,13 +1,14 @@
-"""PostgreSQL's keyword index internals: the postings and statistics that revision 0003 derives
-from `chunk_terms` stay equal to what `chunk_terms` holds through every kind of change, the
-migrations back-fill them (revision 0011 from the terms of `words.terms`), the scores read from
-them are BM25 over the terms (computed here in Python), and every way of reading them (a shallow pass deepened, a scope applied by lookups
-or by a hash join) gives the same ranking."""
+"""The keyword index on both engines (app/storage/index/keywords.py): the postings, document
+frequencies and totals that the triggers derive from `chunk_terms` stay equal to what it holds
+through every kind of change, the migrations back-fill them, the scores are BM25 over the user's
+own chunks (computed here in Python from `chunk_terms`; another tenant's chunks weigh nothing),
+every way of reading them (a shallow pass deepened, a scope probed or filtered) gives the same
+ranking, and champion lists cut short still rank the best chunks by their exact scores."""
 
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -23,54 +24,22 @@ from app.services.runtime import Principal, Runtime
 from app.settings import Settings
 from app.storage import migrations
 from app.storage.database import Database
-from app.storage.index import Ranked, for_dialect
-from app.storage.index import postgres_keywords as keywords
-from app.storage.index.postgres import ScopeSql
+from app.storage.index import TIE_DECIMALS, Ranked, for_dialect, keywords
 from app.storage.index.scope import Scope
 from app.storage.index.words import query_terms
 from tests.conftest import new_key
 from tests.services.test_search import TOPICS, long_text
 from tests.support import pg
+from tests.support.keyword_tables import assert_keyword_tables_derived, stored_terms
 
-pytestmark = [pytest.mark.anyio, pytest.mark.engines("postgresql")]
-
-
-async def derived(session: AsyncSession) -> tuple[set[tuple[Any, ...]], set[tuple[Any, ...]]]:
-    """(postings, stats) as they are, checked equal to what `chunk_terms` says they must be."""
-    postings = {
-        tuple(r)
-        for r in await session.execute(
-            text("SELECT user_id, term, chunk_id, tf, length FROM chunk_postings")
-        )
-    }
-    expected = {
-        tuple(r)
-        for r in await session.execute(
-            text(
-                "SELECT t.user_id, e.term, t.chunk_id, count(*), t.length"
-                " FROM chunk_terms AS t, unnest(t.terms) AS e(term)"
-                " GROUP BY t.user_id, e.term, t.chunk_id, t.length"
-            )
-        )
-    }
-    stats = {
-        tuple(r)
-        for r in await session.execute(text("SELECT user_id, chunks, words FROM keyword_stats"))
-    }
-    expected_stats = {
-        tuple(r)
-        for r in await session.execute(
-            text("SELECT user_id, count(*), sum(length) FROM chunk_terms GROUP BY user_id")
-        )
-    }
-    assert postings == expected
-    assert stats == expected_stats
-    return postings, stats
+pytestmark = pytest.mark.anyio
 
 
 async def in_step(runtime: Runtime) -> tuple[set[tuple[Any, ...]], set[tuple[Any, ...]]]:
+    """(postings, stats) as they are, checked equal to what `chunk_terms` says they must be."""
     async with runtime.db.read() as session:
-        return await derived(session)
+        found = await assert_keyword_tables_derived(session)
+    return found["postings"], found["stats"]
 
 
 async def user(app: Starlette, email: str) -> Principal:
@@ -133,8 +102,8 @@ def same(got: list[Ranked], want: list[Ranked]) -> bool:
 async def test_every_way_of_ranking_gives_the_same_ranking(
     app: Starlette, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A shallow first pass deepened, and a scope applied by lookups or by a hash join, rank
-    as the whole account ranked at once does."""
+    """A shallow first pass deepened, and a scope probed chunk by chunk or filtered from the
+    best-first postings, rank as the whole account ranked at once does."""
     runtime: Runtime = app.state.runtime
     owner = await user(app, "owner@example.com")
     items = [
@@ -164,28 +133,31 @@ async def test_every_way_of_ranking_gives_the_same_ranking(
                 for external_ids in scopes:
                     docs = {ids[e] for e in external_ids}
                     want = [r for r in everything if r.doc_id in docs][:depth]
-                    scope = ScopeSql(Scope(user_id=owner.user_id, external_ids=external_ids))
-                    for probe_cost in (0, 10**9):
-                        monkeypatch.setattr(keywords, "PROBE_COST", probe_cost)
+                    scope = await index.restrict(
+                        session, Scope(user_id=owner.user_id, external_ids=external_ids)
+                    )
+                    for probed in (0, 10**9):
+                        monkeypatch.setattr(keywords, "SCOPE_PROBED", probed)
                         got = await index.keyword(
                             session, user_id=owner.user_id, query=query, depth=depth, within=scope
                         )
-                        assert same(got, want), (query, external_ids, probe_cost)
+                        assert same(got, want), (query, external_ids, probed)
 
 
-def bm25(rows: list[tuple[int, str, str, int, int]], words: str) -> dict[int, float]:
-    """FTS5's BM25 per chunk from (chunk, doc, lexeme, tf, length) rows of every chunk of the
-    user, for the query's lexemes."""
-    lengths = {chunk: length for chunk, _, _, _, length in rows}
+def bm25(chunks: dict[int, tuple[str, list[str]]], query: str) -> dict[int, float]:
+    """FTS5's BM25 of each of the user's `chunks` (`stored_terms`) matching the query's terms,
+    over those chunks alone."""
+    lengths = {chunk: len(found) for chunk, (_, found) in chunks.items()}
     n, mean = len(lengths), sum(lengths.values()) / len(lengths)
     tf: dict[str, dict[int, int]] = defaultdict(dict)
-    for chunk, _, lexeme, count, _ in rows:
-        tf[lexeme][chunk] = count
+    for chunk, (_, found) in chunks.items():
+        for term, count in Counter(found).items():
+            tf[term][chunk] = count
     scores: dict[int, float] = defaultdict(float)
-    for lexeme in words.split():
-        idf = math.log((n - len(tf[lexeme]) + 0.5) / (len(tf[lexeme]) + 0.5))
+    for term in query_terms(query):
+        idf = math.log((n - len(tf[term]) + 0.5) / (len(tf[term]) + 0.5))
         idf = idf if idf > 0 else 1e-6
-        for chunk, count in tf[lexeme].items():
+        for chunk, count in tf[term].items():
             norm = 1 - keywords.B + keywords.B * lengths[chunk] / mean
             scores[chunk] += idf * count * (keywords.K1 + 1) / (count + keywords.K1 * norm)
     return scores
@@ -193,40 +165,44 @@ def bm25(rows: list[tuple[int, str, str, int, int]], words: str) -> dict[int, fl
 
 async def reference(session: AsyncSession, user_id: int, query: str, depth: int) -> list[Ranked]:
     """The ranking by BM25 over the terms in `chunk_terms`, documents by their best chunk."""
-    lexemes = " ".join(query_terms(query))
-    rows = [
-        (int(c), str(d), str(lexeme), int(tf), int(length))
-        for c, d, lexeme, tf, length in await session.execute(
-            text(
-                "SELECT t.chunk_id, c.doc_id, e.term, count(*), t.length"
-                " FROM chunk_terms AS t JOIN chunks AS c ON c.id = t.chunk_id,"
-                " unnest(t.terms) AS e(term) WHERE t.user_id = :u"
-                " GROUP BY t.chunk_id, c.doc_id, e.term, t.length"
-            ),
-            {"u": user_id},
-        )
-    ]
-    doc_of = {chunk: doc for chunk, doc, *_ in rows}
+    chunks = await stored_terms(session, user_id)
     best: dict[str, Ranked] = {}
-    scored = bm25(rows, lexemes or "")
-    for chunk, score in sorted(scored.items(), key=lambda s: (-s[1], s[0])):
-        best.setdefault(doc_of[chunk], Ranked(doc_of[chunk], chunk, score))
+    for chunk, score in sorted(bm25(chunks, query).items(), key=lambda s: (-s[1], s[0])):
+        doc = chunks[chunk][0]
+        best.setdefault(doc, Ranked(doc, chunk, score))
     return list(best.values())[:depth]
 
 
 async def test_keyword_scores_are_bm25_over_the_users_chunks(app: Starlette) -> None:
-    """FTS5's formula and constants over the user's own chunks (another tenant's chunks with
-    the same words weigh nothing), computed here from the terms in `chunk_terms`."""
+    """FTS5's formula and constants over the user's own chunks, computed here from the terms in
+    `chunk_terms`; another tenant's chunks with the same words weigh nothing: the owner's answers
+    are the same doubles before and after the other tenant writes (SQLite's FTS5 counted every
+    user's rows in N, the document frequencies and the mean length)."""
     runtime: Runtime = app.state.runtime
     owner, other = await user(app, "owner@example.com"), await user(app, "other@example.com")
     items = [
         item(f"doc-{i}", long_text(topic, 12 if i % 2 else 1), title=f"Notes {i}")
         for i, topic in enumerate(TOPICS)
     ]
+    queries = ["bread starter culture", "case series note", "the magnetic field 3"]
     await knowledge.upsert_many(runtime=runtime, principal=owner, items=items)
-    await knowledge.upsert_many(runtime=runtime, principal=other, items=items[:3])
+
+    async def answers() -> list[list[Ranked]]:
+        async with runtime.db.read() as session:
+            return [
+                await runtime.index.keyword(
+                    session, user_id=owner.user_id, query=query, depth=depth, within=None
+                )
+                for query in queries
+                for depth in (1, 8)
+            ]
+
+    alone = await answers()
+    others = [item(f"o-{i}", long_text(TOPICS[i % 3], 1 + i % 5), title="Notes") for i in range(40)]
+    await knowledge.upsert_many(runtime=runtime, principal=other, items=others)
+    assert await answers() == alone
     async with runtime.db.read() as session:
-        for query in ["bread starter culture", "case series note", "the magnetic field 3"]:
+        for query in queries:
             for depth in (1, 8):
                 want = await reference(session, owner.user_id, query, depth)
                 got = await runtime.index.keyword(
@@ -235,11 +211,58 @@ async def test_keyword_scores_are_bm25_over_the_users_chunks(app: Starlette) -> 
                 assert want and same(got, want), query
 
 
+async def test_cut_champion_lists_rank_by_exact_scores_and_deepen(
+    app: Starlette, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With lists cut at a few postings and no budget to read deeper, every document returned
+    carries its best chunk's exact BM25 score, best first, and a search that finds too few
+    documents still reads deeper until it has every matching document; with the budget, the
+    lists are read deeper until the answer is shown exact."""
+    runtime: Runtime = app.state.runtime
+    owner = await user(app, "owner@example.com")
+    items = [
+        item(f"doc-{i}", long_text(TOPICS[i % len(TOPICS)], 1 + i % 4), title=f"Notes {i % 3}")
+        for i in range(30)
+    ]
+    await knowledge.upsert_many(runtime=runtime, principal=owner, items=items)
+    queries = ["case series note", "notes bread magma", "magnetic field press 2"]
+    async with runtime.db.read() as session:
+        chunks = await stored_terms(session, owner.user_id)
+        monkeypatch.setattr(keywords, "BUDGET", 0)
+        for query in queries:
+            exact = bm25(chunks, query)
+            matching = {chunks[c][0] for c in exact}
+            for cut in (1, 3, 10):
+                monkeypatch.setattr(keywords, "CHAMPIONS", cut)
+                for depth in (1, 5, 100):
+                    got = await runtime.index.keyword(
+                        session, user_id=owner.user_id, query=query, depth=depth, within=None
+                    )
+                    assert len(got) == min(depth, len(matching)), (query, cut, depth)
+                    for hit in got:
+                        assert chunks[hit.chunk_id][0] == hit.doc_id
+                        assert hit.score == pytest.approx(exact[hit.chunk_id], rel=1e-12)
+                    scores = [round(h.score, TIE_DECIMALS) for h in got]
+                    assert scores == sorted(scores, reverse=True)
+            want = await reference(session, owner.user_id, query, 5)
+            # Read deeper until shown exact (the threshold test: a bound too low would stop
+            # early, on an answer that is not this one), or whole lists.
+            monkeypatch.setattr(keywords, "BUDGET", 10**9)
+            for cut in (1, 2, 3, 10, len(chunks)):
+                monkeypatch.setattr(keywords, "CHAMPIONS", cut)
+                got = await runtime.index.keyword(
+                    session, user_id=owner.user_id, query=query, depth=5, within=None
+                )
+                assert same(got, want), (query, cut)
+            monkeypatch.setattr(keywords, "BUDGET", 0)
+
+
 async def test_the_migration_back_fills_postings_and_statistics(
     postgres: pg.PostgresServer, tmp_path: Path
 ) -> None:
     """A database of revision 0002 with indexed chunks upgrades to postings that agree, of the
-    terms `words.terms` makes (revision 0011: no stopword dropped, lengths as FTS5's)."""
+    terms `words.terms` makes (revision 0011: no stopword dropped; 0013: a length is the number
+    of terms, document frequencies per user)."""
     name = await postgres.new_database(template=None)
     settings = Settings.for_tests(tmp_path, database_url=postgres.url(name))
     database = Database(settings)
@@ -286,11 +309,15 @@ async def test_the_migration_back_fills_postings_and_statistics(
         found = await database.migrate()
         assert found.revision == "0002"
         async with database.read() as session:
-            postings, stats = await derived(session)
-            # Lengths count the terms and FTS5's owner token: 5 + 1 and 3 + 1; 3 + 1.
-            assert stats == {(1, 2, 10), (2, 1, 4)}
-            assert (1, "bread", 1, 2, 6) in postings
-            assert (2, "and", 3, 1, 4) in postings
+            found = await assert_keyword_tables_derived(session)
+            postings = {p[:5] for p in found["postings"]}
+            stats = found["stats"]
+            # Lengths count the terms: 5 and 3; 3.
+            assert stats == {(1, 2, 8), (2, 1, 3)}
+            assert (1, "bread", 1, 2, 5) in postings
+            assert (2, "and", 3, 1, 3) in postings
+            df = (await session.execute(text("SELECT user_id, term, df FROM keyword_df"))).all()
+            assert (1, "bread", 1) in df and (2, "bread", 1) in df and (1, "engin", 1) in df
             hits = await for_dialect(database.dialect).keyword(
                 session, user_id=1, query="bread", depth=5, within=None
             )
