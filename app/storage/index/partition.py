@@ -31,9 +31,11 @@ others are dropped. Half the chunks new since the centroids were trained: traine
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,7 +43,11 @@ import numpy.typing as npt
 import sqlean
 
 from app.models.knowledge import EMBEDDING_DIMS as DIMS
-from app.storage.index.sqlite_vectors import Bits
+from app.storage.index import codes as codes_module
+from app.storage.index.codes import CODE_BYTES, Quantizer
+from app.storage.index.sqlite_vectors import Bits, FloatReader
+
+log = logging.getLogger(__name__)
 
 #: About this many chunks a list (at least `MIN_LISTS` lists).
 LIST_SIZE = 4096
@@ -58,8 +64,18 @@ _BITMAP_MIN = 1 << 20
 #: Sign vectors are assigned to lists this many at a time (a float32 block of ~50 MB).
 _ASSIGN_BATCH = 32768
 
+#: The quantizer of the codes (codes.py) is fitted on this many sampled float vectors; codes
+#: are made from float vectors read this many at a time.
+FIT_SAMPLE = 16384
+_READ_BATCH = 50_000
+#: What a partition costs a chunk besides its centroids: its id, sign bits, sorted id and list.
+CHUNK_BYTES = 8 + DIMS // 8 + 8 + 4
+
 #: (the user's change seq, the user's largest chunk id) of a snapshot.
 Key = tuple[int, int]
+
+#: Opens a `FloatReader` for a build, closed after it.
+FloatSource = Callable[[], AbstractContextManager[FloatReader]]
 
 
 def snapshot_key(conn: sqlean.Connection, user_id: int) -> Key:
@@ -85,6 +101,10 @@ class Partition:
     sorted_lists: npt.NDArray[np.int32]
     #: How many chunks had no list when the centroids were trained (retrain past half).
     trained_on: int
+    #: Each chunk's magnitude codes (codes.py), row for row with `bits`, and their quantizer;
+    #: None when the float vectors could not be read or the codes would not fit.
+    codes: npt.NDArray[np.uint8] | None = None
+    quantizer: Quantizer | None = None
 
     @property
     def nbytes(self) -> int:
@@ -95,6 +115,8 @@ class Partition:
             + self.offsets.nbytes
             + self.sorted_ids.nbytes
             + self.sorted_lists.nbytes
+            + (0 if self.codes is None else self.codes.nbytes)
+            + (0 if self.quantizer is None else self.quantizer.nbytes)
         )
 
     @property
@@ -106,10 +128,10 @@ class Partition:
 
     def gather(
         self, vector: np.ndarray, probes: int, want: int, within: np.ndarray | None
-    ) -> tuple[Bits, bool]:
+    ) -> tuple[Bits, npt.NDArray[np.uint8] | None, bool]:
         """The chunks of the `probes` lists nearest `vector` (those in `within`, sorted ids,
-        when given), more lists while fewer than `want` were found; and whether that is every
-        list."""
+        when given), more lists while fewer than `want` were found: their bits, their codes
+        (when the partition has them), and whether that is every list."""
         scores = self.centroids @ np.asarray(vector, dtype=np.float32).reshape(-1)
         order = np.argsort(-scores, kind="stable")
         taken = 0
@@ -117,22 +139,32 @@ class Partition:
         member = None if within is None else _membership(within)
         ids: list[npt.NDArray[np.int64]] = []
         words: list[npt.NDArray[np.uint64]] = []
+        codes: list[npt.NDArray[np.uint8]] = []
         step = max(1, probes)
         while taken < len(order) and (taken < probes or found < want):
             for i in order[taken : taken + step].tolist():
                 # A list is a contiguous run of rows: slices, no gather of scattered rows.
                 start, end = int(self.offsets[i]), int(self.offsets[i + 1])
                 part_ids, part_words = self.bits.ids[start:end], self.bits.words[start:end]
+                part_codes = None if self.codes is None else self.codes[start:end]
                 if member is not None:
                     keep = member(part_ids)
                     part_ids, part_words = part_ids[keep], part_words[keep]
+                    part_codes = None if part_codes is None else part_codes[keep]
                 ids.append(part_ids)
                 words.append(part_words)
+                if part_codes is not None:
+                    codes.append(part_codes)
                 found += len(part_ids)
             taken += step
+        gathered = self.codes is not None and bool(codes)
         if not ids:
-            return Bits(self.bits.ids[:0], self.bits.words[:0]), True
-        return Bits(np.concatenate(ids), np.concatenate(words)), taken >= len(order)
+            return Bits(self.bits.ids[:0], self.bits.words[:0]), None, True
+        return (
+            Bits(np.concatenate(ids), np.concatenate(words)),
+            np.concatenate(codes) if gathered else None,
+            taken >= len(order),
+        )
 
 
 def _membership(within: np.ndarray) -> Callable[[np.ndarray], npt.NDArray[np.bool_]]:
@@ -162,12 +194,18 @@ def _membership(within: np.ndarray) -> Callable[[np.ndarray], npt.NDArray[np.boo
     return searched
 
 
-def build(bits: Bits, key: Key, old: Partition | None, seed: int) -> Partition:
+def build(
+    bits: Bits, key: Key, old: Partition | None, seed: int, floats: FloatReader | None = None
+) -> Partition:
     """The partition of `bits` (a snapshot's, named `key`), keeping `old`'s lists and centroids
-    for the chunks it holds unless half of `bits` are new to it. Needs no connection (it may run
-    on a thread of its own): the centroids are trained on the chunks' sign vectors."""
+    for the chunks it holds unless half of `bits` are new to it. The centroids are trained on the
+    chunks' sign vectors; with `floats` (a reader of float vectors by id, on a connection of
+    the build's own when it runs on a thread of its own), the chunks get their codes too, those
+    `old` holds keeping theirs."""
     n = len(bits.ids)
     lists = np.full(n, -1, dtype=np.int32)
+    held = np.zeros(n, dtype=bool)
+    at = np.zeros(n, dtype=np.intp)
     if old is not None and len(old.sorted_ids):
         at = np.minimum(np.searchsorted(old.sorted_ids, bits.ids), len(old.sorted_ids) - 1)
         held = old.sorted_ids[at] == bits.ids
@@ -185,6 +223,13 @@ def build(bits: Bits, key: Key, old: Partition | None, seed: int) -> Partition:
     new = np.flatnonzero(lists < 0)
     if len(new):
         lists[new] = _nearest_list(bits.words[new], centroids)
+    codes, quantizer = None, None
+    if floats is not None:
+        try:
+            codes, quantizer = _codes(bits, old, held, at, floats, seed)
+        except sqlean.Error:
+            # The partition still serves without codes (every candidate's floats read).
+            log.warning("partition codes not made: float vectors unreadable", exc_info=True)
     # By list, and by id within a list: a scope's membership test then walks both in order.
     order = np.lexsort((bits.ids, lists))
     counts = np.bincount(lists, minlength=len(centroids))
@@ -198,7 +243,46 @@ def build(bits: Bits, key: Key, old: Partition | None, seed: int) -> Partition:
         sorted_ids=bits.ids[by_id],
         sorted_lists=lists[by_id],
         trained_on=trained_on,
+        codes=None if codes is None else codes[order],
+        quantizer=quantizer,
     )
+
+
+def _codes(
+    bits: Bits,
+    old: Partition | None,
+    held: npt.NDArray[np.bool_],
+    at: npt.NDArray[np.intp],
+    floats: FloatReader,
+    seed: int,
+) -> tuple[npt.NDArray[np.uint8] | None, Quantizer | None]:
+    """The codes of `bits`' chunks, row for row, and their quantizer: `old`'s for the chunks
+    it holds (`held`, at `at` of its sorted ids) and new ones from their float vectors; all
+    made again, with a quantizer fitted again, when `old` is None or has none."""
+    n = len(bits.ids)
+    codes = np.zeros((n, CODE_BYTES), dtype=np.uint8)
+    if old is not None and old.codes is not None and old.quantizer is not None:
+        quantizer = old.quantizer
+        old_rows = np.argsort(old.bits.ids, kind="stable")  # of `old.sorted_ids`, in order
+        codes[held] = old.codes[old_rows[at[held]]]
+        missing = np.flatnonzero(~held)
+    else:
+        rng = np.random.default_rng(seed)
+        sample = rng.choice(n, size=min(n, FIT_SAMPLE), replace=False)
+        _, matrix = floats(np.sort(bits.ids[sample]))
+        if not len(matrix):
+            return None, None
+        quantizer = codes_module.fit(matrix)
+        missing = np.arange(n)
+    # Read in ascending id order (neighbouring rows share pages). A chunk deleted since the
+    # snapshot is not found and keeps zero codes: only a search of that older snapshot ranks it.
+    by_id = missing[np.argsort(bits.ids[missing], kind="stable")]
+    for start in range(0, len(by_id), _READ_BATCH):
+        rows = by_id[start : start + _READ_BATCH]
+        wanted = bits.ids[rows]
+        found, matrix = floats(wanted)
+        codes[rows[np.searchsorted(wanted, found)]] = codes_module.encode(quantizer, matrix)
+    return codes, quantizer
 
 
 def list_count(n: int) -> int:
@@ -280,16 +364,19 @@ class PartitionStore:
             self.hits += 1
             return held
 
-    def current(self, user_id: int, key: Key, bits: Bits) -> Partition | None:
+    def current(
+        self, user_id: int, key: Key, bits: Bits, floats: FloatSource | None = None
+    ) -> Partition | None:
         """A partition of `bits` (the user's, in the snapshot `key` names) if one is kept;
         else None, with one made or updated from the kept one (in the background unless
-        `background` is off, then returned). None too when the user is too small or too large
-        to keep."""
+        `background` is off, then returned), with codes read through `floats` when given and
+        they fit. None too when the user is too small or too large to keep."""
         if len(bits.ids) < self.min_chunks or not self.max_bytes:
             return None
-        # ids, words, sorted ids and lists: what a partition costs a chunk, besides centroids.
-        if len(bits.ids) * (8 + DIMS // 8 + 8 + 4) > self.max_bytes:
+        if len(bits.ids) * CHUNK_BYTES > self.max_bytes:
             return None
+        if len(bits.ids) * (CHUNK_BYTES + CODE_BYTES) > self.max_bytes:
+            floats = None
         with self._lock:
             old = self._entries.get(user_id)
             if old is not None and old.key == key:
@@ -299,14 +386,14 @@ class PartitionStore:
             if self.background:
                 thread = threading.Thread(
                     target=self._build,
-                    args=(user_id, key, bits, old),
+                    args=(user_id, key, bits, old, floats),
                     name=f"partition-{user_id}",
                     daemon=True,
                 )
                 self._building[user_id] = thread
                 thread.start()
                 return None
-        return self._build(user_id, key, bits, old)
+        return self._build(user_id, key, bits, old, floats)
 
     def wait(self) -> None:
         """Until no build runs (tests)."""
@@ -318,9 +405,20 @@ class PartitionStore:
             for thread in threads:
                 thread.join()
 
-    def _build(self, user_id: int, key: Key, bits: Bits, old: Partition | None) -> Partition:
+    def _build(
+        self,
+        user_id: int,
+        key: Key,
+        bits: Bits,
+        old: Partition | None,
+        floats: FloatSource | None,
+    ) -> Partition:
         try:
-            fresh = build(bits, key, old, seed=user_id)
+            if floats is None:
+                fresh = build(bits, key, old, seed=user_id)
+            else:
+                with floats() as reader:
+                    fresh = build(bits, key, old, seed=user_id, floats=reader)
             with self._lock:
                 self.builds += 1
                 replaced = self._entries.pop(user_id, None)
