@@ -83,17 +83,20 @@ def estimates(
     vector: np.ndarray,
 ) -> npt.NDArray[np.float32]:
     """The estimated similarity to `vector` of each chunk of sign bits `words` (the bit
-    vectors' 64-bit words) and magnitude `codes`."""
-    signs = np.unpackbits(
-        np.ascontiguousarray(words).view(np.uint8), axis=1, bitorder="little"
-    ).astype(np.int8)
-    code = np.zeros((len(codes), DIMS), dtype=np.intp)
+    vectors' 64-bit words) and magnitude `codes`: a table of the query's 16 products a
+    dimension (sign x level), looked up by each chunk's 4-bit code (~0.4 ms for 400 chunks;
+    decoding to floats and a dot product took ~2 ms)."""
+    code = np.unpackbits(np.ascontiguousarray(words).view(np.uint8), axis=1, bitorder="little")
+    code <<= MAG_BITS
     step = DIMS // 8
     for b in range(MAG_BITS):
         plane = np.unpackbits(codes[:, b * step : (b + 1) * step], axis=1, bitorder="little")
-        code |= plane.astype(np.intp) << b
-    values = quantizer.levels[code, np.arange(DIMS)] * (signs * 2 - 1)
-    scores: npt.NDArray[np.float32] = np.einsum(
-        "ij,j->i", values, np.asarray(vector, dtype=np.float32).reshape(-1)
-    )
+        code |= plane << b
+    query = np.asarray(vector, dtype=np.float32).reshape(-1)
+    # Row c of the table: the query's values times each dimension's value for code c (the
+    # sign bit on top of the magnitude's three).
+    table = np.concatenate([-quantizer.levels, quantizer.levels]) * query
+    at = code.astype(np.intp)
+    at += np.arange(0, 2 * LEVELS * DIMS, 2 * LEVELS)
+    scores: npt.NDArray[np.float32] = np.take(table.T.ravel(), at).sum(axis=1)
     return scores

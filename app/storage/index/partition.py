@@ -6,13 +6,20 @@ grows with the user: at 1,000,000 chunks reading them took ~55 ms and ranking th
 pass (figures: docs/scaling.md). A partition is built once per process and user and kept;
 a pass then scores the `lists` centroids (one small matrix product), takes the chunks of the
 `probes` lists nearest the query (~6% of the user) and ranks only those by Hamming distance.
-Their best candidates are scored exactly with their float vectors, as before.
+Their best candidates are estimated from four bits a dimension of each chunk kept with the
+partition (codes.py: the sign bits and a magnitude code), and the best of those estimates are
+scored exactly with their float vectors, which are read for those only.
 
 How: the centroids are spherical k-means on a sample of the user's float vectors; each chunk
 belongs to the list of the centroid its sign vector (each dimension +1 or -1) is nearest to, so
 that assigning a chunk needs only the bits every pass reads anyway. With a scope, only the
 scope's chunks of the probed lists count, and lists are added, nearest first, until enough of
 them are found (so a scope never finds fewer candidates than the whole user would).
+
+The codes are made from every chunk's float vector when the partition is built (read on a
+read-only connection of the build's own: a million took ~N s here) and, when it is updated,
+from the new chunks' only. A partition whose codes would not fit `max_bytes` is kept without
+them (every candidate's float vector is then read, as before).
 
 Approximate: a near chunk in a list not probed is missed. Only users of at least
 `Settings.partition_min_chunks` chunks get a partition (smaller ones keep the coarse pass over
@@ -128,10 +135,11 @@ class Partition:
 
     def gather(
         self, vector: np.ndarray, probes: int, want: int, within: np.ndarray | None
-    ) -> tuple[Bits, npt.NDArray[np.uint8] | None, bool]:
+    ) -> tuple[Bits, npt.NDArray[np.intp] | None, bool]:
         """The chunks of the `probes` lists nearest `vector` (those in `within`, sorted ids,
-        when given), more lists while fewer than `want` were found: their bits, their codes
-        (when the partition has them), and whether that is every list."""
+        when given), more lists while fewer than `want` were found: their bits, their rows
+        in the partition (when it has codes, to look theirs up: copying every gathered chunk's
+        codes cost more than the estimates), and whether that is every list."""
         scores = self.centroids @ np.asarray(vector, dtype=np.float32).reshape(-1)
         order = np.argsort(-scores, kind="stable")
         taken = 0
@@ -139,30 +147,28 @@ class Partition:
         member = None if within is None else _membership(within)
         ids: list[npt.NDArray[np.int64]] = []
         words: list[npt.NDArray[np.uint64]] = []
-        codes: list[npt.NDArray[np.uint8]] = []
+        rows: list[npt.NDArray[np.intp]] = []
         step = max(1, probes)
         while taken < len(order) and (taken < probes or found < want):
             for i in order[taken : taken + step].tolist():
                 # A list is a contiguous run of rows: slices, no gather of scattered rows.
                 start, end = int(self.offsets[i]), int(self.offsets[i + 1])
                 part_ids, part_words = self.bits.ids[start:end], self.bits.words[start:end]
-                part_codes = None if self.codes is None else self.codes[start:end]
+                part_rows = np.arange(start, end, dtype=np.intp)
                 if member is not None:
                     keep = member(part_ids)
                     part_ids, part_words = part_ids[keep], part_words[keep]
-                    part_codes = None if part_codes is None else part_codes[keep]
+                    part_rows = part_rows[keep]
                 ids.append(part_ids)
                 words.append(part_words)
-                if part_codes is not None:
-                    codes.append(part_codes)
+                rows.append(part_rows)
                 found += len(part_ids)
             taken += step
-        gathered = self.codes is not None and bool(codes)
         if not ids:
             return Bits(self.bits.ids[:0], self.bits.words[:0]), None, True
         return (
             Bits(np.concatenate(ids), np.concatenate(words)),
-            np.concatenate(codes) if gathered else None,
+            None if self.codes is None else np.concatenate(rows),
             taken >= len(order),
         )
 

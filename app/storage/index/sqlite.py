@@ -450,26 +450,40 @@ class SqliteRanker:
         n = _candidates(depth)
         probes = partition.probes
         while True:
-            bits, codes, everything = partition.gather(vector, probes, n, self._scope)
+            bits, rows, everything = partition.gather(vector, probes, n, self._scope)
             positions = nearest_positions(bits, vector, n)
             ids = bits.ids[positions]
             ranked = None
-            if (
-                codes is not None
-                and partition.quantizer is not None
-                and len(ids) > _rescored(depth)
-            ):
-                guess = estimates(
-                    partition.quantizer, bits.words[positions], codes[positions], vector
+            if rows is not None and len(ids) > _rescored(depth):
+                words = bits.words[positions]
+                ranked = self._best_estimated(
+                    conn, partition, words, rows[positions], ids, vector, depth
                 )
-                best = np.lexsort((ids, -guess))[: _rescored(depth)]
-                ranked = self._exact(conn, ids[best], vector, depth)
             if ranked is None or len(ranked) < depth:
                 ranked = self._exact(conn, ids, vector, depth)
             if len(ranked) >= depth or (everything and len(ids) >= len(bits.ids)):
                 return ranked
             n *= 4
             probes *= 4
+
+    def _best_estimated(
+        self,
+        conn: sqlean.Connection,
+        partition: Partition,
+        words: np.ndarray,
+        rows: np.ndarray,
+        ids: np.ndarray,
+        vector: np.ndarray,
+        depth: int,
+    ) -> list[Ranked] | None:
+        """The exact ranking of the `_rescored(depth)` of the candidates `ids` (sign bits
+        `words`, partition rows `rows`) that their codes estimate best; None without codes."""
+        codes, quantizer = partition.codes, partition.quantizer
+        if codes is None or quantizer is None:
+            return None
+        guess = estimates(quantizer, words, codes[rows], vector)
+        best = np.lexsort((ids, -guess))[: _rescored(depth)]
+        return self._exact(conn, ids[best], vector, depth)
 
     def _read_bits(self, conn: sqlean.Connection) -> None:
         """The bit vectors the passes rank (the user's, or the scope's), and the user's kept
