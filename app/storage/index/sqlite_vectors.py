@@ -166,8 +166,12 @@ def nearest_positions(bits: Bits, vector: np.ndarray, n: int) -> npt.NDArray[np.
     for w in range(_WORDS):
         distance += np.bitwise_count(bits.words[:, w] ^ query[w])
     if n < len(bits.ids):
-        top = np.argpartition(distance, n)[:n]
-        order = top[np.lexsort((bits.ids[top], distance[top]))]
+        # The n-th nearest's distance from a histogram (a distance is at most DIMS), then the
+        # chunks no farther: ~0.2 ms for 123,000 chunks, where argpartition took ~1 ms (and
+        # left which of the chunks tied at that distance got in to chance).
+        reached = np.cumsum(np.bincount(distance, minlength=DIMS + 1))
+        near = np.flatnonzero(distance <= int(np.searchsorted(reached, n)))
+        order = near[np.lexsort((bits.ids[near], distance[near]))][:n]
     else:
         order = np.lexsort((bits.ids, distance))
     return order.astype(np.intp, copy=False)
