@@ -135,42 +135,55 @@ class Partition:
 
     def gather(
         self, vector: np.ndarray, probes: int, want: int, within: np.ndarray | None
-    ) -> tuple[Bits, npt.NDArray[np.intp] | None, bool]:
+    ) -> tuple[Bits, npt.NDArray[np.intp], bool]:
         """The chunks of the `probes` lists nearest `vector` (those in `within`, sorted ids,
         when given), more lists while fewer than `want` were found: their bits, their rows
-        in the partition (when it has codes, to look theirs up: copying every gathered chunk's
-        codes cost more than the estimates), and whether that is every list."""
+        in the partition (to look up their codes: copying every gathered chunk's codes cost
+        more than the estimates), and whether that is every list."""
         scores = self.centroids @ np.asarray(vector, dtype=np.float32).reshape(-1)
         order = np.argsort(-scores, kind="stable")
         taken = 0
         found = 0
         member = None if within is None else _membership(within)
-        ids: list[npt.NDArray[np.int64]] = []
-        words: list[npt.NDArray[np.uint64]] = []
         rows: list[npt.NDArray[np.intp]] = []
+        spans: list[tuple[int, int]] = []
         step = max(1, probes)
         while taken < len(order) and (taken < probes or found < want):
             for i in order[taken : taken + step].tolist():
-                # A list is a contiguous run of rows: slices, no gather of scattered rows.
+                # A list is a contiguous run of rows.
                 start, end = int(self.offsets[i]), int(self.offsets[i + 1])
-                part_ids, part_words = self.bits.ids[start:end], self.bits.words[start:end]
-                part_rows = np.arange(start, end, dtype=np.intp)
-                if member is not None:
-                    keep = member(part_ids)
-                    part_ids, part_words = part_ids[keep], part_words[keep]
-                    part_rows = part_rows[keep]
-                ids.append(part_ids)
-                words.append(part_words)
-                rows.append(part_rows)
-                found += len(part_ids)
+                if member is None:
+                    spans.append((start, end))
+                    found += end - start
+                else:
+                    kept = np.flatnonzero(member(self.bits.ids[start:end])) + start
+                    rows.append(kept)
+                    found += len(kept)
             taken += step
-        if not ids:
-            return Bits(self.bits.ids[:0], self.bits.words[:0]), None, True
+        everything = taken >= len(order)
+        if member is None:
+            # Whole lists: slices, no gather of scattered rows.
+            if not spans:
+                return Bits(self.bits.ids[:0], self.bits.words[:0]), _NO_ROWS, everything
+            return (
+                Bits(
+                    np.concatenate([self.bits.ids[a:b] for a, b in spans]),
+                    np.concatenate([self.bits.words[a:b] for a, b in spans]),
+                ),
+                np.concatenate([np.arange(a, b, dtype=np.intp) for a, b in spans]),
+                everything,
+            )
+        # A scope's chunks of those lists: their rows, then one take (a take per list of a
+        # quarter of a million-chunk user's chunks cost ~3 ms a pass, one take ~0.8 ms).
+        picked = np.concatenate(rows) if rows else _NO_ROWS
         return (
-            Bits(np.concatenate(ids), np.concatenate(words)),
-            None if self.codes is None else np.concatenate(rows),
-            taken >= len(order),
+            Bits(self.bits.ids[picked], np.take(self.bits.words, picked, axis=0)),
+            picked,
+            everything,
         )
+
+
+_NO_ROWS = np.zeros(0, dtype=np.intp)
 
 
 def _membership(within: np.ndarray) -> Callable[[np.ndarray], npt.NDArray[np.bool_]]:

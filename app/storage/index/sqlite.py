@@ -454,7 +454,7 @@ class SqliteRanker:
             positions = nearest_positions(bits, vector, n)
             ids = bits.ids[positions]
             ranked = None
-            if rows is not None and len(ids) > _rescored(depth):
+            if len(ids) > _rescored(depth):
                 words = bits.words[positions]
                 ranked = self._best_estimated(
                     conn, partition, words, rows[positions], ids, vector, depth
