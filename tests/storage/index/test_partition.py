@@ -237,6 +237,14 @@ async def test_the_probed_lists_hold_the_nearest_chunks_of_a_clustered_set(
         return exact_of(self, conn, ids, *args)
 
     monkeypatch.setattr(SqliteRanker, "_exact", scoring)
+    memberships: list[int] = []
+    membership_of = partition_module._membership
+
+    def membership(within: np.ndarray) -> Any:
+        memberships.append(len(within))
+        return membership_of(within)
+
+    monkeypatch.setattr(partition_module, "_membership", membership)
     queries = unit(centers[rng.integers(0, len(centers), 20)] + 0.03 * rng.standard_normal(DIMS))
     store = store_of(runtime)
     for scope in ({}, {"metadata": {"quarter": True}}):
@@ -258,6 +266,8 @@ async def test_the_probed_lists_hold_the_nearest_chunks_of_a_clustered_set(
             found += len(want & {h.external_id for h in approximate.results})
             total += len(want)
         assert found / total >= 0.95, scope
+    # The scope was resolved once (no write), and its membership built once for its 20 passes.
+    assert memberships == [6_000]
     await assert_codes_of_own_vectors(runtime, store._entries[principal.user_id])
 
 
