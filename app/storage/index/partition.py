@@ -134,33 +134,35 @@ class Partition:
         return len(self.bits.ids)
 
     def gather(
-        self, vector: np.ndarray, probes: int, want: int, member: Membership | None
+        self, vector: np.ndarray, probes: int, want: int, scope: ScopeRows | None
     ) -> tuple[Bits, npt.NDArray[np.intp], bool]:
-        """The chunks of the `probes` lists nearest `vector` (those of a scope, `member` its
-        test, when given), more lists while fewer than `want` were found: their bits, their rows
+        """The chunks of the `probes` lists nearest `vector` (those of a scope, given as its
+        rows here: `scope_rows`), more lists while fewer than `want` were found: their bits, their rows
         in the partition (to look up their codes: copying every gathered chunk's codes cost
         more than the estimates), and whether that is every list."""
         scores = self.centroids @ np.asarray(vector, dtype=np.float32).reshape(-1)
         order = np.argsort(-scores, kind="stable")
         taken = 0
         found = 0
-        rows: list[npt.NDArray[np.intp]] = []
+        rows: list[npt.NDArray[np.int32]] = []
         spans: list[tuple[int, int]] = []
+        # Where each list's rows start among the scope's (sorted) rows.
+        bounds = None if scope is None else np.searchsorted(scope, self.offsets)
         step = max(1, probes)
         while taken < len(order) and (taken < probes or found < want):
             for i in order[taken : taken + step].tolist():
                 # A list is a contiguous run of rows.
                 start, end = int(self.offsets[i]), int(self.offsets[i + 1])
-                if member is None:
+                if scope is None or bounds is None:
                     spans.append((start, end))
                     found += end - start
                 else:
-                    kept = np.flatnonzero(member(self.bits.ids[start:end])) + start
+                    kept = scope[int(bounds[i]) : int(bounds[i + 1])]
                     rows.append(kept)
                     found += len(kept)
             taken += step
         everything = taken >= len(order)
-        if member is None:
+        if scope is None:
             # Whole lists: slices, no gather of scattered rows.
             if not spans:
                 return Bits(self.bits.ids[:0], self.bits.words[:0]), _NO_ROWS, everything
@@ -172,9 +174,9 @@ class Partition:
                 np.concatenate([np.arange(a, b, dtype=np.intp) for a, b in spans]),
                 everything,
             )
-        # A scope's chunks of those lists: their rows, then one take (a take per list of a
-        # quarter of a million-chunk user's chunks cost ~3 ms a pass, one take ~0.8 ms).
-        picked = np.concatenate(rows) if rows else _NO_ROWS
+        # A scope's chunks of those lists: their rows, then one take (a boolean selection per
+        # list of a quarter of a million-chunk user's chunks cost ~3 ms a pass).
+        picked = np.concatenate(rows).astype(np.intp) if rows else _NO_ROWS
         return (
             Bits(self.bits.ids[picked], np.take(self.bits.words, picked, axis=0)),
             picked,
@@ -187,8 +189,11 @@ _NO_ROWS = np.zeros(0, dtype=np.intp)
 
 #: Which of some chunk ids are in a scope.
 Membership = Callable[[np.ndarray], npt.NDArray[np.bool_]]
-#: Scopes whose membership a store keeps (app/storage/index/scope_cache.py keeps their ids).
-MEMBERSHIPS_KEPT = 8
+#: A scope's chunks as rows of a partition, ascending (so each list's are a run of them).
+ScopeRows = npt.NDArray[np.int32]
+#: Scopes whose rows a store keeps (app/storage/index/scope_cache.py keeps their ids): at most
+#: 4 bytes a chunk of the user each.
+SCOPES_KEPT = 4
 
 
 def _membership(within: np.ndarray) -> Membership:
@@ -376,25 +381,28 @@ class PartitionStore:
         self.builds = 0
         self._entries: OrderedDict[int, Partition] = OrderedDict()
         self._building: dict[int, threading.Thread] = {}
-        self._members: OrderedDict[int, tuple[np.ndarray, Membership]] = OrderedDict()
+        self._scopes: OrderedDict[int, tuple[np.ndarray, Partition, ScopeRows]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def membership(self, within: np.ndarray) -> Membership:
-        """The membership test of the scope of chunk ids `within`, kept for the same array:
-        a scope resolved once per snapshot is one array for all its searches (scope_cache.py),
-        whose bitmap is then built once, not every pass (~0.4 ms for a quarter of a million
-        chunks). The array is held with it, so that its id names it while kept."""
+    def scope_rows(self, partition: Partition, within: np.ndarray) -> ScopeRows:
+        """The rows of `partition` holding the chunks of the scope `within` (sorted ids),
+        kept for the same array and partition: a scope resolved once per snapshot is one array
+        for all its searches (scope_cache.py), so its chunks are looked up once (~4 ms for a
+        quarter of a million chunks) and a pass only slices the probed lists' runs of them (a
+        membership test of every probed chunk took ~1 ms a pass). The array and the partition
+        are held with them, so that the array's id names it while kept."""
         with self._lock:
-            held = self._members.get(id(within))
-            if held is not None and held[0] is within:
-                self._members.move_to_end(id(within))
-                return held[1]
-        member = _membership(within)
+            held = self._scopes.get(id(within))
+            if held is not None and held[0] is within and held[1] is partition:
+                self._scopes.move_to_end(id(within))
+                return held[2]
+        rows = np.flatnonzero(_membership(within)(partition.bits.ids)).astype(np.int32)
         with self._lock:
-            self._members[id(within)] = (within, member)
-            while len(self._members) > MEMBERSHIPS_KEPT:
-                self._members.popitem(last=False)
-        return member
+            self._scopes[id(within)] = (within, partition, rows)
+            self._scopes.move_to_end(id(within))
+            while len(self._scopes) > SCOPES_KEPT:
+                self._scopes.popitem(last=False)
+        return rows
 
     def kept(self, user_id: int, key: Key) -> Partition | None:
         """The user's partition if it holds the snapshot `key` names."""

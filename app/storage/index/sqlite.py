@@ -449,11 +449,11 @@ class SqliteRanker:
         hold too few documents)."""
         n = _candidates(depth)
         probes = partition.probes
-        member = None
+        scope = None
         if self._scope is not None and self._partitions is not None:
-            member = self._partitions.membership(self._scope)
+            scope = self._partitions.scope_rows(partition, self._scope)
         while True:
-            bits, rows, everything = partition.gather(vector, probes, n, member)
+            bits, rows, everything = partition.gather(vector, probes, n, scope)
             positions = nearest_positions(bits, vector, n)
             ids = bits.ids[positions]
             ranked = None

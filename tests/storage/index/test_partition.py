@@ -22,7 +22,7 @@ from app.storage.index import sqlite as sqlite_index
 from app.storage.index.partition import Partition, PartitionStore
 from app.storage.index.resident import ResidentStore
 from app.storage.index.sqlite import SqliteIndex, SqliteRanker
-from app.storage.index.sqlite_vectors import read_floats
+from app.storage.index.sqlite_vectors import Bits, quantize, read_floats
 from app.storage.sqlite_driver import run_on_connection
 from tests.conftest import AppFactory, new_key
 from tests.services.test_search import TOPICS, long_text, run_search, setup_corpus
@@ -266,7 +266,8 @@ async def test_the_probed_lists_hold_the_nearest_chunks_of_a_clustered_set(
             found += len(want & {h.external_id for h in approximate.results})
             total += len(want)
         assert found / total >= 0.95, scope
-    # The scope was resolved once (no write), and its membership built once for its 20 passes.
+    # The scope was resolved once (no write), and its chunks looked up in the partition once
+    # for its 20 passes.
     assert memberships == [6_000]
     await assert_codes_of_own_vectors(runtime, store._entries[principal.user_id])
 
@@ -363,3 +364,29 @@ def test_the_best_estimates_of_the_codes_hold_the_best_candidates() -> None:
         total += len(best)
     assert held / total >= 0.98
     assert held_by_signs < held
+
+
+def test_a_scope_is_gathered_from_its_rows_of_the_partition() -> None:
+    """The rows a store keeps for a scope are the partition's rows of the scope's chunks; a
+    pass gathers exactly the scope's chunks of the probed lists; and a partition made for
+    another snapshot (after a write) gets its own rows, not the kept ones."""
+    rng = np.random.default_rng(5)
+    ids = rng.permutation(np.arange(1, 6_001, dtype=np.int64))
+    bits = Bits(ids, quantize(rng.standard_normal((len(ids), DIMS))).view(np.uint64))
+    part = partition_module.build(bits, (1, 6_000), None, seed=1)
+    within = np.sort(rng.choice(ids, 1_500, replace=False))
+    store = PartitionStore(max_bytes=1 << 30, min_chunks=1)
+    rows = store.scope_rows(part, within)
+    assert store.scope_rows(part, within) is rows
+    assert sorted(part.bits.ids[rows].tolist()) == within.tolist()
+    vector = rng.standard_normal(DIMS).astype(np.float32)
+    everywhere, _, _ = part.gather(vector, part.probes, 1, None)
+    scoped, scoped_rows, _ = part.gather(vector, part.probes, 1, rows)
+    assert scoped.ids.tolist() == [i for i in everywhere.ids.tolist() if i in set(within.tolist())]
+    assert part.bits.ids[scoped_rows].tolist() == scoped.ids.tolist()
+    assert np.array_equal(part.bits.words[scoped_rows], scoped.words)
+    rewritten = partition_module.build(Bits(ids[:5_000], bits.words[:5_000]), (2, 6_000), part, 1)
+    again = store.scope_rows(rewritten, within)
+    assert sorted(rewritten.bits.ids[again].tolist()) == sorted(
+        set(within.tolist()) & set(ids[:5_000].tolist())
+    )
