@@ -5,16 +5,18 @@ Why: the coarse pass reads and ranks every bit vector of the user (sqlite_vector
 grows with the user: at 1,000,000 chunks reading them took ~55 ms and ranking them ~30 ms a
 pass (figures: docs/scaling.md). A partition is built once per process and user and kept;
 a pass then scores the `lists` centroids (one small matrix product), takes the chunks of the
-`probes` lists nearest the query (~6% of the user) and ranks only those by Hamming distance.
+`probes` lists nearest the query (~12% of the user) and ranks only those by Hamming distance.
 Their best candidates are estimated from four bits a dimension of each chunk kept with the
 partition (codes.py: the sign bits and a magnitude code), and the best of those estimates are
 scored exactly with their float vectors, which are read for those only.
 
-How: the centroids are spherical k-means on a sample of the user's float vectors; each chunk
+How: the centroids are spherical k-means on a sample of the user's sign vectors; each chunk
 belongs to the list of the centroid its sign vector (each dimension +1 or -1) is nearest to, so
 that assigning a chunk needs only the bits every pass reads anyway. With a scope, only the
-scope's chunks of the probed lists count, and lists are added, nearest first, until enough of
-them are found (so a scope never finds fewer candidates than the whole user would).
+scope's chunks of the probed lists count (sliced from the scope's rows of the partition, looked
+up once per resolved scope: `PartitionStore.scope_rows`), and lists are added, nearest first,
+until enough of them are found (so a scope never finds fewer candidates than the whole user
+would).
 
 The codes are made from every chunk's float vector when the partition is built (read on a
 read-only connection of the build's own: a million took ~N s here) and, when it is updated,
@@ -365,8 +367,8 @@ def _unit(matrix: np.ndarray) -> npt.NDArray[np.float32]:
 
 class PartitionStore:
     """Users' partitions, least recently used out beyond `max_bytes`; thread-safe. A partition
-    is built or updated on a thread of its own (seconds for a million chunks: training and
-    assigning every chunk), while the user's searches take the pass over all their bits, so no
+    is built or updated on a thread of its own (seconds for a million chunks: training,
+    assigning every chunk and reading every float vector for its codes), while the user's searches take the pass over all their bits, so no
     search waits for it; `background = False` builds it inside the search instead (tests).
     `builds` counts partitions made or updated, `hits` passes served by a kept one."""
 
@@ -464,11 +466,16 @@ class PartitionStore:
         floats: FloatSource | None,
     ) -> Partition:
         try:
-            if floats is None:
+            fresh = None
+            if floats is not None:
+                try:
+                    with floats() as reader:
+                        fresh = build(bits, key, old, seed=user_id, floats=reader)
+                except sqlean.Error:
+                    # The file could not be opened for reading: a partition without codes.
+                    log.warning("partition codes not made: database unreadable", exc_info=True)
+            if fresh is None:
                 fresh = build(bits, key, old, seed=user_id)
-            else:
-                with floats() as reader:
-                    fresh = build(bits, key, old, seed=user_id, floats=reader)
             with self._lock:
                 self.builds += 1
                 replaced = self._entries.pop(user_id, None)

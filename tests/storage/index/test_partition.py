@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import sqlean
 
 from app.embedding.embedder import DIMS
 from app.models import Chunk, KnowledgeDoc, KnowledgeDocItem, utcnow
@@ -390,3 +391,21 @@ def test_a_scope_is_gathered_from_its_rows_of_the_partition() -> None:
     assert sorted(rewritten.bits.ids[again].tolist()) == sorted(
         set(within.tolist()) & set(ids[:5_000].tolist())
     )
+
+
+async def test_a_partition_whose_floats_cannot_be_read_serves_without_codes(
+    make_app: AppFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The build reads every float vector on a connection of its own; when the file cannot be
+    opened so, the partition is kept without codes and ranks as the full pass."""
+
+    def unopenable(path: str) -> Any:
+        raise sqlean.OperationalError(f"unable to open database file {path}")
+
+    monkeypatch.setattr(sqlite_index, "floats_of_file", unopenable)
+    app = await make_app(partition_min_chunks=1)
+    runtime, principal = await setup_corpus(app)
+    got = await answers(runtime, principal)
+    store = store_of(runtime)
+    assert store.builds == 1 and store._entries[principal.user_id].codes is None
+    assert got == await full_pass(runtime, principal, monkeypatch)
