@@ -209,8 +209,8 @@ def unit(matrix: np.ndarray) -> np.ndarray:
 async def test_the_probed_lists_hold_the_nearest_chunks_of_a_clustered_set(
     make_app: AppFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """24,000 chunks around 300 directions, in 32 lists of which a pass probes 8 (and ranks
-    about a quarter of the bits): the partition's top 10 documents are the full pass's, but for a
+    """24,000 chunks around 300 directions, in 32 lists of which a pass probes 12 (and ranks
+    about three eighths of the bits): the partition's top 10 documents are the full pass's, but for a
     few, scoped to a quarter of the documents or not."""
     rng = np.random.default_rng(3)
     centers = unit(rng.standard_normal((300, DIMS)))
