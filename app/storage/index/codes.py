@@ -7,7 +7,7 @@ reads of their float vectors (scattered rows of a 5 GB file, 7-30 ms; docs/scali
 arithmetic. A chunk's sign bits are in the partition already; three more bits a dimension (its
 magnitude's octile among the user's, 144 bytes a chunk) estimate its similarity to the query
 closely enough that the true best chunks of the 400 are among the estimate's best
-`partition.RESCORED_MIN`, whose float vectors are then read and scored exactly as before. So the
+`RESCORED_MIN` (sqlite.py), whose float vectors are then read and scored exactly as before. So the
 scores a search returns stay exact; only which chunks get them depends on the estimate.
 
 How: per dimension, the thresholds are the octiles of |x| in a sample of the user's float
