@@ -19,9 +19,9 @@ until enough of them are found (so a scope never finds fewer candidates than the
 would).
 
 The codes are made from every chunk's float vector when the partition is built (read on a
-read-only connection of the build's own: a million took 10-20 s more than a build without them here) and, when it is updated,
-from the new chunks' only. A partition whose codes would not fit `max_bytes` is kept without
-them (every candidate's float vector is then read, as before).
+read-only connection of the build's own: a million took 10-20 s more than a build without them
+here) and, when it is updated, from the new chunks' only. A partition whose codes would not fit
+`max_bytes` is kept without them (every candidate's float vector is then read, as before).
 
 Approximate: a near chunk in a list not probed is missed. Only users of at least
 `Settings.partition_min_chunks` chunks get a partition (smaller ones keep the coarse pass over
