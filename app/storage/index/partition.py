@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -98,7 +99,7 @@ def snapshot_key(conn: sqlean.Connection, user_id: int) -> Key:
     return (int(seq[0]) if seq else 0, int(top[0]) if top and top[0] is not None else 0)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class Partition:
     """One user's chunks in `len(centroids)` lists: `bits` grouped by list, list `l` being rows
     `offsets[l]:offsets[l + 1]`; `sorted_ids` (ascending) and `sorted_lists` give a chunk's list
@@ -385,7 +386,9 @@ class PartitionStore:
         self.builds = 0
         self._entries: OrderedDict[int, Partition] = OrderedDict()
         self._building: dict[int, threading.Thread] = {}
-        self._scopes: OrderedDict[int, tuple[np.ndarray, Partition, ScopeRows]] = OrderedDict()
+        self._scopes: OrderedDict[int, tuple[np.ndarray, weakref.ref[Partition], ScopeRows]] = (
+            OrderedDict()
+        )
         self._lock = threading.Lock()
 
     def scope_rows(self, partition: Partition, within: np.ndarray) -> ScopeRows:
@@ -394,15 +397,16 @@ class PartitionStore:
         for all its searches (scope_cache.py), so its chunks are looked up once (~4 ms for a
         quarter of a million chunks) and a pass only slices the probed lists' runs of them (a
         membership test of every probed chunk took ~1 ms a pass). The array and the partition
-        are held with them, so that the array's id names it while kept."""
+        are held with them, so that the array's id names it while kept (the array itself, the
+        partition by a weak reference: a replaced partition is not kept alive by its scopes)."""
         with self._lock:
             held = self._scopes.get(id(within))
-            if held is not None and held[0] is within and held[1] is partition:
+            if held is not None and held[0] is within and held[1]() is partition:
                 self._scopes.move_to_end(id(within))
                 return held[2]
         rows = np.flatnonzero(_membership(within)(partition.bits.ids)).astype(np.int32)
         with self._lock:
-            self._scopes[id(within)] = (within, partition, rows)
+            self._scopes[id(within)] = (within, weakref.ref(partition), rows)
             self._scopes.move_to_end(id(within))
             while len(self._scopes) > SCOPES_KEPT:
                 self._scopes.popitem(last=False)

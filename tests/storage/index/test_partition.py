@@ -6,7 +6,9 @@ the same file is searchable at once."""
 
 from __future__ import annotations
 
+import gc
 import uuid
+import weakref
 from typing import Any
 
 import numpy as np
@@ -387,6 +389,10 @@ def test_a_scope_is_gathered_from_its_rows_of_the_partition() -> None:
     assert part.bits.ids[scoped_rows].tolist() == scoped.ids.tolist()
     assert np.array_equal(part.bits.words[scoped_rows], scoped.words)
     rewritten = partition_module.build(Bits(ids[:5_000], bits.words[:5_000]), (2, 6_000), part, 1)
+    replaced = weakref.ref(part)
+    del part
+    gc.collect()
+    assert replaced() is None  # the kept scope rows do not keep a replaced partition alive
     again = store.scope_rows(rewritten, within)
     assert sorted(rewritten.bits.ids[again].tolist()) == sorted(
         set(within.tolist()) & set(ids[:5_000].tolist())
