@@ -191,9 +191,10 @@ class Settings(BaseSettings):
     #: lists nearest the query instead of every chunk, approximate but fast at a million chunks
     #: (docs/scaling.md). Smaller users keep the pass over all their chunks.
     partition_min_chunks: int = Field(default=50_000, ge=1)
-    #: SQLite: megabytes of partitions each server process keeps (~70 bytes a chunk: 70 MB for
-    #: a user of 1,000,000 chunks; least recently used out). 0: none, every user is searched
-    #: by the pass over all their chunks.
+    #: SQLite: megabytes of partitions each server process keeps (~215 bytes a chunk: 215 MB
+    #: for a user of 1,000,000 chunks, 70 of them without the codes that spare most float
+    #: vector reads, left out of a partition they would not fit with; least recently used
+    #: out). 0: none, every user is searched by the pass over all their chunks.
     partition_cache_mb: int = Field(default=256, ge=0, le=1_000_000)
     #: What runs the embedding model: `onnx` (ONNX Runtime; the graph is exported from the
     #: bundled weights once, ~10 s, and cached) or `torch` (sentence-transformers). Both give the

@@ -5,14 +5,23 @@ Why: the coarse pass reads and ranks every bit vector of the user (sqlite_vector
 grows with the user: at 1,000,000 chunks reading them took ~55 ms and ranking them ~30 ms a
 pass (figures: docs/scaling.md). A partition is built once per process and user and kept;
 a pass then scores the `lists` centroids (one small matrix product), takes the chunks of the
-`probes` lists nearest the query (~6% of the user) and ranks only those by Hamming distance.
-Their best candidates are scored exactly with their float vectors, as before.
+`probes` lists nearest the query (~12% of the user) and ranks only those by Hamming distance.
+Their best candidates are estimated from four bits a dimension of each chunk kept with the
+partition (codes.py: the sign bits and a magnitude code), and the best of those estimates are
+scored exactly with their float vectors, which are read for those only.
 
-How: the centroids are spherical k-means on a sample of the user's float vectors; each chunk
+How: the centroids are spherical k-means on a sample of the user's sign vectors; each chunk
 belongs to the list of the centroid its sign vector (each dimension +1 or -1) is nearest to, so
 that assigning a chunk needs only the bits every pass reads anyway. With a scope, only the
-scope's chunks of the probed lists count, and lists are added, nearest first, until enough of
-them are found (so a scope never finds fewer candidates than the whole user would).
+scope's chunks of the probed lists count (sliced from the scope's rows of the partition, looked
+up once per resolved scope: `PartitionStore.scope_rows`), and lists are added, nearest first,
+until enough of them are found (so a scope never finds fewer candidates than the whole user
+would).
+
+The codes are made from every chunk's float vector when the partition is built (read on a
+read-only connection of the build's own: a million took 10-20 s more than a build without them
+here) and, when it is updated, from the new chunks' only. A partition whose codes would not fit
+`max_bytes` is kept without them (every candidate's float vector is then read, as before).
 
 Approximate: a near chunk in a list not probed is missed. Only users of at least
 `Settings.partition_min_chunks` chunks get a partition (smaller ones keep the coarse pass over
@@ -31,9 +40,12 @@ others are dropped. Half the chunks new since the centroids were trained: traine
 
 from __future__ import annotations
 
+import logging
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,15 +53,21 @@ import numpy.typing as npt
 import sqlean
 
 from app.models.knowledge import EMBEDDING_DIMS as DIMS
-from app.storage.index.sqlite_vectors import Bits
+from app.storage.index import codes as codes_module
+from app.storage.index.codes import CODE_BYTES, Quantizer
+from app.storage.index.sqlite_vectors import Bits, FloatReader
+
+log = logging.getLogger(__name__)
 
 #: About this many chunks a list (at least `MIN_LISTS` lists).
 LIST_SIZE = 4096
 MIN_LISTS = 32
 #: A pass probes `lists // PROBE_SHARE` lists, at least `PROBE_MIN` (deeper passes more): with 16
-#: and 4, Cranfield's semantic nDCG@10 with partitions forced fell 0.0063 below the full pass's.
+#: and 4, Cranfield's semantic nDCG@10 with partitions forced fell 0.0063 below the full pass's,
+#: with 8 and 8 (8 of its 32 lists) 0.0048-0.0053, with 8 and 12 it was 0.0002 above it. A
+#: million chunks make 244 lists, of which a pass probes 30 either way.
 PROBE_SHARE = 8
-PROBE_MIN = 8
+PROBE_MIN = 12
 #: The centroids are trained on this many sampled float vectors a list, for this many rounds.
 TRAIN_PER_LIST = 64
 ROUNDS = 8
@@ -58,8 +76,18 @@ _BITMAP_MIN = 1 << 20
 #: Sign vectors are assigned to lists this many at a time (a float32 block of ~50 MB).
 _ASSIGN_BATCH = 32768
 
+#: The quantizer of the codes (codes.py) is fitted on this many sampled float vectors; codes
+#: are made from float vectors read this many at a time.
+FIT_SAMPLE = 16384
+_READ_BATCH = 50_000
+#: What a partition costs a chunk besides its centroids: its id, sign bits, sorted id and list.
+CHUNK_BYTES = 8 + DIMS // 8 + 8 + 4
+
 #: (the user's change seq, the user's largest chunk id) of a snapshot.
 Key = tuple[int, int]
+
+#: Opens a `FloatReader` for a build, closed after it.
+FloatSource = Callable[[], AbstractContextManager[FloatReader]]
 
 
 def snapshot_key(conn: sqlean.Connection, user_id: int) -> Key:
@@ -71,7 +99,7 @@ def snapshot_key(conn: sqlean.Connection, user_id: int) -> Key:
     return (int(seq[0]) if seq else 0, int(top[0]) if top and top[0] is not None else 0)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class Partition:
     """One user's chunks in `len(centroids)` lists: `bits` grouped by list, list `l` being rows
     `offsets[l]:offsets[l + 1]`; `sorted_ids` (ascending) and `sorted_lists` give a chunk's list
@@ -85,6 +113,10 @@ class Partition:
     sorted_lists: npt.NDArray[np.int32]
     #: How many chunks had no list when the centroids were trained (retrain past half).
     trained_on: int
+    #: Each chunk's magnitude codes (codes.py), row for row with `bits`, and their quantizer;
+    #: None when the float vectors could not be read or the codes would not fit.
+    codes: npt.NDArray[np.uint8] | None = None
+    quantizer: Quantizer | None = None
 
     @property
     def nbytes(self) -> int:
@@ -95,6 +127,8 @@ class Partition:
             + self.offsets.nbytes
             + self.sorted_ids.nbytes
             + self.sorted_lists.nbytes
+            + (0 if self.codes is None else self.codes.nbytes)
+            + (0 if self.quantizer is None else self.quantizer.nbytes)
         )
 
     @property
@@ -105,37 +139,69 @@ class Partition:
         return len(self.bits.ids)
 
     def gather(
-        self, vector: np.ndarray, probes: int, want: int, within: np.ndarray | None
-    ) -> tuple[Bits, bool]:
-        """The chunks of the `probes` lists nearest `vector` (those in `within`, sorted ids,
-        when given), more lists while fewer than `want` were found; and whether that is every
-        list."""
+        self, vector: np.ndarray, probes: int, want: int, scope: ScopeRows | None
+    ) -> tuple[Bits, npt.NDArray[np.intp], bool]:
+        """The chunks of the `probes` lists nearest `vector` (those of a scope, given as its
+        rows here: `scope_rows`), more lists while fewer than `want` were found: their bits, their rows
+        in the partition (to look up their codes: copying every gathered chunk's codes cost
+        more than the estimates), and whether that is every list."""
         scores = self.centroids @ np.asarray(vector, dtype=np.float32).reshape(-1)
         order = np.argsort(-scores, kind="stable")
         taken = 0
         found = 0
-        member = None if within is None else _membership(within)
-        ids: list[npt.NDArray[np.int64]] = []
-        words: list[npt.NDArray[np.uint64]] = []
+        rows: list[npt.NDArray[np.int32]] = []
+        spans: list[tuple[int, int]] = []
+        # Where each list's rows start among the scope's (sorted) rows.
+        bounds = None if scope is None else np.searchsorted(scope, self.offsets)
         step = max(1, probes)
         while taken < len(order) and (taken < probes or found < want):
             for i in order[taken : taken + step].tolist():
-                # A list is a contiguous run of rows: slices, no gather of scattered rows.
+                # A list is a contiguous run of rows.
                 start, end = int(self.offsets[i]), int(self.offsets[i + 1])
-                part_ids, part_words = self.bits.ids[start:end], self.bits.words[start:end]
-                if member is not None:
-                    keep = member(part_ids)
-                    part_ids, part_words = part_ids[keep], part_words[keep]
-                ids.append(part_ids)
-                words.append(part_words)
-                found += len(part_ids)
+                if scope is None or bounds is None:
+                    spans.append((start, end))
+                    found += end - start
+                else:
+                    kept = scope[int(bounds[i]) : int(bounds[i + 1])]
+                    rows.append(kept)
+                    found += len(kept)
             taken += step
-        if not ids:
-            return Bits(self.bits.ids[:0], self.bits.words[:0]), True
-        return Bits(np.concatenate(ids), np.concatenate(words)), taken >= len(order)
+        everything = taken >= len(order)
+        if scope is None:
+            # Whole lists: slices, no gather of scattered rows.
+            if not spans:
+                return Bits(self.bits.ids[:0], self.bits.words[:0]), _NO_ROWS, everything
+            return (
+                Bits(
+                    np.concatenate([self.bits.ids[a:b] for a, b in spans]),
+                    np.concatenate([self.bits.words[a:b] for a, b in spans]),
+                ),
+                np.concatenate([np.arange(a, b, dtype=np.intp) for a, b in spans]),
+                everything,
+            )
+        # A scope's chunks of those lists: their rows, then one take (a boolean selection per
+        # list of a quarter of a million-chunk user's chunks cost ~3 ms a pass).
+        picked = np.concatenate(rows).astype(np.intp) if rows else _NO_ROWS
+        return (
+            Bits(self.bits.ids[picked], np.take(self.bits.words, picked, axis=0)),
+            picked,
+            everything,
+        )
 
 
-def _membership(within: np.ndarray) -> Callable[[np.ndarray], npt.NDArray[np.bool_]]:
+_NO_ROWS = np.zeros(0, dtype=np.intp)
+
+
+#: Which of some chunk ids are in a scope.
+Membership = Callable[[np.ndarray], npt.NDArray[np.bool_]]
+#: A scope's chunks as rows of a partition, ascending (so each list's are a run of them).
+ScopeRows = npt.NDArray[np.int32]
+#: Scopes whose rows a store keeps (app/storage/index/scope_cache.py keeps their ids): at most
+#: 4 bytes a chunk of the user each.
+SCOPES_KEPT = 4
+
+
+def _membership(within: np.ndarray) -> Membership:
     """A test of which of some chunk ids are in `within` (sorted ids): a bitmap over the span
     of `within` when that is not much larger than it (one lookup an id: a quarter of a
     million-chunk user took ~30 ms a pass by binary search, ~1 ms so), else binary search."""
@@ -162,12 +228,18 @@ def _membership(within: np.ndarray) -> Callable[[np.ndarray], npt.NDArray[np.boo
     return searched
 
 
-def build(bits: Bits, key: Key, old: Partition | None, seed: int) -> Partition:
+def build(
+    bits: Bits, key: Key, old: Partition | None, seed: int, floats: FloatReader | None = None
+) -> Partition:
     """The partition of `bits` (a snapshot's, named `key`), keeping `old`'s lists and centroids
-    for the chunks it holds unless half of `bits` are new to it. Needs no connection (it may run
-    on a thread of its own): the centroids are trained on the chunks' sign vectors."""
+    for the chunks it holds unless half of `bits` are new to it. The centroids are trained on the
+    chunks' sign vectors; with `floats` (a reader of float vectors by id, on a connection of
+    the build's own when it runs on a thread of its own), the chunks get their codes too, those
+    `old` holds keeping theirs."""
     n = len(bits.ids)
     lists = np.full(n, -1, dtype=np.int32)
+    held = np.zeros(n, dtype=bool)
+    at = np.zeros(n, dtype=np.intp)
     if old is not None and len(old.sorted_ids):
         at = np.minimum(np.searchsorted(old.sorted_ids, bits.ids), len(old.sorted_ids) - 1)
         held = old.sorted_ids[at] == bits.ids
@@ -185,6 +257,13 @@ def build(bits: Bits, key: Key, old: Partition | None, seed: int) -> Partition:
     new = np.flatnonzero(lists < 0)
     if len(new):
         lists[new] = _nearest_list(bits.words[new], centroids)
+    codes, quantizer = None, None
+    if floats is not None:
+        try:
+            codes, quantizer = _codes(bits, old, held, at, floats, seed)
+        except sqlean.Error:
+            # The partition still serves without codes (every candidate's floats read).
+            log.warning("partition codes not made: float vectors unreadable", exc_info=True)
     # By list, and by id within a list: a scope's membership test then walks both in order.
     order = np.lexsort((bits.ids, lists))
     counts = np.bincount(lists, minlength=len(centroids))
@@ -198,7 +277,46 @@ def build(bits: Bits, key: Key, old: Partition | None, seed: int) -> Partition:
         sorted_ids=bits.ids[by_id],
         sorted_lists=lists[by_id],
         trained_on=trained_on,
+        codes=None if codes is None else codes[order],
+        quantizer=quantizer,
     )
+
+
+def _codes(
+    bits: Bits,
+    old: Partition | None,
+    held: npt.NDArray[np.bool_],
+    at: npt.NDArray[np.intp],
+    floats: FloatReader,
+    seed: int,
+) -> tuple[npt.NDArray[np.uint8] | None, Quantizer | None]:
+    """The codes of `bits`' chunks, row for row, and their quantizer: `old`'s for the chunks
+    it holds (`held`, at `at` of its sorted ids) and new ones from their float vectors; all
+    made again, with a quantizer fitted again, when `old` is None or has none."""
+    n = len(bits.ids)
+    codes = np.zeros((n, CODE_BYTES), dtype=np.uint8)
+    if old is not None and old.codes is not None and old.quantizer is not None:
+        quantizer = old.quantizer
+        old_rows = np.argsort(old.bits.ids, kind="stable")  # of `old.sorted_ids`, in order
+        codes[held] = old.codes[old_rows[at[held]]]
+        missing = np.flatnonzero(~held)
+    else:
+        rng = np.random.default_rng(seed)
+        sample = rng.choice(n, size=min(n, FIT_SAMPLE), replace=False)
+        _, matrix = floats(np.sort(bits.ids[sample]))
+        if not len(matrix):
+            return None, None
+        quantizer = codes_module.fit(matrix)
+        missing = np.arange(n)
+    # Read in ascending id order (neighbouring rows share pages). A chunk deleted since the
+    # snapshot is not found and keeps zero codes: only a search of that older snapshot ranks it.
+    by_id = missing[np.argsort(bits.ids[missing], kind="stable")]
+    for start in range(0, len(by_id), _READ_BATCH):
+        rows = by_id[start : start + _READ_BATCH]
+        wanted = bits.ids[rows]
+        found, matrix = floats(wanted)
+        codes[rows[np.searchsorted(wanted, found)]] = codes_module.encode(quantizer, matrix)
+    return codes, quantizer
 
 
 def list_count(n: int) -> int:
@@ -252,8 +370,8 @@ def _unit(matrix: np.ndarray) -> npt.NDArray[np.float32]:
 
 class PartitionStore:
     """Users' partitions, least recently used out beyond `max_bytes`; thread-safe. A partition
-    is built or updated on a thread of its own (seconds for a million chunks: training and
-    assigning every chunk), while the user's searches take the pass over all their bits, so no
+    is built or updated on a thread of its own (seconds for a million chunks: training,
+    assigning every chunk and reading every float vector for its codes), while the user's searches take the pass over all their bits, so no
     search waits for it; `background = False` builds it inside the search instead (tests).
     `builds` counts partitions made or updated, `hits` passes served by a kept one."""
 
@@ -268,7 +386,31 @@ class PartitionStore:
         self.builds = 0
         self._entries: OrderedDict[int, Partition] = OrderedDict()
         self._building: dict[int, threading.Thread] = {}
+        self._scopes: OrderedDict[int, tuple[np.ndarray, weakref.ref[Partition], ScopeRows]] = (
+            OrderedDict()
+        )
         self._lock = threading.Lock()
+
+    def scope_rows(self, partition: Partition, within: np.ndarray) -> ScopeRows:
+        """The rows of `partition` holding the chunks of the scope `within` (sorted ids),
+        kept for the same array and partition: a scope resolved once per snapshot is one array
+        for all its searches (scope_cache.py), so its chunks are looked up once (~4 ms for a
+        quarter of a million chunks) and a pass only slices the probed lists' runs of them (a
+        membership test of every probed chunk took ~1 ms a pass). The array and the partition
+        are held with them, so that the array's id names it while kept (the array itself, the
+        partition by a weak reference: a replaced partition is not kept alive by its scopes)."""
+        with self._lock:
+            held = self._scopes.get(id(within))
+            if held is not None and held[0] is within and held[1]() is partition:
+                self._scopes.move_to_end(id(within))
+                return held[2]
+        rows = np.flatnonzero(_membership(within)(partition.bits.ids)).astype(np.int32)
+        with self._lock:
+            self._scopes[id(within)] = (within, weakref.ref(partition), rows)
+            self._scopes.move_to_end(id(within))
+            while len(self._scopes) > SCOPES_KEPT:
+                self._scopes.popitem(last=False)
+        return rows
 
     def kept(self, user_id: int, key: Key) -> Partition | None:
         """The user's partition if it holds the snapshot `key` names."""
@@ -280,16 +422,19 @@ class PartitionStore:
             self.hits += 1
             return held
 
-    def current(self, user_id: int, key: Key, bits: Bits) -> Partition | None:
+    def current(
+        self, user_id: int, key: Key, bits: Bits, floats: FloatSource | None = None
+    ) -> Partition | None:
         """A partition of `bits` (the user's, in the snapshot `key` names) if one is kept;
         else None, with one made or updated from the kept one (in the background unless
-        `background` is off, then returned). None too when the user is too small or too large
-        to keep."""
+        `background` is off, then returned), with codes read through `floats` when given and
+        they fit. None too when the user is too small or too large to keep."""
         if len(bits.ids) < self.min_chunks or not self.max_bytes:
             return None
-        # ids, words, sorted ids and lists: what a partition costs a chunk, besides centroids.
-        if len(bits.ids) * (8 + DIMS // 8 + 8 + 4) > self.max_bytes:
+        if len(bits.ids) * CHUNK_BYTES > self.max_bytes:
             return None
+        if len(bits.ids) * (CHUNK_BYTES + CODE_BYTES) > self.max_bytes:
+            floats = None
         with self._lock:
             old = self._entries.get(user_id)
             if old is not None and old.key == key:
@@ -299,14 +444,14 @@ class PartitionStore:
             if self.background:
                 thread = threading.Thread(
                     target=self._build,
-                    args=(user_id, key, bits, old),
+                    args=(user_id, key, bits, old, floats),
                     name=f"partition-{user_id}",
                     daemon=True,
                 )
                 self._building[user_id] = thread
                 thread.start()
                 return None
-        return self._build(user_id, key, bits, old)
+        return self._build(user_id, key, bits, old, floats)
 
     def wait(self) -> None:
         """Until no build runs (tests)."""
@@ -318,9 +463,25 @@ class PartitionStore:
             for thread in threads:
                 thread.join()
 
-    def _build(self, user_id: int, key: Key, bits: Bits, old: Partition | None) -> Partition:
+    def _build(
+        self,
+        user_id: int,
+        key: Key,
+        bits: Bits,
+        old: Partition | None,
+        floats: FloatSource | None,
+    ) -> Partition:
         try:
-            fresh = build(bits, key, old, seed=user_id)
+            fresh = None
+            if floats is not None:
+                try:
+                    with floats() as reader:
+                        fresh = build(bits, key, old, seed=user_id, floats=reader)
+                except sqlean.Error:
+                    # The file could not be opened for reading: a partition without codes.
+                    log.warning("partition codes not made: database unreadable", exc_info=True)
+            if fresh is None:
+                fresh = build(bits, key, old, seed=user_id)
             with self._lock:
                 self.builds += 1
                 replaced = self._entries.pop(user_id, None)

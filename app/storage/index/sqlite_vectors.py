@@ -29,8 +29,10 @@ yet (every path that deletes chunk rows deletes their index entries first).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -164,8 +166,12 @@ def nearest_positions(bits: Bits, vector: np.ndarray, n: int) -> npt.NDArray[np.
     for w in range(_WORDS):
         distance += np.bitwise_count(bits.words[:, w] ^ query[w])
     if n < len(bits.ids):
-        top = np.argpartition(distance, n)[:n]
-        order = top[np.lexsort((bits.ids[top], distance[top]))]
+        # The n-th nearest's distance from a histogram (a distance is at most DIMS), then the
+        # chunks no farther: ~0.2 ms for 123,000 chunks, where argpartition took ~1 ms (and
+        # left which of the chunks tied at that distance got in to chance).
+        reached = np.cumsum(np.bincount(distance, minlength=DIMS + 1))
+        near = np.flatnonzero(distance <= int(np.searchsorted(reached, n)))
+        order = near[np.lexsort((bits.ids[near], distance[near]))][:n]
     else:
         order = np.lexsort((bits.ids, distance))
     return order.astype(np.intp, copy=False)
@@ -285,6 +291,53 @@ def read_entries(conn: sqlean.Connection, chunk_ids: Sequence[int]) -> dict[int,
             doc = doc_ids.setdefault(str(doc_id), str(doc_id))
             entries[int(chunk_id)] = (doc, bytes(blob))
     return entries
+
+
+def read_floats(
+    conn: sqlean.Connection, chunk_ids: npt.NDArray[np.int64]
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+    """The float vectors of those of `chunk_ids` (ascending) that exist: their ids (ascending)
+    and one row each, read `_BATCH` ids a statement."""
+    ids: list[int] = []
+    blobs: list[bytes] = []
+    for start in range(0, len(chunk_ids), _BATCH):
+        rows = conn.execute(
+            "SELECT c.id, c.embedding"
+            " FROM json_each(?) AS j CROSS JOIN chunks AS c ON c.id = j.value",
+            (json.dumps(chunk_ids[start : start + _BATCH].tolist()),),
+        ).fetchall()
+        for chunk_id, blob in rows:
+            ids.append(int(chunk_id))
+            blobs.append(bytes(blob))
+    matrix = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(-1, DIMS)
+    return np.asarray(ids, dtype=np.int64), matrix
+
+
+#: Reads float vectors by chunk id (`read_floats` on some connection).
+FloatReader = Callable[
+    [npt.NDArray[np.int64]], tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]
+]
+
+
+def database_file(conn: sqlean.Connection) -> str | None:
+    """The file `conn`'s main database is, or None (in memory)."""
+    for _, name, file in conn.execute("PRAGMA database_list").fetchall():
+        if name == "main":
+            return str(file) or None
+    return None
+
+
+@contextmanager
+def floats_of_file(path: str) -> Iterator[FloatReader]:
+    """`read_floats` on a read-only connection of its own to the database file `path`, in one
+    read transaction (for a thread that has no connection: a partition's build)."""
+    conn = sqlean.connect(Path(path).as_uri() + "?mode=ro", uri=True, check_same_thread=False)
+    try:
+        conn.execute("PRAGMA busy_timeout = 5000")
+        conn.execute("BEGIN")
+        yield lambda chunk_ids: read_floats(conn, chunk_ids)
+    finally:
+        conn.close()
 
 
 def scan_per_doc(

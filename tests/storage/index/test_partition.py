@@ -6,22 +6,27 @@ the same file is searchable at once."""
 
 from __future__ import annotations
 
+import gc
 import uuid
+import weakref
 from typing import Any
 
 import numpy as np
 import pytest
+import sqlean
 
 from app.embedding.embedder import DIMS
 from app.models import Chunk, KnowledgeDoc, KnowledgeDocItem, utcnow
 from app.services import accounts, feed, knowledge
 from app.services.runtime import Principal, Runtime
-from app.storage.index import IndexedChunk
+from app.storage.index import IndexedChunk, codes
 from app.storage.index import partition as partition_module
 from app.storage.index import sqlite as sqlite_index
-from app.storage.index.partition import PartitionStore
+from app.storage.index.partition import Partition, PartitionStore
 from app.storage.index.resident import ResidentStore
-from app.storage.index.sqlite import SqliteIndex
+from app.storage.index.sqlite import SqliteIndex, SqliteRanker
+from app.storage.index.sqlite_vectors import Bits, quantize, read_floats
+from app.storage.sqlite_driver import run_on_connection
 from tests.conftest import AppFactory, new_key
 from tests.services.test_search import TOPICS, long_text, run_search, setup_corpus
 from tests.storage.index.test_vector_cache import Hit, answers, rewrite_corpus
@@ -105,9 +110,24 @@ async def test_writes_update_the_partition_and_never_rank_what_is_gone(
     assert not any(name.startswith("other-") for name in shown)
     new = store._entries[principal.user_id]
     assert new.centroids is old.centroids  # the lists were kept, not trained again
+    assert new.quantizer is old.quantizer
     async with runtime.db.read() as session:
         chunks = await runtime.index.count(session, user_id=principal.user_id)
     assert len(new) == chunks
+    # The codes kept for the chunks still there and made for the new ones are those of each
+    # row's own float vector: none is left over from a deleted chunk.
+    await assert_codes_of_own_vectors(runtime, new)
+
+
+async def assert_codes_of_own_vectors(runtime: Runtime, partition: Partition) -> None:
+    assert partition.codes is not None and partition.quantizer is not None
+    ids = np.sort(partition.bits.ids)
+
+    async with runtime.db.read() as session:
+        found, matrix = await run_on_connection(session, lambda conn: read_floats(conn, ids))
+    assert found.tolist() == ids.tolist()
+    rows = np.argsort(partition.bits.ids)
+    assert np.array_equal(partition.codes[rows], codes.encode(partition.quantizer, matrix))
 
 
 async def test_a_write_through_another_process_is_searchable_at_once(
@@ -191,8 +211,8 @@ def unit(matrix: np.ndarray) -> np.ndarray:
 async def test_the_probed_lists_hold_the_nearest_chunks_of_a_clustered_set(
     make_app: AppFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """24,000 chunks around 300 directions, in 32 lists of which a pass probes 8 (and ranks
-    about a quarter of the bits): the partition's top 10 documents are the full pass's, but for a
+    """24,000 chunks around 300 directions, in 32 lists of which a pass probes 12 (and ranks
+    about three eighths of the bits): the partition's top 10 documents are the full pass's, but for a
     few, scoped to a quarter of the documents or not."""
     rng = np.random.default_rng(3)
     centers = unit(rng.standard_normal((300, DIMS)))
@@ -212,6 +232,22 @@ async def test_the_probed_lists_hold_the_nearest_chunks_of_a_clustered_set(
         return original(bits, vector, n)
 
     monkeypatch.setattr(sqlite_index, "nearest_positions", counting)
+    scored: list[int] = []
+    exact_of = SqliteRanker._exact
+
+    def scoring(self: SqliteRanker, conn: Any, ids: np.ndarray, *args: Any) -> Any:
+        scored.append(len(ids))
+        return exact_of(self, conn, ids, *args)
+
+    monkeypatch.setattr(SqliteRanker, "_exact", scoring)
+    memberships: list[int] = []
+    membership_of = partition_module._membership
+
+    def membership(within: np.ndarray) -> Any:
+        memberships.append(len(within))
+        return membership_of(within)
+
+    monkeypatch.setattr(partition_module, "_membership", membership)
     queries = unit(centers[rng.integers(0, len(centers), 20)] + 0.03 * rng.standard_normal(DIMS))
     store = store_of(runtime)
     for scope in ({}, {"metadata": {"quarter": True}}):
@@ -221,8 +257,11 @@ async def test_the_probed_lists_hold_the_nearest_chunks_of_a_clustered_set(
             with monkeypatch.context() as m:
                 m.setattr(runtime.embedder, "embed", _fixed(q))
                 ranked.clear()
+                scored.clear()
                 approximate = await run_search(runtime, principal, **body)
                 assert store.builds == 1 and 0 < max(ranked) < 24_000 // 2
+                # Of the 400 candidates, only the best estimates' float vectors are read.
+                assert scored == [sqlite_index.RESCORED_MIN]
                 m.setattr(store, "min_chunks", 10**9)
                 m.setattr(PartitionStore, "kept", lambda *_args: None)
                 exact = await run_search(runtime, principal, **body)
@@ -230,6 +269,10 @@ async def test_the_probed_lists_hold_the_nearest_chunks_of_a_clustered_set(
             found += len(want & {h.external_id for h in approximate.results})
             total += len(want)
         assert found / total >= 0.95, scope
+    # The scope was resolved once (no write), and its chunks looked up in the partition once
+    # for its 20 passes.
+    assert memberships == [6_000]
+    await assert_codes_of_own_vectors(runtime, store._entries[principal.user_id])
 
 
 def _fixed(vector: np.ndarray) -> Any:
@@ -300,3 +343,75 @@ def test_scope_membership_by_bitmap_or_by_search_agrees(span: int) -> None:
     got = partition_module._membership(within)(ids)
     assert got.tolist() == np.isin(ids, within).tolist()
     assert not partition_module._membership(within[:0])(ids).any()
+
+
+def test_the_best_estimates_of_the_codes_hold_the_best_candidates() -> None:
+    """On vectors of unequal spread per dimension, as a model's are: of 400 candidates, the 64
+    best estimated from sign and magnitude codes hold the 10 best by exact score, but for a
+    few; the sign bits alone hold fewer."""
+    rng = np.random.default_rng(11)
+    spread = rng.uniform(0.3, 2.0, DIMS)
+    vectors = unit(rng.standard_normal((20_000, DIMS)) * spread)
+    quantizer = codes.fit(vectors[rng.choice(len(vectors), 4_000, replace=False)])
+    packed = codes.encode(quantizer, vectors)
+    words = np.packbits(vectors > 0, axis=1, bitorder="little").view(np.uint64)
+    held = held_by_signs = total = 0
+    for q in unit(vectors[:20] + 0.6 * unit(rng.standard_normal((20, DIMS)) * spread)):
+        candidates = np.argsort(-(vectors @ q))[:400]
+        rng.shuffle(candidates)
+        best = set(np.argsort(-(vectors[candidates] @ q))[:10].tolist())
+        guess = codes.estimates(quantizer, words[candidates], packed[candidates], q)
+        held += len(best & set(np.argsort(-guess)[:64].tolist()))
+        signs = np.where(vectors[candidates] > 0, 1.0, -1.0) @ q
+        held_by_signs += len(best & set(np.argsort(-signs)[:64].tolist()))
+        total += len(best)
+    assert held / total >= 0.98
+    assert held_by_signs < held
+
+
+def test_a_scope_is_gathered_from_its_rows_of_the_partition() -> None:
+    """The rows a store keeps for a scope are the partition's rows of the scope's chunks; a
+    pass gathers exactly the scope's chunks of the probed lists; and a partition made for
+    another snapshot (after a write) gets its own rows, not the kept ones."""
+    rng = np.random.default_rng(5)
+    ids = rng.permutation(np.arange(1, 6_001, dtype=np.int64))
+    bits = Bits(ids, quantize(rng.standard_normal((len(ids), DIMS))).view(np.uint64))
+    part = partition_module.build(bits, (1, 6_000), None, seed=1)
+    within = np.sort(rng.choice(ids, 1_500, replace=False))
+    store = PartitionStore(max_bytes=1 << 30, min_chunks=1)
+    rows = store.scope_rows(part, within)
+    assert store.scope_rows(part, within) is rows
+    assert sorted(part.bits.ids[rows].tolist()) == within.tolist()
+    vector = rng.standard_normal(DIMS).astype(np.float32)
+    everywhere, _, _ = part.gather(vector, part.probes, 1, None)
+    scoped, scoped_rows, _ = part.gather(vector, part.probes, 1, rows)
+    assert scoped.ids.tolist() == [i for i in everywhere.ids.tolist() if i in set(within.tolist())]
+    assert part.bits.ids[scoped_rows].tolist() == scoped.ids.tolist()
+    assert np.array_equal(part.bits.words[scoped_rows], scoped.words)
+    rewritten = partition_module.build(Bits(ids[:5_000], bits.words[:5_000]), (2, 6_000), part, 1)
+    replaced = weakref.ref(part)
+    del part
+    gc.collect()
+    assert replaced() is None  # the kept scope rows do not keep a replaced partition alive
+    again = store.scope_rows(rewritten, within)
+    assert sorted(rewritten.bits.ids[again].tolist()) == sorted(
+        set(within.tolist()) & set(ids[:5_000].tolist())
+    )
+
+
+async def test_a_partition_whose_floats_cannot_be_read_serves_without_codes(
+    make_app: AppFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The build reads every float vector on a connection of its own; when the file cannot be
+    opened so, the partition is kept without codes and ranks as the full pass."""
+
+    def unopenable(path: str) -> Any:
+        raise sqlean.OperationalError(f"unable to open database file {path}")
+
+    monkeypatch.setattr(sqlite_index, "floats_of_file", unopenable)
+    app = await make_app(partition_min_chunks=1)
+    runtime, principal = await setup_corpus(app)
+    got = await answers(runtime, principal)
+    store = store_of(runtime)
+    assert store.builds == 1 and store._entries[principal.user_id].codes is None
+    assert got == await full_pass(runtime, principal, monkeypatch)

@@ -254,3 +254,20 @@ async def test_the_bit_vectors_are_read_while_the_query_is_embedded(
     reads = 0
     await run_search(runtime, principal, query=QUERIES[0], external_ids=["doc-1"], k=3)
     assert reads == 0
+
+
+@pytest.mark.parametrize("n", [0, 1, 400, 4_999, 5_000, 6_000])
+def test_the_nearest_bits_are_the_first_by_distance_then_id(n: int) -> None:
+    """The cut to `n` (a histogram of the distances, not a partial sort) keeps exactly the first
+    `n` by (distance, id), ties at the cut included."""
+    rng = np.random.default_rng(n)
+    # Few distinct vectors: many chunks at each distance, so the cut falls among ties.
+    distinct = rng.standard_normal((40, DIMS)).astype(np.float32)
+    ids = rng.permutation(50_000)[:5_000].astype(np.int64)
+    words = quantize(distinct[rng.integers(0, 40, len(ids))]).view(np.uint64)
+    bits = sqlite_vectors.Bits(ids, words)
+    vector = rng.standard_normal(DIMS).astype(np.float32)
+    query = quantize(vector).view(np.uint64)[0]
+    distance = np.bitwise_count(words ^ query).sum(axis=1)
+    expected = ids[np.lexsort((ids, distance))][:n]
+    assert nearest_bits(bits, vector, n).tolist() == expected.tolist()
