@@ -296,6 +296,26 @@ class PostgresIndex:
                 stats, postings, version = await keyword_reads.start(session, user_id, step)
                 remember_version(session, user_id, version)
                 return stats, postings
+            if isinstance(step, kw.Docs):
+                # A kept matrix names the chunks' documents without a round trip (its version
+                # was read with the postings).
+                resident = await self.residents.current(session, user_id)
+                if resident is not None:
+                    docs = resident.docs_of(step.chunk_ids)
+                    lacking = [c for c, d in zip(step.chunk_ids, docs, strict=True) if d is None]
+                    if lacking:
+                        found = dict(
+                            zip(
+                                lacking,
+                                await keyword_reads.answer(session, user_id, kw.Docs(lacking)),
+                                strict=True,
+                            )
+                        )
+                        docs = [
+                            found[c] if d is None else d
+                            for c, d in zip(step.chunk_ids, docs, strict=True)
+                        ]
+                    return docs
             return await keyword_reads.answer(session, user_id, step)
 
         return await kw.run_async(kw.rank(wanted, depth, ids), answer)

@@ -65,6 +65,17 @@ class Resident:
         """The vectors of those of `chunk_ids` held."""
         return list(self.matrix[self.rows_of(list(chunk_ids))])
 
+    def docs_of(self, chunk_ids: Sequence[int]) -> list[str | None]:
+        """The document of each of `chunk_ids`, in order; None for a chunk not held (written
+        since, or gone: a chunk's document never changes and its id is never reused, so every
+        chunk held maps right whichever snapshot the matrix was made for)."""
+        ids = np.asarray(chunk_ids, dtype=np.int64)
+        held, rows = self.locate(ids)
+        docs = np.full(len(ids), None, dtype=object)
+        docs[held] = self.doc_ids[self.docs[rows]]
+        found: list[str | None] = docs.tolist()
+        return found
+
     def locate(
         self, chunk_ids: npt.NDArray[np.int64]
     ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.intp]]:

@@ -43,6 +43,7 @@ from app.storage.index.resident import Resident, ResidentStore
 from app.storage.index.scope import MetadataCondition, Scope
 from app.storage.index.scope_cache import ScopeCache
 from app.storage.index.sqlite_keywords import DocsOf, KeywordIndex
+from app.storage.index.sqlite_keywords import docs as sqlite_docs
 from app.storage.index.sqlite_vectors import (
     Bits,
     FloatVectors,
@@ -304,22 +305,12 @@ class SqliteIndex:
             return None
 
         def docs_of(conn: sqlean.Connection, chunk_ids: list[int]) -> list[str | None]:
-            ids = np.asarray(chunk_ids, dtype=np.int64)
-            held, rows = resident.locate(ids)
-            docs = np.full(len(ids), None, dtype=object)
-            docs[held] = resident.doc_ids[resident.docs[rows]]
-            if not held.all():
-                lacking = ids[~held].tolist()
-                found = dict(
-                    conn.execute(
-                        "SELECT c.id, c.doc_id FROM json_each(?) AS j"
-                        " CROSS JOIN chunks AS c ON c.id = j.value",
-                        (json.dumps(lacking),),
-                    ).fetchall()
-                )
-                docs[~held] = [found.get(i) for i in lacking]
-            found_docs: list[str | None] = docs.tolist()
-            return found_docs
+            docs = resident.docs_of(chunk_ids)
+            lacking = [c for c, d in zip(chunk_ids, docs, strict=True) if d is None]
+            if lacking:
+                found = dict(zip(lacking, sqlite_docs(conn, lacking), strict=True))
+                docs = [found[c] if d is None else d for c, d in zip(chunk_ids, docs, strict=True)]
+            return docs
 
         return docs_of
 

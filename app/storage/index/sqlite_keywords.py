@@ -173,7 +173,7 @@ class KeywordIndex:
                 return _best(conn, user_id, step.terms, step.limit)
             if isinstance(step, kw.Lookup):
                 return _lookup(conn, user_id, step.terms, step.chunk_ids)
-            return (docs_of or _docs)(conn, step.chunk_ids)
+            return (docs_of or docs)(conn, step.chunk_ids)
 
         return kw.run_sync(kw.rank(wanted, depth, scope, champions=champions), answer)
 
@@ -226,7 +226,8 @@ def _lookup(
     return found
 
 
-def _docs(conn: sqlean.Connection, chunk_ids: list[int]) -> list[str | None]:
+def docs(conn: sqlean.Connection, chunk_ids: list[int]) -> list[str | None]:
+    """The document of each of `chunk_ids`, in order (None: gone)."""
     found = dict(
         conn.execute(
             "SELECT c.id, c.doc_id FROM json_each(?) AS j CROSS JOIN chunks AS c ON c.id = j.value",
