@@ -502,6 +502,10 @@ async def delete_user(*, runtime: Runtime, email: str) -> UserData:
     chunks, vectors and keyword rows, personas, usage. Returns what was deleted."""
     async with runtime.db.write() as session:
         user = await _user_in(session, email)
+        assert user.id is not None
+        # After the user's writes in flight, so that the keyword triggers of both never wait
+        # on each other's rows crosswise (and what they wrote is counted and deleted).
+        await runtime.db.serialize_with_user(session, user.id)
         held = await _held(session, user)
         chunk_ids = [
             i

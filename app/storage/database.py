@@ -177,6 +177,13 @@ class Database:
                 raise
             raise mapped from exc
 
+    async def serialize_with_user(self, session: AsyncSession, user_id: int) -> None:
+        """Make this write transaction wait for the user's other writes, and theirs for it
+        (PostgreSQL's per-user lock, as `write(user_id=...)` takes; on SQLite every write
+        already waits for the one before): for a write that learns the user only inside it."""
+        if self.dialect == "postgresql":
+            await postgres_driver.lock_user(session, user_id)
+
     async def _hold_user(self, session: AsyncSession, user_id: int) -> None:
         """Refuse a write for a user deleted since the request authenticated, and keep the user
         from being deleted until this write commits.

@@ -264,8 +264,8 @@ def for_dialect(
     return PostgresIndex(vector_cache_bytes=vector_cache_bytes)
 
 
-#: Keyword scores equal to this many decimals tie: the engines add up a chunk's parts in
-#: different orders, so an equal score may differ in its last bits from one engine to the other.
+#: Keyword scores equal to this many decimals tie: a chunk's parts added in another order (two
+#: chunks with the same words) may differ in their last bits.
 TIE_DECIMALS = 9
 
 

@@ -27,9 +27,12 @@ chunks by it have the postings of the cut words looked up (one probe each) and a
 their exact scores. The answer is then exact when no chunk left out could reach the last
 document's score: what a cut list's unread postings can add is bounded by the impact of its
 last posting read (the threshold algorithm's test, Fagin et al. 2001). When that is not shown,
-the lists are read four times deeper, while the read stays within `BUDGET` postings in all;
-beyond it the answer is kept as it is, approximate: a chunk none of whose postings was read
-is not found, one outside the rescored few keeps its partial score. Up to `CHAMPIONS` chunks
+the lists are read four times deeper (and four times more chunks rescored), while the read
+stays within `BUDGET` postings in all; a scope whose own postings cost less to look up than
+reading on is looked up instead (exact). Beyond the budget the answer is kept as it is,
+approximate: a chunk none of whose postings was read is not found, one outside the rescored
+few keeps its partial score, and when the best postings all sit in a few documents, fewer
+documents than asked for may come back. Up to `CHAMPIONS` chunks
 per word every answer is exact (Cranfield: 2,090 chunks, every answer exact); with longer lists
 most answers are still shown exact, those of several frequent words alone are the ones that
 stop at the budget. `scripts/bench.py` states at each size how much of the exact top 10 an
@@ -70,7 +73,9 @@ IMPACT_SQL = (
 )
 #: Postings read per query word, best first, before deepening (see the module docstring).
 CHAMPIONS = 1000
-#: Chunks whose cut words' postings are looked up to score them exactly.
+#: Chunks whose cut words' postings are looked up to score them exactly (at least the chunks a
+#: first pass collapses, `CHUNKS_PER_DOC` per wanted document; four times more with each
+#: deeper read).
 RESCORED = 200
 #: A cut answer that cannot be shown exact reads deeper (four times the postings per word)
 #: while the deeper read would hold at most this many postings in all.
@@ -169,6 +174,7 @@ def rank(
     weights = _weights(stats, wanted)
     if not weights:
         return []
+    rescored = max(RESCORED, CHUNKS_PER_DOC * depth)
     while True:
         cut = [t for t in weights if stats.df[t] > limit]
         unseen = _unseen_bound(rows, cut, weights, stats)
@@ -177,19 +183,27 @@ def rank(
         ids, scores = score(rows, weights, stats)
         outside = 0.0
         if cut and len(ids):
-            ids, scores, outside = yield from _rescore(rows, ids, scores, cut, weights, stats)
+            ids, scores, outside = yield from _rescore(
+                rows, ids, scores, cut, weights, stats, rescored
+            )
         ranked = yield from _collapse(ids, scores, depth)
         if not cut:
             return ranked
-        if len(ranked) >= depth:
-            # Exact when no chunk left unscored could reach the last document's score: one in
-            # none of the lists read (at most `unseen`), one scored from part of its postings
-            # (at most its partial score, `outside` at best, plus `unseen`).
-            if ranked[-1].score > max(unseen, outside + unseen):
-                return ranked
-            if sum(min(stats.df[t], 4 * limit) for t in weights) > BUDGET:
-                return ranked
+        # Exact when no chunk left unscored could reach the last document's score: one in none
+        # of the lists read (at most `unseen`), one scored from part of its postings (at most
+        # its partial score, `outside` at best, plus `unseen`).
+        if len(ranked) >= depth and ranked[-1].score > outside + unseen:
+            return ranked
+        deeper = sum(min(stats.df[t], 4 * limit) for t in weights)
+        if scope is not None and len(scope) * len(weights) <= deeper:
+            # Looking the scope's postings up costs less than reading on: exact.
+            rows = yield Lookup(list(weights), [int(c) for c in scope])
+            ids, scores = score(rows, weights, stats)
+            return (yield from _collapse(ids, scores, depth))
+        if deeper > BUDGET:
+            return ranked
         limit *= 4
+        rescored *= 4
         rows = yield Best(list(weights), limit)
 
 
@@ -211,8 +225,16 @@ def _unseen_bound(
     for term, _, tf, size in rows:
         if term in last:
             last[term] = min(last[term], impact(tf, size))
-    ratio = min(1.0, IMPACT_MEAN / (stats.words / stats.chunks))
-    return sum(weights[t] * (K1 + 1) / (1 + ratio * (1 / last[t] - 1)) for t in cut if last[t] > 0)
+    mean = stats.words / stats.chunks
+    ratio = min(1.0, IMPACT_MEAN / mean) if mean > 0 else 1.0
+    # A list none of whose postings was read (not expected: a cut list has more than were
+    # asked for) bounds nothing: its part at the most, k1 + 1 times its idf.
+    return sum(
+        weights[t] * (K1 + 1) / (1 + ratio * (1 / last[t] - 1))
+        if 0 < last[t] < math.inf
+        else weights[t] * (K1 + 1)
+        for t in cut
+    )
 
 
 def _weights(stats: Statistics, wanted: list[str]) -> dict[str, float]:
@@ -268,13 +290,14 @@ def _rescore(
     cut: list[str],
     weights: dict[str, float],
     stats: Statistics,
+    rescored: int,
 ) -> Generator[Step, Any, tuple[np.ndarray, np.ndarray, float]]:
-    """The best `RESCORED` chunks by partial score, scored exactly (their postings of the cut
+    """The best `rescored` chunks by partial score, scored exactly (their postings of the cut
     terms looked up); the others keep their partial scores, the best of which comes back too
     (0 when every chunk was rescored)."""
     order = _order(ids, scores)
-    best = ids[order[:RESCORED]]
-    outside = float(scores[order[RESCORED]]) if len(order) > RESCORED else 0.0
+    best = ids[order[:rescored]]
+    outside = float(scores[order[rescored:]].max()) if len(order) > rescored else 0.0
     found: list[Posting] = yield Lookup(cut, best.tolist())
     chosen = set(best.tolist())
     held = {(r[0], r[1]) for r in rows if r[1] in chosen}

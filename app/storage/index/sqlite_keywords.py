@@ -133,21 +133,21 @@ class KeywordIndex:
         self, session: AsyncSession, *, title: str | None, chunk_ids: Iterable[int]
     ) -> None:
         ids = list(chunk_ids)
-        if not ids:
-            return
-        rows = (
-            await session.execute(
-                text("SELECT id, user_id, text FROM chunks WHERE id IN :ids").bindparams(
-                    bindparam("ids", expanding=True)
-                ),
-                {"ids": ids},
-            )
-        ).all()
         title_terms = terms(title or "")
-        await self.delete(session, ids)
-        await session.execute(
-            _INSERT, [_row(cid, uid, title_terms + terms(body)) for cid, uid, body in rows]
-        )
+        for start in range(0, len(ids), 500):
+            batch = ids[start : start + 500]
+            rows = (
+                await session.execute(
+                    text("SELECT id, user_id, text FROM chunks WHERE id IN :ids").bindparams(
+                        bindparam("ids", expanding=True)
+                    ),
+                    {"ids": batch},
+                )
+            ).all()
+            await self.delete(session, batch)
+            await session.execute(
+                _INSERT, [_row(cid, uid, title_terms + terms(body)) for cid, uid, body in rows]
+            )
 
     def rank(
         self,

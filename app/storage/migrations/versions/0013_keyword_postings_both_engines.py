@@ -40,9 +40,10 @@ depends_on = None
 #: Chunks read, and written back, per statement.
 _BATCH = 2000
 
-#: The postings, document frequencies and totals of the rows in `added` (a transition table).
-#: Document frequencies are added in key order, so that two writers never wait on each other's
-#: rows crosswise (one user's writers are serialized anyway, app/storage/database.py).
+#: The postings, totals and document frequencies of the rows in `added` (a transition table).
+#: The totals' row first, then the document frequencies in key order, as `_REMOVE` takes them:
+#: two writers of one user never wait on each other's rows crosswise (and one user's writers
+#: are serialized anyway, app/storage/database.py).
 _ADD = f"""
 CREATE OR REPLACE FUNCTION keyword_postings_add() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -51,15 +52,15 @@ BEGIN
             SELECT a.user_id, e.term, a.chunk_id, count(*) AS tf, a.length
             FROM added AS a CROSS JOIN LATERAL unnest(a.terms) AS e(term)
             GROUP BY a.user_id, e.term, a.chunk_id, a.length) AS x';
+    EXECUTE 'INSERT INTO keyword_stats AS s (user_id, chunks, words)
+        SELECT user_id, count(*), sum(length) FROM added GROUP BY user_id ORDER BY user_id
+        ON CONFLICT (user_id) DO UPDATE
+        SET chunks = s.chunks + excluded.chunks, words = s.words + excluded.words';
     EXECUTE 'INSERT INTO keyword_df AS k (user_id, term, df)
         SELECT a.user_id, e.term, count(*)
         FROM added AS a CROSS JOIN LATERAL (SELECT DISTINCT unnest(a.terms)) AS e(term)
         GROUP BY a.user_id, e.term ORDER BY a.user_id, e.term
         ON CONFLICT (user_id, term) DO UPDATE SET df = k.df + excluded.df';
-    EXECUTE 'INSERT INTO keyword_stats AS s (user_id, chunks, words)
-        SELECT user_id, count(*), sum(length) FROM added GROUP BY user_id
-        ON CONFLICT (user_id) DO UPDATE
-        SET chunks = s.chunks + excluded.chunks, words = s.words + excluded.words';
     RETURN NULL;
 END
 $$
