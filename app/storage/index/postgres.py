@@ -298,8 +298,8 @@ class PostgresIndex:
                 return stats, postings
             if isinstance(step, kw.Docs):
                 # A kept matrix names the chunks' documents without a round trip (its version
-                # was read with the postings).
-                resident = await self.residents.current(session, user_id)
+                # was read with the postings); none is built for it.
+                resident = await self.residents.kept(session, user_id)
                 if resident is not None:
                     docs = resident.docs_of(step.chunk_ids)
                     lacking = [c for c, d in zip(step.chunk_ids, docs, strict=True) if d is None]

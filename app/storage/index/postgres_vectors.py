@@ -65,12 +65,7 @@ class ResidentVectors:
         is too large, or nothing is kept)."""
         if not self.max_bytes:
             return None
-        key = (_VERSION_KEY, user_id)
-        if key in session.info:
-            found = session.info[key]
-        else:
-            found = (await session.execute(_VERSION, {"u": user_id})).scalar_one_or_none()
-        version = -1 if found is None else int(found)
+        version = await _version(session, user_id)
         kept = self._entries.get(user_id)
         if kept is not None and kept[0] == version:
             self._entries.move_to_end(user_id)
@@ -80,6 +75,14 @@ class ResidentVectors:
         self.builds += fresh is not None
         self._keep(user_id, (version, fresh))
         return fresh
+
+    async def kept(self, session: AsyncSession, user_id: int) -> Resident | None:
+        """The user's matrix if one is kept for the session's snapshot, else None: nothing is
+        built or counted (for a lookup beside a search, such as a chunk's document)."""
+        kept = self._entries.get(user_id)
+        if kept is None or kept[1] is None:
+            return None
+        return kept[1] if kept[0] == await _version(session, user_id) else None
 
     def _keep(self, user_id: int, entry: _Kept) -> None:
         old = self._entries.pop(user_id, None)
@@ -95,6 +98,17 @@ class ResidentVectors:
 
     def __len__(self) -> int:
         return sum(1 for _, kept in self._entries.values() if kept is not None)
+
+
+async def _version(session: AsyncSession, user_id: int) -> int:
+    """The user's version in the session's snapshot (-1: none yet), as another statement of the
+    session read it (`remember_version`) or read now."""
+    key = (_VERSION_KEY, user_id)
+    if key in session.info:
+        found = session.info[key]
+    else:
+        found = (await session.execute(_VERSION, {"u": user_id})).scalar_one_or_none()
+    return -1 if found is None else int(found)
 
 
 async def _build(
