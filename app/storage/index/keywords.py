@@ -195,8 +195,9 @@ def rank(
         if len(ranked) >= depth and ranked[-1].score > outside + unseen:
             return ranked
         deeper = sum(min(stats.df[t], 4 * limit) for t in weights)
-        if scope is not None and len(scope) * len(weights) <= deeper:
-            # Looking the scope's postings up costs less than reading on: exact.
+        if scope is not None and len(scope) * len(weights) <= min(deeper, BUDGET):
+            # Looking the scope's postings up costs less than reading on (and is within the
+            # budget): exact.
             rows = yield Lookup(list(weights), [int(c) for c in scope])
             ids, scores = score(rows, weights, stats)
             return (yield from _collapse(ids, scores, depth))
