@@ -125,13 +125,21 @@ class Lookup:
 
 
 @dataclass(frozen=True)
+class Held:
+    """The document id of each chunk as the process already holds it (a kept matrix), None
+    where it does not: answered without a read."""
+
+    chunk_ids: list[int]
+
+
+@dataclass(frozen=True)
 class Docs:
     """The document id of each chunk, in order (None for a chunk that is gone)."""
 
     chunk_ids: list[int]
 
 
-Step = Start | Best | Lookup | Docs
+Step = Start | Best | Lookup | Held | Docs
 #: A keyword ranking: yields the reads it needs (engines answer them, see `sqlite_keywords`
 #: and `postgres_keywords`), returns the documents.
 KeywordPlan = Generator[Step, Any, list[Ranked]]
@@ -319,7 +327,7 @@ def _collapse(
     n = CHUNKS_PER_DOC * depth
     while True:
         top = ordered[:n]
-        docs: list[str | None] = yield Docs(ids[top].tolist())
+        docs = yield from _docs(ids[top].tolist())
         ranked = best_chunks_per_doc(
             [
                 (doc, int(c), float(s))
@@ -331,6 +339,16 @@ def _collapse(
         if len(ranked) >= depth or n >= len(ordered):
             return ranked
         n *= 4
+
+
+def _docs(chunk_ids: list[int]) -> Generator[Step, Any, list[str | None]]:
+    """The document of each chunk: those the process holds (`Held`), the others read."""
+    held: list[str | None] = yield Held(chunk_ids)
+    lacking = [c for c, d in zip(chunk_ids, held, strict=True) if d is None]
+    if not lacking:
+        return held
+    found = dict(zip(lacking, (yield Docs(lacking)), strict=True))
+    return [found[c] if d is None else d for c, d in zip(chunk_ids, held, strict=True)]
 
 
 def run_sync(plan: KeywordPlan, answer: Any) -> list[Ranked]:

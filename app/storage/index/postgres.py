@@ -56,7 +56,7 @@ from app.storage.index.postgres_vectors import (
     nearest,
     remember_version,
 )
-from app.storage.index.resident import Resident
+from app.storage.index.resident import Resident, held_docs
 from app.storage.index.scope import MetadataCondition, Scope
 from app.storage.index.scope_cache import ScopeCache
 from app.storage.index.words import query_terms, terms
@@ -296,26 +296,10 @@ class PostgresIndex:
                 stats, postings, version = await keyword_reads.start(session, user_id, step)
                 remember_version(session, user_id, version)
                 return stats, postings
-            if isinstance(step, kw.Docs):
-                # A kept matrix names the chunks' documents without a round trip (its version
-                # was read with the postings); none is built for it.
-                resident = await self.residents.kept(session, user_id)
-                if resident is not None:
-                    docs = resident.docs_of(step.chunk_ids)
-                    lacking = [c for c, d in zip(step.chunk_ids, docs, strict=True) if d is None]
-                    if lacking:
-                        found = dict(
-                            zip(
-                                lacking,
-                                await keyword_reads.answer(session, user_id, kw.Docs(lacking)),
-                                strict=True,
-                            )
-                        )
-                        docs = [
-                            found[c] if d is None else d
-                            for c, d in zip(step.chunk_ids, docs, strict=True)
-                        ]
-                    return docs
+            if isinstance(step, kw.Held):
+                # Only a matrix already kept for this snapshot (its version was read with the
+                # postings): none is built for it.
+                return held_docs(await self.residents.kept(session, user_id), step.chunk_ids)
             return await keyword_reads.answer(session, user_id, step)
 
         return await kw.run_async(kw.rank(wanted, depth, ids), answer)

@@ -174,3 +174,8 @@ def _build(
         sorted_ids=ids[sorted_rows],
         sorted_rows=sorted_rows,
     )
+
+
+def held_docs(resident: Resident | None, chunk_ids: Sequence[int]) -> list[str | None]:
+    """`Resident.docs_of`, all None without a matrix."""
+    return [None] * len(chunk_ids) if resident is None else resident.docs_of(chunk_ids)

@@ -42,8 +42,7 @@ from app.storage.index.partition import Partition, PartitionStore, snapshot_key
 from app.storage.index.resident import Resident, ResidentStore
 from app.storage.index.scope import MetadataCondition, Scope
 from app.storage.index.scope_cache import ScopeCache
-from app.storage.index.sqlite_keywords import DocsOf, KeywordIndex
-from app.storage.index.sqlite_keywords import docs as sqlite_docs
+from app.storage.index.sqlite_keywords import KeywordIndex
 from app.storage.index.sqlite_vectors import (
     Bits,
     FloatVectors,
@@ -291,28 +290,11 @@ class SqliteIndex:
                 wanted=wanted,
                 depth=depth,
                 scope=scope,
-                docs_of=self._docs_of(user_id),
+                # Whichever snapshot it was built for: a chunk's document never changes and its
+                # id is never reused, so every chunk it holds maps right.
+                held=self.residents.latest(user_id),
             ),
         )
-
-    def _docs_of(self, user_id: int) -> DocsOf | None:
-        """The document of each chunk from the user's kept matrix, whichever snapshot it was
-        built for (a chunk's document never changes and its id is never reused, so every
-        chunk it holds maps right); the chunks it lacks, written since, from `chunks`. None
-        when no matrix is kept (the keyword statement joins `chunks` then)."""
-        resident = self.residents.latest(user_id)
-        if resident is None:
-            return None
-
-        def docs_of(conn: sqlean.Connection, chunk_ids: list[int]) -> list[str | None]:
-            docs = resident.docs_of(chunk_ids)
-            lacking = [c for c, d in zip(chunk_ids, docs, strict=True) if d is None]
-            if lacking:
-                found = dict(zip(lacking, sqlite_docs(conn, lacking), strict=True))
-                docs = [found[c] if d is None else d for c, d in zip(chunk_ids, docs, strict=True)]
-            return docs
-
-        return docs_of
 
     async def count(self, session: AsyncSession, *, user_id: int) -> int:
         return await self.vectors.count(session, user_id=user_id)

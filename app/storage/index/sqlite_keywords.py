@@ -9,7 +9,7 @@ B-trees within one user's keys, so one user's size never slows another's search.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import sqlean
@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.storage.index import Ranked
 from app.storage.index import keywords as kw
 from app.storage.index.keywords import IMPACT_SQL
+from app.storage.index.resident import Resident, held_docs
 from app.storage.index.words import terms
 
 #: The tables (revision 0013; app/storage/index/keywords.py says what each holds).
@@ -102,10 +103,6 @@ DERIVATIONS = (
     "DROP INDEX IF EXISTS ix_chunk_postings_impact",
 )
 
-#: The document ids of chunks (ids of this connection's snapshot), in their order; None for a
-#: chunk that is gone.
-DocsOf = Callable[[sqlean.Connection, list[int]], list[str | None]]
-
 
 def _row(chunk_id: int, user_id: int, found: list[str]) -> dict[str, object]:
     return {"c": chunk_id, "u": user_id, "t": json.dumps(found), "n": kw.length(len(found))}
@@ -157,11 +154,11 @@ class KeywordIndex:
         wanted: list[str],
         depth: int,
         scope: np.ndarray | None = None,
-        docs_of: DocsOf | None = None,
+        held: Resident | None = None,
         champions: int | None = None,
     ) -> list[Ranked]:
         """`keywords.rank` on this connection (run on its own thread: `run_on_connection`);
-        `docs_of`, when given, names the chunks' documents instead of a read of `chunks`."""
+        `held`, the user's kept matrix, names the chunks it holds without a read."""
 
         def answer(step: kw.Step) -> object:
             if isinstance(step, kw.Start):
@@ -173,7 +170,9 @@ class KeywordIndex:
                 return _best(conn, user_id, step.terms, step.limit)
             if isinstance(step, kw.Lookup):
                 return _lookup(conn, user_id, step.terms, step.chunk_ids)
-            return (docs_of or docs)(conn, step.chunk_ids)
+            if isinstance(step, kw.Held):
+                return held_docs(held, step.chunk_ids)
+            return docs(conn, step.chunk_ids)
 
         return kw.run_sync(kw.rank(wanted, depth, scope, champions=champions), answer)
 
