@@ -48,6 +48,12 @@ DERIVE = (
     "ANALYZE keyword_df",
 )
 
+#: The best `:limit` postings of the term `t.term` (impact descending, then chunk id).
+_BEST_OF_TERM = (
+    "SELECT chunk_id, tf, length FROM chunk_postings"
+    " WHERE user_id = :u AND term = t.term ORDER BY impact DESC, chunk_id LIMIT :limit"
+)
+
 # Rows of three kinds (the first column): 0 the statistics and version, 1 a term's document
 # frequency, 2 a posting. `:limit` 0 reads no postings.
 _START = text(
@@ -60,16 +66,12 @@ _START = text(
     " SELECT 1, d.term, d.df, NULL, NULL FROM keyword_df AS d"
     "  WHERE d.user_id = :u AND d.term IN (SELECT term FROM t)"
     " UNION ALL"
-    " SELECT 2, t.term, p.chunk_id, p.tf, p.length FROM t CROSS JOIN LATERAL ("
-    "  SELECT chunk_id, tf, length FROM chunk_postings"
-    "  WHERE user_id = :u AND term = t.term ORDER BY impact DESC, chunk_id LIMIT :limit) AS p"
+    f" SELECT 2, t.term, p.chunk_id, p.tf, p.length FROM t CROSS JOIN LATERAL ({_BEST_OF_TERM}) AS p"
 )
 
 _BEST = text(
     "SELECT t.term, p.chunk_id, p.tf, p.length"
-    " FROM unnest(CAST(:terms AS text[])) AS t(term) CROSS JOIN LATERAL ("
-    "  SELECT chunk_id, tf, length FROM chunk_postings"
-    "  WHERE user_id = :u AND term = t.term ORDER BY impact DESC, chunk_id LIMIT :limit) AS p"
+    f" FROM unnest(CAST(:terms AS text[])) AS t(term) CROSS JOIN LATERAL ({_BEST_OF_TERM}) AS p"
 )
 
 _LOOKUP = text(
